@@ -1,1 +1,19 @@
+//! The Mantle daemon: a durable workflow engine behind a gRPC control plane.
+//!
+//! Layers, from the outside in: `api` (gRPC) and `http` (probes, metrics) → `auth` and
+//! `tenancy` (who may do what) → `store` (persistence, the only sqlx user). See
+//! ARCHITECTURE.md for the invariants.
 
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod tenancy;
+
+/// The daemon's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,283 @@
+//! Tower layers in front of every gRPC service: authentication and request metrics.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::Frame;
+use tonic::Status;
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use crate::auth::Authenticator;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Paths that need a token: every `mantle.v1` service. Health and reflection stay open.
+fn needs_auth(path: &str) -> bool {
+    path.starts_with("/mantle.v1.")
+}
+
+/// Authenticates requests to Mantle services and puts the [`crate::auth::Caller`] into the
+/// request extensions, where handlers find it.
+#[derive(Clone)]
+pub struct AuthLayer {
+    pub authenticator: Authenticator,
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    authenticator: Authenticator,
+}
+
+impl<S> Service<Request<Body>> for AuthService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // The clone that was polled ready serves this request (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !needs_auth(req.uri().path()) {
+            return Box::pin(inner.call(req));
+        }
+        let authenticator = self.authenticator.clone();
+        Box::pin(async move {
+            let headers = req.headers();
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let result = authenticator
+                .authenticate(header("authorization"), header("x-mantle-tenant"))
+                .await;
+            match result {
+                Ok(caller) => {
+                    req.extensions_mut().insert(caller);
+                    inner.call(req).await
+                }
+                Err(err) => Ok(Status::from(err).into_http()),
+            }
+        })
+    }
+}
+
+/// Counts gRPC requests and observes their latency by method and status code. The code
+/// comes from the response headers (errors) or the trailers at the end of the body.
+#[derive(Clone)]
+pub struct MetricsLayer;
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for MetricsService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let is_grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let method = req.uri().path().trim_start_matches('/').to_owned();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let response = fut.await?;
+            if !is_grpc {
+                return Ok(response);
+            }
+            let pending = Pending {
+                method,
+                start: Instant::now(),
+            };
+            if let Some(code) = grpc_code(response.headers()) {
+                pending.record(code);
+                return Ok(response);
+            }
+            let (parts, body) = response.into_parts();
+            let body = MeteredBody {
+                inner: body,
+                pending: Some(pending),
+            };
+            Ok(Response::from_parts(parts, Body::new(body)))
+        })
+    }
+}
+
+struct Pending {
+    method: String,
+    start: Instant,
+}
+
+impl Pending {
+    fn record(self, code: tonic::Code) {
+        // Unknown methods would let any client create label values: fold them into one.
+        let method = if code == tonic::Code::Unimplemented {
+            "unknown".to_owned()
+        } else {
+            self.method
+        };
+        let code = code_name(code);
+        let labels = [("method", method), ("code", code.to_owned())];
+        metrics::counter!("mantle_grpc_requests_total", &labels).increment(1);
+        metrics::histogram!("mantle_grpc_request_duration_seconds", &labels)
+            .record(self.start.elapsed().as_secs_f64());
+    }
+}
+
+fn grpc_code(headers: &HeaderMap) -> Option<tonic::Code> {
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(tonic::Code::from_i32(value))
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the request when its trailers pass, or when it is
+    /// dropped early (the client went away: CANCELLED).
+    struct MeteredBody {
+        #[pin]
+        inner: Body,
+        pending: Option<Pending>,
+    }
+
+    impl PinnedDrop for MeteredBody {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(pending) = this.project().pending.take() {
+                pending.record(tonic::Code::Cancelled);
+            }
+        }
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(code) = f.trailers_ref().and_then(grpc_code)
+                    && let Some(p) = this.pending.take()
+                {
+                    p.record(code);
+                }
+            }
+            Some(Err(status)) => {
+                if let Some(p) = this.pending.take() {
+                    p.record(status.code());
+                }
+            }
+            None => {
+                if let Some(p) = this.pending.take() {
+                    p.record(tonic::Code::Unknown);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_mantle_services_need_auth() {
+        assert!(needs_auth("/mantle.v1.TenantService/CreateTenant"));
+        assert!(!needs_auth("/grpc.health.v1.Health/Check"));
+        assert!(!needs_auth(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        ));
+        assert!(!needs_auth("/metrics"));
+    }
+
+    #[test]
+    fn grpc_status_header_parses() {
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_code(&h), None);
+        h.insert("grpc-status", "7".parse().unwrap());
+        assert_eq!(grpc_code(&h), Some(tonic::Code::PermissionDenied));
+        assert_eq!(
+            code_name(tonic::Code::PermissionDenied),
+            "PERMISSION_DENIED"
+        );
+    }
+}

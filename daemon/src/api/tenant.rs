@@ -1,0 +1,136 @@
+//! `mantle.v1.TenantService`.
+
+use mantle_proto::v1 as pb;
+use mantle_proto::v1::tenant_service_server::TenantService;
+use tonic::{Request, Response, Status};
+
+use super::caller;
+use super::convert::from_timestamp;
+use crate::tenancy::model::TenantUpdate;
+use crate::tenancy::{KeyRequest, Tenancy, page_request, page_token};
+
+pub struct TenantApi {
+    pub tenancy: Tenancy,
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let tenant = self
+            .tenancy
+            .create_tenant(caller, &req.name, &req.display_name)
+            .await?;
+        Ok(Response::new(tenant.into()))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = caller(&request)?;
+        let tenant = self
+            .tenancy
+            .get_tenant(caller, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(tenant.into()))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let page = page_request(req.page_size, &req.page_token)?;
+        let page = self.tenancy.list_tenants(caller, &page).await?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            next_page_token: page_token(page.next_cursor.as_deref()),
+            tenants: page.items.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn update_tenant(
+        &self,
+        request: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let update = TenantUpdate {
+            display_name: req.display_name.clone(),
+        };
+        let tenant = self
+            .tenancy
+            .update_tenant(caller, &req.name, &update)
+            .await?;
+        Ok(Response::new(tenant.into()))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = caller(&request)?;
+        self.tenancy
+            .delete_tenant(caller, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let created = self
+            .tenancy
+            .create_api_key(
+                caller,
+                &KeyRequest {
+                    tenant: &req.tenant,
+                    name: &req.name,
+                    scopes: &req.scopes,
+                    expire_time: from_timestamp("expire_time", req.expire_time)?,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            api_key: Some(created.key.into()),
+            token: created.token,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let page = page_request(req.page_size, &req.page_token)?;
+        let page = self
+            .tenancy
+            .list_api_keys(caller, &req.tenant, req.show_revoked, &page)
+            .await?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            next_page_token: page_token(page.next_cursor.as_deref()),
+            api_keys: page.items.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let caller = caller(&request)?;
+        let key = self
+            .tenancy
+            .revoke_api_key(caller, &request.get_ref().id)
+            .await?;
+        Ok(Response::new(key.into()))
+    }
+}

@@ -1,0 +1,247 @@
+//! Who is calling: bearer token → [`Caller`] (tenant, scopes, operator or not).
+//!
+//! Three kinds of token authenticate: API keys stored in the database (tenant keys and
+//! operator keys), and the single `MANTLE_API_TOKEN` of single-tenant mode, which acts as
+//! the tenant `default` with every scope and is also an operator. The caller is built per
+//! request and passed explicitly; nothing about it is process-global.
+
+mod scope;
+pub mod token;
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::{self, Store};
+use crate::tenancy::model::{DEFAULT_TENANT_ID, DEFAULT_TENANT_NAME, TenantRef};
+
+pub use scope::{Scope, ScopeSet, UnknownScope};
+
+/// How often a key's `last_use_time` is written at most.
+const LAST_USE_RESOLUTION: Duration = Duration::seconds(60);
+
+/// The minimum length of `MANTLE_API_TOKEN`.
+pub const MIN_STATIC_TOKEN_LEN: usize = 16;
+
+/// The authenticated identity of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The API key id, or `env:MANTLE_API_TOKEN`.
+    pub key_id: String,
+    /// The tenant the request acts on; `None` only for an operator that named none and
+    /// when no tenant applies.
+    pub tenant: Option<TenantRef>,
+    pub scopes: ScopeSet,
+    pub operator: bool,
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("x-mantle-tenant: tenant {0:?} not found")]
+    TenantNotFound(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl Caller {
+    /// Succeeds when the caller holds `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), Error> {
+        if self.scopes.grants(scope) {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied(format!(
+                "this token lacks the scope {scope:?}",
+                scope = scope.as_str()
+            )))
+        }
+    }
+}
+
+/// The static token of single-tenant mode, kept only as a hash.
+#[derive(Clone)]
+pub struct StaticToken {
+    hash: [u8; 32],
+}
+
+impl StaticToken {
+    /// Validates `MANTLE_API_TOKEN`: printable ASCII without spaces, at least 16 characters.
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.len() < MIN_STATIC_TOKEN_LEN {
+            return Err(format!(
+                "MANTLE_API_TOKEN: must be at least {MIN_STATIC_TOKEN_LEN} characters long"
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("MANTLE_API_TOKEN: must be printable ASCII without spaces".to_owned());
+        }
+        Ok(StaticToken {
+            hash: Sha256::digest(token.as_bytes()).into(),
+        })
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        presented.ct_eq(&self.hash).into()
+    }
+}
+
+/// Resolves bearer tokens to callers.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    static_token: Option<StaticToken>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>, static_token: Option<StaticToken>) -> Self {
+        Authenticator {
+            store,
+            static_token,
+        }
+    }
+
+    /// Authenticates `authorization` (the whole metadata value) and resolves the tenant the
+    /// request acts on from `tenant_header` (`x-mantle-tenant`).
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        tenant_header: Option<&str>,
+    ) -> Result<Caller, Error> {
+        let Some(value) = authorization else {
+            return Err(Error::Unauthenticated(
+                "missing authorization metadata; send `authorization: Bearer <token>`",
+            ));
+        };
+        let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+        else {
+            return Err(Error::Unauthenticated(
+                "authorization metadata must have the form `Bearer <token>`",
+            ));
+        };
+        let tenant_header = tenant_header.map(str::trim).filter(|t| !t.is_empty());
+
+        if let Some(static_token) = &self.static_token
+            && static_token.matches(token)
+        {
+            let scopes = ScopeSet::new([Scope::AllTenantScopes, Scope::TenantsAdmin]);
+            return self
+                .operator_caller("env:MANTLE_API_TOKEN".to_owned(), scopes, tenant_header)
+                .await;
+        }
+
+        let invalid = Error::Unauthenticated("invalid, expired or revoked token");
+        let Some(key_id) = token::key_id(token) else {
+            return Err(invalid);
+        };
+        let Some((key, stored_hash)) = self.store.api_key_credential(key_id).await? else {
+            return Err(invalid);
+        };
+        let now = Utc::now();
+        if !token::matches(token, &stored_hash) || !key.is_active(now) {
+            return Err(invalid);
+        }
+        if key
+            .last_use_time
+            .is_none_or(|t| now - t > LAST_USE_RESOLUTION)
+        {
+            let store = self.store.clone();
+            let id = key.id.clone();
+            tokio::spawn(async move {
+                if let Err(err) = store.touch_api_key(&id, now).await {
+                    tracing::debug!(key_id = %id, error = %err, "could not record key use");
+                }
+            });
+        }
+
+        match key.tenant {
+            None => {
+                self.operator_caller(key.id, key.scopes, tenant_header)
+                    .await
+            }
+            Some(tenant) => {
+                if let Some(named) = tenant_header
+                    && named != tenant.name
+                {
+                    return Err(Error::PermissionDenied(format!(
+                        "x-mantle-tenant: this key acts only on tenant {:?}",
+                        tenant.name
+                    )));
+                }
+                Ok(Caller {
+                    key_id: key.id,
+                    tenant: Some(tenant),
+                    scopes: key.scopes,
+                    operator: false,
+                })
+            }
+        }
+    }
+
+    /// An operator acts on the tenant it names, or on `default`.
+    async fn operator_caller(
+        &self,
+        key_id: String,
+        scopes: ScopeSet,
+        tenant_header: Option<&str>,
+    ) -> Result<Caller, Error> {
+        let tenant = match tenant_header {
+            None | Some(DEFAULT_TENANT_NAME) => TenantRef {
+                id: DEFAULT_TENANT_ID,
+                name: DEFAULT_TENANT_NAME.to_owned(),
+            },
+            Some(name) => match self.store.get_tenant(name).await {
+                Ok(t) => TenantRef::from(&t),
+                Err(store::Error::NotFound(_)) => {
+                    return Err(Error::TenantNotFound(name.to_owned()));
+                }
+                Err(err) => return Err(err.into()),
+            },
+        };
+        // Operators may act on any tenant's resources as well as manage tenants.
+        let scopes = ScopeSet::new(scopes.iter().chain([Scope::AllTenantScopes]));
+        Ok(Caller {
+            key_id,
+            tenant: Some(tenant),
+            scopes,
+            operator: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_token_rules() {
+        assert!(StaticToken::new("short").is_err());
+        assert!(StaticToken::new("has a space in it!!").is_err());
+        let t = StaticToken::new("0123456789abcdef").unwrap();
+        assert!(t.matches("0123456789abcdef"));
+        assert!(!t.matches("0123456789abcdeF"));
+        assert!(!t.matches(""));
+    }
+
+    #[test]
+    fn require_names_the_missing_scope() {
+        let caller = Caller {
+            key_id: "k".into(),
+            tenant: None,
+            scopes: ScopeSet::new([Scope::ExecutionsRead]),
+            operator: false,
+        };
+        assert!(caller.require(Scope::ExecutionsRead).is_ok());
+        let err = caller.require(Scope::TenantsAdmin).unwrap_err();
+        assert!(err.to_string().contains("tenants:admin"), "{err}");
+    }
+}

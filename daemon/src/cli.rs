@@ -1,0 +1,152 @@
+//! The `mantle` command line.
+
+use std::collections::HashMap;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, Flags};
+use crate::server::{self, StartError};
+use crate::tenancy::Tenancy;
+
+/// Mantle: durable workflow engine daemon.
+#[derive(Debug, Parser)]
+#[command(name = "mantle", version = crate::VERSION)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: gRPC and HTTP on one port.
+    Serve(Flags),
+    /// Apply database migrations and exit.
+    Init(Flags),
+    /// Inspect database migrations.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+    /// Manage operator keys directly in the database.
+    AdminKey {
+        #[command(subcommand)]
+        command: AdminKeyCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateCommand {
+    /// List applied and pending migrations.
+    Status(Flags),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminKeyCommand {
+    /// Mint an operator key (scope tenants:admin) and print its token once.
+    Create {
+        /// A label for the key.
+        #[arg(long, default_value = "operator")]
+        name: String,
+        #[command(flatten)]
+        flags: Flags,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let flags = match &cli.command {
+        Command::Version => {
+            println!("mantle {}", crate::VERSION);
+            return 0;
+        }
+        Command::Serve(f) | Command::Init(f) => f,
+        Command::Migrate {
+            command: MigrateCommand::Status(f),
+        } => f,
+        Command::AdminKey {
+            command: AdminKeyCommand::Create { flags, .. },
+        } => flags,
+    };
+    let config = match config::load(&env, flags) {
+        Ok(c) => c,
+        Err(err) => return fail(&StartError::Config(err.0)),
+    };
+    crate::telemetry::init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(&StartError::Other(err.into())),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(_) => server::serve(config).await,
+            Command::Init(_) => init(&config).await,
+            Command::Migrate { .. } => migrate_status(&config).await,
+            Command::AdminKey {
+                command: AdminKeyCommand::Create { name, .. },
+            } => admin_key_create(&config, &name).await,
+            Command::Version => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &StartError) -> i32 {
+    eprintln!("mantle: error: {err}");
+    err.exit_code()
+}
+
+async fn init(config: &Config) -> Result<(), StartError> {
+    let store = server::open_store(config, false).await?;
+    store.migrate().await?;
+    let status = store.migration_status().await?;
+    eprintln!(
+        "mantle: {} database is up to date ({} migrations applied)",
+        store.backend().as_str(),
+        status.iter().filter(|m| m.applied_at.is_some()).count()
+    );
+    Ok(())
+}
+
+async fn migrate_status(config: &Config) -> Result<(), StartError> {
+    let store = server::open_store(config, false).await?;
+    println!(
+        "{:<8} {:<9} {:<32} DESCRIPTION",
+        "VERSION", "STATE", "APPLIED AT"
+    );
+    for m in store.migration_status().await? {
+        let (state, at) = match m.applied_at {
+            Some(at) => (
+                "applied",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ),
+            None => ("pending", "-".to_owned()),
+        };
+        println!("{:<8} {:<9} {:<32} {}", m.version, state, at, m.description);
+    }
+    Ok(())
+}
+
+async fn admin_key_create(config: &Config, name: &str) -> Result<(), StartError> {
+    let store = server::open_store(config, false).await?;
+    store.migrate().await?;
+    let created = Tenancy::new(store)
+        .bootstrap_operator_key(name)
+        .await
+        .map_err(anyhow::Error::from)?;
+    println!("{}", created.token);
+    eprintln!(
+        "mantle: created operator key {}; the token above is shown only once",
+        created.key.id
+    );
+    Ok(())
+}

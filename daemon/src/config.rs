@@ -1,0 +1,436 @@
+//! Configuration: defaults < `mantle.yaml` < `MANTLE_*` environment < command-line flags,
+//! loaded into one validated [`Config`]. Loading is a pure function of the file text, an
+//! environment map and the flags, so tests never touch the process environment.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem, naming where the bad value came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Error(pub String);
+
+/// The validated configuration of the daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port` gRPC and HTTP are served on.
+    pub api_address: String,
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    /// `MANTLE_API_TOKEN`: single-tenant mode's token.
+    pub api_token: Option<String>,
+    /// How long shutdown waits for running requests.
+    pub shutdown_grace_period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `postgres://…`, `sqlite://…`, or empty for the embedded default in the data dir.
+    pub url: String,
+    pub max_connections: u32,
+    /// How long startup retries an unreachable database.
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive such as `info` or `mantle_daemon=debug,info`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Values given on the command line; `None` leaves the lower layers in charge.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Flags {
+    /// Configuration file (default: ./mantle.yaml when it exists) [env: MANTLE_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC and HTTP on [env: MANTLE_API_ADDRESS] [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: Option<String>,
+    /// Data directory for the embedded database and the local operator token [env: MANTLE_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: postgres://… or sqlite://… [env: MANTLE_DATABASE_URL] [default: SQLite in the data dir]
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Log filter, e.g. info or debug [env: MANTLE_LOG_LEVEL]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: text or json [env: MANTLE_LOG_FORMAT]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The file form; every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    api: Option<FileApi>,
+    data_dir: Option<PathBuf>,
+    database: Option<FileDatabase>,
+    log: Option<FileLog>,
+    shutdown_grace_period: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    address: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    url: Option<String>,
+    max_connections: Option<u32>,
+    connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// Reads the configuration file (if any) and builds the config from it, `env` and `flags`.
+pub fn load(env: &HashMap<String, String>, flags: &Flags) -> Result<Config, Error> {
+    let explicit = flags
+        .config
+        .clone()
+        .or_else(|| env.get("MANTLE_CONFIG").map(PathBuf::from));
+    let file = match &explicit {
+        Some(path) => Some((
+            path.clone(),
+            std::fs::read_to_string(path)
+                .map_err(|e| Error(format!("config file {}: {e}", path.display())))?,
+        )),
+        None => {
+            let default = PathBuf::from("mantle.yaml");
+            std::fs::read_to_string(&default)
+                .ok()
+                .map(|text| (default, text))
+        }
+    };
+    build(
+        file.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+        env,
+        flags,
+    )
+}
+
+/// Builds the config from the file's path and text, the environment and the flags.
+pub fn build(
+    file: Option<(&Path, &str)>,
+    env: &HashMap<String, String>,
+    flags: &Flags,
+) -> Result<Config, Error> {
+    let file_config: FileConfig = match file {
+        Some((path, text)) if !text.trim().is_empty() => serde_saphyr::from_str(text)
+            .map_err(|e| Error(format!("config file {}: {e}", path.display())))?,
+        _ => FileConfig::default(),
+    };
+    let api = file_config.api.unwrap_or_default();
+    let db = file_config.database.unwrap_or_default();
+    let log = file_config.log.unwrap_or_default();
+    let env_get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+
+    // Each value: (the text, where it came from) with the highest layer winning.
+    let pick = |flag: Option<&String>, var: &str, file_value: Option<String>, key: &str| {
+        flag.map(|v| (v.clone(), format!("--{}", key.replace(['.', '_'], "-"))))
+            .or_else(|| env_get(var).map(|v| (v, var.to_owned())))
+            .or_else(|| file_value.map(|v| (v, format!("config key {key}"))))
+    };
+
+    let (api_address, _) = pick(
+        flags.address.as_ref(),
+        "MANTLE_API_ADDRESS",
+        api.address,
+        "address",
+    )
+    .unwrap_or_else(|| ("127.0.0.1:8080".to_owned(), String::new()));
+    validate_address(&api_address)?;
+
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .or_else(|| env_get("MANTLE_DATA_DIR").map(PathBuf::from))
+        .or(file_config.data_dir)
+        .unwrap_or_else(|| default_data_dir(env));
+
+    let url = pick(
+        flags.database_url.as_ref(),
+        "MANTLE_DATABASE_URL",
+        db.url,
+        "database_url",
+    )
+    .map(|(v, from)| validate_database_url(&v, &from).map(|()| v))
+    .transpose()?
+    .unwrap_or_default();
+
+    let max_connections = match env_get("MANTLE_DATABASE_MAX_CONNECTIONS") {
+        Some(v) => v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error(format!(
+                "MANTLE_DATABASE_MAX_CONNECTIONS: expected a positive number, got {v:?}"
+            ))
+        })?,
+        None => db.max_connections.unwrap_or(10),
+    };
+    if max_connections == 0 {
+        return Err(Error(
+            "config key database.max_connections: must be positive".to_owned(),
+        ));
+    }
+
+    let duration =
+        |var: &str, file_value: Option<String>, key: &str, default: Duration| match env_get(var)
+            .map(|v| (v, var.to_owned()))
+            .or_else(|| file_value.map(|v| (v, format!("config key {key}"))))
+        {
+            Some((v, from)) => parse_duration(&v).map_err(|e| Error(format!("{from}: {e}"))),
+            None => Ok(default),
+        };
+    let connect_timeout = duration(
+        "MANTLE_DATABASE_CONNECT_TIMEOUT",
+        db.connect_timeout,
+        "database.connect_timeout",
+        Duration::from_secs(30),
+    )?;
+    let shutdown_grace_period = duration(
+        "MANTLE_SHUTDOWN_GRACE_PERIOD",
+        file_config.shutdown_grace_period,
+        "shutdown_grace_period",
+        Duration::from_secs(30),
+    )?;
+
+    let level = pick(
+        flags.log_level.as_ref(),
+        "MANTLE_LOG_LEVEL",
+        log.level,
+        "log_level",
+    )
+    .map(|(v, from)| {
+        tracing_subscriber::EnvFilter::try_new(&v)
+            .map(|_| v.clone())
+            .map_err(|e| Error(format!("{from}: invalid log level {v:?}: {e}")))
+    })
+    .transpose()?
+    .unwrap_or_else(|| "info".to_owned());
+    let format = match pick(
+        flags.log_format.as_ref(),
+        "MANTLE_LOG_FORMAT",
+        log.format,
+        "log_format",
+    ) {
+        None => LogFormat::Text,
+        Some((v, from)) => match v.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(Error(format!("{from}: expected text or json, got {v:?}"))),
+        },
+    };
+
+    let api_token = match env_get("MANTLE_API_TOKEN").or(api.token) {
+        Some(token) => {
+            crate::auth::StaticToken::new(&token).map_err(Error)?;
+            Some(token)
+        }
+        None => None,
+    };
+
+    Ok(Config {
+        api_address,
+        data_dir,
+        database: DatabaseConfig {
+            url,
+            max_connections,
+            connect_timeout,
+        },
+        log: LogConfig { level, format },
+        api_token,
+        shutdown_grace_period,
+    })
+}
+
+/// `$XDG_DATA_HOME/mantle`, else `~/.local/share/mantle`, else `./mantle-data`.
+pub fn default_data_dir(env: &HashMap<String, String>) -> PathBuf {
+    if let Some(xdg) = env.get("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("mantle");
+    }
+    match env.get("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/mantle"),
+        None => PathBuf::from("mantle-data"),
+    }
+}
+
+fn validate_address(address: &str) -> Result<(), Error> {
+    let ok = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error(format!(
+            "MANTLE_API_ADDRESS: expected HOST:PORT such as 127.0.0.1:8080, got {address:?}"
+        )))
+    }
+}
+
+fn validate_database_url(url: &str, from: &str) -> Result<(), Error> {
+    let scheme_ok = ["postgres://", "postgresql://", "sqlite:"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if !scheme_ok {
+        return Err(Error(format!(
+            "{from}: cannot parse database URL {:?}: expected postgres://USER@HOST:PORT/DB or sqlite://PATH",
+            crate::store::redact_url(url)
+        )));
+    }
+    Ok(())
+}
+
+/// Parses `500ms`, `2s`, `5m`, `1h` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 500ms, 30s, 5m or 1h"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write e.g. 500ms, 30s, 5m or 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?} has an unknown unit; use ms, s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = build(None, &env(&[("HOME", "/home/u")]), &Flags::default()).unwrap();
+        assert_eq!(c.api_address, "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("/home/u/.local/share/mantle"));
+        assert_eq!(c.database.url, "");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(30));
+        assert!(c.api_token.is_none());
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let file =
+            "api:\n  address: 0.0.0.0:1\nlog:\n  level: debug\n  format: json\ndata_dir: /f\n";
+        let p = Path::new("mantle.yaml");
+        let c = build(Some((p, file)), &env(&[]), &Flags::default()).unwrap();
+        assert_eq!(c.api_address, "0.0.0.0:1");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.data_dir, PathBuf::from("/f"));
+
+        let e = env(&[
+            ("MANTLE_API_ADDRESS", "0.0.0.0:2"),
+            ("MANTLE_DATA_DIR", "/e"),
+        ]);
+        let c = build(Some((p, file)), &e, &Flags::default()).unwrap();
+        assert_eq!(c.api_address, "0.0.0.0:2");
+        assert_eq!(c.data_dir, PathBuf::from("/e"));
+        assert_eq!(c.log.level, "debug");
+
+        let flags = Flags {
+            address: Some("0.0.0.0:3".into()),
+            ..Flags::default()
+        };
+        let c = build(Some((p, file)), &e, &flags).unwrap();
+        assert_eq!(c.api_address, "0.0.0.0:3");
+    }
+
+    #[test]
+    fn errors_name_their_source() {
+        let p = Path::new("m.yaml");
+        let err = build(Some((p, "apii: {}\n")), &env(&[]), &Flags::default()).unwrap_err();
+        assert!(err.0.starts_with("config file m.yaml:"), "{err}");
+        assert!(err.0.contains("apii"), "{err}");
+
+        let err = build(
+            None,
+            &env(&[("MANTLE_LOG_FORMAT", "xml")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.0,
+            "MANTLE_LOG_FORMAT: expected text or json, got \"xml\""
+        );
+
+        let err = build(
+            None,
+            &env(&[("MANTLE_DATABASE_URL", "mysql://x")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.0.starts_with("MANTLE_DATABASE_URL: cannot parse"),
+            "{err}"
+        );
+
+        let err = build(
+            None,
+            &env(&[("MANTLE_API_TOKEN", "short")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("MANTLE_API_TOKEN:"), "{err}");
+
+        let err = build(
+            None,
+            &env(&[("MANTLE_SHUTDOWN_GRACE_PERIOD", "10")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("MANTLE_SHUTDOWN_GRACE_PERIOD:"), "{err}");
+
+        let err = build(
+            None,
+            &env(&[("MANTLE_API_ADDRESS", "8080")]),
+            &Flags::default(),
+        )
+        .unwrap_err();
+        assert!(err.0.starts_with("MANTLE_API_ADDRESS:"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Wiring: open the store, migrate, bootstrap credentials, bind, serve, shut down.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Authenticator, StaticToken, token};
+use crate::config::Config;
+use crate::health;
+use crate::store::{self, Backend, Store};
+use crate::telemetry::Metrics;
+use crate::tenancy::Tenancy;
+
+/// Name of the file, inside the data directory, holding the local operator token.
+pub const OPERATOR_TOKEN_FILE: &str = "operator-token";
+
+/// A failure to start, with the process exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration (exit 64).
+    #[error("{0}")]
+    Config(String),
+    /// The database could not be reached (exit 69).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (exit 1).
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) => 64,
+            StartError::Unavailable(_) => 69,
+            StartError::Other(_) => 1,
+        }
+    }
+}
+
+impl From<store::Error> for StartError {
+    fn from(err: store::Error) -> Self {
+        match err {
+            store::Error::Config(msg) => StartError::Config(msg),
+            store::Error::Unavailable(msg) => StartError::Unavailable(msg),
+            other => StartError::Other(other.into()),
+        }
+    }
+}
+
+/// Opens the configured database (for SQLite, `exclusive` locks the file).
+pub async fn open_store(config: &Config, exclusive: bool) -> Result<Arc<dyn Store>, StartError> {
+    Ok(store::open(&store::OpenOptions {
+        url: config.database.url.clone(),
+        data_dir: config.data_dir.clone(),
+        max_connections: config.database.max_connections,
+        connect_timeout: config.database.connect_timeout,
+        exclusive,
+    })
+    .await?)
+}
+
+/// `mantle serve`: runs until SIGTERM or SIGINT, then drains within the grace period.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let cancel = CancellationToken::new();
+    let store = open_store(&config, true).await?;
+    store.migrate().await?;
+    let tenancy = Tenancy::new(store.clone());
+    let static_token = config
+        .api_token
+        .as_deref()
+        .map(StaticToken::new)
+        .transpose()
+        .map_err(StartError::Config)?;
+    bootstrap_operator_access(&config, store.as_ref(), &tenancy).await?;
+
+    let listener = TcpListener::bind(&config.api_address)
+        .await
+        .map_err(|e| StartError::Config(format!("cannot listen on {}: {e}", config.api_address)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.into()))?;
+    let metrics = Metrics::install(cancel.child_token())?;
+    let readiness = health::spawn_monitor(store.clone(), cancel.child_token());
+
+    let ctx = crate::api::ApiContext {
+        authenticator: Authenticator::new(store.clone(), static_token),
+        tenancy,
+        backend: store.backend(),
+        readiness: readiness.clone(),
+        http: crate::http::router(readiness, metrics),
+    };
+
+    tracing::info!(%address, database = store.backend().as_str(), version = crate::VERSION, "mantle serving");
+    println!("mantle listening on {address}");
+    let _ = std::io::stdout().flush();
+
+    let grace = config.shutdown_grace_period;
+    let shutdown = {
+        let cancel = cancel.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!(
+                grace_period_s = grace.as_secs(),
+                "shutting down; draining requests"
+            );
+            cancel.cancel();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(grace) => {
+                        tracing::error!("grace period over with requests still running; exiting");
+                    }
+                    _ = wait_for_signal() => {
+                        tracing::warn!("second signal; exiting now");
+                    }
+                }
+                std::process::exit(1);
+            });
+        }
+    };
+    crate::api::serve(ctx, listener, shutdown).await?;
+    cancel.cancel();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Makes sure an operator can get in. With the embedded store and no `MANTLE_API_TOKEN`,
+/// keeps a working operator token in `<data dir>/operator-token` (mode 0600). On
+/// PostgreSQL it only points at `mantle admin-key create` when no operator key exists.
+async fn bootstrap_operator_access(
+    config: &Config,
+    store: &dyn Store,
+    tenancy: &Tenancy,
+) -> Result<(), StartError> {
+    if config.api_token.is_some() {
+        return Ok(());
+    }
+    if store.backend() == Backend::Postgres {
+        if !tenancy
+            .has_operator_key()
+            .await
+            .map_err(anyhow::Error::from)?
+        {
+            tracing::warn!(
+                "no operator key exists and MANTLE_API_TOKEN is not set; create one with `mantle admin-key create`"
+            );
+        }
+        return Ok(());
+    }
+    let path = config.data_dir.join(OPERATOR_TOKEN_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if token_is_valid_operator(store, existing.trim()).await? {
+            return Ok(());
+        }
+        tracing::warn!(path = %path.display(), "the saved operator token no longer works; minting a new one");
+    }
+    let created = tenancy
+        .bootstrap_operator_key("local operator (created at first start)")
+        .await
+        .map_err(anyhow::Error::from)?;
+    write_private_file(&path, &format!("{}\n", created.token))
+        .map_err(|e| StartError::Config(format!("writing {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "created an operator token for local use; mantlectl finds it automatically");
+    Ok(())
+}
+
+async fn token_is_valid_operator(store: &dyn Store, presented: &str) -> Result<bool, StartError> {
+    let Some(id) = token::key_id(presented) else {
+        return Ok(false);
+    };
+    let credential = store.api_key_credential(id).await?;
+    Ok(credential.is_some_and(|(key, hash)| {
+        key.tenant.is_none()
+            && key.is_active(chrono::Utc::now())
+            && token::matches(presented, &hash)
+    }))
+}
+
+/// Writes `contents` to `path` with mode 0600, atomically (temporary file + rename).
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,167 @@
+//! Persistence. Traits here speak domain types; `sqlite/` and `postgres/` implement them.
+//! This is the only module that imports sqlx.
+
+pub mod postgres;
+mod shared;
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The database cannot be reached right now.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The configured database URL or file cannot be used.
+    #[error("{0}")]
+    Config(String),
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A migration known to the binary and whether the database has it.
+#[derive(Debug, Clone)]
+pub struct MigrationStatus {
+    pub version: i64,
+    pub description: String,
+    /// When it was applied; `None` while pending.
+    pub applied_at: Option<DateTime<Utc>>,
+}
+
+/// Tenants and API keys.
+#[async_trait::async_trait]
+pub trait TenantStore: Send + Sync {
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn get_tenant(&self, name: &str) -> Result<Tenant>;
+    async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>>;
+    async fn update_tenant(
+        &self,
+        name: &str,
+        update: &TenantUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Tenant>;
+    /// Deletes the tenant and its API keys.
+    async fn delete_tenant(&self, name: &str) -> Result<()>;
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey>;
+    /// Keys of one tenant (or operator keys for `None`), newest first.
+    async fn list_api_keys(
+        &self,
+        tenant_id: Option<uuid::Uuid>,
+        show_revoked: bool,
+        page: &PageRequest,
+    ) -> Result<Page<ApiKey>>;
+    async fn get_api_key(&self, id: &str) -> Result<ApiKey>;
+    /// A key and its token hash, for authentication; `None` when no such key exists.
+    async fn api_key_credential(&self, id: &str) -> Result<Option<(ApiKey, Vec<u8>)>>;
+    /// Sets `revoke_time` unless already set; returns the key.
+    async fn revoke_api_key(&self, id: &str, now: DateTime<Utc>) -> Result<ApiKey>;
+    async fn touch_api_key(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
+}
+
+/// Everything the daemon stores.
+#[async_trait::async_trait]
+pub trait Store: TenantStore {
+    fn backend(&self) -> Backend;
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<()>;
+    async fn migration_status(&self) -> Result<Vec<MigrationStatus>>;
+    /// Applies pending migrations (serialized across replicas on PostgreSQL).
+    async fn migrate(&self) -> Result<()>;
+}
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// `postgres://…`, `sqlite://…`, or empty for `mantle.db` in the data directory.
+    pub url: String,
+    pub data_dir: std::path::PathBuf,
+    pub max_connections: u32,
+    /// How long to keep retrying an unreachable database before giving up.
+    pub connect_timeout: Duration,
+    /// SQLite only: lock the database file so no second daemon can open it.
+    pub exclusive: bool,
+}
+
+/// Opens (and for SQLite, creates) the configured database. Does not migrate.
+pub async fn open(options: &OpenOptions) -> Result<Arc<dyn Store>> {
+    if options.url.starts_with("postgres://") || options.url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(options).await?))
+    } else if options.url.is_empty() || options.url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(options).await?))
+    } else {
+        Err(Error::Config(format!(
+            "database URL {:?}: unsupported scheme; use postgres://… or sqlite://…",
+            redact_url(&options.url)
+        )))
+    }
+}
+
+/// The default SQLite database file inside a data directory.
+pub fn default_sqlite_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("mantle.db")
+}
+
+/// A database URL with any password replaced, safe to print.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db:5432/x?sslmode=require"),
+            "postgres://u:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+        assert_eq!(redact_url("garbage"), "garbage");
+    }
+}

@@ -1,0 +1,302 @@
+//! What the SQLite and PostgreSQL stores have in common: row types, error translation, and
+//! the tenant queries, whose SQL is the same on both (`$n` placeholders work on both, and
+//! ids and times are bound as `Uuid` and `DateTime<Utc>`, which each driver maps to its own
+//! column type). Queries that differ live in each backend's module.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Error;
+use crate::auth::ScopeSet;
+use crate::tenancy::model::{ApiKey, Page, PageRequest, Tenant, TenantRef};
+
+pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time";
+
+pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, \
+     k.scopes, k.token_hash, k.create_time, k.expire_time, k.revoke_time, k.last_use_time \
+     FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TenantRow {
+    id: Uuid,
+    name: String,
+    display_name: String,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(r: TenantRow) -> Self {
+        Tenant {
+            id: r.id,
+            name: r.name,
+            display_name: r.display_name,
+            create_time: r.create_time,
+            update_time: r.update_time,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct KeyRow {
+    id: String,
+    tenant_id: Option<Uuid>,
+    tenant_name: Option<String>,
+    name: String,
+    scopes: String,
+    pub(super) token_hash: Vec<u8>,
+    create_time: DateTime<Utc>,
+    expire_time: Option<DateTime<Utc>>,
+    revoke_time: Option<DateTime<Utc>>,
+    last_use_time: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = Error;
+
+    fn try_from(r: KeyRow) -> Result<Self, Error> {
+        let scopes = ScopeSet::from_storage(&r.scopes)
+            .map_err(|e| Error::Internal(format!("api key {}: stored scopes: {e}", r.id)))?;
+        let tenant = match (r.tenant_id, r.tenant_name) {
+            (Some(id), Some(name)) => Some(TenantRef { id, name }),
+            (None, _) => None,
+            (Some(id), None) => {
+                return Err(Error::Internal(format!(
+                    "api key {}: tenant {id} does not exist",
+                    r.id
+                )));
+            }
+        };
+        Ok(ApiKey {
+            id: r.id,
+            tenant,
+            name: r.name,
+            scopes,
+            create_time: r.create_time,
+            expire_time: r.expire_time,
+            revoke_time: r.revoke_time,
+            last_use_time: r.last_use_time,
+        })
+    }
+}
+
+/// Translates a driver error; `what` names the resource for NotFound/AlreadyExists.
+pub(super) fn map_err(what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> Error {
+    move |err| match &err {
+        sqlx::Error::RowNotFound => Error::NotFound(what()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => Error::AlreadyExists(what()),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => Error::Unavailable(err.to_string()),
+        _ => Error::Internal(err.to_string()),
+    }
+}
+
+/// Splits `limit + 1` fetched rows into a page, with the cursor taken from the last item.
+pub(super) fn into_page<T>(
+    mut items: Vec<T>,
+    page: &PageRequest,
+    cursor: impl Fn(&T) -> String,
+) -> Page<T> {
+    let limit = page.limit as usize;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+/// Implements `TenantStore` for a store type with a `pool: sqlx::Pool<_>` field.
+macro_rules! impl_tenant_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::TenantStore for $store {
+            async fn create_tenant(&self, t: &Tenant) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO tenants (id, name, display_name, create_time, update_time) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(t.id)
+                .bind(&t.name)
+                .bind(&t.display_name)
+                .bind(t.create_time)
+                .bind(t.update_time)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err(|| format!("tenant {:?}", t.name)))?;
+                Ok(())
+            }
+
+            async fn get_tenant(&self, name: &str) -> Result<Tenant> {
+                let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = $1");
+                sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(name)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(Tenant::from)
+                    .map_err(map_err(|| format!("tenant {name:?}")))
+            }
+
+            async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
+                let sql = format!(
+                    "SELECT {TENANT_COLUMNS} FROM tenants WHERE ($1 IS NULL OR name > $1) \
+                     ORDER BY name LIMIT $2"
+                );
+                let rows = sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(page.after.as_deref())
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| "tenants".to_owned()))?;
+                let tenants = rows.into_iter().map(Tenant::from).collect();
+                Ok(into_page(tenants, page, |t: &Tenant| t.name.clone()))
+            }
+
+            async fn update_tenant(
+                &self,
+                name: &str,
+                update: &TenantUpdate,
+                now: DateTime<Utc>,
+            ) -> Result<Tenant> {
+                let sql = format!(
+                    "UPDATE tenants SET display_name = COALESCE($2, display_name), \
+                     update_time = $3 WHERE name = $1 RETURNING {TENANT_COLUMNS}"
+                );
+                sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(name)
+                    .bind(update.display_name.as_deref())
+                    .bind(now)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(Tenant::from)
+                    .map_err(map_err(|| format!("tenant {name:?}")))
+            }
+
+            async fn delete_tenant(&self, name: &str) -> Result<()> {
+                let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err(|| format!("tenant {name:?}")))?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::NotFound(format!("tenant {name:?}")));
+                }
+                Ok(())
+            }
+
+            async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey> {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, tenant_id, name, scopes, token_hash, create_time, \
+                     expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&key.id)
+                .bind(key.tenant_id)
+                .bind(&key.name)
+                .bind(key.scopes.to_storage())
+                .bind(key.token_hash.as_slice())
+                .bind(key.create_time)
+                .bind(key.expire_time)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err(|| format!("api key {:?}", key.id)))?;
+                self.get_api_key(&key.id).await
+            }
+
+            async fn list_api_keys(
+                &self,
+                tenant_id: Option<Uuid>,
+                show_revoked: bool,
+                page: &PageRequest,
+            ) -> Result<Page<ApiKey>> {
+                let sql = format!(
+                    "{KEY_SELECT} WHERE (k.tenant_id = $1 OR ($1 IS NULL AND k.tenant_id IS NULL)) \
+                     AND ($2 OR k.revoke_time IS NULL) AND ($3 IS NULL OR k.id < $3) \
+                     ORDER BY k.id DESC LIMIT $4"
+                );
+                let rows = sqlx::query_as::<_, KeyRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(show_revoked)
+                    .bind(page.after.as_deref())
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| "api keys".to_owned()))?;
+                let keys = rows
+                    .into_iter()
+                    .map(ApiKey::try_from)
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(into_page(keys, page, |k: &ApiKey| k.id.clone()))
+            }
+
+            async fn get_api_key(&self, id: &str) -> Result<ApiKey> {
+                self.api_key_credential(id)
+                    .await?
+                    .map(|(key, _)| key)
+                    .ok_or_else(|| Error::NotFound(format!("api key {id:?}")))
+            }
+
+            async fn api_key_credential(&self, id: &str) -> Result<Option<(ApiKey, Vec<u8>)>> {
+                let sql = format!("{KEY_SELECT} WHERE k.id = $1");
+                let row = sqlx::query_as::<_, KeyRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err(|| format!("api key {id:?}")))?;
+                match row {
+                    None => Ok(None),
+                    Some(mut row) => {
+                        let hash = std::mem::take(&mut row.token_hash);
+                        Ok(Some((ApiKey::try_from(row)?, hash)))
+                    }
+                }
+            }
+
+            async fn revoke_api_key(&self, id: &str, now: DateTime<Utc>) -> Result<ApiKey> {
+                sqlx::query(
+                    "UPDATE api_keys SET revoke_time = COALESCE(revoke_time, $2) WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err(|| format!("api key {id:?}")))?;
+                self.get_api_key(id).await
+            }
+
+            async fn touch_api_key(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+                sqlx::query("UPDATE api_keys SET last_use_time = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err(|| format!("api key {id:?}")))?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use impl_tenant_store;
+
+/// Joins the migrations the binary knows with those the database recorded as applied.
+pub(super) fn migration_status(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[(i64, DateTime<Utc>)],
+) -> Vec<super::MigrationStatus> {
+    migrator
+        .iter()
+        .map(|m| super::MigrationStatus {
+            version: m.version,
+            description: m.description.to_string(),
+            applied_at: applied
+                .iter()
+                .find(|(v, _)| *v == m.version)
+                .map(|(_, at)| *at),
+        })
+        .collect()
+}

@@ -1,0 +1,75 @@
+//! Logs and metrics.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global tracing subscriber writing to stderr.
+pub fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Latency buckets in seconds, from 1 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus registry.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    /// Installs the global recorder (once per process) and starts its upkeep task.
+    pub fn install(cancel: CancellationToken) -> anyhow::Result<Metrics> {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
+            .install_recorder()?;
+        describe();
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = interval.tick() => upkeep.run_upkeep(),
+                }
+            }
+        });
+        Ok(Metrics { handle })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "mantle_grpc_requests_total",
+        "gRPC requests handled, by method and status code"
+    );
+    metrics::describe_histogram!(
+        "mantle_grpc_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "gRPC request latency until the response ended, by method and status code"
+    );
+    metrics::describe_gauge!(
+        "mantle_database_up",
+        "1 while the database answers pings, 0 while it does not"
+    );
+}

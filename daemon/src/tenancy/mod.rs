@@ -1,0 +1,432 @@
+//! Tenants and API keys: the rules of who may create, see and change them.
+//!
+//! Every function takes the [`Caller`] explicitly. Operators (scope `tenants:admin`) manage
+//! everything; a tenant's own key may only read its own tenant, and gets NOT_FOUND for any
+//! other, exactly as if it did not exist.
+
+pub mod model;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::auth::{self, Caller, Scope, ScopeSet, token};
+use crate::store::{self, Store};
+use model::{
+    ApiKey, DEFAULT_TENANT_NAME, NewApiKey, Page, PageRequest, Tenant, TenantRef, TenantUpdate,
+};
+
+/// Default and maximum `page_size` of list calls.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+const MAX_LABEL_LEN: usize = 200;
+
+/// Errors of tenant and key management.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<store::Error> for Error {
+    fn from(err: store::Error) -> Self {
+        match err {
+            store::Error::NotFound(what) => Error::NotFound(what),
+            store::Error::AlreadyExists(what) => Error::AlreadyExists(what),
+            store::Error::Unavailable(msg) => Error::Unavailable(msg),
+            store::Error::Config(msg) | store::Error::Internal(msg) => Error::Internal(msg),
+        }
+    }
+}
+
+impl From<auth::Error> for Error {
+    fn from(err: auth::Error) -> Self {
+        match err {
+            auth::Error::Unauthenticated(msg) => Error::PermissionDenied(msg.to_owned()),
+            auth::Error::PermissionDenied(msg) => Error::PermissionDenied(msg),
+            auth::Error::TenantNotFound(name) => Error::NotFound(format!("tenant {name:?}")),
+            auth::Error::Store(err) => err.into(),
+        }
+    }
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::InvalidArgument {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checks a tenant name: a DNS label (1–63 of `a-z0-9-`, starting with a letter, not
+/// ending with `-`).
+pub fn validate_tenant_name(name: &str) -> Result<()> {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else if name.is_empty() {
+        Err(invalid("name", "required"))
+    } else {
+        Err(invalid(
+            "name",
+            format!(
+                "{name:?} is not a valid tenant name: use 1 to 63 lowercase letters, digits \
+                 and '-', starting with a letter and not ending with '-'"
+            ),
+        ))
+    }
+}
+
+fn validate_label(field: &'static str, value: &str) -> Result<()> {
+    if value.chars().count() > MAX_LABEL_LEN {
+        return Err(invalid(
+            field,
+            format!("at most {MAX_LABEL_LEN} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Validates `page_size`/`page_token` of a list request.
+pub fn page_request(page_size: i32, page_token: &str) -> Result<PageRequest> {
+    let limit = match page_size {
+        n if n < 0 => return Err(invalid("page_size", "must not be negative")),
+        0 => DEFAULT_PAGE_SIZE,
+        n => (n as u32).min(MAX_PAGE_SIZE),
+    };
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        let bytes = hex::decode(page_token)
+            .map_err(|_| invalid("page_token", "not a token returned by this server"))?;
+        Some(
+            String::from_utf8(bytes)
+                .map_err(|_| invalid("page_token", "not a token returned by this server"))?,
+        )
+    };
+    Ok(PageRequest { limit, after })
+}
+
+/// Encodes a store cursor as an opaque page token.
+pub fn page_token(cursor: Option<&str>) -> String {
+    cursor.map(hex::encode).unwrap_or_default()
+}
+
+/// A created key together with its plaintext token, which exists only in this value.
+pub struct CreatedKey {
+    pub key: ApiKey,
+    pub token: String,
+}
+
+/// What a new key asks for.
+pub struct KeyRequest<'a> {
+    /// Tenant name, or empty for an operator key.
+    pub tenant: &'a str,
+    pub name: &'a str,
+    pub scopes: &'a [String],
+    pub expire_time: Option<DateTime<Utc>>,
+}
+
+/// Tenant and API key management.
+#[derive(Clone)]
+pub struct Tenancy {
+    store: Arc<dyn Store>,
+}
+
+impl Tenancy {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Tenancy { store }
+    }
+
+    pub async fn create_tenant(
+        &self,
+        caller: &Caller,
+        name: &str,
+        display_name: &str,
+    ) -> Result<Tenant> {
+        caller.require(Scope::TenantsAdmin)?;
+        validate_tenant_name(name)?;
+        validate_label("display_name", display_name)?;
+        let now = Utc::now();
+        let tenant = Tenant {
+            id: uuid::Uuid::now_v7(),
+            name: name.to_owned(),
+            display_name: display_name.to_owned(),
+            create_time: now,
+            update_time: now,
+        };
+        self.store.create_tenant(&tenant).await?;
+        tracing::info!(tenant = %name, key_id = %caller.key_id, "tenant created");
+        Ok(tenant)
+    }
+
+    pub async fn get_tenant(&self, caller: &Caller, name: &str) -> Result<Tenant> {
+        validate_tenant_name(name)?;
+        if !caller.scopes.grants(Scope::TenantsAdmin)
+            && caller.tenant.as_ref().is_none_or(|t| t.name != name)
+        {
+            return Err(Error::NotFound(format!("tenant {name:?}")));
+        }
+        Ok(self.store.get_tenant(name).await?)
+    }
+
+    pub async fn list_tenants(&self, caller: &Caller, page: &PageRequest) -> Result<Page<Tenant>> {
+        caller.require(Scope::TenantsAdmin)?;
+        Ok(self.store.list_tenants(page).await?)
+    }
+
+    pub async fn update_tenant(
+        &self,
+        caller: &Caller,
+        name: &str,
+        update: &TenantUpdate,
+    ) -> Result<Tenant> {
+        caller.require(Scope::TenantsAdmin)?;
+        validate_tenant_name(name)?;
+        if let Some(display_name) = &update.display_name {
+            validate_label("display_name", display_name)?;
+        }
+        Ok(self.store.update_tenant(name, update, Utc::now()).await?)
+    }
+
+    pub async fn delete_tenant(&self, caller: &Caller, name: &str) -> Result<()> {
+        caller.require(Scope::TenantsAdmin)?;
+        validate_tenant_name(name)?;
+        if name == DEFAULT_TENANT_NAME {
+            return Err(Error::FailedPrecondition(
+                "name: the tenant \"default\" cannot be deleted".to_owned(),
+            ));
+        }
+        self.store.delete_tenant(name).await?;
+        tracing::info!(tenant = %name, key_id = %caller.key_id, "tenant deleted");
+        Ok(())
+    }
+
+    pub async fn create_api_key(
+        &self,
+        caller: &Caller,
+        req: &KeyRequest<'_>,
+    ) -> Result<CreatedKey> {
+        caller.require(Scope::TenantsAdmin)?;
+        let tenant = if req.tenant.is_empty() {
+            None
+        } else {
+            validate_tenant_name(req.tenant).map_err(|_| {
+                invalid(
+                    "tenant",
+                    format!("{:?} is not a valid tenant name", req.tenant),
+                )
+            })?;
+            Some(TenantRef::from(&self.store.get_tenant(req.tenant).await?))
+        };
+        let created = self.mint_key(tenant.as_ref(), req).await?;
+        tracing::info!(key = %created.key.id, tenant = %req.tenant, by = %caller.key_id, "api key created");
+        Ok(created)
+    }
+
+    /// Mints an operator key without a caller: for `mantle admin-key create` and the
+    /// embedded store's first start.
+    pub async fn bootstrap_operator_key(&self, name: &str) -> Result<CreatedKey> {
+        let scopes = [Scope::TenantsAdmin.as_str().to_owned()];
+        let req = KeyRequest {
+            tenant: "",
+            name,
+            scopes: &scopes,
+            expire_time: None,
+        };
+        self.mint_key(None, &req).await
+    }
+
+    async fn mint_key(
+        &self,
+        tenant: Option<&TenantRef>,
+        req: &KeyRequest<'_>,
+    ) -> Result<CreatedKey> {
+        validate_label("name", req.name)?;
+        let scopes = parse_scopes(req.scopes, tenant.is_some())?;
+        let now = Utc::now();
+        if let Some(expire) = req.expire_time
+            && expire <= now
+        {
+            return Err(invalid("expire_time", "must be in the future"));
+        }
+        let minted = token::mint();
+        let key = self
+            .store
+            .create_api_key(&NewApiKey {
+                id: minted.id,
+                tenant_id: tenant.map(|t| t.id),
+                name: req.name.to_owned(),
+                scopes,
+                token_hash: minted.hash,
+                create_time: now,
+                expire_time: req.expire_time,
+            })
+            .await?;
+        Ok(CreatedKey {
+            key,
+            token: minted.token,
+        })
+    }
+
+    pub async fn list_api_keys(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        show_revoked: bool,
+        page: &PageRequest,
+    ) -> Result<Page<ApiKey>> {
+        caller.require(Scope::TenantsAdmin)?;
+        let tenant_id = if tenant.is_empty() {
+            None
+        } else {
+            validate_tenant_name(tenant)
+                .map_err(|_| invalid("tenant", format!("{tenant:?} is not a valid tenant name")))?;
+            Some(self.store.get_tenant(tenant).await?.id)
+        };
+        Ok(self
+            .store
+            .list_api_keys(tenant_id, show_revoked, page)
+            .await?)
+    }
+
+    pub async fn revoke_api_key(&self, caller: &Caller, id: &str) -> Result<ApiKey> {
+        caller.require(Scope::TenantsAdmin)?;
+        if id.is_empty() {
+            return Err(invalid("id", "required"));
+        }
+        let key = self.store.revoke_api_key(id, Utc::now()).await?;
+        tracing::info!(key = %id, by = %caller.key_id, "api key revoked");
+        Ok(key)
+    }
+
+    /// Whether any active operator key exists (to hint at `mantle admin-key create`).
+    pub async fn has_operator_key(&self) -> Result<bool> {
+        let page = PageRequest {
+            limit: 1,
+            after: None,
+        };
+        Ok(!self
+            .store
+            .list_api_keys(None, false, &page)
+            .await?
+            .items
+            .is_empty())
+    }
+}
+
+fn parse_scopes(names: &[String], tenant_key: bool) -> Result<ScopeSet> {
+    if names.is_empty() {
+        return Err(invalid("scopes", "at least one scope is required"));
+    }
+    let scopes = names
+        .iter()
+        .map(|n| n.trim().parse::<Scope>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("scopes", e.to_string()))?;
+    for scope in &scopes {
+        if tenant_key && !scope.is_tenant_scope() {
+            return Err(invalid(
+                "scopes",
+                format!(
+                    "{scope} is an operator scope; create an operator key with an empty tenant"
+                ),
+            ));
+        }
+        if !tenant_key && scope.is_tenant_scope() {
+            return Err(invalid(
+                "scopes",
+                format!("operator keys hold only tenants:admin, not {scope}"),
+            ));
+        }
+    }
+    Ok(ScopeSet::new(scopes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_names() {
+        for good in ["a", "acme", "acme-prod-2", &"a".repeat(63)] {
+            assert!(validate_tenant_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Acme",
+            "1acme",
+            "acme-",
+            "ac_me",
+            "ac.me",
+            &"a".repeat(64),
+        ] {
+            let err = validate_tenant_name(bad).unwrap_err();
+            assert!(err.to_string().starts_with("name: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn page_requests() {
+        assert_eq!(page_request(0, "").unwrap().limit, DEFAULT_PAGE_SIZE);
+        assert_eq!(page_request(5000, "").unwrap().limit, MAX_PAGE_SIZE);
+        assert!(
+            page_request(-1, "")
+                .unwrap_err()
+                .to_string()
+                .starts_with("page_size:")
+        );
+        assert!(
+            page_request(10, "zz")
+                .unwrap_err()
+                .to_string()
+                .starts_with("page_token:")
+        );
+        let token = page_token(Some("acme"));
+        assert_eq!(
+            page_request(10, &token).unwrap().after.as_deref(),
+            Some("acme")
+        );
+        assert_eq!(page_token(None), "");
+    }
+
+    #[test]
+    fn key_scopes_match_key_kind() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(parse_scopes(&s(&["executions:read", "*"]), true).is_ok());
+        assert!(parse_scopes(&s(&["tenants:admin"]), false).is_ok());
+        for (scopes, tenant_key) in [
+            (s(&[]), true),
+            (s(&["tenants:admin"]), true),
+            (s(&["*"]), false),
+            (s(&["executions:delete"]), true),
+        ] {
+            let err = parse_scopes(&scopes, tenant_key).unwrap_err();
+            assert!(err.to_string().starts_with("scopes: "), "{err}");
+        }
+    }
+}

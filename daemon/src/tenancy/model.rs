@@ -1,0 +1,92 @@
+//! Domain types of tenants and API keys, shared by the tenancy service, auth and the store.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::auth::ScopeSet;
+
+/// Identifier of the tenant `default`, created by the first migration.
+pub const DEFAULT_TENANT_ID: Uuid = Uuid::from_u128(1);
+/// Name of the tenant every single-tenant installation uses.
+pub const DEFAULT_TENANT_NAME: &str = "default";
+
+/// A tenant: an isolated namespace for definitions, executions and secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+/// The id and name of a tenant, as carried by callers and keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRef {
+    pub id: Uuid,
+    pub name: String,
+}
+
+impl From<&Tenant> for TenantRef {
+    fn from(t: &Tenant) -> Self {
+        TenantRef {
+            id: t.id,
+            name: t.name.clone(),
+        }
+    }
+}
+
+/// An API key as stored, without its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Random identifier; also the visible part of the token.
+    pub id: String,
+    /// The tenant the key acts on; `None` for operator keys.
+    pub tenant: Option<TenantRef>,
+    pub name: String,
+    pub scopes: ScopeSet,
+    pub create_time: DateTime<Utc>,
+    pub expire_time: Option<DateTime<Utc>>,
+    pub revoke_time: Option<DateTime<Utc>>,
+    pub last_use_time: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    /// Whether the key may authenticate a request at `now`.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoke_time.is_none() && self.expire_time.is_none_or(|t| t > now)
+    }
+}
+
+/// An API key about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub tenant_id: Option<Uuid>,
+    pub name: String,
+    pub scopes: ScopeSet,
+    pub token_hash: [u8; 32],
+    pub create_time: DateTime<Utc>,
+    pub expire_time: Option<DateTime<Utc>>,
+}
+
+/// The changes an update applies; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct TenantUpdate {
+    pub display_name: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Opaque cursor for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A validated page request: at most `limit` items after `after` (exclusive).
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub after: Option<String>,
+}
