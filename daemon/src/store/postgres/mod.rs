@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Pool, Postgres};
+use sqlx::{Connection, PgConnection, Pool, Postgres};
 use uuid::Uuid;
 
 use super::shared::{
@@ -31,9 +31,16 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(5));
         let deadline = tokio::time::Instant::now() + options.connect_timeout;
         let mut backoff = Duration::from_millis(200);
+        // Probe with a single connection: it fails fast, where a pool would keep retrying
+        // for its whole acquire timeout.
         loop {
-            match pool_options.clone().connect_with(connect.clone()).await {
-                Ok(pool) => return Ok(PgStore { pool }),
+            match PgConnection::connect_with(&connect).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    return Ok(PgStore {
+                        pool: pool_options.connect_lazy_with(connect),
+                    });
+                }
                 Err(err) => {
                     let now = tokio::time::Instant::now();
                     if now + backoff > deadline {

@@ -1,0 +1,95 @@
+"""Pieces shared by :mod:`mantle.client` and :mod:`mantle.aio`: the retry policy, channel
+settings and request construction. Nothing here does I/O."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+import grpc
+
+from mantle import _config
+from mantle.types import to_timestamp
+from mantle.v1 import tenant_pb2
+
+MAX_ATTEMPTS = 3
+"""At most this many attempts per call (the first one plus two retries)."""
+BACKOFF_BASE = 0.1
+"""Seconds to wait before the first retry; doubled for the next one, plus up to 25% jitter."""
+
+
+def should_retry(code: grpc.StatusCode | None, *, read: bool, attempt: int) -> bool:
+    """Whether a call that failed with ``code`` on attempt number ``attempt`` (1-based)
+    is tried again: only ``UNAVAILABLE``, and ``DEADLINE_EXCEEDED`` for read-only calls,
+    and never beyond :data:`MAX_ATTEMPTS` attempts."""
+    if attempt >= MAX_ATTEMPTS:
+        return False
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return read and code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to sleep after failed attempt ``attempt`` (1-based): 0.1 s, then 0.2 s,
+    each with up to 25% random jitter."""
+    base = BACKOFF_BASE * (2 ** (attempt - 1))
+    return float(base + random.uniform(0, base / 4))
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout: must be a positive number of seconds or None, got {timeout!r}")
+    return float(timeout)
+
+
+class Settings:
+    """Resolved connection settings of a client."""
+
+    __slots__ = ("address", "token", "tenant", "timeout", "metadata")
+
+    def __init__(
+        self, address: str, token: str | None, tenant: str | None, timeout: float | None
+    ) -> None:
+        self.address = _config.parse_address(address)
+        self.token = _config.resolve_token(token, self.address)
+        self.tenant = tenant or None
+        self.timeout = check_timeout(timeout)
+        self.metadata = _config.call_metadata(self.token, self.tenant)
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        return grpc.ssl_channel_credentials() if self.address.tls else None
+
+
+def create_tenant_request(name: str, display_name: str | None) -> tenant_pb2.CreateTenantRequest:
+    return tenant_pb2.CreateTenantRequest(name=name, display_name=display_name or "")
+
+
+def update_tenant_request(name: str, display_name: str | None) -> tenant_pb2.UpdateTenantRequest:
+    req = tenant_pb2.UpdateTenantRequest(name=name)
+    if display_name is not None:
+        req.display_name = display_name
+    return req
+
+
+def check_page_size(page_size: int) -> int:
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 0:
+        raise ValueError(f"page_size: must be a non-negative integer, got {page_size!r}")
+    return page_size
+
+
+def create_api_key_request(
+    tenant: str,
+    scopes: Iterable[str],
+    name: str | None,
+    expire_time: datetime | timedelta | None,
+) -> tenant_pb2.CreateApiKeyRequest:
+    if isinstance(scopes, str):
+        # A lone string would otherwise be split into characters.
+        scopes = [scopes]
+    req = tenant_pb2.CreateApiKeyRequest(tenant=tenant, name=name or "", scopes=list(scopes))
+    if expire_time is not None:
+        req.expire_time.CopyFrom(to_timestamp(expire_time))
+    return req

@@ -1,0 +1,245 @@
+"""Synchronous client for the Mantle daemon (grpcio)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mantle import _common, errors
+from mantle._config import DEFAULT_ADDRESS, Address
+from mantle.types import ApiKey, CreatedApiKey, ServerInfo, Tenant
+from mantle.v1 import system_pb2, system_pb2_grpc, tenant_pb2, tenant_pb2_grpc
+
+__all__ = ["Client"]
+
+_Resp = TypeVar("_Resp")
+
+
+class Client:
+    """Synchronous client of the Mantle gRPC API.
+
+    Args:
+        address: ``host:port``, ``http://host:port`` or ``https://host:port`` (TLS with
+            the system's default root certificates).
+        token: Bearer token. When None: the ``MANTLE_TOKEN`` environment variable, else,
+            for a local address (localhost, 127.0.0.0/8, ::1), the operator token file
+            ``<data dir>/operator-token`` (data dir: ``MANTLE_DATA_DIR``, else
+            ``$XDG_DATA_HOME/mantle``, else ``~/.local/share/mantle``). Pass ``""`` to
+            send no token at all.
+        tenant: Sent as ``x-mantle-tenant``: the tenant an operator key acts on.
+        timeout: Deadline in seconds for each attempt of each call; None for no deadline.
+
+    Calls failing with ``UNAVAILABLE`` (and, for read-only calls, ``DEADLINE_EXCEEDED``)
+    are retried with a short backoff, at most 3 attempts in all. Failures raise
+    :class:`mantle.errors.MantleError` subclasses.
+
+    Use it as a context manager, or call :meth:`close`::
+
+        with mantle.Client() as client:
+            print(client.server_info().version)
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        token: str | None = None,
+        *,
+        tenant: str | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        self._settings = _common.Settings(address, token, tenant, timeout)
+        creds = self._settings.credentials()
+        target = self._settings.address.target
+        self._channel: grpc.Channel = (
+            grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
+        )
+        self._system = system_pb2_grpc.SystemServiceStub(self._channel)
+        self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def address(self) -> Address:
+        """The parsed daemon address."""
+        return self._settings.address
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant named in ``x-mantle-tenant``, if any."""
+        return self._settings.tenant
+
+    @property
+    def has_token(self) -> bool:
+        """True if requests carry a bearer token (given, from the environment or file)."""
+        return self._settings.token is not None
+
+    def close(self) -> None:
+        """Closes the channel. Calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"mantle.Client(address={self._settings.address.target!r}, tenant={self.tenant!r})"
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: Callable[..., _Resp],
+        request: Any,
+        *,
+        read: bool,
+        auth: bool = True,
+    ) -> _Resp:
+        metadata = self._settings.metadata if auth else ()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return method(request, timeout=self._settings.timeout, metadata=metadata)
+            except grpc.RpcError as e:
+                if _common.should_retry(e.code(), read=read, attempt=attempt):
+                    time.sleep(_common.backoff_delay(attempt))
+                    continue
+                raise errors.from_rpc_error(e) from e
+
+    # -- system ----------------------------------------------------------------------
+
+    def server_info(self) -> ServerInfo:
+        """Returns the daemon's version and database backend, and the identity this client
+        authenticated as (:attr:`ServerInfo.caller`). Any valid token may call it."""
+        resp = self._call(self._system.GetServerInfo, system_pb2.GetServerInfoRequest(), read=True)
+        return ServerInfo.from_proto(resp)
+
+    def health(self, service: str = "") -> str:
+        """Checks ``grpc.health.v1.Health`` and returns the status name: ``"SERVING"``,
+        ``"NOT_SERVING"``, ``"SERVICE_UNKNOWN"`` or ``"UNKNOWN"``.
+
+        ``service`` is ``""`` for the daemon as a whole, or a service name such as
+        ``"mantle.v1.TenantService"`` (an unknown name raises :class:`errors.NotFound`).
+        Needs no token.
+        """
+        check = self._health.Check  # type: ignore[attr-defined,unused-ignore]
+        req = health_pb2.HealthCheckRequest(service=service)
+        resp = self._call(check, req, read=True, auth=False)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    # -- tenants ---------------------------------------------------------------------
+
+    def create_tenant(self, name: str, display_name: str | None = None) -> Tenant:
+        """Creates a tenant. Needs ``tenants:admin``.
+
+        Raises:
+            errors.AlreadyExists: the name is taken.
+            errors.InvalidArgument: the name is not a DNS label (1-63 characters of
+                lowercase letters, digits and '-', starting with a letter, not ending
+                with '-') or the display name is too long.
+        """
+        req = _common.create_tenant_request(name, display_name)
+        return Tenant.from_proto(self._call(self._tenants.CreateTenant, req, read=False))
+
+    def get_tenant(self, name: str) -> Tenant:
+        """Returns one tenant. Operators may read any tenant, tenant keys only their own
+        (another tenant's name raises :class:`errors.NotFound`)."""
+        req = tenant_pb2.GetTenantRequest(name=name)
+        return Tenant.from_proto(self._call(self._tenants.GetTenant, req, read=True))
+
+    def list_tenants(self, *, page_size: int = 0) -> list[Tenant]:
+        """Returns all tenants ordered by name, fetching every page.
+
+        Args:
+            page_size: Tenants per request; 0 uses the server default (50), at most 1000.
+        """
+        return list(self.iter_tenants(page_size=page_size))
+
+    def iter_tenants(self, *, page_size: int = 0) -> Iterator[Tenant]:
+        """Like :meth:`list_tenants`, but yields tenants as pages arrive."""
+        size = _common.check_page_size(page_size)
+        token = ""
+        while True:
+            req = tenant_pb2.ListTenantsRequest(page_size=size, page_token=token)
+            resp = self._call(self._tenants.ListTenants, req, read=True)
+            for t in resp.tenants:
+                yield Tenant.from_proto(t)
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def update_tenant(self, name: str, *, display_name: str | None = None) -> Tenant:
+        """Changes a tenant and returns it. Fields left as None are unchanged;
+        ``display_name=""`` clears the display name. Needs ``tenants:admin``."""
+        req = _common.update_tenant_request(name, display_name)
+        return Tenant.from_proto(self._call(self._tenants.UpdateTenant, req, read=False))
+
+    def delete_tenant(self, name: str) -> None:
+        """Deletes a tenant and revokes all of its API keys. Needs ``tenants:admin``.
+
+        Raises:
+            errors.FailedPrecondition: for the tenant ``default``.
+            errors.NotFound: no such tenant.
+        """
+        req = tenant_pb2.DeleteTenantRequest(name=name)
+        self._call(self._tenants.DeleteTenant, req, read=False)
+
+    # -- API keys --------------------------------------------------------------------
+
+    def create_api_key(
+        self,
+        tenant: str,
+        scopes: Iterable[str],
+        name: str | None = None,
+        expire_time: datetime | timedelta | None = None,
+    ) -> CreatedApiKey:
+        """Creates an API key and returns it with its token (shown only this once).
+
+        Args:
+            tenant: Tenant the key acts on; ``""`` creates an operator key (its only
+                allowed scope is ``tenants:admin``).
+            scopes: E.g. ``["executions:read"]`` or ``["*"]``; at least one.
+            name: Free-form label, at most 200 characters.
+            expire_time: When the key stops working: an aware ``datetime`` in the
+                future, or a ``timedelta`` from now. None means never.
+        """
+        req = _common.create_api_key_request(tenant, scopes, name, expire_time)
+        return CreatedApiKey.from_proto(self._call(self._tenants.CreateApiKey, req, read=False))
+
+    def list_api_keys(
+        self, tenant: str = "", show_revoked: bool = False, *, page_size: int = 0
+    ) -> list[ApiKey]:
+        """Returns the API keys of ``tenant`` (``""``: the operator keys), newest first,
+        fetching every page. Revoked keys are included only with ``show_revoked=True``."""
+        size = _common.check_page_size(page_size)
+        keys: list[ApiKey] = []
+        token = ""
+        while True:
+            req = tenant_pb2.ListApiKeysRequest(
+                tenant=tenant, page_size=size, page_token=token, show_revoked=show_revoked
+            )
+            resp = self._call(self._tenants.ListApiKeys, req, read=True)
+            keys.extend(ApiKey.from_proto(k) for k in resp.api_keys)
+            token = resp.next_page_token
+            if not token:
+                return keys
+
+    def revoke_api_key(self, id: str) -> ApiKey:
+        """Revokes an API key (requests made with it are refused from then on) and
+        returns it with ``revoke_time`` set. Unknown ids raise :class:`errors.NotFound`."""
+        req = tenant_pb2.RevokeApiKeyRequest(id=id)
+        return ApiKey.from_proto(self._call(self._tenants.RevokeApiKey, req, read=False))

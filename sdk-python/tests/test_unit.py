@@ -1,0 +1,463 @@
+"""Unit tests that need no daemon: address parsing, local detection, token discovery,
+error mapping, retry policy and protobuf conversion."""
+
+from __future__ import annotations
+
+import inspect
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+import mantle
+import mantle.aio
+from mantle import _common, _config, errors
+from mantle.types import ApiKey, CreatedApiKey, ServerInfo, Tenant, to_timestamp
+from mantle.v1 import common_pb2, system_pb2, tenant_pb2
+
+
+# -- address parsing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port", "tls", "target"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080, False, "127.0.0.1:8080"),
+        ("localhost:9", "localhost", 9, False, "localhost:9"),
+        ("http://mantle.example.com:8080", "mantle.example.com", 8080, False, "mantle.example.com:8080"),
+        ("https://mantle.example.com:8443", "mantle.example.com", 8443, True, "mantle.example.com:8443"),
+        ("https://mantle.example.com", "mantle.example.com", 443, True, "mantle.example.com:443"),
+        ("http://mantle.example.com/", "mantle.example.com", 80, False, "mantle.example.com:80"),
+        ("HTTPS://Host:1", "host", 1, True, "host:1"),
+        ("[::1]:8080", "::1", 8080, False, "[::1]:8080"),
+        ("https://[2001:db8::1]:443", "2001:db8::1", 443, True, "[2001:db8::1]:443"),
+        ("  10.0.0.5:50051  ", "10.0.0.5", 50051, False, "10.0.0.5:50051"),
+    ],
+)
+def test_parse_address(address: str, host: str, port: int, tls: bool, target: str) -> None:
+    a = mantle.parse_address(address)
+    assert (a.host, a.port, a.tls, a.target) == (host, port, tls, target)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "   ",
+        "localhost",  # bare host needs a port
+        "grpc://host:1",
+        "ftp://host:21",
+        "host:0",
+        "host:70000",
+        "host:port",
+        "http://host:1/path",
+        "https://user:pw@host:1",
+        "::1:8080",  # IPv6 without brackets
+        "http://",
+    ],
+)
+def test_parse_address_rejects(address: str) -> None:
+    with pytest.raises(ValueError, match="address"):
+        mantle.parse_address(address)
+
+
+def test_client_rejects_bad_address() -> None:
+    with pytest.raises(ValueError, match="address"):
+        mantle.Client("nonsense")
+
+
+def test_client_rejects_bad_timeout() -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        mantle.Client("127.0.0.1:1", token="t", timeout=0)
+
+
+# -- local address detection -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "LOCALHOST", "localhost.", "127.0.0.1", "127.1.2.3", "127.255.255.254", "::1", "[::1]",
+     "::ffff:127.0.0.1"],
+)
+def test_local_hosts(host: str) -> None:
+    assert mantle.is_local_host(host) is True
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["10.0.0.1", "128.0.0.1", "0.0.0.0", "::", "::2", "192.168.1.1", "example.com",
+     "localhost.example.com", "mylocalhost", "126.255.255.255", "::ffff:10.0.0.1"],
+)
+def test_non_local_hosts(host: str) -> None:
+    assert mantle.is_local_host(host) is False
+
+
+# -- token discovery ---------------------------------------------------------------------
+
+LOCAL = _config.parse_address("127.0.0.1:8080")
+REMOTE = _config.parse_address("https://mantle.example.com")
+
+
+def _write_token(data_dir: Path, token: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "operator-token").write_text(token + "\n")
+
+
+def test_data_dir_precedence(tmp_path: Path) -> None:
+    assert _config.data_dir({"MANTLE_DATA_DIR": "/a", "XDG_DATA_HOME": "/x", "HOME": "/h"}) == Path("/a")
+    assert _config.data_dir({"XDG_DATA_HOME": "/x", "HOME": "/h"}) == Path("/x/mantle")
+    assert _config.data_dir({"HOME": "/h"}) == Path("/h/.local/share/mantle")
+    assert _config.data_dir({"MANTLE_DATA_DIR": "", "XDG_DATA_HOME": "", "HOME": "/h"}) == Path(
+        "/h/.local/share/mantle"
+    )
+
+
+def test_token_explicit_wins(tmp_path: Path) -> None:
+    _write_token(tmp_path, "from-file")
+    env = {"MANTLE_TOKEN": "from-env", "MANTLE_DATA_DIR": str(tmp_path)}
+    assert _config.resolve_token("explicit", LOCAL, env) == "explicit"
+
+
+def test_token_empty_explicit_means_none(tmp_path: Path) -> None:
+    _write_token(tmp_path, "from-file")
+    env = {"MANTLE_TOKEN": "from-env", "MANTLE_DATA_DIR": str(tmp_path)}
+    assert _config.resolve_token("", LOCAL, env) is None
+
+
+def test_token_env_before_file(tmp_path: Path) -> None:
+    _write_token(tmp_path, "from-file")
+    env = {"MANTLE_TOKEN": "from-env", "MANTLE_DATA_DIR": str(tmp_path)}
+    assert _config.resolve_token(None, LOCAL, env) == "from-env"
+    assert _config.resolve_token(None, REMOTE, env) == "from-env"
+
+
+def test_token_file_only_for_local_address(tmp_path: Path) -> None:
+    _write_token(tmp_path, "from-file")
+    env = {"MANTLE_DATA_DIR": str(tmp_path)}
+    assert _config.resolve_token(None, LOCAL, env) == "from-file"
+    assert _config.resolve_token(None, _config.parse_address("http://localhost:1"), env) == "from-file"
+    assert _config.resolve_token(None, _config.parse_address("[::1]:1"), env) == "from-file"
+    assert _config.resolve_token(None, REMOTE, env) is None
+    assert _config.resolve_token(None, _config.parse_address("10.1.2.3:8080"), env) is None
+
+
+def test_token_file_xdg(tmp_path: Path) -> None:
+    _write_token(tmp_path / "mantle", "xdg-token")
+    env = {"XDG_DATA_HOME": str(tmp_path), "HOME": "/nonexistent"}
+    assert _config.resolve_token(None, LOCAL, env) == "xdg-token"
+
+
+def test_token_file_home(tmp_path: Path) -> None:
+    _write_token(tmp_path / ".local" / "share" / "mantle", "home-token")
+    assert _config.resolve_token(None, LOCAL, {"HOME": str(tmp_path)}) == "home-token"
+
+
+def test_token_missing_file(tmp_path: Path) -> None:
+    assert _config.resolve_token(None, LOCAL, {"MANTLE_DATA_DIR": str(tmp_path / "nope")}) is None
+    (tmp_path / "operator-token").write_text("\n")
+    assert _config.resolve_token(None, LOCAL, {"MANTLE_DATA_DIR": str(tmp_path)}) is None
+
+
+def test_client_reads_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MANTLE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("MANTLE_TOKEN", raising=False)
+    with mantle.Client("127.0.0.1:1") as c:
+        assert c.has_token is False
+    _write_token(tmp_path, "tok")
+    with mantle.Client("127.0.0.1:1") as c:
+        assert c.has_token is True
+        assert c._settings.metadata == (("authorization", "Bearer tok"),)
+    with mantle.Client("10.0.0.1:1") as c:
+        assert c.has_token is False
+
+
+def test_call_metadata() -> None:
+    assert _config.call_metadata(None, None) == ()
+    assert _config.call_metadata("t", None) == (("authorization", "Bearer t"),)
+    assert _config.call_metadata("t", "acme") == (
+        ("authorization", "Bearer t"),
+        ("x-mantle-tenant", "acme"),
+    )
+
+
+# -- error mapping -----------------------------------------------------------------------
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str | None = "boom") -> None:
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str | None:
+        return self._details
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
+        (grpc.StatusCode.NOT_FOUND, errors.NotFound),
+        (grpc.StatusCode.ALREADY_EXISTS, errors.AlreadyExists),
+        (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated),
+        (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.ResourceExhausted),
+        (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
+        (grpc.StatusCode.INTERNAL, errors.Internal),
+    ],
+)
+def test_error_mapping(code: grpc.StatusCode, cls: type[errors.MantleError]) -> None:
+    err = errors.from_rpc_error(FakeRpcError(code, "name: must be a DNS label"))
+    assert type(err) is cls
+    assert isinstance(err, errors.MantleError)
+    assert err.code == code
+    assert err.message == "name: must be a DNS label"
+    assert str(err) == f"{code.name}: name: must be a DNS label"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED,
+     grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.OUT_OF_RANGE],
+)
+def test_error_mapping_other_codes_use_base(code: grpc.StatusCode) -> None:
+    err = errors.from_rpc_error(FakeRpcError(code))
+    assert type(err) is errors.MantleError
+    assert err.code == code
+
+
+def test_error_mapping_without_details() -> None:
+    err = errors.from_rpc_error(FakeRpcError(grpc.StatusCode.NOT_FOUND, None))
+    assert err.message == ""
+    assert str(err) == "NOT_FOUND"
+    bare = errors.from_rpc_error(grpc.RpcError())
+    assert bare.code == grpc.StatusCode.UNKNOWN
+
+
+def test_error_classes_distinct() -> None:
+    classes = set(errors._BY_CODE.values())
+    assert len(classes) == len(errors._BY_CODE) == 10
+    assert mantle.MantleError is errors.MantleError
+
+
+# -- retry policy ------------------------------------------------------------------------
+
+
+def test_should_retry() -> None:
+    U, D, N = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND
+    assert _common.should_retry(U, read=False, attempt=1)
+    assert _common.should_retry(U, read=True, attempt=2)
+    assert not _common.should_retry(U, read=True, attempt=3)
+    assert _common.should_retry(D, read=True, attempt=1)
+    assert not _common.should_retry(D, read=False, attempt=1)
+    assert not _common.should_retry(N, read=True, attempt=1)
+    assert not _common.should_retry(grpc.StatusCode.INTERNAL, read=True, attempt=1)
+
+
+def test_backoff_small_and_growing() -> None:
+    for _ in range(50):
+        d1, d2 = _common.backoff_delay(1), _common.backoff_delay(2)
+        assert 0.1 <= d1 <= 0.125
+        assert 0.2 <= d2 <= 0.25
+
+
+class FakeMethod:
+    """Stands in for a grpc multi-callable: fails with the given codes, then answers."""
+
+    def __init__(self, failures: list[grpc.StatusCode], response: Any = "ok") -> None:
+        self.failures = list(failures)
+        self.response = response
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, request: Any, *, timeout: float | None, metadata: Any) -> Any:
+        self.calls.append({"request": request, "timeout": timeout, "metadata": metadata})
+        if self.failures:
+            raise FakeRpcError(self.failures.pop(0), "try again")
+        return self.response
+
+
+@pytest.fixture
+def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_common, "backoff_delay", lambda attempt: 0.0)
+
+
+U = grpc.StatusCode.UNAVAILABLE
+D = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_sync_retry_then_success() -> None:
+    with mantle.Client("127.0.0.1:1", token="tok", tenant="acme", timeout=5) as c:
+        m = FakeMethod([U, U])
+        assert c._call(m, "req", read=False) == "ok"
+        assert len(m.calls) == 3
+        assert m.calls[0]["timeout"] == 5.0
+        assert m.calls[0]["metadata"] == (
+            ("authorization", "Bearer tok"),
+            ("x-mantle-tenant", "acme"),
+        )
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_sync_retry_gives_up_after_three() -> None:
+    with mantle.Client("127.0.0.1:1", token="tok") as c:
+        m = FakeMethod([U, U, U, U])
+        with pytest.raises(errors.Unavailable) as exc:
+            c._call(m, "req", read=True)
+        assert len(m.calls) == 3
+        assert exc.value.message == "try again"
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_sync_deadline_retried_only_for_reads() -> None:
+    with mantle.Client("127.0.0.1:1", token="tok") as c:
+        write = FakeMethod([D])
+        with pytest.raises(errors.DeadlineExceeded):
+            c._call(write, "req", read=False)
+        assert len(write.calls) == 1
+        read = FakeMethod([D])
+        assert c._call(read, "req", read=True) == "ok"
+        assert len(read.calls) == 2
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_sync_other_errors_not_retried() -> None:
+    with mantle.Client("127.0.0.1:1", token="tok") as c:
+        m = FakeMethod([grpc.StatusCode.NOT_FOUND])
+        with pytest.raises(errors.NotFound):
+            c._call(m, "req", read=True)
+        assert len(m.calls) == 1
+        unauth = FakeMethod([], response="x")
+        c._call(unauth, "req", read=True, auth=False)
+        assert unauth.calls[0]["metadata"] == ()
+
+
+class FakeAsyncMethod(FakeMethod):
+    async def __call__(self, request: Any, *, timeout: float | None, metadata: Any) -> Any:  # type: ignore[override]
+        return FakeMethod.__call__(self, request, timeout=timeout, metadata=metadata)
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("no_sleep")
+async def test_aio_retry() -> None:
+    async with mantle.aio.Client("127.0.0.1:1", token="tok") as c:
+        m = FakeAsyncMethod([U, U])
+        assert await c._call(m, "req", read=False) == "ok"
+        assert len(m.calls) == 3
+        m = FakeAsyncMethod([U, U, U])
+        with pytest.raises(errors.Unavailable):
+            await c._call(m, "req", read=False)
+        assert len(m.calls) == 3
+        m = FakeAsyncMethod([D])
+        with pytest.raises(errors.DeadlineExceeded):
+            await c._call(m, "req", read=False)
+        assert len(m.calls) == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_daemon_raises_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[int] = []
+    monkeypatch.setattr(_common, "backoff_delay", lambda a: attempts.append(a) or 0.0)
+    with mantle.Client(f"127.0.0.1:{_free_port()}", token="tok", timeout=5) as c:
+        with pytest.raises(errors.Unavailable):
+            c.server_info()
+    assert attempts == [1, 2]  # three attempts, two backoffs
+
+
+@pytest.mark.asyncio
+async def test_aio_unreachable_daemon_raises_unavailable() -> None:
+    async with mantle.aio.Client(f"127.0.0.1:{_free_port()}", token="tok", timeout=5) as c:
+        with pytest.raises(errors.Unavailable):
+            await c.health()
+
+
+# -- conversions -------------------------------------------------------------------------
+
+
+def _ts(seconds: int, nanos: int = 0) -> Timestamp:
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def test_tenant_from_proto() -> None:
+    msg = tenant_pb2.Tenant(name="acme", id="u-1", display_name="ACME", create_time=_ts(1_700_000_000, 500_000_000))
+    t = Tenant.from_proto(msg)
+    assert t.name == "acme" and t.id == "u-1" and t.display_name == "ACME"
+    assert t.create_time == datetime(2023, 11, 14, 22, 13, 20, 500_000, tzinfo=timezone.utc)
+    assert t.create_time.tzinfo is not None and t.create_time.utcoffset() == timedelta(0)
+    assert t.update_time is None
+    with pytest.raises(AttributeError):
+        t.name = "x"  # type: ignore[misc]
+
+
+def test_api_key_from_proto() -> None:
+    msg = tenant_pb2.ApiKey(id="abc", tenant="", name="ops", scopes=["tenants:admin"],
+                            create_time=_ts(10), revoke_time=_ts(20))
+    k = ApiKey.from_proto(msg)
+    assert k.scopes == ("tenants:admin",)
+    assert k.operator and k.revoked
+    assert k.expire_time is None and k.last_use_time is None
+    assert k.revoke_time == datetime(1970, 1, 1, 0, 0, 20, tzinfo=timezone.utc)
+
+
+def test_created_api_key_hides_token() -> None:
+    msg = tenant_pb2.CreateApiKeyResponse(api_key=tenant_pb2.ApiKey(id="abc"), token="mntl_abc_secret")
+    created = CreatedApiKey.from_proto(msg)
+    assert created.token == "mntl_abc_secret"
+    assert created.api_key.id == "abc"
+    assert "secret" not in repr(created)
+
+
+def test_server_info_from_proto() -> None:
+    msg = system_pb2.ServerInfo(
+        version="0.1.0", database="sqlite",
+        caller=common_pb2.Caller(tenant="t", scopes=["*"], operator=False, key_id="k"),
+    )
+    info = ServerInfo.from_proto(msg)
+    assert info.caller is not None
+    assert (info.caller.tenant, info.caller.scopes, info.caller.operator, info.caller.key_id) == ("t", ("*",), False, "k")
+    assert ServerInfo.from_proto(system_pb2.ServerInfo()).caller is None
+
+
+def test_to_timestamp() -> None:
+    dt = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    assert to_timestamp(dt).seconds == int(dt.timestamp())
+    with pytest.raises(ValueError, match="naive"):
+        to_timestamp(datetime(2030, 1, 1))
+    before = datetime.now(timezone.utc).timestamp()
+    ts = to_timestamp(timedelta(hours=1))
+    assert before + 3600 - 1 <= ts.seconds <= before + 3600 + 5
+
+
+def test_request_builders() -> None:
+    req = _common.create_api_key_request("acme", "executions:read", None, None)
+    assert list(req.scopes) == ["executions:read"]
+    assert not req.HasField("expire_time")
+    upd = _common.update_tenant_request("acme", None)
+    assert not upd.HasField("display_name")
+    upd = _common.update_tenant_request("acme", "")
+    assert upd.HasField("display_name") and upd.display_name == ""
+    with pytest.raises(ValueError, match="page_size"):
+        _common.check_page_size(-1)
+
+
+def test_public_api() -> None:
+    assert mantle.__version__ == "0.1.0"
+    assert inspect.iscoroutinefunction(mantle.aio.Client.server_info)
+    sync_methods = {n for n in vars(mantle.Client) if not n.startswith("_")}
+    aio_methods = {n for n in vars(mantle.aio.Client) if not n.startswith("_")}
+    assert sync_methods == aio_methods
+    assert Path(mantle.__file__).with_name("py.typed").is_file()
