@@ -1,1 +1,47 @@
+//! Typed Rust client for the Mantle daemon's gRPC API.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mantle_client::Error> {
+//! use mantle_client::{Address, Client, ClientOptions, resolve_token_from_env};
+//!
+//! let address = Address::parse("127.0.0.1:8080")?;
+//! // --token / MANTLE_TOKEN, else the local daemon's operator token file.
+//! let token = resolve_token_from_env(None, &address)?;
+//! let mut options = ClientOptions::new(address);
+//! options.token = token;
+//! let client = Client::connect(options).await?;
+//! let tenant = client.create_tenant("acme", "Acme Inc.").await?;
+//! println!("created {}", tenant.name);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every call carries `authorization: Bearer <token>` (and `x-mantle-tenant` when a tenant
+//! is set). Calls failing with UNAVAILABLE are retried, and DEADLINE_EXCEEDED is retried
+//! for reads; see [`RetryPolicy`].
 
+mod address;
+mod client;
+mod duration;
+mod error;
+mod retry;
+mod token;
+
+pub use address::{Address, DEFAULT_ADDRESS, is_local_host};
+pub use client::{
+    AuthChannel, AuthInterceptor, Client, ClientOptions, HealthStatus, NewApiKey, TENANT_METADATA,
+    datetime_to_timestamp, timestamp_to_datetime,
+};
+pub use duration::parse_duration;
+pub use error::{Error, code_words, format_status};
+pub use retry::RetryPolicy;
+pub use token::{
+    DATA_DIR_ENV, OPERATOR_TOKEN_FILE, TOKEN_ENV, TokenEnv, data_dir, read_operator_token,
+    resolve_token, resolve_token_from_env,
+};
+
+/// The generated protobuf messages and clients of package `mantle.v1`.
+pub use mantle_proto::v1 as proto;
+
+/// Version of this crate (and of `mantlectl`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,306 @@
+//! The `mantlectl` command line.
+
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgGroup, ArgMatches, Args, CommandFactory, Parser, Subcommand};
+use mantle_client::{Address, DEFAULT_ADDRESS};
+
+use crate::output::OutputFormat;
+
+const AFTER_HELP: &str = "\
+Token: --token (or MANTLE_TOKEN). When neither is set and the address is local (localhost,
+127.0.0.0/8, ::1), mantlectl reads the operator token the daemon wrote on its first start to
+<data dir>/operator-token, where the data dir is MANTLE_DATA_DIR, else $XDG_DATA_HOME/mantle,
+else ~/.local/share/mantle. --token '' sends no token.
+
+Tenant: --tenant (or MANTLE_TENANT) names the tenant you work with. It is sent as
+x-mantle-tenant metadata on tenant-scoped calls (whoami), so an operator key acts on that
+tenant instead of `default`. `keys create` and `keys list` manage that tenant's API keys;
+without a tenant they manage operator keys (--operator forces this when MANTLE_TENANT is set).
+`tenants` commands name their tenant as an argument and ignore --tenant.
+
+Output: data goes to stdout, messages and errors to stderr. Times are RFC 3339 in UTC.
+
+Exit codes:
+  0  success
+  1  error: the server refused the request, or a local problem (e.g. unreadable token file)
+  2  invalid command line
+  3  the server could not be reached (connection failed or UNAVAILABLE)
+  4  health: the server or service is not SERVING";
+
+/// Command-line client for the Mantle workflow engine daemon.
+#[derive(Debug, Parser)]
+#[command(name = "mantlectl", version, after_long_help = AFTER_HELP)]
+pub struct Cli {
+    /// Daemon address: host:port, http://host:port or https://host:port (TLS with the
+    /// system's root certificates).
+    #[arg(
+        long,
+        global = true,
+        env = "MANTLE_ADDRESS",
+        default_value = DEFAULT_ADDRESS,
+        value_name = "ADDR",
+        value_parser = parse_address
+    )]
+    pub address: Address,
+
+    /// Bearer token. Default: the local daemon's operator token file (see below).
+    #[arg(
+        long,
+        global = true,
+        env = "MANTLE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// Tenant to work with: sent as x-mantle-tenant, and the tenant whose keys `keys`
+    /// commands manage.
+    #[arg(long, global = true, env = "MANTLE_TENANT", value_name = "NAME")]
+    pub tenant: Option<String>,
+
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = OutputFormat::Table,
+        value_name = "FORMAT"
+    )]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the daemon's gRPC health; prints SERVING or NOT_SERVING (no token needed).
+    Health(HealthArgs),
+    /// Print the client's version and the server's version and database backend.
+    Version,
+    /// Show who the token authenticates as: tenant, scopes, operator, key id.
+    Whoami,
+    /// Manage tenants (needs an operator key).
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// Manage API keys (needs an operator key).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `mantlectl health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Service to check, e.g. mantle.v1.TenantService; default: the server as a whole.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+}
+
+/// `mantlectl tenants …`.
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant.
+    Create {
+        /// Tenant name: a DNS label (lowercase letters, digits and '-').
+        name: String,
+        /// Human-readable name.
+        #[arg(long, value_name = "TEXT")]
+        display_name: Option<String>,
+    },
+    /// Show one tenant.
+    Get {
+        /// Tenant name.
+        name: String,
+    },
+    /// List all tenants.
+    List,
+    /// Change a tenant.
+    #[command(group(ArgGroup::new("changes").required(true).multiple(true)))]
+    Update {
+        /// Tenant name.
+        name: String,
+        /// New human-readable name; '' clears it.
+        #[arg(long, value_name = "TEXT", group = "changes")]
+        display_name: Option<String>,
+    },
+    /// Delete a tenant and revoke its API keys.
+    Delete {
+        /// Tenant name.
+        name: String,
+    },
+}
+
+/// `mantlectl keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key for --tenant (or an operator key) and print its token once.
+    Create(KeysCreateArgs),
+    /// List the API keys of --tenant (or operator keys).
+    List(KeysListArgs),
+    /// Revoke an API key.
+    Revoke {
+        /// Key id: the hex part after `mntl_` in the token.
+        id: String,
+    },
+}
+
+/// `mantlectl keys create`.
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    /// Scope to grant; repeat or separate with commas. Tenant keys: definitions:read,
+    /// definitions:write, executions:read, executions:write, secrets:read, secrets:write or
+    /// '*'. Operator keys: tenants:admin.
+    #[arg(
+        long = "scope",
+        value_name = "SCOPE",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub scopes: Vec<String>,
+
+    /// Free-form label, e.g. ci or alice-laptop.
+    #[arg(long, value_name = "LABEL")]
+    pub name: Option<String>,
+
+    /// Lifetime, e.g. 30d, 12h, 1d12h (units s, m, h, d, w). Default: never expires.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expires_in: Option<Duration>,
+
+    /// Create an operator key even when MANTLE_TENANT is set.
+    #[arg(long)]
+    pub operator: bool,
+}
+
+/// `mantlectl keys list`.
+#[derive(Debug, Args)]
+pub struct KeysListArgs {
+    /// Include revoked keys.
+    #[arg(long)]
+    pub show_revoked: bool,
+
+    /// List operator keys even when MANTLE_TENANT is set.
+    #[arg(long)]
+    pub operator: bool,
+}
+
+/// Checks what clap cannot: `--operator` contradicts a `--tenant` given on the command
+/// line (a tenant from MANTLE_TENANT is simply overridden).
+pub fn check_conflicts(cli: &Cli, matches: &ArgMatches) -> Result<(), clap::Error> {
+    let operator = match &cli.command {
+        Command::Keys(KeysCommand::Create(args)) => args.operator,
+        Command::Keys(KeysCommand::List(args)) => args.operator,
+        _ => false,
+    };
+    if operator && matches.value_source("tenant") == Some(ValueSource::CommandLine) {
+        return Err(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--operator cannot be used with --tenant",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_address(s: &str) -> Result<Address, String> {
+    Address::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    mantle_client::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::FromArgMatches;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mantlectl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = parse(&[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--scope",
+            "executions:read,executions:write",
+            "--scope",
+            "*",
+            "--expires-in",
+            "30d",
+            "-o",
+            "json",
+            "--address",
+            "https://mantle.example.com",
+        ])
+        .unwrap();
+        assert_eq!(cli.tenant.as_deref(), Some("acme"));
+        assert_eq!(cli.output, OutputFormat::Json);
+        assert!(cli.address.tls);
+        let Command::Keys(KeysCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.scopes, ["executions:read", "executions:write", "*"]);
+        assert_eq!(args.expires_in, Some(Duration::from_secs(30 * 86_400)));
+    }
+
+    #[test]
+    fn invalid_values_are_usage_errors() {
+        let err = parse(&["--address", "nohost", "version"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["keys", "create", "--scope", "*", "--expires-in", "3y"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["keys", "create"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn update_needs_a_change() {
+        let err = parse(&["tenants", "update", "acme"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let cli = parse(&["tenants", "update", "acme", "--display-name", ""]).unwrap();
+        let Command::Tenants(TenantsCommand::Update { display_name, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(display_name.as_deref(), Some(""));
+    }
+
+    fn conflicts(args: &[&str]) -> Result<(), clap::Error> {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("mantlectl").chain(args.iter().copied()))
+            .unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        check_conflicts(&cli, &matches)
+    }
+
+    #[test]
+    fn operator_conflicts_with_a_command_line_tenant() {
+        let err = conflicts(&["keys", "list", "--operator", "--tenant", "acme"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert_eq!(err.exit_code(), 2);
+        let err = conflicts(&[
+            "--tenant",
+            "acme",
+            "keys",
+            "create",
+            "--scope",
+            "*",
+            "--operator",
+        ]);
+        assert!(err.is_err());
+        assert!(conflicts(&["keys", "list", "--operator"]).is_ok());
+        assert!(conflicts(&["keys", "list", "--tenant", "acme"]).is_ok());
+        assert!(conflicts(&["--tenant", "acme", "whoami"]).is_ok());
+    }
+}

@@ -1,0 +1,607 @@
+//! The typed client: one gRPC channel, credentials attached to every call, retries.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mantle_proto::v1::system_service_client::SystemServiceClient;
+use mantle_proto::v1::tenant_service_client::TenantServiceClient;
+use mantle_proto::v1::{
+    ApiKey, CreateApiKeyRequest, CreateApiKeyResponse, CreateTenantRequest, DeleteTenantRequest,
+    GetServerInfoRequest, GetTenantRequest, ListApiKeysRequest, ListTenantsRequest,
+    RevokeApiKeyRequest, ServerInfo, Tenant, UpdateTenantRequest,
+};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::error::error_chain;
+use crate::{Address, Error, RetryPolicy};
+
+/// Metadata key naming the tenant an operator key acts on.
+pub const TENANT_METADATA: &str = "x-mantle-tenant";
+
+/// How many items list calls ask for per page.
+const PAGE_SIZE: i32 = 500;
+
+/// The channel type of every generated client this crate hands out.
+pub type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
+
+/// How to reach and authenticate to the daemon.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Where the daemon listens.
+    pub address: Address,
+    /// Bearer token sent as `authorization: Bearer <token>`; `None` sends no token.
+    pub token: Option<String>,
+    /// Tenant sent as `x-mantle-tenant` (lets operator keys act on another tenant).
+    pub tenant: Option<String>,
+    /// How long to wait for the TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Deadline of each attempt of a call; also sent to the server as `grpc-timeout`.
+    pub request_timeout: Duration,
+    /// When to retry failed calls and connection attempts.
+    pub retry: RetryPolicy,
+}
+
+impl ClientOptions {
+    /// Options for `address` with no token, no tenant, a 5 s connect timeout, a 30 s
+    /// request timeout and the default retry policy.
+    pub fn new(address: Address) -> ClientOptions {
+        ClientOptions {
+            address,
+            token: None,
+            tenant: None,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` and `x-mantle-tenant` to every request.
+#[derive(Clone, Default)]
+pub struct AuthInterceptor {
+    authorization: Option<MetadataValue<Ascii>>,
+    tenant: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for AuthInterceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthInterceptor")
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+impl AuthInterceptor {
+    /// Validates the token and tenant as metadata values. Empty values count as unset.
+    pub fn new(token: Option<&str>, tenant: Option<&str>) -> Result<AuthInterceptor, Error> {
+        let authorization = match token.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(token) => {
+                let mut value: MetadataValue<Ascii> =
+                    format!("Bearer {token}")
+                        .parse()
+                        .map_err(|_| Error::InvalidMetadata {
+                            field: "token",
+                            reason: "contains characters that cannot be sent in metadata"
+                                .to_owned(),
+                        })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let tenant = match tenant.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(tenant) => Some(tenant.parse().map_err(|_| Error::InvalidMetadata {
+                field: "tenant",
+                reason: "contains characters that cannot be sent in metadata".to_owned(),
+            })?),
+            None => None,
+        };
+        Ok(AuthInterceptor {
+            authorization,
+            tenant,
+        })
+    }
+}
+
+impl Interceptor for AuthInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let metadata = request.metadata_mut();
+        if let Some(value) = &self.authorization {
+            metadata.insert("authorization", value.clone());
+        }
+        if let Some(value) = &self.tenant {
+            metadata.insert(TENANT_METADATA, value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The result of a gRPC health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// The server did not say.
+    Unknown,
+    /// The service answers requests.
+    Serving,
+    /// The service is up but cannot answer (for example the database is unreachable).
+    NotServing,
+    /// The server does not know the service (only from the streaming Watch call).
+    ServiceUnknown,
+}
+
+impl HealthStatus {
+    /// The protocol's name of the status, for example `SERVING`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Unknown => "UNKNOWN",
+            HealthStatus::Serving => "SERVING",
+            HealthStatus::NotServing => "NOT_SERVING",
+            HealthStatus::ServiceUnknown => "SERVICE_UNKNOWN",
+        }
+    }
+
+    fn from_proto(status: i32) -> HealthStatus {
+        match ServingStatus::try_from(status) {
+            Ok(ServingStatus::Serving) => HealthStatus::Serving,
+            Ok(ServingStatus::NotServing) => HealthStatus::NotServing,
+            Ok(ServingStatus::ServiceUnknown) => HealthStatus::ServiceUnknown,
+            Ok(ServingStatus::Unknown) | Err(_) => HealthStatus::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to create with [`Client::create_api_key`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewApiKey {
+    /// Tenant the key acts on; empty creates an operator key.
+    pub tenant: String,
+    /// Free-form label.
+    pub name: String,
+    /// Scopes to grant; at least one.
+    pub scopes: Vec<String>,
+    /// When the key stops working; `None` means never.
+    pub expire_time: Option<DateTime<Utc>>,
+}
+
+/// A connected client of the Mantle daemon. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    channel: Channel,
+    interceptor: AuthInterceptor,
+    address: Address,
+    request_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl Client {
+    /// Connects to `address` (`host:port`, `http://…` or `https://…`) with an optional
+    /// bearer token and default options.
+    pub async fn connect_to(address: &str, token: Option<&str>) -> Result<Client, Error> {
+        let mut options = ClientOptions::new(Address::parse(address)?);
+        options.token = token.map(str::to_owned);
+        Client::connect(options).await
+    }
+
+    /// Connects with `options`. Connection failures are retried per `options.retry`;
+    /// the final failure is [`Error::Connect`], naming the address.
+    pub async fn connect(options: ClientOptions) -> Result<Client, Error> {
+        let interceptor =
+            AuthInterceptor::new(options.token.as_deref(), options.tenant.as_deref())?;
+        let endpoint = endpoint(&options)?;
+        let mut attempt = 1;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(channel) => break channel,
+                Err(_) if attempt < options.retry.max_attempts => {
+                    tokio::time::sleep(options.retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    return Err(Error::Connect {
+                        address: options.address.to_string(),
+                        reason: connect_reason(&err),
+                    });
+                }
+            }
+        };
+        Ok(Client {
+            channel,
+            interceptor,
+            address: options.address,
+            request_timeout: options.request_timeout,
+            retry: options.retry,
+        })
+    }
+
+    /// The daemon's address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// A client sharing this connection that sends `token` instead (`None`: no token).
+    pub fn with_token(&self, token: Option<&str>) -> Result<Client, Error> {
+        let mut client = self.clone();
+        client.interceptor.authorization = AuthInterceptor::new(token, None)?.authorization;
+        Ok(client)
+    }
+
+    /// A client sharing this connection that sends `x-mantle-tenant: tenant` instead
+    /// (`None`: no tenant metadata).
+    pub fn with_tenant(&self, tenant: Option<&str>) -> Result<Client, Error> {
+        let mut client = self.clone();
+        client.interceptor.tenant = AuthInterceptor::new(None, tenant)?.tenant;
+        Ok(client)
+    }
+
+    /// The generated TenantService client, with credentials attached.
+    pub fn tenant_service(&self) -> TenantServiceClient<AuthChannel> {
+        TenantServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
+    /// The generated SystemService client, with credentials attached.
+    pub fn system_service(&self) -> SystemServiceClient<AuthChannel> {
+        SystemServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
+    /// The generated grpc.health.v1 client.
+    pub fn health_service(&self) -> HealthClient<AuthChannel> {
+        HealthClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
+    /// Runs one unary call with the deadline and retry policy. `idempotent_read` allows
+    /// retrying DEADLINE_EXCEEDED.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        idempotent_read: bool,
+        message: Req,
+        mut send: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: FnMut(tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let mut request = tonic::Request::new(message.clone());
+            request.set_timeout(self.request_timeout);
+            let result = match tokio::time::timeout(self.request_timeout, send(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no response within {} s",
+                    self.request_timeout.as_secs_f64()
+                ))),
+            };
+            match result {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status)
+                    if self
+                        .retry
+                        .should_retry(status.code(), idempotent_read, attempt) =>
+                {
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// SystemService.GetServerInfo: the daemon's version and database, and who the caller is.
+    pub async fn server_info(&self) -> Result<ServerInfo, Error> {
+        self.call(true, GetServerInfoRequest {}, |r| {
+            let mut c = self.system_service();
+            async move { c.get_server_info(r).await }
+        })
+        .await
+    }
+
+    /// grpc.health.v1 Check of `service`; `""` asks about the server as a whole.
+    /// An unknown service name is a NOT_FOUND error.
+    pub async fn health(&self, service: &str) -> Result<HealthStatus, Error> {
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let response = self
+            .call(true, request, |r| {
+                let mut c = self.health_service();
+                async move { c.check(r).await }
+            })
+            .await?;
+        Ok(HealthStatus::from_proto(response.status))
+    }
+
+    /// Creates a tenant. `display_name` may be empty.
+    pub async fn create_tenant(&self, name: &str, display_name: &str) -> Result<Tenant, Error> {
+        let request = CreateTenantRequest {
+            name: name.to_owned(),
+            display_name: display_name.to_owned(),
+        };
+        self.call(false, request, |r| {
+            let mut c = self.tenant_service();
+            async move { c.create_tenant(r).await }
+        })
+        .await
+    }
+
+    /// Returns one tenant by name.
+    pub async fn get_tenant(&self, name: &str) -> Result<Tenant, Error> {
+        let request = GetTenantRequest {
+            name: name.to_owned(),
+        };
+        self.call(true, request, |r| {
+            let mut c = self.tenant_service();
+            async move { c.get_tenant(r).await }
+        })
+        .await
+    }
+
+    /// Lists every tenant, following pages, ordered by name.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        let mut tenants = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListTenantsRequest {
+                page_size: PAGE_SIZE,
+                page_token: page_token.clone(),
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.tenant_service();
+                    async move { c.list_tenants(r).await }
+                })
+                .await?;
+            tenants.extend(page.tenants);
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(tenants);
+            }
+        }
+    }
+
+    /// Changes a tenant's display name (`None` leaves it unchanged, `Some("")` clears it).
+    pub async fn update_tenant(
+        &self,
+        name: &str,
+        display_name: Option<&str>,
+    ) -> Result<Tenant, Error> {
+        let request = UpdateTenantRequest {
+            name: name.to_owned(),
+            display_name: display_name.map(str::to_owned),
+        };
+        self.call(false, request, |r| {
+            let mut c = self.tenant_service();
+            async move { c.update_tenant(r).await }
+        })
+        .await
+    }
+
+    /// Deletes a tenant and revokes its API keys.
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), Error> {
+        let request = DeleteTenantRequest {
+            name: name.to_owned(),
+        };
+        self.call(false, request, |r| {
+            let mut c = self.tenant_service();
+            async move { c.delete_tenant(r).await }
+        })
+        .await
+    }
+
+    /// Creates an API key. The token in the response is shown only this once.
+    pub async fn create_api_key(&self, key: &NewApiKey) -> Result<CreateApiKeyResponse, Error> {
+        let request = CreateApiKeyRequest {
+            tenant: key.tenant.clone(),
+            name: key.name.clone(),
+            scopes: key.scopes.clone(),
+            expire_time: key.expire_time.map(datetime_to_timestamp),
+        };
+        let response = self
+            .call(false, request, |r| {
+                let mut c = self.tenant_service();
+                async move { c.create_api_key(r).await }
+            })
+            .await?;
+        if response.api_key.is_none() || response.token.is_empty() {
+            return Err(Error::InvalidResponse(
+                "CreateApiKey returned no key or no token".to_owned(),
+            ));
+        }
+        Ok(response)
+    }
+
+    /// Lists the API keys of `tenant` (empty: operator keys), newest first, following pages.
+    pub async fn list_api_keys(
+        &self,
+        tenant: &str,
+        show_revoked: bool,
+    ) -> Result<Vec<ApiKey>, Error> {
+        let mut keys = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListApiKeysRequest {
+                tenant: tenant.to_owned(),
+                page_size: PAGE_SIZE,
+                page_token: page_token.clone(),
+                show_revoked,
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.tenant_service();
+                    async move { c.list_api_keys(r).await }
+                })
+                .await?;
+            keys.extend(page.api_keys);
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(keys);
+            }
+        }
+    }
+
+    /// Revokes an API key and returns it.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<ApiKey, Error> {
+        let request = RevokeApiKeyRequest { id: id.to_owned() };
+        self.call(false, request, |r| {
+            let mut c = self.tenant_service();
+            async move { c.revoke_api_key(r).await }
+        })
+        .await
+    }
+}
+
+/// Moves to the next page token; false when there are no more pages. A server that
+/// hands back the token it was just given would loop forever, so that is an error.
+fn next_page(current: &mut String, next: String) -> Result<bool, Error> {
+    if next.is_empty() {
+        return Ok(false);
+    }
+    if next == *current {
+        return Err(Error::InvalidResponse(
+            "server returned the same page token twice".to_owned(),
+        ));
+    }
+    *current = next;
+    Ok(true)
+}
+
+fn endpoint(options: &ClientOptions) -> Result<Endpoint, Error> {
+    let invalid = |reason: String| Error::InvalidAddress {
+        input: options.address.to_string(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(options.address.uri())
+        .map_err(|e| invalid(error_chain(&e)))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .user_agent(concat!("mantle-client/", env!("CARGO_PKG_VERSION")))
+        .map_err(|e| invalid(error_chain(&e)))?;
+    if options.address.tls {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_native_roots())
+            .map_err(|e| invalid(format!("tls: {}", error_chain(&e))))?;
+    }
+    Ok(endpoint)
+}
+
+/// The useful part of a transport error: its causes, without tonic's generic
+/// "transport error" prefix.
+fn connect_reason(err: &tonic::transport::Error) -> String {
+    let chain = error_chain(err);
+    chain
+        .strip_prefix("transport error: ")
+        .unwrap_or(&chain)
+        .to_lowercase()
+}
+
+/// Converts a protobuf timestamp to UTC; `None` for out-of-range values.
+pub fn timestamp_to_datetime(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(ts.nanos).ok()?;
+    DateTime::from_timestamp(ts.seconds, nanos)
+}
+
+/// Converts a UTC time to a protobuf timestamp.
+pub fn datetime_to_timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interceptor_adds_bearer_token_and_tenant() {
+        let mut interceptor = AuthInterceptor::new(Some("mntl_ab_cd"), Some("acme")).unwrap();
+        let request = interceptor.call(tonic::Request::new(())).unwrap();
+        let md = request.metadata();
+        assert_eq!(md.get("authorization").unwrap(), "Bearer mntl_ab_cd");
+        assert_eq!(md.get(TENANT_METADATA).unwrap(), "acme");
+    }
+
+    #[test]
+    fn interceptor_without_values_adds_nothing() {
+        let mut interceptor = AuthInterceptor::new(Some(" "), None).unwrap();
+        let request = interceptor.call(tonic::Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
+        assert!(request.metadata().get(TENANT_METADATA).is_none());
+    }
+
+    #[test]
+    fn interceptor_rejects_tokens_unfit_for_metadata_without_echoing_them() {
+        let err = AuthInterceptor::new(Some("secret\nvalue"), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid token: contains characters that cannot be sent in metadata"
+        );
+        assert!(!format!("{err:?}").contains("secret"));
+    }
+
+    #[test]
+    fn interceptor_debug_redacts_the_token() {
+        let interceptor = AuthInterceptor::new(Some("mntl_secret"), None).unwrap();
+        assert!(!format!("{interceptor:?}").contains("mntl_secret"));
+    }
+
+    #[test]
+    fn interceptor_values_can_be_swapped_independently() {
+        let base = AuthInterceptor::new(Some("a"), Some("acme")).unwrap();
+        let mut swapped = base.clone();
+        swapped.authorization = AuthInterceptor::new(Some("b"), None).unwrap().authorization;
+        let request = swapped.call(tonic::Request::new(())).unwrap();
+        assert_eq!(request.metadata().get("authorization").unwrap(), "Bearer b");
+        assert_eq!(request.metadata().get(TENANT_METADATA).unwrap(), "acme");
+    }
+
+    #[test]
+    fn health_status_names() {
+        assert_eq!(HealthStatus::from_proto(1), HealthStatus::Serving);
+        assert_eq!(HealthStatus::from_proto(2), HealthStatus::NotServing);
+        assert_eq!(HealthStatus::from_proto(99), HealthStatus::Unknown);
+        assert_eq!(HealthStatus::NotServing.to_string(), "NOT_SERVING");
+    }
+
+    #[test]
+    fn next_page_stops_on_empty_and_rejects_repeats() {
+        let mut token = String::new();
+        assert!(!next_page(&mut token, String::new()).unwrap());
+        assert!(next_page(&mut token, "p2".into()).unwrap());
+        assert_eq!(token, "p2");
+        assert!(next_page(&mut token, "p2".into()).is_err());
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let ts = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5_000,
+        };
+        let dt = timestamp_to_datetime(&ts).unwrap();
+        assert_eq!(datetime_to_timestamp(dt), ts);
+        let bad = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert_eq!(timestamp_to_datetime(&bad), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! `mantlectl tenants create|get|list|update|delete`.
+
+use chrono::{DateTime, Utc};
+use mantle_client::proto::Tenant;
+use mantle_client::timestamp_to_datetime;
+use serde::Serialize;
+
+use super::Context;
+use crate::cli::TenantsCommand;
+use crate::output::{self, Render, Table, serialize_time, text_cell, time_cell};
+
+/// A tenant as mantlectl prints it.
+#[derive(Debug, Serialize)]
+struct TenantView {
+    name: String,
+    id: String,
+    display_name: String,
+    #[serde(serialize_with = "serialize_time")]
+    create_time: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "serialize_time")]
+    update_time: Option<DateTime<Utc>>,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        TenantView {
+            create_time: t.create_time.as_ref().and_then(timestamp_to_datetime),
+            update_time: t.update_time.as_ref().and_then(timestamp_to_datetime),
+            name: t.name,
+            id: t.id,
+            display_name: t.display_name,
+        }
+    }
+}
+
+/// Several tenants; a JSON/YAML list.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+struct TenantList(Vec<TenantView>);
+
+fn tenant_table<'a>(tenants: impl IntoIterator<Item = &'a TenantView>) -> String {
+    let mut table = Table::new(&["NAME", "DISPLAY NAME", "ID", "CREATED", "UPDATED"]);
+    for t in tenants {
+        table.row(vec![
+            t.name.clone(),
+            text_cell(&t.display_name),
+            t.id.clone(),
+            time_cell(t.create_time),
+            time_cell(t.update_time),
+        ]);
+    }
+    table.render()
+}
+
+impl Render for TenantView {
+    fn table(&self) -> String {
+        tenant_table([self])
+    }
+}
+
+impl Render for TenantList {
+    fn table(&self) -> String {
+        tenant_table(&self.0)
+    }
+}
+
+/// Runs a `tenants` subcommand. The tenant is named in the request, so no
+/// x-mantle-tenant metadata is sent.
+pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
+    let client = ctx.connect(false).await?;
+    match command {
+        TenantsCommand::Create { name, display_name } => {
+            let tenant = client
+                .create_tenant(&name, display_name.as_deref().unwrap_or_default())
+                .await?;
+            output::print(ctx.output, &TenantView::from(tenant))
+        }
+        TenantsCommand::Get { name } => {
+            let tenant = client.get_tenant(&name).await?;
+            output::print(ctx.output, &TenantView::from(tenant))
+        }
+        TenantsCommand::List => {
+            let tenants = client.list_tenants().await?;
+            output::print(
+                ctx.output,
+                &TenantList(tenants.into_iter().map(TenantView::from).collect()),
+            )
+        }
+        TenantsCommand::Update { name, display_name } => {
+            let tenant = client.update_tenant(&name, display_name.as_deref()).await?;
+            output::print(ctx.output, &TenantView::from(tenant))
+        }
+        TenantsCommand::Delete { name } => {
+            client.delete_tenant(&name).await?;
+            eprintln!("deleted tenant {name}");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{OutputFormat, render};
+
+    fn tenant(name: &str, display_name: &str) -> Tenant {
+        Tenant {
+            name: name.into(),
+            id: "0196-ab".into(),
+            display_name: display_name.into(),
+            create_time: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            update_time: None,
+        }
+    }
+
+    #[test]
+    fn list_renders_as_table() {
+        let list = TenantList(vec![
+            tenant("acme", "Acme Inc.").into(),
+            tenant("default", "").into(),
+        ]);
+        assert_eq!(
+            render(OutputFormat::Table, &list).unwrap(),
+            "NAME     DISPLAY NAME  ID       CREATED               UPDATED\n\
+             acme     Acme Inc.     0196-ab  2023-11-14T22:13:20Z  -\n\
+             default  -             0196-ab  2023-11-14T22:13:20Z  -\n"
+        );
+    }
+
+    #[test]
+    fn json_keeps_empty_fields_and_nulls() {
+        let json = render(OutputFormat::Json, &TenantView::from(tenant("acme", ""))).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["name"], "acme");
+        assert_eq!(value["display_name"], "");
+        assert_eq!(value["create_time"], "2023-11-14T22:13:20Z");
+        assert!(value["update_time"].is_null());
+    }
+
+    #[test]
+    fn list_json_is_an_array() {
+        let list = TenantList(vec![tenant("acme", "").into()]);
+        let json = render(OutputFormat::Json, &list).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value.as_array().map(Vec::len), Some(1));
+    }
+}
