@@ -96,7 +96,14 @@ async fn contract_postgres() {
     let store = store::open(&options(db.url.clone(), std::env::temp_dir()))
         .await
         .unwrap();
-    assert!(store.migration_status().await.unwrap().iter().all(|m| m.applied_at.is_none()));
+    assert!(
+        store
+            .migration_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.applied_at.is_none())
+    );
     store.migrate().await.unwrap();
     // Migrating twice is a no-op.
     store.migrate().await.unwrap();
@@ -114,23 +121,34 @@ async fn sqlite_refuses_a_second_exclusive_opener() {
         .err()
         .expect("second open must fail");
     assert!(
-        err.to_string().contains("another mantle daemon is already using"),
+        err.to_string()
+            .contains("another mantle daemon is already using"),
         "{err}"
     );
 }
 
 #[tokio::test]
 async fn postgres_unparsable_and_unreachable_urls_are_clear() {
-    let bad = store::open(&options("postgres://u@host:notaport/db".into(), std::env::temp_dir()))
-        .await
-        .err()
-        .unwrap();
+    let bad = store::open(&options(
+        "postgres://u@host:notaport/db".into(),
+        std::env::temp_dir(),
+    ))
+    .await
+    .err()
+    .unwrap();
     assert!(matches!(bad, store::Error::Config(_)), "{bad}");
-    let mut opts = options("postgres://postgres:pw@127.0.0.1:1/x".into(), std::env::temp_dir());
+    let mut opts = options(
+        "postgres://postgres:pw@127.0.0.1:1/x".into(),
+        std::env::temp_dir(),
+    );
     opts.connect_timeout = Duration::from_millis(500);
     let err = store::open(&opts).await.err().unwrap();
     assert!(matches!(err, store::Error::Unavailable(_)), "{err}");
-    assert!(err.to_string().contains("postgres://postgres:***@127.0.0.1:1/x"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("postgres://postgres:***@127.0.0.1:1/x"),
+        "{err}"
+    );
     assert!(!err.to_string().contains("pw"), "{err}");
 }
 
@@ -179,7 +197,10 @@ async fn contract(store: Arc<dyn Store>) {
     let got = store.get_tenant("acme").await.unwrap();
     assert_eq!(got.id, acme.id);
     assert_eq!(got.display_name, "acme display");
-    assert_eq!(got.create_time.timestamp_micros(), acme.create_time.timestamp_micros());
+    assert_eq!(
+        got.create_time.timestamp_micros(),
+        acme.create_time.timestamp_micros()
+    );
     let dup = store.create_tenant(&tenant("acme")).await.unwrap_err();
     assert!(matches!(dup, store::Error::AlreadyExists(_)), "{dup}");
     assert!(matches!(
@@ -222,7 +243,10 @@ async fn contract(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(changed.display_name, "ACME Corp");
-    assert_eq!(changed.update_time.timestamp_micros(), later.timestamp_micros());
+    assert_eq!(
+        changed.update_time.timestamp_micros(),
+        later.timestamp_micros()
+    );
     assert!(matches!(
         store
             .update_tenant("nope", &TenantUpdate::default(), later)
@@ -248,7 +272,10 @@ async fn contract(store: Arc<dyn Store>) {
         .unwrap();
     let ids: Vec<_> = acme_keys.items.iter().map(|k| k.id.clone()).collect();
     assert_eq!(ids, [k2.id.clone(), k1.id.clone()]);
-    let op_keys = store.list_api_keys(None, false, &page(10, None)).await.unwrap();
+    let op_keys = store
+        .list_api_keys(None, false, &page(10, None))
+        .await
+        .unwrap();
     assert_eq!(op_keys.items.len(), 1);
     assert_eq!(op_keys.items[0].id, op.id);
     let first = store
@@ -267,12 +294,21 @@ async fn contract(store: Arc<dyn Store>) {
     let (key, hash) = store.api_key_credential(&k1.id).await.unwrap().unwrap();
     assert!(token::matches(&t1, &hash));
     assert!(key.is_active(Utc::now()));
-    assert!(store.api_key_credential("0".repeat(32).as_str()).await.unwrap().is_none());
+    assert!(
+        store
+            .api_key_credential("0".repeat(32).as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Revocation is idempotent and hides the key from default listings.
     let at = Utc::now();
     let revoked = store.revoke_api_key(&k1.id, at).await.unwrap();
-    assert_eq!(revoked.revoke_time.unwrap().timestamp_micros(), at.timestamp_micros());
+    assert_eq!(
+        revoked.revoke_time.unwrap().timestamp_micros(),
+        at.timestamp_micros()
+    );
     let again = store
         .revoke_api_key(&k1.id, at + TimeDelta::seconds(9))
         .await
@@ -296,7 +332,10 @@ async fn contract(store: Arc<dyn Store>) {
 
     store.touch_api_key(&k2.id, at).await.unwrap();
     let touched = store.get_api_key(&k2.id).await.unwrap();
-    assert_eq!(touched.last_use_time.unwrap().timestamp_micros(), at.timestamp_micros());
+    assert_eq!(
+        touched.last_use_time.unwrap().timestamp_micros(),
+        at.timestamp_micros()
+    );
 
     // Deleting a tenant deletes its keys; operator keys stay.
     store.delete_tenant("acme").await.unwrap();
