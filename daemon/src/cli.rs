@@ -32,6 +32,12 @@ enum Command {
         #[command(subcommand)]
         command: AdminKeyCommand,
     },
+    /// Validate workflow files offline (no daemon, no database): one FILE:LINE:COL line per problem.
+    Validate {
+        /// Workflow files to check.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -63,6 +69,7 @@ pub fn main() -> i32 {
             println!("mantle {}", crate::VERSION);
             return 0;
         }
+        Command::Validate { files } => return validate_files(files),
         Command::Serve(f) | Command::Init(f) => f,
         Command::Migrate {
             command: MigrateCommand::Status(f),
@@ -91,13 +98,52 @@ pub fn main() -> i32 {
             Command::AdminKey {
                 command: AdminKeyCommand::Create { name, .. },
             } => admin_key_create(&config, &name).await,
-            Command::Version => Ok(()),
+            Command::Version | Command::Validate { .. } => Ok(()),
         }
     });
     match result {
         Ok(()) => 0,
         Err(err) => fail(&err),
     }
+}
+
+/// `mantle validate`: checks every file and exits 1 if any has a problem.
+fn validate_files(files: &[std::path::PathBuf]) -> i32 {
+    let mut failed = false;
+    for path in files {
+        let shown = path.display().to_string();
+        let source = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(err) => {
+                println!("{shown}: cannot read the file: {err}");
+                failed = true;
+                continue;
+            }
+        };
+        match crate::definitions::load(&source, &shown) {
+            Ok(loaded) => eprintln!(
+                "{shown}: ok ({}, {} step{})",
+                loaded.spec.name,
+                loaded.spec.steps.len(),
+                if loaded.spec.steps.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                }
+            ),
+            Err(crate::definitions::Error::Invalid { file, problems }) => {
+                failed = true;
+                for p in &problems {
+                    println!("{}", p.render(&file));
+                }
+            }
+            Err(other) => {
+                failed = true;
+                println!("{shown}: {other}");
+            }
+        }
+    }
+    i32::from(failed)
 }
 
 fn fail(err: &StartError) -> i32 {

@@ -301,23 +301,9 @@ fn validate_database_url(url: &str, from: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Parses `500ms`, `2s`, `5m`, `1h` (a whole number and a unit).
+/// Parses a duration such as `500ms`, `30s`, `5m` or `1h30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit; write e.g. 500ms, 30s, 5m or 1h"))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write e.g. 500ms, 30s, 5m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{text:?} has an unknown unit; use ms, s, m or h")),
-    }
+    crate::duration::parse(text)
 }
 
 #[cfg(test)]
@@ -421,16 +407,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.0.starts_with("MANTLE_API_ADDRESS:"), "{err}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5d").is_err());
-        assert!(parse_duration("s").is_err());
     }
 }

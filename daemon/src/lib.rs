@@ -8,12 +8,16 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod connectors;
+pub mod definitions;
+pub mod duration;
 pub mod health;
 pub mod http;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;
+pub mod workflow;
 
 /// The daemon's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

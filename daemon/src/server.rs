@@ -89,6 +89,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let ctx = crate::api::ApiContext {
         authenticator: Authenticator::new(store.clone(), static_token),
         tenancy,
+        definitions: crate::definitions::Definitions::new(store.clone()),
         backend: store.backend(),
         readiness: readiness.clone(),
         http: crate::http::router(readiness, metrics),

@@ -67,3 +67,66 @@ impl From<&Caller> for pb::Caller {
         }
     }
 }
+
+impl From<crate::definitions::model::Definition> for pb::Definition {
+    fn from(d: crate::definitions::model::Definition) -> Self {
+        pb::Definition {
+            name: d.name,
+            version: d.version,
+            content_hash: d.content_hash,
+            description: d.description,
+            source: d.source,
+            spec_json: d.spec_json,
+            create_time: Some(timestamp(d.create_time)),
+        }
+    }
+}
+
+impl From<crate::workflow::plan::Change> for pb::Change {
+    fn from(c: crate::workflow::plan::Change) -> Self {
+        use crate::workflow::plan::ChangeKind;
+        let kind = match c.kind {
+            ChangeKind::Added => pb::change::Kind::Added,
+            ChangeKind::Removed => pb::change::Kind::Removed,
+            ChangeKind::Changed => pb::change::Kind::Changed,
+        };
+        let json = |v: Option<serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_default();
+        pb::Change {
+            kind: kind as i32,
+            section: c.section.to_owned(),
+            name: c.name,
+            fields: c
+                .fields
+                .into_iter()
+                .map(|f| pb::FieldChange {
+                    path: f.path,
+                    before: json(f.before),
+                    after: json(f.after),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<crate::definitions::PlanResult> for pb::Plan {
+    fn from(p: crate::definitions::PlanResult) -> Self {
+        pb::Plan {
+            name: p.name,
+            current_version: p.current_version,
+            changed: p.changed,
+            content_hash: p.content_hash,
+            changes: p.changes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A validation problem as the API reports it.
+pub fn problem(file: &str, p: &crate::workflow::Problem) -> pb::ValidationProblem {
+    pb::ValidationProblem {
+        file: file.to_owned(),
+        line: p.pos.line,
+        column: p.pos.column,
+        path: p.path.clone(),
+        message: p.message.clone(),
+    }
+}

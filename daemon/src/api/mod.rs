@@ -3,6 +3,7 @@
 //! unwraps the request, calls one domain function and converts the result back.
 
 mod convert;
+mod definition;
 mod error;
 mod layers;
 mod system;
@@ -10,6 +11,7 @@ mod tenant;
 
 use std::future::Future;
 
+use mantle_proto::v1::definition_service_server::DefinitionServiceServer;
 use mantle_proto::v1::system_service_server::SystemServiceServer;
 use mantle_proto::v1::tenant_service_server::TenantServiceServer;
 use tokio::net::TcpListener;
@@ -19,17 +21,23 @@ use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticator, Caller};
+use crate::definitions::Definitions;
 use crate::health::Readiness;
 use crate::store::Backend;
 use crate::tenancy::Tenancy;
 
 /// gRPC service names reported by `grpc.health.v1.Health`.
-pub const SERVICE_NAMES: [&str; 2] = ["mantle.v1.TenantService", "mantle.v1.SystemService"];
+pub const SERVICE_NAMES: [&str; 3] = [
+    "mantle.v1.TenantService",
+    "mantle.v1.SystemService",
+    "mantle.v1.DefinitionService",
+];
 
 /// What the API serves.
 pub struct ApiContext {
     pub authenticator: Authenticator,
     pub tenancy: Tenancy,
+    pub definitions: Definitions,
     pub backend: Backend,
     pub readiness: Readiness,
     /// The plain HTTP routes served on the same port.
@@ -69,6 +77,9 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(TenantServiceServer::new(tenant::TenantApi {
             tenancy: ctx.tenancy,
+        }))
+        .add_service(DefinitionServiceServer::new(definition::DefinitionApi {
+            definitions: ctx.definitions,
         }))
         .add_service(SystemServiceServer::new(system::SystemApi {
             backend: ctx.backend,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::definitions::model::{Definition, DefinitionSummary, NewVersion, VersionInfo};
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
 /// Errors of the store layer.
@@ -88,9 +89,45 @@ pub trait TenantStore: Send + Sync {
     async fn touch_api_key(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
 }
 
+/// Workflow definitions, always scoped by tenant.
+#[async_trait::async_trait]
+pub trait DefinitionStore: Send + Sync {
+    /// Stores `v` as the next version unless the latest live version has the same content
+    /// hash. Concurrent applies of one workflow are serialized. Returns the latest version
+    /// and whether it was created.
+    async fn apply_definition(&self, v: &NewVersion) -> Result<(Definition, bool)>;
+    /// A version (`None`: the latest) of a workflow that is not deleted.
+    async fn get_definition(
+        &self,
+        tenant_id: uuid::Uuid,
+        name: &str,
+        version: Option<i64>,
+    ) -> Result<Definition>;
+    /// Workflows that are not deleted, by name.
+    async fn list_definitions(
+        &self,
+        tenant_id: uuid::Uuid,
+        page: &PageRequest,
+    ) -> Result<Page<DefinitionSummary>>;
+    /// Versions of a workflow that is not deleted, newest first.
+    async fn list_definition_versions(
+        &self,
+        tenant_id: uuid::Uuid,
+        name: &str,
+        page: &PageRequest,
+    ) -> Result<Page<VersionInfo>>;
+    /// Marks a workflow deleted; its versions stay readable to executions.
+    async fn delete_definition(
+        &self,
+        tenant_id: uuid::Uuid,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+}
+
 /// Everything the daemon stores.
 #[async_trait::async_trait]
-pub trait Store: TenantStore {
+pub trait Store: TenantStore + DefinitionStore {
     fn backend(&self) -> Backend;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;

@@ -9,7 +9,8 @@ use sqlx::{Connection, PgConnection, Pool, Postgres};
 use uuid::Uuid;
 
 use super::shared::{
-    KEY_SELECT, KeyRow, TENANT_COLUMNS, TenantRow, impl_tenant_store, into_page, map_err,
+    KEY_SELECT, KeyRow, TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow,
+    impl_definition_store, impl_tenant_store, into_page, map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
@@ -59,6 +60,7 @@ impl PgStore {
 }
 
 impl_tenant_store!(PgStore);
+impl_definition_store!(PgStore);
 
 #[async_trait::async_trait]
 impl Store for PgStore {

@@ -11,7 +11,8 @@ use sqlx::{Pool, Sqlite};
 use uuid::Uuid;
 
 use super::shared::{
-    KEY_SELECT, KeyRow, TENANT_COLUMNS, TenantRow, impl_tenant_store, into_page, map_err,
+    KEY_SELECT, KeyRow, TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow,
+    impl_definition_store, impl_tenant_store, into_page, map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store};
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
@@ -96,6 +97,7 @@ fn lock_database(path: &std::path::Path) -> Result<File> {
 }
 
 impl_tenant_store!(SqliteStore);
+impl_definition_store!(SqliteStore);
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {

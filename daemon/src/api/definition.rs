@@ -1,0 +1,130 @@
+//! `mantle.v1.DefinitionService`.
+
+use mantle_proto::v1 as pb;
+use mantle_proto::v1::definition_service_server::DefinitionService;
+use tonic::{Request, Response, Status};
+
+use super::caller;
+use super::convert::timestamp;
+use crate::definitions::Definitions;
+use crate::tenancy::{page_request, page_token};
+
+pub struct DefinitionApi {
+    pub definitions: Definitions,
+}
+
+#[tonic::async_trait]
+impl DefinitionService for DefinitionApi {
+    async fn validate_definition(
+        &self,
+        request: Request<pb::ValidateDefinitionRequest>,
+    ) -> Result<Response<pb::ValidateDefinitionResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let loaded = self
+            .definitions
+            .validate(caller, &req.source, &req.filename)?;
+        Ok(Response::new(pb::ValidateDefinitionResponse {
+            name: loaded.spec.name,
+            content_hash: loaded.content_hash,
+            step_count: loaded.spec.steps.len() as u32,
+        }))
+    }
+
+    async fn plan_definition(
+        &self,
+        request: Request<pb::PlanDefinitionRequest>,
+    ) -> Result<Response<pb::Plan>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let plan = self
+            .definitions
+            .plan(caller, &req.source, &req.filename)
+            .await?;
+        Ok(Response::new(plan.into()))
+    }
+
+    async fn apply_definition(
+        &self,
+        request: Request<pb::ApplyDefinitionRequest>,
+    ) -> Result<Response<pb::ApplyDefinitionResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let applied = self
+            .definitions
+            .apply(caller, &req.source, &req.filename)
+            .await?;
+        Ok(Response::new(pb::ApplyDefinitionResponse {
+            definition: Some(applied.definition.into()),
+            created: applied.created,
+            changes: applied.changes.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn get_definition(
+        &self,
+        request: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::Definition>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let definition = self.definitions.get(caller, &req.name, req.version).await?;
+        Ok(Response::new(definition.into()))
+    }
+
+    async fn list_definitions(
+        &self,
+        request: Request<pb::ListDefinitionsRequest>,
+    ) -> Result<Response<pb::ListDefinitionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let page = page_request(req.page_size, &req.page_token)?;
+        let page = self.definitions.list(caller, &page).await?;
+        Ok(Response::new(pb::ListDefinitionsResponse {
+            next_page_token: page_token(page.next_cursor.as_deref()),
+            definitions: page
+                .items
+                .into_iter()
+                .map(|d| pb::DefinitionSummary {
+                    name: d.name,
+                    latest_version: d.latest_version,
+                    description: d.description,
+                    create_time: Some(timestamp(d.create_time)),
+                    update_time: Some(timestamp(d.update_time)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_definition_versions(
+        &self,
+        request: Request<pb::ListDefinitionVersionsRequest>,
+    ) -> Result<Response<pb::ListDefinitionVersionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let page = page_request(req.page_size, &req.page_token)?;
+        let page = self.definitions.versions(caller, &req.name, &page).await?;
+        Ok(Response::new(pb::ListDefinitionVersionsResponse {
+            next_page_token: page_token(page.next_cursor.as_deref()),
+            versions: page
+                .items
+                .into_iter()
+                .map(|v| pb::DefinitionVersion {
+                    version: v.version,
+                    content_hash: v.content_hash,
+                    create_time: Some(timestamp(v.create_time)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_definition(
+        &self,
+        request: Request<pb::DeleteDefinitionRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = caller(&request)?;
+        self.definitions
+            .delete(caller, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(()))
+    }
+}

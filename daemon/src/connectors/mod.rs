@@ -1,0 +1,181 @@
+//! Actions: the registry of what a step's `action` may name, with each action's declared
+//! params schema. Validation checks workflows against it; the engine runs the same actions.
+
+/// The type a param must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Object,
+    Array,
+    /// A duration string such as `500ms`, `2s`, `5m`, `1h`.
+    Duration,
+    /// One of the listed strings.
+    OneOf(&'static [&'static str]),
+    /// Anything.
+    Any,
+}
+
+impl ParamType {
+    pub fn describe(self) -> String {
+        match self {
+            ParamType::String => "a string".into(),
+            ParamType::Integer => "an integer".into(),
+            ParamType::Number => "a number".into(),
+            ParamType::Boolean => "a boolean".into(),
+            ParamType::Object => "a mapping".into(),
+            ParamType::Array => "a list".into(),
+            ParamType::Duration => "a duration such as 500ms, 2s or 5m".into(),
+            ParamType::OneOf(values) => format!("one of {}", values.join(", ")),
+            ParamType::Any => "any value".into(),
+        }
+    }
+}
+
+/// One declared param.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub required: bool,
+    pub description: &'static str,
+}
+
+/// Params that exclude each other: at most one of them may be given.
+pub type Exclusive = &'static [&'static str];
+
+/// What an action accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ActionSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub params: &'static [ParamSpec],
+    /// Whether params not declared are accepted (for actions such as `core/set`).
+    pub open_params: bool,
+    /// Groups of params of which at most one may be set.
+    pub exclusive: &'static [Exclusive],
+    /// Credential types the action can use; empty when it takes no credential.
+    pub credential_types: &'static [&'static str],
+}
+
+const fn param(
+    name: &'static str,
+    ty: ParamType,
+    required: bool,
+    description: &'static str,
+) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty,
+        required,
+        description,
+    }
+}
+
+const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Every built-in action.
+pub const BUILTIN: &[ActionSpec] = &[
+    ActionSpec {
+        name: "core/log",
+        description: "Writes a message to the execution's log; outputs {message}.",
+        params: &[param("message", ParamType::String, true, "the text to log")],
+        open_params: false,
+        exclusive: &[],
+        credential_types: &[],
+    },
+    ActionSpec {
+        name: "core/set",
+        description: "Outputs its params as they evaluate: every param becomes an output field.",
+        params: &[],
+        open_params: true,
+        exclusive: &[],
+        credential_types: &[],
+    },
+    ActionSpec {
+        name: "core/sleep",
+        description: "Waits durably for a duration; survives restarts without holding a task.",
+        params: &[param(
+            "duration",
+            ParamType::Duration,
+            true,
+            "how long to wait, such as 500ms, 2s, 5m",
+        )],
+        open_params: false,
+        exclusive: &[],
+        credential_types: &[],
+    },
+    ActionSpec {
+        name: "core/fail",
+        description: "Fails the step with a message.",
+        params: &[param(
+            "message",
+            ParamType::String,
+            true,
+            "the error message",
+        )],
+        open_params: false,
+        exclusive: &[],
+        credential_types: &[],
+    },
+    ActionSpec {
+        name: "http/request",
+        description: "Sends an HTTP request; outputs {status, headers, body} (body parsed when JSON).",
+        params: &[
+            param(
+                "url",
+                ParamType::String,
+                true,
+                "absolute http:// or https:// URL",
+            ),
+            param(
+                "method",
+                ParamType::OneOf(HTTP_METHODS),
+                false,
+                "HTTP method (default GET)",
+            ),
+            param("headers", ParamType::Object, false, "request headers"),
+            param(
+                "query",
+                ParamType::Object,
+                false,
+                "query parameters added to the URL",
+            ),
+            param("body", ParamType::String, false, "raw request body"),
+            param("json", ParamType::Any, false, "a value sent as a JSON body"),
+            param(
+                "timeout",
+                ParamType::Duration,
+                false,
+                "request timeout (default 30s)",
+            ),
+            param(
+                "follow_redirects",
+                ParamType::Boolean,
+                false,
+                "follow redirects (default true, at most 10)",
+            ),
+            param(
+                "max_response_bytes",
+                ParamType::Integer,
+                false,
+                "response size cap (default 10 MiB)",
+            ),
+        ],
+        open_params: false,
+        exclusive: &[&["body", "json"]],
+        credential_types: &["bearer", "basic", "header"],
+    },
+];
+
+/// Looks an action up by name.
+pub fn action(name: &str) -> Option<&'static ActionSpec> {
+    BUILTIN.iter().find(|a| a.name == name)
+}
+
+/// Every action name, for suggestions.
+pub fn action_names() -> impl Iterator<Item = &'static str> {
+    BUILTIN.iter().map(|a| a.name)
+}

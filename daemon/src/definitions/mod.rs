@@ -1,0 +1,273 @@
+//! Workflow definitions of a tenant: validate, plan, apply, read, delete.
+//!
+//! Every call is scoped to the caller's tenant; another tenant's workflow answers NOT_FOUND
+//! exactly as a missing one does.
+
+pub mod model;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::auth::{self, Caller, Scope};
+use crate::store::{self, Store};
+use crate::tenancy::model::{Page, PageRequest, TenantRef};
+use crate::workflow::plan::{Change, diff};
+use crate::workflow::{self, Loaded, Problem, WorkflowSpec};
+use model::{Definition, DefinitionSummary, NewVersion, VersionInfo};
+
+/// Errors of definition management.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The workflow file has problems; every one is listed.
+    #[error("{file}: {} problem(s)", problems.len())]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<store::Error> for Error {
+    fn from(err: store::Error) -> Self {
+        match err {
+            store::Error::NotFound(what) => Error::NotFound(what),
+            store::Error::Unavailable(msg) => Error::Unavailable(msg),
+            store::Error::AlreadyExists(msg)
+            | store::Error::Config(msg)
+            | store::Error::Internal(msg) => Error::Internal(msg),
+        }
+    }
+}
+
+impl From<auth::Error> for Error {
+    fn from(err: auth::Error) -> Self {
+        match err {
+            auth::Error::Unauthenticated(msg) => Error::PermissionDenied(msg.to_owned()),
+            auth::Error::PermissionDenied(msg) => Error::PermissionDenied(msg),
+            auth::Error::TenantNotFound(name) => Error::NotFound(format!("tenant {name:?}")),
+            auth::Error::Store(err) => err.into(),
+        }
+    }
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What applying a file would change.
+#[derive(Debug, Clone)]
+pub struct PlanResult {
+    pub name: String,
+    /// The latest stored version, 0 when none.
+    pub current_version: i64,
+    pub changed: bool,
+    pub content_hash: String,
+    pub changes: Vec<Change>,
+}
+
+/// The outcome of an apply.
+#[derive(Debug, Clone)]
+pub struct ApplyResult {
+    pub definition: Definition,
+    pub created: bool,
+    pub changes: Vec<Change>,
+}
+
+/// Loads and validates a file, naming it `file` in problems.
+pub fn load(source: &str, file: &str) -> Result<Loaded> {
+    workflow::load(source).map_err(|problems| Error::Invalid {
+        file: file.to_owned(),
+        problems,
+    })
+}
+
+/// The name problems are reported under when the request names no file.
+pub fn file_name(filename: &str) -> &str {
+    if filename.is_empty() {
+        "<input>"
+    } else {
+        filename
+    }
+}
+
+/// Workflow definition management.
+#[derive(Clone)]
+pub struct Definitions {
+    store: Arc<dyn Store>,
+}
+
+impl Definitions {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Definitions { store }
+    }
+
+    fn tenant(caller: &Caller, scope: Scope) -> Result<&TenantRef> {
+        caller.require(scope)?;
+        caller
+            .tenant
+            .as_ref()
+            .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
+    }
+
+    pub fn validate(&self, caller: &Caller, source: &str, filename: &str) -> Result<Loaded> {
+        Self::tenant(caller, Scope::DefinitionsRead)?;
+        load(source, file_name(filename))
+    }
+
+    pub async fn plan(&self, caller: &Caller, source: &str, filename: &str) -> Result<PlanResult> {
+        let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
+        let loaded = load(source, file_name(filename))?;
+        let current = self.latest(tenant, &loaded.spec.name).await?;
+        let old_spec = current.as_ref().map(parse_spec).transpose()?;
+        Ok(PlanResult {
+            name: loaded.spec.name.clone(),
+            current_version: current.as_ref().map_or(0, |d| d.version),
+            changed: current
+                .as_ref()
+                .is_none_or(|d| d.content_hash != loaded.content_hash),
+            content_hash: loaded.content_hash.clone(),
+            changes: diff(old_spec.as_ref(), &loaded.spec),
+        })
+    }
+
+    pub async fn apply(
+        &self,
+        caller: &Caller,
+        source: &str,
+        filename: &str,
+    ) -> Result<ApplyResult> {
+        let tenant = Self::tenant(caller, Scope::DefinitionsWrite)?;
+        let loaded = load(source, file_name(filename))?;
+        let before = self.latest(tenant, &loaded.spec.name).await?;
+        let old_spec = before.as_ref().map(parse_spec).transpose()?;
+        let (definition, created) = self
+            .store
+            .apply_definition(&NewVersion {
+                tenant_id: tenant.id,
+                name: loaded.spec.name.clone(),
+                content_hash: loaded.content_hash.clone(),
+                description: loaded.spec.description.clone(),
+                spec_json: loaded.normalized.clone(),
+                source: source.to_owned(),
+                now: Utc::now(),
+            })
+            .await?;
+        let changes = if created {
+            diff(old_spec.as_ref(), &loaded.spec)
+        } else {
+            Vec::new()
+        };
+        if created {
+            tracing::info!(
+                tenant = %tenant.name,
+                workflow = %definition.name,
+                version = definition.version,
+                key_id = %caller.key_id,
+                "workflow version applied"
+            );
+        }
+        Ok(ApplyResult {
+            definition,
+            created,
+            changes,
+        })
+    }
+
+    async fn latest(&self, tenant: &TenantRef, name: &str) -> Result<Option<Definition>> {
+        match self.store.get_definition(tenant.id, name, None).await {
+            Ok(d) => Ok(Some(d)),
+            Err(store::Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A version (0: the latest).
+    pub async fn get(&self, caller: &Caller, name: &str, version: i64) -> Result<Definition> {
+        let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
+        check_name(name)?;
+        if version < 0 {
+            return Err(Error::InvalidArgument {
+                field: "version",
+                message: "must be 0 (latest) or a positive version number".to_owned(),
+            });
+        }
+        let version = (version > 0).then_some(version);
+        Ok(self.store.get_definition(tenant.id, name, version).await?)
+    }
+
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        page: &PageRequest,
+    ) -> Result<Page<DefinitionSummary>> {
+        let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
+        Ok(self.store.list_definitions(tenant.id, page).await?)
+    }
+
+    pub async fn versions(
+        &self,
+        caller: &Caller,
+        name: &str,
+        page: &PageRequest,
+    ) -> Result<Page<VersionInfo>> {
+        let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
+        check_name(name)?;
+        if let Some(after) = &page.after
+            && after.parse::<i64>().is_err()
+        {
+            return Err(Error::InvalidArgument {
+                field: "page_token",
+                message: "not a token returned by this server".to_owned(),
+            });
+        }
+        Ok(self
+            .store
+            .list_definition_versions(tenant.id, name, page)
+            .await?)
+    }
+
+    pub async fn delete(&self, caller: &Caller, name: &str) -> Result<()> {
+        let tenant = Self::tenant(caller, Scope::DefinitionsWrite)?;
+        check_name(name)?;
+        self.store
+            .delete_definition(tenant.id, name, Utc::now())
+            .await?;
+        tracing::info!(tenant = %tenant.name, workflow = %name, key_id = %caller.key_id, "workflow deleted");
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if workflow::load::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            field: "name",
+            message: if name.is_empty() {
+                "required".to_owned()
+            } else {
+                format!("{name:?} is not a valid workflow name")
+            },
+        })
+    }
+}
+
+fn parse_spec(d: &Definition) -> Result<WorkflowSpec> {
+    serde_json::from_str(&d.spec_json).map_err(|e| {
+        Error::Internal(format!(
+            "stored spec of {} version {} does not parse: {e}",
+            d.name, d.version
+        ))
+    })
+}

@@ -1,0 +1,1230 @@
+//! From YAML text to a validated [`WorkflowSpec`], reporting every problem at once with its
+//! line, column and YAML path.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+
+use super::dag;
+use super::expr::{self, ExprError};
+use super::problem::{Problem, Problems, suggestion};
+use super::spec::{InputSpec, InputType, RetrySpec, StepSpec, TriggerSpec, WorkflowSpec};
+use super::yaml::{self, Key, Node, Pos, Value};
+use crate::connectors::{self, ActionSpec, ParamType};
+
+/// Most steps one workflow may have.
+pub const MAX_STEPS: usize = 1000;
+/// Most attempts a retry policy may ask for.
+pub const MAX_ATTEMPTS: u64 = 100;
+
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "inputs",
+    "steps",
+    "outputs",
+    "timeout",
+    "triggers",
+];
+const STEP_FIELDS: &[&str] = &[
+    "name",
+    "action",
+    "params",
+    "credential",
+    "if",
+    "depends_on",
+    "retry",
+    "timeout",
+    "continue_on_error",
+];
+const INPUT_FIELDS: &[&str] = &["type", "required", "default", "description", "enum"];
+const RETRY_FIELDS: &[&str] = &[
+    "max_attempts",
+    "initial_backoff",
+    "max_backoff",
+    "multiplier",
+    "backoff",
+];
+/// Fields of the original Mantle that this version does not implement.
+const UNSUPPORTED: &[&str] = &[
+    "token_budget",
+    "max_parallel_executions",
+    "on_limit",
+    "hooks",
+];
+const UNSUPPORTED_STEP: &[&str] = &["registry_credential", "max_parallel", "artifacts"];
+
+/// A validated workflow with its normalized form.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub spec: WorkflowSpec,
+    /// Canonical JSON of the spec: what is stored, and what the hash covers.
+    pub normalized: String,
+    /// SHA-256 of `normalized`, hex: whitespace, comments and key order do not change it.
+    pub content_hash: String,
+}
+
+/// Stack for validation: the YAML deserializer and the CEL parser recurse per nesting level.
+const STACK_BYTES: usize = 64 * 1024 * 1024;
+
+/// Runs `f` on a thread with a stack deep enough for the nesting limits of YAML and CEL
+/// (async worker threads have small stacks).
+pub fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("workflow-load".to_owned())
+            .stack_size(STACK_BYTES)
+            .spawn_scoped(scope, f)
+            .expect("spawning the validation thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Parses and validates a workflow file.
+pub fn load(source: &str) -> Result<Loaded, Vec<Problem>> {
+    with_big_stack(|| load_here(source))
+}
+
+fn load_here(source: &str) -> Result<Loaded, Vec<Problem>> {
+    let root = yaml::parse(source).map_err(|e| {
+        vec![Problem {
+            pos: e.pos,
+            path: String::new(),
+            message: e.message,
+        }]
+    })?;
+    let mut d = Decoder {
+        source,
+        problems: Problems::default(),
+    };
+    let spec = d.workflow(&root);
+    match spec {
+        Some(spec) if d.problems.is_empty() => {
+            let normalized = serde_json::to_string(&spec).expect("a workflow spec serializes");
+            let content_hash = hex::encode(Sha256::digest(normalized.as_bytes()));
+            Ok(Loaded {
+                spec,
+                normalized,
+                content_hash,
+            })
+        }
+        _ => Err(d.problems.into_sorted()),
+    }
+}
+
+/// Checks a workflow or step name: `[a-z][a-z0-9_-]*`, at most 63 characters, not ending in `-`.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A step as decoded, with what validation needs beyond the spec.
+struct StepDraft {
+    spec: StepSpec,
+    path: String,
+    pos: Pos,
+    /// Steps referenced by `if` and params, with where each reference was written.
+    refs: Vec<(String, Pos, String)>,
+    /// `depends_on` entries with their positions.
+    explicit: Vec<(String, Pos, String)>,
+}
+
+struct Decoder<'s> {
+    source: &'s str,
+    problems: Problems,
+}
+
+impl Decoder<'_> {
+    fn add(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.problems.add(pos, path, message);
+    }
+
+    fn map<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [(Key, Node)]> {
+        match &node.value {
+            Value::Map(entries) => Some(entries),
+            other => {
+                self.add(
+                    node.pos,
+                    path,
+                    format!("expected a mapping, found {}", other.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports keys that are not in `allowed`, with a suggestion.
+    fn check_keys(
+        &mut self,
+        entries: &[(Key, Node)],
+        path: &str,
+        allowed: &[&str],
+        unsupported: &[&str],
+    ) {
+        for (key, _) in entries {
+            if allowed.contains(&key.name.as_str()) {
+                continue;
+            }
+            let at = join(path, &key.name);
+            if unsupported.contains(&key.name.as_str()) {
+                self.add(
+                    key.pos,
+                    &at,
+                    format!("{:?} is not supported by this version of Mantle", key.name),
+                );
+            } else {
+                let hint = suggestion(&key.name, allowed.iter().copied());
+                self.add(key.pos, &at, format!("unknown field {:?}{hint}", key.name));
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            other => {
+                self.add(
+                    node.pos,
+                    path,
+                    format!("expected a string, found {}", other.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match &node.value {
+            Value::Bool(b) => Some(*b),
+            other => {
+                self.add(
+                    node.pos,
+                    path,
+                    format!("expected true or false, found {}", other.kind()),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration_ms(&mut self, node: &Node, path: &str) -> Option<u64> {
+        let text = self.string(node, path)?;
+        match crate::duration::parse(&text) {
+            Ok(d) if d.is_zero() => {
+                self.add(node.pos, path, "must be longer than zero");
+                None
+            }
+            Ok(d) => Some(d.as_millis().min(u128::from(u64::MAX)) as u64),
+            Err(e) => {
+                self.add(node.pos, path, e);
+                None
+            }
+        }
+    }
+
+    /// Where a character offset inside a scalar string lies in the file.
+    fn pos_in(&self, node: &Node, text: &str, offset: usize) -> Pos {
+        if text.contains('\n') {
+            return node.pos;
+        }
+        let quote = u32::from(node.is_quoted(self.source));
+        Pos {
+            line: node.pos.line,
+            column: node.pos.column + quote + offset as u32,
+        }
+    }
+
+    fn expr_errors(&mut self, node: &Node, text: &str, path: &str, errors: Vec<ExprError>) {
+        for e in errors {
+            let pos = self.pos_in(node, text, e.offset);
+            self.add(pos, path, e.message);
+        }
+    }
+
+    fn workflow(&mut self, root: &Node) -> Option<WorkflowSpec> {
+        if matches!(root.value, Value::Null) {
+            self.add(
+                root.pos,
+                "",
+                "the file is empty; a workflow needs at least `name` and `steps`",
+            );
+            return None;
+        }
+        let entries = self.map(root, "")?;
+        self.check_keys(entries, "", TOP_FIELDS, UNSUPPORTED);
+        let field = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
+
+        let name = match field("name") {
+            Some(n) => self.string(n, "name").filter(|s| {
+                let ok = is_valid_name(s);
+                if !ok {
+                    self.add(
+                        n.pos,
+                        "name",
+                        format!(
+                            "{s:?} is not a valid workflow name: use 1 to 63 lowercase letters, digits, \
+                             '-' and '_', starting with a letter and not ending with '-'"
+                        ),
+                    );
+                }
+                ok
+            }),
+            None => {
+                self.add(root.pos, "name", "required field is missing");
+                None
+            }
+        };
+        let description = field("description")
+            .and_then(|n| self.string(n, "description"))
+            .unwrap_or_default();
+        let timeout_ms = field("timeout").and_then(|n| self.duration_ms(n, "timeout"));
+        let inputs = field("inputs").map(|n| self.inputs(n)).unwrap_or_default();
+        let triggers = field("triggers")
+            .map(|n| self.triggers(n))
+            .unwrap_or_default();
+
+        let drafts = match field("steps") {
+            Some(n) => self.steps(n),
+            None => {
+                self.add(
+                    root.pos,
+                    "steps",
+                    "required field is missing: a workflow needs at least one step",
+                );
+                Vec::new()
+            }
+        };
+        let names: BTreeMap<String, Pos> = drafts
+            .iter()
+            .map(|d| (d.spec.name.clone(), d.pos))
+            .collect();
+        let outputs = field("outputs")
+            .map(|n| self.outputs(n, &names))
+            .unwrap_or_default();
+        let steps = self.resolve_dependencies(drafts, &names);
+
+        Some(WorkflowSpec {
+            name: name?,
+            description,
+            inputs,
+            steps,
+            outputs,
+            timeout_ms,
+            triggers,
+        })
+    }
+
+    fn inputs(&mut self, node: &Node) -> BTreeMap<String, InputSpec> {
+        let mut out = BTreeMap::new();
+        let Some(entries) = self.map(node, "inputs") else {
+            return out;
+        };
+        for (key, value) in entries {
+            let path = join("inputs", &key.name);
+            let valid = key.name.len() <= 63
+                && key
+                    .name
+                    .starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && key
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                self.add(
+                    key.pos,
+                    &path,
+                    format!(
+                        "{:?} is not a valid input name: use lowercase letters, digits and '_' \
+                         (a '-' would read as minus in expressions)",
+                        key.name
+                    ),
+                );
+            }
+            if let Some(spec) = self.input(value, &path) {
+                out.insert(key.name.clone(), spec);
+            }
+        }
+        out
+    }
+
+    fn input(&mut self, node: &Node, path: &str) -> Option<InputSpec> {
+        let entries = self.map(node, path)?;
+        self.check_keys(entries, path, INPUT_FIELDS, &[]);
+        let field = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
+        let ty = match field("type") {
+            None => Some(InputType::String),
+            Some(n) => {
+                let p = join(path, "type");
+                let text = self.string(n, &p)?;
+                let parsed = InputType::parse(&text);
+                if parsed.is_none() {
+                    let hint = suggestion(&text, InputType::NAMES);
+                    self.add(
+                        n.pos,
+                        &p,
+                        format!(
+                            "unknown type {text:?}{hint}; use one of {}",
+                            InputType::NAMES.join(", ")
+                        ),
+                    );
+                }
+                parsed
+            }
+        };
+        let required = field("required")
+            .and_then(|n| self.boolean(n, &join(path, "required")))
+            .unwrap_or(false);
+        let description = field("description")
+            .and_then(|n| self.string(n, &join(path, "description")))
+            .unwrap_or_default();
+        let ty = ty?;
+        let check = |d: &mut Self, n: &Node, p: &str| -> bool {
+            let v = n.to_json();
+            let ok = ty.admits(&v);
+            if !ok {
+                d.add(
+                    n.pos,
+                    p,
+                    format!(
+                        "expected {} (the input's type), found {}",
+                        ty.as_str(),
+                        n.value.kind()
+                    ),
+                );
+            }
+            ok
+        };
+        let allowed = match field("enum") {
+            None => None,
+            Some(n) => {
+                let p = join(path, "enum");
+                match &n.value {
+                    Value::Seq(items) if !items.is_empty() => {
+                        let mut ok = true;
+                        for (i, item) in items.iter().enumerate() {
+                            ok &= check(self, item, &format!("{p}[{i}]"));
+                        }
+                        ok.then(|| items.iter().map(Node::to_json).collect::<Vec<_>>())
+                    }
+                    Value::Seq(_) => {
+                        self.add(n.pos, &p, "must list at least one value");
+                        None
+                    }
+                    other => {
+                        self.add(
+                            n.pos,
+                            &p,
+                            format!("expected a list, found {}", other.kind()),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let default = match field("default") {
+            None => None,
+            Some(n) => {
+                let p = join(path, "default");
+                if check(self, n, &p) {
+                    let v = n.to_json();
+                    if let Some(values) = &allowed
+                        && !values.contains(&v)
+                    {
+                        self.add(
+                            n.pos,
+                            &p,
+                            format!("{v} is not one of the input's enum values"),
+                        );
+                    }
+                    if required {
+                        self.add(
+                            n.pos,
+                            &p,
+                            "a required input cannot have a default; remove one of them",
+                        );
+                    }
+                    Some(v)
+                } else {
+                    None
+                }
+            }
+        };
+        Some(InputSpec {
+            ty,
+            required,
+            default,
+            description,
+            allowed,
+        })
+    }
+
+    fn outputs(&mut self, node: &Node, steps: &BTreeMap<String, Pos>) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(entries) = self.map(node, "outputs") else {
+            return out;
+        };
+        for (key, value) in entries {
+            let path = join("outputs", &key.name);
+            if !is_valid_name(&key.name) {
+                self.add(
+                    key.pos,
+                    &path,
+                    format!("{:?} is not a valid output name", key.name),
+                );
+            }
+            let Some(text) = self.string(value, &path) else {
+                continue;
+            };
+            match expr::compile(&text) {
+                Ok(c) => {
+                    for (step, offset) in &c.step_refs {
+                        self.check_step_ref(step, steps, self.pos_in(value, &text, *offset), &path);
+                    }
+                    out.insert(key.name.clone(), text);
+                }
+                Err(errors) => self.expr_errors(value, &text, &path, errors),
+            }
+        }
+        out
+    }
+
+    fn check_step_ref(
+        &mut self,
+        step: &str,
+        steps: &BTreeMap<String, Pos>,
+        pos: Pos,
+        path: &str,
+    ) -> bool {
+        if steps.contains_key(step) {
+            return true;
+        }
+        let hint = suggestion(step, steps.keys().map(String::as_str));
+        self.add(
+            pos,
+            path,
+            format!("unknown step {step:?} in expression{hint}"),
+        );
+        false
+    }
+
+    fn triggers(&mut self, node: &Node) -> Vec<TriggerSpec> {
+        let mut out = Vec::new();
+        let Value::Seq(items) = &node.value else {
+            self.add(
+                node.pos,
+                "triggers",
+                format!("expected a list, found {}", node.value.kind()),
+            );
+            return out;
+        };
+        let mut paths: BTreeMap<String, Pos> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("triggers[{i}]");
+            let Some(entries) = self.map(item, &path) else {
+                continue;
+            };
+            let field = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
+            let Some(ty_node) = field("type") else {
+                self.add(
+                    item.pos,
+                    &join(&path, "type"),
+                    "required field is missing: use cron or webhook",
+                );
+                continue;
+            };
+            let Some(ty) = self.string(ty_node, &join(&path, "type")) else {
+                continue;
+            };
+            match ty.as_str() {
+                "cron" => {
+                    self.check_keys(entries, &path, &["type", "schedule", "timezone"], &[]);
+                    let schedule = match field("schedule") {
+                        Some(n) => self.cron(n, &join(&path, "schedule")),
+                        None => {
+                            self.add(
+                                item.pos,
+                                &join(&path, "schedule"),
+                                "required field is missing",
+                            );
+                            None
+                        }
+                    };
+                    let timezone = field("timezone").and_then(|n| {
+                        let p = join(&path, "timezone");
+                        let tz = self.string(n, &p)?;
+                        if tz.parse::<chrono_tz::Tz>().is_err() {
+                            self.add(n.pos, &p, format!("unknown time zone {tz:?}; use an IANA name such as Europe/Berlin or UTC"));
+                            return None;
+                        }
+                        Some(tz)
+                    });
+                    if let Some(schedule) = schedule {
+                        out.push(TriggerSpec::Cron { schedule, timezone });
+                    }
+                }
+                "webhook" => {
+                    self.check_keys(entries, &path, &["type", "path", "secret"], &[]);
+                    let hook_path = match field("path") {
+                        Some(n) => self.webhook_path(n, &join(&path, "path"), &mut paths),
+                        None => {
+                            self.add(item.pos, &join(&path, "path"), "required field is missing");
+                            None
+                        }
+                    };
+                    let secret =
+                        field("secret").and_then(|n| self.string(n, &join(&path, "secret")));
+                    if let Some(p) = hook_path {
+                        out.push(TriggerSpec::Webhook { path: p, secret });
+                    }
+                }
+                other => {
+                    let hint = suggestion(other, ["cron", "webhook"]);
+                    self.add(
+                        ty_node.pos,
+                        &join(&path, "type"),
+                        format!("unknown trigger type {other:?}{hint}; use cron or webhook"),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn cron(&mut self, node: &Node, path: &str) -> Option<String> {
+        let text = self.string(node, path)?;
+        let parser = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .build();
+        match parser.parse(&text) {
+            Ok(_) => Some(text),
+            Err(e) => {
+                self.add(
+                    node.pos,
+                    path,
+                    format!("invalid cron schedule {text:?}: {e}; use five fields: minute hour day-of-month month day-of-week"),
+                );
+                None
+            }
+        }
+    }
+
+    fn webhook_path(
+        &mut self,
+        node: &Node,
+        path: &str,
+        seen: &mut BTreeMap<String, Pos>,
+    ) -> Option<String> {
+        let text = self.string(node, path)?;
+        let rest = text.strip_prefix("/hooks/");
+        let valid = rest.is_some_and(|r| {
+            !r.is_empty()
+                && text.len() <= 200
+                && !r
+                    .split('/')
+                    .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./~".contains(&b))
+        });
+        if !valid {
+            self.add(
+                node.pos,
+                path,
+                format!(
+                    "invalid webhook path {text:?}: it must start with /hooks/ and continue with \
+                     letters, digits and - _ . ~ / (no empty, . or .. segments), at most 200 characters"
+                ),
+            );
+            return None;
+        }
+        if let Some(first) = seen.get(&text) {
+            self.add(
+                node.pos,
+                path,
+                format!("webhook path {text:?} is already used at {first}"),
+            );
+            return None;
+        }
+        seen.insert(text.clone(), node.pos);
+        Some(text)
+    }
+
+    fn steps(&mut self, node: &Node) -> Vec<StepDraft> {
+        let Value::Seq(items) = &node.value else {
+            self.add(
+                node.pos,
+                "steps",
+                format!("expected a list of steps, found {}", node.value.kind()),
+            );
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.add(node.pos, "steps", "a workflow needs at least one step");
+        }
+        if items.len() > MAX_STEPS {
+            self.add(
+                node.pos,
+                "steps",
+                format!(
+                    "{} steps; a workflow may have at most {MAX_STEPS}",
+                    items.len()
+                ),
+            );
+            return Vec::new();
+        }
+        let mut drafts: Vec<StepDraft> = Vec::new();
+        let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("steps[{i}]");
+            if let Some(draft) = self.step(item, &path) {
+                if let Some(first) = seen.get(&draft.spec.name) {
+                    self.add(
+                        draft.pos,
+                        &join(&path, "name"),
+                        format!(
+                            "duplicate step name {:?}; first defined at {first}",
+                            draft.spec.name
+                        ),
+                    );
+                    continue;
+                }
+                seen.insert(draft.spec.name.clone(), draft.pos);
+                drafts.push(draft);
+            }
+        }
+        drafts
+    }
+
+    fn step(&mut self, node: &Node, path: &str) -> Option<StepDraft> {
+        let entries = self.map(node, path)?;
+        self.check_keys(entries, path, STEP_FIELDS, UNSUPPORTED_STEP);
+        let field = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
+
+        let (name, name_pos) = match field("name") {
+            Some(n) => {
+                let p = join(path, "name");
+                let name = self.string(n, &p)?;
+                if !is_valid_name(&name) {
+                    self.add(
+                        n.pos,
+                        &p,
+                        format!(
+                            "{name:?} is not a valid step name: use 1 to 63 lowercase letters, digits, \
+                             '-' and '_', starting with a letter and not ending with '-'"
+                        ),
+                    );
+                    return None;
+                }
+                (name, n.pos)
+            }
+            None => {
+                self.add(node.pos, &join(path, "name"), "required field is missing");
+                return None;
+            }
+        };
+
+        let action = match field("action") {
+            Some(n) => {
+                let p = join(path, "action");
+                self.string(n, &p).inspect(|a| {
+                    if connectors::action(a).is_none() {
+                        let hint = suggestion(a, connectors::action_names());
+                        self.add(n.pos, &p, format!("unknown action {a:?}{hint}"));
+                    }
+                })
+            }
+            None => {
+                self.add(node.pos, &join(path, "action"), "required field is missing");
+                None
+            }
+        };
+        let spec_of_action = action.as_deref().and_then(connectors::action);
+
+        let mut refs = Vec::new();
+        let params = match field("params") {
+            None => serde_json::Map::new(),
+            Some(n) => self.params(n, &join(path, "params"), spec_of_action, &mut refs),
+        };
+        if field("params").is_none()
+            && let Some(spec) = spec_of_action
+        {
+            for p in spec.params.iter().filter(|p| p.required) {
+                self.add(
+                    node.pos,
+                    &join(path, "params"),
+                    format!("missing required param {:?} of {}", p.name, spec.name),
+                );
+            }
+        }
+
+        let credential = field("credential").and_then(|n| {
+            let p = join(path, "credential");
+            let c = self.string(n, &p)?;
+            if let Some(spec) = spec_of_action
+                && spec.credential_types.is_empty()
+            {
+                self.add(n.pos, &p, format!("{} takes no credential", spec.name));
+            }
+            Some(c)
+        });
+
+        let condition = field("if").and_then(|n| {
+            let p = join(path, "if");
+            let text = match &n.value {
+                Value::Bool(b) => b.to_string(),
+                _ => self.string(n, &p)?,
+            };
+            match expr::compile(&text) {
+                Ok(c) => {
+                    for (step, offset) in &c.step_refs {
+                        refs.push((step.clone(), self.pos_in(n, &text, *offset), p.clone()));
+                    }
+                }
+                Err(errors) => self.expr_errors(n, &text, &p, errors),
+            }
+            Some(text)
+        });
+
+        let mut explicit = Vec::new();
+        if let Some(n) = field("depends_on") {
+            let p = join(path, "depends_on");
+            match &n.value {
+                Value::Str(s) => explicit.push((s.clone(), n.pos, p)),
+                Value::Seq(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let ip = format!("{p}[{i}]");
+                        if let Some(s) = self.string(item, &ip) {
+                            explicit.push((s, item.pos, ip));
+                        }
+                    }
+                }
+                other => self.add(
+                    n.pos,
+                    &p,
+                    format!("expected a list of step names, found {}", other.kind()),
+                ),
+            }
+        }
+
+        let retry = field("retry").and_then(|n| self.retry(n, &join(path, "retry")));
+        let timeout_ms = field("timeout").and_then(|n| self.duration_ms(n, &join(path, "timeout")));
+        let continue_on_error = field("continue_on_error")
+            .and_then(|n| self.boolean(n, &join(path, "continue_on_error")))
+            .unwrap_or(false);
+
+        Some(StepDraft {
+            spec: StepSpec {
+                name,
+                action: action.unwrap_or_default(),
+                params,
+                credential,
+                condition,
+                depends_on: explicit.iter().map(|(s, _, _)| s.clone()).collect(),
+                needs: Vec::new(),
+                retry,
+                timeout_ms,
+                continue_on_error,
+            },
+            path: path.to_owned(),
+            pos: name_pos,
+            refs,
+            explicit,
+        })
+    }
+
+    fn retry(&mut self, node: &Node, path: &str) -> Option<RetrySpec> {
+        let entries = self.map(node, path)?;
+        self.check_keys(entries, path, RETRY_FIELDS, &[]);
+        let field = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
+        let mut spec = RetrySpec::default();
+        match field("max_attempts") {
+            Some(n) => match n.value {
+                Value::Int(v) if (1..=MAX_ATTEMPTS as i64).contains(&v) => {
+                    spec.max_attempts = v as u32
+                }
+                Value::Int(_) => self.add(
+                    n.pos,
+                    &join(path, "max_attempts"),
+                    format!("must be between 1 and {MAX_ATTEMPTS}"),
+                ),
+                ref other => self.add(
+                    n.pos,
+                    &join(path, "max_attempts"),
+                    format!("expected an integer, found {}", other.kind()),
+                ),
+            },
+            None => self.add(
+                node.pos,
+                &join(path, "max_attempts"),
+                "required field is missing",
+            ),
+        }
+        if let Some(n) = field("backoff") {
+            let p = join(path, "backoff");
+            match self.string(n, &p).as_deref() {
+                Some("fixed") => spec.multiplier = 1.0,
+                Some("exponential") => spec.multiplier = 2.0,
+                Some(other) => self.add(
+                    n.pos,
+                    &p,
+                    format!(
+                        "unknown backoff {other:?}; use fixed or exponential (or set multiplier)"
+                    ),
+                ),
+                None => {}
+            }
+        }
+        if let Some(n) = field("initial_backoff")
+            && let Some(ms) = self.duration_ms(n, &join(path, "initial_backoff"))
+        {
+            spec.initial_backoff_ms = ms;
+        }
+        if let Some(n) = field("max_backoff")
+            && let Some(ms) = self.duration_ms(n, &join(path, "max_backoff"))
+        {
+            spec.max_backoff_ms = ms;
+            if ms < spec.initial_backoff_ms {
+                self.add(
+                    n.pos,
+                    &join(path, "max_backoff"),
+                    "must not be shorter than initial_backoff",
+                );
+            }
+        }
+        if let Some(n) = field("multiplier") {
+            let p = join(path, "multiplier");
+            let v = match n.value {
+                Value::Int(i) => Some(i as f64),
+                Value::Float(f) => Some(f),
+                ref other => {
+                    self.add(
+                        n.pos,
+                        &p,
+                        format!("expected a number, found {}", other.kind()),
+                    );
+                    None
+                }
+            };
+            if let Some(v) = v {
+                if (1.0..=10.0).contains(&v) {
+                    spec.multiplier = v;
+                } else {
+                    self.add(n.pos, &p, "must be between 1 and 10");
+                }
+            }
+        }
+        Some(spec)
+    }
+
+    /// Converts params to JSON, checks them against the action's schema, and collects the
+    /// step references of their templates.
+    fn params(
+        &mut self,
+        node: &Node,
+        path: &str,
+        action: Option<&ActionSpec>,
+        refs: &mut Vec<(String, Pos, String)>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let Some(entries) = self.map(node, path) else {
+            return serde_json::Map::new();
+        };
+        let mut out = serde_json::Map::new();
+        for (key, value) in entries {
+            let p = join(path, &key.name);
+            self.templates(value, &p, refs);
+            out.insert(key.name.clone(), value.to_json());
+        }
+        let Some(spec) = action else {
+            return out;
+        };
+        for (key, value) in entries {
+            let p = join(path, &key.name);
+            match spec.params.iter().find(|d| d.name == key.name) {
+                None if !spec.open_params => {
+                    let hint = suggestion(&key.name, spec.params.iter().map(|d| d.name));
+                    self.add(
+                        key.pos,
+                        &p,
+                        format!("unknown param {:?} of {}{hint}", key.name, spec.name),
+                    );
+                }
+                None => {}
+                Some(decl) => self.check_param_type(value, &p, decl.ty),
+            }
+        }
+        for decl in spec.params.iter().filter(|d| d.required) {
+            if !entries.iter().any(|(k, _)| k.name == decl.name) {
+                self.add(
+                    node.pos,
+                    path,
+                    format!("missing required param {:?} of {}", decl.name, spec.name),
+                );
+            }
+        }
+        for group in spec.exclusive {
+            let present: Vec<&(Key, Node)> = entries
+                .iter()
+                .filter(|(k, _)| group.contains(&k.name.as_str()))
+                .collect();
+            if present.len() > 1 {
+                let (k, _) = present[1];
+                self.add(
+                    k.pos,
+                    &join(path, &k.name),
+                    format!(
+                        "{} are mutually exclusive; give only one of them",
+                        group.join(" and ")
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    fn templates(&mut self, node: &Node, path: &str, refs: &mut Vec<(String, Pos, String)>) {
+        match &node.value {
+            Value::Str(text) => match expr::parse_template(text) {
+                Ok(Some(t)) => {
+                    for seg in &t.segments {
+                        if let expr::Segment::Expr(c, base) = seg {
+                            for (step, offset) in &c.step_refs {
+                                refs.push((
+                                    step.clone(),
+                                    self.pos_in(node, text, base + offset),
+                                    path.to_owned(),
+                                ));
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(errors) => self.expr_errors(node, text, path, errors),
+            },
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.templates(item, &format!("{path}[{i}]"), refs);
+                }
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    self.templates(v, &join(path, &k.name), refs);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn check_param_type(&mut self, node: &Node, path: &str, ty: ParamType) {
+        // A template may evaluate to anything; its value is checked when the step runs.
+        if let Value::Str(s) = &node.value
+            && s.contains("{{")
+        {
+            return;
+        }
+        let ok = match (&node.value, ty) {
+            (_, ParamType::Any) => true,
+            (Value::Str(_), ParamType::String) => true,
+            (Value::Int(_), ParamType::Integer) => true,
+            (Value::Int(_) | Value::Float(_), ParamType::Number) => true,
+            (Value::Bool(_), ParamType::Boolean) => true,
+            (Value::Map(_), ParamType::Object) => true,
+            (Value::Seq(_), ParamType::Array) => true,
+            (Value::Str(s), ParamType::Duration) => match crate::duration::parse(s) {
+                Ok(_) => true,
+                Err(e) => {
+                    self.add(node.pos, path, e);
+                    return;
+                }
+            },
+            (Value::Str(s), ParamType::OneOf(values)) => {
+                if values.contains(&s.as_str()) {
+                    true
+                } else {
+                    let hint = suggestion(s, values.iter().copied());
+                    self.add(
+                        node.pos,
+                        path,
+                        format!("{s:?} is not {}{hint}", ty.describe()),
+                    );
+                    return;
+                }
+            }
+            _ => false,
+        };
+        if !ok {
+            self.add(
+                node.pos,
+                path,
+                format!("expected {}, found {}", ty.describe(), node.value.kind()),
+            );
+        }
+    }
+
+    /// Checks every reference, computes `needs`, and reports cycles.
+    fn resolve_dependencies(
+        &mut self,
+        drafts: Vec<StepDraft>,
+        names: &BTreeMap<String, Pos>,
+    ) -> Vec<StepSpec> {
+        let mut needs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for d in &drafts {
+            let mut set = BTreeSet::new();
+            for (step, pos, path) in &d.explicit {
+                if names.contains_key(step) {
+                    set.insert(step.clone());
+                } else {
+                    let hint = suggestion(step, names.keys().map(String::as_str));
+                    self.add(*pos, path, format!("unknown step {step:?}{hint}"));
+                }
+            }
+            for (step, pos, path) in &d.refs {
+                if self.check_step_ref(step, names, *pos, path) {
+                    set.insert(step.clone());
+                }
+            }
+            needs.insert(d.spec.name.clone(), set);
+        }
+        for cycle in dag::cycles(&needs) {
+            let first = &cycle[0];
+            let draft = drafts.iter().find(|d| &d.spec.name == first);
+            let (pos, path) =
+                draft.map_or((Pos::default(), String::new()), |d| (d.pos, d.path.clone()));
+            let message = if cycle.len() == 2 {
+                format!("step {first:?} depends on itself")
+            } else {
+                format!("dependency cycle: {}", cycle.join(" → "))
+            };
+            self.add(pos, &path, message);
+        }
+        drafts
+            .into_iter()
+            .map(|d| {
+                let mut spec = d.spec;
+                spec.needs = needs
+                    .remove(&spec.name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                spec
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(src: &str) -> Vec<String> {
+        load(src)
+            .unwrap_err()
+            .iter()
+            .map(|p| p.render("w.yaml"))
+            .collect()
+    }
+
+    const GOOD: &str = r#"
+name: fetch-report
+description: Fetches a report and posts a summary.
+inputs:
+  city:
+    type: string
+    required: true
+  retries:
+    type: integer
+    default: 3
+steps:
+  - name: fetch-data
+    action: http/request
+    params:
+      url: "https://example.com/{{ inputs.city }}"
+  - name: summarize
+    action: core/set
+    if: steps['fetch-data'].output.status == 200
+    params:
+      count: "{{ size(steps['fetch-data'].output.body) }}"
+  - name: log
+    action: core/log
+    depends_on: [summarize]
+    params:
+      message: done
+outputs:
+  count: steps.summarize.output.count
+triggers:
+  - type: cron
+    schedule: "*/5 * * * *"
+    timezone: Europe/Berlin
+  - type: webhook
+    path: /hooks/report
+"#;
+
+    #[test]
+    fn a_valid_workflow_loads_with_dependencies() {
+        let loaded = load(GOOD).unwrap();
+        let spec = &loaded.spec;
+        assert_eq!(spec.name, "fetch-report");
+        assert_eq!(spec.steps[1].needs, ["fetch-data"]);
+        assert_eq!(spec.steps[2].needs, ["summarize"]);
+        assert!(spec.steps[0].needs.is_empty());
+        assert_eq!(spec.inputs["retries"].default, Some(serde_json::json!(3)));
+        assert_eq!(loaded.content_hash.len(), 64);
+    }
+
+    #[test]
+    fn formatting_does_not_change_the_hash() {
+        let a = load(GOOD).unwrap();
+        let reformatted = GOOD.replace("  - name: log", "  # a comment\n  - name: log");
+        let b = load(&reformatted).unwrap();
+        assert_eq!(a.content_hash, b.content_hash);
+        let changed = load(&GOOD.replace("message: done", "message: finished")).unwrap();
+        assert_ne!(a.content_hash, changed.content_hash);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_position() {
+        let src = "name: Bad_Name\nsteps:\n  - name: a\n    acton: core/log\n  - name: a\n    action: htp/request\n";
+        let got = problems(src);
+        assert_eq!(
+            got,
+            [
+                "w.yaml:1:7: name: \"Bad_Name\" is not a valid workflow name: use 1 to 63 lowercase letters, digits, '-' and '_', starting with a letter and not ending with '-'",
+                "w.yaml:3:5: steps[0].action: required field is missing",
+                "w.yaml:4:5: steps[0].acton: unknown field \"acton\"; did you mean \"action\"?",
+                "w.yaml:5:11: steps[1].name: duplicate step name \"a\"; first defined at 3:11",
+                "w.yaml:6:13: steps[1].action: unknown action \"htp/request\"; did you mean \"http/request\"?",
+            ]
+        );
+    }
+
+    #[test]
+    fn expression_problems_point_inside_the_expression() {
+        let src = "name: x\nsteps:\n  - name: a\n    action: core/log\n    params:\n      message: \"hi {{ steps.nope.output }}\"\n";
+        let got = problems(src);
+        assert_eq!(
+            got,
+            ["w.yaml:6:23: steps[0].params.message: unknown step \"nope\" in expression"]
+        );
+    }
+
+    #[test]
+    fn cycles_are_printed_as_paths() {
+        let src = "name: x\nsteps:\n  - name: a\n    action: core/log\n    depends_on: [c]\n    params: {message: a}\n  - name: b\n    action: core/log\n    params:\n      message: \"{{ steps.a.output.message }}\"\n  - name: c\n    action: core/log\n    if: steps.b.output.message == 'x'\n    params: {message: c}\n";
+        let got = problems(src);
+        assert_eq!(
+            got,
+            ["w.yaml:3:11: steps[0]: dependency cycle: a → c → b → a"]
+        );
+    }
+}

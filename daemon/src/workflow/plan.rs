@@ -1,0 +1,276 @@
+//! Plans: what changes between the stored latest version of a workflow and a new file.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::spec::WorkflowSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChangeKind {
+    Added,
+    Removed,
+    Changed,
+}
+
+/// One added, removed or changed element.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// `workflow`, `input`, `step`, `output` or `trigger`.
+    pub section: &'static str,
+    pub name: String,
+    pub fields: Vec<FieldChange>,
+}
+
+/// A changed field inside an element; `None` where absent on that side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldChange {
+    pub path: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// The changes from `old` (`None`: no stored version) to `new`.
+pub fn diff(old: Option<&WorkflowSpec>, new: &WorkflowSpec) -> Vec<Change> {
+    let empty = WorkflowSpec {
+        name: new.name.clone(),
+        description: String::new(),
+        inputs: Default::default(),
+        steps: Vec::new(),
+        outputs: Default::default(),
+        timeout_ms: None,
+        triggers: Vec::new(),
+    };
+    let old = old.unwrap_or(&empty);
+    let mut changes = Vec::new();
+
+    for (field, before, after) in [
+        (
+            "description",
+            json_opt_str(&old.description),
+            json_opt_str(&new.description),
+        ),
+        (
+            "timeout_ms",
+            old.timeout_ms.map(Value::from),
+            new.timeout_ms.map(Value::from),
+        ),
+    ] {
+        if before != after {
+            changes.push(Change {
+                kind: ChangeKind::Changed,
+                section: "workflow",
+                name: field.to_owned(),
+                fields: vec![FieldChange {
+                    path: field.to_owned(),
+                    before,
+                    after,
+                }],
+            });
+        }
+    }
+
+    let to_map = |items: Vec<(String, Value)>| items.into_iter().collect::<BTreeMap<_, _>>();
+    compare(
+        "input",
+        &to_map(
+            old.inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), json(v)))
+                .collect(),
+        ),
+        &to_map(
+            new.inputs
+                .iter()
+                .map(|(k, v)| (k.clone(), json(v)))
+                .collect(),
+        ),
+        &mut changes,
+    );
+    compare(
+        "step",
+        &to_map(
+            old.steps
+                .iter()
+                .map(|s| (s.name.clone(), json(s)))
+                .collect(),
+        ),
+        &to_map(
+            new.steps
+                .iter()
+                .map(|s| (s.name.clone(), json(s)))
+                .collect(),
+        ),
+        &mut changes,
+    );
+    compare(
+        "output",
+        &to_map(
+            old.outputs
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                .collect(),
+        ),
+        &to_map(
+            new.outputs
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                .collect(),
+        ),
+        &mut changes,
+    );
+    compare(
+        "trigger",
+        &to_map(old.triggers.iter().map(|t| (t.key(), json(t))).collect()),
+        &to_map(new.triggers.iter().map(|t| (t.key(), json(t))).collect()),
+        &mut changes,
+    );
+    changes
+}
+
+fn json_opt_str(s: &str) -> Option<Value> {
+    (!s.is_empty()).then(|| Value::from(s))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn compare(
+    section: &'static str,
+    old: &BTreeMap<String, Value>,
+    new: &BTreeMap<String, Value>,
+    out: &mut Vec<Change>,
+) {
+    for (name, before) in old {
+        match new.get(name) {
+            None => out.push(Change {
+                kind: ChangeKind::Removed,
+                section,
+                name: name.clone(),
+                fields: Vec::new(),
+            }),
+            Some(after) if after != before => {
+                let mut fields = Vec::new();
+                field_diff("", Some(before), Some(after), &mut fields);
+                out.push(Change {
+                    kind: ChangeKind::Changed,
+                    section,
+                    name: name.clone(),
+                    fields,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for name in new.keys().filter(|k| !old.contains_key(*k)) {
+        out.push(Change {
+            kind: ChangeKind::Added,
+            section,
+            name: name.clone(),
+            fields: Vec::new(),
+        });
+    }
+}
+
+/// Descends into objects so a change reads `params.url`, not the whole params map.
+fn field_diff(
+    path: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+    out: &mut Vec<FieldChange>,
+) {
+    match (before, after) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                field_diff(&p, a.get(k), b.get(k), out);
+            }
+        }
+        (a, b) if a != b => out.push(FieldChange {
+            path: if path.is_empty() {
+                "value".to_owned()
+            } else {
+                path.to_owned()
+            },
+            before: a.cloned(),
+            after: b.cloned(),
+        }),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::load;
+
+    const BASE: &str = "name: p\ninputs:\n  who: {type: string, default: world}\nsteps:\n  - name: a\n    action: core/log\n    params: {message: hi}\n  - name: b\n    action: core/log\n    params: {message: bye}\n";
+
+    #[test]
+    fn a_new_workflow_adds_everything() {
+        let new = load(BASE).unwrap().spec;
+        let changes = diff(None, &new);
+        let names: Vec<_> = changes
+            .iter()
+            .map(|c| (c.kind, c.section, c.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (ChangeKind::Added, "input", "who"),
+                (ChangeKind::Added, "step", "a"),
+                (ChangeKind::Added, "step", "b"),
+            ]
+        );
+    }
+
+    #[test]
+    fn shows_exactly_the_change_made() {
+        let old = load(BASE).unwrap().spec;
+        let new = load(&BASE.replace("message: bye", "message: ciao"))
+            .unwrap()
+            .spec;
+        let changes = diff(Some(&old), &new);
+        assert_eq!(
+            changes,
+            [Change {
+                kind: ChangeKind::Changed,
+                section: "step",
+                name: "b".into(),
+                fields: vec![FieldChange {
+                    path: "params.message".into(),
+                    before: Some("bye".into()),
+                    after: Some("ciao".into()),
+                }],
+            }]
+        );
+        assert!(diff(Some(&old), &old).is_empty());
+    }
+
+    #[test]
+    fn removals_and_workflow_fields() {
+        let old = load(BASE).unwrap().spec;
+        let src = "name: p\ndescription: now described\ntimeout: 5m\nsteps:\n  - name: a\n    action: core/log\n    params: {message: hi}\n";
+        let new = load(src).unwrap().spec;
+        let kinds: Vec<_> = diff(Some(&old), &new)
+            .iter()
+            .map(|c| (c.kind, c.section, c.name.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (ChangeKind::Changed, "workflow", "description".to_owned()),
+                (ChangeKind::Changed, "workflow", "timeout_ms".to_owned()),
+                (ChangeKind::Removed, "input", "who".to_owned()),
+                (ChangeKind::Removed, "step", "b".to_owned()),
+            ]
+        );
+    }
+}

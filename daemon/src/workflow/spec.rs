@@ -1,0 +1,161 @@
+//! The validated workflow, as stored (normalized JSON) and as the engine reads it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A validated workflow definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, InputSpec>,
+    pub steps: Vec<StepSpec>,
+    /// Output name → CEL expression, evaluated when the execution completes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    /// Timeout of the whole execution, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Object,
+    Array,
+}
+
+impl InputType {
+    pub const NAMES: [&'static str; 6] =
+        ["string", "number", "integer", "boolean", "object", "array"];
+
+    pub fn parse(s: &str) -> Option<InputType> {
+        Some(match s {
+            "string" => InputType::String,
+            "number" => InputType::Number,
+            "integer" => InputType::Integer,
+            "boolean" => InputType::Boolean,
+            "object" => InputType::Object,
+            "array" => InputType::Array,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Number => "number",
+            InputType::Integer => "integer",
+            InputType::Boolean => "boolean",
+            InputType::Object => "object",
+            InputType::Array => "array",
+        }
+    }
+
+    /// Whether a JSON value is of this type.
+    pub fn admits(self, v: &serde_json::Value) -> bool {
+        match self {
+            InputType::String => v.is_string(),
+            InputType::Number => v.is_number(),
+            InputType::Integer => {
+                v.is_i64() || v.is_u64() || v.as_f64().is_some_and(|f| f.fract() == 0.0)
+            }
+            InputType::Boolean => v.is_boolean(),
+            InputType::Object => v.is_object(),
+            InputType::Array => v.is_array(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    #[serde(rename = "type")]
+    pub ty: InputType,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSpec {
+    pub name: String,
+    pub action: String,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    #[serde(default, rename = "if", skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Explicit `depends_on` entries as written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Every step this one waits for: explicit plus those its expressions reference, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_error: bool,
+}
+
+/// Exponential backoff: attempt n waits `initial * multiplier^(n-1)`, capped at `max`, with jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrySpec {
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            max_attempts: 1,
+            initial_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+            multiplier: 2.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TriggerSpec {
+    Cron {
+        schedule: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timezone: Option<String>,
+    },
+    Webhook {
+        path: String,
+        /// Name of the secret holding the HMAC key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+    },
+}
+
+impl TriggerSpec {
+    /// A stable identity for plans: `cron <schedule>` or `webhook <path>`.
+    pub fn key(&self) -> String {
+        match self {
+            TriggerSpec::Cron { schedule, .. } => format!("cron {schedule}"),
+            TriggerSpec::Webhook { path, .. } => format!("webhook {path}"),
+        }
+    }
+}
