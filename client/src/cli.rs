@@ -1,5 +1,6 @@
 //! The `mantlectl` command line.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
@@ -15,8 +16,8 @@ Token: --token (or MANTLE_TOKEN). When neither is set and the address is local (
 else ~/.local/share/mantle. --token '' sends no token.
 
 Tenant: --tenant (or MANTLE_TENANT) names the tenant you work with. It is sent as
-x-mantle-tenant metadata on tenant-scoped calls (whoami), so an operator key acts on that
-tenant instead of `default`. `keys create` and `keys list` manage that tenant's API keys;
+x-mantle-tenant metadata on tenant-scoped calls (whoami, validate, plan, apply, workflows),
+so an operator key acts on that tenant instead of `default`. `keys create` and `keys list` manage that tenant's API keys;
 without a tenant they manage operator keys (--operator forces this when MANTLE_TENANT is set).
 `tenants` commands name their tenant as an argument and ignore --tenant.
 
@@ -90,6 +91,63 @@ pub enum Command {
     /// Manage API keys (needs an operator key).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check workflow files on the server without storing them.
+    ///
+    /// Prints each problem as FILE:LINE:COL: PATH: message to stdout, and FILE: ok (NAME,
+    /// N steps) to stderr for valid files. Exits 1 if any file has problems.
+    Validate(FilesArgs),
+    /// Show what applying workflow files would change.
+    ///
+    /// Prints, per file, the version change and one line per added (+), changed (~) or
+    /// removed (-) element, then a summary. Invalid files are reported as by `validate`
+    /// and make mantlectl exit 1.
+    Plan(FilesArgs),
+    /// Store workflow files as new versions where their content changed.
+    ///
+    /// Prints the changes and the resulting version of each file. Invalid files are
+    /// reported as by `validate` and make mantlectl exit 1.
+    Apply(FilesArgs),
+    /// Read and delete stored workflows.
+    #[command(subcommand)]
+    Workflows(WorkflowsCommand),
+}
+
+/// `mantlectl validate|plan|apply FILE…`.
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// Workflow YAML files; each is checked on its own. With -o json/yaml, one file
+    /// prints an object and several print a list.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// `mantlectl workflows …`.
+#[derive(Debug, Subcommand)]
+pub enum WorkflowsCommand {
+    /// List the tenant's workflows.
+    List,
+    /// Show one version of a workflow (the latest by default).
+    Get {
+        /// Workflow name.
+        name: String,
+        /// Version to show; default: the latest.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+        version: Option<i64>,
+        /// Print only the stored YAML, exactly as it was applied.
+        #[arg(long)]
+        source: bool,
+    },
+    /// List the versions of a workflow, newest first.
+    Versions {
+        /// Workflow name.
+        name: String,
+    },
+    /// Delete a workflow; running executions continue, and applying it again continues
+    /// its version numbers.
+    Delete {
+        /// Workflow name.
+        name: String,
+    },
 }
 
 /// `mantlectl health`.
@@ -263,6 +321,37 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         let err = parse(&["keys", "create"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn file_commands_need_files() {
+        let err = parse(&["validate"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let cli = parse(&["apply", "a.yaml", "dir/b.yaml", "--tenant", "acme"]).unwrap();
+        let Command::Apply(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            args.files,
+            [PathBuf::from("a.yaml"), PathBuf::from("dir/b.yaml")]
+        );
+        assert_eq!(cli.tenant.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn workflow_versions_are_positive() {
+        let cli = parse(&["workflows", "get", "hello", "--version", "2", "--source"]).unwrap();
+        let Command::Workflows(WorkflowsCommand::Get {
+            name,
+            version,
+            source,
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!((name.as_str(), version, source), ("hello", Some(2), true));
+        let err = parse(&["workflows", "get", "hello", "--version", "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -4,12 +4,16 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use mantle_proto::v1::definition_service_client::DefinitionServiceClient;
 use mantle_proto::v1::system_service_client::SystemServiceClient;
 use mantle_proto::v1::tenant_service_client::TenantServiceClient;
 use mantle_proto::v1::{
-    ApiKey, CreateApiKeyRequest, CreateApiKeyResponse, CreateTenantRequest, DeleteTenantRequest,
-    GetServerInfoRequest, GetTenantRequest, ListApiKeysRequest, ListTenantsRequest,
-    RevokeApiKeyRequest, ServerInfo, Tenant, UpdateTenantRequest,
+    ApiKey, ApplyDefinitionRequest, ApplyDefinitionResponse, CreateApiKeyRequest,
+    CreateApiKeyResponse, CreateTenantRequest, Definition, DefinitionSummary, DefinitionVersion,
+    DeleteDefinitionRequest, DeleteTenantRequest, GetDefinitionRequest, GetServerInfoRequest,
+    GetTenantRequest, ListApiKeysRequest, ListDefinitionVersionsRequest, ListDefinitionsRequest,
+    ListTenantsRequest, Plan, PlanDefinitionRequest, RevokeApiKeyRequest, ServerInfo, Tenant,
+    UpdateTenantRequest, ValidateDefinitionRequest, ValidateDefinitionResponse,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -263,6 +267,11 @@ impl Client {
         SystemServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
     }
 
+    /// The generated DefinitionService client, with credentials attached.
+    pub fn definition_service(&self) -> DefinitionServiceClient<AuthChannel> {
+        DefinitionServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
     /// The generated grpc.health.v1 client.
     pub fn health_service(&self) -> HealthClient<AuthChannel> {
         HealthClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
@@ -463,6 +472,142 @@ impl Client {
         self.call(false, request, |r| {
             let mut c = self.tenant_service();
             async move { c.revoke_api_key(r).await }
+        })
+        .await
+    }
+
+    /// Checks a workflow file without storing anything. `filename` (may be empty) names
+    /// the file in problem reports. A file with problems is [`Error::Invalid`], whose
+    /// [`Error::problems`] lists them. Needs `definitions:read`.
+    pub async fn validate_definition(
+        &self,
+        source: &str,
+        filename: &str,
+    ) -> Result<ValidateDefinitionResponse, Error> {
+        let request = ValidateDefinitionRequest {
+            source: source.to_owned(),
+            filename: filename.to_owned(),
+        };
+        self.call(true, request, |r| {
+            let mut c = self.definition_service();
+            async move { c.validate_definition(r).await }
+        })
+        .await
+    }
+
+    /// Compares a workflow file with the latest stored version of the same workflow.
+    /// Problems are reported as by [`Client::validate_definition`]. Needs `definitions:read`.
+    pub async fn plan_definition(&self, source: &str, filename: &str) -> Result<Plan, Error> {
+        let request = PlanDefinitionRequest {
+            source: source.to_owned(),
+            filename: filename.to_owned(),
+        };
+        self.call(true, request, |r| {
+            let mut c = self.definition_service();
+            async move { c.plan_definition(r).await }
+        })
+        .await
+    }
+
+    /// Stores a workflow file as a new version if its content changed; the response says
+    /// whether it did and what changed. Problems are reported as by
+    /// [`Client::validate_definition`]. Needs `definitions:write`.
+    pub async fn apply_definition(
+        &self,
+        source: &str,
+        filename: &str,
+    ) -> Result<ApplyDefinitionResponse, Error> {
+        let request = ApplyDefinitionRequest {
+            source: source.to_owned(),
+            filename: filename.to_owned(),
+        };
+        let response = self
+            .call(false, request, |r| {
+                let mut c = self.definition_service();
+                async move { c.apply_definition(r).await }
+            })
+            .await?;
+        if response.definition.is_none() {
+            return Err(Error::InvalidResponse(
+                "ApplyDefinition returned no definition".to_owned(),
+            ));
+        }
+        Ok(response)
+    }
+
+    /// One stored version of a workflow; `version` 0 means the latest. Needs
+    /// `definitions:read`.
+    pub async fn get_definition(&self, name: &str, version: i64) -> Result<Definition, Error> {
+        let request = GetDefinitionRequest {
+            name: name.to_owned(),
+            version,
+        };
+        self.call(true, request, |r| {
+            let mut c = self.definition_service();
+            async move { c.get_definition(r).await }
+        })
+        .await
+    }
+
+    /// Lists the tenant's workflows ordered by name, following pages. Needs
+    /// `definitions:read`.
+    pub async fn list_definitions(&self) -> Result<Vec<DefinitionSummary>, Error> {
+        let mut definitions = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListDefinitionsRequest {
+                page_size: PAGE_SIZE,
+                page_token: page_token.clone(),
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.definition_service();
+                    async move { c.list_definitions(r).await }
+                })
+                .await?;
+            definitions.extend(page.definitions);
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(definitions);
+            }
+        }
+    }
+
+    /// Lists the versions of one workflow, newest first, following pages. Needs
+    /// `definitions:read`.
+    pub async fn list_definition_versions(
+        &self,
+        name: &str,
+    ) -> Result<Vec<DefinitionVersion>, Error> {
+        let mut versions = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListDefinitionVersionsRequest {
+                name: name.to_owned(),
+                page_size: PAGE_SIZE,
+                page_token: page_token.clone(),
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.definition_service();
+                    async move { c.list_definition_versions(r).await }
+                })
+                .await?;
+            versions.extend(page.versions);
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(versions);
+            }
+        }
+    }
+
+    /// Deletes a workflow: it leaves listings and cannot be started; applying it again
+    /// continues its version numbers. Needs `definitions:write`.
+    pub async fn delete_definition(&self, name: &str) -> Result<(), Error> {
+        let request = DeleteDefinitionRequest {
+            name: name.to_owned(),
+        };
+        self.call(false, request, |r| {
+            let mut c = self.definition_service();
+            async move { c.delete_definition(r).await }
         })
         .await
     }

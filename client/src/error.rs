@@ -2,7 +2,13 @@
 
 use std::path::PathBuf;
 
+use mantle_proto::v1::{ValidationProblem, ValidationProblems};
+use prost::Message as _;
 use tonic::Code;
+
+/// The `type_url` of the `google.protobuf.Any` status detail that lists a workflow
+/// file's validation problems.
+pub const VALIDATION_PROBLEMS_TYPE_URL: &str = "type.googleapis.com/mantle.v1.ValidationProblems";
 
 /// Everything that can go wrong in the client library.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,16 @@ pub enum Error {
     /// The daemon (or the transport) answered a call with a non-OK gRPC status.
     #[error("{}", format_status(.0))]
     Rpc(Box<tonic::Status>),
+
+    /// The daemon refused a workflow file (INVALID_ARGUMENT) and listed its problems in
+    /// the status details. Other INVALID_ARGUMENT answers are [`Error::Rpc`].
+    #[error("{}", format_status(status))]
+    Invalid {
+        /// The INVALID_ARGUMENT status as received.
+        status: Box<tonic::Status>,
+        /// Every problem of the file, ordered by position; never empty.
+        problems: Vec<ValidationProblem>,
+    },
 
     /// A value cannot be sent as gRPC metadata (for example a token with a newline).
     #[error("invalid {field}: {reason}")]
@@ -64,17 +80,22 @@ pub enum Error {
 impl Error {
     /// The gRPC status code, if this error is a gRPC status.
     pub fn code(&self) -> Option<Code> {
-        match self {
-            Error::Rpc(status) => Some(status.code()),
-            _ => None,
-        }
+        self.status().map(tonic::Status::code)
     }
 
     /// The gRPC status, if this error is one.
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
-            Error::Rpc(status) => Some(status),
+            Error::Rpc(status) | Error::Invalid { status, .. } => Some(status),
             _ => None,
+        }
+    }
+
+    /// The validation problems of a refused workflow file; empty for every other error.
+    pub fn problems(&self) -> &[ValidationProblem] {
+        match self {
+            Error::Invalid { problems, .. } => problems,
+            _ => &[],
         }
     }
 
@@ -85,9 +106,50 @@ impl Error {
 }
 
 impl From<tonic::Status> for Error {
+    /// INVALID_ARGUMENT statuses whose details list validation problems become
+    /// [`Error::Invalid`]; everything else [`Error::Rpc`].
     fn from(status: tonic::Status) -> Self {
-        Error::Rpc(Box::new(status))
+        let problems = validation_problems(&status);
+        if problems.is_empty() {
+            Error::Rpc(Box::new(status))
+        } else {
+            Error::Invalid {
+                status: Box::new(status),
+                problems,
+            }
+        }
     }
+}
+
+/// `google.rpc.Status`: what a server encodes into the `grpc-status-details-bin`
+/// trailer (tonic exposes those bytes as [`tonic::Status::details`]).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// The validation problems carried in the details of an INVALID_ARGUMENT status: every
+/// `mantle.v1.ValidationProblems` detail, concatenated. Empty for other codes, for
+/// statuses without details and for details that cannot be decoded.
+pub fn validation_problems(status: &tonic::Status) -> Vec<ValidationProblem> {
+    if status.code() != Code::InvalidArgument || status.details().is_empty() {
+        return Vec::new();
+    }
+    let Ok(rpc_status) = RpcStatus::decode(status.details()) else {
+        return Vec::new();
+    };
+    rpc_status
+        .details
+        .iter()
+        .filter(|any| any.type_url == VALIDATION_PROBLEMS_TYPE_URL)
+        .filter_map(|any| ValidationProblems::decode(any.value.as_slice()).ok())
+        .flat_map(|p| p.problems)
+        .collect()
 }
 
 /// A gRPC status code in lowercase words, for example `permission denied`.
@@ -186,6 +248,88 @@ mod tests {
         assert_eq!(
             connect.to_string(),
             "cannot connect to http://127.0.0.1:1: connection refused"
+        );
+    }
+
+    fn problem(line: u32, path: &str, message: &str) -> ValidationProblem {
+        ValidationProblem {
+            file: "hello.yaml".into(),
+            line,
+            column: 3,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An INVALID_ARGUMENT status whose details hold `details` as `google.rpc.Status`.
+    fn status_with_details(details: Vec<prost_types::Any>) -> tonic::Status {
+        let encoded = RpcStatus {
+            code: Code::InvalidArgument as i32,
+            message: "hello.yaml: 2 problems".into(),
+            details,
+        }
+        .encode_to_vec();
+        tonic::Status::with_details(
+            Code::InvalidArgument,
+            "hello.yaml: 2 problems",
+            encoded.into(),
+        )
+    }
+
+    fn problems_any(problems: Vec<ValidationProblem>) -> prost_types::Any {
+        prost_types::Any {
+            type_url: VALIDATION_PROBLEMS_TYPE_URL.into(),
+            value: ValidationProblems { problems }.encode_to_vec(),
+        }
+    }
+
+    #[test]
+    fn invalid_argument_details_decode_to_problems() {
+        let expected = vec![
+            problem(2, "steps[0].action", "unknown action core/lgo"),
+            problem(7, "", "missing field name"),
+        ];
+        let status = status_with_details(vec![
+            prost_types::Any {
+                type_url: "type.googleapis.com/google.rpc.DebugInfo".into(),
+                value: vec![0x0a, 0x01, b'x'],
+            },
+            problems_any(expected.clone()),
+        ]);
+        assert_eq!(validation_problems(&status), expected);
+        let err = Error::from(status);
+        assert!(matches!(err, Error::Invalid { .. }));
+        assert_eq!(err.problems(), expected.as_slice());
+        assert_eq!(err.code(), Some(Code::InvalidArgument));
+        assert_eq!(err.status().unwrap().message(), "hello.yaml: 2 problems");
+        assert_eq!(err.to_string(), "invalid argument: hello.yaml: 2 problems");
+        assert!(!err.is_unreachable());
+    }
+
+    #[test]
+    fn statuses_without_problems_stay_plain_rpc_errors() {
+        let plain = Error::from(tonic::Status::invalid_argument("source: required"));
+        assert!(matches!(plain, Error::Rpc(_)));
+        assert!(plain.problems().is_empty());
+
+        let no_problem_detail = status_with_details(vec![]);
+        assert!(validation_problems(&no_problem_detail).is_empty());
+        assert!(matches!(Error::from(no_problem_detail), Error::Rpc(_)));
+
+        let garbage =
+            tonic::Status::with_details(Code::InvalidArgument, "bad", vec![0xff, 0xff].into());
+        assert!(validation_problems(&garbage).is_empty());
+
+        // Problems are only read from INVALID_ARGUMENT.
+        let encoded = status_with_details(vec![problems_any(vec![problem(1, "", "x")])])
+            .details()
+            .to_vec();
+        let other = tonic::Status::with_details(Code::Internal, "oops", encoded.into());
+        assert!(validation_problems(&other).is_empty());
+        assert!(
+            Error::from(tonic::Status::not_found("x"))
+                .problems()
+                .is_empty()
         );
     }
 

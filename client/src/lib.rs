@@ -19,6 +19,10 @@
 //! Every call carries `authorization: Bearer <token>` (and `x-mantle-tenant` when a tenant
 //! is set). Calls failing with UNAVAILABLE are retried, and DEADLINE_EXCEEDED is retried
 //! for reads; see [`RetryPolicy`].
+//!
+//! A workflow file the daemon refuses (Validate/Plan/ApplyDefinition answering
+//! INVALID_ARGUMENT with `mantle.v1.ValidationProblems` in the status details) is
+//! [`Error::Invalid`]; [`Error::problems`] lists each problem with its line and column.
 
 mod address;
 mod client;
@@ -33,7 +37,9 @@ pub use client::{
     datetime_to_timestamp, timestamp_to_datetime,
 };
 pub use duration::parse_duration;
-pub use error::{Error, code_words, format_status};
+pub use error::{
+    Error, VALIDATION_PROBLEMS_TYPE_URL, code_words, format_status, validation_problems,
+};
 pub use retry::RetryPolicy;
 pub use token::{
     DATA_DIR_ENV, OPERATOR_TOKEN_FILE, TOKEN_ENV, TokenEnv, data_dir, read_operator_token,

@@ -1,10 +1,12 @@
 //! One module per noun; each command prints its data to stdout and returns.
 
+pub mod definitions;
 pub mod health;
 pub mod keys;
 pub mod tenants;
 pub mod version;
 pub mod whoami;
+pub mod workflows;
 
 use mantle_client::{Address, Client, ClientOptions, TokenEnv, resolve_token};
 
@@ -88,6 +90,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Whoami => whoami::run(&ctx).await,
         Command::Tenants(command) => tenants::run(&ctx, command).await,
         Command::Keys(command) => keys::run(&ctx, command).await,
+        Command::Validate(args) => definitions::validate(&ctx, &args).await,
+        Command::Plan(args) => definitions::plan(&ctx, &args).await,
+        Command::Apply(args) => definitions::apply(&ctx, &args).await,
+        Command::Workflows(command) => workflows::run(&ctx, command).await,
     }
 }
 

@@ -7,6 +7,7 @@ Quickstart::
     with mantle.Client("127.0.0.1:8080") as client:
         print(client.server_info())
         tenant = client.create_tenant("acme", display_name="ACME Corp")
+        result = client.apply_file("hello.yaml")  # a workflow definition
 
 :class:`Client` is synchronous; :class:`mantle.aio.Client` offers the same methods as
 coroutines. Errors are :class:`mantle.errors.MantleError` subclasses.
@@ -17,17 +18,41 @@ from mantle._config import Address, is_local_host, parse_address
 from mantle._version import __version__
 from mantle.client import Client
 from mantle.errors import MantleError
-from mantle.types import ApiKey, Caller, CreatedApiKey, ServerInfo, Tenant
+from mantle.types import (
+    ApiKey,
+    ApplyResult,
+    Caller,
+    Change,
+    CreatedApiKey,
+    Definition,
+    DefinitionSummary,
+    DefinitionVersion,
+    FieldChange,
+    Plan,
+    ServerInfo,
+    Tenant,
+    ValidationProblem,
+    ValidationResult,
+)
 
 __all__ = [
     "Address",
     "ApiKey",
+    "ApplyResult",
     "Caller",
+    "Change",
     "Client",
     "CreatedApiKey",
+    "Definition",
+    "DefinitionSummary",
+    "DefinitionVersion",
+    "FieldChange",
     "MantleError",
+    "Plan",
     "ServerInfo",
     "Tenant",
+    "ValidationProblem",
+    "ValidationResult",
     "__version__",
     "errors",
     "is_local_host",

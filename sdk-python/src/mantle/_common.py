@@ -3,15 +3,24 @@ settings and request construction. Nothing here does I/O."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import grpc
 
 from mantle import _config
 from mantle.types import to_timestamp
-from mantle.v1 import tenant_pb2
+from mantle.v1 import definition_pb2, tenant_pb2
+
+_SourceRequest = TypeVar(
+    "_SourceRequest",
+    definition_pb2.ValidateDefinitionRequest,
+    definition_pb2.PlanDefinitionRequest,
+    definition_pb2.ApplyDefinitionRequest,
+)
 
 MAX_ATTEMPTS = 3
 """At most this many attempts per call (the first one plus two retries)."""
@@ -93,3 +102,26 @@ def create_api_key_request(
     if expire_time is not None:
         req.expire_time.CopyFrom(to_timestamp(expire_time))
     return req
+
+
+def source_request(
+    cls: type[_SourceRequest], source: str, filename: str | None
+) -> _SourceRequest:
+    """A Validate/Plan/ApplyDefinitionRequest for a workflow file's text."""
+    if not isinstance(source, str):
+        raise TypeError(f"source: expected the YAML text as str, got {type(source).__name__}")
+    return cls(source=source, filename=filename or "")
+
+
+def read_source_file(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """Reads a workflow file as UTF-8; returns its text and its name (the path as given),
+    which the server uses in problem reports."""
+    filename = os.fsdecode(path)
+    with open(path, encoding="utf-8") as f:
+        return f.read(), filename
+
+
+def check_version(version: int) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"version: must be a non-negative integer (0: latest), got {version!r}")
+    return version

@@ -10,6 +10,7 @@ methods are coroutines::
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -20,8 +21,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mantle import _common, errors
 from mantle._config import DEFAULT_ADDRESS, Address
-from mantle.types import ApiKey, CreatedApiKey, ServerInfo, Tenant
-from mantle.v1 import system_pb2, system_pb2_grpc, tenant_pb2, tenant_pb2_grpc
+from mantle.types import (
+    ApiKey,
+    ApplyResult,
+    CreatedApiKey,
+    Definition,
+    DefinitionSummary,
+    DefinitionVersion,
+    Plan,
+    ServerInfo,
+    Tenant,
+    ValidationResult,
+)
+from mantle.v1 import (
+    definition_pb2,
+    definition_pb2_grpc,
+    system_pb2,
+    system_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+)
 
 __all__ = ["Client"]
 
@@ -52,6 +71,7 @@ class Client:
         )
         self._system = system_pb2_grpc.SystemServiceStub(self._channel)
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)
+        self._definitions = definition_pb2_grpc.DefinitionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -210,3 +230,77 @@ class Client:
         """Revokes an API key and returns it with ``revoke_time`` set."""
         req = tenant_pb2.RevokeApiKeyRequest(id=id)
         return ApiKey.from_proto(await self._call(self._tenants.RevokeApiKey, req, read=False))
+
+    # -- workflow definitions --------------------------------------------------------
+
+    async def validate(self, source: str, filename: str | None = None) -> ValidationResult:
+        """Checks a workflow file's YAML text without storing anything; a file with
+        problems raises :class:`errors.InvalidArgument` with ``.problems``."""
+        req = _common.source_request(definition_pb2.ValidateDefinitionRequest, source, filename)
+        resp = await self._call(self._definitions.ValidateDefinition, req, read=True)
+        return ValidationResult.from_proto(resp)
+
+    async def validate_file(self, path: str | os.PathLike[str]) -> ValidationResult:
+        """Reads a workflow file and validates it, named by ``path`` in problem reports."""
+        return await self.validate(*await asyncio.to_thread(_common.read_source_file, path))
+
+    async def plan(self, source: str, filename: str | None = None) -> Plan:
+        """Compares a workflow file with the latest stored version: what :meth:`apply`
+        would change."""
+        req = _common.source_request(definition_pb2.PlanDefinitionRequest, source, filename)
+        return Plan.from_proto(await self._call(self._definitions.PlanDefinition, req, read=True))
+
+    async def plan_file(self, path: str | os.PathLike[str]) -> Plan:
+        """Reads a workflow file and plans it, named by ``path`` in problem reports."""
+        return await self.plan(*await asyncio.to_thread(_common.read_source_file, path))
+
+    async def apply(self, source: str, filename: str | None = None) -> ApplyResult:
+        """Stores a workflow file as a new version if its content changed."""
+        req = _common.source_request(definition_pb2.ApplyDefinitionRequest, source, filename)
+        resp = await self._call(self._definitions.ApplyDefinition, req, read=False)
+        return ApplyResult.from_proto(resp)
+
+    async def apply_file(self, path: str | os.PathLike[str]) -> ApplyResult:
+        """Reads a workflow file and applies it, named by ``path`` in problem reports."""
+        return await self.apply(*await asyncio.to_thread(_common.read_source_file, path))
+
+    async def get_definition(self, name: str, version: int = 0) -> Definition:
+        """Returns one stored version of a workflow (``version=0``: the latest)."""
+        req = definition_pb2.GetDefinitionRequest(name=name, version=_common.check_version(version))
+        resp = await self._call(self._definitions.GetDefinition, req, read=True)
+        return Definition.from_proto(resp)
+
+    async def list_definitions(self, *, page_size: int = 0) -> list[DefinitionSummary]:
+        """Returns the tenant's workflows ordered by name, fetching every page."""
+        size = _common.check_page_size(page_size)
+        definitions: list[DefinitionSummary] = []
+        token = ""
+        while True:
+            req = definition_pb2.ListDefinitionsRequest(page_size=size, page_token=token)
+            resp = await self._call(self._definitions.ListDefinitions, req, read=True)
+            definitions.extend(DefinitionSummary.from_proto(d) for d in resp.definitions)
+            token = resp.next_page_token
+            if not token:
+                return definitions
+
+    async def list_definition_versions(
+        self, name: str, *, page_size: int = 0
+    ) -> list[DefinitionVersion]:
+        """Returns the versions of one workflow, newest first, fetching every page."""
+        size = _common.check_page_size(page_size)
+        versions: list[DefinitionVersion] = []
+        token = ""
+        while True:
+            req = definition_pb2.ListDefinitionVersionsRequest(
+                name=name, page_size=size, page_token=token
+            )
+            resp = await self._call(self._definitions.ListDefinitionVersions, req, read=True)
+            versions.extend(DefinitionVersion.from_proto(v) for v in resp.versions)
+            token = resp.next_page_token
+            if not token:
+                return versions
+
+    async def delete_definition(self, name: str) -> None:
+        """Deletes a workflow; applying it again continues its version numbers."""
+        req = definition_pb2.DeleteDefinitionRequest(name=name)
+        await self._call(self._definitions.DeleteDefinition, req, read=False)

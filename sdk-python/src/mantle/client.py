@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
@@ -13,8 +14,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mantle import _common, errors
 from mantle._config import DEFAULT_ADDRESS, Address
-from mantle.types import ApiKey, CreatedApiKey, ServerInfo, Tenant
-from mantle.v1 import system_pb2, system_pb2_grpc, tenant_pb2, tenant_pb2_grpc
+from mantle.types import (
+    ApiKey,
+    ApplyResult,
+    CreatedApiKey,
+    Definition,
+    DefinitionSummary,
+    DefinitionVersion,
+    Plan,
+    ServerInfo,
+    Tenant,
+    ValidationResult,
+)
+from mantle.v1 import (
+    definition_pb2,
+    definition_pb2_grpc,
+    system_pb2,
+    system_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+)
 
 __all__ = ["Client"]
 
@@ -61,6 +80,7 @@ class Client:
         )
         self._system = system_pb2_grpc.SystemServiceStub(self._channel)
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)
+        self._definitions = definition_pb2_grpc.DefinitionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -243,3 +263,95 @@ class Client:
         returns it with ``revoke_time`` set. Unknown ids raise :class:`errors.NotFound`."""
         req = tenant_pb2.RevokeApiKeyRequest(id=id)
         return ApiKey.from_proto(self._call(self._tenants.RevokeApiKey, req, read=False))
+
+    # -- workflow definitions --------------------------------------------------------
+
+    def validate(self, source: str, filename: str | None = None) -> ValidationResult:
+        """Checks a workflow file (its YAML text) without storing anything. Needs
+        ``definitions:read``.
+
+        Args:
+            source: The file's YAML text, at most 1 MiB.
+            filename: The file's name, used in problem reports (default ``<input>``).
+
+        Raises:
+            errors.InvalidArgument: the file does not validate; ``.problems`` lists every
+                problem with its line, column and YAML path.
+        """
+        req = _common.source_request(definition_pb2.ValidateDefinitionRequest, source, filename)
+        resp = self._call(self._definitions.ValidateDefinition, req, read=True)
+        return ValidationResult.from_proto(resp)
+
+    def validate_file(self, path: str | os.PathLike[str]) -> ValidationResult:
+        """Reads a workflow file and validates it, named by ``path`` in problem reports."""
+        return self.validate(*_common.read_source_file(path))
+
+    def plan(self, source: str, filename: str | None = None) -> Plan:
+        """Compares a workflow file with the latest stored version of the same workflow:
+        what :meth:`apply` would change. Needs ``definitions:read``. Raises
+        :class:`errors.InvalidArgument` with ``.problems`` as :meth:`validate` does."""
+        req = _common.source_request(definition_pb2.PlanDefinitionRequest, source, filename)
+        return Plan.from_proto(self._call(self._definitions.PlanDefinition, req, read=True))
+
+    def plan_file(self, path: str | os.PathLike[str]) -> Plan:
+        """Reads a workflow file and plans it, named by ``path`` in problem reports."""
+        return self.plan(*_common.read_source_file(path))
+
+    def apply(self, source: str, filename: str | None = None) -> ApplyResult:
+        """Stores a workflow file as a new version if its normalized content changed
+        (``created`` says whether it did). Needs ``definitions:write``. Raises
+        :class:`errors.InvalidArgument` with ``.problems`` as :meth:`validate` does."""
+        req = _common.source_request(definition_pb2.ApplyDefinitionRequest, source, filename)
+        resp = self._call(self._definitions.ApplyDefinition, req, read=False)
+        return ApplyResult.from_proto(resp)
+
+    def apply_file(self, path: str | os.PathLike[str]) -> ApplyResult:
+        """Reads a workflow file and applies it, named by ``path`` in problem reports."""
+        return self.apply(*_common.read_source_file(path))
+
+    def get_definition(self, name: str, version: int = 0) -> Definition:
+        """Returns one stored version of a workflow; ``version=0`` means the latest.
+        Needs ``definitions:read``. Raises :class:`errors.NotFound` for an unknown (or
+        deleted) workflow or version."""
+        req = definition_pb2.GetDefinitionRequest(name=name, version=_common.check_version(version))
+        return Definition.from_proto(self._call(self._definitions.GetDefinition, req, read=True))
+
+    def list_definitions(self, *, page_size: int = 0) -> list[DefinitionSummary]:
+        """Returns the tenant's workflows ordered by name, fetching every page
+        (``page_size`` per request; 0 means the server default). Needs
+        ``definitions:read``."""
+        size = _common.check_page_size(page_size)
+        definitions: list[DefinitionSummary] = []
+        token = ""
+        while True:
+            req = definition_pb2.ListDefinitionsRequest(page_size=size, page_token=token)
+            resp = self._call(self._definitions.ListDefinitions, req, read=True)
+            definitions.extend(DefinitionSummary.from_proto(d) for d in resp.definitions)
+            token = resp.next_page_token
+            if not token:
+                return definitions
+
+    def list_definition_versions(
+        self, name: str, *, page_size: int = 0
+    ) -> list[DefinitionVersion]:
+        """Returns the versions of one workflow, newest first, fetching every page.
+        Needs ``definitions:read``."""
+        size = _common.check_page_size(page_size)
+        versions: list[DefinitionVersion] = []
+        token = ""
+        while True:
+            req = definition_pb2.ListDefinitionVersionsRequest(
+                name=name, page_size=size, page_token=token
+            )
+            resp = self._call(self._definitions.ListDefinitionVersions, req, read=True)
+            versions.extend(DefinitionVersion.from_proto(v) for v in resp.versions)
+            token = resp.next_page_token
+            if not token:
+                return versions
+
+    def delete_definition(self, name: str) -> None:
+        """Deletes a workflow: it leaves listings and cannot be started, while executions
+        already running continue; applying it again continues its version numbers.
+        Needs ``definitions:write``."""
+        req = definition_pb2.DeleteDefinitionRequest(name=name)
+        self._call(self._definitions.DeleteDefinition, req, read=False)

@@ -10,11 +10,28 @@ subclass depends on the gRPC status code, so callers can write::
 
 Status codes without a dedicated subclass (for example ``CANCELLED`` or
 ``UNIMPLEMENTED``) raise :class:`MantleError` itself; check :attr:`MantleError.code`.
+
+A workflow file that does not validate raises :class:`InvalidArgument` whose
+:attr:`~InvalidArgument.problems` lists every problem with its line and column::
+
+    try:
+        client.apply_file("hello.yaml")
+    except mantle.errors.InvalidArgument as e:
+        for problem in e.problems:
+            print(problem)  # hello.yaml:4:13: steps[0].action: unknown action ...
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2  # type: ignore[import-untyped,unused-ignore]
+
+from mantle.types import ValidationProblem
+from mantle.v1 import definition_pb2
 
 __all__ = [
     "MantleError",
@@ -29,7 +46,11 @@ __all__ = [
     "DeadlineExceeded",
     "Internal",
     "from_rpc_error",
+    "validation_problems",
 ]
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""Trailing metadata key of the encoded ``google.rpc.Status`` with the error details."""
 
 
 class MantleError(Exception):
@@ -57,7 +78,38 @@ class MantleError(Exception):
 
 
 class InvalidArgument(MantleError):
-    """The request is malformed (``INVALID_ARGUMENT``); the message names the field."""
+    """The request is malformed (``INVALID_ARGUMENT``); the message names the field.
+
+    Attributes:
+        problems: For a workflow file that does not validate, every problem in it,
+            ordered by position (``str(problem)`` is ``FILE:LINE:COL: PATH: message``).
+            Empty for other invalid arguments.
+    """
+
+    problems: list[ValidationProblem]
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        problems: Sequence[ValidationProblem] = (),
+    ) -> None:
+        super().__init__(code, message)
+        self.problems = list(problems)
+        # Keeps the problems when the exception is pickled (e.g. across processes).
+        self.args = (code, message, self.problems)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if not self.problems:
+            return text
+        return "\n  ".join([text, *(str(p) for p in self.problems)])
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, "
+            f"problems={self.problems!r})"
+        )
 
 
 class NotFound(MantleError):
@@ -130,4 +182,42 @@ def from_rpc_error(error: grpc.RpcError) -> MantleError:
     message = details_fn() if callable(details_fn) else None
     if message is None:
         message = ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(code, str(message), validation_problems(_trailers(error)))
     return error_class(code)(code, str(message))
+
+
+def _trailers(error: grpc.RpcError) -> Iterable[tuple[str, Any]]:
+    trailers_fn = getattr(error, "trailing_metadata", None)
+    if not callable(trailers_fn):
+        return ()
+    try:
+        trailers = trailers_fn()
+    except Exception:  # a call object that cannot tell: no details
+        return ()
+    return trailers or ()
+
+
+def validation_problems(trailing_metadata: Iterable[tuple[str, Any]]) -> list[ValidationProblem]:
+    """The validation problems in a call's trailing metadata: the
+    ``mantle.v1.ValidationProblems`` details of the ``google.rpc.Status`` encoded in
+    ``grpc-status-details-bin``. Works with the trailers of sync and ``grpc.aio`` calls.
+    Empty when there are none or they cannot be decoded."""
+    problems: list[ValidationProblem] = []
+    for key, value in trailing_metadata:
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            continue
+        for detail in status.details:
+            if not detail.Is(definition_pb2.ValidationProblems.DESCRIPTOR):
+                continue
+            decoded = definition_pb2.ValidationProblems()
+            try:
+                detail.Unpack(decoded)
+            except DecodeError:
+                continue
+            problems.extend(ValidationProblem.from_proto(p) for p in decoded.problems)
+    return problems

@@ -6,14 +6,32 @@ left them unset (e.g. a key that never expires has ``expire_time=None``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mantle.v1 import common_pb2, system_pb2, tenant_pb2
+from mantle.v1 import common_pb2, definition_pb2, system_pb2, tenant_pb2
 
-__all__ = ["Tenant", "ApiKey", "CreatedApiKey", "Caller", "ServerInfo"]
+__all__ = [
+    "Tenant",
+    "ApiKey",
+    "CreatedApiKey",
+    "Caller",
+    "ServerInfo",
+    "ValidationProblem",
+    "ValidationResult",
+    "FieldChange",
+    "Change",
+    "ChangeKind",
+    "Plan",
+    "Definition",
+    "ApplyResult",
+    "DefinitionSummary",
+    "DefinitionVersion",
+]
 
 
 def _time(msg: object, name: str) -> datetime | None:
@@ -159,4 +177,226 @@ class ServerInfo:
             version=msg.version,
             database=msg.database,
             caller=Caller.from_proto(msg.caller) if msg.HasField("caller") else None,
+        )
+
+
+# -- workflow definitions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationProblem:
+    """One problem in a workflow file, as listed by
+    :attr:`mantle.errors.InvalidArgument.problems`.
+
+    ``str()`` gives the compiler-style ``FILE:LINE:COL: PATH: message``.
+    """
+
+    file: str
+    """The file name given with the request (``<input>`` when none was)."""
+    line: int
+    """1-based line."""
+    column: int
+    """1-based column."""
+    path: str
+    """YAML path of the offending element, such as ``steps[1].params.url``; empty for the
+    document itself."""
+    message: str
+    """What is wrong, in plain words."""
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line:
+            where += f":{self.line}"
+            if self.column:
+                where += f":{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.ValidationProblem) -> ValidationProblem:
+        return cls(
+            file=msg.file, line=msg.line, column=msg.column, path=msg.path, message=msg.message
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationResult:
+    """A workflow file that validated."""
+
+    name: str
+    """The workflow's name."""
+    content_hash: str
+    """Hex SHA-256 of the normalized content (formatting and comments do not change it)."""
+    step_count: int
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.ValidateDefinitionResponse) -> ValidationResult:
+        return cls(name=msg.name, content_hash=msg.content_hash, step_count=msg.step_count)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """A changed field inside a changed element."""
+
+    path: str
+    """Dotted path inside the element, such as ``params.url`` or ``retry.max_attempts``."""
+    before: str
+    """The stored value as JSON text; ``""`` when the field was added."""
+    after: str
+    """The new value as JSON text; ``""`` when the field was removed."""
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.FieldChange) -> FieldChange:
+        return cls(path=msg.path, before=msg.before, after=msg.after)
+
+
+ChangeKind = Literal["added", "removed", "changed", "unspecified"]
+"""What happened to an element (``unspecified`` only from a server that did not say)."""
+
+_CHANGE_KINDS: dict[int, ChangeKind] = {
+    definition_pb2.Change.ADDED: "added",
+    definition_pb2.Change.REMOVED: "removed",
+    definition_pb2.Change.CHANGED: "changed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One added, removed or changed element of a workflow."""
+
+    kind: ChangeKind
+    """``"added"``, ``"removed"`` or ``"changed"``."""
+    section: str
+    """``workflow``, ``input``, ``step``, ``output`` or ``trigger``."""
+    name: str
+    """The element's name (triggers: ``cron <schedule>`` / ``webhook <path>``; the
+    workflow section: the field, such as ``description``)."""
+    fields: list[FieldChange]
+    """For ``"changed"``: each changed field."""
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.Change) -> Change:
+        return cls(
+            kind=_CHANGE_KINDS.get(msg.kind, "unspecified"),
+            section=msg.section,
+            name=msg.name,
+            fields=[FieldChange.from_proto(f) for f in msg.fields],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What applying a workflow file would change."""
+
+    name: str
+    """The workflow's name."""
+    current_version: int
+    """The latest stored version; 0 when the workflow does not exist (or was deleted)."""
+    changed: bool
+    """Whether applying would store a new version."""
+    content_hash: str
+    """Content hash of the file."""
+    changes: list[Change]
+    """Ordered by section and name; empty when nothing changed."""
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.Plan) -> Plan:
+        return cls(
+            name=msg.name,
+            current_version=msg.current_version,
+            changed=msg.changed,
+            content_hash=msg.content_hash,
+            changes=[Change.from_proto(c) for c in msg.changes],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """One stored version of a workflow."""
+
+    name: str
+    version: int
+    """From 1, increasing by one per change."""
+    content_hash: str
+    """Hex SHA-256 of the normalized content."""
+    description: str
+    source: str = field(repr=False)
+    """The YAML text exactly as it was applied."""
+    spec: dict[str, Any] = field(repr=False)
+    """The normalized definition as the engine reads it (the server's ``spec_json``,
+    parsed)."""
+    create_time: datetime | None
+    """When this version was stored."""
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.Definition) -> Definition:
+        spec = json.loads(msg.spec_json) if msg.spec_json else {}
+        return cls(
+            name=msg.name,
+            version=msg.version,
+            content_hash=msg.content_hash,
+            description=msg.description,
+            source=msg.source,
+            spec=spec if isinstance(spec, dict) else {},
+            create_time=_time(msg, "create_time"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """The outcome of applying a workflow file."""
+
+    definition: Definition
+    """The latest version after the call: the new one, or the unchanged latest."""
+    created: bool
+    """Whether a new version was stored."""
+    changes: list[Change]
+    """What changed against the previous latest version."""
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.ApplyDefinitionResponse) -> ApplyResult:
+        return cls(
+            definition=Definition.from_proto(msg.definition),
+            created=msg.created,
+            changes=[Change.from_proto(c) for c in msg.changes],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionSummary:
+    """A workflow in a listing."""
+
+    name: str
+    latest_version: int
+    description: str
+    """The latest version's description."""
+    create_time: datetime | None
+    """When the first version was stored."""
+    update_time: datetime | None
+    """When the latest version was stored."""
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.DefinitionSummary) -> DefinitionSummary:
+        return cls(
+            name=msg.name,
+            latest_version=msg.latest_version,
+            description=msg.description,
+            create_time=_time(msg, "create_time"),
+            update_time=_time(msg, "update_time"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionVersion:
+    """A stored version in a listing."""
+
+    version: int
+    content_hash: str
+    create_time: datetime | None
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.DefinitionVersion) -> DefinitionVersion:
+        return cls(
+            version=msg.version,
+            content_hash=msg.content_hash,
+            create_time=_time(msg, "create_time"),
         )
