@@ -11,6 +11,7 @@ pub mod config;
 pub mod connectors;
 pub mod definitions;
 pub mod duration;
+pub mod engine;
 pub mod health;
 pub mod http;
 pub mod server;

@@ -12,6 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::definitions::model::{Definition, DefinitionSummary, NewVersion, VersionInfo};
+use crate::engine::model::{
+    Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
+};
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
 /// Errors of the store layer.
@@ -29,6 +32,12 @@ pub enum Error {
     Config(String),
     #[error("database error: {0}")]
     Internal(String),
+    /// The request conflicts with the resource's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The writer no longer holds the execution's lease; nothing was written.
+    #[error("lease lost: another daemon owns execution {0}")]
+    Fenced(uuid::Uuid),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -116,6 +125,13 @@ pub trait DefinitionStore: Send + Sync {
         name: &str,
         page: &PageRequest,
     ) -> Result<Page<VersionInfo>>;
+    /// A version whether or not the workflow was deleted since: executions pinned it.
+    async fn get_pinned_version(
+        &self,
+        tenant_id: uuid::Uuid,
+        name: &str,
+        version: i64,
+    ) -> Result<Definition>;
     /// Marks a workflow deleted; its versions stay readable to executions.
     async fn delete_definition(
         &self,
@@ -125,15 +141,70 @@ pub trait DefinitionStore: Send + Sync {
     ) -> Result<()>;
 }
 
+/// Executions, their step attempts and events. Writes that advance an execution present
+/// the lease's fencing token and fail with [`Error::Fenced`] once another daemon took over.
+#[async_trait::async_trait]
+pub trait ExecutionStore: Send + Sync {
+    /// Inserts a pending execution owned (leased) by `e.owner`.
+    async fn create_execution(&self, e: &NewExecution) -> Result<Lease>;
+    /// Writes a transition in one transaction, if `lease` is still held.
+    async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()>;
+    /// The execution, all its attempts, and the last event sequence number.
+    async fn load_execution(&self, id: uuid::Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)>;
+    /// Leases up to `limit` executions that need work and whose lease is free or expired.
+    async fn claim_executions(&self, owner: &str, lease_ms: u64, limit: u32) -> Result<Vec<Lease>>;
+    /// Extends every lease `owner` holds; returns them with their cancel flags.
+    async fn renew_leases(&self, owner: &str, lease_ms: u64) -> Result<Vec<(uuid::Uuid, bool)>>;
+    /// Gives up one lease so another daemon can take the execution at once.
+    async fn release_lease(&self, lease: Lease) -> Result<()>;
+    /// Sets the cancel flag of a non-terminal execution; returns the execution.
+    async fn request_cancel(&self, tenant_id: uuid::Uuid, id: uuid::Uuid) -> Result<Execution>;
+    /// Makes a failed, cancelled or timed-out execution runnable again in a new generation,
+    /// leased by `owner`.
+    async fn retry_execution(
+        &self,
+        tenant_id: uuid::Uuid,
+        id: uuid::Uuid,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<Lease>;
+    async fn get_execution(&self, tenant_id: uuid::Uuid, id: uuid::Uuid) -> Result<Execution>;
+    /// Newest first.
+    async fn list_executions(
+        &self,
+        tenant_id: uuid::Uuid,
+        filter: &ExecutionFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Execution>>;
+    async fn list_attempts(
+        &self,
+        tenant_id: uuid::Uuid,
+        id: uuid::Uuid,
+    ) -> Result<Vec<StepAttempt>>;
+    /// Events with `seq > after`, in order, at most `limit`.
+    async fn list_events(
+        &self,
+        tenant_id: uuid::Uuid,
+        id: uuid::Uuid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>>;
+}
+
 /// Everything the daemon stores.
 #[async_trait::async_trait]
-pub trait Store: TenantStore + DefinitionStore {
+pub trait Store: TenantStore + DefinitionStore + ExecutionStore {
     fn backend(&self) -> Backend;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>>;
     /// Applies pending migrations (serialized across replicas on PostgreSQL).
     async fn migrate(&self) -> Result<()>;
+    /// Whether leases of daemons that are gone can be taken at once (SQLite: the file lock
+    /// proves no other daemon runs) rather than after they expire.
+    fn single_daemon(&self) -> bool {
+        self.backend() == Backend::Sqlite
+    }
 }
 
 /// How to open the store.

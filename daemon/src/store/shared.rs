@@ -437,6 +437,26 @@ macro_rules! impl_definition_store {
                     .map_err(map_err(what))
             }
 
+            async fn get_pinned_version(
+                &self,
+                tenant_id: Uuid,
+                name: &str,
+                version: i64,
+            ) -> Result<$crate::definitions::model::Definition> {
+                let sql = format!(
+                    "SELECT {VERSION_COLUMNS} FROM workflow_versions \
+                     WHERE tenant_id = $1 AND name = $2 AND version = $3"
+                );
+                sqlx::query_as::<_, VersionRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(name)
+                    .bind(version)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(Into::into)
+                    .map_err(map_err(|| format!("workflow {name:?} version {version}")))
+            }
+
             async fn list_definitions(
                 &self,
                 tenant_id: Uuid,
@@ -557,3 +577,462 @@ pub(super) fn migration_status(
         })
         .collect()
 }
+
+pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, workflow, version, status, inputs, \
+     outputs, error, trigger_info, create_time, start_time, end_time, deadline, generation, \
+     cancel_requested";
+
+pub(super) const ATTEMPT_COLUMNS: &str = "execution_id, step_name, attempt, generation, status, \
+     output, error, wake_time, start_time, end_time";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ExecutionRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    workflow: String,
+    version: i64,
+    status: String,
+    inputs: String,
+    outputs: Option<String>,
+    error: Option<String>,
+    trigger_info: String,
+    create_time: DateTime<Utc>,
+    start_time: Option<DateTime<Utc>>,
+    end_time: Option<DateTime<Utc>>,
+    deadline: Option<DateTime<Utc>>,
+    generation: i32,
+    cancel_requested: bool,
+}
+
+fn parse_json(what: &str, text: &str) -> Result<serde_json::Value, Error> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::Internal(format!("stored {what} is not JSON: {e}")))
+}
+
+impl TryFrom<ExecutionRow> for crate::engine::model::Execution {
+    type Error = Error;
+
+    fn try_from(r: ExecutionRow) -> Result<Self, Error> {
+        use crate::engine::model::ExecutionStatus;
+        Ok(crate::engine::model::Execution {
+            status: ExecutionStatus::parse(&r.status).ok_or_else(|| {
+                Error::Internal(format!("execution {}: unknown status {:?}", r.id, r.status))
+            })?,
+            inputs: parse_json("inputs", &r.inputs)?,
+            outputs: r
+                .outputs
+                .as_deref()
+                .map(|o| parse_json("outputs", o))
+                .transpose()?,
+            trigger: parse_json("trigger", &r.trigger_info)?,
+            id: r.id,
+            tenant_id: r.tenant_id,
+            workflow: r.workflow,
+            version: r.version,
+            error: r.error,
+            create_time: r.create_time,
+            start_time: r.start_time,
+            end_time: r.end_time,
+            deadline: r.deadline,
+            generation: r.generation,
+            cancel_requested: r.cancel_requested,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AttemptRow {
+    execution_id: Uuid,
+    step_name: String,
+    attempt: i32,
+    generation: i32,
+    status: String,
+    output: Option<String>,
+    error: Option<String>,
+    wake_time: Option<DateTime<Utc>>,
+    start_time: Option<DateTime<Utc>>,
+    end_time: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<AttemptRow> for crate::engine::model::StepAttempt {
+    type Error = Error;
+
+    fn try_from(r: AttemptRow) -> Result<Self, Error> {
+        use crate::engine::model::StepStatus;
+        Ok(crate::engine::model::StepAttempt {
+            status: StepStatus::parse(&r.status).ok_or_else(|| {
+                Error::Internal(format!(
+                    "step {}: unknown status {:?}",
+                    r.step_name, r.status
+                ))
+            })?,
+            output: r
+                .output
+                .as_deref()
+                .map(|o| parse_json("step output", o))
+                .transpose()?,
+            execution_id: r.execution_id,
+            step_name: r.step_name,
+            attempt: r.attempt,
+            generation: r.generation,
+            error: r.error,
+            wake_time: r.wake_time,
+            start_time: r.start_time,
+            end_time: r.end_time,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct EventRow {
+    execution_id: Uuid,
+    seq: i64,
+    time: DateTime<Utc>,
+    kind: String,
+    step_name: Option<String>,
+    attempt: Option<i32>,
+    status: Option<String>,
+    message: Option<String>,
+}
+
+impl TryFrom<EventRow> for crate::engine::model::Event {
+    type Error = Error;
+
+    fn try_from(r: EventRow) -> Result<Self, Error> {
+        Ok(crate::engine::model::Event {
+            kind: crate::engine::model::EventKind::parse(&r.kind)
+                .ok_or_else(|| Error::Internal(format!("unknown event kind {:?}", r.kind)))?,
+            execution_id: r.execution_id,
+            seq: r.seq,
+            time: r.time,
+            step_name: r.step_name,
+            attempt: r.attempt,
+            status: r.status,
+            message: r.message,
+        })
+    }
+}
+
+/// Implements the parts of `ExecutionStore` whose SQL is the same on both backends, as
+/// inherent `*_shared` methods the backends' trait impls call.
+macro_rules! impl_execution_shared {
+    ($store:ty) => {
+        impl $store {
+            async fn create_execution_shared(
+                &self,
+                e: &$crate::engine::model::NewExecution,
+                lease_expires: DateTime<Utc>,
+            ) -> Result<$crate::engine::model::Lease> {
+                sqlx::query(
+                    "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
+                     trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, 1)",
+                )
+                .bind(e.id)
+                .bind(e.tenant_id)
+                .bind(&e.workflow)
+                .bind(e.version)
+                .bind(e.inputs.to_string())
+                .bind(e.trigger.to_string())
+                .bind(e.now)
+                .bind(e.deadline)
+                .bind(&e.owner)
+                .bind(lease_expires)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err(|| format!("execution {}", e.id)))?;
+                Ok($crate::engine::model::Lease {
+                    execution_id: e.id,
+                    epoch: 1,
+                })
+            }
+
+            async fn write_transition_shared(
+                &self,
+                lease: $crate::engine::model::Lease,
+                t: &$crate::engine::model::Transition,
+            ) -> Result<()> {
+                let id = lease.execution_id;
+                let what = || format!("execution {id}");
+                let mut tx = self.pool.begin().await.map_err(map_err(what))?;
+                // The fence: locks the row, and proves this writer still holds the lease.
+                let held = sqlx::query(
+                    "UPDATE executions SET lease_epoch = lease_epoch WHERE id = $1 AND lease_epoch = $2",
+                )
+                .bind(id)
+                .bind(lease.epoch)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(what))?;
+                if held.rows_affected() != 1 {
+                    return Err(Error::Fenced(id));
+                }
+                for a in &t.attempts {
+                    sqlx::query(
+                        "INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, \
+                         generation, status, output, error, wake_time, start_time, end_time) \
+                         SELECT $1, $2, $3, tenant_id, $4, $5, $6, $7, $8, $9, $10 FROM executions WHERE id = $1 \
+                         ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET \
+                         status = excluded.status, output = excluded.output, error = excluded.error, \
+                         wake_time = excluded.wake_time, start_time = excluded.start_time, \
+                         end_time = excluded.end_time",
+                    )
+                    .bind(id)
+                    .bind(&a.step_name)
+                    .bind(a.attempt)
+                    .bind(a.generation)
+                    .bind(a.status.as_str())
+                    .bind(a.output.as_ref().map(|o| o.to_string()))
+                    .bind(a.error.as_deref())
+                    .bind(a.wake_time)
+                    .bind(a.start_time)
+                    .bind(a.end_time)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err(what))?;
+                }
+                for ev in &t.events {
+                    sqlx::query(
+                        "INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, \
+                         step_name, attempt, status, message) \
+                         SELECT $1, $2, tenant_id, $3, $4, $5, $6, $7, $8 FROM executions WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(ev.seq)
+                    .bind(ev.time)
+                    .bind(ev.kind.as_str())
+                    .bind(ev.step_name.as_deref())
+                    .bind(ev.attempt)
+                    .bind(ev.status.as_deref())
+                    .bind(ev.message.as_deref())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err(what))?;
+                }
+                if let Some(u) = &t.execution {
+                    sqlx::query(
+                        "UPDATE executions SET status = $2, outputs = COALESCE($3, outputs), \
+                         error = $4, start_time = COALESCE(start_time, $5), end_time = $6, \
+                         wake_time = $7, \
+                         owner = CASE WHEN $8 THEN NULL ELSE owner END, \
+                         lease_expires = CASE WHEN $8 THEN NULL ELSE lease_expires END \
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(u.status.as_str())
+                    .bind(u.outputs.as_ref().map(|o| o.to_string()))
+                    .bind(u.error.as_deref())
+                    .bind(u.start_time)
+                    .bind(u.end_time)
+                    .bind(u.wake_time)
+                    .bind(u.release)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err(what))?;
+                }
+                tx.commit().await.map_err(map_err(what))?;
+                Ok(())
+            }
+
+            async fn load_execution_shared(
+                &self,
+                id: Uuid,
+            ) -> Result<(
+                $crate::engine::model::Execution,
+                Vec<$crate::engine::model::StepAttempt>,
+                i64,
+            )> {
+                let what = || format!("execution {id}");
+                let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1");
+                let execution = sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err(what))?
+                    .try_into()?;
+                let sql = format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM step_attempts WHERE execution_id = $1 \
+                     ORDER BY step_name, attempt"
+                );
+                let attempts = sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(what))?
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<Result<Vec<_>>>()?;
+                let last: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(seq) FROM execution_events WHERE execution_id = $1")
+                        .bind(id)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(map_err(what))?;
+                Ok((execution, attempts, last.unwrap_or(0)))
+            }
+
+            async fn release_lease_shared(&self, lease: $crate::engine::model::Lease) -> Result<()> {
+                sqlx::query(
+                    "UPDATE executions SET owner = NULL, lease_expires = NULL \
+                     WHERE id = $1 AND lease_epoch = $2",
+                )
+                .bind(lease.execution_id)
+                .bind(lease.epoch)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err(|| format!("execution {}", lease.execution_id)))?;
+                Ok(())
+            }
+
+            async fn request_cancel_shared(
+                &self,
+                tenant_id: Uuid,
+                id: Uuid,
+            ) -> Result<$crate::engine::model::Execution> {
+                sqlx::query(
+                    "UPDATE executions SET cancel_requested = TRUE, wake_time = NULL \
+                     WHERE tenant_id = $1 AND id = $2 \
+                     AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err(|| format!("execution {id}")))?;
+                self.get_execution_shared(tenant_id, id).await
+            }
+
+            async fn retry_execution_shared(
+                &self,
+                tenant_id: Uuid,
+                id: Uuid,
+                owner: &str,
+                lease_expires: DateTime<Utc>,
+            ) -> Result<$crate::engine::model::Lease> {
+                let epoch: Option<i64> = sqlx::query_scalar(
+                    "UPDATE executions SET status = 'pending', generation = generation + 1, \
+                     error = NULL, end_time = NULL, cancel_requested = FALSE, wake_time = NULL, \
+                     owner = $3, lease_expires = $4, lease_epoch = lease_epoch + 1 \
+                     WHERE tenant_id = $1 AND id = $2 \
+                     AND status IN ('failed', 'cancelled', 'timed_out') RETURNING lease_epoch",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind(owner)
+                .bind(lease_expires)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err(|| format!("execution {id}")))?;
+                match epoch {
+                    Some(epoch) => Ok($crate::engine::model::Lease { execution_id: id, epoch }),
+                    None => {
+                        // Tell "not there" from "not retryable".
+                        let e = self.get_execution_shared(tenant_id, id).await?;
+                        Err(Error::Conflict(format!(
+                            "execution {id} is {}; only failed, cancelled or timed-out executions can be retried",
+                            e.status
+                        )))
+                    }
+                }
+            }
+
+            async fn get_execution_shared(
+                &self,
+                tenant_id: Uuid,
+                id: Uuid,
+            ) -> Result<$crate::engine::model::Execution> {
+                let sql = format!(
+                    "SELECT {EXECUTION_COLUMNS} FROM executions WHERE tenant_id = $1 AND id = $2"
+                );
+                sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err(|| format!("execution {id}")))?
+                    .try_into()
+            }
+
+            async fn list_executions_shared(
+                &self,
+                tenant_id: Uuid,
+                filter: &$crate::engine::model::ExecutionFilter,
+                page: &PageRequest,
+            ) -> Result<Page<$crate::engine::model::Execution>> {
+                let before: Option<Uuid> = match page.after.as_deref() {
+                    None => None,
+                    Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
+                };
+                let sql = format!(
+                    "SELECT {EXECUTION_COLUMNS} FROM executions WHERE tenant_id = $1 \
+                     AND ($2 IS NULL OR workflow = $2) AND ($3 IS NULL OR status = $3) \
+                     AND ($4 IS NULL OR create_time >= $4) AND ($5 IS NULL OR create_time < $5) \
+                     AND ($6 IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
+                );
+                let rows = sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(filter.workflow.as_deref())
+                    .bind(filter.status.map(|s| s.as_str()))
+                    .bind(filter.created_after)
+                    .bind(filter.created_before)
+                    .bind(before)
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| "executions".to_owned()))?;
+                let items = rows
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect::<Result<Vec<$crate::engine::model::Execution>>>()?;
+                Ok(into_page(items, page, |e: &$crate::engine::model::Execution| e.id.to_string()))
+            }
+
+            async fn list_attempts_shared(
+                &self,
+                tenant_id: Uuid,
+                id: Uuid,
+            ) -> Result<Vec<$crate::engine::model::StepAttempt>> {
+                self.get_execution_shared(tenant_id, id).await?;
+                let sql = format!(
+                    "SELECT {ATTEMPT_COLUMNS} FROM step_attempts WHERE tenant_id = $1 \
+                     AND execution_id = $2 ORDER BY start_time, step_name, attempt"
+                );
+                sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| format!("execution {id}")))?
+                    .into_iter()
+                    .map(TryInto::try_into)
+                    .collect()
+            }
+
+            async fn list_events_shared(
+                &self,
+                tenant_id: Uuid,
+                id: Uuid,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::engine::model::Event>> {
+                sqlx::query_as::<_, EventRow>(
+                    "SELECT execution_id, seq, time, kind, step_name, attempt, status, message \
+                     FROM execution_events WHERE tenant_id = $1 AND execution_id = $2 \
+                     AND seq > $3 ORDER BY seq LIMIT $4",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err(|| format!("execution {id}")))?
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect()
+            }
+        }
+    };
+}
+
+pub(super) use impl_execution_shared;

@@ -49,7 +49,10 @@ impl From<store::Error> for Error {
             store::Error::NotFound(what) => Error::NotFound(what),
             store::Error::AlreadyExists(what) => Error::AlreadyExists(what),
             store::Error::Unavailable(msg) => Error::Unavailable(msg),
-            store::Error::Config(msg) | store::Error::Internal(msg) => Error::Internal(msg),
+            store::Error::Config(msg)
+            | store::Error::Internal(msg)
+            | store::Error::Conflict(msg) => Error::Internal(msg),
+            store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
         }
     }
 }

@@ -8,11 +8,16 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Pool, Postgres};
 use uuid::Uuid;
 
+use super::ExecutionStore;
 use super::shared::{
-    KEY_SELECT, KeyRow, TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow,
-    impl_definition_store, impl_tenant_store, into_page, map_err,
+    ATTEMPT_COLUMNS, AttemptRow, EXECUTION_COLUMNS, EventRow, ExecutionRow, KEY_SELECT, KeyRow,
+    TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow, impl_definition_store,
+    impl_execution_shared, impl_tenant_store, into_page, map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
+use crate::engine::model::{
+    Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
+};
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -61,6 +66,106 @@ impl PgStore {
 
 impl_tenant_store!(PgStore);
 impl_definition_store!(PgStore);
+impl_execution_shared!(PgStore);
+
+#[async_trait::async_trait]
+impl ExecutionStore for PgStore {
+    async fn create_execution(&self, e: &NewExecution) -> Result<Lease> {
+        let expires = Utc::now() + chrono::Duration::milliseconds(e.lease_ms as i64);
+        self.create_execution_shared(e, expires).await
+    }
+
+    async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
+        self.write_transition_shared(lease, t).await
+    }
+
+    async fn load_execution(&self, id: Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)> {
+        self.load_execution_shared(id).await
+    }
+
+    async fn claim_executions(&self, owner: &str, lease_ms: u64, limit: u32) -> Result<Vec<Lease>> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "UPDATE executions SET owner = $1, lease_epoch = lease_epoch + 1, \
+             lease_expires = now() + $2 * interval '1 millisecond', wake_time = NULL \
+             WHERE id IN (SELECT id FROM executions WHERE status IN ('pending', 'running') \
+             AND (owner IS NULL OR lease_expires < now()) \
+             AND (wake_time IS NULL OR wake_time <= now() OR cancel_requested) \
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, lease_epoch",
+        )
+        .bind(owner)
+        .bind(lease_ms as f64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err(|| "executions".to_owned()))?;
+        Ok(rows
+            .into_iter()
+            .map(|(execution_id, epoch)| Lease {
+                execution_id,
+                epoch,
+            })
+            .collect())
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_ms: u64) -> Result<Vec<(Uuid, bool)>> {
+        sqlx::query_as(
+            "UPDATE executions SET lease_expires = now() + $2 * interval '1 millisecond' \
+             WHERE owner = $1 RETURNING id, cancel_requested",
+        )
+        .bind(owner)
+        .bind(lease_ms as f64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err(|| "executions".to_owned()))
+    }
+
+    async fn release_lease(&self, lease: Lease) -> Result<()> {
+        self.release_lease_shared(lease).await
+    }
+
+    async fn request_cancel(&self, tenant_id: Uuid, id: Uuid) -> Result<Execution> {
+        self.request_cancel_shared(tenant_id, id).await
+    }
+
+    async fn retry_execution(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        owner: &str,
+        lease_ms: u64,
+    ) -> Result<Lease> {
+        let expires = Utc::now() + chrono::Duration::milliseconds(lease_ms as i64);
+        self.retry_execution_shared(tenant_id, id, owner, expires)
+            .await
+    }
+
+    async fn get_execution(&self, tenant_id: Uuid, id: Uuid) -> Result<Execution> {
+        self.get_execution_shared(tenant_id, id).await
+    }
+
+    async fn list_executions(
+        &self,
+        tenant_id: Uuid,
+        filter: &ExecutionFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Execution>> {
+        self.list_executions_shared(tenant_id, filter, page).await
+    }
+
+    async fn list_attempts(&self, tenant_id: Uuid, id: Uuid) -> Result<Vec<StepAttempt>> {
+        self.list_attempts_shared(tenant_id, id).await
+    }
+
+    async fn list_events(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        self.list_events_shared(tenant_id, id, after, limit).await
+    }
+}
 
 #[async_trait::async_trait]
 impl Store for PgStore {

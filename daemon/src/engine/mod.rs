@@ -1,0 +1,3 @@
+//! The durable execution engine.
+
+pub mod model;

@@ -1,0 +1,188 @@
+//! Domain types of executions, step attempts and their events.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),* }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($text => Some($name::$variant),)* _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// The state of an execution.
+    ExecutionStatus {
+        Pending = "pending",
+        Queued = "queued",
+        Running = "running",
+        Completed = "completed",
+        Failed = "failed",
+        Cancelled = "cancelled",
+        TimedOut = "timed_out",
+    }
+);
+
+impl ExecutionStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ExecutionStatus::Completed
+                | ExecutionStatus::Failed
+                | ExecutionStatus::Cancelled
+                | ExecutionStatus::TimedOut
+        )
+    }
+}
+
+string_enum!(
+    /// The state of one step attempt.
+    StepStatus {
+        Pending = "pending",
+        Running = "running",
+        Completed = "completed",
+        Failed = "failed",
+        Skipped = "skipped",
+        Cancelled = "cancelled",
+    }
+);
+
+/// An execution as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Execution {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub workflow: String,
+    pub version: i64,
+    pub status: ExecutionStatus,
+    pub inputs: Value,
+    pub outputs: Option<Value>,
+    pub error: Option<String>,
+    pub trigger: Value,
+    pub create_time: DateTime<Utc>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    pub deadline: Option<DateTime<Utc>>,
+    pub generation: i32,
+    pub cancel_requested: bool,
+}
+
+/// One attempt of one step: the unit of checkpointing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepAttempt {
+    pub execution_id: Uuid,
+    pub step_name: String,
+    pub attempt: i32,
+    pub generation: i32,
+    pub status: StepStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    /// A pending retry's start time, or a running durable sleep's end time.
+    pub wake_time: Option<DateTime<Utc>>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+}
+
+/// One entry of an execution's event log; `seq` orders them from 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub execution_id: Uuid,
+    pub seq: i64,
+    pub time: DateTime<Utc>,
+    pub kind: EventKind,
+    pub step_name: Option<String>,
+    pub attempt: Option<i32>,
+    /// The execution's or step's status after the event.
+    pub status: Option<String>,
+    pub message: Option<String>,
+}
+
+string_enum!(
+    /// What an event records.
+    EventKind {
+        ExecutionStatus = "execution_status",
+        StepStatus = "step_status",
+        Log = "log",
+    }
+);
+
+/// What StartExecution stores.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub workflow: String,
+    pub version: i64,
+    pub inputs: Value,
+    pub trigger: Value,
+    pub deadline: Option<DateTime<Utc>>,
+    /// The daemon that starts driving it at once.
+    pub owner: String,
+    pub lease_ms: u64,
+    pub now: DateTime<Utc>,
+}
+
+/// A lease on an execution: the fencing token every write must present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub execution_id: Uuid,
+    pub epoch: i64,
+}
+
+/// Changes to the execution row inside a transition.
+#[derive(Debug, Clone)]
+pub struct ExecutionUpdate {
+    pub status: ExecutionStatus,
+    pub outputs: Option<Value>,
+    pub error: Option<String>,
+    pub start_time: Option<DateTime<Utc>>,
+    pub end_time: Option<DateTime<Utc>>,
+    /// Give up the lease (terminal, or waiting long for a timer).
+    pub release: bool,
+    /// When an released execution needs work again.
+    pub wake_time: Option<DateTime<Utc>>,
+}
+
+/// One atomic step of an execution's progress: written in one transaction, only while the
+/// writer still holds the lease.
+#[derive(Debug, Clone, Default)]
+pub struct Transition {
+    pub attempts: Vec<StepAttempt>,
+    pub events: Vec<Event>,
+    pub execution: Option<ExecutionUpdate>,
+}
+
+impl Transition {
+    pub fn is_empty(&self) -> bool {
+        self.attempts.is_empty() && self.events.is_empty() && self.execution.is_none()
+    }
+}
+
+/// Filters of ListExecutions.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub workflow: Option<String>,
+    pub status: Option<ExecutionStatus>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
