@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use mantle_daemon::auth::{Scope, ScopeSet, token};
+use mantle_daemon::definitions::model::NewVersion;
 use mantle_daemon::store::{self, Backend, OpenOptions, Store};
 use mantle_daemon::tenancy::model::{
     DEFAULT_TENANT_ID, NewApiKey, PageRequest, Tenant, TenantUpdate,
 };
-use mantle_daemon::definitions::model::NewVersion;
 use sqlx::Connection;
 
 fn options(url: String, data_dir: std::path::PathBuf) -> OpenOptions {
@@ -369,20 +369,43 @@ async fn definitions_contract(store: Arc<dyn Store>) {
     store.create_tenant(&b).await.unwrap();
 
     // First apply creates version 1; the same hash again creates nothing.
-    let (v1, created) = store.apply_definition(&version(a.id, "wf", "h1")).await.unwrap();
+    let (v1, created) = store
+        .apply_definition(&version(a.id, "wf", "h1"))
+        .await
+        .unwrap();
     assert!(created);
     assert_eq!(v1.version, 1);
-    let (same, created) = store.apply_definition(&version(a.id, "wf", "h1")).await.unwrap();
+    let (same, created) = store
+        .apply_definition(&version(a.id, "wf", "h1"))
+        .await
+        .unwrap();
     assert!(!created);
     assert_eq!(same.version, 1);
     assert_eq!(same.source, v1.source);
 
     // A new hash is version 2; both stay readable.
-    let (v2, created) = store.apply_definition(&version(a.id, "wf", "h2")).await.unwrap();
+    let (v2, created) = store
+        .apply_definition(&version(a.id, "wf", "h2"))
+        .await
+        .unwrap();
     assert!(created);
     assert_eq!(v2.version, 2);
-    assert_eq!(store.get_definition(a.id, "wf", None).await.unwrap().content_hash, "h2");
-    assert_eq!(store.get_definition(a.id, "wf", Some(1)).await.unwrap().content_hash, "h1");
+    assert_eq!(
+        store
+            .get_definition(a.id, "wf", None)
+            .await
+            .unwrap()
+            .content_hash,
+        "h2"
+    );
+    assert_eq!(
+        store
+            .get_definition(a.id, "wf", Some(1))
+            .await
+            .unwrap()
+            .content_hash,
+        "h1"
+    );
     assert!(matches!(
         store.get_definition(a.id, "wf", Some(3)).await.unwrap_err(),
         store::Error::NotFound(_)
@@ -393,20 +416,39 @@ async fn definitions_contract(store: Arc<dyn Store>) {
         store.get_definition(b.id, "wf", None).await.unwrap_err(),
         store::Error::NotFound(_)
     ));
-    assert!(store.list_definitions(b.id, &page(10, None)).await.unwrap().items.is_empty());
+    assert!(
+        store
+            .list_definitions(b.id, &page(10, None))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     assert!(matches!(
-        store.list_definition_versions(b.id, "wf", &page(10, None)).await.unwrap_err(),
+        store
+            .list_definition_versions(b.id, "wf", &page(10, None))
+            .await
+            .unwrap_err(),
         store::Error::NotFound(_)
     ));
     assert!(matches!(
-        store.delete_definition(b.id, "wf", Utc::now()).await.unwrap_err(),
+        store
+            .delete_definition(b.id, "wf", Utc::now())
+            .await
+            .unwrap_err(),
         store::Error::NotFound(_)
     ));
-    let (b1, _) = store.apply_definition(&version(b.id, "wf", "h2")).await.unwrap();
+    let (b1, _) = store
+        .apply_definition(&version(b.id, "wf", "h2"))
+        .await
+        .unwrap();
     assert_eq!(b1.version, 1);
 
     // Listings: by name, and versions newest first, paged.
-    store.apply_definition(&version(a.id, "another", "x")).await.unwrap();
+    store
+        .apply_definition(&version(a.id, "another", "x"))
+        .await
+        .unwrap();
     let names: Vec<_> = store
         .list_definitions(a.id, &page(10, None))
         .await
@@ -416,7 +458,10 @@ async fn definitions_contract(store: Arc<dyn Store>) {
         .map(|d| (d.name, d.latest_version))
         .collect();
     assert_eq!(names, [("another".to_owned(), 1), ("wf".to_owned(), 2)]);
-    let first = store.list_definition_versions(a.id, "wf", &page(1, None)).await.unwrap();
+    let first = store
+        .list_definition_versions(a.id, "wf", &page(1, None))
+        .await
+        .unwrap();
     assert_eq!(first.items[0].version, 2);
     let second = store
         .list_definition_versions(a.id, "wf", &page(1, first.next_cursor))
@@ -426,14 +471,31 @@ async fn definitions_contract(store: Arc<dyn Store>) {
     assert!(second.next_cursor.is_none());
 
     // Delete hides the workflow; applying again continues the numbering.
-    store.delete_definition(a.id, "wf", Utc::now()).await.unwrap();
+    store
+        .delete_definition(a.id, "wf", Utc::now())
+        .await
+        .unwrap();
     assert!(matches!(
         store.get_definition(a.id, "wf", None).await.unwrap_err(),
         store::Error::NotFound(_)
     ));
-    assert_eq!(store.list_definitions(a.id, &page(10, None)).await.unwrap().items.len(), 1);
-    let (v3, created) = store.apply_definition(&version(a.id, "wf", "h2")).await.unwrap();
-    assert!(created, "re-applying a deleted workflow stores a version even with the same hash");
+    assert_eq!(
+        store
+            .list_definitions(a.id, &page(10, None))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    let (v3, created) = store
+        .apply_definition(&version(a.id, "wf", "h2"))
+        .await
+        .unwrap();
+    assert!(
+        created,
+        "re-applying a deleted workflow stores a version even with the same hash"
+    );
     assert_eq!(v3.version, 3);
 
     // Concurrent applies of the same new content store exactly one version.
@@ -441,7 +503,9 @@ async fn definitions_contract(store: Arc<dyn Store>) {
     for _ in 0..8 {
         let store = store.clone();
         let v = version(a.id, "racy", "same");
-        tasks.push(tokio::spawn(async move { store.apply_definition(&v).await }));
+        tasks.push(tokio::spawn(
+            async move { store.apply_definition(&v).await },
+        ));
     }
     let mut created_count = 0;
     for t in tasks {

@@ -91,10 +91,10 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<ExprError>> {
     })
 }
 
-/// The parser reports 1-based lines and 0-based columns.
+/// The parser reports 1-based lines and columns.
 fn line_col_to_offset(source: &str, line: isize, column: isize) -> usize {
     let line = line.max(1) as usize;
-    let column = column.max(0) as usize;
+    let column = (column.max(1) - 1) as usize;
     let before: usize = source
         .split_inclusive('\n')
         .take(line - 1)
@@ -258,9 +258,24 @@ impl Template {
 /// Parses `{{ … }}` templates in `text`; `Ok(None)` when it contains none.
 /// Errors carry offsets from the start of `text`.
 pub fn parse_template(text: &str) -> Result<Option<Template>, Vec<ExprError>> {
-    if !text.contains("{{") {
-        return Ok(None);
+    match template_parts(text) {
+        (None, _) => Ok(None),
+        (Some(t), errors) if errors.is_empty() => Ok(Some(t)),
+        (Some(_), errors) => Err(errors),
     }
+}
+
+/// Like [`parse_template`], but keeps the parts that compiled next to the errors of those
+/// that did not, so a validator can still check the good parts' step references.
+pub fn template_parts(text: &str) -> (Option<Template>, Vec<ExprError>) {
+    if !text.contains("{{") {
+        return (None, Vec::new());
+    }
+    let (segments, errors) = split_template(text);
+    (Some(Template { segments }), errors)
+}
+
+fn split_template(text: &str) -> (Vec<Segment>, Vec<ExprError>) {
     let trimmed_single = {
         let t = text.trim();
         t.starts_with("{{")
@@ -281,7 +296,7 @@ pub fn parse_template(text: &str) -> Result<Option<Template>, Vec<ExprError>> {
                 offset: open_offset,
                 message: "unterminated template: `{{` without a closing `}}`".to_owned(),
             });
-            return Err(errors);
+            return (segments, errors);
         };
         if !literal.is_empty() && !trimmed_single {
             segments.push(Segment::Text(literal.to_owned()));
@@ -301,11 +316,7 @@ pub fn parse_template(text: &str) -> Result<Option<Template>, Vec<ExprError>> {
     if !rest.is_empty() && !trimmed_single {
         segments.push(Segment::Text(rest.to_owned()));
     }
-    if errors.is_empty() {
-        Ok(Some(Template { segments }))
-    } else {
-        Err(errors)
-    }
+    (segments, errors)
 }
 
 /// The values an expression can read.

@@ -131,6 +131,36 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// How many source characters inside a `quote`-quoted scalar spell its first `value_chars`
+/// characters: an escape such as `\"` or `''` is two source characters for one.
+fn raw_chars(raw: &str, quote: char, value_chars: usize) -> usize {
+    let mut chars = raw.chars();
+    let mut consumed = 0;
+    for _ in 0..value_chars {
+        match (quote, chars.next()) {
+            ('"', Some('\\')) => {
+                let width = match chars.next() {
+                    Some('x') => 3,
+                    Some('u') => 5,
+                    Some('U') => 9,
+                    _ => 1,
+                };
+                for _ in 1..width {
+                    chars.next();
+                }
+                consumed += 1 + width;
+            }
+            ('\'', Some('\'')) => {
+                chars.next();
+                consumed += 2;
+            }
+            (_, Some(_)) => consumed += 1,
+            (_, None) => break,
+        }
+    }
+    consumed
+}
+
 /// A step as decoded, with what validation needs beyond the spec.
 struct StepDraft {
     spec: StepSpec,
@@ -221,7 +251,18 @@ impl Decoder<'_> {
     }
 
     fn duration_ms(&mut self, node: &Node, path: &str) -> Option<u64> {
-        let text = self.string(node, path)?;
+        let Value::Str(text) = &node.value else {
+            self.add(
+                node.pos,
+                path,
+                format!(
+                    "expected a duration such as 500ms, 2s or 5m, found {}",
+                    node.value.kind()
+                ),
+            );
+            return None;
+        };
+        let text = text.clone();
         match crate::duration::parse(&text) {
             Ok(d) if d.is_zero() => {
                 self.add(node.pos, path, "must be longer than zero");
@@ -236,14 +277,23 @@ impl Decoder<'_> {
     }
 
     /// Where a character offset inside a scalar string lies in the file.
+    /// Where the character at `offset` of a scalar's value was written: exact for
+    /// single-line scalars (escapes in quoted ones included), the scalar's start otherwise.
     fn pos_in(&self, node: &Node, text: &str, offset: usize) -> Pos {
         if text.contains('\n') {
             return node.pos;
         }
-        let quote = u32::from(node.is_quoted(self.source));
+        let raw = match self
+            .source
+            .get(node.offset..)
+            .and_then(|s| s.chars().next())
+        {
+            Some(q @ ('"' | '\'')) => 1 + raw_chars(&self.source[node.offset + 1..], q, offset),
+            _ => offset,
+        };
         Pos {
             line: node.pos.line,
-            column: node.pos.column + quote + offset as u32,
+            column: node.pos.column + raw as u32,
         }
     }
 
@@ -263,7 +313,17 @@ impl Decoder<'_> {
             );
             return None;
         }
-        let entries = self.map(root, "")?;
+        let Value::Map(entries) = &root.value else {
+            self.add(
+                root.pos,
+                "",
+                format!(
+                    "expected a mapping with at least `name` and `steps`, found {}",
+                    root.value.kind()
+                ),
+            );
+            return None;
+        };
         self.check_keys(entries, "", TOP_FIELDS, UNSUPPORTED);
         let field = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
 
@@ -371,15 +431,11 @@ impl Decoder<'_> {
                 let text = self.string(n, &p)?;
                 let parsed = InputType::parse(&text);
                 if parsed.is_none() {
-                    let hint = suggestion(&text, InputType::NAMES);
-                    self.add(
-                        n.pos,
-                        &p,
-                        format!(
-                            "unknown type {text:?}{hint}; use one of {}",
-                            InputType::NAMES.join(", ")
-                        ),
-                    );
+                    let mut hint = suggestion(&text, InputType::NAMES);
+                    if hint.is_empty() {
+                        hint = format!("; use one of {}", InputType::NAMES.join(", "));
+                    }
+                    self.add(n.pos, &p, format!("unknown type {text:?}{hint}"));
                 }
                 parsed
             }
@@ -446,7 +502,14 @@ impl Decoder<'_> {
                         self.add(
                             n.pos,
                             &p,
-                            format!("{v} is not one of the input's enum values"),
+                            format!(
+                                "{v} is not one of the input's enum values: {}",
+                                values
+                                    .iter()
+                                    .map(serde_json::Value::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
                         );
                     }
                     if required {
@@ -591,11 +654,14 @@ impl Decoder<'_> {
                     }
                 }
                 other => {
-                    let hint = suggestion(other, ["cron", "webhook"]);
+                    let mut hint = suggestion(other, ["cron", "webhook"]);
+                    if hint.is_empty() {
+                        hint = "; use cron or webhook".to_owned();
+                    }
                     self.add(
                         ty_node.pos,
                         &join(&path, "type"),
-                        format!("unknown trigger type {other:?}{hint}; use cron or webhook"),
+                        format!("unknown trigger type {other:?}{hint}"),
                     );
                 }
             }
@@ -608,13 +674,37 @@ impl Decoder<'_> {
         let parser = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Disallowed)
             .build();
+        let fields = text.split_whitespace().count();
+        let alias = text.trim_start().starts_with('@');
+        if !alias && fields != 5 {
+            let extra = if fields > 5 {
+                " (seconds and years are not supported)"
+            } else {
+                ""
+            };
+            self.add(
+                node.pos,
+                path,
+                format!(
+                    "invalid cron schedule {text:?}: expected five fields, minute hour day-of-month \
+                     month day-of-week, found {fields}{extra}"
+                ),
+            );
+            return None;
+        }
         match parser.parse(&text) {
             Ok(_) => Some(text),
             Err(e) => {
+                let reason = e.to_string();
+                let reason = reason
+                    .trim_end_matches('.')
+                    .replace("Component error: ", "");
+                let ranges =
+                    "minute 0-59, hour 0-23, day-of-month 1-31, month 1-12, day-of-week 0-7";
                 self.add(
                     node.pos,
                     path,
-                    format!("invalid cron schedule {text:?}: {e}; use five fields: minute hour day-of-month month day-of-week"),
+                    format!("invalid cron schedule {text:?}: {reason} (ranges: {ranges})"),
                 );
                 None
             }
@@ -995,23 +1085,21 @@ impl Decoder<'_> {
 
     fn templates(&mut self, node: &Node, path: &str, refs: &mut Vec<(String, Pos, String)>) {
         match &node.value {
-            Value::Str(text) => match expr::parse_template(text) {
-                Ok(Some(t)) => {
-                    for seg in &t.segments {
-                        if let expr::Segment::Expr(c, base) = seg {
-                            for (step, offset) in &c.step_refs {
-                                refs.push((
-                                    step.clone(),
-                                    self.pos_in(node, text, base + offset),
-                                    path.to_owned(),
-                                ));
-                            }
+            Value::Str(text) => {
+                let (template, errors) = expr::template_parts(text);
+                for seg in template.iter().flat_map(|t| &t.segments) {
+                    if let expr::Segment::Expr(c, base) = seg {
+                        for (step, offset) in &c.step_refs {
+                            refs.push((
+                                step.clone(),
+                                self.pos_in(node, text, base + offset),
+                                path.to_owned(),
+                            ));
                         }
                     }
                 }
-                Ok(None) => {}
-                Err(errors) => self.expr_errors(node, text, path, errors),
-            },
+                self.expr_errors(node, text, path, errors);
+            }
             Value::Seq(items) => {
                 for (i, item) in items.iter().enumerate() {
                     self.templates(item, &format!("{path}[{i}]"), refs);

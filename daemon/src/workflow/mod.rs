@@ -13,3 +13,6 @@ pub mod yaml;
 pub use load::{Loaded, load};
 pub use problem::Problem;
 pub use spec::WorkflowSpec;
+
+#[cfg(test)]
+mod proptests;

@@ -42,21 +42,27 @@ pub fn diff(old: Option<&WorkflowSpec>, new: &WorkflowSpec) -> Vec<Change> {
         timeout_ms: None,
         triggers: Vec::new(),
     };
+    let is_new = old.is_none();
     let old = old.unwrap_or(&empty);
     let mut changes = Vec::new();
 
-    for (field, before, after) in [
-        (
-            "description",
-            json_opt_str(&old.description),
-            json_opt_str(&new.description),
-        ),
-        (
-            "timeout_ms",
-            old.timeout_ms.map(Value::from),
-            new.timeout_ms.map(Value::from),
-        ),
-    ] {
+    // A new workflow lists what it adds; its own fields are not "changes".
+    for (field, before, after) in if is_new {
+        Vec::new()
+    } else {
+        vec![
+            (
+                "description",
+                json_opt_str(&old.description),
+                json_opt_str(&new.description),
+            ),
+            (
+                "timeout_ms",
+                old.timeout_ms.map(Value::from),
+                new.timeout_ms.map(Value::from),
+            ),
+        ]
+    } {
         if before != after {
             changes.push(Change {
                 kind: ChangeKind::Changed,

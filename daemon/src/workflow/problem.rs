@@ -80,13 +80,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut before: Vec<usize> = prev.clone();
     for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != cb);
             cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+            // A swap of two neighbours counts as one edit (optimal string alignment).
+            if i > 0 && j > 0 && *ca == b[j - 1] && a[i - 1] == *cb {
+                cur[j + 1] = cur[j + 1].min(before[j - 1] + 1);
+            }
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -108,6 +113,7 @@ mod tests {
         assert_eq!(did_you_mean("dependson", fields), Some("depends_on"));
         assert_eq!(did_you_mean("param", fields), Some("params"));
         assert_eq!(did_you_mean("zzzzzz", fields), None);
+        assert_eq!(did_you_mean("POTS", ["GET", "POST", "PUT"]), Some("POST"));
         assert_eq!(suggestion("nme", fields), "; did you mean \"name\"?");
     }
 }
