@@ -150,8 +150,9 @@ struct ValidationView {
 
 /// `FILE: ok (NAME, N steps)`.
 fn ok_line(file: &str, response: &ValidateDefinitionResponse) -> String {
+    let plural = if response.step_count == 1 { "" } else { "s" };
     format!(
-        "{file}: ok ({}, {} steps)",
+        "{file}: ok ({}, {} step{plural})",
         response.name, response.step_count
     )
 }
