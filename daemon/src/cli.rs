@@ -83,6 +83,8 @@ pub fn main() -> i32 {
         Err(err) => return fail(&StartError::Config(err.0)),
     };
     crate::telemetry::init_logging(&config.log);
+    // TLS for outbound requests uses ring, already built for the database driver.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -23,8 +23,24 @@ pub struct Config {
     pub log: LogConfig,
     /// `MANTLE_API_TOKEN`: single-tenant mode's token.
     pub api_token: Option<String>,
-    /// How long shutdown waits for running requests.
+    /// How long shutdown waits for running requests and steps.
     pub shutdown_grace_period: Duration,
+    pub engine: EngineSettings,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// `MANTLE_ENGINE_LEASE_TTL`: how long a daemon's claim on an execution lasts unrenewed.
+    pub lease_ttl: Duration,
+    /// `MANTLE_ENGINE_POLL_INTERVAL`: the longest pause between looks for orphaned work.
+    pub poll_interval: Duration,
+    /// `MANTLE_MAX_STEP_OUTPUT_BYTES`: the largest step output.
+    pub max_step_output_bytes: usize,
+    /// `MANTLE_HTTP_ALLOW_PRIVATE_NETWORKS`: let actions reach private addresses.
+    pub allow_private_networks: bool,
+    /// `MANTLE_ENV_<KEY>` variables and the file's `env` map: the `env` of expressions.
+    pub workflow_env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +97,23 @@ struct FileConfig {
     database: Option<FileDatabase>,
     log: Option<FileLog>,
     shutdown_grace_period: Option<String>,
+    engine: Option<FileEngine>,
+    http: Option<FileHttp>,
+    env: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEngine {
+    lease_ttl: Option<String>,
+    poll_interval: Option<String>,
+    max_step_output_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    allow_private_networks: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +176,8 @@ pub fn build(
         _ => FileConfig::default(),
     };
     let api = file_config.api.unwrap_or_default();
+    let file_engine = file_config.engine.unwrap_or_default();
+    let file_http = file_config.http.unwrap_or_default();
     let db = file_config.database.unwrap_or_default();
     let log = file_config.log.unwrap_or_default();
     let env_get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
@@ -242,6 +277,52 @@ pub fn build(
         },
     };
 
+    let lease_ttl = duration(
+        "MANTLE_ENGINE_LEASE_TTL",
+        file_engine.lease_ttl,
+        "engine.lease_ttl",
+        Duration::from_secs(15),
+    )?;
+    if lease_ttl < Duration::from_secs(1) {
+        return Err(Error(
+            "MANTLE_ENGINE_LEASE_TTL: must be at least 1s".to_owned(),
+        ));
+    }
+    let poll_interval = duration(
+        "MANTLE_ENGINE_POLL_INTERVAL",
+        file_engine.poll_interval,
+        "engine.poll_interval",
+        Duration::from_secs(2),
+    )?;
+    let max_step_output_bytes = match env_get("MANTLE_MAX_STEP_OUTPUT_BYTES") {
+        Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error(format!(
+                "MANTLE_MAX_STEP_OUTPUT_BYTES: expected a positive number of bytes, got {v:?}"
+            ))
+        })?,
+        None => file_engine.max_step_output_bytes.unwrap_or(1024 * 1024),
+    };
+    let allow_private_networks = match env_get("MANTLE_HTTP_ALLOW_PRIVATE_NETWORKS") {
+        Some(v) => match v.as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(Error(format!(
+                    "MANTLE_HTTP_ALLOW_PRIVATE_NETWORKS: expected true or false, got {v:?}"
+                )));
+            }
+        },
+        None => file_http.allow_private_networks.unwrap_or(false),
+    };
+    let mut workflow_env = file_config.env.unwrap_or_default();
+    for (k, v) in env {
+        if let Some(key) = k.strip_prefix("MANTLE_ENV_")
+            && !key.is_empty()
+        {
+            workflow_env.insert(key.to_owned(), v.clone());
+        }
+    }
+
     let api_token = match env_get("MANTLE_API_TOKEN").or(api.token) {
         Some(token) => {
             crate::auth::StaticToken::new(&token).map_err(Error)?;
@@ -261,6 +342,13 @@ pub fn build(
         log: LogConfig { level, format },
         api_token,
         shutdown_grace_period,
+        engine: EngineSettings {
+            lease_ttl,
+            poll_interval,
+            max_step_output_bytes,
+            allow_private_networks,
+            workflow_env,
+        },
     })
 }
 

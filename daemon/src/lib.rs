@@ -12,6 +12,7 @@ pub mod connectors;
 pub mod definitions;
 pub mod duration;
 pub mod engine;
+pub mod executions;
 pub mod health;
 pub mod http;
 pub mod server;

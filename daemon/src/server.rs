@@ -84,12 +84,17 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .local_addr()
         .map_err(|e| StartError::Other(e.into()))?;
     let metrics = Metrics::install(cancel.child_token())?;
+    let engine = crate::engine::Engine::new(store.clone(), engine_config(&config))
+        .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?;
+    engine.run();
     let readiness = health::spawn_monitor(store.clone(), cancel.child_token());
 
     let ctx = crate::api::ApiContext {
         authenticator: Authenticator::new(store.clone(), static_token),
         tenancy,
         definitions: crate::definitions::Definitions::new(store.clone()),
+        executions: crate::executions::Executions::new(store.clone(), engine.clone()),
+        shutdown: cancel.clone(),
         backend: store.backend(),
         readiness: readiness.clone(),
         http: crate::http::router(readiness, metrics),
@@ -100,13 +105,21 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let _ = std::io::stdout().flush();
 
     let grace = config.shutdown_grace_period;
+    let engine_stopped = {
+        let engine = engine.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            engine.shutdown().await;
+        })
+    };
     let shutdown = {
         let cancel = cancel.clone();
         async move {
             wait_for_signal().await;
             tracing::info!(
                 grace_period_s = grace.as_secs(),
-                "shutting down; draining requests"
+                "shutting down; draining requests and running steps"
             );
             cancel.cancel();
             tokio::spawn(async move {
@@ -124,8 +137,29 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     };
     crate::api::serve(ctx, listener, shutdown).await?;
     cancel.cancel();
+    // Running steps finish; leases are given back so other daemons continue at once.
+    let _ = engine_stopped.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn engine_config(config: &Config) -> crate::engine::EngineConfig {
+    let e = &config.engine;
+    crate::engine::EngineConfig {
+        lease: e.lease_ttl,
+        poll_max: e.poll_interval,
+        max_output_bytes: e.max_step_output_bytes,
+        network: crate::connectors::NetworkPolicy {
+            allow_private: e.allow_private_networks,
+        },
+        workflow_env: serde_json::Value::Object(
+            e.workflow_env
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        ),
+        ..crate::engine::EngineConfig::default()
+    }
 }
 
 async fn wait_for_signal() {

@@ -130,3 +130,116 @@ pub fn problem(file: &str, p: &crate::workflow::Problem) -> pb::ValidationProble
         message: p.message.clone(),
     }
 }
+
+fn json_text(v: Option<serde_json::Value>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+pub fn execution_status(s: crate::engine::model::ExecutionStatus) -> pb::ExecutionStatus {
+    use crate::engine::model::ExecutionStatus as S;
+    match s {
+        S::Pending => pb::ExecutionStatus::Pending,
+        S::Queued => pb::ExecutionStatus::Queued,
+        S::Running => pb::ExecutionStatus::Running,
+        S::Completed => pb::ExecutionStatus::Completed,
+        S::Failed => pb::ExecutionStatus::Failed,
+        S::Cancelled => pb::ExecutionStatus::Cancelled,
+        S::TimedOut => pb::ExecutionStatus::TimedOut,
+    }
+}
+
+/// A filter status; UNSPECIFIED means none.
+pub fn execution_status_from_pb(
+    value: i32,
+) -> Result<Option<crate::engine::model::ExecutionStatus>, Status> {
+    use crate::engine::model::ExecutionStatus as S;
+    let status = pb::ExecutionStatus::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("status: unknown value {value}")))?;
+    Ok(match status {
+        pb::ExecutionStatus::Unspecified => None,
+        pb::ExecutionStatus::Pending => Some(S::Pending),
+        pb::ExecutionStatus::Queued => Some(S::Queued),
+        pb::ExecutionStatus::Running => Some(S::Running),
+        pb::ExecutionStatus::Completed => Some(S::Completed),
+        pb::ExecutionStatus::Failed => Some(S::Failed),
+        pb::ExecutionStatus::Cancelled => Some(S::Cancelled),
+        pb::ExecutionStatus::TimedOut => Some(S::TimedOut),
+    })
+}
+
+fn step_status(s: crate::engine::model::StepStatus) -> pb::StepStatus {
+    use crate::engine::model::StepStatus as S;
+    match s {
+        S::Pending => pb::StepStatus::Pending,
+        S::Running => pb::StepStatus::Running,
+        S::Completed => pb::StepStatus::Completed,
+        S::Failed => pb::StepStatus::Failed,
+        S::Skipped => pb::StepStatus::Skipped,
+        S::Cancelled => pb::StepStatus::Cancelled,
+    }
+}
+
+impl From<crate::engine::model::Execution> for pb::Execution {
+    fn from(e: crate::engine::model::Execution) -> Self {
+        pb::Execution {
+            id: e.id.to_string(),
+            workflow: e.workflow,
+            version: e.version,
+            status: execution_status(e.status) as i32,
+            inputs_json: e.inputs.to_string(),
+            outputs_json: json_text(e.outputs),
+            error: e.error.unwrap_or_default(),
+            create_time: Some(timestamp(e.create_time)),
+            start_time: e.start_time.map(timestamp),
+            end_time: e.end_time.map(timestamp),
+            trigger_json: e.trigger.to_string(),
+        }
+    }
+}
+
+impl From<crate::engine::model::StepAttempt> for pb::StepAttempt {
+    fn from(a: crate::engine::model::StepAttempt) -> Self {
+        pb::StepAttempt {
+            step_name: a.step_name,
+            attempt: a.attempt,
+            status: step_status(a.status) as i32,
+            output_json: json_text(a.output),
+            error: a.error.unwrap_or_default(),
+            start_time: a.start_time.map(timestamp),
+            end_time: a.end_time.map(timestamp),
+            wake_time: a.wake_time.map(timestamp),
+        }
+    }
+}
+
+impl From<crate::engine::model::Event> for pb::ExecutionEvent {
+    fn from(e: crate::engine::model::Event) -> Self {
+        use crate::engine::model::{EventKind, ExecutionStatus, StepStatus};
+        let kind = match e.kind {
+            EventKind::ExecutionStatus => pb::execution_event::Kind::ExecutionStatus,
+            EventKind::StepStatus => pb::execution_event::Kind::StepStatus,
+            EventKind::Log => pb::execution_event::Kind::Log,
+        };
+        let status = e.status.as_deref();
+        pb::ExecutionEvent {
+            seq: e.seq,
+            time: Some(timestamp(e.time)),
+            kind: kind as i32,
+            execution_status: match e.kind {
+                EventKind::ExecutionStatus => status
+                    .and_then(ExecutionStatus::parse)
+                    .map_or(0, |s| execution_status(s) as i32),
+                _ => 0,
+            },
+            step_name: e.step_name.unwrap_or_default(),
+            attempt: e.attempt.unwrap_or_default(),
+            step_status: match e.kind {
+                EventKind::StepStatus => status
+                    .and_then(StepStatus::parse)
+                    .map_or(0, |s| step_status(s) as i32),
+                _ => 0,
+            },
+            message: e.message.unwrap_or_default(),
+        }
+    }
+}

@@ -4,7 +4,7 @@ use tonic::{Code, Status};
 
 use prost::Message;
 
-use crate::{auth, definitions, tenancy};
+use crate::{auth, definitions, executions, tenancy};
 
 impl From<tenancy::Error> for Status {
     fn from(err: tenancy::Error) -> Status {
@@ -45,6 +45,20 @@ impl From<definitions::Error> for Status {
             definitions::Error::PermissionDenied(_) => Code::PermissionDenied,
             definitions::Error::Unavailable(_) => Code::Unavailable,
             definitions::Error::Internal(_) => Code::Internal,
+        };
+        status(code, err.to_string())
+    }
+}
+
+impl From<executions::Error> for Status {
+    fn from(err: executions::Error) -> Status {
+        let code = match &err {
+            executions::Error::InvalidArgument { .. } => Code::InvalidArgument,
+            executions::Error::NotFound(_) => Code::NotFound,
+            executions::Error::PermissionDenied(_) => Code::PermissionDenied,
+            executions::Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            executions::Error::Unavailable(_) => Code::Unavailable,
+            executions::Error::Internal(_) => Code::Internal,
         };
         status(code, err.to_string())
     }

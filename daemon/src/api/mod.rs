@@ -5,6 +5,7 @@
 mod convert;
 mod definition;
 mod error;
+mod execution;
 mod layers;
 mod system;
 mod tenant;
@@ -12,6 +13,7 @@ mod tenant;
 use std::future::Future;
 
 use mantle_proto::v1::definition_service_server::DefinitionServiceServer;
+use mantle_proto::v1::execution_service_server::ExecutionServiceServer;
 use mantle_proto::v1::system_service_server::SystemServiceServer;
 use mantle_proto::v1::tenant_service_server::TenantServiceServer;
 use tokio::net::TcpListener;
@@ -22,15 +24,17 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{Authenticator, Caller};
 use crate::definitions::Definitions;
+use crate::executions::Executions;
 use crate::health::Readiness;
 use crate::store::Backend;
 use crate::tenancy::Tenancy;
 
 /// gRPC service names reported by `grpc.health.v1.Health`.
-pub const SERVICE_NAMES: [&str; 3] = [
+pub const SERVICE_NAMES: [&str; 4] = [
     "mantle.v1.TenantService",
     "mantle.v1.SystemService",
     "mantle.v1.DefinitionService",
+    "mantle.v1.ExecutionService",
 ];
 
 /// What the API serves.
@@ -38,10 +42,13 @@ pub struct ApiContext {
     pub authenticator: Authenticator,
     pub tenancy: Tenancy,
     pub definitions: Definitions,
+    pub executions: Executions,
     pub backend: Backend,
     pub readiness: Readiness,
     /// The plain HTTP routes served on the same port.
     pub http: axum::Router,
+    /// Fires when the daemon shuts down: open watch streams end.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The authenticated caller, put in place by the auth layer.
@@ -80,6 +87,10 @@ pub async fn serve(
         }))
         .add_service(DefinitionServiceServer::new(definition::DefinitionApi {
             definitions: ctx.definitions,
+        }))
+        .add_service(ExecutionServiceServer::new(execution::ExecutionApi {
+            executions: ctx.executions,
+            shutdown: ctx.shutdown,
         }))
         .add_service(SystemServiceServer::new(system::SystemApi {
             backend: ctx.backend,

@@ -1,5 +1,80 @@
 //! Actions: the registry of what a step's `action` may name, with each action's declared
-//! params schema. Validation checks workflows against it; the engine runs the same actions.
+//! params schema. Validation checks workflows against it; the engine runs the same actions
+//! through [`Connectors`]. Connectors never touch the store: they get params (templates
+//! already rendered) and a credential, and return an output or an error.
+
+pub mod http;
+pub mod net;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub use net::NetworkPolicy;
+
+/// A secret's fields, handed to an action only when it runs.
+#[derive(Clone)]
+pub struct Credential {
+    pub name: String,
+    /// The secret type: `bearer`, `basic`, `header`, …
+    pub kind: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One run of one action.
+pub struct Invocation {
+    pub action: String,
+    pub params: serde_json::Map<String, Value>,
+    pub credential: Option<Credential>,
+    /// Fires when the step is cancelled; actions abort what they are doing.
+    pub cancel: CancellationToken,
+}
+
+/// Runs actions. `core/sleep` is not here: the engine keeps its timer durably.
+pub struct Connectors {
+    http: http::HttpConnector,
+}
+
+impl Connectors {
+    pub fn new(policy: NetworkPolicy) -> Result<Connectors, String> {
+        Ok(Connectors {
+            http: http::HttpConnector::new(policy)?,
+        })
+    }
+
+    /// Runs the action; `Err` is the step's error message.
+    pub async fn invoke(&self, inv: Invocation) -> Result<Value, String> {
+        match inv.action.as_str() {
+            "core/log" => {
+                let message = inv.params.get("message").cloned().unwrap_or(Value::Null);
+                let message = match message {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                Ok(serde_json::json!({ "message": message }))
+            }
+            "core/set" => Ok(Value::Object(inv.params)),
+            "core/fail" => Err(match inv.params.get("message") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => "core/fail".to_owned(),
+            }),
+            "http/request" => self.http.run(inv).await,
+            other => Err(format!("unknown action {other:?}")),
+        }
+    }
+}
 
 /// The type a param must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

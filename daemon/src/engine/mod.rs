@@ -1,3 +1,414 @@
 //! The durable execution engine.
+//!
+//! Each execution is driven by one daemon at a time, the holder of its lease (see
+//! `store::ExecutionStore`). Executions started here are leased here at once and driven
+//! without a poll; others (orphaned by a dead daemon, released during a long wait, or
+//! retried elsewhere) are found by polling with backoff. A heartbeat renews every lease this
+//! daemon holds and carries cancellation requests from other replicas; a driver whose lease
+//! is gone stops writing (its writes are fenced by the lease epoch anyway).
 
+pub mod compiled;
+mod driver;
 pub mod model;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::connectors::{Connectors, Credential, NetworkPolicy};
+use crate::store::{self, Store};
+use compiled::{CompiledWorkflow, resolve_inputs};
+use model::{Execution, ExecutionStatus, Lease, NewExecution};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long a lease lasts without renewal; another daemon resumes an execution this
+    /// long after its daemon died.
+    pub lease: Duration,
+    /// Poll interval for orphaned and due executions, backing off from `poll_min` to `poll_max`.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+    /// Largest step output, serialized as JSON.
+    pub max_output_bytes: usize,
+    /// An execution with nothing to do for longer than this gives its lease back.
+    pub release_after: Duration,
+    pub network: NetworkPolicy,
+    /// The `env` map expressions can read.
+    pub workflow_env: Value,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lease: Duration::from_secs(15),
+            poll_min: Duration::from_millis(100),
+            poll_max: Duration::from_secs(2),
+            max_output_bytes: 1024 * 1024,
+            release_after: Duration::from_secs(30),
+            network: NetworkPolicy::default(),
+            workflow_env: Value::Object(Default::default()),
+        }
+    }
+}
+
+/// Errors of starting and controlling executions.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<store::Error> for Error {
+    fn from(err: store::Error) -> Self {
+        match err {
+            store::Error::NotFound(what) => Error::NotFound(what),
+            store::Error::Unavailable(msg) => Error::Unavailable(msg),
+            store::Error::Conflict(msg) => Error::FailedPrecondition(msg),
+            store::Error::AlreadyExists(msg)
+            | store::Error::Config(msg)
+            | store::Error::Internal(msg) => Error::Internal(msg),
+            store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
+        }
+    }
+}
+
+/// What a start asks for.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub tenant_id: Uuid,
+    pub workflow: String,
+    /// `None`: the latest version.
+    pub version: Option<i64>,
+    pub inputs: serde_json::Map<String, Value>,
+    pub trigger: Value,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    lost: CancellationToken,
+}
+
+pub(crate) struct Inner {
+    store: Arc<dyn Store>,
+    node: String,
+    config: EngineConfig,
+    connectors: Connectors,
+    running: Mutex<HashMap<Uuid, Running>>,
+    claim_now: Notify,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    /// Execution ids whose event log grew; watchers filter by id.
+    events: broadcast::Sender<Uuid>,
+    specs: Mutex<HashMap<(Uuid, String, i64), Arc<CompiledWorkflow>>>,
+}
+
+/// The engine of one daemon.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Creates the engine; [`Engine::run`] starts its background work.
+    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine, String> {
+        let (events, _) = broadcast::channel(4096);
+        let node = format!(
+            "{}-{}",
+            hostname(),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                connectors: Connectors::new(config.network)?,
+                store,
+                node,
+                config,
+                running: Mutex::new(HashMap::new()),
+                claim_now: Notify::new(),
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                events,
+                specs: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// This daemon's identity in leases.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Starts claiming and heartbeating; returns at once.
+    pub fn run(&self) {
+        let inner = self.inner.clone();
+        tokio::spawn(claim_loop(inner.clone()));
+        tokio::spawn(heartbeat_loop(inner));
+    }
+
+    /// Stops starting work, lets running steps finish, and gives every lease back so other
+    /// daemons take over at once. Returns when every driver has stopped.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+
+    /// Stores a new execution of a workflow version and starts driving it here.
+    pub async fn start(&self, req: StartRequest) -> Result<Execution, Error> {
+        let definition = self
+            .inner
+            .store
+            .get_definition(req.tenant_id, &req.workflow, req.version)
+            .await?;
+        let workflow = self
+            .inner
+            .workflow(req.tenant_id, &definition.name, definition.version)
+            .await
+            .map_err(Error::Internal)?;
+        let inputs = resolve_inputs(&workflow.spec, &req.inputs).map_err(|message| {
+            let (field, message) = message
+                .split_once(": ")
+                .map_or(("inputs".to_owned(), message.clone()), |(f, m)| {
+                    (f.to_owned(), m.to_owned())
+                });
+            Error::InvalidArgument { field, message }
+        })?;
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::Unavailable("the daemon is shutting down".to_owned()));
+        }
+        let now = Utc::now();
+        let new = NewExecution {
+            id: Uuid::now_v7(),
+            tenant_id: req.tenant_id,
+            workflow: definition.name.clone(),
+            version: definition.version,
+            inputs,
+            trigger: req.trigger,
+            deadline: workflow
+                .spec
+                .timeout_ms
+                .map(|ms| now + chrono::Duration::milliseconds(ms as i64)),
+            owner: self.inner.node.clone(),
+            lease_ms: self.inner.config.lease.as_millis() as u64,
+            now,
+        };
+        let lease = self.inner.store.create_execution(&new).await?;
+        self.inner.spawn_driver(lease);
+        Ok(Execution {
+            id: new.id,
+            tenant_id: new.tenant_id,
+            workflow: new.workflow,
+            version: new.version,
+            status: ExecutionStatus::Pending,
+            inputs: new.inputs,
+            outputs: None,
+            error: None,
+            trigger: new.trigger,
+            create_time: now,
+            start_time: None,
+            end_time: None,
+            deadline: new.deadline,
+            generation: 0,
+            cancel_requested: false,
+        })
+    }
+
+    /// Requests cancellation; a running step is stopped within about a second.
+    pub async fn cancel(&self, tenant_id: Uuid, id: Uuid) -> Result<Execution, Error> {
+        let execution = self.inner.store.request_cancel(tenant_id, id).await?;
+        if !execution.status.is_terminal() {
+            if let Some(r) = self.inner.running.lock().expect("running map").get(&id) {
+                r.cancel.cancel();
+            }
+            self.inner.claim_now.notify_one();
+        }
+        Ok(execution)
+    }
+
+    /// Continues a failed, cancelled or timed-out execution from its unfinished steps.
+    pub async fn retry(&self, tenant_id: Uuid, id: Uuid) -> Result<Execution, Error> {
+        let lease = self
+            .inner
+            .store
+            .retry_execution(
+                tenant_id,
+                id,
+                &self.inner.node,
+                self.inner.config.lease.as_millis() as u64,
+            )
+            .await?;
+        self.inner.spawn_driver(lease);
+        Ok(self.inner.store.get_execution(tenant_id, id).await?)
+    }
+
+    /// A receiver of "execution X has new events" notices, for watchers on this daemon.
+    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
+        self.inner.events.subscribe()
+    }
+}
+
+impl Inner {
+    fn spawn_driver(self: &Arc<Self>, lease: Lease) {
+        let id = lease.execution_id;
+        let cancel = CancellationToken::new();
+        let lost = CancellationToken::new();
+        {
+            let mut running = self.running.lock().expect("running map");
+            if running.contains_key(&id) {
+                return;
+            }
+            running.insert(
+                id,
+                Running {
+                    cancel: cancel.clone(),
+                    lost: lost.clone(),
+                },
+            );
+        }
+        let inner = self.clone();
+        self.tracker.spawn(async move {
+            driver::drive(inner.clone(), lease, cancel, lost).await;
+            inner.running.lock().expect("running map").remove(&id);
+        });
+    }
+
+    /// The compiled workflow of a version (cached; versions never change).
+    async fn workflow(
+        &self,
+        tenant_id: Uuid,
+        name: &str,
+        version: i64,
+    ) -> Result<Arc<CompiledWorkflow>, String> {
+        let key = (tenant_id, name.to_owned(), version);
+        if let Some(w) = self.specs.lock().expect("spec cache").get(&key) {
+            return Ok(w.clone());
+        }
+        let definition = self
+            .store
+            .get_pinned_version(tenant_id, name, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        let spec = serde_json::from_str(&definition.spec_json)
+            .map_err(|e| format!("stored spec of {name} version {version}: {e}"))?;
+        let compiled = Arc::new(
+            tokio::task::spawn_blocking(move || CompiledWorkflow::compile(spec))
+                .await
+                .map_err(|e| e.to_string())??,
+        );
+        let mut cache = self.specs.lock().expect("spec cache");
+        if cache.len() > 1000 {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Resolves a step's credential. Secrets are not part of this release: a step that
+    /// names one fails with this message.
+    async fn credential(&self, _tenant_id: Uuid, name: &str) -> Result<Credential, String> {
+        Err(format!("credential {name:?} not found"))
+    }
+
+    fn finished(&self, execution: &Execution, status: ExecutionStatus, at: DateTime<Utc>) {
+        tracing::info!(
+            execution = %execution.id,
+            workflow = %execution.workflow,
+            version = execution.version,
+            status = status.as_str(),
+            duration_ms = (at - execution.start_time.unwrap_or(execution.create_time)).num_milliseconds(),
+            "execution finished"
+        );
+    }
+}
+
+async fn claim_loop(inner: Arc<Inner>) {
+    let limit = 32;
+    let mut delay = inner.config.poll_min;
+    loop {
+        tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            () = inner.claim_now.notified() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+        match inner
+            .store
+            .claim_executions(&inner.node, inner.config.lease.as_millis() as u64, limit)
+            .await
+        {
+            Ok(leases) if !leases.is_empty() => {
+                for lease in leases {
+                    tracing::info!(execution = %lease.execution_id, "claimed execution");
+                    inner.spawn_driver(lease);
+                }
+                delay = inner.config.poll_min;
+                inner.claim_now.notify_one();
+            }
+            Ok(_) => delay = (delay * 2).min(inner.config.poll_max),
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming executions failed");
+                delay = inner.config.poll_max;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(inner: Arc<Inner>) {
+    let every = (inner.config.lease / 3).min(Duration::from_secs(1));
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = inner.tracker.wait(), if inner.shutdown.is_cancelled() => return,
+        }
+        match inner
+            .store
+            .renew_leases(&inner.node, inner.config.lease.as_millis() as u64)
+            .await
+        {
+            Ok(held) => {
+                last_ok = tokio::time::Instant::now();
+                let held: HashMap<Uuid, bool> = held.into_iter().collect();
+                let running = inner.running.lock().expect("running map");
+                for (id, r) in running.iter() {
+                    match held.get(id) {
+                        None => r.lost.cancel(),
+                        Some(true) => r.cancel.cancel(),
+                        Some(false) => {}
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "renewing leases failed");
+                if last_ok.elapsed() > inner.config.lease {
+                    for r in inner.running.lock().expect("running map").values() {
+                        r.lost.cancel();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mantle".to_owned())
+}

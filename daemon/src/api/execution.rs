@@ -1,0 +1,190 @@
+//! `mantle.v1.ExecutionService`.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use mantle_proto::v1 as pb;
+use mantle_proto::v1::execution_service_server::ExecutionService;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::caller;
+use super::convert::{execution_status_from_pb, from_timestamp};
+use crate::engine::model::{EventKind, ExecutionFilter, ExecutionStatus};
+use crate::executions::{Executions, parse_id};
+use crate::tenancy::{page_request, page_token};
+
+/// How often a watch re-reads the log when no local notice arrives (the execution may run
+/// on another replica).
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
+pub struct ExecutionApi {
+    pub executions: Executions,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExecutionService for ExecutionApi {
+    async fn start_execution(
+        &self,
+        request: Request<pb::StartExecutionRequest>,
+    ) -> Result<Response<pb::Execution>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let execution = self
+            .executions
+            .start(caller, &req.workflow, req.version, &req.inputs_json)
+            .await?;
+        Ok(Response::new(execution.into()))
+    }
+
+    async fn get_execution(
+        &self,
+        request: Request<pb::GetExecutionRequest>,
+    ) -> Result<Response<pb::Execution>, Status> {
+        let caller = caller(&request)?;
+        let execution = self.executions.get(caller, &request.get_ref().id).await?;
+        Ok(Response::new(execution.into()))
+    }
+
+    async fn list_executions(
+        &self,
+        request: Request<pb::ListExecutionsRequest>,
+    ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let page = page_request(req.page_size, &req.page_token)?;
+        let filter = ExecutionFilter {
+            workflow: (!req.workflow.is_empty()).then(|| req.workflow.clone()),
+            status: execution_status_from_pb(req.status)?,
+            created_after: from_timestamp("created_after", req.created_after)?,
+            created_before: from_timestamp("created_before", req.created_before)?,
+        };
+        let page = self.executions.list(caller, &filter, &page).await?;
+        Ok(Response::new(pb::ListExecutionsResponse {
+            next_page_token: page_token(page.next_cursor.as_deref()),
+            executions: page.items.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn cancel_execution(
+        &self,
+        request: Request<pb::CancelExecutionRequest>,
+    ) -> Result<Response<pb::Execution>, Status> {
+        let caller = caller(&request)?;
+        let execution = self
+            .executions
+            .cancel(caller, &request.get_ref().id)
+            .await?;
+        Ok(Response::new(execution.into()))
+    }
+
+    async fn retry_execution(
+        &self,
+        request: Request<pb::RetryExecutionRequest>,
+    ) -> Result<Response<pb::Execution>, Status> {
+        let caller = caller(&request)?;
+        let execution = self.executions.retry(caller, &request.get_ref().id).await?;
+        Ok(Response::new(execution.into()))
+    }
+
+    async fn list_step_attempts(
+        &self,
+        request: Request<pb::ListStepAttemptsRequest>,
+    ) -> Result<Response<pb::ListStepAttemptsResponse>, Status> {
+        let caller = caller(&request)?;
+        let attempts = self
+            .executions
+            .attempts(caller, &request.get_ref().id)
+            .await?;
+        Ok(Response::new(pb::ListStepAttemptsResponse {
+            attempts: attempts.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    type WatchExecutionStream = WatchStream;
+
+    async fn watch_execution(
+        &self,
+        request: Request<pb::WatchExecutionRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let caller = caller(&request)?.clone();
+        let req = request.into_inner();
+        if req.after_seq < 0 {
+            return Err(Status::invalid_argument("after_seq: must not be negative"));
+        }
+        // Answer NOT_FOUND (or PERMISSION_DENIED) now rather than inside the stream.
+        let execution = self.executions.get(&caller, &req.id).await?;
+        let id = parse_id(&req.id)?;
+        let executions = self.executions.clone();
+        let shutdown = self.shutdown.clone();
+        let mut notices = executions.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut cursor = req.after_seq;
+            let mut finished = execution.status.is_terminal();
+            loop {
+                let events = match executions.events(&caller, id, cursor, 500).await {
+                    Ok(e) => e,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                };
+                let got = events.len();
+                for event in events {
+                    cursor = event.seq;
+                    let terminal = event.kind == EventKind::ExecutionStatus
+                        && event
+                            .status
+                            .as_deref()
+                            .and_then(ExecutionStatus::parse)
+                            .is_some_and(ExecutionStatus::is_terminal);
+                    if tx.send(Ok(event.into())).await.is_err() {
+                        return;
+                    }
+                    if terminal {
+                        return;
+                    }
+                }
+                if got == 500 {
+                    continue;
+                }
+                if finished {
+                    // Terminal, and every event sent (its terminal event predates the cursor).
+                    return;
+                }
+                tokio::select! {
+                    _ = wait_for(&mut notices, id) => {}
+                    () = tokio::time::sleep(WATCH_POLL) => {}
+                    () = tx.closed() => return,
+                    () = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the daemon is shutting down; watch again from the last seq"))).await;
+                        return;
+                    }
+                }
+                if let Ok(e) = executions.get(&caller, &req.id).await {
+                    finished = e.status.is_terminal();
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Waits for a notice about `id` (or a lagged channel, which may have dropped one).
+async fn wait_for(rx: &mut tokio::sync::broadcast::Receiver<uuid::Uuid>, id: uuid::Uuid) {
+    loop {
+        match rx.recv().await {
+            Ok(got) if got == id => return,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! `http/request`: outbound HTTP with an SSRF guard that checks every resolved address
+//! (after DNS, and again on every redirect), a response size cap, and cancellation.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use serde_json::{Map, Value};
+
+use super::net::NetworkPolicy;
+use super::{Credential, Invocation};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_RESPONSE_BYTES: u64 = 10 * 1024 * 1024;
+const MAX_REDIRECTS: usize = 10;
+
+/// Resolves names, then refuses addresses the policy forbids.
+struct GuardedResolver {
+    policy: NetworkPolicy,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} did not resolve to any address").into());
+            }
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| match policy.check(a.ip()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let reason = refused.unwrap_or_default();
+                return Err(format!("host {host} resolves to {reason}").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// The HTTP action, with one connection pool per redirect setting.
+pub struct HttpConnector {
+    follow: reqwest::Client,
+    no_follow: reqwest::Client,
+    policy: NetworkPolicy,
+}
+
+impl HttpConnector {
+    pub fn new(policy: NetworkPolicy) -> Result<HttpConnector, String> {
+        let build = |follow: bool| {
+            let redirect = if follow {
+                reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= MAX_REDIRECTS {
+                        return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                    }
+                    if let Err(e) = check_url(attempt.url(), policy) {
+                        let target = redact_url(attempt.url());
+                        return attempt.error(format!("redirect to {target} refused: {e}"));
+                    }
+                    attempt.follow()
+                })
+            } else {
+                reqwest::redirect::Policy::none()
+            };
+            reqwest::Client::builder()
+                .dns_resolver(Arc::new(GuardedResolver { policy }))
+                .redirect(redirect)
+                .user_agent(concat!("mantle/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| format!("building the HTTP client: {e}"))
+        };
+        Ok(HttpConnector {
+            follow: build(true)?,
+            no_follow: build(false)?,
+            policy,
+        })
+    }
+
+    pub async fn run(&self, inv: Invocation) -> Result<Value, String> {
+        let cancel = inv.cancel.clone();
+        tokio::select! {
+            result = self.request(inv) => result,
+            () = cancel.cancelled() => Err("cancelled".to_owned()),
+        }
+    }
+
+    async fn request(&self, inv: Invocation) -> Result<Value, String> {
+        let p = &inv.params;
+        let url_text = p
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or("params.url: required string")?;
+        let mut url = reqwest::Url::parse(url_text)
+            .map_err(|e| format!("params.url: {url_text:?} is not a URL: {e}"))?;
+        check_url(&url, self.policy).map_err(|e| format!("params.url: {e}"))?;
+        if let Some(query) = p.get("query") {
+            let query = query
+                .as_object()
+                .ok_or("params.query: expected a mapping")?;
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(
+                    k,
+                    &scalar_text(v).map_err(|e| format!("params.query.{k}: {e}"))?,
+                );
+            }
+        }
+        let method_text = p.get("method").and_then(Value::as_str).unwrap_or("GET");
+        let method = reqwest::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("params.method: {method_text:?} is not an HTTP method"))?;
+        let follow = match p.get("follow_redirects") {
+            None => true,
+            Some(v) => v
+                .as_bool()
+                .ok_or("params.follow_redirects: expected true or false")?,
+        };
+        let timeout = match p.get("timeout") {
+            None => DEFAULT_TIMEOUT,
+            Some(v) => {
+                crate::duration::parse(v.as_str().ok_or("params.timeout: expected a duration")?)
+                    .map_err(|e| format!("params.timeout: {e}"))?
+            }
+        };
+        let max_bytes = match p.get("max_response_bytes") {
+            None => DEFAULT_MAX_RESPONSE_BYTES,
+            Some(v) => v
+                .as_u64()
+                .ok_or("params.max_response_bytes: expected a positive integer")?,
+        };
+        let client = if follow {
+            &self.follow
+        } else {
+            &self.no_follow
+        };
+        let mut req = client.request(method.clone(), url.clone()).timeout(timeout);
+        if let Some(headers) = p.get("headers") {
+            let headers = headers
+                .as_object()
+                .ok_or("params.headers: expected a mapping")?;
+            for (k, v) in headers {
+                let text = scalar_text(v).map_err(|e| format!("params.headers.{k}: {e}"))?;
+                req = req.header(k.as_str(), text);
+            }
+        }
+        match (p.get("body"), p.get("json")) {
+            (Some(_), Some(_)) => {
+                return Err("params: body and json are mutually exclusive".to_owned());
+            }
+            (Some(body), None) => {
+                req = req.body(
+                    body.as_str()
+                        .ok_or("params.body: expected a string; use json for structured bodies")?
+                        .to_owned(),
+                );
+            }
+            (None, Some(json)) => {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(json.to_string());
+            }
+            (None, None) => {}
+        }
+        if let Some(cred) = &inv.credential {
+            req = apply_credential(req, cred)?;
+        }
+        let response = req
+            .send()
+            .await
+            .map_err(|e| describe_send_error(&method, &url, &e))?;
+        let status = response.status();
+        let final_url = response.url().clone();
+        let mut headers = Map::new();
+        for (name, value) in response.headers() {
+            let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            match headers.get_mut(name.as_str()) {
+                Some(Value::String(existing)) => {
+                    existing.push_str(", ");
+                    existing.push_str(&v);
+                }
+                _ => {
+                    headers.insert(name.as_str().to_owned(), Value::String(v));
+                }
+            }
+        }
+        let is_json = headers
+            .get("content-type")
+            .and_then(Value::as_str)
+            .is_some_and(|ct| ct.contains("json"));
+        let body = read_capped(response, max_bytes).await?;
+        let body = if is_json {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        } else {
+            Value::String(String::from_utf8_lossy(&body).into_owned())
+        };
+        if status.as_u16() >= 400 {
+            return Err(format!(
+                "{method} {} answered {}{}",
+                redact_url(&final_url),
+                status,
+                match &body {
+                    Value::String(s) if !s.is_empty() => format!(": {}", truncate(s, 200)),
+                    Value::String(_) => String::new(),
+                    other => format!(": {}", truncate(&other.to_string(), 200)),
+                }
+            ));
+        }
+        let mut out = Map::new();
+        out.insert("status".to_owned(), Value::from(status.as_u16()));
+        out.insert("headers".to_owned(), Value::Object(headers));
+        out.insert("body".to_owned(), body);
+        out.insert("url".to_owned(), Value::from(redact_url(&final_url)));
+        Ok(Value::Object(out))
+    }
+}
+
+/// Scheme and IP-literal checks; names are checked by the resolver after DNS.
+fn check_url(url: &reqwest::Url, policy: NetworkPolicy) -> Result<(), String> {
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not allowed; use http or https"
+            ));
+        }
+    }
+    match url.host() {
+        None => Err("the URL has no host".to_owned()),
+        Some(url::Host::Ipv4(ip)) => policy.check(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => policy.check(IpAddr::V6(ip)),
+        Some(url::Host::Domain(_)) => Ok(()),
+    }
+}
+
+fn scalar_text(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "expected a string, number or boolean, found {other}"
+        )),
+    }
+}
+
+fn apply_credential(
+    req: reqwest::RequestBuilder,
+    cred: &Credential,
+) -> Result<reqwest::RequestBuilder, String> {
+    let field = |name: &str| {
+        cred.fields.get(name).ok_or_else(|| {
+            format!(
+                "credential {:?} of type {} has no field {name:?}",
+                cred.name, cred.kind
+            )
+        })
+    };
+    match cred.kind.as_str() {
+        "bearer" => Ok(req.bearer_auth(field("token")?)),
+        "basic" => Ok(req.basic_auth(field("username")?, Some(field("password")?))),
+        "header" => Ok(req.header(field("name")?.as_str(), field("value")?.as_str())),
+        other => Err(format!(
+            "credential {:?} has type {other}; http/request uses bearer, basic or header credentials",
+            cred.name
+        )),
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response, max: u64) -> Result<Vec<u8>, String> {
+    if let Some(len) = response.content_length()
+        && len > max
+    {
+        return Err(format!(
+            "the response body is {len} bytes, over max_response_bytes ({max})"
+        ));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the response: {e}"))?
+    {
+        if body.len() as u64 + chunk.len() as u64 > max {
+            return Err(format!(
+                "the response body is over max_response_bytes ({max})"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn describe_send_error(method: &reqwest::Method, url: &reqwest::Url, e: &reqwest::Error) -> String {
+    let mut msg = format!("{method} {}: ", redact_url(url));
+    if e.is_timeout() {
+        msg.push_str("timed out");
+        return msg;
+    }
+    // The innermost cause is the one that says what happened (refused address, DNS, TLS).
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    let mut last = e.to_string();
+    while let Some(c) = cause {
+        last = c.to_string();
+        cause = c.source();
+    }
+    msg.push_str(&last);
+    msg
+}
+
+/// A URL without its userinfo.
+fn redact_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}

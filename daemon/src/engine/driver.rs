@@ -1,0 +1,1024 @@
+//! The driver of one execution: while its daemon holds the lease, it starts steps as their
+//! dependencies resolve, checkpoints every outcome, and finishes the execution.
+//!
+//! Every change is written as one [`Transition`] (one transaction) before anything acts on
+//! it: a step's output is durable before any dependent starts, and a completion is written
+//! together with the starts it makes possible, so a chain of steps costs one commit a step.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use super::compiled::CompiledWorkflow;
+use super::model::{
+    Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, StepAttempt, StepStatus,
+    Transition,
+};
+use crate::connectors::Invocation;
+use crate::store;
+use crate::workflow::expr::{self, Scope};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Completed,
+    Skipped,
+    Failed { continued: bool },
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    /// Not started: waits for its dependencies.
+    Waiting,
+    /// A retry that may start at `at`.
+    Scheduled {
+        attempt: i32,
+        at: DateTime<Utc>,
+    },
+    Running {
+        attempt: i32,
+        started: DateTime<Utc>,
+    },
+    /// A durable `core/sleep` that ends at `until`.
+    Sleeping {
+        attempt: i32,
+        started: DateTime<Utc>,
+        until: DateTime<Utc>,
+    },
+    Done(Outcome),
+}
+
+#[derive(Debug)]
+struct StepRun {
+    state: State,
+    /// Highest attempt number used so far.
+    last_attempt: i32,
+    /// Failed attempts in the current generation (the retry budget).
+    failures: u32,
+    output: Option<Value>,
+    error: Option<String>,
+}
+
+/// A finished attempt, reported by its task.
+struct AttemptDone {
+    step: usize,
+    attempt: i32,
+    result: Result<Value, String>,
+}
+
+/// Why the driver stops before the execution is finished.
+#[derive(Debug)]
+enum Stop {
+    /// Another daemon holds the lease now; nothing more may be written.
+    Lost,
+    /// Released on purpose (shutdown, or a long wait).
+    Released,
+}
+
+pub(super) async fn drive(
+    inner: Arc<Inner>,
+    lease: Lease,
+    cancel: CancellationToken,
+    lost: CancellationToken,
+) {
+    let id = lease.execution_id;
+    match Driver::load(inner.clone(), lease, cancel, lost.clone()).await {
+        Ok(Some(mut driver)) => match driver.run().await {
+            Ok(()) => {}
+            Err(Stop::Lost) => {
+                tracing::warn!(execution = %id, "lease lost; another daemon continues this execution")
+            }
+            Err(Stop::Released) => tracing::debug!(execution = %id, "execution released"),
+        },
+        Ok(None) => {}
+        Err(err) => {
+            tracing::error!(execution = %id, error = %err, "cannot drive execution; releasing it");
+            let _ = inner.store.release_lease(lease).await;
+        }
+    }
+}
+
+struct Driver {
+    inner: Arc<Inner>,
+    lease: Lease,
+    execution: Execution,
+    workflow: Arc<CompiledWorkflow>,
+    steps: Vec<StepRun>,
+    next_seq: i64,
+    /// Cancels every running attempt.
+    attempts_cancel: CancellationToken,
+    /// Fires when CancelExecution reaches this daemon.
+    cancel: CancellationToken,
+    lost: CancellationToken,
+    done_tx: mpsc::UnboundedSender<AttemptDone>,
+    done_rx: mpsc::UnboundedReceiver<AttemptDone>,
+    running: usize,
+    pending: Transition,
+    draining: bool,
+}
+
+impl Driver {
+    async fn load(
+        inner: Arc<Inner>,
+        lease: Lease,
+        cancel: CancellationToken,
+        lost: CancellationToken,
+    ) -> Result<Option<Driver>, String> {
+        let (execution, attempts, last_seq) = inner
+            .store
+            .load_execution(lease.execution_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if execution.status.is_terminal() {
+            inner
+                .store
+                .release_lease(lease)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        let workflow = inner
+            .workflow(execution.tenant_id, &execution.workflow, execution.version)
+            .await?;
+        let steps = recover(&workflow, &execution, &attempts);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        if execution.cancel_requested {
+            cancel.cancel();
+        }
+        Ok(Some(Driver {
+            inner,
+            lease,
+            execution,
+            workflow,
+            steps,
+            next_seq: last_seq + 1,
+            attempts_cancel: CancellationToken::new(),
+            cancel,
+            lost,
+            done_tx,
+            done_rx,
+            running: 0,
+            pending: Transition::default(),
+            draining: false,
+        }))
+    }
+
+    fn event(
+        &mut self,
+        kind: EventKind,
+        step: Option<&str>,
+        attempt: Option<i32>,
+        status: Option<&str>,
+        message: Option<String>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.events.push(Event {
+            execution_id: self.execution.id,
+            seq,
+            time: Utc::now(),
+            kind,
+            step_name: step.map(str::to_owned),
+            attempt,
+            status: status.map(str::to_owned),
+            message,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_attempt(
+        &mut self,
+        step: usize,
+        attempt: i32,
+        status: StepStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        wake_time: Option<DateTime<Utc>>,
+        start_time: Option<DateTime<Utc>>,
+        end_time: Option<DateTime<Utc>>,
+    ) {
+        let name = self.workflow.steps[step].spec.name.clone();
+        let message = match status {
+            StepStatus::Failed | StepStatus::Cancelled => error.clone(),
+            StepStatus::Pending => wake_time.map(|t| format!("retry at {}", t.to_rfc3339())),
+            _ => None,
+        };
+        self.event(
+            EventKind::StepStatus,
+            Some(&name),
+            Some(attempt),
+            Some(status.as_str()),
+            message,
+        );
+        self.pending.attempts.push(StepAttempt {
+            execution_id: self.execution.id,
+            step_name: name,
+            attempt,
+            generation: self.execution.generation,
+            status,
+            output,
+            error,
+            wake_time,
+            start_time,
+            end_time,
+        });
+    }
+
+    /// Writes the pending transition, retrying while the database is unreachable.
+    async fn commit(&mut self) -> Result<(), Stop> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let t = std::mem::take(&mut self.pending);
+        let mut backoff = Duration::from_millis(100);
+        let mut retried = false;
+        loop {
+            match self.inner.store.write_transition(self.lease, &t).await {
+                Ok(()) => break,
+                Err(store::Error::Fenced(_)) => return Err(Stop::Lost),
+                // A retried write whose first try committed after all.
+                Err(store::Error::AlreadyExists(_)) if retried => break,
+                Err(err) => {
+                    tracing::warn!(execution = %self.execution.id, error = %err, "checkpoint write failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.lost.cancelled() => return Err(Stop::Lost),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    retried = true;
+                }
+            }
+        }
+        let _ = self.inner.events.send(self.execution.id);
+        Ok(())
+    }
+
+    fn scope(&self) -> Scope {
+        let mut steps = serde_json::Map::new();
+        for (i, run) in self.steps.iter().enumerate() {
+            if let State::Done(outcome) = run.state {
+                let status = match outcome {
+                    Outcome::Completed => "completed",
+                    Outcome::Skipped => "skipped",
+                    Outcome::Failed { .. } => "failed",
+                    Outcome::Cancelled => "cancelled",
+                };
+                steps.insert(
+                    self.workflow.steps[i].spec.name.clone(),
+                    json!({
+                        "output": run.output.clone().unwrap_or_else(|| json!({})),
+                        "error": run.error,
+                        "status": status,
+                    }),
+                );
+            }
+        }
+        Scope {
+            inputs: self.execution.inputs.clone(),
+            steps: Value::Object(steps),
+            trigger: self.execution.trigger.clone(),
+            env: self.inner.config.workflow_env.clone(),
+            execution: json!({
+                "id": self.execution.id.to_string(),
+                "workflow": self.execution.workflow,
+                "version": self.execution.version,
+                "started_at": self.execution.start_time.unwrap_or(self.execution.create_time).to_rfc3339(),
+            }),
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), Stop> {
+        if self.execution.status != ExecutionStatus::Running {
+            let now = Utc::now();
+            self.execution.status = ExecutionStatus::Running;
+            self.execution.start_time.get_or_insert(now);
+            self.event(
+                EventKind::ExecutionStatus,
+                None,
+                None,
+                Some("running"),
+                None,
+            );
+            self.pending.execution = Some(ExecutionUpdate {
+                status: ExecutionStatus::Running,
+                outputs: None,
+                error: None,
+                start_time: Some(now),
+                end_time: None,
+                release: false,
+                wake_time: None,
+            });
+        }
+        self.interrupt_orphans();
+        loop {
+            if self.lost.is_cancelled() {
+                self.attempts_cancel.cancel();
+                return Err(Stop::Lost);
+            }
+            if self.cancel.is_cancelled() {
+                return self
+                    .finish_early(ExecutionStatus::Cancelled, "the execution was cancelled")
+                    .await;
+            }
+            if self.execution.deadline.is_some_and(|d| d <= Utc::now()) {
+                return self
+                    .finish_early(ExecutionStatus::TimedOut, "the execution timed out")
+                    .await;
+            }
+            if self.inner.shutdown.is_cancelled() {
+                self.draining = true;
+            }
+            let started = self.advance();
+            if self.steps.iter().all(|s| matches!(s.state, State::Done(_))) {
+                return self.finish().await;
+            }
+            self.commit().await?;
+            for (step, attempt) in started {
+                self.spawn_attempt(step, attempt);
+            }
+            if self.draining && self.running == 0 {
+                let _ = self.inner.store.release_lease(self.lease).await;
+                return Err(Stop::Released);
+            }
+            let wake = self.next_wake();
+            if self.running == 0
+                && !self.draining
+                && let Some(at) = wake
+                && at - Utc::now()
+                    > chrono::Duration::from_std(self.inner.config.release_after)
+                        .unwrap_or_default()
+            {
+                return self.release_until(at).await;
+            }
+            self.wait(wake).await?;
+        }
+    }
+
+    /// Attempts left `running` by a daemon that died get a new attempt; the interrupted one
+    /// is recorded as cancelled and does not count against the retry budget.
+    fn interrupt_orphans(&mut self) {
+        let now = Utc::now();
+        let orphans: Vec<(usize, i32, DateTime<Utc>)> = self
+            .steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.state {
+                State::Running { attempt, started } => Some((i, attempt, started)),
+                _ => None,
+            })
+            .collect();
+        for (i, attempt, started) in orphans {
+            self.write_attempt(
+                i,
+                attempt,
+                StepStatus::Cancelled,
+                None,
+                Some("interrupted: the daemon running this attempt stopped".to_owned()),
+                None,
+                Some(started),
+                Some(now),
+            );
+            self.steps[i].state = State::Waiting;
+        }
+    }
+
+    /// Starts, skips or cancels every step that can move; returns the attempts to spawn
+    /// once the transition is durable.
+    fn advance(&mut self) -> Vec<(usize, i32)> {
+        let mut started = Vec::new();
+        let now = Utc::now();
+        loop {
+            let mut progressed = false;
+            for i in 0..self.steps.len() {
+                match self.steps[i].state.clone() {
+                    State::Waiting => {}
+                    State::Scheduled { attempt, at } if at <= now && !self.draining => {
+                        if let Some(a) = self.start_attempt(i, Some(attempt), now) {
+                            started.push((i, a));
+                        }
+                        progressed = true;
+                        continue;
+                    }
+                    State::Sleeping {
+                        attempt,
+                        started: s,
+                        until,
+                    } if until <= now => {
+                        self.complete(i, attempt, s, Ok(json!({})));
+                        progressed = true;
+                        continue;
+                    }
+                    _ => continue,
+                }
+                // Waiting: are the dependencies resolved?
+                let mut blocked_by = None;
+                let mut ready = true;
+                for need in &self.workflow.steps[i].spec.needs {
+                    let Some(&j) = self.workflow.index.get(need) else {
+                        continue;
+                    };
+                    match self.steps[j].state {
+                        State::Done(
+                            Outcome::Completed
+                            | Outcome::Skipped
+                            | Outcome::Failed { continued: true },
+                        ) => {}
+                        State::Done(Outcome::Failed { continued: false } | Outcome::Cancelled) => {
+                            blocked_by = Some(need.clone());
+                        }
+                        _ => ready = false,
+                    }
+                }
+                if let Some(upstream) = blocked_by {
+                    let attempt = self.steps[i].last_attempt + 1;
+                    self.steps[i].last_attempt = attempt;
+                    let error = format!("not run: step {upstream:?} did not complete");
+                    self.write_attempt(
+                        i,
+                        attempt,
+                        StepStatus::Cancelled,
+                        None,
+                        Some(error.clone()),
+                        None,
+                        None,
+                        Some(now),
+                    );
+                    self.steps[i].error = Some(error);
+                    self.steps[i].state = State::Done(Outcome::Cancelled);
+                    progressed = true;
+                    continue;
+                }
+                if !ready || self.draining {
+                    continue;
+                }
+                progressed = true;
+                if let Some(condition) = &self.workflow.steps[i].condition {
+                    match expr::evaluate(condition, &self.scope()) {
+                        Ok(Value::Bool(true)) => {}
+                        Ok(Value::Bool(false)) => {
+                            let attempt = self.steps[i].last_attempt + 1;
+                            self.steps[i].last_attempt = attempt;
+                            self.write_attempt(
+                                i,
+                                attempt,
+                                StepStatus::Skipped,
+                                None,
+                                None,
+                                None,
+                                Some(now),
+                                Some(now),
+                            );
+                            self.steps[i].state = State::Done(Outcome::Skipped);
+                            continue;
+                        }
+                        other => {
+                            let error = match other {
+                                Ok(v) => format!("if: expected true or false, got {v}"),
+                                Err(e) => format!("if: {e}"),
+                            };
+                            let attempt = self.steps[i].last_attempt + 1;
+                            self.steps[i].last_attempt = attempt;
+                            self.fail_final(i, attempt, Some(now), error);
+                            continue;
+                        }
+                    }
+                }
+                if let Some(a) = self.start_attempt(i, None, now) {
+                    started.push((i, a));
+                }
+            }
+            if !progressed {
+                return started;
+            }
+        }
+    }
+
+    /// Records a running attempt (or a sleep with its durable end); `None` when the step
+    /// failed before it could start (its params did not render).
+    fn start_attempt(&mut self, i: usize, attempt: Option<i32>, now: DateTime<Utc>) -> Option<i32> {
+        let attempt = attempt.unwrap_or(self.steps[i].last_attempt + 1);
+        self.steps[i].last_attempt = self.steps[i].last_attempt.max(attempt);
+        if self.workflow.steps[i].spec.action == "core/sleep" {
+            let scope = self.scope();
+            let duration = self.workflow.steps[i].render_params(&scope).and_then(|p| {
+                let text = p
+                    .get("duration")
+                    .and_then(Value::as_str)
+                    .ok_or("params.duration: expected a duration string")?
+                    .to_owned();
+                crate::duration::parse(&text).map_err(|e| format!("params.duration: {e}"))
+            });
+            match duration {
+                Ok(d) => {
+                    let until =
+                        now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+                    self.write_attempt(
+                        i,
+                        attempt,
+                        StepStatus::Running,
+                        None,
+                        None,
+                        Some(until),
+                        Some(now),
+                        None,
+                    );
+                    self.steps[i].state = State::Sleeping {
+                        attempt,
+                        started: now,
+                        until,
+                    };
+                }
+                Err(e) => self.attempt_failed(i, attempt, now, e),
+            }
+            return None;
+        }
+        self.write_attempt(
+            i,
+            attempt,
+            StepStatus::Running,
+            None,
+            None,
+            None,
+            Some(now),
+            None,
+        );
+        self.steps[i].state = State::Running {
+            attempt,
+            started: now,
+        };
+        Some(attempt)
+    }
+
+    fn spawn_attempt(&mut self, i: usize, attempt: i32) {
+        let step = &self.workflow.steps[i];
+        let params = step.render_params(&self.scope());
+        let tx = self.done_tx.clone();
+        self.running += 1;
+        let Ok(params) = params else {
+            let _ = tx.send(AttemptDone {
+                step: i,
+                attempt,
+                result: Err(params.unwrap_err()),
+            });
+            return;
+        };
+        let inner = self.inner.clone();
+        let action = step.spec.action.clone();
+        let timeout = step.spec.timeout_ms.map(Duration::from_millis);
+        let credential = step.spec.credential.clone();
+        let cancel = self.attempts_cancel.child_token();
+        let tenant_id = self.execution.tenant_id;
+        tokio::spawn(async move {
+            let work = async {
+                let credential = match credential {
+                    Some(name) => Some(inner.credential(tenant_id, &name).await?),
+                    None => None,
+                };
+                inner
+                    .connectors
+                    .invoke(Invocation {
+                        action,
+                        params,
+                        credential,
+                        cancel: cancel.clone(),
+                    })
+                    .await
+            };
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, work).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        cancel.cancel();
+                        Err(format!("timed out after {}", humanize(t)))
+                    }
+                },
+                None => work.await,
+            };
+            let _ = tx.send(AttemptDone {
+                step: i,
+                attempt,
+                result,
+            });
+        });
+    }
+
+    /// Records an attempt's end: the output (the checkpoint), or a failure that may retry.
+    fn complete(
+        &mut self,
+        i: usize,
+        attempt: i32,
+        started: DateTime<Utc>,
+        result: Result<Value, String>,
+    ) {
+        let now = Utc::now();
+        let result = result.and_then(|output| {
+            let size = output.to_string().len();
+            let max = self.inner.config.max_output_bytes;
+            if size > max {
+                Err(format!(
+                    "the step's output is {size} bytes, over the limit of {max} bytes"
+                ))
+            } else {
+                Ok(output)
+            }
+        });
+        match result {
+            Ok(output) => {
+                if self.workflow.steps[i].spec.action == "core/log"
+                    && let Some(message) = output.get("message").and_then(Value::as_str)
+                {
+                    let name = self.workflow.steps[i].spec.name.clone();
+                    self.event(
+                        EventKind::Log,
+                        Some(&name),
+                        Some(attempt),
+                        None,
+                        Some(message.to_owned()),
+                    );
+                }
+                self.write_attempt(
+                    i,
+                    attempt,
+                    StepStatus::Completed,
+                    Some(output.clone()),
+                    None,
+                    None,
+                    Some(started),
+                    Some(now),
+                );
+                self.steps[i].output = Some(output);
+                self.steps[i].error = None;
+                self.steps[i].state = State::Done(Outcome::Completed);
+            }
+            Err(error) => {
+                self.write_attempt(
+                    i,
+                    attempt,
+                    StepStatus::Failed,
+                    None,
+                    Some(error.clone()),
+                    None,
+                    Some(started),
+                    Some(now),
+                );
+                self.after_failure(i, attempt, now, error);
+            }
+        }
+    }
+
+    fn attempt_failed(&mut self, i: usize, attempt: i32, now: DateTime<Utc>, error: String) {
+        self.write_attempt(
+            i,
+            attempt,
+            StepStatus::Failed,
+            None,
+            Some(error.clone()),
+            None,
+            Some(now),
+            Some(now),
+        );
+        self.after_failure(i, attempt, now, error);
+    }
+
+    /// After a failed attempt: schedule the next one, or fail the step for good.
+    fn after_failure(&mut self, i: usize, attempt: i32, now: DateTime<Utc>, error: String) {
+        self.steps[i].failures += 1;
+        let retry = &self.workflow.steps[i].retry;
+        if self.steps[i].failures < retry.max_attempts && !self.cancel.is_cancelled() {
+            let delay = backoff(
+                retry.initial_backoff_ms,
+                retry.max_backoff_ms,
+                retry.multiplier,
+                self.steps[i].failures,
+            );
+            let at = now + chrono::Duration::milliseconds(delay as i64);
+            let next = attempt + 1;
+            self.steps[i].last_attempt = next;
+            self.write_attempt(
+                i,
+                next,
+                StepStatus::Pending,
+                None,
+                None,
+                Some(at),
+                None,
+                None,
+            );
+            self.steps[i].state = State::Scheduled { attempt: next, at };
+            self.steps[i].error = Some(error);
+        } else {
+            let continued = self.workflow.steps[i].spec.continue_on_error;
+            self.steps[i].error = Some(error);
+            self.steps[i].state = State::Done(Outcome::Failed { continued });
+        }
+    }
+
+    /// A failure that no retry can fix (the `if` did not evaluate).
+    fn fail_final(&mut self, i: usize, attempt: i32, now: Option<DateTime<Utc>>, error: String) {
+        self.write_attempt(
+            i,
+            attempt,
+            StepStatus::Failed,
+            None,
+            Some(error.clone()),
+            None,
+            now,
+            now,
+        );
+        let continued = self.workflow.steps[i].spec.continue_on_error;
+        self.steps[i].error = Some(error);
+        self.steps[i].state = State::Done(Outcome::Failed { continued });
+    }
+
+    fn next_wake(&self) -> Option<DateTime<Utc>> {
+        let mut wake = self.execution.deadline;
+        for s in &self.steps {
+            let at = match s.state {
+                State::Scheduled { at, .. } => at,
+                State::Sleeping { until, .. } => until,
+                _ => continue,
+            };
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        wake
+    }
+
+    async fn wait(&mut self, wake: Option<DateTime<Utc>>) -> Result<(), Stop> {
+        let sleep = match wake {
+            Some(at) => (at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+            None => Duration::from_secs(3600),
+        };
+        let shutdown = self.inner.shutdown.clone();
+        tokio::select! {
+            Some(done) = self.done_rx.recv() => {
+                self.running -= 1;
+                self.handle_done(done);
+                // Drain whatever else finished meanwhile: one transition for all of them.
+                while let Ok(more) = self.done_rx.try_recv() {
+                    self.running -= 1;
+                    self.handle_done(more);
+                }
+            }
+            () = tokio::time::sleep(sleep) => {}
+            () = self.cancel.cancelled(), if !self.cancel.is_cancelled() => {}
+            () = self.lost.cancelled() => {}
+            () = shutdown.cancelled(), if !self.draining => {}
+        }
+        Ok(())
+    }
+
+    fn handle_done(&mut self, done: AttemptDone) {
+        match self.steps[done.step].state {
+            State::Running { attempt, started } if attempt == done.attempt => {
+                self.complete(done.step, attempt, started, done.result);
+            }
+            _ => {}
+        }
+    }
+
+    /// Cancellation or timeout: stop running attempts, record every unfinished step.
+    async fn finish_early(&mut self, status: ExecutionStatus, reason: &str) -> Result<(), Stop> {
+        self.attempts_cancel.cancel();
+        // Let running attempts observe the cancellation (an HTTP request is aborted at once).
+        while self.running > 0 {
+            match tokio::time::timeout(Duration::from_secs(5), self.done_rx.recv()).await {
+                Ok(Some(_)) => self.running -= 1,
+                _ => break,
+            }
+        }
+        let now = Utc::now();
+        for i in 0..self.steps.len() {
+            let (attempt, started) = match self.steps[i].state {
+                State::Done(_) => continue,
+                State::Running { attempt, started }
+                | State::Sleeping {
+                    attempt, started, ..
+                } => (attempt, Some(started)),
+                State::Scheduled { attempt, .. } => (attempt, None),
+                State::Waiting => {
+                    let a = self.steps[i].last_attempt + 1;
+                    self.steps[i].last_attempt = a;
+                    (a, None)
+                }
+            };
+            self.write_attempt(
+                i,
+                attempt,
+                StepStatus::Cancelled,
+                None,
+                Some(reason.to_owned()),
+                None,
+                started,
+                Some(now),
+            );
+            self.steps[i].state = State::Done(Outcome::Cancelled);
+        }
+        self.end(status, None, Some(reason.to_owned())).await
+    }
+
+    /// Every step is done: the execution completes (outputs evaluated) or fails.
+    async fn finish(&mut self) -> Result<(), Stop> {
+        let failed = self
+            .steps
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| match s.state {
+                State::Done(Outcome::Failed { continued: false }) => Some(i),
+                _ => None,
+            });
+        if let Some(i) = failed {
+            let error = format!(
+                "step {:?} failed: {}",
+                self.workflow.steps[i].spec.name,
+                self.steps[i].error.as_deref().unwrap_or("unknown error")
+            );
+            return self.end(ExecutionStatus::Failed, None, Some(error)).await;
+        }
+        let scope = self.scope();
+        let mut outputs = serde_json::Map::new();
+        for (name, compiled) in &self.workflow.outputs {
+            match expr::evaluate(compiled, &scope) {
+                Ok(v) => {
+                    outputs.insert(name.clone(), v);
+                }
+                Err(e) => {
+                    return self
+                        .end(
+                            ExecutionStatus::Failed,
+                            None,
+                            Some(format!("output {name}: {e}")),
+                        )
+                        .await;
+                }
+            }
+        }
+        self.end(
+            ExecutionStatus::Completed,
+            Some(Value::Object(outputs)),
+            None,
+        )
+        .await
+    }
+
+    async fn end(
+        &mut self,
+        status: ExecutionStatus,
+        outputs: Option<Value>,
+        error: Option<String>,
+    ) -> Result<(), Stop> {
+        let now = Utc::now();
+        self.event(
+            EventKind::ExecutionStatus,
+            None,
+            None,
+            Some(status.as_str()),
+            error.clone(),
+        );
+        self.pending.execution = Some(ExecutionUpdate {
+            status,
+            outputs,
+            error,
+            start_time: Some(self.execution.start_time.unwrap_or(now)),
+            end_time: Some(now),
+            release: true,
+            wake_time: None,
+        });
+        self.commit().await?;
+        self.inner.finished(&self.execution, status, now);
+        Ok(())
+    }
+
+    /// Nothing to do for a while (a long sleep or retry backoff): give the lease back and
+    /// let whichever daemon is free claim the execution when it is due.
+    async fn release_until(&mut self, at: DateTime<Utc>) -> Result<(), Stop> {
+        self.pending.execution = Some(ExecutionUpdate {
+            status: ExecutionStatus::Running,
+            outputs: None,
+            error: None,
+            start_time: None,
+            end_time: None,
+            release: true,
+            wake_time: Some(at),
+        });
+        self.commit().await?;
+        Err(Stop::Released)
+    }
+}
+
+/// Rebuilds each step's state from its attempts (the checkpoints).
+fn recover(
+    workflow: &CompiledWorkflow,
+    execution: &Execution,
+    attempts: &[StepAttempt],
+) -> Vec<StepRun> {
+    let mut by_step: BTreeMap<&str, Vec<&StepAttempt>> = BTreeMap::new();
+    for a in attempts {
+        by_step.entry(a.step_name.as_str()).or_default().push(a);
+    }
+    workflow
+        .steps
+        .iter()
+        .map(|step| {
+            let list = by_step
+                .get(step.spec.name.as_str())
+                .cloned()
+                .unwrap_or_default();
+            let last_attempt = list.iter().map(|a| a.attempt).max().unwrap_or(0);
+            let failures = list
+                .iter()
+                .filter(|a| a.status == StepStatus::Failed && a.generation == execution.generation)
+                .count() as u32;
+            let mut run = StepRun {
+                state: State::Waiting,
+                last_attempt,
+                failures,
+                output: None,
+                error: None,
+            };
+            let Some(latest) = list.iter().max_by_key(|a| a.attempt) else {
+                return run;
+            };
+            let current = latest.generation == execution.generation;
+            run.error = latest.error.clone();
+            run.state = match latest.status {
+                StepStatus::Completed => {
+                    run.output = latest.output.clone();
+                    State::Done(Outcome::Completed)
+                }
+                StepStatus::Skipped => State::Done(Outcome::Skipped),
+                StepStatus::Failed if current => {
+                    if failures < step.retry.max_attempts {
+                        // Failed, and the retry was not recorded yet: schedule it now.
+                        State::Scheduled {
+                            attempt: last_attempt + 1,
+                            at: Utc::now(),
+                        }
+                    } else {
+                        State::Done(Outcome::Failed {
+                            continued: step.spec.continue_on_error,
+                        })
+                    }
+                }
+                StepStatus::Cancelled if current => State::Done(Outcome::Cancelled),
+                // A failed or cancelled step of an earlier generation runs again (RetryExecution).
+                StepStatus::Failed | StepStatus::Cancelled => State::Waiting,
+                StepStatus::Pending => State::Scheduled {
+                    attempt: latest.attempt,
+                    at: latest.wake_time.unwrap_or_else(Utc::now),
+                },
+                StepStatus::Running => match (latest.wake_time, latest.start_time) {
+                    // A durable sleep continues where it was.
+                    (Some(until), Some(started)) if step.spec.action == "core/sleep" => {
+                        State::Sleeping {
+                            attempt: latest.attempt,
+                            started,
+                            until,
+                        }
+                    }
+                    (_, started) => State::Running {
+                        attempt: latest.attempt,
+                        started: started.unwrap_or_else(Utc::now),
+                    },
+                },
+            };
+            run
+        })
+        .collect()
+}
+
+/// `initial * multiplier^(n-1)`, capped at `max`, then jittered to between 50% and 100%.
+fn backoff(initial_ms: u64, max_ms: u64, multiplier: f64, failures: u32) -> u64 {
+    let exp = multiplier.powi(failures.saturating_sub(1) as i32);
+    let base = ((initial_ms as f64) * exp).min(max_ms as f64).max(0.0) as u64;
+    let half = base / 2;
+    half + rand::random_range(0..=base - half)
+}
+
+fn humanize(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        for failures in 1..8 {
+            let d = backoff(1000, 8000, 2.0, failures);
+            let base = (1000u64 << (failures - 1)).min(8000);
+            assert!(d >= base / 2 && d <= base, "{failures}: {d}");
+        }
+        assert!(backoff(1000, 60_000, 1.0, 5) <= 1000);
+    }
+}

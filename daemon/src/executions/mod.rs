@@ -1,0 +1,209 @@
+//! A tenant's executions: start, read, follow, cancel, retry — with scope checks. Running
+//! them is the engine's work; this layer decides who may ask for what.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::auth::{self, Caller, Scope};
+use crate::engine::model::{Event, Execution, ExecutionFilter, StepAttempt};
+use crate::engine::{self, Engine, StartRequest};
+use crate::store::{self, Store};
+use crate::tenancy::model::{Page, PageRequest, TenantRef};
+
+/// Errors of execution management.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<engine::Error> for Error {
+    fn from(err: engine::Error) -> Self {
+        match err {
+            engine::Error::NotFound(w) => Error::NotFound(w),
+            engine::Error::InvalidArgument { field, message } => {
+                Error::InvalidArgument { field, message }
+            }
+            engine::Error::FailedPrecondition(m) => Error::FailedPrecondition(m),
+            engine::Error::Unavailable(m) => Error::Unavailable(m),
+            engine::Error::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl From<store::Error> for Error {
+    fn from(err: store::Error) -> Self {
+        engine::Error::from(err).into()
+    }
+}
+
+impl From<auth::Error> for Error {
+    fn from(err: auth::Error) -> Self {
+        match err {
+            auth::Error::Unauthenticated(msg) => Error::PermissionDenied(msg.to_owned()),
+            auth::Error::PermissionDenied(msg) => Error::PermissionDenied(msg),
+            auth::Error::TenantNotFound(name) => Error::NotFound(format!("tenant {name:?}")),
+            auth::Error::Store(err) => err.into(),
+        }
+    }
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Parses an execution id; a malformed one is INVALID_ARGUMENT naming `id`.
+pub fn parse_id(id: &str) -> Result<Uuid> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument {
+            field: "id".to_owned(),
+            message: "required".to_owned(),
+        });
+    }
+    Uuid::parse_str(id).map_err(|_| Error::InvalidArgument {
+        field: "id".to_owned(),
+        message: format!("{id:?} is not an execution id"),
+    })
+}
+
+/// Execution management.
+#[derive(Clone)]
+pub struct Executions {
+    store: Arc<dyn Store>,
+    engine: Engine,
+}
+
+impl Executions {
+    pub fn new(store: Arc<dyn Store>, engine: Engine) -> Self {
+        Executions { store, engine }
+    }
+
+    fn tenant(caller: &Caller, scope: Scope) -> Result<&TenantRef> {
+        caller.require(scope)?;
+        caller
+            .tenant
+            .as_ref()
+            .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
+    }
+
+    pub async fn start(
+        &self,
+        caller: &Caller,
+        workflow: &str,
+        version: i64,
+        inputs_json: &str,
+    ) -> Result<Execution> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsWrite)?;
+        if workflow.is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "workflow".to_owned(),
+                message: "required".to_owned(),
+            });
+        }
+        if version < 0 {
+            return Err(Error::InvalidArgument {
+                field: "version".to_owned(),
+                message: "must be 0 (latest) or a version number".to_owned(),
+            });
+        }
+        let inputs = if inputs_json.trim().is_empty() {
+            serde_json::Map::new()
+        } else {
+            match serde_json::from_str::<serde_json::Value>(inputs_json) {
+                Ok(serde_json::Value::Object(map)) => map,
+                Ok(other) => {
+                    return Err(Error::InvalidArgument {
+                        field: "inputs_json".to_owned(),
+                        message: format!("expected a JSON object, got {other}"),
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::InvalidArgument {
+                        field: "inputs_json".to_owned(),
+                        message: format!("not valid JSON: {e}"),
+                    });
+                }
+            }
+        };
+        let execution = self
+            .engine
+            .start(StartRequest {
+                tenant_id: tenant.id,
+                workflow: workflow.to_owned(),
+                version: (version > 0).then_some(version),
+                inputs,
+                trigger: serde_json::json!({"type": "api"}),
+            })
+            .await?;
+        tracing::info!(execution = %execution.id, tenant = %tenant.name, workflow = %execution.workflow, version = execution.version, key_id = %caller.key_id, "execution started");
+        Ok(execution)
+    }
+
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Execution> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsRead)?;
+        Ok(self.store.get_execution(tenant.id, parse_id(id)?).await?)
+    }
+
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        filter: &ExecutionFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Execution>> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsRead)?;
+        if let Some(after) = &page.after
+            && Uuid::parse_str(after).is_err()
+        {
+            return Err(Error::InvalidArgument {
+                field: "page_token".to_owned(),
+                message: "not a token returned by this server".to_owned(),
+            });
+        }
+        Ok(self.store.list_executions(tenant.id, filter, page).await?)
+    }
+
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Execution> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsWrite)?;
+        let execution = self.engine.cancel(tenant.id, parse_id(id)?).await?;
+        tracing::info!(execution = %execution.id, key_id = %caller.key_id, "cancellation requested");
+        Ok(execution)
+    }
+
+    pub async fn retry(&self, caller: &Caller, id: &str) -> Result<Execution> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsWrite)?;
+        let execution = self.engine.retry(tenant.id, parse_id(id)?).await?;
+        tracing::info!(execution = %execution.id, key_id = %caller.key_id, "execution retried");
+        Ok(execution)
+    }
+
+    pub async fn attempts(&self, caller: &Caller, id: &str) -> Result<Vec<StepAttempt>> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsRead)?;
+        Ok(self.store.list_attempts(tenant.id, parse_id(id)?).await?)
+    }
+
+    /// Events after `after`, at most `limit`.
+    pub async fn events(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsRead)?;
+        Ok(self.store.list_events(tenant.id, id, after, limit).await?)
+    }
+
+    /// Notices of executions whose event log grew on this daemon.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Uuid> {
+        self.engine.subscribe()
+    }
+}
