@@ -9,6 +9,10 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use mantle_daemon::auth::{Scope, ScopeSet, token};
 use mantle_daemon::definitions::model::NewVersion;
+use mantle_daemon::engine::model::{
+    Event, EventKind, ExecutionFilter, ExecutionStatus, ExecutionUpdate, NewExecution, StepAttempt,
+    StepStatus, Transition,
+};
 use mantle_daemon::store::{self, Backend, OpenOptions, Store};
 use mantle_daemon::tenancy::model::{
     DEFAULT_TENANT_ID, NewApiKey, PageRequest, Tenant, TenantUpdate,
@@ -87,7 +91,8 @@ async fn contract_sqlite() {
     let store = sqlite_store(&dir).await;
     assert_eq!(store.backend(), Backend::Sqlite);
     contract(store.clone()).await;
-    definitions_contract(store).await;
+    definitions_contract(store.clone()).await;
+    executions_contract(store).await;
 }
 
 #[tokio::test]
@@ -111,7 +116,8 @@ async fn contract_postgres() {
     store.migrate().await.unwrap();
     assert_eq!(store.backend(), Backend::Postgres);
     contract(store.clone()).await;
-    definitions_contract(store).await;
+    definitions_contract(store.clone()).await;
+    executions_contract(store).await;
     db.drop_db().await;
 }
 
@@ -514,4 +520,243 @@ async fn definitions_contract(store: Arc<dyn Store>) {
         created_count += usize::from(created);
     }
     assert_eq!(created_count, 1);
+}
+
+fn new_execution(tenant_id: uuid::Uuid, owner: &str, lease_ms: u64) -> NewExecution {
+    NewExecution {
+        id: uuid::Uuid::now_v7(),
+        tenant_id,
+        workflow: "wf".to_owned(),
+        version: 1,
+        inputs: serde_json::json!({"n": 1}),
+        trigger: serde_json::json!({"type": "api"}),
+        deadline: None,
+        owner: owner.to_owned(),
+        lease_ms,
+        now: Utc::now(),
+    }
+}
+
+fn attempt(id: uuid::Uuid, step: &str, n: i32, status: StepStatus) -> StepAttempt {
+    StepAttempt {
+        execution_id: id,
+        step_name: step.to_owned(),
+        attempt: n,
+        generation: 0,
+        status,
+        output: (status == StepStatus::Completed).then(|| serde_json::json!({"ok": n})),
+        error: None,
+        wake_time: None,
+        start_time: Some(Utc::now()),
+        end_time: None,
+    }
+}
+
+fn event(id: uuid::Uuid, seq: i64, status: &str) -> Event {
+    Event {
+        execution_id: id,
+        seq,
+        time: Utc::now(),
+        kind: EventKind::StepStatus,
+        step_name: Some("a".to_owned()),
+        attempt: Some(1),
+        status: Some(status.to_owned()),
+        message: None,
+    }
+}
+
+async fn executions_contract(store: Arc<dyn Store>) {
+    let a = tenant("exec-a");
+    let b = tenant("exec-b");
+    store.create_tenant(&a).await.unwrap();
+    store.create_tenant(&b).await.unwrap();
+    store
+        .apply_definition(&version(a.id, "wf", "h"))
+        .await
+        .unwrap();
+
+    // Created leased by its starter, epoch 1.
+    let e = new_execution(a.id, "node-1", 60_000);
+    let lease = store.create_execution(&e).await.unwrap();
+    assert_eq!(lease.epoch, 1);
+    let got = store.get_execution(a.id, e.id).await.unwrap();
+    assert_eq!(got.status, ExecutionStatus::Pending);
+    assert_eq!(got.inputs, serde_json::json!({"n": 1}));
+    assert!(matches!(
+        store.get_execution(b.id, e.id).await.unwrap_err(),
+        store::Error::NotFound(_)
+    ));
+
+    // A transition writes attempts, events and the execution row together.
+    let mut t = Transition::default();
+    t.attempts.push(attempt(e.id, "a", 1, StepStatus::Running));
+    t.events.push(event(e.id, 1, "running"));
+    t.execution = Some(ExecutionUpdate {
+        status: ExecutionStatus::Running,
+        outputs: None,
+        error: None,
+        start_time: Some(Utc::now()),
+        end_time: None,
+        release: false,
+        wake_time: None,
+    });
+    store.write_transition(lease, &t).await.unwrap();
+    // The same attempt again is an update (upsert), not a second row.
+    let mut t2 = Transition::default();
+    t2.attempts
+        .push(attempt(e.id, "a", 1, StepStatus::Completed));
+    t2.events.push(event(e.id, 2, "completed"));
+    store.write_transition(lease, &t2).await.unwrap();
+    let (loaded, attempts, last_seq) = store.load_execution(e.id).await.unwrap();
+    assert_eq!(loaded.status, ExecutionStatus::Running);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, StepStatus::Completed);
+    assert_eq!(attempts[0].output, Some(serde_json::json!({"ok": 1})));
+    assert_eq!(last_seq, 2);
+    let events = store.list_events(a.id, e.id, 1, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].seq, 2);
+    assert!(
+        store
+            .list_events(b.id, e.id, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.list_attempts(b.id, e.id).await.unwrap_err(),
+        store::Error::NotFound(_)
+    ));
+
+    // A live lease cannot be claimed again (on SQLite, whose file lock proves that only one
+    // daemon runs, any other daemon's lease is stale by definition, so ask as the holder).
+    let other = if store.single_daemon() {
+        "node-1"
+    } else {
+        "node-2"
+    };
+    assert!(
+        store
+            .claim_executions(other, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let held = store.renew_leases("node-1", 60_000).await.unwrap();
+    assert_eq!(held, vec![(e.id, false)]);
+
+    // Cancellation is a flag the holder sees on its next renewal.
+    store.request_cancel(a.id, e.id).await.unwrap();
+    assert_eq!(
+        store.renew_leases("node-1", 60_000).await.unwrap(),
+        vec![(e.id, true)]
+    );
+    assert!(matches!(
+        store.request_cancel(b.id, e.id).await.unwrap_err(),
+        store::Error::NotFound(_)
+    ));
+
+    // Released, it is claimable; the new claim fences the old holder's writes.
+    store.release_lease(lease).await.unwrap();
+    let claimed = store.claim_executions("node-2", 60_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].execution_id, e.id);
+    assert_eq!(claimed[0].epoch, 2);
+    let mut stale = Transition::default();
+    stale.events.push(event(e.id, 3, "late"));
+    assert!(matches!(
+        store.write_transition(lease, &stale).await.unwrap_err(),
+        store::Error::Fenced(_)
+    ));
+    assert_eq!(
+        store.load_execution(e.id).await.unwrap().2,
+        2,
+        "a fenced write wrote nothing"
+    );
+
+    // Finishing releases the lease; a finished execution is not claimed again.
+    let mut done = Transition::default();
+    done.events.push(event(e.id, 3, "failed"));
+    done.execution = Some(ExecutionUpdate {
+        status: ExecutionStatus::Failed,
+        outputs: None,
+        error: Some("boom".to_owned()),
+        start_time: None,
+        end_time: Some(Utc::now()),
+        release: true,
+        wake_time: None,
+    });
+    store.write_transition(claimed[0], &done).await.unwrap();
+    assert!(
+        store
+            .claim_executions("node-3", 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .renew_leases("node-2", 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Retry: a new generation, leased by the retrier, cancel flag cleared.
+    let retried = store
+        .retry_execution(a.id, e.id, "node-3", 60_000)
+        .await
+        .unwrap();
+    assert_eq!(retried.epoch, 3);
+    let again = store.get_execution(a.id, e.id).await.unwrap();
+    assert_eq!(again.status, ExecutionStatus::Pending);
+    assert_eq!(again.generation, 1);
+    assert!(!again.cancel_requested);
+    assert!(again.error.is_none());
+    // Only failed, cancelled or timed-out executions can be retried.
+    assert!(matches!(
+        store
+            .retry_execution(a.id, e.id, "node-3", 60_000)
+            .await
+            .unwrap_err(),
+        store::Error::Conflict(_)
+    ));
+
+    // An expired lease is claimable by another daemon (PostgreSQL: by the database clock).
+    let short = new_execution(a.id, "node-9", 1);
+    store.create_execution(&short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let taken = store.claim_executions("node-4", 60_000, 10).await.unwrap();
+    assert!(
+        taken.iter().any(|l| l.execution_id == short.id),
+        "{taken:?}"
+    );
+
+    // Listing: newest first, tenant-scoped, filterable.
+    let listed = store
+        .list_executions(a.id, &ExecutionFilter::default(), &page(10, None))
+        .await
+        .unwrap();
+    let ids: Vec<_> = listed.items.iter().map(|x| x.id).collect();
+    assert_eq!(ids, [short.id, e.id]);
+    let filtered = store
+        .list_executions(
+            a.id,
+            &ExecutionFilter {
+                status: Some(ExecutionStatus::Pending),
+                ..ExecutionFilter::default()
+            },
+            &page(10, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(filtered.items.len(), 2);
+    assert!(
+        store
+            .list_executions(b.id, &ExecutionFilter::default(), &page(10, None))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

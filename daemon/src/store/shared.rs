@@ -716,7 +716,7 @@ impl TryFrom<EventRow> for crate::engine::model::Event {
 /// Implements the parts of `ExecutionStore` whose SQL is the same on both backends, as
 /// inherent `*_shared` methods the backends' trait impls call.
 macro_rules! impl_execution_shared {
-    ($store:ty) => {
+    ($store:ty, $conn:ty) => {
         impl $store {
             async fn create_execution_shared(
                 &self,
@@ -747,6 +747,8 @@ macro_rules! impl_execution_shared {
                 })
             }
 
+            /// Writes a transition in one transaction of its own.
+            #[allow(dead_code)]
             async fn write_transition_shared(
                 &self,
                 lease: $crate::engine::model::Lease,
@@ -755,6 +757,20 @@ macro_rules! impl_execution_shared {
                 let id = lease.execution_id;
                 let what = || format!("execution {id}");
                 let mut tx = self.pool.begin().await.map_err(map_err(what))?;
+                Self::apply_transition(&mut tx, lease, t).await?;
+                tx.commit().await.map_err(map_err(what))?;
+                Ok(())
+            }
+
+            /// The statements of a transition, on a connection inside a transaction: the
+            /// fence first, so nothing is written once the lease is gone.
+            async fn apply_transition(
+                tx: &mut $conn,
+                lease: $crate::engine::model::Lease,
+                t: &$crate::engine::model::Transition,
+            ) -> Result<()> {
+                let id = lease.execution_id;
+                let what = || format!("execution {id}");
                 // The fence: locks the row, and proves this writer still holds the lease.
                 let held = sqlx::query(
                     "UPDATE executions SET lease_epoch = lease_epoch WHERE id = $1 AND lease_epoch = $2",
@@ -830,7 +846,6 @@ macro_rules! impl_execution_shared {
                     .await
                     .map_err(map_err(what))?;
                 }
-                tx.commit().await.map_err(map_err(what))?;
                 Ok(())
             }
 

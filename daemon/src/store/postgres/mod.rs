@@ -66,7 +66,7 @@ impl PgStore {
 
 impl_tenant_store!(PgStore);
 impl_definition_store!(PgStore);
-impl_execution_shared!(PgStore);
+impl_execution_shared!(PgStore, sqlx::PgConnection);
 
 #[async_trait::async_trait]
 impl ExecutionStore for PgStore {

@@ -28,6 +28,73 @@ pub struct SqliteStore {
     pool: Pool<Sqlite>,
     /// Held for the store's lifetime when opened exclusively.
     _lock: Option<File>,
+    /// Transitions go through one writer task, which commits whatever is queued in one
+    /// transaction: SQLite has a single writer anyway, and one fsync then covers many
+    /// executions' checkpoints instead of each waiting on a busy lock.
+    writer: tokio::sync::mpsc::UnboundedSender<WriteJob>,
+}
+
+/// Largest number of transitions committed together.
+const MAX_BATCH: usize = 256;
+
+struct WriteJob {
+    lease: Lease,
+    transition: Transition,
+    done: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+async fn writer_loop(pool: Pool<Sqlite>, mut rx: tokio::sync::mpsc::UnboundedReceiver<WriteJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = write_batch(&pool, &batch).await;
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// One transaction for the batch; each transition in a savepoint of its own, so a fenced
+/// or failing one is rolled back alone.
+async fn write_batch(pool: &Pool<Sqlite>, batch: &[WriteJob]) -> Vec<Result<()>> {
+    use sqlx::Acquire;
+    let all = |e: sqlx::Error| {
+        (0..batch.len())
+            .map(|_| Err(Error::Unavailable(e.to_string())))
+            .collect()
+    };
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return all(e),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut savepoint = match (&mut *tx).begin().await {
+            Ok(sp) => sp,
+            Err(e) => return all(e),
+        };
+        match SqliteStore::apply_transition(&mut savepoint, job.lease, &job.transition).await {
+            Ok(()) => match savepoint.commit().await {
+                Ok(()) => results.push(Ok(())),
+                Err(e) => return all(e),
+            },
+            Err(err) => {
+                if let Err(e) = savepoint.rollback().await {
+                    return all(e);
+                }
+                results.push(Err(err));
+            }
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(e) => all(e),
+    }
 }
 
 impl SqliteStore {
@@ -64,7 +131,13 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|e| Error::Config(format!("sqlite database {}: {e}", path.display())))?;
-        Ok(SqliteStore { pool, _lock: lock })
+        let (writer, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(writer_loop(pool.clone(), rx));
+        Ok(SqliteStore {
+            pool,
+            _lock: lock,
+            writer,
+        })
     }
 }
 
@@ -103,7 +176,7 @@ fn lock_database(path: &std::path::Path) -> Result<File> {
 
 impl_tenant_store!(SqliteStore);
 impl_definition_store!(SqliteStore);
-impl_execution_shared!(SqliteStore);
+impl_execution_shared!(SqliteStore, sqlx::SqliteConnection);
 
 #[async_trait::async_trait]
 impl ExecutionStore for SqliteStore {
@@ -113,7 +186,17 @@ impl ExecutionStore for SqliteStore {
     }
 
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
-        self.write_transition_shared(lease, t).await
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(WriteJob {
+                lease,
+                transition: t.clone(),
+                done,
+            })
+            .map_err(|_| Error::Unavailable("the sqlite writer stopped".to_owned()))?;
+        result
+            .await
+            .map_err(|_| Error::Unavailable("the sqlite writer stopped".to_owned()))?
     }
 
     async fn load_execution(&self, id: Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)> {
