@@ -716,7 +716,7 @@ impl TryFrom<EventRow> for crate::engine::model::Event {
 /// Implements the parts of `ExecutionStore` whose SQL is the same on both backends, as
 /// inherent `*_shared` methods the backends' trait impls call.
 macro_rules! impl_execution_shared {
-    ($store:ty, $conn:ty) => {
+    ($store:ty) => {
         impl $store {
             async fn create_execution_shared(
                 &self,
@@ -745,108 +745,6 @@ macro_rules! impl_execution_shared {
                     execution_id: e.id,
                     epoch: 1,
                 })
-            }
-
-            /// Writes a transition in one transaction of its own.
-            #[allow(dead_code)]
-            async fn write_transition_shared(
-                &self,
-                lease: $crate::engine::model::Lease,
-                t: &$crate::engine::model::Transition,
-            ) -> Result<()> {
-                let id = lease.execution_id;
-                let what = || format!("execution {id}");
-                let mut tx = self.pool.begin().await.map_err(map_err(what))?;
-                Self::apply_transition(&mut tx, lease, t).await?;
-                tx.commit().await.map_err(map_err(what))?;
-                Ok(())
-            }
-
-            /// The statements of a transition, on a connection inside a transaction: the
-            /// fence first, so nothing is written once the lease is gone.
-            async fn apply_transition(
-                tx: &mut $conn,
-                lease: $crate::engine::model::Lease,
-                t: &$crate::engine::model::Transition,
-            ) -> Result<()> {
-                let id = lease.execution_id;
-                let what = || format!("execution {id}");
-                // The fence: locks the row, and proves this writer still holds the lease.
-                let held = sqlx::query(
-                    "UPDATE executions SET lease_epoch = lease_epoch WHERE id = $1 AND lease_epoch = $2",
-                )
-                .bind(id)
-                .bind(lease.epoch)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err(what))?;
-                if held.rows_affected() != 1 {
-                    return Err(Error::Fenced(id));
-                }
-                for a in &t.attempts {
-                    sqlx::query(
-                        "INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, \
-                         generation, status, output, error, wake_time, start_time, end_time) \
-                         SELECT $1, $2, $3, tenant_id, $4, $5, $6, $7, $8, $9, $10 FROM executions WHERE id = $1 \
-                         ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET \
-                         status = excluded.status, output = excluded.output, error = excluded.error, \
-                         wake_time = excluded.wake_time, start_time = excluded.start_time, \
-                         end_time = excluded.end_time",
-                    )
-                    .bind(id)
-                    .bind(&a.step_name)
-                    .bind(a.attempt)
-                    .bind(a.generation)
-                    .bind(a.status.as_str())
-                    .bind(a.output.as_ref().map(|o| o.to_string()))
-                    .bind(a.error.as_deref())
-                    .bind(a.wake_time)
-                    .bind(a.start_time)
-                    .bind(a.end_time)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err(what))?;
-                }
-                for ev in &t.events {
-                    sqlx::query(
-                        "INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, \
-                         step_name, attempt, status, message) \
-                         SELECT $1, $2, tenant_id, $3, $4, $5, $6, $7, $8 FROM executions WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(ev.seq)
-                    .bind(ev.time)
-                    .bind(ev.kind.as_str())
-                    .bind(ev.step_name.as_deref())
-                    .bind(ev.attempt)
-                    .bind(ev.status.as_deref())
-                    .bind(ev.message.as_deref())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err(what))?;
-                }
-                if let Some(u) = &t.execution {
-                    sqlx::query(
-                        "UPDATE executions SET status = $2, outputs = COALESCE($3, outputs), \
-                         error = $4, start_time = COALESCE(start_time, $5), end_time = $6, \
-                         wake_time = $7, \
-                         owner = CASE WHEN $8 THEN NULL ELSE owner END, \
-                         lease_expires = CASE WHEN $8 THEN NULL ELSE lease_expires END \
-                         WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(u.status.as_str())
-                    .bind(u.outputs.as_ref().map(|o| o.to_string()))
-                    .bind(u.error.as_deref())
-                    .bind(u.start_time)
-                    .bind(u.end_time)
-                    .bind(u.wake_time)
-                    .bind(u.release)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err(what))?;
-                }
-                Ok(())
             }
 
             async fn load_execution_shared(

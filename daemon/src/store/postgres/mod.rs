@@ -64,9 +64,66 @@ impl PgStore {
     }
 }
 
+const TRANSITION_SQL: &str = "WITH ex AS ( \
+    UPDATE executions SET \
+        status = COALESCE($3, status), \
+        outputs = COALESCE($4, outputs), \
+        error = CASE WHEN $3 IS NULL THEN error ELSE $5 END, \
+        start_time = COALESCE(start_time, $6), \
+        end_time = CASE WHEN $3 IS NULL THEN end_time ELSE $7 END, \
+        wake_time = CASE WHEN $3 IS NULL THEN wake_time ELSE $8 END, \
+        owner = CASE WHEN $9 THEN NULL ELSE owner END, \
+        lease_expires = CASE WHEN $9 THEN NULL ELSE lease_expires END \
+    WHERE id = $1 AND lease_epoch = $2 RETURNING tenant_id \
+), att AS ( \
+    INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, generation, status, \
+        output, error, wake_time, start_time, end_time) \
+    SELECT $1, a.step_name, a.attempt, ex.tenant_id, a.generation, a.status, a.output, a.error, \
+        a.wake_time, a.start_time, a.end_time \
+    FROM ex, jsonb_to_recordset($10::jsonb) AS a(step_name text, attempt int, generation int, \
+        status text, output text, error text, wake_time timestamptz, start_time timestamptz, \
+        end_time timestamptz) \
+    ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET status = excluded.status, \
+        output = excluded.output, error = excluded.error, wake_time = excluded.wake_time, \
+        start_time = excluded.start_time, end_time = excluded.end_time \
+), ev AS ( \
+    INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, step_name, attempt, \
+        status, message) \
+    SELECT $1, e.seq, ex.tenant_id, e.time, e.kind, e.step_name, e.attempt, e.status, e.message \
+    FROM ex, jsonb_to_recordset($11::jsonb) AS e(seq bigint, time timestamptz, kind text, \
+        step_name text, attempt int, status text, message text) \
+) SELECT count(*) FROM ex";
+
+/// The transition's attempts as JSON rows, the last write of each attempt only (one
+/// statement cannot upsert a row twice).
+fn attempts_json(t: &Transition) -> Vec<serde_json::Value> {
+    let mut seen = std::collections::HashSet::new();
+    let mut rows: Vec<serde_json::Value> = t
+        .attempts
+        .iter()
+        .rev()
+        .filter(|a| seen.insert((a.step_name.as_str(), a.attempt)))
+        .map(|a| {
+            serde_json::json!({
+                "step_name": a.step_name,
+                "attempt": a.attempt,
+                "generation": a.generation,
+                "status": a.status.as_str(),
+                "output": a.output.as_ref().map(|o| o.to_string()),
+                "error": a.error,
+                "wake_time": a.wake_time,
+                "start_time": a.start_time,
+                "end_time": a.end_time,
+            })
+        })
+        .collect();
+    rows.reverse();
+    rows
+}
+
 impl_tenant_store!(PgStore);
 impl_definition_store!(PgStore);
-impl_execution_shared!(PgStore, sqlx::PgConnection);
+impl_execution_shared!(PgStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for PgStore {
@@ -75,8 +132,48 @@ impl ExecutionStore for PgStore {
         self.create_execution_shared(e, expires).await
     }
 
+    /// One statement, so one round trip and one commit a transition: the fence is the
+    /// UPDATE of the execution row; the inserts read its tenant id, so when the fence fails
+    /// they insert nothing.
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
-        self.write_transition_shared(lease, t).await
+        let id = lease.execution_id;
+        let attempts = attempts_json(t);
+        let events: Vec<serde_json::Value> = t
+            .events
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "seq": e.seq,
+                    "time": e.time,
+                    "kind": e.kind.as_str(),
+                    "step_name": e.step_name,
+                    "attempt": e.attempt,
+                    "status": e.status,
+                    "message": e.message,
+                })
+            })
+            .collect();
+        let u = t.execution.as_ref();
+        let held: i64 = sqlx::query_scalar(TRANSITION_SQL)
+            .bind(id)
+            .bind(lease.epoch)
+            .bind(u.map(|u| u.status.as_str()))
+            .bind(u.and_then(|u| u.outputs.as_ref()).map(|o| o.to_string()))
+            .bind(u.and_then(|u| u.error.as_deref()))
+            .bind(u.and_then(|u| u.start_time))
+            .bind(u.and_then(|u| u.end_time))
+            .bind(u.and_then(|u| u.wake_time))
+            .bind(u.is_some_and(|u| u.release))
+            .bind(serde_json::Value::Array(attempts).to_string())
+            .bind(serde_json::Value::Array(events).to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err(|| format!("execution {id}")))?;
+        if held == 1 {
+            Ok(())
+        } else {
+            Err(Error::Fenced(id))
+        }
     }
 
     async fn load_execution(&self, id: Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)> {

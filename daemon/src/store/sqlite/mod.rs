@@ -78,7 +78,7 @@ async fn write_batch(pool: &Pool<Sqlite>, batch: &[WriteJob]) -> Vec<Result<()>>
             Ok(sp) => sp,
             Err(e) => return all(e),
         };
-        match SqliteStore::apply_transition(&mut savepoint, job.lease, &job.transition).await {
+        match apply_transition(&mut savepoint, job.lease, &job.transition).await {
             Ok(()) => match savepoint.commit().await {
                 Ok(()) => results.push(Ok(())),
                 Err(e) => return all(e),
@@ -174,9 +174,96 @@ fn lock_database(path: &std::path::Path) -> Result<File> {
     }
 }
 
+/// The statements of a transition, on a connection inside a transaction: the
+/// fence first, so nothing is written once the lease is gone.
+async fn apply_transition(
+    tx: &mut sqlx::SqliteConnection,
+    lease: crate::engine::model::Lease,
+    t: &crate::engine::model::Transition,
+) -> Result<()> {
+    let id = lease.execution_id;
+    let what = || format!("execution {id}");
+    // The fence: locks the row, and proves this writer still holds the lease.
+    let held = sqlx::query(
+        "UPDATE executions SET lease_epoch = lease_epoch WHERE id = $1 AND lease_epoch = $2",
+    )
+    .bind(id)
+    .bind(lease.epoch)
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err(what))?;
+    if held.rows_affected() != 1 {
+        return Err(Error::Fenced(id));
+    }
+    for a in &t.attempts {
+        sqlx::query(
+                "INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, \
+                 generation, status, output, error, wake_time, start_time, end_time) \
+                 SELECT $1, $2, $3, tenant_id, $4, $5, $6, $7, $8, $9, $10 FROM executions WHERE id = $1 \
+                 ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET \
+                 status = excluded.status, output = excluded.output, error = excluded.error, \
+                 wake_time = excluded.wake_time, start_time = excluded.start_time, \
+                 end_time = excluded.end_time",
+            )
+            .bind(id)
+            .bind(&a.step_name)
+            .bind(a.attempt)
+            .bind(a.generation)
+            .bind(a.status.as_str())
+            .bind(a.output.as_ref().map(|o| o.to_string()))
+            .bind(a.error.as_deref())
+            .bind(a.wake_time)
+            .bind(a.start_time)
+            .bind(a.end_time)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err(what))?;
+    }
+    for ev in &t.events {
+        sqlx::query(
+            "INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, \
+                 step_name, attempt, status, message) \
+                 SELECT $1, $2, tenant_id, $3, $4, $5, $6, $7, $8 FROM executions WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ev.seq)
+        .bind(ev.time)
+        .bind(ev.kind.as_str())
+        .bind(ev.step_name.as_deref())
+        .bind(ev.attempt)
+        .bind(ev.status.as_deref())
+        .bind(ev.message.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err(what))?;
+    }
+    if let Some(u) = &t.execution {
+        sqlx::query(
+            "UPDATE executions SET status = $2, outputs = COALESCE($3, outputs), \
+                 error = $4, start_time = COALESCE(start_time, $5), end_time = $6, \
+                 wake_time = $7, \
+                 owner = CASE WHEN $8 THEN NULL ELSE owner END, \
+                 lease_expires = CASE WHEN $8 THEN NULL ELSE lease_expires END \
+                 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(u.status.as_str())
+        .bind(u.outputs.as_ref().map(|o| o.to_string()))
+        .bind(u.error.as_deref())
+        .bind(u.start_time)
+        .bind(u.end_time)
+        .bind(u.wake_time)
+        .bind(u.release)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err(what))?;
+    }
+    Ok(())
+}
+
 impl_tenant_store!(SqliteStore);
 impl_definition_store!(SqliteStore);
-impl_execution_shared!(SqliteStore, sqlx::SqliteConnection);
+impl_execution_shared!(SqliteStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for SqliteStore {
