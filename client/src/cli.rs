@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgGroup, ArgMatches, Args, CommandFactory, Parser, Subcommand};
+use mantle_client::proto::ExecutionStatus;
 use mantle_client::{Address, DEFAULT_ADDRESS};
 
 use crate::output::OutputFormat;
@@ -16,16 +17,20 @@ Token: --token (or MANTLE_TOKEN). When neither is set and the address is local (
 else ~/.local/share/mantle. --token '' sends no token.
 
 Tenant: --tenant (or MANTLE_TENANT) names the tenant you work with. It is sent as
-x-mantle-tenant metadata on tenant-scoped calls (whoami, validate, plan, apply, workflows),
-so an operator key acts on that tenant instead of `default`. `keys create` and `keys list` manage that tenant's API keys;
+x-mantle-tenant metadata on tenant-scoped calls (whoami, validate, plan, apply, workflows, run,
+status, logs, cancel, retry, executions), so an operator key acts on that tenant instead of
+`default`. `keys create` and `keys list` manage that tenant's API keys;
 without a tenant they manage operator keys (--operator forces this when MANTLE_TENANT is set).
 `tenants` commands name their tenant as an argument and ignore --tenant.
 
-Output: data goes to stdout, messages and errors to stderr. Times are RFC 3339 in UTC.
+Output: data goes to stdout, messages and errors to stderr. Times are RFC 3339 in UTC; event
+lines (run --follow, logs) start with the time of day in UTC. Statuses are lower-case
+(completed, timed_out).
 
 Exit codes:
   0  success
-  1  error: the server refused the request, or a local problem (e.g. unreadable token file)
+  1  error: the server refused the request, or a local problem (e.g. unreadable token file);
+     run --wait/--follow: the execution ended other than completed
   2  invalid command line
   3  the server could not be reached (connection failed or UNAVAILABLE)
   4  health: the server or service is not SERVING";
@@ -110,6 +115,90 @@ pub enum Command {
     /// Read and delete stored workflows.
     #[command(subcommand)]
     Workflows(WorkflowsCommand),
+    /// Start an execution of a workflow, optionally applying its file first.
+    ///
+    /// NAME runs a stored workflow; FILE (ending in .yaml/.yml, or any existing file) is
+    /// applied first (the apply summary goes to stderr) and the workflow it defines is run.
+    /// Without --wait/--follow, prints the execution id (-o json/yaml: the execution).
+    /// --wait and --follow print the final execution and exit 0 only if it completed.
+    Run(RunArgs),
+    /// Show an execution and every attempt of its steps.
+    Status {
+        /// Execution id.
+        id: String,
+    },
+    /// Print an execution's event log, one line per event.
+    ///
+    /// Without --follow, prints the events recorded so far and exits.
+    Logs {
+        /// Execution id.
+        id: String,
+        /// Keep printing events as they happen until the execution ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel an execution; its running steps are stopped.
+    Cancel {
+        /// Execution id.
+        id: String,
+    },
+    /// Continue a failed, cancelled or timed-out execution: completed steps keep their
+    /// outputs, the others run again.
+    Retry {
+        /// Execution id.
+        id: String,
+    },
+    /// List executions.
+    #[command(subcommand)]
+    Executions(ExecutionsCommand),
+}
+
+/// `mantlectl run NAME|FILE`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Workflow name, or a workflow file to apply and run.
+    #[arg(value_name = "NAME|FILE")]
+    pub target: String,
+
+    /// Version to run; default: the latest (for a FILE: the version just applied).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+    pub version: Option<i64>,
+
+    /// An input value; repeat for several. The value is converted to the input's
+    /// declared type: integer, number and boolean are parsed, object and array are JSON,
+    /// anything else is a string. Overrides --inputs-file.
+    #[arg(long = "input", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub inputs: Vec<(String, String)>,
+
+    /// Inputs as a JSON or YAML object (by extension: .json is JSON, anything else YAML).
+    #[arg(long, value_name = "FILE")]
+    pub inputs_file: Option<PathBuf>,
+
+    /// Wait for the execution to end and print it; exit 1 unless it completed.
+    #[arg(long, conflicts_with = "follow")]
+    pub wait: bool,
+
+    /// Like --wait, printing each step's progress and log lines to stderr as it happens.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// `mantlectl executions …`.
+#[derive(Debug, Subcommand)]
+pub enum ExecutionsCommand {
+    /// List executions, newest first.
+    List {
+        /// Only executions of this workflow.
+        #[arg(long, value_name = "NAME")]
+        workflow: Option<String>,
+        /// Only executions in this state: pending, queued, running, completed, failed,
+        /// cancelled or timed_out.
+        #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+        status: Option<ExecutionStatus>,
+        /// Show at most N executions.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+    },
 }
 
 /// `mantlectl validate|plan|apply FILE…`.
@@ -266,6 +355,21 @@ fn parse_address(s: &str) -> Result<Address, String> {
     Address::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err("expected KEY=VALUE".to_owned()),
+    }
+}
+
+fn parse_status(s: &str) -> Result<ExecutionStatus, String> {
+    mantle_client::parse_execution_status(s).ok_or_else(|| {
+        "expected pending, queued, running, completed, failed, cancelled or timed_out".to_owned()
+    })
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     mantle_client::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -391,5 +495,62 @@ mod tests {
         assert!(conflicts(&["keys", "list", "--operator"]).is_ok());
         assert!(conflicts(&["keys", "list", "--tenant", "acme"]).is_ok());
         assert!(conflicts(&["--tenant", "acme", "whoami"]).is_ok());
+    }
+
+    #[test]
+    fn run_takes_inputs_and_one_wait_mode() {
+        let cli = parse(&[
+            "run",
+            "flows/hello.yaml",
+            "--input",
+            "who=a=b",
+            "--input",
+            "n=",
+            "--follow",
+            "--version",
+            "3",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.target, "flows/hello.yaml");
+        assert_eq!(
+            args.inputs,
+            [
+                ("who".to_owned(), "a=b".to_owned()),
+                ("n".to_owned(), String::new())
+            ]
+        );
+        assert!(args.follow && !args.wait);
+        assert_eq!(args.version, Some(3));
+        let err = parse(&["run", "hello", "--wait", "--follow"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = parse(&["run", "hello", "--input", "novalue"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["run", "hello", "--input", "=x"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn executions_list_parses_status_names() {
+        let cli = parse(&[
+            "executions",
+            "list",
+            "--status",
+            "timed_out",
+            "--limit",
+            "5",
+        ])
+        .unwrap();
+        let Command::Executions(ExecutionsCommand::List { status, limit, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(status, Some(ExecutionStatus::TimedOut));
+        assert_eq!(limit, Some(5));
+        let err = parse(&["executions", "list", "--status", "done"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["executions", "list", "--limit", "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mantle_proto::v1::definition_service_client::DefinitionServiceClient;
+use mantle_proto::v1::execution_service_client::ExecutionServiceClient;
 use mantle_proto::v1::system_service_client::SystemServiceClient;
 use mantle_proto::v1::tenant_service_client::TenantServiceClient;
 use mantle_proto::v1::{
@@ -15,6 +16,11 @@ use mantle_proto::v1::{
     ListTenantsRequest, Plan, PlanDefinitionRequest, RevokeApiKeyRequest, ServerInfo, Tenant,
     UpdateTenantRequest, ValidateDefinitionRequest, ValidateDefinitionResponse,
 };
+use mantle_proto::v1::{
+    CancelExecutionRequest, Execution, ExecutionEvent, ExecutionStatus, GetExecutionRequest,
+    ListExecutionsRequest, ListStepAttemptsRequest, RetryExecutionRequest, StartExecutionRequest,
+    StepAttempt, WatchExecutionRequest,
+};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -24,13 +30,25 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::error::error_chain;
-use crate::{Address, Error, RetryPolicy};
+use crate::execution::{
+    ExecutionEvents, is_terminal, is_transient_watch_error, rewatch_delay, terminal_status_of,
+};
+use crate::{Address, Error, ExecutionFilter, RetryPolicy};
 
 /// Metadata key naming the tenant an operator key acts on.
 pub const TENANT_METADATA: &str = "x-mantle-tenant";
 
 /// How many items list calls ask for per page.
 const PAGE_SIZE: i32 = 500;
+
+/// The largest page the server hands out.
+const MAX_PAGE_SIZE: usize = 1000;
+
+/// How long a watch may stay silent before the execution is checked with GetExecution.
+const WATCH_IDLE_CHECK: Duration = Duration::from_secs(30);
+
+/// How long to wait for each missed event when catching up after a dropped watch.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The channel type of every generated client this crate hands out.
 pub type AuthChannel = InterceptedService<Channel, AuthInterceptor>;
@@ -270,6 +288,11 @@ impl Client {
     /// The generated DefinitionService client, with credentials attached.
     pub fn definition_service(&self) -> DefinitionServiceClient<AuthChannel> {
         DefinitionServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
+    /// The generated ExecutionService client, with credentials attached.
+    pub fn execution_service(&self) -> ExecutionServiceClient<AuthChannel> {
+        ExecutionServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
     }
 
     /// The generated grpc.health.v1 client.
@@ -611,6 +634,265 @@ impl Client {
         })
         .await
     }
+
+    /// Starts an execution of `workflow` at `version` (0: the latest) with `inputs`; the
+    /// server checks them against the workflow's declared inputs and applies defaults.
+    /// Answers at once with the stored execution, which runs in the background. Needs
+    /// `executions:write`.
+    pub async fn start_execution(
+        &self,
+        workflow: &str,
+        version: i64,
+        inputs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Execution, Error> {
+        let inputs_json = if inputs.is_empty() {
+            String::new()
+        } else {
+            serde_json::Value::Object(inputs.clone()).to_string()
+        };
+        let request = StartExecutionRequest {
+            workflow: workflow.to_owned(),
+            version,
+            inputs_json,
+        };
+        self.call(false, request, |r| {
+            let mut c = self.execution_service();
+            async move { c.start_execution(r).await }
+        })
+        .await
+    }
+
+    /// Returns one execution. Needs `executions:read`.
+    pub async fn get_execution(&self, id: &str) -> Result<Execution, Error> {
+        let request = GetExecutionRequest { id: id.to_owned() };
+        self.call(true, request, |r| {
+            let mut c = self.execution_service();
+            async move { c.get_execution(r).await }
+        })
+        .await
+    }
+
+    /// Lists the executions matching `filter`, newest first, following pages; at most
+    /// `limit` of them when given. Needs `executions:read`.
+    pub async fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<Execution>, Error> {
+        let mut executions = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let wanted = limit.map(|l| l.saturating_sub(executions.len()));
+            if wanted == Some(0) {
+                return Ok(executions);
+            }
+            let page_size = match wanted {
+                Some(n) => i32::try_from(n.min(MAX_PAGE_SIZE)).unwrap_or(PAGE_SIZE),
+                None => PAGE_SIZE,
+            };
+            let request = ListExecutionsRequest {
+                workflow: filter.workflow.clone().unwrap_or_default(),
+                status: filter.status.unwrap_or_default() as i32,
+                created_after: filter.created_after.map(datetime_to_timestamp),
+                created_before: filter.created_before.map(datetime_to_timestamp),
+                page_size,
+                page_token: page_token.clone(),
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.execution_service();
+                    async move { c.list_executions(r).await }
+                })
+                .await?;
+            executions.extend(page.executions);
+            if let Some(limit) = limit {
+                executions.truncate(limit);
+            }
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(executions);
+            }
+        }
+    }
+
+    /// Cancels an execution: running steps are stopped and it ends as CANCELLED; a
+    /// finished execution is returned unchanged. Needs `executions:write`.
+    pub async fn cancel_execution(&self, id: &str) -> Result<Execution, Error> {
+        let request = CancelExecutionRequest { id: id.to_owned() };
+        self.call(false, request, |r| {
+            let mut c = self.execution_service();
+            async move { c.cancel_execution(r).await }
+        })
+        .await
+    }
+
+    /// Continues a failed, cancelled or timed-out execution: completed steps keep their
+    /// outputs, failed and cancelled steps run again. Needs `executions:write`.
+    pub async fn retry_execution(&self, id: &str) -> Result<Execution, Error> {
+        let request = RetryExecutionRequest { id: id.to_owned() };
+        self.call(false, request, |r| {
+            let mut c = self.execution_service();
+            async move { c.retry_execution(r).await }
+        })
+        .await
+    }
+
+    /// Every attempt of every step of an execution, in the order they started. Needs
+    /// `executions:read`.
+    pub async fn list_step_attempts(&self, id: &str) -> Result<Vec<StepAttempt>, Error> {
+        let request = ListStepAttemptsRequest { id: id.to_owned() };
+        let response = self
+            .call(true, request, |r| {
+                let mut c = self.execution_service();
+                async move { c.list_step_attempts(r).await }
+            })
+            .await?;
+        Ok(response.attempts)
+    }
+
+    /// Streams an execution's events after sequence number `after_seq` (0: from the
+    /// beginning). The stream ends after the event that finishes the execution. Opening
+    /// the stream is retried like a read; the stream itself has no deadline. Needs
+    /// `executions:read`.
+    pub async fn watch_execution(
+        &self,
+        id: &str,
+        after_seq: i64,
+    ) -> Result<ExecutionEvents, Error> {
+        let message = WatchExecutionRequest {
+            id: id.to_owned(),
+            after_seq,
+        };
+        let mut attempt = 1;
+        loop {
+            let mut c = self.execution_service();
+            let request = tonic::Request::new(message.clone());
+            let result = match tokio::time::timeout(
+                self.request_timeout,
+                c.watch_execution(request),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no response within {} s",
+                    self.request_timeout.as_secs_f64()
+                ))),
+            };
+            match result {
+                Ok(response) => return Ok(ExecutionEvents::new(response.into_inner())),
+                Err(status) if self.retry.should_retry(status.code(), true, attempt) => {
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Waits until an execution has finished (completed, failed, cancelled or timed out)
+    /// and returns it. See [`Client::follow_execution`].
+    pub async fn wait_execution(&self, id: &str) -> Result<Execution, Error> {
+        self.follow_execution(id, 0, |_| {}).await
+    }
+
+    /// Watches an execution from after `after_seq` until it has finished, calling
+    /// `on_event` once for every event in sequence order, and returns the final
+    /// execution.
+    ///
+    /// When the stream drops (the connection breaks, the server restarts) the execution is
+    /// polled with GetExecution and watched again from the last event seen, so no event
+    /// is reported twice; a stream silent for 30 s is checked the same way. Errors that
+    /// are answers (NOT_FOUND, PERMISSION_DENIED, …) and a failing GetExecution end the
+    /// wait.
+    pub async fn follow_execution<F>(
+        &self,
+        id: &str,
+        after_seq: i64,
+        mut on_event: F,
+    ) -> Result<Execution, Error>
+    where
+        F: FnMut(&ExecutionEvent),
+    {
+        let mut last_seq = after_seq;
+        let mut drops = 0u32;
+        loop {
+            match self.watch_execution(id, last_seq).await {
+                Ok(mut events) => loop {
+                    let next = tokio::time::timeout(WATCH_IDLE_CHECK, events.next_event()).await;
+                    match next {
+                        Ok(Ok(Some(event))) => {
+                            if event.seq <= last_seq {
+                                continue;
+                            }
+                            last_seq = event.seq;
+                            drops = 0;
+                            on_event(&event);
+                            if terminal_status_of(&event).is_some() {
+                                // A retried execution runs again after a terminal event,
+                                // and the log goes on after it.
+                                let execution = self.get_execution(id).await?;
+                                if execution_finished(&execution) {
+                                    self.drain_events(id, &mut last_seq, &mut on_event).await;
+                                    return Ok(execution);
+                                }
+                            }
+                        }
+                        Ok(Ok(None)) => break,
+                        Ok(Err(err)) if is_transient_watch_error(&err) => break,
+                        Ok(Err(err)) => return Err(err),
+                        Err(_idle) => {
+                            let execution = self.get_execution(id).await?;
+                            if execution_finished(&execution) {
+                                self.drain_events(id, &mut last_seq, &mut on_event).await;
+                                return Ok(execution);
+                            }
+                        }
+                    }
+                },
+                Err(err) if is_transient_watch_error(&err) => {}
+                Err(err) => return Err(err),
+            }
+            // The stream dropped before the end: poll, then watch again.
+            let execution = self.get_execution(id).await?;
+            if execution_finished(&execution) {
+                self.drain_events(id, &mut last_seq, &mut on_event).await;
+                return Ok(execution);
+            }
+            drops += 1;
+            tokio::time::sleep(rewatch_delay(drops)).await;
+        }
+    }
+
+    /// Best effort: reports the events after `last_seq` of a finished execution that
+    /// were not seen yet: those a dropped watch missed, and those after an earlier
+    /// terminal event (a watch ends at each one; a retried execution has several).
+    async fn drain_events<F>(&self, id: &str, last_seq: &mut i64, on_event: &mut F)
+    where
+        F: FnMut(&ExecutionEvent),
+    {
+        loop {
+            let Ok(mut events) = self.watch_execution(id, *last_seq).await else {
+                return;
+            };
+            let before = *last_seq;
+            while let Ok(Ok(Some(event))) =
+                tokio::time::timeout(DRAIN_TIMEOUT, events.next_event()).await
+            {
+                if event.seq > *last_seq {
+                    *last_seq = event.seq;
+                    on_event(&event);
+                }
+            }
+            if *last_seq == before {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether an execution has finished.
+fn execution_finished(execution: &Execution) -> bool {
+    is_terminal(ExecutionStatus::try_from(execution.status).unwrap_or_default())
 }
 
 /// Moves to the next page token; false when there are no more pages. A server that

@@ -20,6 +20,10 @@
 //! is set). Calls failing with UNAVAILABLE are retried, and DEADLINE_EXCEEDED is retried
 //! for reads; see [`RetryPolicy`].
 //!
+//! Executions: [`Client::start_execution`] answers at once; [`Client::wait_execution`]
+//! (or [`Client::follow_execution`], which also reports each event) watches the
+//! execution until it finishes, polling and re-watching when the stream drops.
+//!
 //! A workflow file the daemon refuses (Validate/Plan/ApplyDefinition answering
 //! INVALID_ARGUMENT with `mantle.v1.ValidationProblems` in the status details) is
 //! [`Error::Invalid`]; [`Error::problems`] lists each problem with its line and column.
@@ -28,6 +32,7 @@ mod address;
 mod client;
 mod duration;
 mod error;
+mod execution;
 mod retry;
 mod token;
 
@@ -39,6 +44,10 @@ pub use client::{
 pub use duration::parse_duration;
 pub use error::{
     Error, VALIDATION_PROBLEMS_TYPE_URL, code_words, format_status, validation_problems,
+};
+pub use execution::{
+    ExecutionEvents, ExecutionFilter, execution_status_name, execution_status_str, is_terminal,
+    parse_execution_status, step_status_name, step_status_str, terminal_status_of,
 };
 pub use retry::RetryPolicy;
 pub use token::{

@@ -152,6 +152,33 @@ pub fn text_cell(text: &str) -> String {
     }
 }
 
+/// A duration for tables: `350ms`, `12.3s`, `2m5s`, `1h0m12s`; negative spans count as 0.
+pub fn format_duration(span: chrono::TimeDelta) -> String {
+    let millis = span.num_milliseconds().max(0);
+    if millis < 1_000 {
+        return format!("{millis}ms");
+    }
+    if millis < 60_000 {
+        return format!("{}.{}s", millis / 1_000, (millis % 1_000) / 100);
+    }
+    let seconds = millis / 1_000;
+    let (hours, minutes, seconds) = (seconds / 3_600, (seconds % 3_600) / 60, seconds % 60);
+    if hours > 0 {
+        format!("{hours}h{minutes}m{seconds}s")
+    } else {
+        format!("{minutes}m{seconds}s")
+    }
+}
+
+/// A table cell for the time between two optional instants: the duration, or `-` when
+/// either is missing.
+pub fn duration_cell(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> String {
+    match (start, end) {
+        (Some(start), Some(end)) => format_duration(end - start),
+        _ => "-".to_owned(),
+    }
+}
+
 /// Serializes an optional time as RFC 3339 (or null).
 pub fn serialize_time<S: serde::Serializer>(
     time: &Option<DateTime<Utc>>,
@@ -221,6 +248,21 @@ mod tests {
         assert_eq!(time_cell(None), "-");
         assert_eq!(text_cell(""), "-");
         assert_eq!(text_cell("x"), "x");
+    }
+
+    #[test]
+    fn durations_are_short() {
+        let ms = chrono::TimeDelta::milliseconds;
+        assert_eq!(format_duration(ms(0)), "0ms");
+        assert_eq!(format_duration(ms(350)), "350ms");
+        assert_eq!(format_duration(ms(12_345)), "12.3s");
+        assert_eq!(format_duration(ms(125_000)), "2m5s");
+        assert_eq!(format_duration(ms(3_612_000)), "1h0m12s");
+        assert_eq!(format_duration(ms(-5)), "0ms");
+        let t = DateTime::from_timestamp(1_700_000_000, 0);
+        let later = DateTime::from_timestamp(1_700_000_001, 500_000_000);
+        assert_eq!(duration_cell(t, later), "1.5s");
+        assert_eq!(duration_cell(t, None), "-");
     }
 
     #[derive(Serialize)]

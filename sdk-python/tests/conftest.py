@@ -3,7 +3,9 @@
 Binary: env ``MANTLE_BIN``, default ``$CARGO_TARGET_DIR/debug/mantle`` with
 ``CARGO_TARGET_DIR`` defaulting to ``~/.cache/mantle-target``. Build it with
 ``cargo build -p mantle-daemon``. A missing binary fails the daemon tests (it does not
-skip them); the unit tests do not need it (``pytest -m 'not daemon'``).
+skip them); the unit tests do not need it (``pytest -m 'not daemon'``). The ``mantlectl``
+tests use ``MANTLECTL_BIN``, default ``$CARGO_TARGET_DIR/debug/mantlectl``
+(``cargo build -p mantle-client``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,20 @@ SHUTDOWN_TIMEOUT = 15.0
 LISTEN_RE = re.compile(r"^mantle listening on (\S+)$")
 
 
-def daemon_binary() -> Path:
-    explicit = os.environ.get("MANTLE_BIN")
+def _target_binary(env: str, name: str) -> Path:
+    explicit = os.environ.get(env)
     if explicit:
         return Path(explicit)
     target = os.environ.get("CARGO_TARGET_DIR") or str(Path.home() / ".cache" / "mantle-target")
-    return Path(target) / "debug" / "mantle"
+    return Path(target) / "debug" / name
+
+
+def daemon_binary() -> Path:
+    return _target_binary("MANTLE_BIN", "mantle")
+
+
+def mantlectl_binary() -> Path:
+    return _target_binary("MANTLECTL_BIN", "mantlectl")
 
 
 @dataclass
@@ -94,6 +104,8 @@ def daemon() -> Iterator[Daemon]:
         MANTLE_API_ADDRESS="127.0.0.1:0",
         MANTLE_LOG_LEVEL="info",
         MANTLE_SHUTDOWN_GRACE_PERIOD="10s",
+        # The execution tests call a local HTTP server from http/request steps.
+        MANTLE_HTTP_ALLOW_PRIVATE_NETWORKS="true",
     )
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(

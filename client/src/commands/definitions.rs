@@ -44,7 +44,7 @@ fn read_file(path: &Path) -> Option<SourceFile> {
 
 /// Why the server refused one file.
 #[derive(Debug)]
-enum Refused {
+pub(crate) enum Refused {
     /// The file has these validation problems.
     Problems(Vec<ValidationProblem>),
     /// INVALID_ARGUMENT without problems (for example a file over the size limit).
@@ -52,7 +52,7 @@ enum Refused {
 }
 
 /// Splits per-file refusals (INVALID_ARGUMENT) from errors that end the command.
-fn refused(err: Error) -> Result<Refused, Error> {
+pub(crate) fn refused(err: Error) -> Result<Refused, Error> {
     if !err.problems().is_empty() {
         return Ok(Refused::Problems(err.problems().to_vec()));
     }
@@ -66,7 +66,7 @@ fn refused(err: Error) -> Result<Refused, Error> {
 
 /// Reports a refused file: problems as `FILE:LINE:COL: PATH: message` lines to stdout
 /// (or stderr when stdout carries JSON/YAML), anything else as an error on stderr.
-fn report_refused(file: &str, refusal: &Refused, to_stdout: bool) {
+pub(crate) fn report_refused(file: &str, refusal: &Refused, to_stdout: bool) {
     match refusal {
         Refused::Problems(problems) => {
             let text = problem_lines(problems, file);
@@ -303,7 +303,7 @@ impl Render for PlanView {
 
 /// The result of applying one file.
 #[derive(Debug, Serialize)]
-struct ApplyView {
+pub(crate) struct ApplyView {
     /// The latest version after the call, without its source (that is the file).
     definition: DefinitionView,
     created: bool,

@@ -1,8 +1,10 @@
 //! One module per noun; each command prints its data to stdout and returns.
 
 pub mod definitions;
+pub mod executions;
 pub mod health;
 pub mod keys;
+pub mod run;
 pub mod tenants;
 pub mod version;
 pub mod whoami;
@@ -94,6 +96,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => definitions::plan(&ctx, &args).await,
         Command::Apply(args) => definitions::apply(&ctx, &args).await,
         Command::Workflows(command) => workflows::run(&ctx, command).await,
+        Command::Run(args) => run::run(&ctx, &args).await,
+        Command::Status { id } => executions::status(&ctx, &id).await,
+        Command::Logs { id, follow } => executions::logs(&ctx, &id, follow).await,
+        Command::Cancel { id } => executions::cancel(&ctx, &id).await,
+        Command::Retry { id } => executions::retry(&ctx, &id).await,
+        Command::Executions(command) => executions::run(&ctx, command).await,
     }
 }
 

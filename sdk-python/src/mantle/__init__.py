@@ -8,6 +8,8 @@ Quickstart::
         print(client.server_info())
         tenant = client.create_tenant("acme", display_name="ACME Corp")
         result = client.apply_file("hello.yaml")  # a workflow definition
+        execution = client.start_execution("hello", {"who": "Ada"})
+        print(client.wait(execution.id).outputs)
 
 :class:`Client` is synchronous; :class:`mantle.aio.Client` offers the same methods as
 coroutines. Errors are :class:`mantle.errors.MantleError` subclasses.
@@ -27,9 +29,12 @@ from mantle.types import (
     Definition,
     DefinitionSummary,
     DefinitionVersion,
+    Execution,
+    ExecutionEvent,
     FieldChange,
     Plan,
     ServerInfo,
+    StepAttempt,
     Tenant,
     ValidationProblem,
     ValidationResult,
@@ -46,10 +51,13 @@ __all__ = [
     "Definition",
     "DefinitionSummary",
     "DefinitionVersion",
+    "Execution",
+    "ExecutionEvent",
     "FieldChange",
     "MantleError",
     "Plan",
     "ServerInfo",
+    "StepAttempt",
     "Tenant",
     "ValidationProblem",
     "ValidationResult",

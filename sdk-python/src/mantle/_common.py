@@ -3,17 +3,18 @@ settings and request construction. Nothing here does I/O."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from mantle import _config
-from mantle.types import to_timestamp
-from mantle.v1 import definition_pb2, tenant_pb2
+from mantle.types import execution_status_value, to_timestamp
+from mantle.v1 import definition_pb2, execution_pb2, tenant_pb2
 
 _SourceRequest = TypeVar(
     "_SourceRequest",
@@ -125,3 +126,91 @@ def check_version(version: int) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version: must be a non-negative integer (0: latest), got {version!r}")
     return version
+
+
+# -- executions ---------------------------------------------------------------------------
+
+WATCH_WINDOW = 60.0
+"""``wait`` re-checks the execution with GetExecution at least this often (seconds), so a
+connection that died silently cannot make it hang."""
+
+TRANSIENT_WATCH_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+"""Watch failures that ``wait`` answers by polling and watching again; anything else
+(NOT_FOUND, PERMISSION_DENIED, ...) is raised."""
+
+
+def rewatch_delay(drops: int) -> float:
+    """Seconds to pause before watching again after the stream dropped ``drops`` times in a
+    row: 0.25 s doubling up to 5 s."""
+    return float(min(0.25 * (2 ** min(max(drops - 1, 0), 5)), 5.0))
+
+
+def start_execution_request(
+    workflow: str, inputs: Mapping[str, Any] | None, version: int
+) -> execution_pb2.StartExecutionRequest:
+    if inputs is None:
+        inputs_json = ""
+    elif not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs: expected a dict of input names to values, got {type(inputs).__name__}")
+    elif not inputs:
+        inputs_json = ""
+    else:
+        try:
+            inputs_json = json.dumps(dict(inputs), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"inputs: not JSON-serializable: {e}") from e
+    return execution_pb2.StartExecutionRequest(
+        workflow=workflow, version=check_version(version), inputs_json=inputs_json
+    )
+
+
+def list_executions_request(
+    workflow: str | None,
+    status: str | int | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    page_size: int,
+    page_token: str,
+) -> execution_pb2.ListExecutionsRequest:
+    req = execution_pb2.ListExecutionsRequest(
+        workflow=workflow or "",
+        status=execution_pb2.ExecutionStatus.ValueType(
+            execution_status_value(status) if status is not None else 0
+        ),
+        page_size=check_page_size(page_size),
+        page_token=page_token,
+    )
+    if created_after is not None:
+        req.created_after.CopyFrom(to_timestamp(created_after))
+    if created_before is not None:
+        req.created_before.CopyFrom(to_timestamp(created_before))
+    return req
+
+
+def watch_request(id: str, after_seq: int) -> execution_pb2.WatchExecutionRequest:
+    if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+        raise ValueError(f"after_seq: must be a non-negative integer, got {after_seq!r}")
+    return execution_pb2.WatchExecutionRequest(id=id, after_seq=after_seq)
+
+
+def is_terminal_event(msg: execution_pb2.ExecutionEvent) -> bool:
+    return msg.kind == execution_pb2.ExecutionEvent.EXECUTION_STATUS and msg.execution_status in (
+        execution_pb2.EXECUTION_STATUS_COMPLETED,
+        execution_pb2.EXECUTION_STATUS_FAILED,
+        execution_pb2.EXECUTION_STATUS_CANCELLED,
+        execution_pb2.EXECUTION_STATUS_TIMED_OUT,
+    )
+
+
+def wait_timeout_error(id: str, timeout: float | None) -> TimeoutError:
+    return TimeoutError(f"execution {id} did not finish within {timeout} s")

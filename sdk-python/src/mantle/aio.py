@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -28,14 +28,19 @@ from mantle.types import (
     Definition,
     DefinitionSummary,
     DefinitionVersion,
+    Execution,
+    ExecutionEvent,
     Plan,
     ServerInfo,
+    StepAttempt,
     Tenant,
     ValidationResult,
 )
 from mantle.v1 import (
     definition_pb2,
     definition_pb2_grpc,
+    execution_pb2,
+    execution_pb2_grpc,
     system_pb2,
     system_pb2_grpc,
     tenant_pb2,
@@ -72,6 +77,7 @@ class Client:
         self._system = system_pb2_grpc.SystemServiceStub(self._channel)
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)
         self._definitions = definition_pb2_grpc.DefinitionServiceStub(self._channel)
+        self._executions = execution_pb2_grpc.ExecutionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -304,3 +310,144 @@ class Client:
         """Deletes a workflow; applying it again continues its version numbers."""
         req = definition_pb2.DeleteDefinitionRequest(name=name)
         await self._call(self._definitions.DeleteDefinition, req, read=False)
+
+    # -- executions ------------------------------------------------------------------
+
+    async def start_execution(
+        self, workflow: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0
+    ) -> Execution:
+        """Starts an execution of a workflow (``version=0``: the latest) with ``inputs``
+        sent as JSON, and returns it at once. An invalid input raises
+        :class:`errors.InvalidArgument` naming it."""
+        req = _common.start_execution_request(workflow, inputs, version)
+        resp = await self._call(self._executions.StartExecution, req, read=False)
+        return Execution.from_proto(resp)
+
+    async def get_execution(self, id: str) -> Execution:
+        """Returns one execution; an unknown id raises :class:`errors.NotFound`."""
+        req = execution_pb2.GetExecutionRequest(id=id)
+        return Execution.from_proto(await self._call(self._executions.GetExecution, req, read=True))
+
+    async def list_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+    ) -> list[Execution]:
+        """Returns the tenant's executions, newest first, fetching every page; filters as
+        in :meth:`mantle.Client.list_executions`."""
+        return [
+            e
+            async for e in self.iter_executions(
+                workflow=workflow,
+                status=status,
+                created_after=created_after,
+                created_before=created_before,
+                page_size=page_size,
+            )
+        ]
+
+    async def iter_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+    ) -> AsyncIterator[Execution]:
+        """Like :meth:`list_executions`, but yields executions as pages arrive."""
+        token = ""
+        while True:
+            req = _common.list_executions_request(
+                workflow, status, created_after, created_before, page_size, token
+            )
+            resp = await self._call(self._executions.ListExecutions, req, read=True)
+            for e in resp.executions:
+                yield Execution.from_proto(e)
+            token = resp.next_page_token
+            if not token:
+                return
+
+    async def cancel_execution(self, id: str) -> Execution:
+        """Cancels an execution; a finished one is returned unchanged."""
+        req = execution_pb2.CancelExecutionRequest(id=id)
+        resp = await self._call(self._executions.CancelExecution, req, read=False)
+        return Execution.from_proto(resp)
+
+    async def retry_execution(self, id: str) -> Execution:
+        """Continues a failed, cancelled or timed-out execution; completed steps are not
+        run again."""
+        req = execution_pb2.RetryExecutionRequest(id=id)
+        resp = await self._call(self._executions.RetryExecution, req, read=False)
+        return Execution.from_proto(resp)
+
+    async def list_step_attempts(self, id: str) -> list[StepAttempt]:
+        """Returns every attempt of every step of an execution, in the order they started."""
+        req = execution_pb2.ListStepAttemptsRequest(id=id)
+        resp = await self._call(self._executions.ListStepAttempts, req, read=True)
+        return [StepAttempt.from_proto(a) for a in resp.attempts]
+
+    async def watch(self, id: str, after_seq: int = 0) -> AsyncIterator[ExecutionEvent]:
+        """Yields an execution's events in sequence order (after ``after_seq``) as they
+        happen, ending after the event that finishes the execution; see
+        :meth:`mantle.Client.watch`."""
+        req = _common.watch_request(id, after_seq)
+        call = self._executions.WatchExecution(req, metadata=self._settings.metadata)
+        try:
+            async for msg in call:
+                yield ExecutionEvent.from_proto(msg)
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e) from e
+        finally:
+            call.cancel()
+
+    async def wait(self, id: str, timeout: float | None = None) -> Execution:
+        """Waits until an execution has finished and returns it; raises
+        :class:`TimeoutError` after ``timeout`` seconds. See :meth:`mantle.Client.wait`."""
+        limit = _common.check_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        last_seq = 0
+        drops = 0
+        while True:
+            window = _common.WATCH_WINDOW
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise _common.wait_timeout_error(id, timeout)
+                window = min(window, remaining)
+            req = _common.watch_request(id, last_seq)
+            call = self._executions.WatchExecution(
+                req, timeout=window, metadata=self._settings.metadata
+            )
+            expired = False
+            try:
+                async for msg in call:
+                    if msg.seq <= last_seq:
+                        continue
+                    last_seq = msg.seq
+                    drops = 0
+                    if _common.is_terminal_event(msg):
+                        execution = await self.get_execution(id)
+                        if execution.finished:
+                            return execution
+            except grpc.RpcError as e:
+                if e.code() not in _common.TRANSIENT_WATCH_CODES:
+                    raise errors.from_rpc_error(e) from e
+                expired = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            finally:
+                call.cancel()
+            execution = await self.get_execution(id)
+            if execution.finished:
+                return execution
+            if expired:
+                continue
+            drops += 1
+            pause = _common.rewatch_delay(drops)
+            if deadline is not None:
+                pause = min(pause, max(deadline - loop.time(), 0.0))
+            await asyncio.sleep(pause)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -21,14 +21,19 @@ from mantle.types import (
     Definition,
     DefinitionSummary,
     DefinitionVersion,
+    Execution,
+    ExecutionEvent,
     Plan,
     ServerInfo,
+    StepAttempt,
     Tenant,
     ValidationResult,
 )
 from mantle.v1 import (
     definition_pb2,
     definition_pb2_grpc,
+    execution_pb2,
+    execution_pb2_grpc,
     system_pb2,
     system_pb2_grpc,
     tenant_pb2,
@@ -81,6 +86,7 @@ class Client:
         self._system = system_pb2_grpc.SystemServiceStub(self._channel)
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)
         self._definitions = definition_pb2_grpc.DefinitionServiceStub(self._channel)
+        self._executions = execution_pb2_grpc.ExecutionServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -355,3 +361,183 @@ class Client:
         Needs ``definitions:write``."""
         req = definition_pb2.DeleteDefinitionRequest(name=name)
         self._call(self._definitions.DeleteDefinition, req, read=False)
+
+    # -- executions ------------------------------------------------------------------
+
+    def start_execution(
+        self, workflow: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0
+    ) -> Execution:
+        """Starts an execution of a workflow and returns it at once; it runs in the
+        background (see :meth:`wait` and :meth:`watch`). Needs ``executions:write``.
+
+        Args:
+            workflow: The workflow's name.
+            inputs: Input values by name, sent as JSON. The server checks them against
+                the workflow's declared inputs (unknown names, types, required, enum) and
+                applies defaults.
+            version: The version to run; 0 for the latest.
+
+        Raises:
+            errors.InvalidArgument: an input is unknown, missing or of the wrong type;
+                the message names it.
+            errors.NotFound: no such workflow or version.
+        """
+        req = _common.start_execution_request(workflow, inputs, version)
+        return Execution.from_proto(self._call(self._executions.StartExecution, req, read=False))
+
+    def get_execution(self, id: str) -> Execution:
+        """Returns one execution. Needs ``executions:read``. An unknown id (or another
+        tenant's execution) raises :class:`errors.NotFound`."""
+        req = execution_pb2.GetExecutionRequest(id=id)
+        return Execution.from_proto(self._call(self._executions.GetExecution, req, read=True))
+
+    def list_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+    ) -> list[Execution]:
+        """Returns the tenant's executions, newest first, fetching every page. Needs
+        ``executions:read``.
+
+        Args:
+            workflow: Only executions of this workflow.
+            status: Only executions in this state, e.g. ``"failed"`` or ``"timed_out"``.
+            created_after: Only executions started at or after this (aware) time.
+            created_before: Only executions started before this (aware) time.
+            page_size: Executions per request; 0 uses the server default (50), at most
+                1000.
+        """
+        return list(
+            self.iter_executions(
+                workflow=workflow,
+                status=status,
+                created_after=created_after,
+                created_before=created_before,
+                page_size=page_size,
+            )
+        )
+
+    def iter_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 0,
+    ) -> Iterator[Execution]:
+        """Like :meth:`list_executions`, but yields executions as pages arrive."""
+        token = ""
+        while True:
+            req = _common.list_executions_request(
+                workflow, status, created_after, created_before, page_size, token
+            )
+            resp = self._call(self._executions.ListExecutions, req, read=True)
+            for e in resp.executions:
+                yield Execution.from_proto(e)
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def cancel_execution(self, id: str) -> Execution:
+        """Cancels an execution: running steps are stopped and it ends as ``cancelled``.
+        A finished execution is returned unchanged. Needs ``executions:write``."""
+        req = execution_pb2.CancelExecutionRequest(id=id)
+        return Execution.from_proto(self._call(self._executions.CancelExecution, req, read=False))
+
+    def retry_execution(self, id: str) -> Execution:
+        """Continues a failed, cancelled or timed-out execution: completed steps keep
+        their checkpointed outputs, failed and cancelled steps run again. Needs
+        ``executions:write``."""
+        req = execution_pb2.RetryExecutionRequest(id=id)
+        return Execution.from_proto(self._call(self._executions.RetryExecution, req, read=False))
+
+    def list_step_attempts(self, id: str) -> list[StepAttempt]:
+        """Returns every attempt of every step of an execution, in the order they
+        started. Needs ``executions:read``."""
+        req = execution_pb2.ListStepAttemptsRequest(id=id)
+        resp = self._call(self._executions.ListStepAttempts, req, read=True)
+        return [StepAttempt.from_proto(a) for a in resp.attempts]
+
+    def watch(self, id: str, after_seq: int = 0) -> Iterator[ExecutionEvent]:
+        """Yields an execution's events in sequence order, from the beginning or after
+        ``after_seq`` (an event's ``seq``), as they happen; the iterator ends after the
+        event that finishes the execution. The stream has no deadline. Closing the
+        iterator early cancels the call. Needs ``executions:read``.
+
+        Raises (while iterating):
+            errors.NotFound: no such execution.
+            errors.MantleError: the stream broke (e.g. :class:`errors.Unavailable`);
+                resume with ``after_seq`` set to the last ``seq`` seen.
+        """
+        req = _common.watch_request(id, after_seq)
+        call = self._executions.WatchExecution(req, metadata=self._settings.metadata)
+        try:
+            for msg in call:
+                yield ExecutionEvent.from_proto(msg)
+        except grpc.RpcError as e:
+            raise errors.from_rpc_error(e) from e
+        finally:
+            call.cancel()
+
+    def wait(self, id: str, timeout: float | None = None) -> Execution:
+        """Waits until an execution has finished (completed, failed, cancelled or timed
+        out) and returns it; check :attr:`Execution.status`.
+
+        Watches the execution's events; when the stream drops, polls
+        :meth:`get_execution` and watches again from the last event seen.
+
+        Args:
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
+        Raises:
+            TimeoutError: the execution did not finish within ``timeout``.
+            errors.NotFound: no such execution.
+        """
+        limit = _common.check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        last_seq = 0
+        drops = 0
+        while True:
+            window = _common.WATCH_WINDOW
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _common.wait_timeout_error(id, timeout)
+                window = min(window, remaining)
+            req = _common.watch_request(id, last_seq)
+            call = self._executions.WatchExecution(
+                req, timeout=window, metadata=self._settings.metadata
+            )
+            expired = False
+            try:
+                for msg in call:
+                    if msg.seq <= last_seq:
+                        continue
+                    last_seq = msg.seq
+                    drops = 0
+                    if _common.is_terminal_event(msg):
+                        # A retried execution runs again after a terminal event.
+                        execution = self.get_execution(id)
+                        if execution.finished:
+                            return execution
+            except grpc.RpcError as e:
+                if e.code() not in _common.TRANSIENT_WATCH_CODES:
+                    raise errors.from_rpc_error(e) from e
+                expired = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            finally:
+                call.cancel()
+            execution = self.get_execution(id)
+            if execution.finished:
+                return execution
+            if expired:
+                continue
+            drops += 1
+            pause = _common.rewatch_delay(drops)
+            if deadline is not None:
+                pause = min(pause, max(deadline - time.monotonic(), 0.0))
+            time.sleep(pause)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mantle.v1 import common_pb2, definition_pb2, system_pb2, tenant_pb2
+from mantle.v1 import common_pb2, definition_pb2, execution_pb2, system_pb2, tenant_pb2
 
 __all__ = [
     "Tenant",
@@ -31,6 +31,13 @@ __all__ = [
     "ApplyResult",
     "DefinitionSummary",
     "DefinitionVersion",
+    "ExecutionStatus",
+    "StepStatus",
+    "EventKind",
+    "TERMINAL_STATUSES",
+    "Execution",
+    "StepAttempt",
+    "ExecutionEvent",
 ]
 
 
@@ -399,4 +406,225 @@ class DefinitionVersion:
             version=msg.version,
             content_hash=msg.content_hash,
             create_time=_time(msg, "create_time"),
+        )
+
+
+# -- executions ---------------------------------------------------------------------------
+
+ExecutionStatus = Literal[
+    "pending", "queued", "running", "completed", "failed", "cancelled", "timed_out", "unspecified"
+]
+"""An execution's state, lower-case without the ``EXECUTION_STATUS_`` prefix
+(``unspecified`` only from a server that did not say)."""
+
+StepStatus = Literal[
+    "pending", "running", "completed", "failed", "skipped", "cancelled", "unspecified"
+]
+"""A step attempt's state, lower-case without the ``STEP_STATUS_`` prefix."""
+
+EventKind = Literal["execution_status", "step_status", "log", "unspecified"]
+"""What an :class:`ExecutionEvent` records."""
+
+_EXECUTION_STATUSES: dict[int, ExecutionStatus] = {
+    execution_pb2.EXECUTION_STATUS_PENDING: "pending",
+    execution_pb2.EXECUTION_STATUS_QUEUED: "queued",
+    execution_pb2.EXECUTION_STATUS_RUNNING: "running",
+    execution_pb2.EXECUTION_STATUS_COMPLETED: "completed",
+    execution_pb2.EXECUTION_STATUS_FAILED: "failed",
+    execution_pb2.EXECUTION_STATUS_CANCELLED: "cancelled",
+    execution_pb2.EXECUTION_STATUS_TIMED_OUT: "timed_out",
+}
+
+_STEP_STATUSES: dict[int, StepStatus] = {
+    execution_pb2.STEP_STATUS_PENDING: "pending",
+    execution_pb2.STEP_STATUS_RUNNING: "running",
+    execution_pb2.STEP_STATUS_COMPLETED: "completed",
+    execution_pb2.STEP_STATUS_FAILED: "failed",
+    execution_pb2.STEP_STATUS_SKIPPED: "skipped",
+    execution_pb2.STEP_STATUS_CANCELLED: "cancelled",
+}
+
+_EVENT_KINDS: dict[int, EventKind] = {
+    execution_pb2.ExecutionEvent.EXECUTION_STATUS: "execution_status",
+    execution_pb2.ExecutionEvent.STEP_STATUS: "step_status",
+    execution_pb2.ExecutionEvent.LOG: "log",
+}
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "timed_out"})
+"""The states of a finished execution."""
+
+
+def execution_status_name(value: int) -> ExecutionStatus:
+    """The lower-case name of an ``ExecutionStatus`` enum value."""
+    return _EXECUTION_STATUSES.get(value, "unspecified")
+
+
+def step_status_name(value: int) -> StepStatus:
+    """The lower-case name of a ``StepStatus`` enum value."""
+    return _STEP_STATUSES.get(value, "unspecified")
+
+
+def execution_status_value(status: str | int) -> int:
+    """The ``ExecutionStatus`` enum value of a name such as ``"timed_out"`` (case does not
+    matter; ``"EXECUTION_STATUS_TIMED_OUT"`` works too) or of an enum value."""
+    if isinstance(status, bool):
+        raise TypeError("status: expected a status name such as 'completed'")
+    if isinstance(status, int):
+        if status not in _EXECUTION_STATUSES:
+            raise ValueError(f"status: unknown execution status {status!r}")
+        return status
+    if not isinstance(status, str):
+        raise TypeError(f"status: expected a status name such as 'completed', got {status!r}")
+    name = status.strip().lower().replace("-", "_").removeprefix("execution_status_")
+    for value, known in _EXECUTION_STATUSES.items():
+        if known == name:
+            return value
+    choices = ", ".join(_EXECUTION_STATUSES.values())
+    raise ValueError(f"status: unknown execution status {status!r}; expected one of {choices}")
+
+
+def _json(text: str) -> Any:
+    """A JSON field: parsed, None when empty, the text itself when it is not JSON."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """A run of a workflow version."""
+
+    id: str
+    """Server-assigned UUID; newer executions sort later."""
+    workflow: str
+    """The workflow's name."""
+    version: int
+    """The workflow version it runs; fixed for its whole life."""
+    status: ExecutionStatus
+    """``pending``, ``queued``, ``running``, ``completed``, ``failed``, ``cancelled`` or
+    ``timed_out``."""
+    inputs: dict[str, Any]
+    """The inputs after defaults were applied."""
+    outputs: dict[str, Any] | None
+    """The workflow's outputs once completed; None before."""
+    error: str
+    """Why it failed, was cancelled or timed out; empty otherwise."""
+    create_time: datetime | None
+    """When it was started."""
+    start_time: datetime | None
+    """When its first step started."""
+    end_time: datetime | None
+    """When it finished."""
+    trigger: dict[str, Any]
+    """What started it, such as ``{"type": "api"}``."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the execution has completed, failed, been cancelled or timed out."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def duration(self) -> timedelta | None:
+        """From the first step's start (else the creation) to the end; None until it
+        finished."""
+        start = self.start_time or self.create_time
+        if start is None or self.end_time is None:
+            return None
+        return self.end_time - start
+
+    @classmethod
+    def from_proto(cls, msg: execution_pb2.Execution) -> Execution:
+        inputs = _json(msg.inputs_json)
+        outputs = _json(msg.outputs_json)
+        trigger = _json(msg.trigger_json)
+        return cls(
+            id=msg.id,
+            workflow=msg.workflow,
+            version=msg.version,
+            status=execution_status_name(msg.status),
+            inputs=inputs if isinstance(inputs, dict) else {},
+            outputs=outputs if isinstance(outputs, dict) else None,
+            error=msg.error,
+            create_time=_time(msg, "create_time"),
+            start_time=_time(msg, "start_time"),
+            end_time=_time(msg, "end_time"),
+            trigger=trigger if isinstance(trigger, dict) else {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StepAttempt:
+    """One attempt of one step of an execution."""
+
+    step_name: str
+    attempt: int
+    """From 1."""
+    status: StepStatus
+    """``pending`` (a retry waiting for ``wake_time``), ``running``, ``completed``,
+    ``failed``, ``skipped`` or ``cancelled``."""
+    output: Any
+    """The checkpointed output (parsed JSON) once completed; None before."""
+    error: str
+    """Why it failed or was cancelled; empty otherwise."""
+    start_time: datetime | None
+    end_time: datetime | None
+    wake_time: datetime | None
+    """For a pending retry, when it starts; for a running ``core/sleep``, when it ends."""
+
+    @classmethod
+    def from_proto(cls, msg: execution_pb2.StepAttempt) -> StepAttempt:
+        return cls(
+            step_name=msg.step_name,
+            attempt=msg.attempt,
+            status=step_status_name(msg.status),
+            output=_json(msg.output_json),
+            error=msg.error,
+            start_time=_time(msg, "start_time"),
+            end_time=_time(msg, "end_time"),
+            wake_time=_time(msg, "wake_time"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionEvent:
+    """One entry of an execution's event log, as yielded by ``watch``."""
+
+    seq: int
+    """Position in the log, from 1; pass it as ``after_seq`` to resume a watch."""
+    time: datetime | None
+    kind: EventKind
+    """``execution_status``, ``step_status`` or ``log``."""
+    execution_status: ExecutionStatus | None
+    """The execution's new state, for ``execution_status`` events; None otherwise."""
+    step_name: str
+    """The step, for ``step_status`` and ``log`` events; empty otherwise."""
+    attempt: int
+    """The attempt, for ``step_status`` and ``log`` events; 0 otherwise."""
+    step_status: StepStatus | None
+    """The attempt's new state, for ``step_status`` events; None otherwise."""
+    message: str
+    """An error, a log line or a retry time; may be empty."""
+
+    @property
+    def terminal(self) -> bool:
+        """True for the event that finishes the execution."""
+        return self.kind == "execution_status" and self.execution_status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_proto(cls, msg: execution_pb2.ExecutionEvent) -> ExecutionEvent:
+        kind = _EVENT_KINDS.get(msg.kind, "unspecified")
+        return cls(
+            seq=msg.seq,
+            time=_time(msg, "time"),
+            kind=kind,
+            execution_status=(
+                execution_status_name(msg.execution_status) if kind == "execution_status" else None
+            ),
+            step_name=msg.step_name,
+            attempt=msg.attempt,
+            step_status=step_status_name(msg.step_status) if kind == "step_status" else None,
+            message=msg.message,
         )

@@ -1,0 +1,464 @@
+"""Executions against the real `mantle` daemon (see conftest.daemon): start with inputs,
+wait, watch and resume a watch, failure, cancel, retry, input checks, tenant isolation,
+list filters, scopes, asyncio, and `mantlectl run` driven as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import mantle
+import mantle.aio
+from mantle import errors
+
+from .conftest import Daemon, mantlectl_binary
+
+pytestmark = pytest.mark.daemon
+
+WAIT = 30.0
+"""Seconds any of these executions may take at most."""
+
+HELLO = """\
+name: {name}
+inputs:
+  who: {{type: string, default: world}}
+  times: {{type: integer, default: 1}}
+steps:
+  - name: greet
+    action: core/log
+    params:
+      message: "Hello, {{{{ inputs.who }}}}!"
+  - name: count
+    action: core/set
+    params:
+      doubled: "{{{{ inputs.times * 2 }}}}"
+outputs:
+  message: steps.greet.output.message
+  doubled: steps.count.output.doubled
+"""
+
+FAILING = """\
+name: {name}
+steps:
+  - name: boom
+    action: core/fail
+    params:
+      message: broken on purpose
+"""
+
+SLEEPY = """\
+name: {name}
+steps:
+  - name: nap
+    action: core/sleep
+    params:
+      duration: 30s
+"""
+
+# `prepare` completes; `call` fails while the local server answers 500, then succeeds.
+FLAKY = """\
+name: {name}
+steps:
+  - name: prepare
+    action: core/set
+    params:
+      path: /flaky
+  - name: call
+    action: http/request
+    params:
+      url: "{base}{{{{ steps.prepare.output.path }}}}"
+  - name: report
+    action: core/log
+    params:
+      message: "status {{{{ steps.call.output.status }}}}"
+outputs:
+  status: steps.call.output.status
+"""
+
+
+@pytest.fixture
+def tenant(op: mantle.Client, unique: str) -> str:
+    name = f"exec-{unique}"
+    op.create_tenant(name)
+    return name
+
+
+@pytest.fixture
+def tc(daemon: Daemon, tenant: str) -> Iterator[mantle.Client]:
+    """The operator acting on a fresh tenant."""
+    with daemon.client(tenant=tenant) as c:
+        yield c
+
+
+def _apply(c: mantle.Client, template: str, name: str, **fields: str) -> str:
+    c.apply(template.format(name=name, **fields), f"{name}.yaml")
+    return name
+
+
+# -- start, wait, watch ---------------------------------------------------------------------
+
+
+def test_start_with_inputs_and_wait_for_outputs(tc: mantle.Client) -> None:
+    _apply(tc, HELLO, "hello")
+    started = tc.start_execution("hello", {"who": "Ada", "times": 21})
+    assert started.workflow == "hello" and started.version == 1
+    assert started.status in {"pending", "queued", "running", "completed"}
+    assert started.inputs == {"who": "Ada", "times": 21}
+    assert started.trigger.get("type") == "api"
+
+    done = tc.wait(started.id, timeout=WAIT)
+    assert done.id == started.id
+    assert done.status == "completed", done.error
+    assert done.outputs == {"message": "Hello, Ada!", "doubled": 42}
+    assert done.error == ""
+    assert done.end_time is not None and done.duration is not None
+    assert tc.get_execution(started.id) == done
+
+    attempts = tc.list_step_attempts(started.id)
+    assert {(a.step_name, a.attempt, a.status) for a in attempts} == {
+        ("greet", 1, "completed"),
+        ("count", 1, "completed"),
+    }
+    greet = next(a for a in attempts if a.step_name == "greet")
+    assert greet.output == {"message": "Hello, Ada!"}
+    assert greet.start_time is not None and greet.end_time is not None
+
+
+def test_defaults_apply_and_versions_pin(tc: mantle.Client) -> None:
+    _apply(tc, HELLO, "hello")
+    tc.apply(HELLO.format(name="hello").replace("Hello,", "Hi,"), "hello.yaml")
+    latest = tc.wait(tc.start_execution("hello").id, timeout=WAIT)
+    assert latest.version == 2 and latest.inputs == {"who": "world", "times": 1}
+    assert latest.outputs == {"message": "Hi, world!", "doubled": 2}
+    first = tc.wait(tc.start_execution("hello", version=1).id, timeout=WAIT)
+    assert first.version == 1 and first.outputs is not None
+    assert first.outputs["message"] == "Hello, world!"
+
+
+def test_watch_yields_events_in_order_and_resumes(tc: mantle.Client) -> None:
+    _apply(tc, HELLO, "hello")
+    execution = tc.start_execution("hello", {"who": "Bo"})
+    events = list(tc.watch(execution.id))
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[0] >= 1
+    last = events[-1]
+    assert last.kind == "execution_status" and last.execution_status == "completed"
+    assert last.terminal and not any(e.terminal for e in events[:-1])
+    logs = [e for e in events if e.kind == "log"]
+    assert [(e.step_name, e.attempt, e.message) for e in logs] == [("greet", 1, "Hello, Bo!")]
+    steps = [(e.step_name, e.step_status) for e in events if e.kind == "step_status"]
+    assert ("greet", "running") in steps and ("greet", "completed") in steps
+    assert steps.index(("greet", "running")) < steps.index(("greet", "completed"))
+    assert all(e.time is not None for e in events)
+
+    # Resuming after any event yields exactly the rest of the log.
+    middle = len(events) // 2
+    resumed = list(tc.watch(execution.id, after_seq=events[middle].seq))
+    assert resumed == events[middle + 1 :]
+    assert list(tc.watch(execution.id, after_seq=events[-2].seq)) == [events[-1]]
+
+
+def test_failing_step_fails_the_execution(tc: mantle.Client) -> None:
+    _apply(tc, FAILING, "failing")
+    done = tc.wait(tc.start_execution("failing").id, timeout=WAIT)
+    assert done.status == "failed"
+    assert "broken on purpose" in done.error
+    assert done.outputs is None
+    [attempt] = tc.list_step_attempts(done.id)
+    assert (attempt.step_name, attempt.status) == ("boom", "failed")
+    assert "broken on purpose" in attempt.error
+    events = list(tc.watch(done.id))
+    assert events[-1].execution_status == "failed"
+    assert any(e.step_status == "failed" and "broken on purpose" in e.message for e in events)
+
+
+def test_cancel_stops_a_sleeping_step_within_2_seconds(tc: mantle.Client) -> None:
+    _apply(tc, SLEEPY, "sleepy")
+    execution = tc.start_execution("sleepy")
+    # Let the sleep begin.
+    deadline = time.monotonic() + 10
+    while not any(a.status == "running" for a in tc.list_step_attempts(execution.id)):
+        assert time.monotonic() < deadline, "the sleep step never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    tc.cancel_execution(execution.id)
+    done = tc.wait(execution.id, timeout=2)
+    assert time.monotonic() - started < 2
+    assert done.status == "cancelled"
+    [attempt] = tc.list_step_attempts(execution.id)
+    assert attempt.status == "cancelled"
+    # Cancelling a finished execution changes nothing.
+    assert tc.cancel_execution(execution.id) == done
+
+
+class _FlakyHandler(BaseHTTPRequestHandler):
+    """Answers 500 to the first request, 200 with a JSON body after."""
+
+    hits = 0
+    lock = threading.Lock()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        with type(self).lock:
+            type(self).hits += 1
+            first = type(self).hits == 1
+        body = b'{"error": "try again"}' if first else b'{"ok": true}'
+        self.send_response(500 if first else 200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def flaky_server() -> Iterator[tuple[str, type[_FlakyHandler]]]:
+    handler = type("Handler", (_FlakyHandler,), {"hits": 0, "lock": threading.Lock()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_retry_reruns_only_what_did_not_complete(
+    tc: mantle.Client, flaky_server: tuple[str, type[_FlakyHandler]]
+) -> None:
+    base, handler = flaky_server
+    _apply(tc, FLAKY, "flaky", base=base)
+    failed = tc.wait(tc.start_execution("flaky").id, timeout=WAIT)
+    assert failed.status == "failed", failed
+    assert "500" in failed.error
+    assert handler.hits == 1
+    before = tc.list_step_attempts(failed.id)
+    assert ("prepare", 1, "completed") in {(a.step_name, a.attempt, a.status) for a in before}
+
+    retried = tc.retry_execution(failed.id)
+    assert retried.id == failed.id
+    done = tc.wait(failed.id, timeout=WAIT)
+    assert done.status == "completed", done.error
+    assert done.outputs == {"status": 200}
+    assert handler.hits == 2
+
+    attempts = [(a.step_name, a.attempt, a.status) for a in tc.list_step_attempts(done.id)]
+    assert [a for a in attempts if a[0] == "prepare"] == [("prepare", 1, "completed")]
+    calls = [a for a in attempts if a[0] == "call"]
+    assert calls[0] == ("call", 1, "failed") and calls[-1][2] == "completed"
+    assert ("report", len([a for a in attempts if a[0] == "report"]), "completed") in attempts
+    # The log holds both runs; a watch may end at the first run's terminal event, so read
+    # on with after_seq until the final one.
+    events = list(tc.watch(done.id))
+    while events[-1].execution_status != "completed":
+        more = list(tc.watch(done.id, after_seq=events[-1].seq))
+        assert more, [(e.seq, e.kind, e.execution_status) for e in events]
+        events += more
+    statuses = [e.execution_status for e in events if e.kind == "execution_status"]
+    assert statuses.index("failed") < statuses.index("completed")
+    assert [e.seq for e in events] == sorted({e.seq for e in events})
+    assert ("call", 2, "completed") in [(e.step_name, e.attempt, e.step_status) for e in events]
+
+
+# -- refusals and isolation -----------------------------------------------------------------
+
+
+def test_invalid_inputs_name_the_input(tc: mantle.Client) -> None:
+    _apply(tc, HELLO, "hello")
+    with pytest.raises(errors.InvalidArgument) as exc:
+        tc.start_execution("hello", {"bogus": 1})
+    assert "bogus" in exc.value.message
+    with pytest.raises(errors.InvalidArgument) as exc:
+        tc.start_execution("hello", {"times": "many"})
+    assert "times" in exc.value.message
+    with pytest.raises(errors.NotFound):
+        tc.start_execution("no-such-workflow")
+    with pytest.raises(errors.NotFound):
+        tc.start_execution("hello", version=9)
+    assert tc.list_executions() == []
+
+
+def test_tenants_cannot_see_each_others_executions(
+    daemon: Daemon, op: mantle.Client, tc: mantle.Client, unique: str
+) -> None:
+    _apply(tc, HELLO, "hello")
+    mine = tc.wait(tc.start_execution("hello").id, timeout=WAIT)
+    other = f"exec-b-{unique}"
+    op.create_tenant(other)
+    token = op.create_api_key(other, ["*"], name="exec-test").token
+    with daemon.client(token=token) as b:
+        with pytest.raises(errors.NotFound):
+            b.get_execution(mine.id)
+        with pytest.raises(errors.NotFound):
+            b.cancel_execution(mine.id)
+        with pytest.raises(errors.NotFound):
+            b.retry_execution(mine.id)
+        with pytest.raises(errors.NotFound):
+            b.list_step_attempts(mine.id)
+        with pytest.raises(errors.NotFound):
+            list(b.watch(mine.id))
+        with pytest.raises(errors.NotFound):
+            b.start_execution("hello")
+        assert b.list_executions() == []
+    with pytest.raises(errors.NotFound):
+        tc.get_execution("01890000-0000-7000-8000-000000000000")
+
+
+def test_scopes(daemon: Daemon, op: mantle.Client, tc: mantle.Client, tenant: str) -> None:
+    _apply(tc, HELLO, "hello")
+    done = tc.wait(tc.start_execution("hello").id, timeout=WAIT)
+    reader = op.create_api_key(tenant, ["executions:read"], name="reader").token
+    with daemon.client(token=reader) as r:
+        assert r.get_execution(done.id).status == "completed"
+        assert [e.id for e in r.list_executions()] == [done.id]
+        with pytest.raises(errors.PermissionDenied):
+            r.start_execution("hello")
+        with pytest.raises(errors.PermissionDenied):
+            r.cancel_execution(done.id)
+    writer = op.create_api_key(tenant, ["executions:write"], name="writer").token
+    with daemon.client(token=writer) as w:
+        with pytest.raises(errors.PermissionDenied):
+            w.get_execution(done.id)
+
+
+def test_list_filters(tc: mantle.Client) -> None:
+    _apply(tc, HELLO, "hello")
+    _apply(tc, FAILING, "failing")
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    ids = []
+    for workflow in ("hello", "failing", "hello"):
+        ids.append(tc.wait(tc.start_execution(workflow).id, timeout=WAIT).id)
+
+    everything = tc.list_executions()
+    assert [e.id for e in everything] == list(reversed(ids))  # newest first
+    assert [e.id for e in tc.list_executions(page_size=1)] == list(reversed(ids))
+    assert [e.id for e in tc.list_executions(workflow="hello")] == [ids[2], ids[0]]
+    assert [e.id for e in tc.list_executions(status="failed")] == [ids[1]]
+    assert [e.id for e in tc.list_executions(workflow="hello", status="failed")] == []
+    assert [e.id for e in tc.list_executions(status="completed")] == [ids[2], ids[0]]
+    assert len(tc.list_executions(created_after=before)) == 3
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    assert tc.list_executions(created_after=future) == []
+    assert len(tc.list_executions(created_before=future)) == 3
+    assert tc.list_executions(created_before=before) == []
+    assert [e.id for e in tc.iter_executions(page_size=2)] == list(reversed(ids))
+
+
+# -- asyncio ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_aio_executions(daemon: Daemon, tc: mantle.Client, tenant: str) -> None:
+    _apply(tc, HELLO, "hello")
+    _apply(tc, SLEEPY, "sleepy")
+    async with daemon.aio_client(tenant=tenant) as c:
+        started = await c.start_execution("hello", {"who": "Cy"})
+        done = await c.wait(started.id, timeout=WAIT)
+        assert done.status == "completed" and done.outputs == {"message": "Hello, Cy!", "doubled": 2}
+        events = [e async for e in c.watch(started.id)]
+        assert events[-1].terminal and events[-1].execution_status == "completed"
+        assert [e async for e in c.watch(started.id, after_seq=events[-2].seq)] == [events[-1]]
+        assert [a.status for a in await c.list_step_attempts(started.id)] == ["completed"] * 2
+        assert (await c.get_execution(started.id)) == done
+        assert [e.id for e in await c.list_executions(workflow="hello")] == [started.id]
+
+        sleeping = await c.start_execution("sleepy")
+        with pytest.raises(TimeoutError):
+            await c.wait(sleeping.id, timeout=0.5)
+        await c.cancel_execution(sleeping.id)
+        cancelled = await c.wait(sleeping.id, timeout=5)
+        assert cancelled.status == "cancelled"
+        with pytest.raises(errors.InvalidArgument):
+            await c.start_execution("hello", {"bogus": True})
+
+
+def test_sync_wait_times_out(tc: mantle.Client) -> None:
+    _apply(tc, SLEEPY, "sleepy")
+    execution = tc.start_execution("sleepy")
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        tc.wait(execution.id, timeout=0.5)
+    assert time.monotonic() - start < 5
+    tc.cancel_execution(execution.id)
+    assert tc.wait(execution.id, timeout=5).status == "cancelled"
+
+
+# -- mantlectl --------------------------------------------------------------------------------
+
+
+def _mantlectl(daemon: Daemon, tenant: str, *args: str) -> subprocess.CompletedProcess[str]:
+    binary = mantlectl_binary()
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        pytest.fail(
+            f"mantlectl binary not found at {binary}: build it with "
+            "`CARGO_TARGET_DIR=$HOME/.cache/mantle-target cargo build -p mantle-client` "
+            "or set MANTLECTL_BIN",
+            pytrace=False,
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MANTLE_")}
+    env.update(MANTLE_ADDRESS=daemon.address, MANTLE_TOKEN=daemon.token, MANTLE_TENANT=tenant)
+    return subprocess.run(
+        [str(binary), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_mantlectl_run_file_wait_and_follow(
+    daemon: Daemon, tc: mantle.Client, tenant: str, tmp_path: Path
+) -> None:
+    hello = tmp_path / "hello.yaml"
+    hello.write_text(HELLO.format(name="hello"))
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"who": "file", "times": 1}))
+
+    # Applies the file, converts --input times=4 to an integer, overrides the file's value.
+    run = _mantlectl(
+        daemon, tenant, "run", str(hello), "--inputs-file", str(inputs),
+        "--input", "times=4", "--wait", "-o", "json",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "applied hello version 1" in run.stderr
+    result = json.loads(run.stdout)
+    assert result["status"] == "completed"
+    assert result["inputs"] == {"who": "file", "times": 4}
+    assert result["outputs"] == {"message": "Hello, file!", "doubled": 8}
+    assert tc.get_execution(result["id"]).status == "completed"
+
+    # Without --wait: just the id, then status/logs read it back.
+    run = _mantlectl(daemon, tenant, "run", "hello", "--input", "who=Id")
+    assert run.returncode == 0, run.stderr
+    execution_id = run.stdout.strip()
+    assert tc.wait(execution_id, timeout=WAIT).outputs == {"message": "Hello, Id!", "doubled": 2}
+    status = _mantlectl(daemon, tenant, "status", execution_id)
+    assert status.returncode == 0, status.stderr
+    assert "completed" in status.stdout and "greet" in status.stdout
+    logs = _mantlectl(daemon, tenant, "logs", execution_id)
+    assert logs.returncode == 0, logs.stderr
+    assert "[greet] Hello, Id!" in logs.stdout
+    assert logs.stdout.rstrip().endswith("execution completed")
+
+    # --follow on a failing workflow: progress on stderr, exit 1.
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(FAILING.format(name="failing"))
+    run = _mantlectl(daemon, tenant, "run", str(failing), "--follow")
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert "step boom attempt 1 running" in run.stderr
+    assert "step boom attempt 1 failed: " in run.stderr and "broken on purpose" in run.stderr
+    assert "status:    failed" in run.stdout
+
+    # A value that does not fit the declared type is refused before anything starts.
+    run = _mantlectl(daemon, tenant, "run", "hello", "--input", "times=many")
+    assert run.returncode == 1
+    assert '--input times: "many" is not an integer' in run.stderr
+    listed = _mantlectl(daemon, tenant, "executions", "list", "--status", "failed", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert [e["workflow"] for e in json.loads(listed.stdout)] == ["failing"]

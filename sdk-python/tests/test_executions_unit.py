@@ -1,0 +1,419 @@
+"""Unit tests of the execution API that need no daemon: protobuf conversion, request
+construction, and watch/wait against an in-process grpc server standing in for the daemon
+(including a stream that drops and must be resumed with ``after_seq``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+import mantle
+import mantle.aio
+from mantle import _common, errors
+from mantle.types import (
+    TERMINAL_STATUSES,
+    Execution,
+    ExecutionEvent,
+    StepAttempt,
+    execution_status_name,
+    execution_status_value,
+    step_status_name,
+)
+from mantle.v1 import execution_pb2, execution_pb2_grpc
+
+E = execution_pb2
+
+
+def _ts(seconds: int, nanos: int = 0) -> Timestamp:
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+# -- conversions --------------------------------------------------------------------------
+
+
+def test_execution_from_proto() -> None:
+    msg = E.Execution(
+        id="0190-1",
+        workflow="hello",
+        version=3,
+        status=E.EXECUTION_STATUS_COMPLETED,
+        inputs_json='{"who": "Ada", "n": 2}',
+        outputs_json='{"message": "Hello, Ada!"}',
+        create_time=_ts(1_700_000_000),
+        start_time=_ts(1_700_000_000, 500_000_000),
+        end_time=_ts(1_700_000_002),
+        trigger_json='{"type": "api"}',
+    )
+    e = Execution.from_proto(msg)
+    assert e == Execution(
+        id="0190-1",
+        workflow="hello",
+        version=3,
+        status="completed",
+        inputs={"who": "Ada", "n": 2},
+        outputs={"message": "Hello, Ada!"},
+        error="",
+        create_time=_utc(1_700_000_000),
+        start_time=_utc(1_700_000_000.5),
+        end_time=_utc(1_700_000_002),
+        trigger={"type": "api"},
+    )
+    assert e.finished
+    assert e.duration == timedelta(seconds=1.5)
+    with pytest.raises(AttributeError):
+        e.status = "failed"  # type: ignore[misc]
+
+
+def test_execution_defaults_for_unset_fields() -> None:
+    e = Execution.from_proto(E.Execution(id="x", status=E.EXECUTION_STATUS_TIMED_OUT, error="late"))
+    assert e.status == "timed_out"
+    assert e.inputs == {} and e.outputs is None and e.trigger == {}
+    assert e.create_time is None and e.end_time is None and e.duration is None
+    assert e.finished and e.error == "late"
+    running = Execution.from_proto(E.Execution(status=E.EXECUTION_STATUS_RUNNING, outputs_json="[1]"))
+    assert not running.finished
+    assert running.outputs is None  # not an object
+
+
+def test_every_status_has_a_lower_case_name() -> None:
+    for name, value in E.ExecutionStatus.items():
+        expected = name.removeprefix("EXECUTION_STATUS_").lower()
+        assert execution_status_name(value) == expected
+        if value:
+            assert execution_status_value(expected) == value
+            assert execution_status_value(name) == value
+    for step_name, step_value in E.StepStatus.items():
+        assert step_status_name(step_value) == step_name.removeprefix("STEP_STATUS_").lower()
+    assert execution_status_name(99) == "unspecified"
+    assert TERMINAL_STATUSES == {"completed", "failed", "cancelled", "timed_out"}
+
+
+def test_status_names_are_checked() -> None:
+    assert execution_status_value("Timed-Out") == E.EXECUTION_STATUS_TIMED_OUT
+    assert execution_status_value(E.EXECUTION_STATUS_FAILED) == E.EXECUTION_STATUS_FAILED
+    with pytest.raises(ValueError, match="unknown execution status 'done'"):
+        execution_status_value("done")
+    with pytest.raises(ValueError):
+        execution_status_value("unspecified")
+    with pytest.raises(ValueError):
+        execution_status_value(42)
+    with pytest.raises(TypeError):
+        execution_status_value(True)
+
+
+def test_step_attempt_from_proto() -> None:
+    a = StepAttempt.from_proto(
+        E.StepAttempt(
+            step_name="fetch",
+            attempt=2,
+            status=E.STEP_STATUS_COMPLETED,
+            output_json='{"status": 200, "body": [1, 2]}',
+            start_time=_ts(10),
+            end_time=_ts(11),
+        )
+    )
+    assert a == StepAttempt("fetch", 2, "completed", {"status": 200, "body": [1, 2]}, "", _utc(10), _utc(11), None)
+    pending = StepAttempt.from_proto(
+        E.StepAttempt(step_name="fetch", attempt=3, status=E.STEP_STATUS_PENDING, wake_time=_ts(20))
+    )
+    assert pending.status == "pending" and pending.output is None and pending.wake_time == _utc(20)
+    odd = StepAttempt.from_proto(E.StepAttempt(output_json="not json"))
+    assert odd.output == "not json" and odd.status == "unspecified"
+
+
+def test_event_from_proto() -> None:
+    step = ExecutionEvent.from_proto(
+        E.ExecutionEvent(
+            seq=3,
+            time=_ts(100),
+            kind=E.ExecutionEvent.STEP_STATUS,
+            step_name="fetch",
+            attempt=1,
+            step_status=E.STEP_STATUS_FAILED,
+            message="http 500",
+        )
+    )
+    assert step == ExecutionEvent(3, _utc(100), "step_status", None, "fetch", 1, "failed", "http 500")
+    assert not step.terminal
+    log = ExecutionEvent.from_proto(
+        E.ExecutionEvent(seq=4, kind=E.ExecutionEvent.LOG, step_name="greet", attempt=1, message="hi")
+    )
+    assert (log.kind, log.execution_status, log.step_status, log.message) == ("log", None, None, "hi")
+    done = ExecutionEvent.from_proto(
+        E.ExecutionEvent(
+            seq=5, kind=E.ExecutionEvent.EXECUTION_STATUS, execution_status=E.EXECUTION_STATUS_CANCELLED
+        )
+    )
+    assert done.kind == "execution_status" and done.execution_status == "cancelled"
+    assert done.step_status is None and done.terminal
+    running = ExecutionEvent.from_proto(
+        E.ExecutionEvent(kind=E.ExecutionEvent.EXECUTION_STATUS, execution_status=E.EXECUTION_STATUS_RUNNING)
+    )
+    assert not running.terminal
+    assert ExecutionEvent.from_proto(E.ExecutionEvent()).kind == "unspecified"
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+def test_start_request_sends_inputs_as_json() -> None:
+    req = _common.start_execution_request("hello", {"who": "Ada", "n": [1, 2.5], "ok": True}, 2)
+    assert req.workflow == "hello" and req.version == 2
+    assert json.loads(req.inputs_json) == {"who": "Ada", "n": [1, 2.5], "ok": True}
+    assert _common.start_execution_request("hello", None, 0).inputs_json == ""
+    assert _common.start_execution_request("hello", {}, 0).inputs_json == ""
+
+
+def test_start_request_rejects_bad_inputs() -> None:
+    with pytest.raises(TypeError, match="inputs: expected a dict"):
+        _common.start_execution_request("hello", [("a", 1)], 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not JSON-serializable"):
+        _common.start_execution_request("hello", {"when": datetime.now()}, 0)
+    with pytest.raises(TypeError, match="not JSON-serializable"):
+        _common.start_execution_request("hello", {"x": float("nan")}, 0)
+    with pytest.raises(ValueError, match="version"):
+        _common.start_execution_request("hello", None, -1)
+
+
+def test_list_request_filters() -> None:
+    after = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    req = _common.list_executions_request("hello", "failed", after, None, 10, "tok")
+    assert req.workflow == "hello" and req.status == E.EXECUTION_STATUS_FAILED
+    assert req.HasField("created_after") and not req.HasField("created_before")
+    assert req.created_after.ToDatetime(tzinfo=timezone.utc) == after
+    assert (req.page_size, req.page_token) == (10, "tok")
+    empty = _common.list_executions_request(None, None, None, None, 0, "")
+    assert empty.workflow == "" and empty.status == 0
+    with pytest.raises(ValueError, match="naive"):
+        _common.list_executions_request(None, None, datetime(2024, 1, 1), None, 0, "")
+    with pytest.raises(ValueError, match="status"):
+        _common.list_executions_request(None, "done", None, None, 0, "")
+
+
+def test_watch_request_checks_after_seq() -> None:
+    assert _common.watch_request("x", 7).after_seq == 7
+    bad: Any
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError):
+            _common.watch_request("x", bad)
+
+
+def test_rewatch_delay_grows_and_caps() -> None:
+    assert _common.rewatch_delay(1) == 0.25
+    assert _common.rewatch_delay(2) == 0.5
+    assert _common.rewatch_delay(50) == 5.0
+
+
+# -- a fake daemon --------------------------------------------------------------------------
+
+
+def _event(seq: int, kind: Any, **fields: Any) -> execution_pb2.ExecutionEvent:
+    return E.ExecutionEvent(seq=seq, time=_ts(1_700_000_000 + seq), kind=kind, **fields)
+
+
+EVENTS = [
+    _event(1, E.ExecutionEvent.EXECUTION_STATUS, execution_status=E.EXECUTION_STATUS_RUNNING),
+    _event(2, E.ExecutionEvent.STEP_STATUS, step_name="a", attempt=1, step_status=E.STEP_STATUS_RUNNING),
+    _event(3, E.ExecutionEvent.LOG, step_name="a", attempt=1, message="hello"),
+    _event(4, E.ExecutionEvent.STEP_STATUS, step_name="a", attempt=1, step_status=E.STEP_STATUS_COMPLETED),
+    _event(5, E.ExecutionEvent.EXECUTION_STATUS, execution_status=E.EXECUTION_STATUS_COMPLETED),
+]
+
+
+class _FakeExecutions(execution_pb2_grpc.ExecutionServiceServicer):
+    """One execution, ``ex-1``, whose five events are all recorded. The first watch drops
+    (UNAVAILABLE) after ``drop_after`` events; GetExecution reports it running until
+    ``finish_after_gets`` calls have been made."""
+
+    def __init__(self, drop_after: int | None = None, finish_after_gets: int = 0) -> None:
+        self.drop_after = drop_after
+        self.finish_after_gets = finish_after_gets
+        self.watch_after_seqs: list[int] = []
+        self.gets = 0
+        self.list_requests: list[execution_pb2.ListExecutionsRequest] = []
+        self.lock = threading.Lock()
+
+    def _execution(self, status: Any) -> execution_pb2.Execution:
+        return E.Execution(
+            id="ex-1", workflow="hello", version=1, status=status, outputs_json='{"m": "hi"}'
+        )
+
+    def GetExecution(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.id != "ex-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"execution {request.id} not found")
+        with self.lock:
+            self.gets += 1
+            done = self.gets > self.finish_after_gets
+        return self._execution(E.EXECUTION_STATUS_COMPLETED if done else E.EXECUTION_STATUS_RUNNING)
+
+    def WatchExecution(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.id != "ex-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"execution {request.id} not found")
+        with self.lock:
+            first = not self.watch_after_seqs
+            self.watch_after_seqs.append(request.after_seq)
+        sent = 0
+        for ev in EVENTS:
+            if ev.seq <= request.after_seq:
+                continue
+            if first and self.drop_after is not None and sent == self.drop_after:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+            yield ev
+            sent += 1
+
+    def ListExecutions(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.list_requests.append(request)
+        page = int(request.page_token or "0")
+        resp = E.ListExecutionsResponse(
+            executions=[E.Execution(id=f"ex-{page}-{i}", status=E.EXECUTION_STATUS_FAILED) for i in range(2)]
+        )
+        if page < 2:
+            resp.next_page_token = str(page + 1)
+        return resp
+
+    def _unimplemented(self, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+
+    StartExecution = _unimplemented
+    CancelExecution = _unimplemented
+    RetryExecution = _unimplemented
+    ListStepAttempts = _unimplemented
+
+
+def _serve(servicer: _FakeExecutions) -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    execution_pb2_grpc.add_ExecutionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+@pytest.fixture
+def steady() -> Iterator[tuple[str, _FakeExecutions]]:
+    fake = _FakeExecutions()
+    for address in _serve(fake):
+        yield address, fake
+
+
+@pytest.fixture
+def flaky() -> Iterator[tuple[str, _FakeExecutions]]:
+    """The first watch drops after two events; the execution is still running at the
+    first poll."""
+    fake = _FakeExecutions(drop_after=2, finish_after_gets=1)
+    for address in _serve(fake):
+        yield address, fake
+
+
+def test_watch_yields_events_in_order(steady: tuple[str, _FakeExecutions]) -> None:
+    address, fake = steady
+    with mantle.Client(address, token="tok") as c:
+        events = list(c.watch("ex-1"))
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+        assert [e.kind for e in events] == [
+            "execution_status", "step_status", "log", "step_status", "execution_status",
+        ]
+        assert events[-1].terminal and events[2].message == "hello"
+        assert [e.seq for e in c.watch("ex-1", after_seq=3)] == [4, 5]
+        assert fake.watch_after_seqs == [0, 3]
+        with pytest.raises(errors.NotFound):
+            list(c.watch("nope"))
+
+
+def test_watch_can_be_closed_early(steady: tuple[str, _FakeExecutions]) -> None:
+    address, _ = steady
+    with mantle.Client(address, token="tok") as c:
+        it = c.watch("ex-1")
+        assert next(it).seq == 1
+        it.close()  # type: ignore[attr-defined]
+
+
+def test_wait_resumes_after_a_dropped_stream(flaky: tuple[str, _FakeExecutions]) -> None:
+    address, fake = flaky
+    with mantle.Client(address, token="tok") as c:
+        e = c.wait("ex-1", timeout=10)
+    assert e.status == "completed" and e.outputs == {"m": "hi"}
+    # Dropped after seq 2, polled (still running), watched again from seq 2.
+    assert fake.watch_after_seqs == [0, 2]
+    assert fake.gets == 2
+
+
+def test_wait_returns_at_once_for_a_finished_execution(steady: tuple[str, _FakeExecutions]) -> None:
+    address, fake = steady
+    with mantle.Client(address, token="tok") as c:
+        assert c.wait("ex-1").status == "completed"
+        with pytest.raises(errors.NotFound):
+            c.wait("nope")
+    assert fake.watch_after_seqs[0] == 0
+
+
+def test_wait_times_out() -> None:
+    fake = _FakeExecutions(drop_after=0, finish_after_gets=10**6)
+    for address in _serve(fake):
+        with mantle.Client(address, token="tok") as c:
+            start = time.monotonic()
+            with pytest.raises(TimeoutError, match="ex-1"):
+                c.wait("ex-1", timeout=0.6)
+            assert time.monotonic() - start < 5
+            with pytest.raises(ValueError):
+                c.wait("ex-1", timeout=0)
+
+
+def test_list_executions_follows_pages(steady: tuple[str, _FakeExecutions]) -> None:
+    address, fake = steady
+    with mantle.Client(address, token="tok") as c:
+        found = c.list_executions(workflow="hello", status="failed", page_size=2)
+    assert [e.id for e in found] == ["ex-0-0", "ex-0-1", "ex-1-0", "ex-1-1", "ex-2-0", "ex-2-1"]
+    assert all(e.status == "failed" for e in found)
+    assert [r.page_token for r in fake.list_requests] == ["", "1", "2"]
+    assert all(r.workflow == "hello" and r.page_size == 2 for r in fake.list_requests)
+
+
+@pytest.mark.asyncio
+async def test_aio_watch_and_wait(flaky: tuple[str, _FakeExecutions]) -> None:
+    address, fake = flaky
+    async with mantle.aio.Client(address, token="tok") as c:
+        e = await c.wait("ex-1", timeout=10)
+        assert e.status == "completed"
+        assert fake.watch_after_seqs == [0, 2]
+        events = [ev async for ev in c.watch("ex-1", after_seq=1)]
+        assert [ev.seq for ev in events] == [2, 3, 4, 5]
+        with pytest.raises(errors.NotFound):
+            await c.get_execution("nope")
+        with pytest.raises(errors.NotFound):
+            async for _ in c.watch("nope"):
+                pass
+        listed = await c.list_executions(status="failed")
+        assert len(listed) == 6
+
+
+@pytest.mark.asyncio
+async def test_aio_wait_times_out() -> None:
+    fake = _FakeExecutions(drop_after=0, finish_after_gets=10**6)
+    for address in _serve(fake):
+        async with mantle.aio.Client(address, token="tok") as c:
+            with pytest.raises(TimeoutError):
+                await c.wait("ex-1", timeout=0.6)
+
+
+def test_sync_and_aio_expose_the_same_execution_methods() -> None:
+    names = {
+        "start_execution", "get_execution", "list_executions", "iter_executions",
+        "cancel_execution", "retry_execution", "list_step_attempts", "watch", "wait",
+    }
+    assert names <= set(vars(mantle.Client))
+    assert names <= set(vars(mantle.aio.Client))
+    assert {"Execution", "ExecutionEvent", "StepAttempt"} <= set(mantle.__all__)
