@@ -32,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: AdminKeyCommand,
     },
+    /// Encryption keys of secrets.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Validate workflow files offline (no daemon, no database): one FILE:LINE:COL line per problem.
     Validate {
         /// Workflow files to check.
@@ -46,6 +51,21 @@ enum Command {
 enum MigrateCommand {
     /// List applied and pending migrations.
     Status(Flags),
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Print a new random encryption key (64 hex characters) for MANTLE_ENCRYPTION_KEY.
+    GenerateKey,
+    /// Re-encrypt every secret sealed with MANTLE_ENCRYPTION_KEY_PREVIOUS under
+    /// MANTLE_ENCRYPTION_KEY, in batches; safe while daemons serve.
+    RotateKey {
+        /// Secrets per batch.
+        #[arg(long, default_value_t = 100)]
+        batch_size: u32,
+        #[command(flatten)]
+        flags: Flags,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +90,18 @@ pub fn main() -> i32 {
             return 0;
         }
         Command::Validate { files } => return validate_files(files),
+        Command::Secrets {
+            command: SecretsCommand::GenerateKey,
+        } => {
+            println!(
+                "{}",
+                crate::secrets::crypto::KeyRing::generate_hex().as_str()
+            );
+            return 0;
+        }
+        Command::Secrets {
+            command: SecretsCommand::RotateKey { flags, .. },
+        } => flags,
         Command::Serve(f) | Command::Init(f) => f,
         Command::Migrate {
             command: MigrateCommand::Status(f),
@@ -100,13 +132,45 @@ pub fn main() -> i32 {
             Command::AdminKey {
                 command: AdminKeyCommand::Create { name, .. },
             } => admin_key_create(&config, &name).await,
-            Command::Version | Command::Validate { .. } => Ok(()),
+            Command::Secrets {
+                command: SecretsCommand::RotateKey { batch_size, .. },
+            } => rotate_key(&config, batch_size).await,
+            Command::Version | Command::Validate { .. } | Command::Secrets { .. } => Ok(()),
         }
     });
     match result {
         Ok(()) => 0,
         Err(err) => fail(&err),
     }
+}
+
+/// `mantle secrets rotate-key`: the same re-encryption as RotateEncryptionKey, run against
+/// the database directly.
+async fn rotate_key(config: &Config, batch_size: u32) -> Result<(), StartError> {
+    let store = server::open_store(config, false).await?;
+    store.migrate().await?;
+    let ring = std::sync::Arc::new(server::key_ring(config, store.backend())?);
+    crate::secrets::check_keys(store.as_ref(), &ring)
+        .await
+        .map_err(StartError::Config)?;
+    let secrets = crate::secrets::Secrets::new(store, ring.clone());
+    let operator = crate::auth::Caller {
+        key_id: "cli:mantle secrets rotate-key".to_owned(),
+        tenant: None,
+        scopes: crate::auth::ScopeSet::new([crate::auth::Scope::TenantsAdmin]),
+        operator: true,
+    };
+    let rotation = secrets
+        .rotate(&operator, batch_size)
+        .await
+        .map_err(|e| StartError::Other(anyhow::anyhow!(e.to_string())))?;
+    println!(
+        "re-encrypted {} secret(s) with key {}; {} remaining",
+        rotation.rotated,
+        ring.current_id(),
+        rotation.remaining
+    );
+    Ok(())
 }
 
 /// `mantle validate`: checks every file and exits 1 if any has a problem.

@@ -26,6 +26,10 @@ pub struct Config {
     /// How long shutdown waits for running requests and steps.
     pub shutdown_grace_period: Duration,
     pub engine: EngineSettings,
+    /// `MANTLE_ENCRYPTION_KEY`: 64 hex characters; required with PostgreSQL.
+    pub encryption_key: Option<String>,
+    /// `MANTLE_ENCRYPTION_KEY_PREVIOUS`: the key being rotated away from.
+    pub encryption_key_previous: Option<String>,
 }
 
 /// Engine settings.
@@ -342,6 +346,8 @@ pub fn build(
         log: LogConfig { level, format },
         api_token,
         shutdown_grace_period,
+        encryption_key: env_get("MANTLE_ENCRYPTION_KEY"),
+        encryption_key_previous: env_get("MANTLE_ENCRYPTION_KEY_PREVIOUS"),
         engine: EngineSettings {
             lease_ttl,
             poll_interval,

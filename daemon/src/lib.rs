@@ -15,6 +15,7 @@ pub mod engine;
 pub mod executions;
 pub mod health;
 pub mod http;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;

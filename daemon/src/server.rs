@@ -76,6 +76,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .transpose()
         .map_err(StartError::Config)?;
     bootstrap_operator_access(&config, store.as_ref(), &tenancy).await?;
+    let ring = Arc::new(key_ring(&config, store.backend())?);
+    crate::secrets::check_keys(store.as_ref(), &ring)
+        .await
+        .map_err(StartError::Config)?;
+    let secrets = crate::secrets::Secrets::new(store.clone(), ring);
 
     let listener = TcpListener::bind(&config.api_address)
         .await
@@ -84,7 +89,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .local_addr()
         .map_err(|e| StartError::Other(e.into()))?;
     let metrics = Metrics::install(cancel.child_token())?;
-    let engine = crate::engine::Engine::new(store.clone(), engine_config(&config))
+    let engine = crate::engine::Engine::new(store.clone(), engine_config(&config), secrets.clone())
         .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?;
     engine.run();
     let readiness = health::spawn_monitor(store.clone(), cancel.child_token());
@@ -94,6 +99,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         tenancy,
         definitions: crate::definitions::Definitions::new(store.clone()),
         executions: crate::executions::Executions::new(store.clone(), engine.clone()),
+        secrets,
         shutdown: cancel.clone(),
         backend: store.backend(),
         readiness: readiness.clone(),
@@ -141,6 +147,52 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let _ = engine_stopped.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Name of the file, inside the data directory, holding the generated encryption key of
+/// the embedded store.
+pub const ENCRYPTION_KEY_FILE: &str = "encryption-key";
+
+/// The key ring from `MANTLE_ENCRYPTION_KEY` (and `_PREVIOUS`). With the embedded SQLite
+/// store and no key configured, a key is generated once into the data directory.
+pub fn key_ring(
+    config: &Config,
+    backend: Backend,
+) -> Result<crate::secrets::crypto::KeyRing, StartError> {
+    use crate::secrets::crypto::KeyRing;
+    let previous = config.encryption_key_previous.as_deref();
+    if let Some(key) = &config.encryption_key {
+        return KeyRing::from_hex(key, previous).map_err(|e| StartError::Config(e.to_string()));
+    }
+    if backend == Backend::Postgres {
+        return Err(StartError::Config(
+            "MANTLE_ENCRYPTION_KEY is required with PostgreSQL: 64 hexadecimal characters \
+             (generate one with `mantle secrets generate-key`), the same on every replica"
+                .to_owned(),
+        ));
+    }
+    let path = config.data_dir.join(ENCRYPTION_KEY_FILE);
+    let key = match std::fs::read_to_string(&path) {
+        Ok(k) => zeroize::Zeroizing::new(k.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = KeyRing::generate_hex();
+            write_private_file(&path, &format!("{}\n", key.as_str()))
+                .map_err(|e| StartError::Config(format!("writing {}: {e}", path.display())))?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated an encryption key for secrets; back it up with the database, or set MANTLE_ENCRYPTION_KEY"
+            );
+            key
+        }
+        Err(e) => {
+            return Err(StartError::Config(format!(
+                "reading {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    KeyRing::from_hex(&key, previous)
+        .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))
 }
 
 fn engine_config(config: &Config) -> crate::engine::EngineConfig {

@@ -114,10 +114,17 @@ pub async fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Out
     }
 }
 
-/// A command line for `mantle` with a clean environment (no inherited `MANTLE_*`).
+/// The encryption key every test daemon gets unless a test sets its own (PostgreSQL
+/// requires one; with SQLite it replaces the generated key file).
+pub const TEST_ENCRYPTION_KEY: &str =
+    "6d616e746c652d746573742d6b65792d30303030303030303030303030303031";
+
+/// A command line for `mantle` with a clean environment (no inherited `MANTLE_*`) but for
+/// [`TEST_ENCRYPTION_KEY`].
 pub fn mantle_command() -> Command {
     let mut cmd = Command::new(mantle_bin());
     scrub_env(&mut cmd);
+    cmd.env("MANTLE_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY);
     cmd
 }
 
@@ -1067,3 +1074,1237 @@ pub async fn admin_key_create(database_url: &str, name: &str) -> String {
     // not here, so that other tests are not masked by it.
     token
 }
+
+// ---------------------------------------------------------------------------------------------
+// Executions: clients and helpers for the engine tests
+// ---------------------------------------------------------------------------------------------
+
+/// A DefinitionService client with [`Auth`].
+pub type DefinitionsClient = pb::definition_service_client::DefinitionServiceClient<AuthChannel>;
+/// An ExecutionService client with [`Auth`].
+pub type ExecutionsClient = pb::execution_service_client::ExecutionServiceClient<AuthChannel>;
+
+/// Whether `status` (a `pb::ExecutionStatus` as i32) is a final state.
+pub fn is_terminal_status(status: i32) -> bool {
+    matches!(
+        pb::ExecutionStatus::try_from(status),
+        Ok(pb::ExecutionStatus::Completed
+            | pb::ExecutionStatus::Failed
+            | pb::ExecutionStatus::Cancelled
+            | pb::ExecutionStatus::TimedOut)
+    )
+}
+
+/// A protobuf timestamp as milliseconds since the Unix epoch; `None` when unset.
+pub fn ts_ms(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
+    ts.as_ref()
+        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+/// The test process's clock in milliseconds since the Unix epoch (the daemon runs on the same
+/// machine, so its timestamps are comparable).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// One line per attempt, for assertion messages.
+pub fn describe_attempts(attempts: &[pb::StepAttempt]) -> String {
+    attempts
+        .iter()
+        .map(|a| {
+            format!(
+                "{}#{} {:?} start={:?} end={:?} wake={:?} output={} error={:?}",
+                a.step_name,
+                a.attempt,
+                pb::StepStatus::try_from(a.status).unwrap_or(pb::StepStatus::Unspecified),
+                ts_ms(&a.start_time),
+                ts_ms(&a.end_time),
+                ts_ms(&a.wake_time),
+                a.output_json,
+                a.error
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The attempts of one step, in the order listed.
+pub fn attempts_of<'a>(attempts: &'a [pb::StepAttempt], step: &str) -> Vec<&'a pb::StepAttempt> {
+    attempts.iter().filter(|a| a.step_name == step).collect()
+}
+
+/// The single attempt of `step`, panicking (with every attempt) when there is not exactly one.
+#[track_caller]
+pub fn only_attempt<'a>(attempts: &'a [pb::StepAttempt], step: &str) -> &'a pb::StepAttempt {
+    let found = attempts_of(attempts, step);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one attempt of step {step:?}; attempts:\n{}",
+        describe_attempts(attempts)
+    );
+    found[0]
+}
+
+/// Parses a JSON text, panicking with the text when it is not JSON.
+#[track_caller]
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}
+
+/// DefinitionService and ExecutionService clients of one daemon, with one token.
+#[derive(Clone)]
+pub struct Mantle {
+    /// DefinitionService.
+    pub defs: DefinitionsClient,
+    /// ExecutionService.
+    pub execs: ExecutionsClient,
+}
+
+impl fmt::Debug for Mantle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mantle").finish_non_exhaustive()
+    }
+}
+
+impl Mantle {
+    /// Clients of `daemon` sending `token`.
+    pub async fn connect(daemon: &Daemon, token: &str) -> Mantle {
+        let channel = daemon.channel().await;
+        Mantle {
+            defs: pb::definition_service_client::DefinitionServiceClient::with_interceptor(
+                channel.clone(),
+                Auth::new(Some(token)),
+            ),
+            execs: pb::execution_service_client::ExecutionServiceClient::with_interceptor(
+                channel,
+                Auth::new(Some(token)),
+            ),
+        }
+    }
+
+    /// Applies a workflow file, panicking with the status when it is refused.
+    pub async fn apply(&mut self, source: &str) -> pb::Definition {
+        let response = self
+            .defs
+            .apply_definition(pb::ApplyDefinitionRequest {
+                source: source.to_owned(),
+                filename: "workflow.yaml".to_owned(),
+            })
+            .await;
+        match response {
+            Ok(r) => r
+                .into_inner()
+                .definition
+                .expect("ApplyDefinitionResponse.definition"),
+            Err(status) => panic!(
+                "ApplyDefinition failed: {:?}: {}\n--- source ---\n{source}",
+                status.code(),
+                status.message()
+            ),
+        }
+    }
+
+    /// StartExecution of the latest version.
+    pub async fn start(
+        &mut self,
+        workflow: &str,
+        inputs_json: &str,
+    ) -> Result<pb::Execution, tonic::Status> {
+        self.execs
+            .start_execution(pb::StartExecutionRequest {
+                workflow: workflow.to_owned(),
+                version: 0,
+                inputs_json: inputs_json.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// StartExecution that must succeed.
+    pub async fn start_ok(&mut self, workflow: &str, inputs_json: &str) -> pb::Execution {
+        expect_ok(
+            self.execs
+                .start_execution(pb::StartExecutionRequest {
+                    workflow: workflow.to_owned(),
+                    version: 0,
+                    inputs_json: inputs_json.to_owned(),
+                })
+                .await,
+            &format!("StartExecution {workflow} {inputs_json}"),
+        )
+    }
+
+    /// GetExecution that must succeed.
+    pub async fn get(&mut self, id: &str) -> pb::Execution {
+        expect_ok(
+            self.execs
+                .get_execution(pb::GetExecutionRequest { id: id.to_owned() })
+                .await,
+            "GetExecution",
+        )
+    }
+
+    /// ListStepAttempts that must succeed.
+    pub async fn attempts(&mut self, id: &str) -> Vec<pb::StepAttempt> {
+        expect_ok(
+            self.execs
+                .list_step_attempts(pb::ListStepAttemptsRequest { id: id.to_owned() })
+                .await,
+            "ListStepAttempts",
+        )
+        .attempts
+    }
+
+    /// CancelExecution that must succeed.
+    pub async fn cancel(&mut self, id: &str) -> pb::Execution {
+        expect_ok(
+            self.execs
+                .cancel_execution(pb::CancelExecutionRequest { id: id.to_owned() })
+                .await,
+            "CancelExecution",
+        )
+    }
+
+    /// RetryExecution that must succeed.
+    pub async fn retry(&mut self, id: &str) -> pb::Execution {
+        expect_ok(
+            self.execs
+                .retry_execution(pb::RetryExecutionRequest { id: id.to_owned() })
+                .await,
+            "RetryExecution",
+        )
+    }
+
+    /// Polls GetExecution (every 20 ms) until `check` accepts it; panics after `timeout` with
+    /// the last execution and its attempts.
+    pub async fn wait_until<F>(
+        &mut self,
+        id: &str,
+        timeout: Duration,
+        what: &str,
+        mut check: F,
+    ) -> pb::Execution
+    where
+        F: FnMut(&pb::Execution, &[pb::StepAttempt]) -> bool,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let execution = self.get(id).await;
+            let attempts = self.attempts(id).await;
+            if check(&execution, &attempts) {
+                return execution;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{what}: not reached within {timeout:?}; execution: {execution:?}\nattempts:\n{}",
+                    describe_attempts(&attempts)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until the execution is in a final state (panics after `timeout`).
+    pub async fn wait_terminal(&mut self, id: &str, timeout: Duration) -> pb::Execution {
+        self.wait_until(id, timeout, "execution finished", |e, _| {
+            is_terminal_status(e.status)
+        })
+        .await
+    }
+
+    /// Starts `workflow` and waits (up to `timeout`) for it to finish; returns the execution
+    /// and its attempts.
+    pub async fn run(
+        &mut self,
+        workflow: &str,
+        inputs_json: &str,
+        timeout: Duration,
+    ) -> (pb::Execution, Vec<pb::StepAttempt>) {
+        let started = self.start_ok(workflow, inputs_json).await;
+        let execution = self.wait_terminal(&started.id, timeout).await;
+        let attempts = self.attempts(&started.id).await;
+        (execution, attempts)
+    }
+
+    /// WatchExecution after `after_seq`, collecting every event until the stream ends. `Err`
+    /// when the call is refused, the stream fails, or it does not end within `timeout`.
+    pub async fn watch(
+        &mut self,
+        id: &str,
+        after_seq: i64,
+        timeout: Duration,
+    ) -> Result<Vec<pb::ExecutionEvent>> {
+        let fut =
+            async {
+                let mut stream = self
+                    .execs
+                    .watch_execution(pb::WatchExecutionRequest {
+                        id: id.to_owned(),
+                        after_seq,
+                    })
+                    .await
+                    .map_err(|s| anyhow!("WatchExecution: {:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                let mut events = Vec::new();
+                while let Some(event) = stream.message().await.map_err(|s| {
+                    anyhow!("WatchExecution stream: {:?}: {}", s.code(), s.message())
+                })? {
+                    events.push(event);
+                }
+                anyhow::Ok(events)
+            };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| anyhow!("WatchExecution did not end within {timeout:?}"))?
+    }
+}
+
+/// Creates an API key of `tenant` with `scopes` through TenantService (needs an operator token).
+pub async fn create_api_key(
+    daemon: &Daemon,
+    operator: &str,
+    tenant: &str,
+    scopes: &[&str],
+) -> String {
+    let mut tenants = daemon.tenants(Some(operator)).await;
+    expect_ok(
+        tenants
+            .create_api_key(pb::CreateApiKeyRequest {
+                tenant: tenant.to_owned(),
+                name: format!("it-{}", scopes.join("-").replace([':', '*'], "_")),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                expire_time: None,
+            })
+            .await,
+        "CreateApiKey",
+    )
+    .token
+}
+
+/// Creates a tenant named `name` through TenantService (needs an operator token).
+pub async fn create_tenant(daemon: &Daemon, operator: &str, name: &str) {
+    let mut tenants = daemon.tenants(Some(operator)).await;
+    expect_ok(
+        tenants
+            .create_tenant(pb::CreateTenantRequest {
+                name: name.to_owned(),
+                display_name: name.to_owned(),
+            })
+            .await,
+        "CreateTenant",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A scriptable HTTP/1.1 test server
+// ---------------------------------------------------------------------------------------------
+
+/// One scripted answer of the [`TestServer`].
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// How long to hold the request before answering (the server notices meanwhile when the
+    /// client closes the connection).
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// An empty `text/plain` answer with `status`.
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+            content_type: "text/plain".to_owned(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// A JSON answer.
+    pub fn json(status: u16, value: serde_json::Value) -> Reply {
+        Reply {
+            body: value.to_string(),
+            content_type: "application/json".to_owned(),
+            ..Reply::status(status)
+        }
+    }
+
+    /// A `302 Found` to `location`.
+    pub fn redirect(location: &str) -> Reply {
+        Reply::status(302).header("Location", location)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Holds the request for `delay` before answering.
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+/// One request the [`TestServer`] received.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Request method.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// When the request head was read.
+    pub at: Instant,
+    /// When the answer was written.
+    pub answered: Option<Instant>,
+    /// When the client closed the connection before the answer was written.
+    pub closed_by_client: Option<Instant>,
+}
+
+#[derive(Default)]
+struct TestServerState {
+    routes: HashMap<String, (Vec<Reply>, usize)>,
+    hits: Vec<Hit>,
+}
+
+/// A local HTTP/1.1 server with scripted answers per path: each path serves its replies in
+/// order and repeats the last; unknown paths answer 404. Counts requests, records their times,
+/// and notices clients that close the connection while a reply is held back.
+pub struct TestServer {
+    /// Where it listens (127.0.0.1).
+    pub addr: SocketAddr,
+    state: Arc<Mutex<TestServerState>>,
+    acceptor: JoinHandle<()>,
+}
+
+impl fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestServer {
+    /// Starts listening on a free port of 127.0.0.1.
+    pub async fn start() -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the test server");
+        let addr = listener.local_addr().expect("test server address");
+        let state = Arc::new(Mutex::new(TestServerState::default()));
+        let acceptor = {
+            let state = Arc::clone(&state);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(serve_test_connection(stream, Arc::clone(&state)));
+                }
+            })
+        };
+        TestServer {
+            addr,
+            state,
+            acceptor,
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Scripts `path`: its replies in order, the last one repeated (restarts the script).
+    pub fn route(&self, path: &str, replies: Vec<Reply>) {
+        assert!(!replies.is_empty(), "a route needs at least one reply");
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .insert(path.to_owned(), (replies, 0));
+    }
+
+    /// Scripts `path` to always answer `reply`.
+    pub fn set(&self, path: &str, reply: Reply) {
+        self.route(path, vec![reply]);
+    }
+
+    /// Every request to `path` so far.
+    pub fn hits(&self, path: &str) -> Vec<Hit> {
+        self.state
+            .lock()
+            .unwrap()
+            .hits
+            .iter()
+            .filter(|h| h.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Every request so far.
+    pub fn all_hits(&self) -> Vec<Hit> {
+        self.state.lock().unwrap().hits.clone()
+    }
+
+    /// Number of requests to `path` so far.
+    pub fn count(&self, path: &str) -> usize {
+        self.hits(path).len()
+    }
+
+    /// Waits until `path` got at least `n` requests; returns whether it did within `timeout`.
+    pub async fn wait_for_hits(&self, path: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.count(path) >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+async fn serve_test_connection(mut stream: TcpStream, state: Arc<Mutex<TestServerState>>) {
+    // Read the request head (and a Content-Length body).
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 1 << 20 {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let target = parts.next().unwrap_or_default();
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    let content_length: usize = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body_have = buf.len() - (head_end + 4);
+    while body_have < content_length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body_have += n,
+        }
+    }
+
+    let (index, reply) = {
+        let mut state = state.lock().unwrap();
+        let reply = match state.routes.get_mut(&path) {
+            Some((replies, served)) => {
+                let reply = replies[(*served).min(replies.len() - 1)].clone();
+                *served += 1;
+                reply
+            }
+            None => Reply::status(404),
+        };
+        state.hits.push(Hit {
+            method,
+            path,
+            at: Instant::now(),
+            answered: None,
+            closed_by_client: None,
+        });
+        (state.hits.len() - 1, reply)
+    };
+
+    if !reply.delay.is_zero() {
+        let until = tokio::time::Instant::now() + reply.delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                read = stream.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) => {
+                        state.lock().unwrap().hits[index].closed_by_client = Some(Instant::now());
+                        return;
+                    }
+                    Ok(_) => {}
+                },
+            }
+        }
+    }
+
+    let reason = match reply.status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        400 => "Bad Request",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let mut response = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reply.status,
+        reply.content_type,
+        reply.body.len()
+    );
+    for (name, value) in &reply.headers {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str("\r\n");
+    response.push_str(&reply.body);
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    state.lock().unwrap().hits[index].answered = Some(Instant::now());
+}
+
+// =============================================================================================
+// BEGIN reliability helpers (crash recovery, replicas, bench) — one block, kept together.
+// =============================================================================================
+
+/// Helpers of the crash-recovery and replica tests and of the `bench` binary: execution and
+/// definition clients, a counting HTTP server, workflow generators and small utilities.
+pub mod reliability {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant, SystemTime};
+
+    use anyhow::{Context, Result, bail};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+    use tonic::transport::Channel;
+
+    use super::{Auth, AuthChannel, Daemon, DaemonOptions, pb};
+    pub use pb::definition_service_client::DefinitionServiceClient;
+    pub use pb::execution_service_client::ExecutionServiceClient;
+
+    /// An ExecutionService client with the [`Auth`] interceptor.
+    pub type Executions = ExecutionServiceClient<AuthChannel>;
+    /// A DefinitionService client with the [`Auth`] interceptor.
+    pub type Definitions = DefinitionServiceClient<AuthChannel>;
+
+    /// The `MANTLE_API_TOKEN` the reliability daemons run with (tenant `default`, scope `*`).
+    pub const RELIABILITY_TOKEN: &str = "reliability-static-token-0123456789abcdef";
+
+    /// Options for a reliability daemon: `MANTLE_API_TOKEN`, private networks allowed (the
+    /// counting server is on 127.0.0.1), the given lease and poll interval.
+    pub fn reliability_options(
+        database_url: Option<&str>,
+        lease: &str,
+        poll: &str,
+    ) -> DaemonOptions {
+        let mut opts = match database_url {
+            Some(url) => DaemonOptions::postgres(url),
+            None => DaemonOptions::sqlite(),
+        };
+        opts = opts
+            .env("MANTLE_API_TOKEN", RELIABILITY_TOKEN)
+            .env("MANTLE_HTTP_ALLOW_PRIVATE_NETWORKS", "true")
+            .env("MANTLE_ENGINE_LEASE_TTL", lease)
+            .env("MANTLE_ENGINE_POLL_INTERVAL", poll)
+            .env("MANTLE_SHUTDOWN_GRACE_PERIOD", "20s");
+        opts
+    }
+
+    /// An ExecutionService client on `channel` sending [`RELIABILITY_TOKEN`].
+    pub fn executions_client(channel: Channel) -> Executions {
+        ExecutionServiceClient::with_interceptor(channel, Auth::new(Some(RELIABILITY_TOKEN)))
+    }
+
+    /// A DefinitionService client on `channel` sending [`RELIABILITY_TOKEN`].
+    pub fn definitions_client(channel: Channel) -> Definitions {
+        DefinitionServiceClient::with_interceptor(channel, Auth::new(Some(RELIABILITY_TOKEN)))
+    }
+
+    /// An ExecutionService client of `daemon`.
+    pub async fn executions_of(daemon: &Daemon) -> Executions {
+        executions_client(daemon.channel().await)
+    }
+
+    /// Applies a workflow file through `daemon` and returns the stored version.
+    pub async fn apply_workflow(daemon: &Daemon, source: &str) -> Result<pb::Definition> {
+        let mut defs = definitions_client(daemon.channel().await);
+        let response = defs
+            .apply_definition(pb::ApplyDefinitionRequest {
+                source: source.to_owned(),
+                filename: "reliability.yaml".to_owned(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("ApplyDefinition: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        response
+            .definition
+            .context("ApplyDefinition returned no definition")
+    }
+
+    /// Starts an execution of the latest version of `workflow` without inputs.
+    pub async fn start_execution(client: &mut Executions, workflow: &str) -> Result<pb::Execution> {
+        client
+            .start_execution(pb::StartExecutionRequest {
+                workflow: workflow.to_owned(),
+                version: 0,
+                inputs_json: String::new(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| anyhow::anyhow!("StartExecution: {:?}: {}", s.code(), s.message()))
+    }
+
+    /// Whether an execution status is final.
+    pub fn is_terminal(status: i32) -> bool {
+        use pb::ExecutionStatus as S;
+        [S::Completed, S::Failed, S::Cancelled, S::TimedOut]
+            .iter()
+            .any(|s| *s as i32 == status)
+    }
+
+    /// Name of an execution status, for messages.
+    pub fn execution_status_name(status: i32) -> String {
+        pb::ExecutionStatus::try_from(status)
+            .map(|s| s.as_str_name().to_owned())
+            .unwrap_or_else(|_| format!("status {status}"))
+    }
+
+    /// Name of a step status, for messages.
+    pub fn step_status_name(status: i32) -> String {
+        pb::StepStatus::try_from(status)
+            .map(|s| s.as_str_name().to_owned())
+            .unwrap_or_else(|_| format!("status {status}"))
+    }
+
+    /// Polls GetExecution for every id until all are terminal or `timeout` passes; returns
+    /// the last state of each (in the order of `ids`). Transport errors are retried.
+    pub async fn wait_all_terminal(
+        client: &mut Executions,
+        ids: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<pb::Execution>> {
+        let deadline = Instant::now() + timeout;
+        let mut last: HashMap<String, pb::Execution> = HashMap::new();
+        loop {
+            for id in ids {
+                if last.get(id).is_some_and(|e| is_terminal(e.status)) {
+                    continue;
+                }
+                if let Ok(response) = client
+                    .get_execution(pb::GetExecutionRequest { id: id.clone() })
+                    .await
+                {
+                    last.insert(id.clone(), response.into_inner());
+                }
+            }
+            let done = ids
+                .iter()
+                .filter(|id| last.get(*id).is_some_and(|e| is_terminal(e.status)))
+                .count();
+            if done == ids.len() {
+                return Ok(ids.iter().map(|id| last[id].clone()).collect());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} of {} executions still not finished after {timeout:?}",
+                    ids.len() - done,
+                    ids.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every attempt of an execution.
+    pub async fn step_attempts(client: &mut Executions, id: &str) -> Result<Vec<pb::StepAttempt>> {
+        client
+            .list_step_attempts(pb::ListStepAttemptsRequest { id: id.to_owned() })
+            .await
+            .map(|r| r.into_inner().attempts)
+            .map_err(|s| anyhow::anyhow!("ListStepAttempts: {:?}: {}", s.code(), s.message()))
+    }
+
+    /// Converts a protobuf timestamp to a `SystemTime`.
+    pub fn system_time(ts: &prost_types::Timestamp) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(ts.seconds.max(0) as u64)
+            + Duration::from_nanos(ts.nanos.max(0) as u64)
+    }
+
+    /// `b - a` in milliseconds (negative when `b` is earlier).
+    pub fn millis_between(a: SystemTime, b: SystemTime) -> f64 {
+        match b.duration_since(a) {
+            Ok(d) => d.as_secs_f64() * 1000.0,
+            Err(e) => -(e.duration().as_secs_f64() * 1000.0),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Workflow generators
+    // -----------------------------------------------------------------------------------------
+
+    /// A chain of `n` `core/set` steps `s1..sn`, each reading the previous one's output.
+    pub fn set_chain_workflow(name: &str, n: usize) -> String {
+        let mut out = format!(
+            "name: {name}\nsteps:\n  - name: s1\n    action: core/set\n    params: {{v: 1}}\n"
+        );
+        for i in 2..=n {
+            out.push_str(&format!(
+                "  - name: s{i}\n    action: core/set\n    params: {{v: \"{{{{ steps.s{}.output.v + 1 }}}}\"}}\n",
+                i - 1
+            ));
+        }
+        out.push_str(&format!("outputs:\n  v: steps.s{n}.output.v\n"));
+        out
+    }
+
+    /// A chain of `n` `http/request` steps `s1..sn` to `http://<server>/<execution id>/sN`.
+    pub fn http_chain_workflow(name: &str, n: usize, server: SocketAddr) -> String {
+        let mut out = format!("name: {name}\nsteps:\n");
+        for i in 1..=n {
+            out.push_str(&format!(
+                "  - name: s{i}\n    action: http/request\n    params:\n      url: \"http://{server}/{{{{ execution.id }}}}/s{i}\"\n"
+            ));
+            if i > 1 {
+                out.push_str(&format!("    depends_on: [s{}]\n", i - 1));
+            }
+        }
+        out
+    }
+
+    /// `branches` parallel chains of `length` `http/request` steps (`b<i>_s<j>`), then a
+    /// `join` step after the last step of every branch; every request goes to
+    /// `http://<server>/<execution id>/<step name>`. Returns the YAML and the step names.
+    pub fn http_fan_workflow(
+        name: &str,
+        branches: usize,
+        length: usize,
+        server: SocketAddr,
+    ) -> (String, Vec<String>) {
+        let mut out = format!("name: {name}\ntimeout: 10m\nsteps:\n");
+        let mut names = Vec::new();
+        let step = |out: &mut String, step: &str, deps: &[String]| {
+            out.push_str(&format!(
+                "  - name: {step}\n    action: http/request\n    params:\n      url: \"http://{server}/{{{{ execution.id }}}}/{step}\"\n"
+            ));
+            if !deps.is_empty() {
+                out.push_str(&format!("    depends_on: [{}]\n", deps.join(", ")));
+            }
+        };
+        let mut tails = Vec::new();
+        for b in 1..=branches {
+            for s in 1..=length {
+                let this = format!("b{b}_s{s}");
+                let deps = if s > 1 {
+                    vec![format!("b{b}_s{}", s - 1)]
+                } else {
+                    Vec::new()
+                };
+                step(&mut out, &this, &deps);
+                names.push(this.clone());
+                if s == length {
+                    tails.push(this);
+                }
+            }
+        }
+        step(&mut out, "join", &tails);
+        names.push("join".to_owned());
+        (out, names)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Counting HTTP server
+    // -----------------------------------------------------------------------------------------
+
+    /// A local HTTP/1.1 server (keep-alive) that counts the requests it receives per path
+    /// (counted as soon as the request head is read), waits `delay`, and answers
+    /// `200 {"ok":true}`.
+    pub struct CountingServer {
+        /// Where it listens.
+        pub addr: SocketAddr,
+        counts: Arc<Mutex<HashMap<String, u64>>>,
+        acceptor: JoinHandle<()>,
+    }
+
+    impl std::fmt::Debug for CountingServer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("CountingServer")
+                .field("addr", &self.addr)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl CountingServer {
+        /// Starts listening on a free port of 127.0.0.1.
+        pub async fn start(delay: Duration) -> Result<CountingServer> {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let counts = Arc::new(Mutex::new(HashMap::new()));
+            let acceptor = {
+                let counts = Arc::clone(&counts);
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        let counts = Arc::clone(&counts);
+                        tokio::spawn(serve_counting(stream, counts, delay));
+                    }
+                })
+            };
+            Ok(CountingServer {
+                addr,
+                counts,
+                acceptor,
+            })
+        }
+
+        /// Requests received at `path` so far.
+        pub fn count(&self, path: &str) -> u64 {
+            self.counts.lock().unwrap().get(path).copied().unwrap_or(0)
+        }
+
+        /// Every path with its count.
+        pub fn counts(&self) -> HashMap<String, u64> {
+            self.counts.lock().unwrap().clone()
+        }
+
+        /// All requests received.
+        pub fn total(&self) -> u64 {
+            self.counts.lock().unwrap().values().sum()
+        }
+    }
+
+    impl Drop for CountingServer {
+        fn drop(&mut self) {
+            self.acceptor.abort();
+        }
+    }
+
+    async fn serve_counting(
+        mut stream: TcpStream,
+        counts: Arc<Mutex<HashMap<String, u64>>>,
+        delay: Duration,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        loop {
+            // Read one request head.
+            let head_end = loop {
+                if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break pos + 4;
+                }
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let path = head
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("")
+                .to_owned();
+            let content_length: usize = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + content_length {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..head_end + content_length);
+            *counts.lock().unwrap().entry(path).or_insert(0) += 1;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let body = b"{\"ok\":true}";
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            if stream.write_all(response.as_bytes()).await.is_err()
+                || stream.write_all(body).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Misc
+    // -----------------------------------------------------------------------------------------
+
+    /// A small xorshift PRNG (no dependency); print the seed so a run can be reproduced.
+    #[derive(Debug, Clone)]
+    pub struct Rng(u64);
+
+    impl Rng {
+        /// Seeded from `MANTLE_TEST_SEED` when set, else randomly; returns the seed too.
+        pub fn from_env() -> (Rng, u64) {
+            let seed = std::env::var("MANTLE_TEST_SEED")
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+            (Rng(seed.max(1)), seed)
+        }
+
+        /// The next random number.
+        pub fn next_u64(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        /// A random duration in `[lo, hi]`.
+        pub fn duration(&mut self, lo: Duration, hi: Duration) -> Duration {
+            let span = hi.saturating_sub(lo).as_micros() as u64;
+            lo + Duration::from_micros(if span == 0 {
+                0
+            } else {
+                self.next_u64() % (span + 1)
+            })
+        }
+    }
+
+    /// The `p`-th percentile (0–100) of `values` (sorted in place), nearest-rank.
+    pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+        if values.is_empty() {
+            return f64::NAN;
+        }
+        values.sort_by(|a, b| a.total_cmp(b));
+        let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+        values[rank.clamp(1, values.len()) - 1]
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reading the store directly
+    // -----------------------------------------------------------------------------------------
+
+    /// One row of `step_attempts`, as stored.
+    #[derive(Debug, Clone)]
+    pub struct DbAttempt {
+        /// The execution.
+        pub execution_id: uuid::Uuid,
+        /// The step.
+        pub step_name: String,
+        /// The attempt number.
+        pub attempt: i32,
+        /// `running`, `completed`, `failed`, `cancelled`, ...
+        pub status: String,
+        /// Why it failed or was cancelled.
+        pub error: Option<String>,
+    }
+
+    /// What the store holds about executions: every attempt, every event's
+    /// `(execution, seq)`, and every execution's `(id, status)`.
+    #[derive(Debug, Clone, Default)]
+    pub struct DbSnapshot {
+        /// Every row of `step_attempts`.
+        pub attempts: Vec<DbAttempt>,
+        /// `(execution_id, seq)` of every row of `execution_events`.
+        pub events: Vec<(uuid::Uuid, i64)>,
+        /// `(id, status)` of every execution.
+        pub executions: Vec<(uuid::Uuid, String)>,
+    }
+
+    type AttemptTuple = (uuid::Uuid, String, i32, String, Option<String>);
+
+    const SNAPSHOT_ATTEMPTS: &str =
+        "SELECT execution_id, step_name, attempt, status, error FROM step_attempts";
+    const SNAPSHOT_EVENTS: &str = "SELECT execution_id, seq FROM execution_events";
+    const SNAPSHOT_EXECUTIONS: &str = "SELECT id, status FROM executions";
+
+    fn snapshot_from(
+        attempts: Vec<AttemptTuple>,
+        events: Vec<(uuid::Uuid, i64)>,
+        executions: Vec<(uuid::Uuid, String)>,
+    ) -> DbSnapshot {
+        DbSnapshot {
+            attempts: attempts
+                .into_iter()
+                .map(
+                    |(execution_id, step_name, attempt, status, error)| DbAttempt {
+                        execution_id,
+                        step_name,
+                        attempt,
+                        status,
+                        error,
+                    },
+                )
+                .collect(),
+            events,
+            executions,
+        }
+    }
+
+    /// Reads a [`DbSnapshot`] from a PostgreSQL database.
+    pub async fn pg_snapshot(url: &str) -> Result<DbSnapshot> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        let attempts: Vec<AttemptTuple> = sqlx::query_as(SNAPSHOT_ATTEMPTS)
+            .fetch_all(&mut conn)
+            .await?;
+        let events: Vec<(uuid::Uuid, i64)> =
+            sqlx::query_as(SNAPSHOT_EVENTS).fetch_all(&mut conn).await?;
+        let executions: Vec<(uuid::Uuid, String)> = sqlx::query_as(SNAPSHOT_EXECUTIONS)
+            .fetch_all(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(snapshot_from(attempts, events, executions))
+    }
+
+    /// Reads a [`DbSnapshot`] from the daemon's SQLite file (`<data dir>/mantle.db`).
+    pub async fn sqlite_snapshot(data_dir: &std::path::Path) -> Result<DbSnapshot> {
+        use sqlx::Connection;
+        let path = data_dir.join("mantle.db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(Duration::from_secs(10));
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        let attempts: Vec<AttemptTuple> = sqlx::query_as(SNAPSHOT_ATTEMPTS)
+            .fetch_all(&mut conn)
+            .await?;
+        let events: Vec<(uuid::Uuid, i64)> =
+            sqlx::query_as(SNAPSHOT_EVENTS).fetch_all(&mut conn).await?;
+        let executions: Vec<(uuid::Uuid, String)> = sqlx::query_as(SNAPSHOT_EXECUTIONS)
+            .fetch_all(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(snapshot_from(attempts, events, executions))
+    }
+
+    impl DbSnapshot {
+        /// Problems with the store's invariants: an (execution, step) with more than one
+        /// `completed` attempt, or an execution whose event seqs are not exactly `1..=n`.
+        pub fn integrity_problems(&self) -> Vec<String> {
+            let mut problems = Vec::new();
+            let mut completed: HashMap<(uuid::Uuid, &str), Vec<i32>> = HashMap::new();
+            for a in &self.attempts {
+                if a.status == "completed" {
+                    completed
+                        .entry((a.execution_id, a.step_name.as_str()))
+                        .or_default()
+                        .push(a.attempt);
+                }
+            }
+            let mut dup: Vec<_> = completed.iter().filter(|(_, v)| v.len() > 1).collect();
+            dup.sort_by_key(|((id, step), _)| (*id, *step));
+            for ((id, step), attempts) in dup {
+                problems.push(format!(
+                    "execution {id} step {step}: {} completed attempts {attempts:?}",
+                    attempts.len()
+                ));
+            }
+            let mut seqs: HashMap<uuid::Uuid, Vec<i64>> = HashMap::new();
+            for (id, seq) in &self.events {
+                seqs.entry(*id).or_default().push(*seq);
+            }
+            for (id, _) in &self.executions {
+                let mut list = seqs.remove(id).unwrap_or_default();
+                list.sort_unstable();
+                let expected: Vec<i64> = (1..=list.len() as i64).collect();
+                if list != expected {
+                    problems.push(format!(
+                        "execution {id}: event seqs are not 1..={}: {list:?}",
+                        list.len()
+                    ));
+                }
+            }
+            for id in seqs.keys() {
+                problems.push(format!("events of unknown execution {id}"));
+            }
+            problems
+        }
+
+        /// The attempts of one execution's step.
+        pub fn attempts_of(&self, id: uuid::Uuid, step: &str) -> Vec<&DbAttempt> {
+            self.attempts
+                .iter()
+                .filter(|a| a.execution_id == id && a.step_name == step)
+                .collect()
+        }
+    }
+
+    /// Whether an attempt was cancelled because its daemon died (the engine's wording).
+    pub fn is_interrupted(status: &str, error: Option<&str>) -> bool {
+        status == "cancelled" && error.is_some_and(|e| e.contains("interrupted"))
+    }
+
+    /// Checks the counting server against the recorded attempts of one (execution, step):
+    /// a checkpointed step's request is never sent again. Exactly: every `completed` or
+    /// `failed` attempt sent its request, an attempt interrupted by a crash may or may not
+    /// have sent it (the crash may fall between the durable "running" record and the send),
+    /// and no request is sent without a recorded attempt. So
+    /// `completed + failed <= requests <= completed + failed + interrupted`.
+    /// Returns a problem description, or `None`.
+    pub fn request_count_problem(
+        what: &str,
+        requests: u64,
+        attempts: &[(String, Option<String>)],
+    ) -> Option<String> {
+        let finished = attempts
+            .iter()
+            .filter(|(s, _)| s == "completed" || s == "failed")
+            .count() as u64;
+        let interrupted = attempts
+            .iter()
+            .filter(|(s, e)| is_interrupted(s, e.as_deref()))
+            .count() as u64;
+        let completed = attempts.iter().filter(|(s, _)| s == "completed").count();
+        if completed > 1 {
+            return Some(format!(
+                "{what}: {completed} completed attempts: {attempts:?}"
+            ));
+        }
+        if requests < finished || requests > finished + interrupted {
+            return Some(format!(
+                "{what}: {requests} requests received, but {finished} completed/failed and \
+                 {interrupted} interrupted attempts recorded: {attempts:?}"
+            ));
+        }
+        None
+    }
+}
+
+// =============================================================================================
+// END reliability helpers
+// =============================================================================================

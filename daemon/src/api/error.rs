@@ -4,7 +4,7 @@ use tonic::{Code, Status};
 
 use prost::Message;
 
-use crate::{auth, definitions, executions, tenancy};
+use crate::{auth, definitions, executions, secrets, tenancy};
 
 impl From<tenancy::Error> for Status {
     fn from(err: tenancy::Error) -> Status {
@@ -59,6 +59,21 @@ impl From<executions::Error> for Status {
             executions::Error::FailedPrecondition(_) => Code::FailedPrecondition,
             executions::Error::Unavailable(_) => Code::Unavailable,
             executions::Error::Internal(_) => Code::Internal,
+        };
+        status(code, err.to_string())
+    }
+}
+
+impl From<secrets::Error> for Status {
+    fn from(err: secrets::Error) -> Status {
+        let code = match &err {
+            secrets::Error::InvalidArgument { .. } => Code::InvalidArgument,
+            secrets::Error::NotFound(_) => Code::NotFound,
+            secrets::Error::AlreadyExists(_) => Code::AlreadyExists,
+            secrets::Error::PermissionDenied(_) => Code::PermissionDenied,
+            secrets::Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            secrets::Error::Unavailable(_) => Code::Unavailable,
+            secrets::Error::Internal(_) => Code::Internal,
         };
         status(code, err.to_string())
     }

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::caller;
 use super::convert::{execution_status_from_pb, from_timestamp};
-use crate::engine::model::{EventKind, ExecutionFilter, ExecutionStatus};
+use crate::engine::model::ExecutionFilter;
 use crate::executions::{Executions, parse_id};
 use crate::tenancy::{page_request, page_token};
 
@@ -125,8 +125,10 @@ impl ExecutionService for ExecutionApi {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let mut cursor = req.after_seq;
-            let mut finished = execution.status.is_terminal();
+            let mut status = execution.status;
             loop {
+                // The status is read before the events: when it is terminal, the events read
+                // next include the one that ended it (both are written in one transaction).
                 let events = match executions.events(&caller, id, cursor, 500).await {
                     Ok(e) => e,
                     Err(err) => {
@@ -134,27 +136,18 @@ impl ExecutionService for ExecutionApi {
                         return;
                     }
                 };
-                let got = events.len();
+                let caught_up = events.len() < 500;
                 for event in events {
                     cursor = event.seq;
-                    let terminal = event.kind == EventKind::ExecutionStatus
-                        && event
-                            .status
-                            .as_deref()
-                            .and_then(ExecutionStatus::parse)
-                            .is_some_and(ExecutionStatus::is_terminal);
                     if tx.send(Ok(event.into())).await.is_err() {
                         return;
                     }
-                    if terminal {
-                        return;
-                    }
                 }
-                if got == 500 {
+                if !caught_up {
                     continue;
                 }
-                if finished {
-                    // Terminal, and every event sent (its terminal event predates the cursor).
+                // Ends with the execution: a terminal event followed by a retry keeps going.
+                if status.is_terminal() {
                     return;
                 }
                 tokio::select! {
@@ -166,8 +159,12 @@ impl ExecutionService for ExecutionApi {
                         return;
                     }
                 }
-                if let Ok(e) = executions.get(&caller, &req.id).await {
-                    finished = e.status.is_terminal();
+                match executions.get(&caller, &req.id).await {
+                    Ok(e) => status = e.status,
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
                 }
             }
         });

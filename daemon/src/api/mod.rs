@@ -7,6 +7,7 @@ mod definition;
 mod error;
 mod execution;
 mod layers;
+mod secret;
 mod system;
 mod tenant;
 
@@ -14,6 +15,7 @@ use std::future::Future;
 
 use mantle_proto::v1::definition_service_server::DefinitionServiceServer;
 use mantle_proto::v1::execution_service_server::ExecutionServiceServer;
+use mantle_proto::v1::secret_service_server::SecretServiceServer;
 use mantle_proto::v1::system_service_server::SystemServiceServer;
 use mantle_proto::v1::tenant_service_server::TenantServiceServer;
 use tokio::net::TcpListener;
@@ -30,11 +32,12 @@ use crate::store::Backend;
 use crate::tenancy::Tenancy;
 
 /// gRPC service names reported by `grpc.health.v1.Health`.
-pub const SERVICE_NAMES: [&str; 4] = [
+pub const SERVICE_NAMES: [&str; 5] = [
     "mantle.v1.TenantService",
     "mantle.v1.SystemService",
     "mantle.v1.DefinitionService",
     "mantle.v1.ExecutionService",
+    "mantle.v1.SecretService",
 ];
 
 /// What the API serves.
@@ -43,6 +46,7 @@ pub struct ApiContext {
     pub tenancy: Tenancy,
     pub definitions: Definitions,
     pub executions: Executions,
+    pub secrets: crate::secrets::Secrets,
     pub backend: Backend,
     pub readiness: Readiness,
     /// The plain HTTP routes served on the same port.
@@ -91,6 +95,9 @@ pub async fn serve(
         .add_service(ExecutionServiceServer::new(execution::ExecutionApi {
             executions: ctx.executions,
             shutdown: ctx.shutdown,
+        }))
+        .add_service(SecretServiceServer::new(secret::SecretApi {
+            secrets: ctx.secrets,
         }))
         .add_service(SystemServiceServer::new(system::SystemApi {
             backend: ctx.backend,

@@ -575,9 +575,15 @@ impl Driver {
         let cancel = self.attempts_cancel.child_token();
         let tenant_id = self.execution.tenant_id;
         tokio::spawn(async move {
+            // Secret values never leave the attempt: its output and error are redacted here.
+            let mut redactor = crate::secrets::redact::Redactor::default();
             let work = async {
                 let credential = match credential {
-                    Some(name) => Some(inner.credential(tenant_id, &name).await?),
+                    Some(name) => {
+                        let c = inner.credential(tenant_id, &name).await?;
+                        redactor = crate::secrets::redact::Redactor::for_credential(&c);
+                        Some(c)
+                    }
                     None => None,
                 };
                 inner
@@ -599,6 +605,10 @@ impl Driver {
                     }
                 },
                 None => work.await,
+            };
+            let result = match result {
+                Ok(output) => Ok(redactor.value(output)),
+                Err(error) => Err(redactor.text(&error)),
             };
             let _ = tx.send(AttemptDone {
                 step: i,

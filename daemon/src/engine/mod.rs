@@ -27,6 +27,9 @@ use crate::store::{self, Store};
 use compiled::{CompiledWorkflow, resolve_inputs};
 use model::{Execution, ExecutionStatus, Lease, NewExecution};
 
+/// How long CancelExecution waits for the execution to reach `cancelled` before answering.
+pub const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -116,6 +119,7 @@ pub(crate) struct Inner {
     /// Execution ids whose event log grew; watchers filter by id.
     events: broadcast::Sender<Uuid>,
     specs: Mutex<HashMap<(Uuid, String, i64), Arc<CompiledWorkflow>>>,
+    secrets: crate::secrets::Secrets,
 }
 
 /// The engine of one daemon.
@@ -126,7 +130,11 @@ pub struct Engine {
 
 impl Engine {
     /// Creates the engine; [`Engine::run`] starts its background work.
-    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Result<Engine, String> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        secrets: crate::secrets::Secrets,
+    ) -> Result<Engine, String> {
         let (events, _) = broadcast::channel(4096);
         let node = format!(
             "{}-{}",
@@ -145,6 +153,7 @@ impl Engine {
                 tracker: TaskTracker::new(),
                 events,
                 specs: Mutex::new(HashMap::new()),
+                secrets,
             }),
         })
     }
@@ -229,14 +238,21 @@ impl Engine {
         })
     }
 
-    /// Requests cancellation; a running step is stopped within about a second.
+    /// Requests cancellation; running steps are stopped within about a second. Returns the
+    /// execution once it is cancelled, or as it is after [`CANCEL_WAIT`].
     pub async fn cancel(&self, tenant_id: Uuid, id: Uuid) -> Result<Execution, Error> {
-        let execution = self.inner.store.request_cancel(tenant_id, id).await?;
-        if !execution.status.is_terminal() {
-            if let Some(r) = self.inner.running.lock().expect("running map").get(&id) {
-                r.cancel.cancel();
-            }
-            self.inner.claim_now.notify_one();
+        let mut execution = self.inner.store.request_cancel(tenant_id, id).await?;
+        if execution.status.is_terminal() {
+            return Ok(execution);
+        }
+        if let Some(r) = self.inner.running.lock().expect("running map").get(&id) {
+            r.cancel.cancel();
+        }
+        self.inner.claim_now.notify_one();
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        while !execution.status.is_terminal() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            execution = self.inner.store.get_execution(tenant_id, id).await?;
         }
         Ok(execution)
     }
@@ -319,10 +335,9 @@ impl Inner {
         Ok(compiled)
     }
 
-    /// Resolves a step's credential. Secrets are not part of this release: a step that
-    /// names one fails with this message.
-    async fn credential(&self, _tenant_id: Uuid, name: &str) -> Result<Credential, String> {
-        Err(format!("credential {name:?} not found"))
+    /// Resolves a step's credential, decrypted, for the attempt about to run.
+    async fn credential(&self, tenant_id: Uuid, name: &str) -> Result<Credential, String> {
+        self.secrets.resolve(tenant_id, name).await
     }
 
     fn finished(&self, execution: &Execution, status: ExecutionStatus, at: DateTime<Utc>) {

@@ -15,6 +15,8 @@ use crate::definitions::model::{Definition, DefinitionSummary, NewVersion, Versi
 use crate::engine::model::{
     Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
 };
+use crate::secrets::crypto::Sealed;
+use crate::secrets::model::{AuditEvent, SecretMeta, StoredSecret};
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
 /// Errors of the store layer.
@@ -191,9 +193,48 @@ pub trait ExecutionStore: Send + Sync {
     ) -> Result<Vec<Event>>;
 }
 
+/// Secrets (sealed), the encryption keys' check values, and the audit log.
+#[async_trait::async_trait]
+pub trait SecretStore: Send + Sync {
+    async fn create_secret(&self, secret: &StoredSecret) -> Result<()>;
+    /// Replaces the sealed fields (and field names) of an existing secret.
+    async fn update_secret(&self, secret: &StoredSecret) -> Result<()>;
+    async fn get_secret(&self, tenant_id: uuid::Uuid, name: &str) -> Result<StoredSecret>;
+    /// By name.
+    async fn list_secrets(
+        &self,
+        tenant_id: uuid::Uuid,
+        page: &PageRequest,
+    ) -> Result<Page<SecretMeta>>;
+    async fn delete_secret(&self, tenant_id: uuid::Uuid, name: &str) -> Result<()>;
+    /// Up to `limit` secrets of any tenant not sealed with `key_id`.
+    async fn secrets_not_sealed_with(&self, key_id: &str, limit: u32) -> Result<Vec<StoredSecret>>;
+    /// Replaces a secret's ciphertext if it is still sealed with `old_key_id`; returns
+    /// whether it was (a concurrent update wins otherwise).
+    async fn reseal_secret(&self, secret: &StoredSecret, old_key_id: &str) -> Result<bool>;
+    async fn count_secrets_not_sealed_with(&self, key_id: &str) -> Result<i64>;
+    /// Every key id some secret is sealed with.
+    async fn secret_key_ids(&self) -> Result<Vec<String>>;
+    /// Recorded keys with their check values, newest first.
+    async fn encryption_keys(&self) -> Result<Vec<(String, Sealed, DateTime<Utc>)>>;
+    async fn record_encryption_key(
+        &self,
+        key_id: &str,
+        check: &Sealed,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn record_audit(&self, event: &AuditEvent) -> Result<()>;
+    /// Newest first; `tenant_id: None` lists every tenant's and the installation's events.
+    async fn list_audit(
+        &self,
+        tenant_id: Option<uuid::Uuid>,
+        page: &PageRequest,
+    ) -> Result<Page<AuditEvent>>;
+}
+
 /// Everything the daemon stores.
 #[async_trait::async_trait]
-pub trait Store: TenantStore + DefinitionStore + ExecutionStore {
+pub trait Store: TenantStore + DefinitionStore + ExecutionStore + SecretStore {
     fn backend(&self) -> Backend;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;

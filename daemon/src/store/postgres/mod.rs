@@ -10,9 +10,10 @@ use uuid::Uuid;
 
 use super::ExecutionStore;
 use super::shared::{
-    ATTEMPT_COLUMNS, AttemptRow, EXECUTION_COLUMNS, EventRow, ExecutionRow, KEY_SELECT, KeyRow,
-    TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow, impl_definition_store,
-    impl_execution_shared, impl_tenant_store, into_page, map_err,
+    ATTEMPT_COLUMNS, AttemptRow, AuditRow, EXECUTION_COLUMNS, EventRow, ExecutionRow, KEY_SELECT,
+    KeyRow, SECRET_COLUMNS, SecretRow, TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow,
+    impl_definition_store, impl_execution_shared, impl_secret_store, impl_tenant_store, into_page,
+    map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
 use crate::engine::model::{
@@ -124,6 +125,7 @@ fn attempts_json(t: &Transition) -> Vec<serde_json::Value> {
 impl_tenant_store!(PgStore);
 impl_definition_store!(PgStore);
 impl_execution_shared!(PgStore);
+impl_secret_store!(PgStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for PgStore {

@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use super::ExecutionStore;
 use super::shared::{
-    ATTEMPT_COLUMNS, AttemptRow, EXECUTION_COLUMNS, EventRow, ExecutionRow, KEY_SELECT, KeyRow,
-    TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow, impl_definition_store,
-    impl_execution_shared, impl_tenant_store, into_page, map_err,
+    ATTEMPT_COLUMNS, AttemptRow, AuditRow, EXECUTION_COLUMNS, EventRow, ExecutionRow, KEY_SELECT,
+    KeyRow, SECRET_COLUMNS, SecretRow, TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow,
+    impl_definition_store, impl_execution_shared, impl_secret_store, impl_tenant_store, into_page,
+    map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store};
 use crate::engine::model::{
@@ -264,6 +265,7 @@ async fn apply_transition(
 impl_tenant_store!(SqliteStore);
 impl_definition_store!(SqliteStore);
 impl_execution_shared!(SqliteStore);
+impl_secret_store!(SqliteStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for SqliteStore {

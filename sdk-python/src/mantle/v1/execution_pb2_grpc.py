@@ -110,7 +110,9 @@ class ExecutionServiceServicer:
 
     def CancelExecution(self, request, context):
         """Cancels an execution: running steps are stopped (an HTTP request in flight is aborted)
-        and the execution ends as CANCELLED. Cancelling a finished execution changes nothing.
+        and the execution ends as CANCELLED, normally within a second; the answer is the
+        execution once cancelled (or as it is after two seconds). Cancelling a finished
+        execution changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,8 +134,9 @@ class ExecutionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchExecution(self, request, context):
-        """Streams an execution's events, from the beginning or after a cursor, and ends after the
-        event that finishes the execution.
+        """Streams an execution's events, from the beginning or after a cursor, and ends once the
+        execution has finished and every event was sent (a retried execution's stream goes on
+        past its earlier terminal event).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,9 @@ class ExecutionServiceStub:
     """Lists executions, newest first."""
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionRequest, _execution_pb2.Execution]
     """Cancels an execution: running steps are stopped (an HTTP request in flight is aborted)
-    and the execution ends as CANCELLED. Cancelling a finished execution changes nothing.
+    and the execution ends as CANCELLED, normally within a second; the answer is the
+    execution once cancelled (or as it is after two seconds). Cancelling a finished
+    execution changes nothing.
     """
     RetryExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.RetryExecutionRequest, _execution_pb2.Execution]
     """Continues a failed, cancelled or timed-out execution: completed steps keep their
@@ -58,8 +60,9 @@ class ExecutionServiceStub:
     ListStepAttempts: _grpc.UnaryUnaryMultiCallable[_execution_pb2.ListStepAttemptsRequest, _execution_pb2.ListStepAttemptsResponse]
     """Lists every attempt of every step of an execution."""
     WatchExecution: _grpc.UnaryStreamMultiCallable[_execution_pb2.WatchExecutionRequest, _execution_pb2.ExecutionEvent]
-    """Streams an execution's events, from the beginning or after a cursor, and ends after the
-    event that finishes the execution.
+    """Streams an execution's events, from the beginning or after a cursor, and ends once the
+    execution has finished and every event was sent (a retried execution's stream goes on
+    past its earlier terminal event).
     """
 
 @_typing.type_check_only
@@ -83,7 +86,9 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     """Lists executions, newest first."""
     CancelExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionRequest, _execution_pb2.Execution]  # type: ignore[assignment]
     """Cancels an execution: running steps are stopped (an HTTP request in flight is aborted)
-    and the execution ends as CANCELLED. Cancelling a finished execution changes nothing.
+    and the execution ends as CANCELLED, normally within a second; the answer is the
+    execution once cancelled (or as it is after two seconds). Cancelling a finished
+    execution changes nothing.
     """
     RetryExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.RetryExecutionRequest, _execution_pb2.Execution]  # type: ignore[assignment]
     """Continues a failed, cancelled or timed-out execution: completed steps keep their
@@ -92,8 +97,9 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     ListStepAttempts: _aio.UnaryUnaryMultiCallable[_execution_pb2.ListStepAttemptsRequest, _execution_pb2.ListStepAttemptsResponse]  # type: ignore[assignment]
     """Lists every attempt of every step of an execution."""
     WatchExecution: _aio.UnaryStreamMultiCallable[_execution_pb2.WatchExecutionRequest, _execution_pb2.ExecutionEvent]  # type: ignore[assignment]
-    """Streams an execution's events, from the beginning or after a cursor, and ends after the
-    event that finishes the execution.
+    """Streams an execution's events, from the beginning or after a cursor, and ends once the
+    execution has finished and every event was sent (a retried execution's stream goes on
+    past its earlier terminal event).
     """
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -138,7 +144,9 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_pb2.Execution, _abc.Awaitable[_execution_pb2.Execution]]:
         """Cancels an execution: running steps are stopped (an HTTP request in flight is aborted)
-        and the execution ends as CANCELLED. Cancelling a finished execution changes nothing.
+        and the execution ends as CANCELLED, normally within a second; the answer is the
+        execution once cancelled (or as it is after two seconds). Cancelling a finished
+        execution changes nothing.
         """
 
     @_abc_1.abstractmethod
@@ -165,8 +173,9 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _execution_pb2.WatchExecutionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_execution_pb2.ExecutionEvent], _abc.AsyncIterator[_execution_pb2.ExecutionEvent]]:
-        """Streams an execution's events, from the beginning or after a cursor, and ends after the
-        event that finishes the execution.
+        """Streams an execution's events, from the beginning or after a cursor, and ends once the
+        execution has finished and every event was sent (a retried execution's stream goes on
+        past its earlier terminal event).
         """
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

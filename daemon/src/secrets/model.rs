@@ -1,0 +1,43 @@
+//! Domain types of secrets and audit events.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::crypto::Sealed;
+
+/// A secret's metadata: never its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub name: String,
+    pub kind: String,
+    pub field_names: Vec<String>,
+    pub key_id: String,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+}
+
+/// A secret as stored: metadata and the sealed fields (a JSON object of strings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub tenant_id: Uuid,
+    pub meta: SecretMeta,
+    pub sealed: Sealed,
+}
+
+/// One audited change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    /// `None` for installation-wide actions (key rotation).
+    pub tenant_id: Option<Uuid>,
+    pub time: DateTime<Utc>,
+    /// The key id (or `env:MANTLE_API_TOKEN`) that made the change.
+    pub actor: String,
+    /// Such as `secret.create`.
+    pub action: String,
+    /// Such as `secrets/db-password`.
+    pub resource: String,
+    /// `ok`, or why it failed.
+    pub result: String,
+    pub detail: Option<String>,
+}
