@@ -199,6 +199,16 @@ impl HttpConnector {
             .get("content-type")
             .and_then(Value::as_str)
             .is_some_and(|ct| ct.contains("json"));
+        if follow
+            && status.is_redirection()
+            && let Some(location) = headers.get("location").and_then(Value::as_str)
+        {
+            // A redirect the client could not follow (a Location such as file:///…).
+            return Err(format!(
+                "{method} {}: redirect to {location:?} refused: only http and https redirects are followed",
+                redact_url(&final_url)
+            ));
+        }
         let body = read_capped(response, max_bytes).await?;
         let body = if is_json {
             serde_json::from_slice(&body)

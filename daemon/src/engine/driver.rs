@@ -410,7 +410,7 @@ impl Driver {
                         started: s,
                         until,
                     } if until <= now => {
-                        self.complete(i, attempt, s, Ok(json!({})));
+                        self.complete(i, attempt, s, until, Ok(json!({})));
                         progressed = true;
                         continue;
                     }
@@ -619,14 +619,17 @@ impl Driver {
     }
 
     /// Records an attempt's end: the output (the checkpoint), or a failure that may retry.
+    /// `ended` is when the attempt ended: now for work that just reported, the planned end
+    /// for a sleep (so a dependent started in the same pass never appears to start first).
     fn complete(
         &mut self,
         i: usize,
         attempt: i32,
         started: DateTime<Utc>,
+        ended: DateTime<Utc>,
         result: Result<Value, String>,
     ) {
-        let now = Utc::now();
+        let now = ended;
         let result = result.and_then(|output| {
             let size = output.to_string().len();
             let max = self.inner.config.max_output_bytes;
@@ -786,7 +789,7 @@ impl Driver {
     fn handle_done(&mut self, done: AttemptDone) {
         match self.steps[done.step].state {
             State::Running { attempt, started } if attempt == done.attempt => {
-                self.complete(done.step, attempt, started, done.result);
+                self.complete(done.step, attempt, started, Utc::now(), done.result);
             }
             _ => {}
         }

@@ -908,7 +908,7 @@ macro_rules! impl_execution_shared {
                 self.get_execution_shared(tenant_id, id).await?;
                 let sql = format!(
                     "SELECT {ATTEMPT_COLUMNS} FROM step_attempts WHERE tenant_id = $1 \
-                     AND execution_id = $2 ORDER BY start_time, step_name, attempt"
+                     AND execution_id = $2 ORDER BY (start_time IS NULL), start_time, step_name, attempt"
                 );
                 sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
                     .bind(tenant_id)

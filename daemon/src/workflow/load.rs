@@ -909,7 +909,17 @@ impl Decoder<'_> {
         }
 
         let retry = field("retry").and_then(|n| self.retry(n, &join(path, "retry")));
-        let timeout_ms = field("timeout").and_then(|n| self.duration_ms(n, &join(path, "timeout")));
+        let timeout_ms = field("timeout").and_then(|n| {
+            if action.as_deref() == Some("core/sleep") {
+                self.add(
+                    n.pos,
+                    &join(path, "timeout"),
+                    "core/sleep takes no timeout: its duration is its limit",
+                );
+                return None;
+            }
+            self.duration_ms(n, &join(path, "timeout"))
+        });
         let continue_on_error = field("continue_on_error")
             .and_then(|n| self.boolean(n, &join(path, "continue_on_error")))
             .unwrap_or(false);
