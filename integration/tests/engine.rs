@@ -1464,7 +1464,8 @@ async fn engine_step_timeout_on_sleep(backend: Backend) {
         .expect_err("a core/sleep with a timeout must be refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(
-        err.message().contains("workflow.yaml:6:14: steps[0].timeout: core/sleep takes no timeout"),
+        err.message()
+            .contains("workflow.yaml:6:14: steps[0].timeout: core/sleep takes no timeout"),
         "{}",
         err.message()
     );
