@@ -18,8 +18,8 @@ else ~/.local/share/mantle. --token '' sends no token.
 
 Tenant: --tenant (or MANTLE_TENANT) names the tenant you work with. It is sent as
 x-mantle-tenant metadata on tenant-scoped calls (whoami, validate, plan, apply, workflows, run,
-status, logs, cancel, retry, executions), so an operator key acts on that tenant instead of
-`default`. `keys create` and `keys list` manage that tenant's API keys;
+status, logs, cancel, retry, executions, secrets), so an operator key acts on that tenant
+instead of `default`. `keys create` and `keys list` manage that tenant's API keys;
 without a tenant they manage operator keys (--operator forces this when MANTLE_TENANT is set).
 `tenants` commands name their tenant as an argument and ignore --tenant.
 
@@ -151,6 +151,78 @@ pub enum Command {
     /// List executions.
     #[command(subcommand)]
     Executions(ExecutionsCommand),
+    /// Manage the tenant's secrets: credentials steps name with `credential:`. Values go
+    /// in and never come out: no command prints them.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+/// `mantlectl secrets …`.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Store a new secret and print its metadata.
+    ///
+    /// Types and their fields: bearer {token}; basic {username, password}; header {name,
+    /// value}; openai {api_key, optional organization, base_url}; anthropic {api_key,
+    /// optional base_url}; postgres {url}; generic: any fields.
+    Create {
+        /// Secret name: 1 to 63 lowercase letters, digits, '-' and '_', starting with a
+        /// letter.
+        name: String,
+        /// generic, bearer, basic, header, openai, anthropic or postgres.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: String,
+        #[command(flatten)]
+        fields: SecretFieldsArgs,
+    },
+    /// Replace all of a secret's field values (its type stays) and print its metadata.
+    Update {
+        /// Secret name.
+        name: String,
+        #[command(flatten)]
+        fields: SecretFieldsArgs,
+    },
+    /// Show a secret's metadata: type, field names, key id and times (never its values).
+    Get {
+        /// Secret name.
+        name: String,
+    },
+    /// List the tenant's secrets (metadata only), by name.
+    List,
+    /// Delete a secret; steps naming it fail from then on.
+    Delete {
+        /// Secret name.
+        name: String,
+    },
+    /// Re-encrypt every secret of every tenant still sealed with the daemon's
+    /// MANTLE_ENCRYPTION_KEY_PREVIOUS under its MANTLE_ENCRYPTION_KEY (needs an operator
+    /// key).
+    RotateKey {
+        /// Secrets re-encrypted per transaction; default: the server's (100).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch_size: Option<u32>,
+    },
+}
+
+/// Where a secret's field values come from: exactly one of --field (repeatable),
+/// --from-file or --from-stdin.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretFieldsArgs {
+    /// A field value; repeat for several fields. The value is taken verbatim (it may
+    /// contain '='). Prefer --from-file or --from-stdin: command lines can be seen by
+    /// other users and end up in shell history.
+    #[arg(long = "field", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+    pub field: Vec<String>,
+
+    /// Read the fields from a file: a JSON or YAML object whose values are strings, or
+    /// KEY=VALUE lines (blank lines and lines starting with '#' are ignored).
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+
+    /// Read the fields from standard input, in the same forms as --from-file.
+    #[arg(long)]
+    pub from_stdin: bool,
 }
 
 /// `mantlectl run NAME|FILE`.
@@ -529,6 +601,86 @@ mod tests {
         let err = parse(&["run", "hello", "--input", "novalue"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let err = parse(&["run", "hello", "--input", "=x"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn secrets_take_exactly_one_source_of_fields() {
+        let cli = parse(&[
+            "secrets",
+            "create",
+            "api",
+            "--type",
+            "bearer",
+            "--field",
+            "token=-x=y",
+            "--field",
+            "b=",
+        ])
+        .unwrap();
+        let Command::Secrets(SecretsCommand::Create { name, kind, fields }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((name.as_str(), kind.as_str()), ("api", "bearer"));
+        assert_eq!(fields.field, ["token=-x=y", "b="]);
+        assert!(fields.from_file.is_none() && !fields.from_stdin);
+
+        let cli = parse(&["secrets", "update", "api", "--from-stdin"]).unwrap();
+        let Command::Secrets(SecretsCommand::Update { fields, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(fields.from_stdin && fields.field.is_empty());
+
+        let err = parse(&["secrets", "create", "api", "--type", "bearer"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = parse(&["secrets", "create", "api", "--field", "token=x"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = parse(&[
+            "secrets",
+            "update",
+            "api",
+            "--field",
+            "token=x",
+            "--from-file",
+            "f.json",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = parse(&[
+            "secrets",
+            "update",
+            "api",
+            "--type",
+            "bearer",
+            "--from-stdin",
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "update takes no --type");
+    }
+
+    #[test]
+    fn secrets_usage_errors_do_not_echo_values() {
+        // A conflict names the flags, never the value given with them.
+        let err = parse(&[
+            "secrets",
+            "update",
+            "api",
+            "--field",
+            "token=hunter2-secret",
+            "--from-stdin",
+        ])
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2-secret"), "{err}");
+    }
+
+    #[test]
+    fn rotate_key_batch_size_is_positive() {
+        let cli = parse(&["secrets", "rotate-key", "--batch-size", "50"]).unwrap();
+        let Command::Secrets(SecretsCommand::RotateKey { batch_size }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(batch_size, Some(50));
+        let err = parse(&["secrets", "rotate-key", "--batch-size", "0"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
     }
 

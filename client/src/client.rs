@@ -1,11 +1,13 @@
 //! The typed client: one gRPC channel, credentials attached to every call, retries.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use mantle_proto::v1::definition_service_client::DefinitionServiceClient;
 use mantle_proto::v1::execution_service_client::ExecutionServiceClient;
+use mantle_proto::v1::secret_service_client::SecretServiceClient;
 use mantle_proto::v1::system_service_client::SystemServiceClient;
 use mantle_proto::v1::tenant_service_client::TenantServiceClient;
 use mantle_proto::v1::{
@@ -20,6 +22,10 @@ use mantle_proto::v1::{
     CancelExecutionRequest, Execution, ExecutionEvent, ExecutionStatus, GetExecutionRequest,
     ListExecutionsRequest, ListStepAttemptsRequest, RetryExecutionRequest, StartExecutionRequest,
     StepAttempt, WatchExecutionRequest,
+};
+use mantle_proto::v1::{
+    CreateSecretRequest, DeleteSecretRequest, GetSecretRequest, ListSecretsRequest,
+    RotateEncryptionKeyRequest, RotateEncryptionKeyResponse, Secret, UpdateSecretRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -293,6 +299,11 @@ impl Client {
     /// The generated ExecutionService client, with credentials attached.
     pub fn execution_service(&self) -> ExecutionServiceClient<AuthChannel> {
         ExecutionServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
+    /// The generated SecretService client, with credentials attached.
+    pub fn secret_service(&self) -> SecretServiceClient<AuthChannel> {
+        SecretServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
     }
 
     /// The generated grpc.health.v1 client.
@@ -631,6 +642,113 @@ impl Client {
         self.call(false, request, |r| {
             let mut c = self.definition_service();
             async move { c.delete_definition(r).await }
+        })
+        .await
+    }
+
+    /// Stores a new secret of type `kind` (generic, bearer, basic, header, openai,
+    /// anthropic or postgres) with its field values, and returns its metadata. The values
+    /// are sent once and never returned. ALREADY_EXISTS when the name is taken; a missing
+    /// or unknown field is INVALID_ARGUMENT naming it (`fields.password: …`). Needs
+    /// `secrets:write`.
+    pub async fn create_secret(
+        &self,
+        name: &str,
+        kind: &str,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<Secret, Error> {
+        let request = CreateSecretRequest {
+            name: name.to_owned(),
+            r#type: kind.to_owned(),
+            fields: fields.clone().into_iter().collect(),
+        };
+        self.call(false, request, |r| {
+            let mut c = self.secret_service();
+            async move { c.create_secret(r).await }
+        })
+        .await
+    }
+
+    /// Replaces all of a secret's field values (its type stays) and returns its metadata.
+    /// Needs `secrets:write`.
+    pub async fn update_secret(
+        &self,
+        name: &str,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<Secret, Error> {
+        let request = UpdateSecretRequest {
+            name: name.to_owned(),
+            fields: fields.clone().into_iter().collect(),
+        };
+        self.call(false, request, |r| {
+            let mut c = self.secret_service();
+            async move { c.update_secret(r).await }
+        })
+        .await
+    }
+
+    /// A secret's metadata: type, field names, key id, times; never its values. Needs
+    /// `secrets:read`.
+    pub async fn get_secret(&self, name: &str) -> Result<Secret, Error> {
+        let request = GetSecretRequest {
+            name: name.to_owned(),
+        };
+        self.call(true, request, |r| {
+            let mut c = self.secret_service();
+            async move { c.get_secret(r).await }
+        })
+        .await
+    }
+
+    /// Lists the tenant's secrets (metadata only) ordered by name, following pages. Needs
+    /// `secrets:read`.
+    pub async fn list_secrets(&self) -> Result<Vec<Secret>, Error> {
+        let mut secrets = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListSecretsRequest {
+                page_size: PAGE_SIZE,
+                page_token: page_token.clone(),
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.secret_service();
+                    async move { c.list_secrets(r).await }
+                })
+                .await?;
+            secrets.extend(page.secrets);
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(secrets);
+            }
+        }
+    }
+
+    /// Deletes a secret; steps naming it fail from then on. Needs `secrets:write`.
+    pub async fn delete_secret(&self, name: &str) -> Result<(), Error> {
+        let request = DeleteSecretRequest {
+            name: name.to_owned(),
+        };
+        self.call(false, request, |r| {
+            let mut c = self.secret_service();
+            async move { c.delete_secret(r).await }
+        })
+        .await
+    }
+
+    /// Re-encrypts every secret of every tenant still sealed with the daemon's
+    /// MANTLE_ENCRYPTION_KEY_PREVIOUS under its MANTLE_ENCRYPTION_KEY, `batch_size` per
+    /// transaction (0: the server's default, 100). `remaining` is 0 when every secret is
+    /// sealed with the current key. Needs `tenants:admin`.
+    pub async fn rotate_encryption_key(
+        &self,
+        batch_size: u32,
+    ) -> Result<RotateEncryptionKeyResponse, Error> {
+        let request = RotateEncryptionKeyRequest {
+            batch_size: i32::try_from(batch_size).unwrap_or(i32::MAX),
+        };
+        self.call(false, request, |r| {
+            let mut c = self.secret_service();
+            async move { c.rotate_encryption_key(r).await }
         })
         .await
     }

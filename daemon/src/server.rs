@@ -145,6 +145,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     cancel.cancel();
     // Running steps finish; leases are given back so other daemons continue at once.
     let _ = engine_stopped.await;
+    store.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod executions;
 pub mod health;
 pub mod keys;
 pub mod run;
+pub mod secrets;
 pub mod tenants;
 pub mod version;
 pub mod whoami;
@@ -102,6 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel { id } => executions::cancel(&ctx, &id).await,
         Command::Retry { id } => executions::retry(&ctx, &id).await,
         Command::Executions(command) => executions::run(&ctx, command).await,
+        Command::Secrets(command) => secrets::run(&ctx, command).await,
     }
 }
 

@@ -217,15 +217,22 @@ impl HttpConnector {
             Value::String(String::from_utf8_lossy(&body).into_owned())
         };
         if status.as_u16() >= 400 {
-            return Err(format!(
-                "{method} {} answered {}{}",
-                redact_url(&final_url),
-                status,
-                match &body {
-                    Value::String(s) if !s.is_empty() => format!(": {}", truncate(s, 200)),
-                    Value::String(_) => String::new(),
-                    other => format!(": {}", truncate(&other.to_string(), 200)),
+            // Redact before cutting: a secret split by the cut would no longer match.
+            let redactor = inv
+                .credential
+                .as_ref()
+                .map(crate::secrets::redact::Redactor::for_credential)
+                .unwrap_or_default();
+            let snippet = match &body {
+                Value::String(s) if !s.is_empty() => {
+                    format!(": {}", truncate(&redactor.text(s), 200))
                 }
+                Value::String(_) => String::new(),
+                other => format!(": {}", truncate(&redactor.text(&other.to_string()), 200)),
+            };
+            return Err(format!(
+                "{method} {} answered {status}{snippet}",
+                redact_url(&final_url)
             ));
         }
         let mut out = Map::new();

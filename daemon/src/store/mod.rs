@@ -241,6 +241,8 @@ pub trait Store: TenantStore + DefinitionStore + ExecutionStore + SecretStore {
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>>;
     /// Applies pending migrations (serialized across replicas on PostgreSQL).
     async fn migrate(&self) -> Result<()>;
+    /// Closes the connections (SQLite folds its write-ahead log into the database file).
+    async fn close(&self);
     /// Whether leases of daemons that are gone can be taken at once (SQLite: the file lock
     /// proves no other daemon runs) rather than after they expire.
     fn single_daemon(&self) -> bool {

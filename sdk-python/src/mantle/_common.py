@@ -14,7 +14,7 @@ import grpc
 
 from mantle import _config
 from mantle.types import execution_status_value, to_timestamp
-from mantle.v1 import definition_pb2, execution_pb2, tenant_pb2
+from mantle.v1 import definition_pb2, execution_pb2, secret_pb2, tenant_pb2
 
 _SourceRequest = TypeVar(
     "_SourceRequest",
@@ -214,3 +214,46 @@ def is_terminal_event(msg: execution_pb2.ExecutionEvent) -> bool:
 
 def wait_timeout_error(id: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"execution {id} did not finish within {timeout} s")
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+def secret_fields(fields: Mapping[str, str]) -> dict[str, str]:
+    """Checks a secret's fields locally: a mapping of names to strings. Errors name the
+    field, never its value."""
+    if not isinstance(fields, Mapping):
+        raise TypeError(
+            f"fields: expected a dict of field names to string values, got {type(fields).__name__}"
+        )
+    out: dict[str, str] = {}
+    for key, value in fields.items():
+        if not isinstance(key, str):
+            raise TypeError(f"fields: field names must be str, got {type(key).__name__}")
+        if not isinstance(value, str):
+            # The value itself is never shown: it may be the secret.
+            raise TypeError(f"fields.{key}: expected a str value, got {type(value).__name__}")
+        out[key] = value
+    return out
+
+
+def create_secret_request(
+    name: str, type: str, fields: Mapping[str, str]
+) -> secret_pb2.CreateSecretRequest:
+    return secret_pb2.CreateSecretRequest(name=name, type=type, fields=secret_fields(fields))
+
+
+def update_secret_request(name: str, fields: Mapping[str, str]) -> secret_pb2.UpdateSecretRequest:
+    return secret_pb2.UpdateSecretRequest(name=name, fields=secret_fields(fields))
+
+
+def rotate_request(batch_size: int) -> secret_pb2.RotateEncryptionKeyRequest:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or not 0 <= batch_size <= 2**31 - 1
+    ):
+        raise ValueError(
+            f"batch_size: must be a non-negative integer (0: the server default), got {batch_size!r}"
+        )
+    return secret_pb2.RotateEncryptionKeyRequest(batch_size=batch_size)

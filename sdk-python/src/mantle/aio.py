@@ -31,6 +31,8 @@ from mantle.types import (
     Execution,
     ExecutionEvent,
     Plan,
+    Rotation,
+    Secret,
     ServerInfo,
     StepAttempt,
     Tenant,
@@ -41,6 +43,8 @@ from mantle.v1 import (
     definition_pb2_grpc,
     execution_pb2,
     execution_pb2_grpc,
+    secret_pb2,
+    secret_pb2_grpc,
     system_pb2,
     system_pb2_grpc,
     tenant_pb2,
@@ -78,6 +82,7 @@ class Client:
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)
         self._definitions = definition_pb2_grpc.DefinitionServiceStub(self._channel)
         self._executions = execution_pb2_grpc.ExecutionServiceStub(self._channel)
+        self._secrets = secret_pb2_grpc.SecretServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -310,6 +315,69 @@ class Client:
         """Deletes a workflow; applying it again continues its version numbers."""
         req = definition_pb2.DeleteDefinitionRequest(name=name)
         await self._call(self._definitions.DeleteDefinition, req, read=False)
+
+    # -- secrets ---------------------------------------------------------------------
+
+    async def create_secret(self, name: str, type: str, fields: Mapping[str, str]) -> Secret:
+        """Stores a new secret and returns its metadata (never its values). Needs
+        ``secrets:write``.
+
+        Args:
+            name: 1 to 63 lowercase letters, digits, '-' and '_', starting with a letter.
+            type: ``generic`` (any fields), ``bearer`` {token}, ``basic`` {username,
+                password}, ``header`` {name, value}, ``openai`` {api_key, optional
+                organization, base_url}, ``anthropic`` {api_key, optional base_url} or
+                ``postgres`` {url}.
+            fields: Field names to string values; at most 64 fields of at most 64 KiB.
+
+        Raises:
+            errors.AlreadyExists: the name is taken in the tenant.
+            errors.InvalidArgument: an unknown type, or a missing, unknown or empty
+                field; the message names it (``fields.password: ...``), never a value.
+        """
+        req = _common.create_secret_request(name, type, fields)
+        return Secret.from_proto(await self._call(self._secrets.CreateSecret, req, read=False))
+
+    async def update_secret(self, name: str, fields: Mapping[str, str]) -> Secret:
+        """Replaces all of a secret's fields (its type stays; the new fields must satisfy
+        it) and returns its metadata. Needs ``secrets:write``."""
+        req = _common.update_secret_request(name, fields)
+        return Secret.from_proto(await self._call(self._secrets.UpdateSecret, req, read=False))
+
+    async def get_secret(self, name: str) -> Secret:
+        """Returns a secret's metadata: type, field names, key id, times. Needs
+        ``secrets:read``. An unknown name (or another tenant's secret) raises
+        :class:`errors.NotFound`."""
+        req = secret_pb2.GetSecretRequest(name=name)
+        return Secret.from_proto(await self._call(self._secrets.GetSecret, req, read=True))
+
+    async def list_secrets(self, *, page_size: int = 0) -> list[Secret]:
+        """Returns the tenant's secrets (metadata only) ordered by name, fetching every
+        page (``page_size`` per request; 0 means the server default). Needs
+        ``secrets:read``."""
+        size = _common.check_page_size(page_size)
+        secrets: list[Secret] = []
+        token = ""
+        while True:
+            req = secret_pb2.ListSecretsRequest(page_size=size, page_token=token)
+            resp = await self._call(self._secrets.ListSecrets, req, read=True)
+            secrets.extend(Secret.from_proto(s) for s in resp.secrets)
+            token = resp.next_page_token
+            if not token:
+                return secrets
+
+    async def delete_secret(self, name: str) -> None:
+        """Deletes a secret; steps naming it fail from then on. Needs ``secrets:write``."""
+        req = secret_pb2.DeleteSecretRequest(name=name)
+        await self._call(self._secrets.DeleteSecret, req, read=False)
+
+    async def rotate_encryption_key(self, batch_size: int = 0) -> Rotation:
+        """Re-encrypts every secret of every tenant still sealed with the daemon's
+        ``MANTLE_ENCRYPTION_KEY_PREVIOUS`` under its ``MANTLE_ENCRYPTION_KEY``,
+        ``batch_size`` secrets per transaction (0: the server default, 100). Needs
+        ``tenants:admin``."""
+        req = _common.rotate_request(batch_size)
+        return Rotation.from_proto(await self._call(self._secrets.RotateEncryptionKey, req, read=False))
 
     # -- executions ------------------------------------------------------------------
 

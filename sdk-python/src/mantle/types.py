@@ -13,7 +13,14 @@ from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mantle.v1 import common_pb2, definition_pb2, execution_pb2, system_pb2, tenant_pb2
+from mantle.v1 import (
+    common_pb2,
+    definition_pb2,
+    execution_pb2,
+    secret_pb2,
+    system_pb2,
+    tenant_pb2,
+)
 
 __all__ = [
     "Tenant",
@@ -38,6 +45,8 @@ __all__ = [
     "Execution",
     "StepAttempt",
     "ExecutionEvent",
+    "Secret",
+    "Rotation",
 ]
 
 
@@ -628,3 +637,52 @@ class ExecutionEvent:
             step_status=step_status_name(msg.step_status) if kind == "step_status" else None,
             message=msg.message,
         )
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A secret's metadata. The API never returns a secret's values: they go in with
+    ``create_secret``/``update_secret`` and reach only the steps that name the secret."""
+
+    name: str
+    """Name within the tenant. Immutable."""
+    type: str
+    """``generic``, ``bearer``, ``basic``, ``header``, ``openai``, ``anthropic`` or
+    ``postgres``. Immutable."""
+    field_names: tuple[str, ...]
+    """The names of its fields, sorted."""
+    key_id: str
+    """Id of the encryption key its values are sealed with."""
+    create_time: datetime | None
+    update_time: datetime | None
+    """When its values last changed."""
+
+    @classmethod
+    def from_proto(cls, msg: secret_pb2.Secret) -> Secret:
+        return cls(
+            name=msg.name,
+            type=msg.type,
+            field_names=tuple(msg.field_names),
+            key_id=msg.key_id,
+            create_time=_time(msg, "create_time"),
+            update_time=_time(msg, "update_time"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What ``rotate_encryption_key`` did."""
+
+    key_id: str
+    """Id of the key every secret is now sealed with."""
+    rotated: int
+    """How many secrets this call re-encrypted."""
+    remaining: int
+    """How many secrets remain sealed with another key (0 when the rotation is done)."""
+
+    @classmethod
+    def from_proto(cls, msg: secret_pb2.RotateEncryptionKeyResponse) -> Rotation:
+        return cls(key_id=msg.key_id, rotated=msg.rotated, remaining=msg.remaining)

@@ -272,6 +272,10 @@ impl Store for PgStore {
         Backend::Postgres
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -386,6 +386,10 @@ impl Store for SqliteStore {
         Backend::Sqlite
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
