@@ -253,6 +253,12 @@ pub struct RunArgs {
     /// Like --wait, printing each step's progress and log lines to stderr as it happens.
     #[arg(short, long)]
     pub follow: bool,
+
+    /// Makes the start idempotent: running again with the same key and the same request
+    /// returns the execution the first run started (kept 24 hours); a different request
+    /// with the key is refused.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
 }
 
 /// `mantlectl executions …`.

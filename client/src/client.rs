@@ -756,12 +756,14 @@ impl Client {
     /// Starts an execution of `workflow` at `version` (0: the latest) with `inputs`; the
     /// server checks them against the workflow's declared inputs and applies defaults.
     /// Answers at once with the stored execution, which runs in the background. Needs
-    /// `executions:write`.
+    /// `executions:write`. With an `idempotency_key`, repeating the call (a retry after a
+    /// lost answer, say) returns the execution the first call started.
     pub async fn start_execution(
         &self,
         workflow: &str,
         version: i64,
         inputs: &serde_json::Map<String, serde_json::Value>,
+        idempotency_key: Option<&str>,
     ) -> Result<Execution, Error> {
         let inputs_json = if inputs.is_empty() {
             String::new()
@@ -772,8 +774,10 @@ impl Client {
             workflow: workflow.to_owned(),
             version,
             inputs_json,
+            idempotency_key: idempotency_key.unwrap_or_default().to_owned(),
         };
-        self.call(false, request, |r| {
+        // Idempotent when keyed: safe to retry even after an answer was lost.
+        self.call(idempotency_key.is_some(), request, |r| {
             let mut c = self.execution_service();
             async move { c.start_execution(r).await }
         })

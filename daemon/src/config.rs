@@ -45,6 +45,8 @@ pub struct EngineSettings {
     pub allow_private_networks: bool,
     /// `MANTLE_ENV_<KEY>` variables and the file's `env` map: the `env` of expressions.
     pub workflow_env: std::collections::BTreeMap<String, String>,
+    /// `MANTLE_IDEMPOTENCY_TTL`: how long StartExecution idempotency keys are kept.
+    pub idempotency_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +114,7 @@ struct FileEngine {
     lease_ttl: Option<String>,
     poll_interval: Option<String>,
     max_step_output_bytes: Option<usize>,
+    idempotency_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +301,12 @@ pub fn build(
         "engine.poll_interval",
         Duration::from_secs(2),
     )?;
+    let idempotency_ttl = duration(
+        "MANTLE_IDEMPOTENCY_TTL",
+        file_engine.idempotency_ttl,
+        "engine.idempotency_ttl",
+        Duration::from_secs(24 * 3600),
+    )?;
     let max_step_output_bytes = match env_get("MANTLE_MAX_STEP_OUTPUT_BYTES") {
         Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
             Error(format!(
@@ -354,6 +363,7 @@ pub fn build(
             max_step_output_bytes,
             allow_private_networks,
             workflow_env,
+            idempotency_ttl,
         },
     })
 }

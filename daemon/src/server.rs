@@ -202,6 +202,7 @@ fn engine_config(config: &Config) -> crate::engine::EngineConfig {
         lease: e.lease_ttl,
         poll_max: e.poll_interval,
         max_output_bytes: e.max_step_output_bytes,
+        idempotency_ttl: e.idempotency_ttl,
         network: crate::connectors::NetworkPolicy {
             allow_private: e.allow_private_networks,
         },

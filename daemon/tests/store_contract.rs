@@ -10,8 +10,8 @@ use chrono::{TimeDelta, Utc};
 use mantle_daemon::auth::{Scope, ScopeSet, token};
 use mantle_daemon::definitions::model::NewVersion;
 use mantle_daemon::engine::model::{
-    Event, EventKind, ExecutionFilter, ExecutionStatus, ExecutionUpdate, NewExecution, StepAttempt,
-    StepStatus, Transition,
+    Created, Event, EventKind, ExecutionFilter, ExecutionStatus, ExecutionUpdate, IdempotencyKey,
+    NewExecution, StepAttempt, StepStatus, Transition,
 };
 use mantle_daemon::store::{self, Backend, OpenOptions, Store};
 use mantle_daemon::tenancy::model::{
@@ -534,6 +534,14 @@ fn new_execution(tenant_id: uuid::Uuid, owner: &str, lease_ms: u64) -> NewExecut
         owner: owner.to_owned(),
         lease_ms,
         now: Utc::now(),
+        idempotency: None,
+    }
+}
+
+fn created(c: Created) -> mantle_daemon::engine::model::Lease {
+    match c {
+        Created::New(lease) => lease,
+        Created::Existing(id) => panic!("expected a new execution, got existing {id}"),
     }
 }
 
@@ -571,13 +579,17 @@ async fn executions_contract(store: Arc<dyn Store>) {
     store.create_tenant(&a).await.unwrap();
     store.create_tenant(&b).await.unwrap();
     store
+        .apply_definition(&version(b.id, "wf", "h"))
+        .await
+        .unwrap();
+    store
         .apply_definition(&version(a.id, "wf", "h"))
         .await
         .unwrap();
 
     // Created leased by its starter, epoch 1.
     let e = new_execution(a.id, "node-1", 60_000);
-    let lease = store.create_execution(&e).await.unwrap();
+    let lease = created(store.create_execution(&e).await.unwrap());
     assert_eq!(lease.epoch, 1);
     let got = store.get_execution(a.id, e.id).await.unwrap();
     assert_eq!(got.status, ExecutionStatus::Pending);
@@ -724,12 +736,85 @@ async fn executions_contract(store: Arc<dyn Store>) {
 
     // An expired lease is claimable by another daemon (PostgreSQL: by the database clock).
     let short = new_execution(a.id, "node-9", 1);
-    store.create_execution(&short).await.unwrap();
+    created(store.create_execution(&short).await.unwrap());
     tokio::time::sleep(Duration::from_millis(50)).await;
     let taken = store.claim_executions("node-4", 60_000, 10).await.unwrap();
     assert!(
         taken.iter().any(|l| l.execution_id == short.id),
         "{taken:?}"
+    );
+
+    // Idempotency: the same key and request give the first execution; another request with
+    // the key is a conflict; concurrent duplicates store one; an expired key is reused.
+    let keyed = |hash: &str, expire: chrono::DateTime<Utc>| {
+        let mut n = new_execution(b.id, "node-1", 60_000);
+        n.idempotency = Some(IdempotencyKey {
+            key: "k-1".to_owned(),
+            request_hash: hash.to_owned(),
+            expire_time: expire,
+        });
+        n
+    };
+    let later = Utc::now() + TimeDelta::hours(1);
+    let first = keyed("h1", later);
+    let first_id = created(store.create_execution(&first).await.unwrap()).execution_id;
+    assert_eq!(
+        store.create_execution(&keyed("h1", later)).await.unwrap(),
+        Created::Existing(first_id)
+    );
+    assert!(matches!(
+        store
+            .create_execution(&keyed("h2", later))
+            .await
+            .unwrap_err(),
+        store::Error::Conflict(_)
+    ));
+    let mut racers = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        let mut n = keyed("race", later);
+        n.idempotency.as_mut().unwrap().key = "k-race".to_owned();
+        racers.push(tokio::spawn(async move {
+            store.create_execution(&n).await.unwrap()
+        }));
+    }
+    let mut new_ones = 0;
+    let mut ids = std::collections::HashSet::new();
+    for r in racers {
+        match r.await.unwrap() {
+            Created::New(l) => {
+                new_ones += 1;
+                ids.insert(l.execution_id);
+            }
+            Created::Existing(id) => {
+                ids.insert(id);
+            }
+        }
+    }
+    assert_eq!(new_ones, 1);
+    assert_eq!(ids.len(), 1);
+    let mut expired = keyed("h3", Utc::now() - TimeDelta::seconds(1));
+    expired.idempotency.as_mut().unwrap().key = "k-old".to_owned();
+    created(store.create_execution(&expired).await.unwrap());
+    assert!(matches!(
+        store.create_execution(&keyed("h9", later).clone()).await,
+        Err(store::Error::Conflict(_))
+    ));
+    let mut reuse = keyed("h4", later);
+    reuse.idempotency.as_mut().unwrap().key = "k-old".to_owned();
+    assert!(
+        matches!(
+            store.create_execution(&reuse).await.unwrap(),
+            Created::New(_)
+        ),
+        "an expired key is free again"
+    );
+    assert_eq!(
+        store
+            .sweep_idempotency_keys(Utc::now() + TimeDelta::hours(2))
+            .await
+            .unwrap(),
+        3
     );
 
     // Listing: newest first, tenant-scoped, filterable.
@@ -751,12 +836,14 @@ async fn executions_contract(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(filtered.items.len(), 2);
-    assert!(
+    assert_eq!(
         store
             .list_executions(b.id, &ExecutionFilter::default(), &page(10, None))
             .await
             .unwrap()
             .items
-            .is_empty()
+            .len(),
+        4,
+        "tenant b lists only its own executions (those of the idempotency checks)"
     );
 }

@@ -1219,6 +1219,7 @@ impl Mantle {
                 workflow: workflow.to_owned(),
                 version: 0,
                 inputs_json: inputs_json.to_owned(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -1232,6 +1233,7 @@ impl Mantle {
                     workflow: workflow.to_owned(),
                     version: 0,
                     inputs_json: inputs_json.to_owned(),
+                    ..Default::default()
                 })
                 .await,
             &format!("StartExecution {workflow} {inputs_json}"),
@@ -1774,6 +1776,7 @@ pub mod reliability {
                 workflow: workflow.to_owned(),
                 version: 0,
                 inputs_json: String::new(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -1839,6 +1842,42 @@ pub mod reliability {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A description of every execution of `ids` that is not finished, with its attempts,
+    /// for failure messages.
+    pub async fn describe_unfinished(client: &mut Executions, ids: &[String]) -> String {
+        let mut out = String::new();
+        for id in ids {
+            let Ok(e) = client
+                .get_execution(pb::GetExecutionRequest { id: id.clone() })
+                .await
+            else {
+                out.push_str(&format!("{id}: GetExecution failed\n"));
+                continue;
+            };
+            let e = e.into_inner();
+            if is_terminal(e.status) {
+                continue;
+            }
+            out.push_str(&format!("{id}: {}\n", execution_status_name(e.status)));
+            match step_attempts(client, id).await {
+                Ok(attempts) if attempts.is_empty() => out.push_str("    (no attempts)\n"),
+                Ok(attempts) => {
+                    for a in attempts {
+                        out.push_str(&format!(
+                            "    {} #{} {} {}\n",
+                            a.step_name,
+                            a.attempt,
+                            step_status_name(a.status),
+                            a.error
+                        ));
+                    }
+                }
+                Err(e) => out.push_str(&format!("    {e:#}\n")),
+            }
+        }
+        out
     }
 
     /// Every attempt of an execution.
@@ -2262,6 +2301,91 @@ pub mod reliability {
                 .filter(|a| a.execution_id == id && a.step_name == step)
                 .collect()
         }
+    }
+
+    /// Every attempt and event of one execution as stored, one line each, for failure
+    /// messages. `database_url`: PostgreSQL; `None`: the SQLite file in `data_dir`. Times
+    /// are read as text so that both backends' column types decode the same way.
+    pub async fn dump_execution(
+        database_url: Option<&str>,
+        data_dir: &std::path::Path,
+        id: uuid::Uuid,
+    ) -> Result<String> {
+        use sqlx::Connection;
+        type Row = (
+            String,
+            i32,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let attempts_sql = "SELECT step_name, attempt, status, error, \
+             CAST(start_time AS TEXT), CAST(end_time AS TEXT) FROM step_attempts \
+             WHERE execution_id = $1 ORDER BY start_time, step_name, attempt";
+        let events_sql = "SELECT seq, CAST(time AS TEXT), kind, step_name, attempt, status, message \
+             FROM execution_events WHERE execution_id = $1 ORDER BY seq";
+        type Ev = (
+            i64,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<i32>,
+            Option<String>,
+            Option<String>,
+        );
+        let (attempts, events): (Vec<Row>, Vec<Ev>) = match database_url {
+            Some(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                let a = sqlx::query_as(attempts_sql)
+                    .bind(id)
+                    .fetch_all(&mut conn)
+                    .await?;
+                let e = sqlx::query_as(events_sql)
+                    .bind(id)
+                    .fetch_all(&mut conn)
+                    .await?;
+                let _ = conn.close().await;
+                (a, e)
+            }
+            None => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(data_dir.join("mantle.db"))
+                    .busy_timeout(Duration::from_secs(10));
+                let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+                let a = sqlx::query_as(attempts_sql)
+                    .bind(id)
+                    .fetch_all(&mut conn)
+                    .await?;
+                let e = sqlx::query_as(events_sql)
+                    .bind(id)
+                    .fetch_all(&mut conn)
+                    .await?;
+                let _ = conn.close().await;
+                (a, e)
+            }
+        };
+        let mut out = format!("execution {id}: attempts\n");
+        for (step, attempt, status, error, start, end) in attempts {
+            out.push_str(&format!(
+                "  {step} #{attempt} {status} start={} end={} {}\n",
+                start.unwrap_or_default(),
+                end.unwrap_or_default(),
+                error.unwrap_or_default()
+            ));
+        }
+        out.push_str("events\n");
+        for (seq, time, kind, step, attempt, status, message) in events {
+            out.push_str(&format!(
+                "  {seq} {} {kind} {} #{} {} {}\n",
+                time.unwrap_or_default(),
+                step.unwrap_or_default(),
+                attempt.unwrap_or_default(),
+                status.unwrap_or_default(),
+                message.unwrap_or_default()
+            ));
+        }
+        Ok(out)
     }
 
     /// Whether an attempt was cancelled because its daemon died (the engine's wording).

@@ -155,7 +155,9 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
     }
     let inputs = build_inputs(file_inputs, &args.inputs, &spec)?;
 
-    let execution = client.start_execution(&workflow, version, &inputs).await?;
+    let execution = client
+        .start_execution(&workflow, version, &inputs, args.idempotency_key.as_deref())
+        .await?;
     if !args.wait && !args.follow {
         if ctx.output == OutputFormat::Table {
             println!("{}", execution.id);

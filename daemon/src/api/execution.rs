@@ -33,10 +33,29 @@ impl ExecutionService for ExecutionApi {
         request: Request<pb::StartExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         let caller = caller(&request)?;
+        let metadata_key = request
+            .metadata()
+            .get("idempotency-key")
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Status::invalid_argument("idempotency-key: not printable ASCII"))
+            })
+            .transpose()?;
         let req = request.get_ref();
+        let key = match (req.idempotency_key.as_str(), metadata_key) {
+            ("", None) => None,
+            ("", Some(m)) => Some(m),
+            (f, None) => Some(f),
+            (f, Some(m)) if f == m => Some(f),
+            (_, Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "idempotency_key: differs from the idempotency-key metadata; send one of them",
+                ));
+            }
+        };
         let execution = self
             .executions
-            .start(caller, &req.workflow, req.version, &req.inputs_json)
+            .start(caller, &req.workflow, req.version, &req.inputs_json, key)
             .await?;
         Ok(Response::new(execution.into()))
     }

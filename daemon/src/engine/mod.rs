@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub network: NetworkPolicy,
     /// The `env` map expressions can read.
     pub workflow_env: Value,
+    /// How long an idempotency key is kept.
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +60,7 @@ impl Default for EngineConfig {
             release_after: Duration::from_secs(30),
             network: NetworkPolicy::default(),
             workflow_env: Value::Object(Default::default()),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -100,6 +103,7 @@ pub struct StartRequest {
     pub version: Option<i64>,
     pub inputs: serde_json::Map<String, Value>,
     pub trigger: Value,
+    pub idempotency_key: Option<String>,
 }
 
 struct Running {
@@ -202,6 +206,23 @@ impl Engine {
             return Err(Error::Unavailable("the daemon is shutting down".to_owned()));
         }
         let now = Utc::now();
+        let idempotency = req.idempotency_key.as_ref().map(|key| {
+            // The request as asked for: the version requested (not resolved) and the inputs given.
+            let fingerprint = serde_json::json!({
+                "workflow": req.workflow,
+                "version": req.version,
+                "inputs": req.inputs,
+            });
+            model::IdempotencyKey {
+                key: key.clone(),
+                request_hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                    fingerprint.to_string().as_bytes(),
+                )),
+                expire_time: now
+                    + chrono::Duration::from_std(self.inner.config.idempotency_ttl)
+                        .unwrap_or(chrono::Duration::days(1)),
+            }
+        });
         let new = NewExecution {
             id: Uuid::now_v7(),
             tenant_id: req.tenant_id,
@@ -216,8 +237,14 @@ impl Engine {
             owner: self.inner.node.clone(),
             lease_ms: self.inner.config.lease.as_millis() as u64,
             now,
+            idempotency,
         };
-        let lease = self.inner.store.create_execution(&new).await?;
+        let lease = match self.inner.store.create_execution(&new).await? {
+            model::Created::New(lease) => lease,
+            model::Created::Existing(id) => {
+                return Ok(self.inner.store.get_execution(req.tenant_id, id).await?);
+            }
+        };
         self.inner.spawn_driver(lease);
         Ok(Execution {
             id: new.id,
@@ -355,11 +382,20 @@ impl Inner {
 async fn claim_loop(inner: Arc<Inner>) {
     let limit = 32;
     let mut delay = inner.config.poll_min;
+    let mut next_sweep = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = inner.shutdown.cancelled() => return,
             () = inner.claim_now.notified() => {}
             () = tokio::time::sleep(delay) => {}
+        }
+        if tokio::time::Instant::now() >= next_sweep {
+            next_sweep = tokio::time::Instant::now() + Duration::from_secs(60);
+            match inner.store.sweep_idempotency_keys(Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "swept expired idempotency keys"),
+                Err(err) => tracing::warn!(error = %err, "sweeping idempotency keys failed"),
+            }
         }
         match inner
             .store

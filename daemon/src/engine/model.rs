@@ -140,6 +140,26 @@ pub struct NewExecution {
     pub owner: String,
     pub lease_ms: u64,
     pub now: DateTime<Utc>,
+    /// Makes the start idempotent within the tenant.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// An idempotency key with the fingerprint of the request that used it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the request (workflow, version, inputs): a reuse must match it.
+    pub request_hash: String,
+    pub expire_time: DateTime<Utc>,
+}
+
+/// What storing a new execution did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// Stored, leased by its creator.
+    New(Lease),
+    /// The idempotency key was used before with the same request: this execution.
+    Existing(Uuid),
 }
 
 /// A lease on an execution: the fencing token every write must present.

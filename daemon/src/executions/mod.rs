@@ -101,8 +101,19 @@ impl Executions {
         workflow: &str,
         version: i64,
         inputs_json: &str,
+        idempotency_key: Option<&str>,
     ) -> Result<Execution> {
         let tenant = Self::tenant(caller, Scope::ExecutionsWrite)?;
+        if let Some(key) = idempotency_key
+            && (key.is_empty()
+                || key.len() > 255
+                || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        {
+            return Err(Error::InvalidArgument {
+                field: "idempotency_key".to_owned(),
+                message: "1 to 255 printable ASCII characters".to_owned(),
+            });
+        }
         if workflow.is_empty() {
             return Err(Error::InvalidArgument {
                 field: "workflow".to_owned(),
@@ -142,6 +153,7 @@ impl Executions {
                 version: (version > 0).then_some(version),
                 inputs,
                 trigger: serde_json::json!({"type": "api"}),
+                idempotency_key: idempotency_key.map(str::to_owned),
             })
             .await?;
         tracing::info!(execution = %execution.id, tenant = %tenant.name, workflow = %execution.workflow, version = execution.version, key_id = %caller.key_id, "execution started");

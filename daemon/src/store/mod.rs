@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::definitions::model::{Definition, DefinitionSummary, NewVersion, VersionInfo};
 use crate::engine::model::{
-    Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
+    Created, Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
 };
 use crate::secrets::crypto::Sealed;
 use crate::secrets::model::{AuditEvent, SecretMeta, StoredSecret};
@@ -147,8 +147,12 @@ pub trait DefinitionStore: Send + Sync {
 /// the lease's fencing token and fail with [`Error::Fenced`] once another daemon took over.
 #[async_trait::async_trait]
 pub trait ExecutionStore: Send + Sync {
-    /// Inserts a pending execution owned (leased) by `e.owner`.
-    async fn create_execution(&self, e: &NewExecution) -> Result<Lease>;
+    /// Inserts a pending execution owned (leased) by `e.owner` — unless its idempotency key
+    /// was used before: then the earlier execution if the request was the same, and
+    /// [`Error::Conflict`] if it was not.
+    async fn create_execution(&self, e: &NewExecution) -> Result<Created>;
+    /// Deletes idempotency keys that expired before `now`; returns how many.
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
     /// Writes a transition in one transaction, if `lease` is still held.
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()>;
     /// The execution, all its attempts, and the last event sequence number.

@@ -722,7 +722,50 @@ macro_rules! impl_execution_shared {
                 &self,
                 e: &$crate::engine::model::NewExecution,
                 lease_expires: DateTime<Utc>,
-            ) -> Result<$crate::engine::model::Lease> {
+            ) -> Result<$crate::engine::model::Created> {
+                use $crate::engine::model::{Created, Lease};
+                let what = || format!("execution {}", e.id);
+                let mut tx = self.pool.begin().await.map_err(map_err(what))?;
+                if let Some(k) = &e.idempotency {
+                    // Claims the key, or finds who has it; an expired claim is taken over.
+                    let claimed = sqlx::query(
+                        "INSERT INTO idempotency_keys (tenant_id, key, request_hash, execution_id, \
+                         create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = excluded.request_hash, \
+                         execution_id = excluded.execution_id, create_time = excluded.create_time, \
+                         expire_time = excluded.expire_time WHERE idempotency_keys.expire_time < $5",
+                    )
+                    .bind(e.tenant_id)
+                    .bind(&k.key)
+                    .bind(&k.request_hash)
+                    .bind(e.id)
+                    .bind(e.now)
+                    .bind(k.expire_time)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err(what))?;
+                    if claimed.rows_affected() == 0 {
+                        let (hash, existing): (String, Uuid) = sqlx::query_as(
+                            "SELECT request_hash, execution_id FROM idempotency_keys \
+                             WHERE tenant_id = $1 AND key = $2",
+                        )
+                        .bind(e.tenant_id)
+                        .bind(&k.key)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err(what))?;
+                        tx.commit().await.map_err(map_err(what))?;
+                        return if hash == k.request_hash {
+                            Ok(Created::Existing(existing))
+                        } else {
+                            Err(Error::Conflict(format!(
+                                "idempotency key {:?} was already used with a different request \
+                                 (another workflow, version or inputs); use a new key",
+                                k.key
+                            )))
+                        };
+                    }
+                }
                 sqlx::query(
                     "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
                      trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
@@ -738,13 +781,23 @@ macro_rules! impl_execution_shared {
                 .bind(e.deadline)
                 .bind(&e.owner)
                 .bind(lease_expires)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await
-                .map_err(map_err(|| format!("execution {}", e.id)))?;
-                Ok($crate::engine::model::Lease {
+                .map_err(map_err(what))?;
+                tx.commit().await.map_err(map_err(what))?;
+                Ok(Created::New(Lease {
                     execution_id: e.id,
                     epoch: 1,
-                })
+                }))
+            }
+
+            async fn sweep_idempotency_keys_shared(&self, now: DateTime<Utc>) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM idempotency_keys WHERE expire_time < $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err(|| "idempotency keys".to_owned()))?;
+                Ok(done.rows_affected())
             }
 
             async fn load_execution_shared(

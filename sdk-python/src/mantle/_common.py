@@ -156,7 +156,10 @@ def rewatch_delay(drops: int) -> float:
 
 
 def start_execution_request(
-    workflow: str, inputs: Mapping[str, Any] | None, version: int
+    workflow: str,
+    inputs: Mapping[str, Any] | None,
+    version: int,
+    idempotency_key: str | None = None,
 ) -> execution_pb2.StartExecutionRequest:
     if inputs is None:
         inputs_json = ""
@@ -170,7 +173,10 @@ def start_execution_request(
         except (TypeError, ValueError) as e:
             raise TypeError(f"inputs: not JSON-serializable: {e}") from e
     return execution_pb2.StartExecutionRequest(
-        workflow=workflow, version=check_version(version), inputs_json=inputs_json
+        workflow=workflow,
+        version=check_version(version),
+        inputs_json=inputs_json,
+        idempotency_key=idempotency_key or "",
     )
 
 

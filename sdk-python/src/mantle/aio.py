@@ -382,13 +382,19 @@ class Client:
     # -- executions ------------------------------------------------------------------
 
     async def start_execution(
-        self, workflow: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0
+        self,
+        workflow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        version: int = 0,
+        idempotency_key: str | None = None,
     ) -> Execution:
         """Starts an execution of a workflow (``version=0``: the latest) with ``inputs``
         sent as JSON, and returns it at once. An invalid input raises
         :class:`errors.InvalidArgument` naming it."""
-        req = _common.start_execution_request(workflow, inputs, version)
-        resp = await self._call(self._executions.StartExecution, req, read=False)
+        req = _common.start_execution_request(workflow, inputs, version, idempotency_key)
+        # With an idempotency key the start is safe to retry.
+        resp = await self._call(self._executions.StartExecution, req, read=idempotency_key is not None)
         return Execution.from_proto(resp)
 
     async def get_execution(self, id: str) -> Execution:

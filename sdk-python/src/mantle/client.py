@@ -433,7 +433,12 @@ class Client:
     # -- executions ------------------------------------------------------------------
 
     def start_execution(
-        self, workflow: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0
+        self,
+        workflow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        version: int = 0,
+        idempotency_key: str | None = None,
     ) -> Execution:
         """Starts an execution of a workflow and returns it at once; it runs in the
         background (see :meth:`wait` and :meth:`watch`). Needs ``executions:write``.
@@ -444,14 +449,20 @@ class Client:
                 the workflow's declared inputs (unknown names, types, required, enum) and
                 applies defaults.
             version: The version to run; 0 for the latest.
+            idempotency_key: Makes the start idempotent in the tenant: the same key with
+                the same request returns the first execution (for 24 hours); with a
+                different request it raises :class:`errors.FailedPrecondition`.
 
         Raises:
             errors.InvalidArgument: an input is unknown, missing or of the wrong type;
                 the message names it.
             errors.NotFound: no such workflow or version.
         """
-        req = _common.start_execution_request(workflow, inputs, version)
-        return Execution.from_proto(self._call(self._executions.StartExecution, req, read=False))
+        req = _common.start_execution_request(workflow, inputs, version, idempotency_key)
+        # With an idempotency key the start is safe to retry.
+        return Execution.from_proto(
+            self._call(self._executions.StartExecution, req, read=idempotency_key is not None)
+        )
 
     def get_execution(self, id: str) -> Execution:
         """Returns one execution. Needs ``executions:read``. An unknown id (or another

@@ -17,7 +17,7 @@ use super::shared::{
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
 use crate::engine::model::{
-    Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
+    Created, Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
 };
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
@@ -129,7 +129,11 @@ impl_secret_store!(PgStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for PgStore {
-    async fn create_execution(&self, e: &NewExecution) -> Result<Lease> {
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.sweep_idempotency_keys_shared(now).await
+    }
+
+    async fn create_execution(&self, e: &NewExecution) -> Result<Created> {
         let expires = Utc::now() + chrono::Duration::milliseconds(e.lease_ms as i64);
         self.create_execution_shared(e, expires).await
     }

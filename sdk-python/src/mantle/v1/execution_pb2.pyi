@@ -185,6 +185,7 @@ class StartExecutionRequest(_message.Message):
     WORKFLOW_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     INPUTS_JSON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     """Name of the workflow. Required."""
     version: _builtins.int
@@ -193,16 +194,24 @@ class StartExecutionRequest(_message.Message):
     """Inputs as a JSON object; empty for none. Checked against the workflow's declared
     inputs (unknown names, types, required, enum); defaults are applied.
     """
+    idempotency_key: _builtins.str
+    """Optional key that makes the start idempotent within the tenant (also accepted as the
+    `idempotency-key` metadata): while the key is kept (24 hours by default), the same key
+    with the same workflow, version and inputs returns the execution it started first, and
+    concurrent duplicates start exactly one; the same key with a different request answers
+    FAILED_PRECONDITION. At most 255 printable ASCII characters.
+    """
     def __init__(
         self,
         *,
         workflow: _builtins.str = ...,
         version: _builtins.int = ...,
         inputs_json: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs_json", b"inputs_json", "version", b"version", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "inputs_json", b"inputs_json", "version", b"version", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
