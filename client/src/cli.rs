@@ -325,6 +325,21 @@ pub struct HealthArgs {
     pub service: Option<String>,
 }
 
+/// A tenant's limits as flags; 0 removes a numeric limit on update.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TenantLimits {
+    /// Most steps a workflow of the tenant may have (0: no limit of its own).
+    #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i32).range(0..))]
+    pub max_steps_per_workflow: Option<i32>,
+    /// Longest an execution may run, in minutes (0: no limit of its own).
+    #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i32).range(0..))]
+    pub max_runtime_minutes: Option<i32>,
+    /// A host http/request may reach: a name or *.domain (subdomains only); repeat for
+    /// several. Replaces the list.
+    #[arg(long = "allowed-domain", value_name = "HOST", group = "changes")]
+    pub allowed_domains: Vec<String>,
+}
+
 /// `mantlectl tenants …`.
 #[derive(Debug, Subcommand)]
 pub enum TenantsCommand {
@@ -335,6 +350,8 @@ pub enum TenantsCommand {
         /// Human-readable name.
         #[arg(long, value_name = "TEXT")]
         display_name: Option<String>,
+        #[command(flatten)]
+        limits: TenantLimits,
     },
     /// Show one tenant.
     Get {
@@ -351,6 +368,11 @@ pub enum TenantsCommand {
         /// New human-readable name; '' clears it.
         #[arg(long, value_name = "TEXT", group = "changes")]
         display_name: Option<String>,
+        #[command(flatten)]
+        limits: TenantLimits,
+        /// Allow any public host again.
+        #[arg(long, group = "changes", conflicts_with = "allowed_domains")]
+        clear_allowed_domains: bool,
     },
     /// Delete a tenant and revoke its API keys.
     Delete {

@@ -376,9 +376,21 @@ impl Client {
 
     /// Creates a tenant. `display_name` may be empty.
     pub async fn create_tenant(&self, name: &str, display_name: &str) -> Result<Tenant, Error> {
+        self.create_tenant_with_settings(name, display_name, Default::default())
+            .await
+    }
+
+    /// Creates a tenant with limits (0 and empty: none of its own).
+    pub async fn create_tenant_with_settings(
+        &self,
+        name: &str,
+        display_name: &str,
+        settings: crate::proto::TenantSettings,
+    ) -> Result<Tenant, Error> {
         let request = CreateTenantRequest {
             name: name.to_owned(),
             display_name: display_name.to_owned(),
+            settings: Some(settings),
         };
         self.call(false, request, |r| {
             let mut c = self.tenant_service();
@@ -427,9 +439,24 @@ impl Client {
         name: &str,
         display_name: Option<&str>,
     ) -> Result<Tenant, Error> {
+        self.update_tenant_settings(name, display_name, Default::default(), Vec::new())
+            .await
+    }
+
+    /// Changes a tenant's display name and the settings named in `mask`
+    /// (`max_steps_per_workflow`, `max_runtime_minutes`, `allowed_domains`).
+    pub async fn update_tenant_settings(
+        &self,
+        name: &str,
+        display_name: Option<&str>,
+        settings: crate::proto::TenantSettings,
+        mask: Vec<String>,
+    ) -> Result<Tenant, Error> {
         let request = UpdateTenantRequest {
             name: name.to_owned(),
             display_name: display_name.map(str::to_owned),
+            settings: Some(settings),
+            settings_mask: (!mask.is_empty()).then_some(prost_types::FieldMask { paths: mask }),
         };
         self.call(false, request, |r| {
             let mut c = self.tenant_service();

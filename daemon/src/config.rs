@@ -47,6 +47,10 @@ pub struct EngineSettings {
     pub workflow_env: std::collections::BTreeMap<String, String>,
     /// `MANTLE_IDEMPOTENCY_TTL`: how long StartExecution idempotency keys are kept.
     pub idempotency_ttl: Duration,
+    /// `MANTLE_MAX_STEPS_PER_WORKFLOW`: a cap on every tenant's workflows.
+    pub max_steps_per_workflow: Option<u32>,
+    /// `MANTLE_MAX_RUNTIME_MINUTES`: a cap on every execution's run time.
+    pub max_runtime_minutes: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +331,20 @@ pub fn build(
         },
         None => file_http.allow_private_networks.unwrap_or(false),
     };
+    let cap = |var: &str| -> Result<Option<u32>, Error> {
+        match env_get(var) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u32>() {
+                Ok(0) => Ok(None),
+                Ok(n) => Ok(Some(n)),
+                Err(_) => Err(Error(format!(
+                    "{var}: expected a whole number (0 for no cap), got {v:?}"
+                ))),
+            },
+        }
+    };
+    let max_steps_per_workflow = cap("MANTLE_MAX_STEPS_PER_WORKFLOW")?;
+    let max_runtime_minutes = cap("MANTLE_MAX_RUNTIME_MINUTES")?;
     let mut workflow_env = file_config.env.unwrap_or_default();
     for (k, v) in env {
         if let Some(key) = k.strip_prefix("MANTLE_ENV_")
@@ -364,6 +382,8 @@ pub fn build(
             allow_private_networks,
             workflow_env,
             idempotency_ttl,
+            max_steps_per_workflow,
+            max_runtime_minutes,
         },
     })
 }

@@ -97,7 +97,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let ctx = crate::api::ApiContext {
         authenticator: Authenticator::new(store.clone(), static_token),
         tenancy,
-        definitions: crate::definitions::Definitions::new(store.clone()),
+        definitions: crate::definitions::Definitions::new(
+            store.clone(),
+            config.engine.max_steps_per_workflow,
+        ),
         executions: crate::executions::Executions::new(store.clone(), engine.clone()),
         secrets,
         shutdown: cancel.clone(),
@@ -203,6 +206,10 @@ fn engine_config(config: &Config) -> crate::engine::EngineConfig {
         poll_max: e.poll_interval,
         max_output_bytes: e.max_step_output_bytes,
         idempotency_ttl: e.idempotency_ttl,
+        limits: crate::engine::Limits {
+            max_steps_per_workflow: e.max_steps_per_workflow,
+            max_runtime_minutes: e.max_runtime_minutes,
+        },
         network: crate::connectors::NetworkPolicy {
             allow_private: e.allow_private_networks,
         },

@@ -15,7 +15,7 @@ use mantle_daemon::engine::model::{
 };
 use mantle_daemon::store::{self, Backend, OpenOptions, Store};
 use mantle_daemon::tenancy::model::{
-    DEFAULT_TENANT_ID, NewApiKey, PageRequest, Tenant, TenantUpdate,
+    DEFAULT_TENANT_ID, NewApiKey, PageRequest, Tenant, TenantSettings, TenantUpdate,
 };
 use sqlx::Connection;
 
@@ -169,6 +169,7 @@ fn tenant(name: &str) -> Tenant {
         display_name: format!("{name} display"),
         create_time: now,
         update_time: now,
+        settings: TenantSettings::default(),
     }
 }
 
@@ -246,6 +247,7 @@ async fn contract(store: Arc<dyn Store>) {
             "acme",
             &TenantUpdate {
                 display_name: Some("ACME Corp".into()),
+                ..TenantUpdate::default()
             },
             later,
         )
@@ -263,6 +265,40 @@ async fn contract(store: Arc<dyn Store>) {
             .unwrap_err(),
         store::Error::NotFound(_)
     ));
+
+    // Settings: stored, changed field by field, cleared; readable by id.
+    let mut limited = tenant("limited");
+    limited.settings = TenantSettings {
+        max_steps_per_workflow: Some(10),
+        max_runtime_minutes: None,
+        allowed_domains: Some(vec!["api.example.com".into(), "*.corp.example".into()]),
+    };
+    store.create_tenant(&limited).await.unwrap();
+    assert_eq!(
+        store.get_tenant_by_id(limited.id).await.unwrap().settings,
+        limited.settings
+    );
+    let updated = store
+        .update_tenant(
+            "limited",
+            &TenantUpdate {
+                max_runtime_minutes: Some(Some(5)),
+                allowed_domains: Some(None),
+                ..TenantUpdate::default()
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.settings,
+        TenantSettings {
+            max_steps_per_workflow: Some(10),
+            max_runtime_minutes: Some(5),
+            allowed_domains: None,
+        }
+    );
+    store.delete_tenant("limited").await.unwrap();
 
     // Keys: tenant keys and operator keys are listed apart, newest first.
     let (k1, t1) = new_key(Some(acme.id), &[Scope::ExecutionsRead]);

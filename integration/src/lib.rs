@@ -1395,6 +1395,7 @@ pub async fn create_tenant(daemon: &Daemon, operator: &str, name: &str) {
             .create_tenant(pb::CreateTenantRequest {
                 name: name.to_owned(),
                 display_name: name.to_owned(),
+                ..Default::default()
             })
             .await,
         "CreateTenant",

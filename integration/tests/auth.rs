@@ -18,6 +18,7 @@ async fn auth_matrix(daemon: &Daemon, operator: &str, backend: &str) {
                 .create_tenant(pb::CreateTenantRequest {
                     name: name.clone(),
                     display_name: format!("Tenant {name}"),
+                    ..Default::default()
                 })
                 .await,
             "operator CreateTenant",
@@ -166,6 +167,7 @@ async fn auth_matrix(daemon: &Daemon, operator: &str, backend: &str) {
             .create_tenant(pb::CreateTenantRequest {
                 name: random_name("x"),
                 display_name: String::new(),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -534,6 +536,7 @@ async fn api_token_mode() {
             .create_tenant(pb::CreateTenantRequest {
                 name: name.clone(),
                 display_name: String::new(),
+                ..Default::default()
             })
             .await,
         "CreateTenant with MANTLE_API_TOKEN",

@@ -65,6 +65,7 @@ async fn three_daemons_migrate_one_database_once() {
             .create_tenant(pb::CreateTenantRequest {
                 name: name.clone(),
                 display_name: String::new(),
+                ..Default::default()
             })
             .await,
         "CreateTenant via daemon 0",

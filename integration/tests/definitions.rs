@@ -81,6 +81,7 @@ async fn tenant_with_key(
             .create_tenant(pb::CreateTenantRequest {
                 name: name.clone(),
                 display_name: name.clone(),
+                ..Default::default()
             })
             .await,
         "CreateTenant",

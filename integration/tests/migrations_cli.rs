@@ -194,6 +194,7 @@ async fn init_migrate_status_and_admin_key_postgres() {
             .create_tenant(pb::CreateTenantRequest {
                 name: name.clone(),
                 display_name: String::new(),
+                ..Default::default()
             })
             .await,
         "CreateTenant with the admin-key token",

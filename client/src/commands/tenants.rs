@@ -19,11 +19,19 @@ struct TenantView {
     create_time: Option<DateTime<Utc>>,
     #[serde(serialize_with = "serialize_time")]
     update_time: Option<DateTime<Utc>>,
+    /// 0 and empty: no limit of the tenant's own.
+    max_steps_per_workflow: i32,
+    max_runtime_minutes: i32,
+    allowed_domains: Vec<String>,
 }
 
 impl From<Tenant> for TenantView {
     fn from(t: Tenant) -> Self {
+        let settings = t.settings.clone().unwrap_or_default();
         TenantView {
+            max_steps_per_workflow: settings.max_steps_per_workflow,
+            max_runtime_minutes: settings.max_runtime_minutes,
+            allowed_domains: settings.allowed_domains,
             create_time: t.create_time.as_ref().and_then(timestamp_to_datetime),
             update_time: t.update_time.as_ref().and_then(timestamp_to_datetime),
             name: t.name,
@@ -39,12 +47,23 @@ impl From<Tenant> for TenantView {
 struct TenantList(Vec<TenantView>);
 
 fn tenant_table<'a>(tenants: impl IntoIterator<Item = &'a TenantView>) -> String {
-    let mut table = Table::new(&["NAME", "DISPLAY NAME", "ID", "CREATED", "UPDATED"]);
+    let mut table = Table::new(&["NAME", "DISPLAY NAME", "ID", "LIMITS", "CREATED", "UPDATED"]);
     for t in tenants {
+        let mut limits = Vec::new();
+        if t.max_steps_per_workflow > 0 {
+            limits.push(format!("steps≤{}", t.max_steps_per_workflow));
+        }
+        if t.max_runtime_minutes > 0 {
+            limits.push(format!("runtime≤{}m", t.max_runtime_minutes));
+        }
+        if !t.allowed_domains.is_empty() {
+            limits.push(format!("domains={}", t.allowed_domains.join(",")));
+        }
         table.row(vec![
             t.name.clone(),
             text_cell(&t.display_name),
             t.id.clone(),
+            text_cell(&limits.join(" ")),
             time_cell(t.create_time),
             time_cell(t.update_time),
         ]);
@@ -69,9 +88,22 @@ impl Render for TenantList {
 pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
     let client = ctx.connect(false).await?;
     match command {
-        TenantsCommand::Create { name, display_name } => {
+        TenantsCommand::Create {
+            name,
+            display_name,
+            limits,
+        } => {
+            let settings = mantle_client::proto::TenantSettings {
+                max_steps_per_workflow: limits.max_steps_per_workflow.unwrap_or(0),
+                max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
+                allowed_domains: limits.allowed_domains.clone(),
+            };
             let tenant = client
-                .create_tenant(&name, display_name.as_deref().unwrap_or_default())
+                .create_tenant_with_settings(
+                    &name,
+                    display_name.as_deref().unwrap_or_default(),
+                    settings,
+                )
                 .await?;
             output::print(ctx.output, &TenantView::from(tenant))
         }
@@ -86,8 +118,30 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 &TenantList(tenants.into_iter().map(TenantView::from).collect()),
             )
         }
-        TenantsCommand::Update { name, display_name } => {
-            let tenant = client.update_tenant(&name, display_name.as_deref()).await?;
+        TenantsCommand::Update {
+            name,
+            display_name,
+            limits,
+            clear_allowed_domains,
+        } => {
+            let mut mask = Vec::new();
+            if limits.max_steps_per_workflow.is_some() {
+                mask.push("max_steps_per_workflow".to_owned());
+            }
+            if limits.max_runtime_minutes.is_some() {
+                mask.push("max_runtime_minutes".to_owned());
+            }
+            if !limits.allowed_domains.is_empty() || clear_allowed_domains {
+                mask.push("allowed_domains".to_owned());
+            }
+            let settings = mantle_client::proto::TenantSettings {
+                max_steps_per_workflow: limits.max_steps_per_workflow.unwrap_or(0),
+                max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
+                allowed_domains: limits.allowed_domains.clone(),
+            };
+            let tenant = client
+                .update_tenant_settings(&name, display_name.as_deref(), settings, mask)
+                .await?;
             output::print(ctx.output, &TenantView::from(tenant))
         }
         TenantsCommand::Delete { name } => {
@@ -108,6 +162,7 @@ mod tests {
             name: name.into(),
             id: "0196-ab".into(),
             display_name: display_name.into(),
+            settings: None,
             create_time: Some(prost_types::Timestamp {
                 seconds: 1_700_000_000,
                 nanos: 0,

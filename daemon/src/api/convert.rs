@@ -34,7 +34,22 @@ impl From<Tenant> for pb::Tenant {
             display_name: t.display_name,
             create_time: Some(timestamp(t.create_time)),
             update_time: Some(timestamp(t.update_time)),
+            settings: Some(pb::TenantSettings {
+                max_steps_per_workflow: t.settings.max_steps_per_workflow.map_or(0, |n| n as i32),
+                max_runtime_minutes: t.settings.max_runtime_minutes.map_or(0, |n| n as i32),
+                allowed_domains: t.settings.allowed_domains.unwrap_or_default(),
+            }),
         }
+    }
+}
+
+/// Requested settings: 0 and empty mean "no limit of the tenant's own".
+pub fn tenant_settings(s: pb::TenantSettings) -> crate::tenancy::model::TenantSettings {
+    crate::tenancy::model::TenantSettings {
+        max_steps_per_workflow: (s.max_steps_per_workflow > 0)
+            .then_some(s.max_steps_per_workflow as u32),
+        max_runtime_minutes: (s.max_runtime_minutes > 0).then_some(s.max_runtime_minutes as u32),
+        allowed_domains: (!s.allowed_domains.is_empty()).then_some(s.allowed_domains),
     }
 }
 

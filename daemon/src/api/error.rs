@@ -43,6 +43,7 @@ impl From<definitions::Error> for Status {
             definitions::Error::InvalidArgument { .. } => Code::InvalidArgument,
             definitions::Error::NotFound(_) => Code::NotFound,
             definitions::Error::PermissionDenied(_) => Code::PermissionDenied,
+            definitions::Error::ResourceExhausted(_) => Code::ResourceExhausted,
             definitions::Error::Unavailable(_) => Code::Unavailable,
             definitions::Error::Internal(_) => Code::Internal,
         };
@@ -57,6 +58,7 @@ impl From<executions::Error> for Status {
             executions::Error::NotFound(_) => Code::NotFound,
             executions::Error::PermissionDenied(_) => Code::PermissionDenied,
             executions::Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            executions::Error::ResourceExhausted(_) => Code::ResourceExhausted,
             executions::Error::Unavailable(_) => Code::Unavailable,
             executions::Error::Internal(_) => Code::Internal,
         };

@@ -21,9 +21,14 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::Tenant>, Status> {
         let caller = caller(&request)?;
         let req = request.get_ref();
+        let settings = req
+            .settings
+            .clone()
+            .map(super::convert::tenant_settings)
+            .unwrap_or_default();
         let tenant = self
             .tenancy
-            .create_tenant(caller, &req.name, &req.display_name)
+            .create_tenant(caller, &req.name, &req.display_name, settings)
             .await?;
         Ok(Response::new(tenant.into()))
     }
@@ -60,9 +65,43 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::Tenant>, Status> {
         let caller = caller(&request)?;
         let req = request.get_ref();
-        let update = TenantUpdate {
+        let settings = req.settings.clone().unwrap_or_default();
+        let mut update = TenantUpdate {
             display_name: req.display_name.clone(),
+            ..TenantUpdate::default()
         };
+        let positive = |n: i32| (n > 0).then_some(n as u32);
+        for path in req.settings_mask.iter().flat_map(|m| &m.paths) {
+            match path.trim_start_matches("settings.") {
+                "max_steps_per_workflow" => {
+                    update.max_steps_per_workflow = Some(positive(settings.max_steps_per_workflow))
+                }
+                "max_runtime_minutes" => {
+                    update.max_runtime_minutes = Some(positive(settings.max_runtime_minutes))
+                }
+                "allowed_domains" => {
+                    update.allowed_domains = Some(
+                        (!settings.allowed_domains.is_empty())
+                            .then(|| settings.allowed_domains.clone()),
+                    );
+                }
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes or allowed_domains"
+                    )));
+                }
+            }
+        }
+        for (field, n) in [
+            ("max_steps_per_workflow", settings.max_steps_per_workflow),
+            ("max_runtime_minutes", settings.max_runtime_minutes),
+        ] {
+            if n < 0 {
+                return Err(Status::invalid_argument(format!(
+                    "settings.{field}: must not be negative"
+                )));
+            }
+        }
         let tenant = self
             .tenancy
             .update_tenant(caller, &req.name, &update)

@@ -50,43 +50,22 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// The HTTP action, with one connection pool per redirect setting.
+/// The HTTP action. Redirects are followed by hand, so each hop is checked.
 pub struct HttpConnector {
-    follow: reqwest::Client,
-    no_follow: reqwest::Client,
+    client: reqwest::Client,
     policy: NetworkPolicy,
 }
 
 impl HttpConnector {
     pub fn new(policy: NetworkPolicy) -> Result<HttpConnector, String> {
-        let build = |follow: bool| {
-            let redirect = if follow {
-                reqwest::redirect::Policy::custom(move |attempt| {
-                    if attempt.previous().len() >= MAX_REDIRECTS {
-                        return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-                    }
-                    if let Err(e) = check_url(attempt.url(), policy) {
-                        let target = redact_url(attempt.url());
-                        return attempt.error(format!("redirect to {target} refused: {e}"));
-                    }
-                    attempt.follow()
-                })
-            } else {
-                reqwest::redirect::Policy::none()
-            };
-            reqwest::Client::builder()
-                .dns_resolver(Arc::new(GuardedResolver { policy }))
-                .redirect(redirect)
-                .user_agent(concat!("mantle/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| format!("building the HTTP client: {e}"))
-        };
-        Ok(HttpConnector {
-            follow: build(true)?,
-            no_follow: build(false)?,
-            policy,
-        })
+        let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver { policy }))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("mantle/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(HttpConnector { client, policy })
     }
 
     pub async fn run(&self, inv: Invocation) -> Result<Value, String> {
@@ -140,46 +119,97 @@ impl HttpConnector {
                 .as_u64()
                 .ok_or("params.max_response_bytes: expected a positive integer")?,
         };
-        let client = if follow {
-            &self.follow
-        } else {
-            &self.no_follow
-        };
-        let mut req = client.request(method.clone(), url.clone()).timeout(timeout);
+        check_allowed(&url, inv.allowed_domains.as_ref().map(|v| v.as_slice()))
+            .map_err(|e| format!("params.url: {e}"))?;
+        let mut headers_out: Vec<(String, String)> = Vec::new();
         if let Some(headers) = p.get("headers") {
             let headers = headers
                 .as_object()
                 .ok_or("params.headers: expected a mapping")?;
             for (k, v) in headers {
                 let text = scalar_text(v).map_err(|e| format!("params.headers.{k}: {e}"))?;
-                req = req.header(k.as_str(), text);
+                headers_out.push((k.clone(), text));
             }
         }
-        match (p.get("body"), p.get("json")) {
+        let mut body: Option<(Option<&'static str>, String)> = match (p.get("body"), p.get("json"))
+        {
             (Some(_), Some(_)) => {
                 return Err("params: body and json are mutually exclusive".to_owned());
             }
-            (Some(body), None) => {
-                req = req.body(
-                    body.as_str()
-                        .ok_or("params.body: expected a string; use json for structured bodies")?
-                        .to_owned(),
-                );
+            (Some(body), None) => Some((
+                None,
+                body.as_str()
+                    .ok_or("params.body: expected a string; use json for structured bodies")?
+                    .to_owned(),
+            )),
+            (None, Some(json)) => Some((Some("application/json"), json.to_string())),
+            (None, None) => None,
+        };
+        // Redirects are followed here, not by the client, so every hop is checked against
+        // the network policy and the tenant's allowed domains.
+        let mut method = method;
+        let mut credential = inv.credential.as_ref();
+        let mut hops = 0;
+        let response = loop {
+            let mut req = self
+                .client
+                .request(method.clone(), url.clone())
+                .timeout(timeout);
+            for (k, v) in &headers_out {
+                req = req.header(k.as_str(), v.as_str());
             }
-            (None, Some(json)) => {
-                req = req
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(json.to_string());
+            if let Some((content_type, text)) = &body {
+                if let Some(ct) = content_type {
+                    req = req.header(reqwest::header::CONTENT_TYPE, *ct);
+                }
+                req = req.body(text.clone());
             }
-            (None, None) => {}
-        }
-        if let Some(cred) = &inv.credential {
-            req = apply_credential(req, cred)?;
-        }
-        let response = req
-            .send()
-            .await
-            .map_err(|e| describe_send_error(&method, &url, &e))?;
+            if let Some(cred) = credential {
+                req = apply_credential(req, cred)?;
+            }
+            let response = req
+                .send()
+                .await
+                .map_err(|e| describe_send_error(&method, &url, &e))?;
+            let status = response.status();
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_owned);
+            let (true, true, Some(location)) = (follow, status.is_redirection(), location) else {
+                break response;
+            };
+            hops += 1;
+            let refused = |why: String| {
+                format!(
+                    "{method} {}: redirect to {location:?} refused: {why}",
+                    redact_url(&url)
+                )
+            };
+            if hops > MAX_REDIRECTS {
+                return Err(refused(format!("more than {MAX_REDIRECTS} redirects")));
+            }
+            let next = url
+                .join(&location)
+                .map_err(|e| refused(format!("not a URL: {e}")))?;
+            check_url(&next, self.policy).map_err(refused)?;
+            check_allowed(&next, inv.allowed_domains.as_ref().map(|v| v.as_slice()))
+                .map_err(refused)?;
+            if status == reqwest::StatusCode::SEE_OTHER
+                || (matches!(status.as_u16(), 301 | 302) && method == reqwest::Method::POST)
+            {
+                method = reqwest::Method::GET;
+                body = None;
+            }
+            if next.host_str() != url.host_str()
+                || next.port_or_known_default() != url.port_or_known_default()
+            {
+                // Credentials are for the host they were meant for.
+                credential = None;
+            }
+            url = next;
+        };
         let status = response.status();
         let final_url = response.url().clone();
         let mut headers = Map::new();
@@ -199,16 +229,6 @@ impl HttpConnector {
             .get("content-type")
             .and_then(Value::as_str)
             .is_some_and(|ct| ct.contains("json"));
-        if follow
-            && status.is_redirection()
-            && let Some(location) = headers.get("location").and_then(Value::as_str)
-        {
-            // A redirect the client could not follow (a Location such as file:///…).
-            return Err(format!(
-                "{method} {}: redirect to {location:?} refused: only http and https redirects are followed",
-                redact_url(&final_url)
-            ));
-        }
         let body = read_capped(response, max_bytes).await?;
         let body = if is_json {
             serde_json::from_slice(&body)
@@ -259,6 +279,21 @@ fn check_url(url: &reqwest::Url, policy: NetworkPolicy) -> Result<(), String> {
         Some(url::Host::Ipv4(ip)) => policy.check(IpAddr::V4(ip)),
         Some(url::Host::Ipv6(ip)) => policy.check(IpAddr::V6(ip)),
         Some(url::Host::Domain(_)) => Ok(()),
+    }
+}
+
+/// Checks a URL's host against a tenant's allowed domains (`None`: any host).
+fn check_allowed(url: &reqwest::Url, allowed: Option<&[String]>) -> Result<(), String> {
+    let Some(allowed) = allowed else {
+        return Ok(());
+    };
+    let host = url.host_str().unwrap_or_default();
+    if super::net::domain_allowed(host, allowed) {
+        Ok(())
+    } else {
+        Err(format!(
+            "host {host} is not in the tenant's allowed domains"
+        ))
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Invocation {
     pub credential: Option<Credential>,
     /// Fires when the step is cancelled; actions abort what they are doing.
     pub cancel: CancellationToken,
+    /// The tenant's allowed domains for outbound requests; `None` allows any public host.
+    pub allowed_domains: Option<std::sync::Arc<Vec<String>>>,
 }
 
 /// Runs actions. `core/sleep` is not here: the engine keeps its timer durably.

@@ -25,6 +25,21 @@ impl NetworkPolicy {
     }
 }
 
+/// Whether `host` matches an allowed-domains list: an entry is an exact host
+/// (`api.example.com`) or `*.example.com`, which matches every subdomain of example.com but
+/// not example.com itself. Case and a trailing dot are ignored.
+pub fn domain_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    allowed.iter().any(|entry| {
+        let entry = entry.trim_end_matches('.').to_ascii_lowercase();
+        match entry.strip_prefix("*.") {
+            Some(parent) => host.len() > parent.len() + 1 && host.ends_with(&format!(".{parent}")),
+            None => host == entry,
+        }
+    })
+}
+
 /// The kind of a non-public address, or `None` for a public one.
 pub fn restricted_kind(ip: IpAddr) -> Option<&'static str> {
     match ip {
@@ -109,6 +124,23 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(restricted_kind(ip).is_some(), restricted, "{ip}");
         }
+    }
+
+    #[test]
+    fn allowed_domains_match_exact_hosts_and_subdomains() {
+        let list = vec!["api.example.com".to_owned(), "*.corp.example".to_owned()];
+        assert!(domain_allowed("api.example.com", &list));
+        assert!(domain_allowed("API.Example.com.", &list));
+        assert!(!domain_allowed("example.com", &list));
+        assert!(!domain_allowed("evil-api.example.com", &list));
+        assert!(domain_allowed("a.corp.example", &list));
+        assert!(domain_allowed("b.a.corp.example", &list));
+        assert!(
+            !domain_allowed("corp.example", &list),
+            "the bare domain is not a subdomain"
+        );
+        assert!(!domain_allowed("xcorp.example", &list));
+        assert!(!domain_allowed("anything", &[]));
     }
 
     #[test]

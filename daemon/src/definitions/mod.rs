@@ -34,6 +34,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// A tenant or installation cap.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -107,11 +110,25 @@ pub fn file_name(filename: &str) -> &str {
 #[derive(Clone)]
 pub struct Definitions {
     store: Arc<dyn Store>,
+    /// `MANTLE_MAX_STEPS_PER_WORKFLOW`.
+    max_steps: Option<u32>,
 }
 
 impl Definitions {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Definitions { store }
+    pub fn new(store: Arc<dyn Store>, max_steps: Option<u32>) -> Self {
+        Definitions { store, max_steps }
+    }
+
+    /// Refuses a workflow with more steps than the tenant (or the installation) allows.
+    async fn check_steps(&self, tenant: &TenantRef, loaded: &Loaded) -> Result<()> {
+        let settings = self.store.get_tenant_by_id(tenant.id).await?.settings;
+        let limits = crate::engine::Limits {
+            max_steps_per_workflow: self.max_steps,
+            max_runtime_minutes: None,
+        };
+        limits
+            .check_steps(&settings, loaded.spec.steps.len())
+            .map_err(Error::ResourceExhausted)
     }
 
     fn tenant(caller: &Caller, scope: Scope) -> Result<&TenantRef> {
@@ -151,6 +168,7 @@ impl Definitions {
     ) -> Result<ApplyResult> {
         let tenant = Self::tenant(caller, Scope::DefinitionsWrite)?;
         let loaded = load(source, file_name(filename))?;
+        self.check_steps(tenant, &loaded).await?;
         let before = self.latest(tenant, &loaded.spec.name).await?;
         let old_spec = before.as_ref().map(parse_spec).transpose()?;
         let (definition, created) = self

@@ -121,6 +121,8 @@ struct Driver {
     running: usize,
     pending: Transition,
     draining: bool,
+    /// The tenant's allowed domains when the driver started.
+    allowed_domains: Option<Arc<Vec<String>>>,
 }
 
 impl Driver {
@@ -147,6 +149,14 @@ impl Driver {
             .workflow(execution.tenant_id, &execution.workflow, execution.version)
             .await?;
         let steps = recover(&workflow, &execution, &attempts);
+        let allowed_domains = inner
+            .store
+            .get_tenant_by_id(execution.tenant_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .settings
+            .allowed_domains
+            .map(Arc::new);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         if execution.cancel_requested {
             cancel.cancel();
@@ -166,6 +176,7 @@ impl Driver {
             running: 0,
             pending: Transition::default(),
             draining: false,
+            allowed_domains,
         }))
     }
 
@@ -574,6 +585,7 @@ impl Driver {
         let credential = step.spec.credential.clone();
         let cancel = self.attempts_cancel.child_token();
         let tenant_id = self.execution.tenant_id;
+        let allowed_domains = self.allowed_domains.clone();
         tokio::spawn(async move {
             // Secret values never leave the attempt: its output and error are redacted here.
             let mut redactor = crate::secrets::redact::Redactor::default();
@@ -593,6 +605,7 @@ impl Driver {
                         params,
                         credential,
                         cancel: cancel.clone(),
+                        allowed_domains,
                     })
                     .await
             };

@@ -48,6 +48,39 @@ pub struct EngineConfig {
     pub workflow_env: Value,
     /// How long an idempotency key is kept.
     pub idempotency_ttl: Duration,
+    /// Global caps; a tenant's own settings may only lower them.
+    pub limits: Limits,
+}
+
+/// Installation-wide caps (`MANTLE_MAX_*`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub max_steps_per_workflow: Option<u32>,
+    pub max_runtime_minutes: Option<u32>,
+}
+
+impl Limits {
+    /// The smaller of a global cap and a tenant's setting.
+    pub fn effective(global: Option<u32>, tenant: Option<u32>) -> Option<u32> {
+        match (global, tenant) {
+            (Some(g), Some(t)) => Some(g.min(t)),
+            (g, t) => g.or(t),
+        }
+    }
+
+    /// Refuses a workflow with more steps than the effective cap.
+    pub fn check_steps(
+        &self,
+        settings: &crate::tenancy::model::TenantSettings,
+        steps: usize,
+    ) -> Result<(), String> {
+        match Limits::effective(self.max_steps_per_workflow, settings.max_steps_per_workflow) {
+            Some(max) if steps > max as usize => Err(format!(
+                "the workflow has {steps} steps; this tenant may run workflows of at most {max} steps"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -61,6 +94,7 @@ impl Default for EngineConfig {
             network: NetworkPolicy::default(),
             workflow_env: Value::Object(Default::default()),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            limits: Limits::default(),
         }
     }
 }
@@ -74,6 +108,9 @@ pub enum Error {
     InvalidArgument { field: String, message: String },
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A tenant or installation cap.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -194,6 +231,20 @@ impl Engine {
             .workflow(req.tenant_id, &definition.name, definition.version)
             .await
             .map_err(Error::Internal)?;
+        let tenant = self.inner.store.get_tenant_by_id(req.tenant_id).await?;
+        let limits = self.inner.config.limits;
+        limits
+            .check_steps(&tenant.settings, workflow.spec.steps.len())
+            .map_err(Error::ResourceExhausted)?;
+        let runtime_cap = Limits::effective(
+            limits.max_runtime_minutes,
+            tenant.settings.max_runtime_minutes,
+        )
+        .map(|m| u64::from(m) * 60_000);
+        let timeout_ms = match (workflow.spec.timeout_ms, runtime_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let inputs = resolve_inputs(&workflow.spec, &req.inputs).map_err(|message| {
             let (field, message) = message
                 .split_once(": ")
@@ -230,10 +281,7 @@ impl Engine {
             version: definition.version,
             inputs,
             trigger: req.trigger,
-            deadline: workflow
-                .spec
-                .timeout_ms
-                .map(|ms| now + chrono::Duration::milliseconds(ms as i64)),
+            deadline: timeout_ms.map(|ms| now + chrono::Duration::milliseconds(ms as i64)),
             owner: self.inner.node.clone(),
             lease_ms: self.inner.config.lease.as_millis() as u64,
             now,

@@ -23,6 +23,8 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -36,6 +38,7 @@ impl From<engine::Error> for Error {
                 Error::InvalidArgument { field, message }
             }
             engine::Error::FailedPrecondition(m) => Error::FailedPrecondition(m),
+            engine::Error::ResourceExhausted(m) => Error::ResourceExhausted(m),
             engine::Error::Unavailable(m) => Error::Unavailable(m),
             engine::Error::Internal(m) => Error::Internal(m),
         }

@@ -74,6 +74,7 @@ pub struct MigrationStatus {
 pub trait TenantStore: Send + Sync {
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn get_tenant(&self, name: &str) -> Result<Tenant>;
+    async fn get_tenant_by_id(&self, id: uuid::Uuid) -> Result<Tenant>;
     async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>>;
     async fn update_tenant(
         &self,

@@ -10,7 +10,8 @@ use super::Error;
 use crate::auth::ScopeSet;
 use crate::tenancy::model::{ApiKey, Page, PageRequest, Tenant, TenantRef};
 
-pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time";
+pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time, \
+     max_steps_per_workflow, max_runtime_minutes, allowed_domains";
 
 pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, \
      k.scopes, k.token_hash, k.create_time, k.expire_time, k.revoke_time, k.last_use_time \
@@ -23,6 +24,9 @@ pub(super) struct TenantRow {
     display_name: String,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
+    max_steps_per_workflow: Option<i32>,
+    max_runtime_minutes: Option<i32>,
+    allowed_domains: Option<String>,
 }
 
 impl From<TenantRow> for Tenant {
@@ -33,6 +37,13 @@ impl From<TenantRow> for Tenant {
             display_name: r.display_name,
             create_time: r.create_time,
             update_time: r.update_time,
+            settings: crate::tenancy::model::TenantSettings {
+                max_steps_per_workflow: r.max_steps_per_workflow.map(|n| n.max(0) as u32),
+                max_runtime_minutes: r.max_runtime_minutes.map(|n| n.max(0) as u32),
+                allowed_domains: r
+                    .allowed_domains
+                    .map(|d| d.split_whitespace().map(str::to_owned).collect()),
+            },
         }
     }
 }
@@ -118,14 +129,18 @@ macro_rules! impl_tenant_store {
         impl $crate::store::TenantStore for $store {
             async fn create_tenant(&self, t: &Tenant) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO tenants (id, name, display_name, create_time, update_time) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO tenants (id, name, display_name, create_time, update_time, \
+                     max_steps_per_workflow, max_runtime_minutes, allowed_domains) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(t.id)
                 .bind(&t.name)
                 .bind(&t.display_name)
                 .bind(t.create_time)
                 .bind(t.update_time)
+                .bind(t.settings.max_steps_per_workflow.map(|n| n as i32))
+                .bind(t.settings.max_runtime_minutes.map(|n| n as i32))
+                .bind(t.settings.allowed_domains.as_ref().map(|d| d.join(" ")))
                 .execute(&self.pool)
                 .await
                 .map_err(map_err(|| format!("tenant {:?}", t.name)))?;
@@ -140,6 +155,16 @@ macro_rules! impl_tenant_store {
                     .await
                     .map(Tenant::from)
                     .map_err(map_err(|| format!("tenant {name:?}")))
+            }
+
+            async fn get_tenant_by_id(&self, id: Uuid) -> Result<Tenant> {
+                let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1");
+                sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(Tenant::from)
+                    .map_err(map_err(|| format!("tenant {id}")))
             }
 
             async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
@@ -165,12 +190,22 @@ macro_rules! impl_tenant_store {
             ) -> Result<Tenant> {
                 let sql = format!(
                     "UPDATE tenants SET display_name = COALESCE($2, display_name), \
-                     update_time = $3 WHERE name = $1 RETURNING {TENANT_COLUMNS}"
+                     update_time = $3, \
+                     max_steps_per_workflow = CASE WHEN $4 THEN $5 ELSE max_steps_per_workflow END, \
+                     max_runtime_minutes = CASE WHEN $6 THEN $7 ELSE max_runtime_minutes END, \
+                     allowed_domains = CASE WHEN $8 THEN $9 ELSE allowed_domains END \
+                     WHERE name = $1 RETURNING {TENANT_COLUMNS}"
                 );
                 sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
                     .bind(name)
                     .bind(update.display_name.as_deref())
                     .bind(now)
+                    .bind(update.max_steps_per_workflow.is_some())
+                    .bind(update.max_steps_per_workflow.flatten().map(|n| n as i32))
+                    .bind(update.max_runtime_minutes.is_some())
+                    .bind(update.max_runtime_minutes.flatten().map(|n| n as i32))
+                    .bind(update.allowed_domains.is_some())
+                    .bind(update.allowed_domains.as_ref().and_then(|d| d.as_ref().map(|d| d.join(" "))))
                     .fetch_one(&self.pool)
                     .await
                     .map(Tenant::from)

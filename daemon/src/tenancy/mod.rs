@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use crate::auth::{self, Caller, Scope, ScopeSet, token};
 use crate::store::{self, Store};
 use model::{
-    ApiKey, DEFAULT_TENANT_NAME, NewApiKey, Page, PageRequest, Tenant, TenantRef, TenantUpdate,
+    ApiKey, DEFAULT_TENANT_NAME, NewApiKey, Page, PageRequest, Tenant, TenantRef, TenantSettings,
+    TenantUpdate,
 };
 
 /// Default and maximum `page_size` of list calls.
@@ -101,6 +102,38 @@ pub fn validate_tenant_name(name: &str) -> Result<()> {
     }
 }
 
+/// Most entries in a tenant's allowed domains.
+pub const MAX_ALLOWED_DOMAINS: usize = 100;
+
+/// Checks allowed-domain entries: host names, or `*.` followed by one.
+pub fn validate_domains(domains: &[String]) -> Result<()> {
+    if domains.len() > MAX_ALLOWED_DOMAINS {
+        return Err(invalid(
+            "settings.allowed_domains",
+            format!("at most {MAX_ALLOWED_DOMAINS} entries"),
+        ));
+    }
+    for d in domains {
+        let host = d.strip_prefix("*.").unwrap_or(d);
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            return Err(invalid(
+                "settings.allowed_domains",
+                format!("{d:?} is not a host name or a *.domain pattern"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_label(field: &'static str, value: &str) -> Result<()> {
     if value.chars().count() > MAX_LABEL_LEN {
         return Err(invalid(
@@ -170,10 +203,14 @@ impl Tenancy {
         caller: &Caller,
         name: &str,
         display_name: &str,
+        settings: TenantSettings,
     ) -> Result<Tenant> {
         caller.require(Scope::TenantsAdmin)?;
         validate_tenant_name(name)?;
         validate_label("display_name", display_name)?;
+        if let Some(domains) = &settings.allowed_domains {
+            validate_domains(domains)?;
+        }
         let now = Utc::now();
         let tenant = Tenant {
             id: uuid::Uuid::now_v7(),
@@ -181,6 +218,7 @@ impl Tenancy {
             display_name: display_name.to_owned(),
             create_time: now,
             update_time: now,
+            settings,
         };
         self.store.create_tenant(&tenant).await?;
         tracing::info!(tenant = %name, key_id = %caller.key_id, "tenant created");
@@ -212,6 +250,9 @@ impl Tenancy {
         validate_tenant_name(name)?;
         if let Some(display_name) = &update.display_name {
             validate_label("display_name", display_name)?;
+        }
+        if let Some(Some(domains)) = &update.allowed_domains {
+            validate_domains(domains)?;
         }
         Ok(self.store.update_tenant(name, update, Utc::now()).await?)
     }

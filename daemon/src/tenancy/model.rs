@@ -18,6 +18,18 @@ pub struct Tenant {
     pub display_name: String,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
+    pub settings: TenantSettings,
+}
+
+/// A tenant's limits. `None` leaves only the installation's global caps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// Most steps a workflow of the tenant may have (checked at apply and at start).
+    pub max_steps_per_workflow: Option<u32>,
+    /// Longest an execution may run, in minutes.
+    pub max_runtime_minutes: Option<u32>,
+    /// Hosts `http/request` may reach: exact names or `*.domain` (subdomains only).
+    pub allowed_domains: Option<Vec<String>>,
 }
 
 /// The id and name of a tenant, as carried by callers and keys.
@@ -70,10 +82,14 @@ pub struct NewApiKey {
     pub expire_time: Option<DateTime<Utc>>,
 }
 
-/// The changes an update applies; `None` leaves a field as it is.
+/// The changes an update applies; `None` leaves a field as it is, `Some(None)` clears a
+/// setting.
 #[derive(Debug, Clone, Default)]
 pub struct TenantUpdate {
     pub display_name: Option<String>,
+    pub max_steps_per_workflow: Option<Option<u32>>,
+    pub max_runtime_minutes: Option<Option<u32>>,
+    pub allowed_domains: Option<Option<Vec<String>>>,
 }
 
 /// One page of a listing.

@@ -5,6 +5,7 @@ Tenants and their API keys."""
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -30,6 +31,7 @@ class Tenant(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name: 1 to 63 characters of lowercase letters, digits and '-', starting with
     a letter and not ending with '-' (a DNS label). Immutable.
@@ -46,6 +48,10 @@ class Tenant(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the tenant was last changed."""
 
+    @_builtins.property
+    def settings(self) -> Global___TenantSettings:
+        """The tenant's limits."""
+
     def __init__(
         self,
         *,
@@ -54,14 +60,57 @@ class Tenant(_message.Message):
         display_name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        settings: Global___TenantSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "settings", b"settings", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "id", b"id", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "id", b"id", "name", b"name", "settings", b"settings", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
+
+@_typing.final
+class TenantSettings(_message.Message):
+    """A tenant's limits. 0 (or an empty list) sets no limit of the tenant's own; the
+    installation's global caps (MANTLE_MAX_STEPS_PER_WORKFLOW, MANTLE_MAX_RUNTIME_MINUTES)
+    apply in any case, and the smaller limit wins.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_STEPS_PER_WORKFLOW_FIELD_NUMBER: _builtins.int
+    MAX_RUNTIME_MINUTES_FIELD_NUMBER: _builtins.int
+    ALLOWED_DOMAINS_FIELD_NUMBER: _builtins.int
+    max_steps_per_workflow: _builtins.int
+    """Most steps a workflow may have: checked when a workflow is applied and when it starts
+    (RESOURCE_EXHAUSTED).
+    """
+    max_runtime_minutes: _builtins.int
+    """Longest an execution may run, in minutes; it ends TIMED_OUT after that, whatever the
+    workflow's own timeout.
+    """
+    @_builtins.property
+    def allowed_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hosts `http/request` may reach, checked before every request and every redirect: exact
+        host names, or `*.example.com` for every subdomain of example.com (example.com itself is
+        not matched by it). Empty allows any public host. At most 100 entries.
+        """
+
+    def __init__(
+        self,
+        *,
+        max_steps_per_workflow: _builtins.int = ...,
+        max_runtime_minutes: _builtins.int = ...,
+        allowed_domains: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantSettings: _TypeAlias = TenantSettings  # noqa: Y015
 
 @_typing.final
 class CreateTenantRequest(_message.Message):
@@ -71,19 +120,25 @@ class CreateTenantRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the new tenant (see Tenant.name for the rules). Required."""
     display_name: _builtins.str
     """Human-readable name. Optional."""
+    @_builtins.property
+    def settings(self) -> Global___TenantSettings:
+        """Limits. Optional."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         display_name: _builtins.str = ...,
+        settings: Global___TenantSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "name", b"name", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,19 +228,33 @@ class UpdateTenantRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    SETTINGS_MASK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the tenant to change. Required."""
     display_name: _builtins.str
     """New human-readable name; unset leaves it unchanged, empty clears it."""
+    @_builtins.property
+    def settings(self) -> Global___TenantSettings:
+        """New limits: only the fields named in `settings_mask` are changed."""
+
+    @_builtins.property
+    def settings_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields of `settings` to change, by name (`max_steps_per_workflow`,
+        `max_runtime_minutes`, `allowed_domains`); a named field set to 0 or empty clears it.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         display_name: _builtins.str | None = ...,
+        settings: Global___TenantSettings | None = ...,
+        settings_mask: _field_mask_pb2.FieldMask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "display_name", b"display_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "display_name", b"display_name", "settings", b"settings", "settings_mask", b"settings_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "display_name", b"display_name", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_display_name", b"_display_name", "display_name", b"display_name", "name", b"name", "settings", b"settings", "settings_mask", b"settings_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__display_name: _TypeAlias = _typing.Literal["display_name"]  # noqa: Y015
     _WhichOneofArgType__display_name: _TypeAlias = _typing.Literal["_display_name", b"_display_name"]  # noqa: Y015
