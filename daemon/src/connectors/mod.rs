@@ -43,6 +43,31 @@ pub struct Invocation {
     pub allowed_domains: Option<std::sync::Arc<Vec<String>>>,
 }
 
+/// Runs an action that does no I/O (`core/log`, `core/set`, `core/fail`) at once; `None`
+/// for any other action.
+pub fn run_pure(
+    action: &str,
+    params: &serde_json::Map<String, Value>,
+) -> Option<Result<Value, String>> {
+    Some(match action {
+        "core/log" => {
+            let message = match params.get("message") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            Ok(serde_json::json!({ "message": message }))
+        }
+        "core/set" => Ok(Value::Object(params.clone())),
+        "core/fail" => Err(match params.get("message") {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => "core/fail".to_owned(),
+        }),
+        _ => return None,
+    })
+}
+
 /// Runs actions. `core/sleep` is not here: the engine keeps its timer durably.
 pub struct Connectors {
     http: http::HttpConnector,
@@ -57,21 +82,10 @@ impl Connectors {
 
     /// Runs the action; `Err` is the step's error message.
     pub async fn invoke(&self, inv: Invocation) -> Result<Value, String> {
+        if let Some(result) = run_pure(&inv.action, &inv.params) {
+            return result;
+        }
         match inv.action.as_str() {
-            "core/log" => {
-                let message = inv.params.get("message").cloned().unwrap_or(Value::Null);
-                let message = match message {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                Ok(serde_json::json!({ "message": message }))
-            }
-            "core/set" => Ok(Value::Object(inv.params)),
-            "core/fail" => Err(match inv.params.get("message") {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-                None => "core/fail".to_owned(),
-            }),
             "http/request" => self.http.run(inv).await,
             other => Err(format!("unknown action {other:?}")),
         }

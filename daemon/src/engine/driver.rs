@@ -24,6 +24,9 @@ use crate::connectors::Invocation;
 use crate::store;
 use crate::workflow::expr::{self, Scope};
 
+/// The error of an attempt whose daemon died while it ran; the step runs again.
+pub const INTERRUPTED: &str = "interrupted: the daemon running this attempt stopped";
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
     Completed,
@@ -270,9 +273,29 @@ impl Driver {
         Ok(())
     }
 
+    /// The values expressions read; `steps` holds every finished step.
     fn scope(&self) -> Scope {
+        self.scope_of(None)
+    }
+
+    /// The scope for step `i`: only the steps it reads (its `needs`), so building it does not
+    /// grow with the size of the workflow.
+    fn step_scope(&self, i: usize) -> Scope {
+        self.scope_of(Some(&self.workflow.steps[i].spec.needs))
+    }
+
+    fn scope_of(&self, only: Option<&[String]>) -> Scope {
         let mut steps = serde_json::Map::new();
-        for (i, run) in self.steps.iter().enumerate() {
+        let wanted: Box<dyn Iterator<Item = usize>> = match only {
+            Some(names) => Box::new(
+                names
+                    .iter()
+                    .filter_map(|n| self.workflow.index.get(n).copied()),
+            ),
+            None => Box::new(0..self.steps.len()),
+        };
+        for i in wanted {
+            let run = &self.steps[i];
             if let State::Done(outcome) = run.state {
                 let status = match outcome {
                     Outcome::Completed => "completed",
@@ -390,7 +413,7 @@ impl Driver {
                 attempt,
                 StepStatus::Cancelled,
                 None,
-                Some("interrupted: the daemon running this attempt stopped".to_owned()),
+                Some(INTERRUPTED.to_owned()),
                 None,
                 Some(started),
                 Some(now),
@@ -470,7 +493,7 @@ impl Driver {
                 }
                 progressed = true;
                 if let Some(condition) = &self.workflow.steps[i].condition {
-                    match expr::evaluate(condition, &self.scope()) {
+                    match expr::evaluate(condition, &self.step_scope(i)) {
                         Ok(Value::Bool(true)) => {}
                         Ok(Value::Bool(false)) => {
                             let attempt = self.steps[i].last_attempt + 1;
@@ -516,7 +539,7 @@ impl Driver {
         let attempt = attempt.unwrap_or(self.steps[i].last_attempt + 1);
         self.steps[i].last_attempt = self.steps[i].last_attempt.max(attempt);
         if self.workflow.steps[i].spec.action == "core/sleep" {
-            let scope = self.scope();
+            let scope = self.step_scope(i);
             let duration = self.workflow.steps[i].render_params(&scope).and_then(|p| {
                 let text = p
                     .get("duration")
@@ -568,7 +591,7 @@ impl Driver {
 
     fn spawn_attempt(&mut self, i: usize, attempt: i32) {
         let step = &self.workflow.steps[i];
-        let params = step.render_params(&self.scope());
+        let params = step.render_params(&self.step_scope(i));
         let tx = self.done_tx.clone();
         self.running += 1;
         let Ok(params) = params else {
@@ -579,6 +602,17 @@ impl Driver {
             });
             return;
         };
+        // Pure actions with nothing to wait for run right here, without a task of their own.
+        if step.spec.credential.is_none()
+            && let Some(result) = crate::connectors::run_pure(&step.spec.action, &params)
+        {
+            let _ = tx.send(AttemptDone {
+                step: i,
+                attempt,
+                result,
+            });
+            return;
+        }
         let inner = self.inner.clone();
         let action = step.spec.action.clone();
         let timeout = step.spec.timeout_ms.map(Duration::from_millis);
@@ -850,14 +884,11 @@ impl Driver {
 
     /// Every step is done: the execution completes (outputs evaluated) or fails.
     async fn finish(&mut self) -> Result<(), Stop> {
-        let failed = self
-            .steps
-            .iter()
-            .enumerate()
-            .find_map(|(i, s)| match s.state {
-                State::Done(Outcome::Failed { continued: false }) => Some(i),
-                _ => None,
-            });
+        // A step failed for good; or, never expected without such a failure, a step was
+        // cancelled: either way the execution did not complete.
+        let find = |wanted: fn(&State) -> bool| self.steps.iter().position(|s| wanted(&s.state));
+        let failed = find(|s| matches!(s, State::Done(Outcome::Failed { continued: false })))
+            .or_else(|| find(|s| matches!(s, State::Done(Outcome::Cancelled))));
         if let Some(i) = failed {
             let error = format!(
                 "step {:?} failed: {}",
@@ -990,6 +1021,12 @@ fn recover(
                             continued: step.spec.continue_on_error,
                         })
                     }
+                }
+                // An interrupted attempt is not an outcome: the step gets a new attempt (also
+                // when the transition that recorded the interruption started none, as when
+                // the daemon was draining).
+                StepStatus::Cancelled if latest.error.as_deref() == Some(INTERRUPTED) => {
+                    State::Waiting
                 }
                 StepStatus::Cancelled if current => State::Done(Outcome::Cancelled),
                 // A failed or cancelled step of an earlier generation runs again (RetryExecution).

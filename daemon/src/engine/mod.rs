@@ -475,6 +475,15 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             () = tokio::time::sleep(every) => {}
             () = inner.tracker.wait(), if inner.shutdown.is_cancelled() => return,
         }
+        // Only drivers that existed before the renewal can be judged by its answer: one
+        // started meanwhile holds a lease the renewal may not have seen yet.
+        let before: Vec<Uuid> = inner
+            .running
+            .lock()
+            .expect("running map")
+            .keys()
+            .copied()
+            .collect();
         match inner
             .store
             .renew_leases(&inner.node, inner.config.lease.as_millis() as u64)
@@ -484,7 +493,8 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
                 last_ok = tokio::time::Instant::now();
                 let held: HashMap<Uuid, bool> = held.into_iter().collect();
                 let running = inner.running.lock().expect("running map");
-                for (id, r) in running.iter() {
+                for id in &before {
+                    let Some(r) = running.get(id) else { continue };
                     match held.get(id) {
                         None => r.lost.cancel(),
                         Some(true) => r.cancel.cancel(),

@@ -1,0 +1,482 @@
+//! Mantle engine benchmark: runs the RELEASE `mantle` binary against SQLite and/or PostgreSQL
+//! and compares what the engine achieves with what the database itself can do, measured in
+//! the same run on the same database.
+//!
+//! ```text
+//! export CARGO_TARGET_DIR=$HOME/.cache/mantle-target   # or your own
+//! cargo build --release -p mantle-daemon --bin mantle
+//! cargo run --release -p mantle-integration --bin bench -- [--backend sqlite|postgres|both]
+//! ```
+//!
+//! The daemon binary is `$MANTLE_BIN`, else `mantle` next to this benchmark's executable
+//! (`<target>/release/mantle` under `cargo run --release`). PostgreSQL: the server named by
+//! `MANTLE_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`); a
+//! fresh database is created and dropped afterwards.
+//!
+//! Figures, per backend:
+//! - (a) a sequential chain of 100 `core/set` steps, each reading the previous output:
+//!   milliseconds per step (from the execution's start and end times), next to the
+//!   database's single-client durable commit latency (a loop of single-row INSERT commits on
+//!   one connection; SQLite: a file in the daemon's data dir, WAL, synchronous=FULL, like the
+//!   daemon), and their ratio. Target: at most 1.5 commits' time per step.
+//! - (b) 200 concurrent executions of a 10-step `core/set` chain: steps per second (all steps
+//!   over the time from the first start to the last end), next to the raw concurrent commit
+//!   rate of single-row INSERTs on as many connections as the daemon's pool. Target: at
+//!   least half the raw rate.
+//! - (c) StartExecution to the first step running: p50 and p99 over 200 sequential starts
+//!   (the first attempt's start time minus the client's send time; one machine, one clock).
+//!   Target: p99 under 10 ms.
+//!
+//! It is a report, not a test: it exits 0 whether targets are met or not.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use mantle_integration::reliability::*;
+use mantle_integration::*;
+use sqlx::Connection;
+
+/// Connections of the daemon's pool, and of the raw concurrent commit measurement.
+const CONNECTIONS: usize = 16;
+const CHAIN_STEPS: usize = 100;
+const CHAIN_RUNS: usize = 5;
+const CONCURRENT_EXECUTIONS: usize = 200;
+const CONCURRENT_STEPS: usize = 10;
+const STARTS: usize = 200;
+const COMMIT_LOOP: Duration = Duration::from_secs(2);
+const CONCURRENT_COMMIT_LOOP: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Report {
+    chain_ms_per_step: f64,
+    chain_runs_ms_per_step: Vec<f64>,
+    commit_ms: f64,
+    commits_measured: usize,
+    steps_per_s: f64,
+    concurrent_wall_s: f64,
+    raw_commits_per_s: f64,
+    start_p50_ms: f64,
+    start_p99_ms: f64,
+    start_max_ms: f64,
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bench [--backend sqlite|postgres|both]");
+    std::process::exit(2);
+}
+
+#[tokio::main]
+async fn main() {
+    let mut backends = vec![Backend::Sqlite, Backend::Postgres];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = match arg.as_str() {
+            "--backend" => args.next().unwrap_or_else(|| usage()),
+            other => match other.strip_prefix("--backend=") {
+                Some(v) => v.to_owned(),
+                None => usage(),
+            },
+        };
+        backends = match value.as_str() {
+            "sqlite" => vec![Backend::Sqlite],
+            "postgres" | "postgresql" | "pg" => vec![Backend::Postgres],
+            "both" => vec![Backend::Sqlite, Backend::Postgres],
+            _ => usage(),
+        };
+    }
+
+    let binary = match release_binary() {
+        Ok(path) => path,
+        Err(err) => {
+            eprintln!("bench: {err:#}");
+            std::process::exit(1);
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("Mantle benchmark");
+    println!("  cores: {cores}");
+    // Other work on the machine skews every figure: show how busy it was.
+    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+        println!("  load average at start: {}", load.trim());
+    }
+    println!("  mantle binary: {}", binary.display());
+    println!(
+        "  daemon pool: {CONNECTIONS} connections; chain: {CHAIN_STEPS} core/set steps x \
+         {CHAIN_RUNS} runs (+1 warm-up); concurrent: {CONCURRENT_EXECUTIONS} executions x \
+         {CONCURRENT_STEPS} steps; starts: {STARTS} sequential"
+    );
+
+    for backend in backends {
+        println!();
+        let began = Instant::now();
+        match run_backend(backend).await {
+            Ok(Some((report, target))) => print_report(backend, &target, &report, began.elapsed()),
+            Ok(None) => println!("== {} == skipped (see above)", backend.label()),
+            Err(err) => println!("== {} == FAILED: {err:#}", backend.label()),
+        }
+    }
+}
+
+/// The release `mantle`: `$MANTLE_BIN`, else next to this executable. The harness's
+/// `Daemon::start` resolves the same path.
+fn release_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MANTLE_BIN").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("MANTLE_BIN={} does not exist", path.display());
+        }
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("current_exe")?;
+    let dir = exe.parent().context("executable has no directory")?;
+    let path = dir.join("mantle");
+    if !path.is_file() {
+        bail!(
+            "no `mantle` binary next to {} — build it first: \
+             `cargo build --release -p mantle-daemon --bin mantle` (same CARGO_TARGET_DIR), \
+             or set MANTLE_BIN",
+            exe.display()
+        );
+    }
+    if !dir.ends_with("release") {
+        eprintln!(
+            "warning: {} is not in a release directory; the figures are not those of a release build",
+            path.display()
+        );
+    }
+    // Daemon::start resolves the binary on its own; make sure it is the same one.
+    let harness = mantle_bin();
+    if harness != path {
+        bail!(
+            "the harness would start {} instead of {}; set MANTLE_BIN",
+            harness.display(),
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Runs every measurement on one backend. `Ok(None)` when PostgreSQL is unreachable.
+async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
+    let db = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => match PgDatabase::create("bench (postgres)").await {
+            Some(db) => Some(db),
+            None => return Ok(None),
+        },
+    };
+    let data = tempfile::Builder::new().prefix("mantle-bench-").tempdir()?;
+    let data_dir = data.path().join("data");
+    let mut opts = reliability_options(db.as_ref().map(|d| d.url.as_str()), "15s", "200ms")
+        .env("MANTLE_LOG_LEVEL", "warn")
+        .env("MANTLE_DATABASE_MAX_CONNECTIONS", CONNECTIONS.to_string());
+    opts.data_dir = Some(data_dir.clone());
+    let daemon = Daemon::start(opts).await?;
+    let target = match &db {
+        Some(db) => format!("database {}", db.name),
+        None => format!("{}", data_dir.join("mantle.db").display()),
+    };
+
+    apply_workflow(&daemon, &set_chain_workflow("chain", CHAIN_STEPS)).await?;
+    apply_workflow(&daemon, &set_chain_workflow("ten", CONCURRENT_STEPS)).await?;
+    apply_workflow(&daemon, &set_chain_workflow("one", 1)).await?;
+    let mut client = executions_of(&daemon).await;
+    let mut report = Report::default();
+
+    // (a) Sequential chain.
+    let mut per_step = Vec::new();
+    for run in 0..=CHAIN_RUNS {
+        let e = start_execution(&mut client, "chain").await?;
+        let e = wait_all_terminal(&mut client, &[e.id], Duration::from_secs(120))
+            .await?
+            .remove(0);
+        check_completed(&e)?;
+        let start = system_time(e.start_time.as_ref().context("no start_time")?);
+        let end = system_time(e.end_time.as_ref().context("no end_time")?);
+        if run > 0 {
+            per_step.push(millis_between(start, end) / CHAIN_STEPS as f64);
+        }
+    }
+    report.chain_runs_ms_per_step = per_step.clone();
+    report.chain_ms_per_step = percentile(&mut per_step, 50.0);
+    let (commit_ms, commits) = match &db {
+        Some(db) => pg_commit_latency(&db.url).await?,
+        None => sqlite_commit_latency(&data_dir).await?,
+    };
+    report.commit_ms = commit_ms;
+    report.commits_measured = commits;
+
+    // (b) Concurrent executions.
+    let mut tasks = Vec::new();
+    for k in 0..CONNECTIONS {
+        let mut c = client.clone();
+        let n = CONCURRENT_EXECUTIONS / CONNECTIONS
+            + usize::from(k < CONCURRENT_EXECUTIONS % CONNECTIONS);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                ids.push(start_execution(&mut c, "ten").await?.id);
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await??);
+    }
+    let finals = wait_all_terminal(&mut client, &ids, Duration::from_secs(180)).await?;
+    let mut first: Option<SystemTime> = None;
+    let mut last: Option<SystemTime> = None;
+    for e in &finals {
+        check_completed(e)?;
+        let created = system_time(e.create_time.as_ref().context("no create_time")?);
+        let ended = system_time(e.end_time.as_ref().context("no end_time")?);
+        first = Some(first.map_or(created, |f| f.min(created)));
+        last = Some(last.map_or(ended, |l| l.max(ended)));
+    }
+    let wall_s = millis_between(first.context("no executions")?, last.context("no end")?) / 1000.0;
+    report.concurrent_wall_s = wall_s;
+    report.steps_per_s = (CONCURRENT_EXECUTIONS * CONCURRENT_STEPS) as f64 / wall_s;
+    report.raw_commits_per_s = match &db {
+        Some(db) => pg_concurrent_commit_rate(&db.url).await?,
+        None => sqlite_concurrent_commit_rate(&data_dir).await?,
+    };
+
+    // (c) Start to first step.
+    let mut sent = Vec::new();
+    for _ in 0..STARTS {
+        let at = SystemTime::now();
+        let e = start_execution(&mut client, "one").await?;
+        sent.push((e.id, at));
+    }
+    let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    for e in wait_all_terminal(&mut client, &ids, Duration::from_secs(60)).await? {
+        check_completed(&e)?;
+    }
+    let mut latencies = Vec::new();
+    for (id, at) in &sent {
+        let attempts = step_attempts(&mut client, id).await?;
+        let first = attempts
+            .iter()
+            .filter_map(|a| a.start_time.as_ref().map(system_time))
+            .min()
+            .with_context(|| format!("execution {id} has no started attempt"))?;
+        latencies.push(millis_between(*at, first));
+    }
+    report.start_p50_ms = percentile(&mut latencies, 50.0);
+    report.start_p99_ms = percentile(&mut latencies, 99.0);
+    report.start_max_ms = percentile(&mut latencies, 100.0);
+
+    drop(client);
+    drop(daemon);
+    drop(db);
+    Ok(Some((report, target)))
+}
+
+fn check_completed(e: &pb::Execution) -> Result<()> {
+    if e.status != pb::ExecutionStatus::Completed as i32 {
+        bail!(
+            "execution {} ended {}: {}",
+            e.id,
+            execution_status_name(e.status),
+            e.error
+        );
+    }
+    Ok(())
+}
+
+const CREATE_PG: &str =
+    "CREATE TABLE IF NOT EXISTS bench_commits (id BIGSERIAL PRIMARY KEY, v TEXT NOT NULL)";
+const INSERT: &str = "INSERT INTO bench_commits (v) VALUES ($1)";
+const CREATE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS bench_commits \
+     (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT NOT NULL)";
+
+/// Mean latency (ms) of single-row INSERT commits on one connection, and how many ran.
+async fn pg_commit_latency(url: &str) -> Result<(f64, usize)> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query(CREATE_PG).execute(&mut conn).await?;
+    for _ in 0..20 {
+        sqlx::query(INSERT)
+            .bind("warm-up")
+            .execute(&mut conn)
+            .await?;
+    }
+    let began = Instant::now();
+    let mut n = 0usize;
+    while began.elapsed() < COMMIT_LOOP {
+        sqlx::query(INSERT)
+            .bind("single-row commit")
+            .execute(&mut conn)
+            .await?;
+        n += 1;
+    }
+    let ms = began.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    conn.close().await?;
+    Ok((ms, n))
+}
+
+fn sqlite_options(data_dir: &std::path::Path) -> sqlx::sqlite::SqliteConnectOptions {
+    sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(data_dir.join("bench-commits.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30))
+}
+
+/// Like [`pg_commit_latency`], on a SQLite file in the daemon's data dir (WAL,
+/// synchronous=FULL, as the daemon opens its own).
+async fn sqlite_commit_latency(data_dir: &std::path::Path) -> Result<(f64, usize)> {
+    let mut conn = sqlx::SqliteConnection::connect_with(&sqlite_options(data_dir)).await?;
+    sqlx::query(CREATE_SQLITE).execute(&mut conn).await?;
+    for _ in 0..20 {
+        sqlx::query(INSERT)
+            .bind("warm-up")
+            .execute(&mut conn)
+            .await?;
+    }
+    let began = Instant::now();
+    let mut n = 0usize;
+    while began.elapsed() < COMMIT_LOOP {
+        sqlx::query(INSERT)
+            .bind("single-row commit")
+            .execute(&mut conn)
+            .await?;
+        n += 1;
+    }
+    let ms = began.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    conn.close().await?;
+    Ok((ms, n))
+}
+
+/// Single-row INSERT commits per second over `CONNECTIONS` connections committing at once.
+async fn pg_concurrent_commit_rate(url: &str) -> Result<f64> {
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        conns.push(sqlx::PgConnection::connect(url).await?);
+    }
+    let began = Instant::now();
+    let deadline = began + CONCURRENT_COMMIT_LOOP;
+    let mut tasks = Vec::new();
+    for mut conn in conns {
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                sqlx::query(INSERT)
+                    .bind("concurrent commit")
+                    .execute(&mut conn)
+                    .await?;
+                n += 1;
+            }
+            conn.close().await?;
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / began.elapsed().as_secs_f64())
+}
+
+/// Like [`pg_concurrent_commit_rate`], on the SQLite file.
+async fn sqlite_concurrent_commit_rate(data_dir: &std::path::Path) -> Result<f64> {
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        conns.push(sqlx::SqliteConnection::connect_with(&sqlite_options(data_dir)).await?);
+    }
+    let began = Instant::now();
+    let deadline = began + CONCURRENT_COMMIT_LOOP;
+    let mut tasks = Vec::new();
+    for mut conn in conns {
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                sqlx::query(INSERT)
+                    .bind("concurrent commit")
+                    .execute(&mut conn)
+                    .await?;
+                n += 1;
+            }
+            conn.close().await?;
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / began.elapsed().as_secs_f64())
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS" }
+}
+
+fn print_report(backend: Backend, target: &str, r: &Report, took: Duration) {
+    let a_ratio = r.chain_ms_per_step / r.commit_ms;
+    let b_ratio = r.steps_per_s / r.raw_commits_per_s;
+    println!(
+        "== {} ({target}) — measured in {took:.1?} ==",
+        backend.label()
+    );
+    println!(
+        "{:<44} {:>16} {:>22} {:>8}  {:<14} result",
+        "measurement", "mantle", "database", "ratio", "target"
+    );
+    println!(
+        "{:<44} {:>16} {:>22} {:>8.2}  {:<14} {}",
+        "(a) chain of 100 core/set, time per step",
+        format!("{:.3} ms/step", r.chain_ms_per_step),
+        format!("{:.3} ms/commit", r.commit_ms),
+        a_ratio,
+        "ratio <= 1.5",
+        verdict(a_ratio <= 1.5)
+    );
+    println!(
+        "{:<44} {:>16} {:>22} {:>8.2}  {:<14} {}",
+        format!("(b) {CONCURRENT_EXECUTIONS} x {CONCURRENT_STEPS}-step concurrent, throughput"),
+        format!("{:.0} steps/s", r.steps_per_s),
+        format!("{:.0} commits/s ({CONNECTIONS} conn)", r.raw_commits_per_s),
+        b_ratio,
+        "ratio >= 0.5",
+        verdict(b_ratio >= 0.5)
+    );
+    println!(
+        "{:<44} {:>16} {:>22} {:>8}  {:<14} {}",
+        format!("(c) start -> first step, p50 / p99 ({STARTS})"),
+        format!("{:.2} / {:.2} ms", r.start_p50_ms, r.start_p99_ms),
+        "-",
+        "-",
+        "p99 < 10 ms",
+        verdict(r.start_p99_ms < 10.0)
+    );
+    println!(
+        "details: chain runs {} ms/step; {} commits in the latency loop; concurrent wall time \
+         {:.2} s; start latency max {:.2} ms",
+        r.chain_runs_ms_per_step
+            .iter()
+            .map(|v| format!("{v:.3}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        r.commits_measured,
+        r.concurrent_wall_s,
+        r.start_max_ms
+    );
+}
