@@ -334,6 +334,9 @@ pub struct TenantLimits {
     /// Longest an execution may run, in minutes (0: no limit of its own).
     #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i32).range(0..))]
     pub max_runtime_minutes: Option<i32>,
+    /// Mutating requests per minute (0: no limit).
+    #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i32).range(0..))]
+    pub rate_limit_per_minute: Option<i32>,
     /// A host http/request may reach: a name or *.domain (subdomains only); repeat for
     /// several. Replaces the list.
     #[arg(long = "allowed-domain", value_name = "HOST", group = "changes")]

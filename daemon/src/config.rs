@@ -30,6 +30,8 @@ pub struct Config {
     pub encryption_key: Option<String>,
     /// `MANTLE_ENCRYPTION_KEY_PREVIOUS`: the key being rotated away from.
     pub encryption_key_previous: Option<String>,
+    /// `MANTLE_RATE_LIMIT_BACKEND`: `memory` (per daemon) or `postgres` (shared by replicas).
+    pub rate_limit_backend: crate::tenancy::ratelimit::Backend,
 }
 
 /// Engine settings.
@@ -354,6 +356,24 @@ pub fn build(
         }
     }
 
+    let rate_limit_backend = match env_get("MANTLE_RATE_LIMIT_BACKEND").as_deref() {
+        None | Some("memory") => crate::tenancy::ratelimit::Backend::Memory,
+        Some("postgres") => {
+            if !url.starts_with("postgres") {
+                return Err(Error(
+                    "MANTLE_RATE_LIMIT_BACKEND: postgres needs MANTLE_DATABASE_URL=postgres://…"
+                        .to_owned(),
+                ));
+            }
+            crate::tenancy::ratelimit::Backend::Postgres
+        }
+        Some(other) => {
+            return Err(Error(format!(
+                "MANTLE_RATE_LIMIT_BACKEND: expected memory or postgres, got {other:?}"
+            )));
+        }
+    };
+
     let api_token = match env_get("MANTLE_API_TOKEN").or(api.token) {
         Some(token) => {
             crate::auth::StaticToken::new(&token).map_err(Error)?;
@@ -373,6 +393,7 @@ pub fn build(
         log: LogConfig { level, format },
         api_token,
         shutdown_grace_period,
+        rate_limit_backend,
         encryption_key: env_get("MANTLE_ENCRYPTION_KEY"),
         encryption_key_previous: env_get("MANTLE_ENCRYPTION_KEY_PREVIOUS"),
         engine: EngineSettings {

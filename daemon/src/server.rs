@@ -96,6 +96,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
     let ctx = crate::api::ApiContext {
         authenticator: Authenticator::new(store.clone(), static_token),
+        limiter: crate::tenancy::ratelimit::RateLimiter::new(
+            store.clone(),
+            config.rate_limit_backend,
+        ),
         tenancy,
         definitions: crate::definitions::Definitions::new(
             store.clone(),

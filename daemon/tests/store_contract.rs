@@ -272,6 +272,7 @@ async fn contract(store: Arc<dyn Store>) {
         max_steps_per_workflow: Some(10),
         max_runtime_minutes: None,
         allowed_domains: Some(vec!["api.example.com".into(), "*.corp.example".into()]),
+        rate_limit_per_minute: Some(120),
     };
     store.create_tenant(&limited).await.unwrap();
     assert_eq!(
@@ -296,6 +297,7 @@ async fn contract(store: Arc<dyn Store>) {
             max_steps_per_workflow: Some(10),
             max_runtime_minutes: Some(5),
             allowed_domains: None,
+            rate_limit_per_minute: Some(120),
         }
     );
     store.delete_tenant("limited").await.unwrap();

@@ -23,6 +23,7 @@ struct TenantView {
     max_steps_per_workflow: i32,
     max_runtime_minutes: i32,
     allowed_domains: Vec<String>,
+    rate_limit_per_minute: i32,
 }
 
 impl From<Tenant> for TenantView {
@@ -32,6 +33,7 @@ impl From<Tenant> for TenantView {
             max_steps_per_workflow: settings.max_steps_per_workflow,
             max_runtime_minutes: settings.max_runtime_minutes,
             allowed_domains: settings.allowed_domains,
+            rate_limit_per_minute: settings.rate_limit_per_minute,
             create_time: t.create_time.as_ref().and_then(timestamp_to_datetime),
             update_time: t.update_time.as_ref().and_then(timestamp_to_datetime),
             name: t.name,
@@ -55,6 +57,9 @@ fn tenant_table<'a>(tenants: impl IntoIterator<Item = &'a TenantView>) -> String
         }
         if t.max_runtime_minutes > 0 {
             limits.push(format!("runtime≤{}m", t.max_runtime_minutes));
+        }
+        if t.rate_limit_per_minute > 0 {
+            limits.push(format!("rate≤{}/min", t.rate_limit_per_minute));
         }
         if !t.allowed_domains.is_empty() {
             limits.push(format!("domains={}", t.allowed_domains.join(",")));
@@ -97,6 +102,7 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 max_steps_per_workflow: limits.max_steps_per_workflow.unwrap_or(0),
                 max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
                 allowed_domains: limits.allowed_domains.clone(),
+                rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
             };
             let tenant = client
                 .create_tenant_with_settings(
@@ -131,6 +137,9 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             if limits.max_runtime_minutes.is_some() {
                 mask.push("max_runtime_minutes".to_owned());
             }
+            if limits.rate_limit_per_minute.is_some() {
+                mask.push("rate_limit_per_minute".to_owned());
+            }
             if !limits.allowed_domains.is_empty() || clear_allowed_domains {
                 mask.push("allowed_domains".to_owned());
             }
@@ -138,6 +147,7 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 max_steps_per_workflow: limits.max_steps_per_workflow.unwrap_or(0),
                 max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
                 allowed_domains: limits.allowed_domains.clone(),
+                rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
             };
             let tenant = client
                 .update_tenant_settings(&name, display_name.as_deref(), settings, mask)
@@ -173,15 +183,19 @@ mod tests {
 
     #[test]
     fn list_renders_as_table() {
-        let list = TenantList(vec![
-            tenant("acme", "Acme Inc.").into(),
-            tenant("default", "").into(),
-        ]);
+        let mut limited = tenant("acme", "Acme Inc.");
+        limited.settings = Some(mantle_client::proto::TenantSettings {
+            max_steps_per_workflow: 10,
+            rate_limit_per_minute: 60,
+            allowed_domains: vec!["*.acme.example".into()],
+            ..Default::default()
+        });
+        let list = TenantList(vec![limited.into(), tenant("default", "").into()]);
         assert_eq!(
             render(OutputFormat::Table, &list).unwrap(),
-            "NAME     DISPLAY NAME  ID       CREATED               UPDATED\n\
-             acme     Acme Inc.     0196-ab  2023-11-14T22:13:20Z  -\n\
-             default  -             0196-ab  2023-11-14T22:13:20Z  -\n"
+            "NAME     DISPLAY NAME  ID       LIMITS                                       CREATED               UPDATED\n\
+             acme     Acme Inc.     0196-ab  steps≤10 rate≤60/min domains=*.acme.example  2023-11-14T22:13:20Z  -\n\
+             default  -             0196-ab  -                                            2023-11-14T22:13:20Z  -\n"
         );
     }
 

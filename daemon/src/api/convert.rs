@@ -38,6 +38,7 @@ impl From<Tenant> for pb::Tenant {
                 max_steps_per_workflow: t.settings.max_steps_per_workflow.map_or(0, |n| n as i32),
                 max_runtime_minutes: t.settings.max_runtime_minutes.map_or(0, |n| n as i32),
                 allowed_domains: t.settings.allowed_domains.unwrap_or_default(),
+                rate_limit_per_minute: t.settings.rate_limit_per_minute.map_or(0, |n| n as i32),
             }),
         }
     }
@@ -50,6 +51,8 @@ pub fn tenant_settings(s: pb::TenantSettings) -> crate::tenancy::model::TenantSe
             .then_some(s.max_steps_per_workflow as u32),
         max_runtime_minutes: (s.max_runtime_minutes > 0).then_some(s.max_runtime_minutes as u32),
         allowed_domains: (!s.allowed_domains.is_empty()).then_some(s.allowed_domains),
+        rate_limit_per_minute: (s.rate_limit_per_minute > 0)
+            .then_some(s.rate_limit_per_minute as u32),
     }
 }
 

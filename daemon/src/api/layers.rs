@@ -13,6 +13,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::auth::Authenticator;
+use crate::tenancy::ratelimit::{Decision, RateLimiter};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -26,6 +27,7 @@ fn needs_auth(path: &str) -> bool {
 #[derive(Clone)]
 pub struct AuthLayer {
     pub authenticator: Authenticator,
+    pub limiter: RateLimiter,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -34,6 +36,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             authenticator: self.authenticator.clone(),
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -42,6 +45,35 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     authenticator: Authenticator,
+    limiter: RateLimiter,
+}
+
+/// Whether a method changes something (and so counts against the tenant's rate limit).
+fn is_mutating(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    [
+        "Create", "Update", "Delete", "Apply", "Start", "Cancel", "Retry", "Revoke", "Rotate",
+    ]
+    .iter()
+    .any(|verb| method.starts_with(verb))
+}
+
+/// The `x-ratelimit-*` metadata (and `retry-after` when refused).
+fn rate_headers(headers: &mut http::HeaderMap, d: &Decision) {
+    let mut set = |name: &'static str, value: u64| {
+        if let Ok(v) = http::HeaderValue::from_str(&value.to_string()) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-ratelimit-limit", u64::from(d.limit));
+    set("x-ratelimit-remaining", u64::from(d.remaining));
+    set("x-ratelimit-reset", d.reset.as_secs_f64().ceil() as u64);
+    if !d.allowed {
+        set(
+            "retry-after",
+            d.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        );
+    }
 }
 
 impl<S> Service<Request<Body>> for AuthService<S>
@@ -65,19 +97,45 @@ where
             return Box::pin(inner.call(req));
         }
         let authenticator = self.authenticator.clone();
+        let limiter = self.limiter.clone();
+        let mutating = is_mutating(req.uri().path());
         Box::pin(async move {
             let headers = req.headers();
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
             let result = authenticator
                 .authenticate(header("authorization"), header("x-mantle-tenant"))
                 .await;
-            match result {
-                Ok(caller) => {
-                    req.extensions_mut().insert(caller);
-                    inner.call(req).await
-                }
-                Err(err) => Ok(Status::from(err).into_http()),
+            let caller = match result {
+                Ok(caller) => caller,
+                Err(err) => return Ok(Status::from(err).into_http()),
+            };
+            let decision = match (&caller.tenant, mutating) {
+                (Some(tenant), true) => match limiter.check(tenant.id).await {
+                    Ok(d) => d,
+                    Err(err) => {
+                        tracing::error!(error = %err, "rate limiter unavailable");
+                        return Ok(Status::unavailable("rate limiter unavailable").into_http());
+                    }
+                },
+                _ => None,
+            };
+            if let Some(d) = decision.filter(|d| !d.allowed) {
+                metrics::counter!("mantle_rate_limited_total", "tenant_id" => caller.tenant.as_ref().map(|t| t.id.to_string()).unwrap_or_default()).increment(1);
+                let mut response = Status::resource_exhausted(format!(
+                    "rate limit of {} requests per minute exceeded; retry in {}s",
+                    d.limit,
+                    d.retry_after.as_secs_f64().ceil().max(1.0)
+                ))
+                .into_http::<Body>();
+                rate_headers(response.headers_mut(), &d);
+                return Ok(response);
             }
+            req.extensions_mut().insert(caller);
+            let mut response = inner.call(req).await?;
+            if let Some(d) = decision {
+                rate_headers(response.headers_mut(), &d);
+            }
+            Ok(response)
         })
     }
 }

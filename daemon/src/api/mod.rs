@@ -43,6 +43,7 @@ pub const SERVICE_NAMES: [&str; 5] = [
 /// What the API serves.
 pub struct ApiContext {
     pub authenticator: Authenticator,
+    pub limiter: crate::tenancy::ratelimit::RateLimiter,
     pub tenancy: Tenancy,
     pub definitions: Definitions,
     pub executions: Executions,
@@ -108,6 +109,7 @@ pub async fn serve(
         .layer(layers::MetricsLayer)
         .layer(layers::AuthLayer {
             authenticator: ctx.authenticator,
+            limiter: ctx.limiter,
         })
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -73,6 +73,9 @@ impl TenantService for TenantApi {
         let positive = |n: i32| (n > 0).then_some(n as u32);
         for path in req.settings_mask.iter().flat_map(|m| &m.paths) {
             match path.trim_start_matches("settings.") {
+                "rate_limit_per_minute" => {
+                    update.rate_limit_per_minute = Some(positive(settings.rate_limit_per_minute))
+                }
                 "max_steps_per_workflow" => {
                     update.max_steps_per_workflow = Some(positive(settings.max_steps_per_workflow))
                 }
@@ -87,13 +90,14 @@ impl TenantService for TenantApi {
                 }
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes or allowed_domains"
+                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains or rate_limit_per_minute"
                     )));
                 }
             }
         }
         for (field, n) in [
             ("max_steps_per_workflow", settings.max_steps_per_workflow),
+            ("rate_limit_per_minute", settings.rate_limit_per_minute),
             ("max_runtime_minutes", settings.max_runtime_minutes),
         ] {
             if n < 0 {

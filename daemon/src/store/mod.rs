@@ -75,6 +75,13 @@ pub trait TenantStore: Send + Sync {
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
     async fn get_tenant(&self, name: &str) -> Result<Tenant>;
     async fn get_tenant_by_id(&self, id: uuid::Uuid) -> Result<Tenant>;
+    /// Takes one request from a tenant's rate-limit bucket kept in the database (so every
+    /// replica shares it), with the database clock. PostgreSQL only.
+    async fn take_rate_limit(
+        &self,
+        tenant_id: uuid::Uuid,
+        limit_per_minute: u32,
+    ) -> Result<crate::tenancy::ratelimit::Decision>;
     async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>>;
     async fn update_tenant(
         &self,

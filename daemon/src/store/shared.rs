@@ -11,7 +11,7 @@ use crate::auth::ScopeSet;
 use crate::tenancy::model::{ApiKey, Page, PageRequest, Tenant, TenantRef};
 
 pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time, \
-     max_steps_per_workflow, max_runtime_minutes, allowed_domains";
+     max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute";
 
 pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, \
      k.scopes, k.token_hash, k.create_time, k.expire_time, k.revoke_time, k.last_use_time \
@@ -27,6 +27,7 @@ pub(super) struct TenantRow {
     max_steps_per_workflow: Option<i32>,
     max_runtime_minutes: Option<i32>,
     allowed_domains: Option<String>,
+    rate_limit_per_minute: Option<i32>,
 }
 
 impl From<TenantRow> for Tenant {
@@ -43,6 +44,7 @@ impl From<TenantRow> for Tenant {
                 allowed_domains: r
                     .allowed_domains
                     .map(|d| d.split_whitespace().map(str::to_owned).collect()),
+                rate_limit_per_minute: r.rate_limit_per_minute.map(|n| n.max(0) as u32),
             },
         }
     }
@@ -130,8 +132,8 @@ macro_rules! impl_tenant_store {
             async fn create_tenant(&self, t: &Tenant) -> Result<()> {
                 sqlx::query(
                     "INSERT INTO tenants (id, name, display_name, create_time, update_time, \
-                     max_steps_per_workflow, max_runtime_minutes, allowed_domains) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                     max_steps_per_workflow, max_runtime_minutes, allowed_domains, \
+                     rate_limit_per_minute) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(t.id)
                 .bind(&t.name)
@@ -141,6 +143,7 @@ macro_rules! impl_tenant_store {
                 .bind(t.settings.max_steps_per_workflow.map(|n| n as i32))
                 .bind(t.settings.max_runtime_minutes.map(|n| n as i32))
                 .bind(t.settings.allowed_domains.as_ref().map(|d| d.join(" ")))
+                .bind(t.settings.rate_limit_per_minute.map(|n| n as i32))
                 .execute(&self.pool)
                 .await
                 .map_err(map_err(|| format!("tenant {:?}", t.name)))?;
@@ -155,6 +158,14 @@ macro_rules! impl_tenant_store {
                     .await
                     .map(Tenant::from)
                     .map_err(map_err(|| format!("tenant {name:?}")))
+            }
+
+            async fn take_rate_limit(
+                &self,
+                tenant_id: Uuid,
+                limit: u32,
+            ) -> Result<$crate::tenancy::ratelimit::Decision> {
+                self.take_rate_limit_backend(tenant_id, limit).await
             }
 
             async fn get_tenant_by_id(&self, id: Uuid) -> Result<Tenant> {
@@ -193,7 +204,8 @@ macro_rules! impl_tenant_store {
                      update_time = $3, \
                      max_steps_per_workflow = CASE WHEN $4 THEN $5 ELSE max_steps_per_workflow END, \
                      max_runtime_minutes = CASE WHEN $6 THEN $7 ELSE max_runtime_minutes END, \
-                     allowed_domains = CASE WHEN $8 THEN $9 ELSE allowed_domains END \
+                     allowed_domains = CASE WHEN $8 THEN $9 ELSE allowed_domains END, \
+                     rate_limit_per_minute = CASE WHEN $10 THEN $11 ELSE rate_limit_per_minute END \
                      WHERE name = $1 RETURNING {TENANT_COLUMNS}"
                 );
                 sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
@@ -206,6 +218,8 @@ macro_rules! impl_tenant_store {
                     .bind(update.max_runtime_minutes.flatten().map(|n| n as i32))
                     .bind(update.allowed_domains.is_some())
                     .bind(update.allowed_domains.as_ref().and_then(|d| d.as_ref().map(|d| d.join(" "))))
+                    .bind(update.rate_limit_per_minute.is_some())
+                    .bind(update.rate_limit_per_minute.flatten().map(|n| n as i32))
                     .fetch_one(&self.pool)
                     .await
                     .map(Tenant::from)

@@ -5,6 +5,7 @@
 //! other, exactly as if it did not exist.
 
 pub mod model;
+pub mod ratelimit;
 
 use std::sync::Arc;
 

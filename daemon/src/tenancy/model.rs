@@ -30,6 +30,8 @@ pub struct TenantSettings {
     pub max_runtime_minutes: Option<u32>,
     /// Hosts `http/request` may reach: exact names or `*.domain` (subdomains only).
     pub allowed_domains: Option<Vec<String>>,
+    /// Mutating requests per minute (a minute's worth may come at once).
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 /// The id and name of a tenant, as carried by callers and keys.
@@ -90,6 +92,7 @@ pub struct TenantUpdate {
     pub max_steps_per_workflow: Option<Option<u32>>,
     pub max_runtime_minutes: Option<Option<u32>>,
     pub allowed_domains: Option<Option<Vec<String>>>,
+    pub rate_limit_per_minute: Option<Option<u32>>,
 }
 
 /// One page of a listing.

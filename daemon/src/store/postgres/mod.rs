@@ -123,6 +123,43 @@ fn attempts_json(t: &Transition) -> Vec<serde_json::Value> {
 }
 
 impl_tenant_store!(PgStore);
+
+impl PgStore {
+    async fn take_rate_limit_backend(
+        &self,
+        tenant_id: Uuid,
+        limit: u32,
+    ) -> Result<crate::tenancy::ratelimit::Decision> {
+        let what = || format!("rate limit of tenant {tenant_id}");
+        let mut tx = self.pool.begin().await.map_err(map_err(what))?;
+        sqlx::query(
+            "INSERT INTO rate_limits (tenant_id, tat) VALUES ($1, now() - interval '1 hour') \
+             ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err(what))?;
+        let (tat, now): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
+            "SELECT tat, clock_timestamp() FROM rate_limits WHERE tenant_id = $1 FOR UPDATE",
+        )
+        .bind(tenant_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err(what))?;
+        let (decision, new_tat) = crate::tenancy::ratelimit::gcra(limit, Some(tat), now);
+        if let Some(new_tat) = new_tat {
+            sqlx::query("UPDATE rate_limits SET tat = $2 WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .bind(new_tat)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(what))?;
+        }
+        tx.commit().await.map_err(map_err(what))?;
+        Ok(decision)
+    }
+}
 impl_definition_store!(PgStore);
 impl_execution_shared!(PgStore);
 impl_secret_store!(PgStore);

@@ -262,6 +262,18 @@ async fn apply_transition(
     Ok(())
 }
 
+impl SqliteStore {
+    async fn take_rate_limit_backend(
+        &self,
+        _tenant_id: Uuid,
+        _limit: u32,
+    ) -> Result<crate::tenancy::ratelimit::Decision> {
+        Err(Error::Config(
+            "MANTLE_RATE_LIMIT_BACKEND=postgres needs the PostgreSQL store".to_owned(),
+        ))
+    }
+}
+
 impl_tenant_store!(SqliteStore);
 impl_definition_store!(SqliteStore);
 impl_execution_shared!(SqliteStore);

@@ -1,0 +1,163 @@
+//! Per-tenant rate limits on mutating requests: GCRA (a token bucket holding a minute's
+//! worth of requests, refilled evenly). In memory by default; with
+//! `MANTLE_RATE_LIMIT_BACKEND=postgres` the state is one row per tenant, so the limit holds
+//! for all replicas together.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::store::Store;
+
+/// Where the limiter keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Postgres,
+}
+
+/// What a check decided, with what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Requests per minute.
+    pub limit: u32,
+    /// Requests left right now.
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub reset: Duration,
+    /// When refused: until the next request is allowed.
+    pub retry_after: Duration,
+}
+
+/// The GCRA step: given the stored theoretical arrival time, decide at `now`.
+/// Returns the decision and the new TAT when allowed.
+pub fn gcra(
+    limit: u32,
+    tat: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (Decision, Option<DateTime<Utc>>) {
+    let period = chrono::Duration::milliseconds(60_000 / i64::from(limit.max(1)));
+    let burst = period * (limit.max(1) as i32 - 1);
+    let tat = tat.map_or(now, |t| t.max(now));
+    let new_tat = tat + period;
+    let allow_at = new_tat - period - burst;
+    let millis = |d: chrono::Duration| Duration::from_millis(d.num_milliseconds().max(0) as u64);
+    if allow_at > now {
+        let decision = Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset: millis(tat - now),
+            retry_after: millis(allow_at - now),
+        };
+        return (decision, None);
+    }
+    let used = ((new_tat - now).num_milliseconds() + period.num_milliseconds() - 1)
+        / period.num_milliseconds().max(1);
+    let decision = Decision {
+        allowed: true,
+        limit,
+        remaining: (i64::from(limit) - used).max(0) as u32,
+        reset: millis(new_tat - now),
+        retry_after: Duration::ZERO,
+    };
+    (decision, Some(new_tat))
+}
+
+/// A tenant's limit and when it was read.
+type CachedLimit = (Option<u32>, tokio::time::Instant);
+
+/// How long a tenant's limit setting is cached.
+const SETTING_TTL: Duration = Duration::from_secs(2);
+
+/// The limiter.
+#[derive(Clone)]
+pub struct RateLimiter {
+    store: Arc<dyn Store>,
+    backend: Backend,
+    state: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
+    settings: Arc<Mutex<HashMap<Uuid, CachedLimit>>>,
+}
+
+impl RateLimiter {
+    pub fn new(store: Arc<dyn Store>, backend: Backend) -> Self {
+        RateLimiter {
+            store,
+            backend,
+            state: Arc::default(),
+            settings: Arc::default(),
+        }
+    }
+
+    async fn limit_of(&self, tenant_id: Uuid) -> Result<Option<u32>, String> {
+        if let Some((limit, at)) = self.settings.lock().expect("limit cache").get(&tenant_id)
+            && at.elapsed() < SETTING_TTL
+        {
+            return Ok(*limit);
+        }
+        let limit = self
+            .store
+            .get_tenant_by_id(tenant_id)
+            .await
+            .map_err(|e| e.to_string())?
+            .settings
+            .rate_limit_per_minute;
+        self.settings
+            .lock()
+            .expect("limit cache")
+            .insert(tenant_id, (limit, tokio::time::Instant::now()));
+        Ok(limit)
+    }
+
+    /// Takes one request from the tenant's bucket; `None` when the tenant has no limit.
+    pub async fn check(&self, tenant_id: Uuid) -> Result<Option<Decision>, String> {
+        let Some(limit) = self.limit_of(tenant_id).await? else {
+            return Ok(None);
+        };
+        let decision = match self.backend {
+            Backend::Memory => {
+                let mut state = self.state.lock().expect("limiter state");
+                let (decision, tat) = gcra(limit, state.get(&tenant_id).copied(), Utc::now());
+                if let Some(tat) = tat {
+                    state.insert(tenant_id, tat);
+                }
+                decision
+            }
+            Backend::Postgres => self
+                .store
+                .take_rate_limit(tenant_id, limit)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        Ok(Some(decision))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_a_minutes_burst_then_refuses_until_refilled() {
+        let t0 = Utc::now();
+        let mut tat = None;
+        for i in 0..60 {
+            let (d, next) = gcra(60, tat, t0);
+            assert!(d.allowed, "request {i}");
+            assert_eq!(d.remaining, 59 - i);
+            tat = next;
+        }
+        let (d, next) = gcra(60, tat, t0);
+        assert!(!d.allowed);
+        assert!(next.is_none());
+        assert_eq!(d.retry_after, Duration::from_secs(1));
+        // One second later one more request fits.
+        let (d, _) = gcra(60, tat, t0 + chrono::Duration::seconds(1));
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+    }
+}
