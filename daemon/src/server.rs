@@ -100,6 +100,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             store.clone(),
             config.rate_limit_backend,
         ),
+        audit: crate::tenancy::audit::Audit::new(store.clone()),
         tenancy,
         definitions: crate::definitions::Definitions::new(
             store.clone(),

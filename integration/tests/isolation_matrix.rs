@@ -101,6 +101,8 @@ const OWN_CREATE: Rule = rule(Expect::Own, 1, false);
 
 /// Every RPC of package `mantle.v1`. A method missing here fails the test.
 const RULES: &[(&str, Rule)] = &[
+    // Naming tenant A's events: another tenant's key gets NOT_FOUND.
+    ("mantle.v1.AuditService/ListAuditEvents", NOT_FOUND_READ),
     ("mantle.v1.DefinitionService/ValidateDefinition", OWN),
     ("mantle.v1.DefinitionService/PlanDefinition", OWN),
     ("mantle.v1.DefinitionService/ApplyDefinition", OWN_CREATE),
@@ -254,7 +256,9 @@ fn field_value(a: &TenantA, service: &str, field: &str) -> Option<FieldValue> {
             "intruder_field".to_owned(),
             "intruder-value".to_owned(),
         )]),
-        ("TenantService", "name" | "tenant") => Str(TENANT_A.to_owned()),
+        ("TenantService", "name" | "tenant") | ("AuditService", "tenant") => {
+            Str(TENANT_A.to_owned())
+        }
         ("TenantService", "id") => Str(a.key_id.clone()),
         ("TenantService", "display_name") => Str("renamed-by-intruder".to_owned()),
         ("TenantService", "scopes") => Strs(vec!["*".to_owned()]),

@@ -13,6 +13,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::auth::Authenticator;
+use crate::tenancy::audit::Audit;
 use crate::tenancy::ratelimit::{Decision, RateLimiter};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -28,6 +29,7 @@ fn needs_auth(path: &str) -> bool {
 pub struct AuthLayer {
     pub authenticator: Authenticator,
     pub limiter: RateLimiter,
+    pub audit: Audit,
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -37,6 +39,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             authenticator: self.authenticator.clone(),
             limiter: self.limiter.clone(),
+            audit: self.audit.clone(),
         }
     }
 }
@@ -46,6 +49,7 @@ pub struct AuthService<S> {
     inner: S,
     authenticator: Authenticator,
     limiter: RateLimiter,
+    audit: Audit,
 }
 
 /// Whether a method changes something (and so counts against the tenant's rate limit).
@@ -98,6 +102,8 @@ where
         }
         let authenticator = self.authenticator.clone();
         let limiter = self.limiter.clone();
+        let audit = self.audit.clone();
+        let method = req.uri().path().trim_start_matches('/').to_owned();
         let mutating = is_mutating(req.uri().path());
         Box::pin(async move {
             let headers = req.headers();
@@ -107,7 +113,13 @@ where
                 .await;
             let caller = match result {
                 Ok(caller) => caller,
-                Err(err) => return Ok(Status::from(err).into_http()),
+                Err(err) => {
+                    let status = Status::from(err);
+                    if mutating {
+                        audit.record_rpc(None, &method, code_name(status.code()));
+                    }
+                    return Ok(status.into_http());
+                }
             };
             let decision = match (&caller.tenant, mutating) {
                 (Some(tenant), true) => match limiter.check(tenant.id).await {
@@ -128,10 +140,17 @@ where
                 ))
                 .into_http::<Body>();
                 rate_headers(response.headers_mut(), &d);
+                audit.record_rpc(Some(&caller), &method, "RESOURCE_EXHAUSTED");
                 return Ok(response);
             }
+            let audited = mutating.then(|| caller.clone());
             req.extensions_mut().insert(caller);
             let mut response = inner.call(req).await?;
+            if let Some(caller) = audited {
+                // Unary answers carry an error's code in the headers; none means OK.
+                let code = grpc_code(response.headers()).unwrap_or(tonic::Code::Ok);
+                audit.record_rpc(Some(&caller), &method, code_name(code));
+            }
             if let Some(d) = decision {
                 rate_headers(response.headers_mut(), &d);
             }

@@ -2,6 +2,7 @@
 //! mapping. This is the only module that imports tonic or mantle-proto. Each method
 //! unwraps the request, calls one domain function and converts the result back.
 
+mod audit;
 mod convert;
 mod definition;
 mod error;
@@ -13,6 +14,7 @@ mod tenant;
 
 use std::future::Future;
 
+use mantle_proto::v1::audit_service_server::AuditServiceServer;
 use mantle_proto::v1::definition_service_server::DefinitionServiceServer;
 use mantle_proto::v1::execution_service_server::ExecutionServiceServer;
 use mantle_proto::v1::secret_service_server::SecretServiceServer;
@@ -32,18 +34,20 @@ use crate::store::Backend;
 use crate::tenancy::Tenancy;
 
 /// gRPC service names reported by `grpc.health.v1.Health`.
-pub const SERVICE_NAMES: [&str; 5] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     "mantle.v1.TenantService",
     "mantle.v1.SystemService",
     "mantle.v1.DefinitionService",
     "mantle.v1.ExecutionService",
     "mantle.v1.SecretService",
+    "mantle.v1.AuditService",
 ];
 
 /// What the API serves.
 pub struct ApiContext {
     pub authenticator: Authenticator,
     pub limiter: crate::tenancy::ratelimit::RateLimiter,
+    pub audit: crate::tenancy::audit::Audit,
     pub tenancy: Tenancy,
     pub definitions: Definitions,
     pub executions: Executions,
@@ -100,6 +104,9 @@ pub async fn serve(
         .add_service(SecretServiceServer::new(secret::SecretApi {
             secrets: ctx.secrets,
         }))
+        .add_service(AuditServiceServer::new(audit::AuditApi {
+            audit: ctx.audit.clone(),
+        }))
         .add_service(SystemServiceServer::new(system::SystemApi {
             backend: ctx.backend,
         }));
@@ -110,6 +117,7 @@ pub async fn serve(
         .layer(layers::AuthLayer {
             authenticator: ctx.authenticator,
             limiter: ctx.limiter,
+            audit: ctx.audit.clone(),
         })
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -4,6 +4,7 @@
 //! everything; a tenant's own key may only read its own tenant, and gets NOT_FOUND for any
 //! other, exactly as if it did not exist.
 
+pub mod audit;
 pub mod model;
 pub mod ratelimit;
 
