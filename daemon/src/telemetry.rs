@@ -68,6 +68,35 @@ fn describe() {
         metrics::Unit::Seconds,
         "gRPC request latency until the response ended, by method and status code"
     );
+    metrics::describe_counter!(
+        "mantle_executions_started_total",
+        "Executions started through this daemon, by tenant"
+    );
+    metrics::describe_counter!(
+        "mantle_executions_finished_total",
+        "Executions this daemon finished, by tenant and final status"
+    );
+    metrics::describe_gauge!(
+        "mantle_executions_running",
+        "Executions this daemon is driving now"
+    );
+    metrics::describe_histogram!(
+        "mantle_step_duration_seconds",
+        metrics::Unit::Seconds,
+        "Step attempt durations, by action and result"
+    );
+    metrics::describe_counter!(
+        "mantle_lease_recoveries_total",
+        "Executions this daemon claimed from the database: taken over from a daemon that died or shut down, or woken after a long wait"
+    );
+    metrics::describe_counter!(
+        "mantle_rate_limited_total",
+        "Requests refused by a tenant's rate limit, by tenant"
+    );
+    metrics::describe_counter!(
+        "mantle_cap_rejections_total",
+        "Requests refused by a tenant or installation cap, by tenant and kind"
+    );
     metrics::describe_gauge!(
         "mantle_database_up",
         "1 while the database answers pings, 0 while it does not"

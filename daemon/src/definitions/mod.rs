@@ -128,7 +128,10 @@ impl Definitions {
         };
         limits
             .check_steps(&settings, loaded.spec.steps.len())
-            .map_err(Error::ResourceExhausted)
+            .map_err(|e| {
+                metrics::counter!("mantle_cap_rejections_total", "tenant_id" => tenant.id.to_string(), "kind" => "max_steps_per_workflow").increment(1);
+                Error::ResourceExhausted(e)
+            })
     }
 
     fn tenant(caller: &Caller, scope: Scope) -> Result<&TenantRef> {

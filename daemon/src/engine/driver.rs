@@ -677,6 +677,13 @@ impl Driver {
         result: Result<Value, String>,
     ) {
         let now = ended;
+        let action = self.workflow.steps[i].spec.action.clone();
+        metrics::histogram!(
+            "mantle_step_duration_seconds",
+            "action" => action,
+            "result" => if result.is_ok() { "completed" } else { "failed" }
+        )
+        .record((ended - started).num_milliseconds().max(0) as f64 / 1000.0);
         let result = result.and_then(|output| {
             let size = output.to_string().len();
             let max = self.inner.config.max_output_bytes;

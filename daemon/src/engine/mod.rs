@@ -235,7 +235,10 @@ impl Engine {
         let limits = self.inner.config.limits;
         limits
             .check_steps(&tenant.settings, workflow.spec.steps.len())
-            .map_err(Error::ResourceExhausted)?;
+            .map_err(|e| {
+                metrics::counter!("mantle_cap_rejections_total", "tenant_id" => req.tenant_id.to_string(), "kind" => "max_steps_per_workflow").increment(1);
+                Error::ResourceExhausted(e)
+            })?;
         let runtime_cap = Limits::effective(
             limits.max_runtime_minutes,
             tenant.settings.max_runtime_minutes,
@@ -294,6 +297,7 @@ impl Engine {
             }
         };
         self.inner.spawn_driver(lease);
+        metrics::counter!("mantle_executions_started_total", "tenant_id" => req.tenant_id.to_string()).increment(1);
         Ok(Execution {
             id: new.id,
             tenant_id: new.tenant_id,
@@ -375,7 +379,9 @@ impl Inner {
         let inner = self.clone();
         self.tracker.spawn(async move {
             driver::drive(inner.clone(), lease, cancel, lost).await;
-            inner.running.lock().expect("running map").remove(&id);
+            let mut running = inner.running.lock().expect("running map");
+            running.remove(&id);
+            metrics::gauge!("mantle_executions_running").set(running.len() as f64);
         });
     }
 
@@ -424,6 +430,12 @@ impl Inner {
             duration_ms = (at - execution.start_time.unwrap_or(execution.create_time)).num_milliseconds(),
             "execution finished"
         );
+        metrics::counter!(
+            "mantle_executions_finished_total",
+            "tenant_id" => execution.tenant_id.to_string(),
+            "status" => status.as_str()
+        )
+        .increment(1);
     }
 }
 
@@ -453,6 +465,7 @@ async fn claim_loop(inner: Arc<Inner>) {
             Ok(leases) if !leases.is_empty() => {
                 for lease in leases {
                     tracing::info!(execution = %lease.execution_id, "claimed execution");
+                    metrics::counter!("mantle_lease_recoveries_total").increment(1);
                     inner.spawn_driver(lease);
                 }
                 delay = inner.config.poll_min;
