@@ -334,6 +334,12 @@ pub struct TenantLimits {
     /// Longest an execution may run, in minutes (0: no limit of its own).
     #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i32).range(0..))]
     pub max_runtime_minutes: Option<i32>,
+    /// Executions running at once across all daemons; more wait queued (0: no limit).
+    #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i32).range(0..))]
+    pub max_concurrent_executions: Option<i32>,
+    /// Queued executions at most; more starts are refused (0: no limit).
+    #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i32).range(0..))]
+    pub max_queued_executions: Option<i32>,
     /// Mutating requests per minute (0: no limit).
     #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i32).range(0..))]
     pub rate_limit_per_minute: Option<i32>,

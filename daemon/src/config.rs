@@ -23,6 +23,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `MANTLE_API_TOKEN`: single-tenant mode's token.
     pub api_token: Option<String>,
+    /// `MANTLE_TENANT_KEYS_PATH`: the JSON file mapping tokens to tenants (keys file mode).
+    pub tenant_keys_path: Option<PathBuf>,
     /// How long shutdown waits for running requests and steps.
     pub shutdown_grace_period: Duration,
     pub engine: EngineSettings,
@@ -53,6 +55,8 @@ pub struct EngineSettings {
     pub max_steps_per_workflow: Option<u32>,
     /// `MANTLE_MAX_RUNTIME_MINUTES`: a cap on every execution's run time.
     pub max_runtime_minutes: Option<u32>,
+    /// `MANTLE_MAX_CONCURRENT_EXECUTIONS`: a cap on every tenant's running executions.
+    pub max_concurrent_executions: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +109,7 @@ pub struct Flags {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     api: Option<FileApi>,
+    auth: Option<FileAuth>,
     data_dir: Option<PathBuf>,
     database: Option<FileDatabase>,
     log: Option<FileLog>,
@@ -134,6 +139,12 @@ struct FileHttp {
 struct FileApi {
     address: Option<String>,
     token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    tenant_keys_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +358,7 @@ pub fn build(
     };
     let max_steps_per_workflow = cap("MANTLE_MAX_STEPS_PER_WORKFLOW")?;
     let max_runtime_minutes = cap("MANTLE_MAX_RUNTIME_MINUTES")?;
+    let max_concurrent_executions = cap("MANTLE_MAX_CONCURRENT_EXECUTIONS")?;
     let mut workflow_env = file_config.env.unwrap_or_default();
     for (k, v) in env {
         if let Some(key) = k.strip_prefix("MANTLE_ENV_")
@@ -381,6 +393,9 @@ pub fn build(
         }
         None => None,
     };
+    let tenant_keys_path = env_get("MANTLE_TENANT_KEYS_PATH")
+        .map(PathBuf::from)
+        .or(file_config.auth.and_then(|a| a.tenant_keys_path));
 
     Ok(Config {
         api_address,
@@ -392,6 +407,7 @@ pub fn build(
         },
         log: LogConfig { level, format },
         api_token,
+        tenant_keys_path,
         shutdown_grace_period,
         rate_limit_backend,
         encryption_key: env_get("MANTLE_ENCRYPTION_KEY"),
@@ -405,6 +421,7 @@ pub fn build(
             idempotency_ttl,
             max_steps_per_workflow,
             max_runtime_minutes,
+            max_concurrent_executions,
         },
     })
 }
@@ -471,6 +488,18 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Text);
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(30));
         assert!(c.api_token.is_none());
+        assert!(c.tenant_keys_path.is_none());
+    }
+
+    #[test]
+    fn tenant_keys_path_from_file_and_env() {
+        let p = Path::new("mantle.yaml");
+        let file = "auth:\n  tenant_keys_path: /f/keys.json\n";
+        let c = build(Some((p, file)), &env(&[]), &Flags::default()).unwrap();
+        assert_eq!(c.tenant_keys_path, Some(PathBuf::from("/f/keys.json")));
+        let e = env(&[("MANTLE_TENANT_KEYS_PATH", "/e/keys.json")]);
+        let c = build(Some((p, file)), &e, &Flags::default()).unwrap();
+        assert_eq!(c.tenant_keys_path, Some(PathBuf::from("/e/keys.json")));
     }
 
     #[test]

@@ -75,6 +75,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .map(StaticToken::new)
         .transpose()
         .map_err(StartError::Config)?;
+    let keys_file = config
+        .tenant_keys_path
+        .as_deref()
+        .map(crate::auth::keys_file::KeysFile::load)
+        .transpose()
+        .map_err(StartError::Config)?
+        .map(Arc::new);
     bootstrap_operator_access(&config, store.as_ref(), &tenancy).await?;
     let ring = Arc::new(key_ring(&config, store.backend())?);
     crate::secrets::check_keys(store.as_ref(), &ring)
@@ -93,9 +100,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?;
     engine.run();
     let readiness = health::spawn_monitor(store.clone(), cancel.child_token());
+    let mut authenticator = Authenticator::new(store.clone(), static_token);
+    if let Some(keys_file) = keys_file {
+        keys_file.spawn_watcher(cancel.child_token());
+        authenticator = authenticator.with_keys_file(keys_file);
+    }
 
     let ctx = crate::api::ApiContext {
-        authenticator: Authenticator::new(store.clone(), static_token),
+        authenticator,
         limiter: crate::tenancy::ratelimit::RateLimiter::new(
             store.clone(),
             config.rate_limit_backend,
@@ -214,6 +226,7 @@ fn engine_config(config: &Config) -> crate::engine::EngineConfig {
         limits: crate::engine::Limits {
             max_steps_per_workflow: e.max_steps_per_workflow,
             max_runtime_minutes: e.max_runtime_minutes,
+            max_concurrent_executions: e.max_concurrent_executions,
         },
         network: crate::connectors::NetworkPolicy {
             allow_private: e.allow_private_networks,

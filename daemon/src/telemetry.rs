@@ -97,6 +97,18 @@ fn describe() {
         "mantle_cap_rejections_total",
         "Requests refused by a tenant or installation cap, by tenant and kind"
     );
+    metrics::describe_counter!(
+        crate::auth::keys_file::RELOAD_ERRORS_METRIC,
+        "Changes to the tenant keys file that could not be loaded (unreadable, bad JSON or an invalid entry); the last good keys stay in use"
+    );
+    metrics::describe_counter!(
+        crate::auth::keys_file::RELOADS_METRIC,
+        "Successful loads of the tenant keys file, the one at startup included"
+    );
+    metrics::describe_gauge!(
+        crate::auth::keys_file::KEYS_METRIC,
+        "Keys of the tenant keys file in use"
+    );
     metrics::describe_gauge!(
         "mantle_database_up",
         "1 while the database answers pings, 0 while it does not"

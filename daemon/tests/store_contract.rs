@@ -273,6 +273,7 @@ async fn contract(store: Arc<dyn Store>) {
         max_runtime_minutes: None,
         allowed_domains: Some(vec!["api.example.com".into(), "*.corp.example".into()]),
         rate_limit_per_minute: Some(120),
+        ..TenantSettings::default()
     };
     store.create_tenant(&limited).await.unwrap();
     assert_eq!(
@@ -298,6 +299,7 @@ async fn contract(store: Arc<dyn Store>) {
             max_runtime_minutes: Some(5),
             allowed_domains: None,
             rate_limit_per_minute: Some(120),
+            ..TenantSettings::default()
         }
     );
     store.delete_tenant("limited").await.unwrap();
@@ -573,13 +575,16 @@ fn new_execution(tenant_id: uuid::Uuid, owner: &str, lease_ms: u64) -> NewExecut
         lease_ms,
         now: Utc::now(),
         idempotency: None,
+        concurrency: None,
     }
 }
 
 fn created(c: Created) -> mantle_daemon::engine::model::Lease {
     match c {
         Created::New(lease) => lease,
-        Created::Existing(id) => panic!("expected a new execution, got existing {id}"),
+        Created::Existing(id) | Created::Queued(id) => {
+            panic!("expected a new execution, got {c:?} ({id})")
+        }
     }
 }
 
@@ -824,7 +829,7 @@ async fn executions_contract(store: Arc<dyn Store>) {
                 new_ones += 1;
                 ids.insert(l.execution_id);
             }
-            Created::Existing(id) => {
+            Created::Existing(id) | Created::Queued(id) => {
                 ids.insert(id);
             }
         }
@@ -854,6 +859,65 @@ async fn executions_contract(store: Arc<dyn Store>) {
             .unwrap(),
         3
     );
+
+    // Concurrency caps: beyond the cap a start is queued; beyond the queue it is refused;
+    // promotion frees queued executions as slots free.
+    let c = tenant("capped");
+    store.create_tenant(&c).await.unwrap();
+    store
+        .apply_definition(&version(c.id, "wf", "h"))
+        .await
+        .unwrap();
+    let capped = |n: u32| {
+        let mut e = new_execution(c.id, "node-1", 60_000);
+        e.concurrency = Some(mantle_daemon::engine::model::Concurrency {
+            max_active: n,
+            max_queued: Some(1),
+        });
+        e
+    };
+    let first = created(store.create_execution(&capped(1)).await.unwrap());
+    let queued = match store.create_execution(&capped(1)).await.unwrap() {
+        Created::Queued(id) => id,
+        other => panic!("expected queued, got {other:?}"),
+    };
+    assert_eq!(
+        store.get_execution(c.id, queued).await.unwrap().status,
+        ExecutionStatus::Queued
+    );
+    assert!(matches!(
+        store.create_execution(&capped(1)).await.unwrap_err(),
+        store::Error::Exhausted(_)
+    ));
+    // Queued executions are not claimable, and nothing is promoted while the slot is taken.
+    assert_eq!(store.promote_queued(Some(1)).await.unwrap(), 0);
+    let finish = Transition {
+        execution: Some(ExecutionUpdate {
+            status: ExecutionStatus::Completed,
+            outputs: None,
+            error: None,
+            start_time: None,
+            end_time: Some(Utc::now()),
+            release: true,
+            wake_time: None,
+        }),
+        ..Transition::default()
+    };
+    store.write_transition(first, &finish).await.unwrap();
+    assert_eq!(store.promote_queued(Some(1)).await.unwrap(), 1);
+    assert_eq!(
+        store.get_execution(c.id, queued).await.unwrap().status,
+        ExecutionStatus::Pending
+    );
+    assert!(
+        store
+            .claim_executions("node-5", 60_000, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.execution_id == queued)
+    );
+    store.delete_tenant("capped").await.unwrap();
 
     // Listing: newest first, tenant-scoped, filterable.
     let listed = store

@@ -24,6 +24,8 @@ struct TenantView {
     max_runtime_minutes: i32,
     allowed_domains: Vec<String>,
     rate_limit_per_minute: i32,
+    max_concurrent_executions: i32,
+    max_queued_executions: i32,
 }
 
 impl From<Tenant> for TenantView {
@@ -34,6 +36,8 @@ impl From<Tenant> for TenantView {
             max_runtime_minutes: settings.max_runtime_minutes,
             allowed_domains: settings.allowed_domains,
             rate_limit_per_minute: settings.rate_limit_per_minute,
+            max_concurrent_executions: settings.max_concurrent_executions,
+            max_queued_executions: settings.max_queued_executions,
             create_time: t.create_time.as_ref().and_then(timestamp_to_datetime),
             update_time: t.update_time.as_ref().and_then(timestamp_to_datetime),
             name: t.name,
@@ -57,6 +61,9 @@ fn tenant_table<'a>(tenants: impl IntoIterator<Item = &'a TenantView>) -> String
         }
         if t.max_runtime_minutes > 0 {
             limits.push(format!("runtime≤{}m", t.max_runtime_minutes));
+        }
+        if t.max_concurrent_executions > 0 {
+            limits.push(format!("concurrent≤{}", t.max_concurrent_executions));
         }
         if t.rate_limit_per_minute > 0 {
             limits.push(format!("rate≤{}/min", t.rate_limit_per_minute));
@@ -103,6 +110,8 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
                 allowed_domains: limits.allowed_domains.clone(),
                 rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
+                max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
+                max_queued_executions: limits.max_queued_executions.unwrap_or(0),
             };
             let tenant = client
                 .create_tenant_with_settings(
@@ -140,6 +149,12 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             if limits.rate_limit_per_minute.is_some() {
                 mask.push("rate_limit_per_minute".to_owned());
             }
+            if limits.max_concurrent_executions.is_some() {
+                mask.push("max_concurrent_executions".to_owned());
+            }
+            if limits.max_queued_executions.is_some() {
+                mask.push("max_queued_executions".to_owned());
+            }
             if !limits.allowed_domains.is_empty() || clear_allowed_domains {
                 mask.push("allowed_domains".to_owned());
             }
@@ -148,6 +163,8 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
                 allowed_domains: limits.allowed_domains.clone(),
                 rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
+                max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
+                max_queued_executions: limits.max_queued_executions.unwrap_or(0),
             };
             let tenant = client
                 .update_tenant_settings(&name, display_name.as_deref(), settings, mask)

@@ -39,6 +39,11 @@ impl From<Tenant> for pb::Tenant {
                 max_runtime_minutes: t.settings.max_runtime_minutes.map_or(0, |n| n as i32),
                 allowed_domains: t.settings.allowed_domains.unwrap_or_default(),
                 rate_limit_per_minute: t.settings.rate_limit_per_minute.map_or(0, |n| n as i32),
+                max_concurrent_executions: t
+                    .settings
+                    .max_concurrent_executions
+                    .map_or(0, |n| n as i32),
+                max_queued_executions: t.settings.max_queued_executions.map_or(0, |n| n as i32),
             }),
         }
     }
@@ -53,6 +58,10 @@ pub fn tenant_settings(s: pb::TenantSettings) -> crate::tenancy::model::TenantSe
         allowed_domains: (!s.allowed_domains.is_empty()).then_some(s.allowed_domains),
         rate_limit_per_minute: (s.rate_limit_per_minute > 0)
             .then_some(s.rate_limit_per_minute as u32),
+        max_concurrent_executions: (s.max_concurrent_executions > 0)
+            .then_some(s.max_concurrent_executions as u32),
+        max_queued_executions: (s.max_queued_executions > 0)
+            .then_some(s.max_queued_executions as u32),
     }
 }
 

@@ -73,6 +73,13 @@ impl TenantService for TenantApi {
         let positive = |n: i32| (n > 0).then_some(n as u32);
         for path in req.settings_mask.iter().flat_map(|m| &m.paths) {
             match path.trim_start_matches("settings.") {
+                "max_concurrent_executions" => {
+                    update.max_concurrent_executions =
+                        Some(positive(settings.max_concurrent_executions))
+                }
+                "max_queued_executions" => {
+                    update.max_queued_executions = Some(positive(settings.max_queued_executions))
+                }
                 "rate_limit_per_minute" => {
                     update.rate_limit_per_minute = Some(positive(settings.rate_limit_per_minute))
                 }
@@ -90,7 +97,7 @@ impl TenantService for TenantApi {
                 }
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains or rate_limit_per_minute"
+                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, max_concurrent_executions or max_queued_executions"
                     )));
                 }
             }
@@ -98,6 +105,11 @@ impl TenantService for TenantApi {
         for (field, n) in [
             ("max_steps_per_workflow", settings.max_steps_per_workflow),
             ("rate_limit_per_minute", settings.rate_limit_per_minute),
+            (
+                "max_concurrent_executions",
+                settings.max_concurrent_executions,
+            ),
+            ("max_queued_executions", settings.max_queued_executions),
             ("max_runtime_minutes", settings.max_runtime_minutes),
         ] {
             if n < 0 {

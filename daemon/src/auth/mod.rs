@@ -1,10 +1,12 @@
 //! Who is calling: bearer token → [`Caller`] (tenant, scopes, operator or not).
 //!
-//! Three kinds of token authenticate: API keys stored in the database (tenant keys and
-//! operator keys), and the single `MANTLE_API_TOKEN` of single-tenant mode, which acts as
-//! the tenant `default` with every scope and is also an operator. The caller is built per
+//! Four kinds of token authenticate: API keys stored in the database (tenant keys and
+//! operator keys), the single `MANTLE_API_TOKEN` of single-tenant mode, which acts as
+//! the tenant `default` with every scope and is also an operator, and the tenant keys of
+//! the keys file (`MANTLE_TENANT_KEYS_PATH`, see [`keys_file`]). The caller is built per
 //! request and passed explicitly; nothing about it is process-global.
 
+pub mod keys_file;
 mod scope;
 pub mod token;
 
@@ -28,7 +30,7 @@ pub const MIN_STATIC_TOKEN_LEN: usize = 16;
 /// The authenticated identity of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The API key id, or `env:MANTLE_API_TOKEN`.
+    /// The API key id, `env:MANTLE_API_TOKEN`, or `file:<name>` for a keys file key.
     pub key_id: String,
     /// The tenant the request acts on; `None` only for an operator that named none and
     /// when no tenant applies.
@@ -97,6 +99,7 @@ impl StaticToken {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     static_token: Option<StaticToken>,
+    keys_file: Option<Arc<keys_file::KeysFile>>,
 }
 
 impl Authenticator {
@@ -104,7 +107,14 @@ impl Authenticator {
         Authenticator {
             store,
             static_token,
+            keys_file: None,
         }
+    }
+
+    /// Also accepts the keys of the tenant keys file.
+    pub fn with_keys_file(mut self, keys_file: Arc<keys_file::KeysFile>) -> Self {
+        self.keys_file = Some(keys_file);
+        self
     }
 
     /// Authenticates `authorization` (the whole metadata value) and resolves the tenant the
@@ -137,6 +147,13 @@ impl Authenticator {
             return self
                 .operator_caller("env:MANTLE_API_TOKEN".to_owned(), scopes, tenant_header)
                 .await;
+        }
+
+        if let Some(keys_file) = &self.keys_file {
+            let keys = keys_file.keys();
+            if let Some(key) = keys.lookup(token) {
+                return self.file_key_caller(key, tenant_header).await;
+            }
         }
 
         let invalid = Error::Unauthenticated("invalid, expired or revoked token");
@@ -185,6 +202,38 @@ impl Authenticator {
                 })
             }
         }
+    }
+
+    /// A keys file key acts only on its tenant, which must exist.
+    async fn file_key_caller(
+        &self,
+        key: &keys_file::FileKey,
+        tenant_header: Option<&str>,
+    ) -> Result<Caller, Error> {
+        let tenant = match self.store.get_tenant(&key.tenant).await {
+            Ok(t) => TenantRef::from(&t),
+            Err(store::Error::NotFound(_)) => {
+                return Err(Error::Unauthenticated(
+                    "the tenant of this key does not exist",
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if let Some(named) = tenant_header
+            && named != tenant.name
+        {
+            return Err(Error::PermissionDenied(format!(
+                "x-mantle-tenant: this key acts only on tenant {:?}",
+                tenant.name
+            )));
+        }
+        Ok(Caller {
+            key_id: key.key_id.clone(),
+            tenant: Some(tenant),
+            // Validated at load: tenant scopes only, never tenants:admin.
+            scopes: ScopeSet::new(key.scopes.iter().filter(|s| s.is_tenant_scope())),
+            operator: false,
+        })
     }
 
     /// An operator acts on the tenant it names, or on `default`.

@@ -51,7 +51,8 @@ impl From<store::Error> for Error {
             store::Error::AlreadyExists(msg)
             | store::Error::Config(msg)
             | store::Error::Internal(msg)
-            | store::Error::Conflict(msg) => Error::Internal(msg),
+            | store::Error::Conflict(msg)
+            | store::Error::Exhausted(msg) => Error::Internal(msg),
             store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
         }
     }
@@ -125,6 +126,7 @@ impl Definitions {
         let limits = crate::engine::Limits {
             max_steps_per_workflow: self.max_steps,
             max_runtime_minutes: None,
+            max_concurrent_executions: None,
         };
         limits
             .check_steps(&settings, loaded.spec.steps.len())

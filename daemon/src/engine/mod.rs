@@ -57,6 +57,8 @@ pub struct EngineConfig {
 pub struct Limits {
     pub max_steps_per_workflow: Option<u32>,
     pub max_runtime_minutes: Option<u32>,
+    /// Each tenant's running executions at most.
+    pub max_concurrent_executions: Option<u32>,
 }
 
 impl Limits {
@@ -123,6 +125,7 @@ impl From<store::Error> for Error {
             store::Error::NotFound(what) => Error::NotFound(what),
             store::Error::Unavailable(msg) => Error::Unavailable(msg),
             store::Error::Conflict(msg) => Error::FailedPrecondition(msg),
+            store::Error::Exhausted(msg) => Error::ResourceExhausted(msg),
             store::Error::AlreadyExists(msg)
             | store::Error::Config(msg)
             | store::Error::Internal(msg) => Error::Internal(msg),
@@ -289,10 +292,25 @@ impl Engine {
             lease_ms: self.inner.config.lease.as_millis() as u64,
             now,
             idempotency,
+            concurrency: Limits::effective(
+                limits.max_concurrent_executions,
+                tenant.settings.max_concurrent_executions,
+            )
+            .map(|max_active| model::Concurrency {
+                max_active,
+                max_queued: tenant.settings.max_queued_executions,
+            }),
         };
         let lease = match self.inner.store.create_execution(&new).await? {
             model::Created::New(lease) => lease,
             model::Created::Existing(id) => {
+                return Ok(self.inner.store.get_execution(req.tenant_id, id).await?);
+            }
+            model::Created::Queued(id) => {
+                let tenant_label = req.tenant_id.to_string();
+                metrics::counter!("mantle_executions_started_total", "tenant_id" => tenant_label.clone()).increment(1);
+                metrics::counter!("mantle_executions_queued_total", "tenant_id" => tenant_label)
+                    .increment(1);
                 return Ok(self.inner.store.get_execution(req.tenant_id, id).await?);
             }
         };
@@ -430,6 +448,8 @@ impl Inner {
             duration_ms = (at - execution.start_time.unwrap_or(execution.create_time)).num_milliseconds(),
             "execution finished"
         );
+        // A slot may have freed for a queued execution.
+        self.claim_now.notify_one();
         metrics::counter!(
             "mantle_executions_finished_total",
             "tenant_id" => execution.tenant_id.to_string(),
@@ -456,6 +476,15 @@ async fn claim_loop(inner: Arc<Inner>) {
                 Ok(n) => tracing::debug!(removed = n, "swept expired idempotency keys"),
                 Err(err) => tracing::warn!(error = %err, "sweeping idempotency keys failed"),
             }
+        }
+        match inner
+            .store
+            .promote_queued(inner.config.limits.max_concurrent_executions)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(promoted = n, "queued executions may start"),
+            Err(err) => tracing::warn!(error = %err, "promoting queued executions failed"),
         }
         match inner
             .store

@@ -142,6 +142,17 @@ pub struct NewExecution {
     pub now: DateTime<Utc>,
     /// Makes the start idempotent within the tenant.
     pub idempotency: Option<IdempotencyKey>,
+    /// The tenant's concurrency caps, when it has any.
+    pub concurrency: Option<Concurrency>,
+}
+
+/// A tenant's concurrency caps as they apply to one start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    /// Pending and running executions at once; beyond, new ones are queued.
+    pub max_active: u32,
+    /// Queued executions at most; beyond, starts are refused.
+    pub max_queued: Option<u32>,
 }
 
 /// An idempotency key with the fingerprint of the request that used it.
@@ -160,6 +171,8 @@ pub enum Created {
     New(Lease),
     /// The idempotency key was used before with the same request: this execution.
     Existing(Uuid),
+    /// Stored as queued: the tenant is at its concurrency cap.
+    Queued(Uuid),
 }
 
 /// A lease on an execution: the fencing token every write must present.

@@ -37,6 +37,9 @@ pub enum Error {
     /// The request conflicts with the resource's state.
     #[error("{0}")]
     Conflict(String),
+    /// A cap was reached (the tenant's queue is full).
+    #[error("{0}")]
+    Exhausted(String),
     /// The writer no longer holds the execution's lease; nothing was written.
     #[error("lease lost: another daemon owns execution {0}")]
     Fenced(uuid::Uuid),
@@ -159,6 +162,9 @@ pub trait ExecutionStore: Send + Sync {
     /// was used before: then the earlier execution if the request was the same, and
     /// [`Error::Conflict`] if it was not.
     async fn create_execution(&self, e: &NewExecution) -> Result<Created>;
+    /// Moves queued executions to pending (claimable) while their tenant has free slots
+    /// under its concurrency cap (bounded by `global_max`); returns how many.
+    async fn promote_queued(&self, global_max: Option<u32>) -> Result<u64>;
     /// Deletes idempotency keys that expired before `now`; returns how many.
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
     /// Writes a transition in one transaction, if `lease` is still held.

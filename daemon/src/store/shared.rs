@@ -11,7 +11,8 @@ use crate::auth::ScopeSet;
 use crate::tenancy::model::{ApiKey, Page, PageRequest, Tenant, TenantRef};
 
 pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time, \
-     max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute";
+     max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, \
+     max_concurrent_executions, max_queued_executions";
 
 pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, \
      k.scopes, k.token_hash, k.create_time, k.expire_time, k.revoke_time, k.last_use_time \
@@ -28,6 +29,8 @@ pub(super) struct TenantRow {
     max_runtime_minutes: Option<i32>,
     allowed_domains: Option<String>,
     rate_limit_per_minute: Option<i32>,
+    max_concurrent_executions: Option<i32>,
+    max_queued_executions: Option<i32>,
 }
 
 impl From<TenantRow> for Tenant {
@@ -45,6 +48,8 @@ impl From<TenantRow> for Tenant {
                     .allowed_domains
                     .map(|d| d.split_whitespace().map(str::to_owned).collect()),
                 rate_limit_per_minute: r.rate_limit_per_minute.map(|n| n.max(0) as u32),
+                max_concurrent_executions: r.max_concurrent_executions.map(|n| n.max(0) as u32),
+                max_queued_executions: r.max_queued_executions.map(|n| n.max(0) as u32),
             },
         }
     }
@@ -133,7 +138,8 @@ macro_rules! impl_tenant_store {
                 sqlx::query(
                     "INSERT INTO tenants (id, name, display_name, create_time, update_time, \
                      max_steps_per_workflow, max_runtime_minutes, allowed_domains, \
-                     rate_limit_per_minute) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     rate_limit_per_minute, max_concurrent_executions, max_queued_executions) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(t.id)
                 .bind(&t.name)
@@ -144,6 +150,8 @@ macro_rules! impl_tenant_store {
                 .bind(t.settings.max_runtime_minutes.map(|n| n as i32))
                 .bind(t.settings.allowed_domains.as_ref().map(|d| d.join(" ")))
                 .bind(t.settings.rate_limit_per_minute.map(|n| n as i32))
+                .bind(t.settings.max_concurrent_executions.map(|n| n as i32))
+                .bind(t.settings.max_queued_executions.map(|n| n as i32))
                 .execute(&self.pool)
                 .await
                 .map_err(map_err(|| format!("tenant {:?}", t.name)))?;
@@ -205,7 +213,9 @@ macro_rules! impl_tenant_store {
                      max_steps_per_workflow = CASE WHEN $4 THEN $5 ELSE max_steps_per_workflow END, \
                      max_runtime_minutes = CASE WHEN $6 THEN $7 ELSE max_runtime_minutes END, \
                      allowed_domains = CASE WHEN $8 THEN $9 ELSE allowed_domains END, \
-                     rate_limit_per_minute = CASE WHEN $10 THEN $11 ELSE rate_limit_per_minute END \
+                     rate_limit_per_minute = CASE WHEN $10 THEN $11 ELSE rate_limit_per_minute END, \
+                     max_concurrent_executions = CASE WHEN $12 THEN $13 ELSE max_concurrent_executions END, \
+                     max_queued_executions = CASE WHEN $14 THEN $15 ELSE max_queued_executions END \
                      WHERE name = $1 RETURNING {TENANT_COLUMNS}"
                 );
                 sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
@@ -220,6 +230,10 @@ macro_rules! impl_tenant_store {
                     .bind(update.allowed_domains.as_ref().and_then(|d| d.as_ref().map(|d| d.join(" "))))
                     .bind(update.rate_limit_per_minute.is_some())
                     .bind(update.rate_limit_per_minute.flatten().map(|n| n as i32))
+                    .bind(update.max_concurrent_executions.is_some())
+                    .bind(update.max_concurrent_executions.flatten().map(|n| n as i32))
+                    .bind(update.max_queued_executions.is_some())
+                    .bind(update.max_queued_executions.flatten().map(|n| n as i32))
                     .fetch_one(&self.pool)
                     .await
                     .map(Tenant::from)
@@ -815,10 +829,43 @@ macro_rules! impl_execution_shared {
                         };
                     }
                 }
+                let mut queued = false;
+                if let Some(c) = e.concurrency {
+                    // Locks the tenant's row: starts and promotions of one tenant queue here,
+                    // so the count stays true across daemons.
+                    sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
+                        .bind(e.tenant_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err(what))?;
+                    let (active, waiting): (i64, i64) = sqlx::query_as(
+                        "SELECT COALESCE(SUM(CASE WHEN status IN ('pending', 'running') THEN 1 ELSE 0 END), 0), \
+                         COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0) \
+                         FROM executions WHERE tenant_id = $1 AND status IN ('pending', 'running', 'queued')",
+                    )
+                    .bind(e.tenant_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err(what))?;
+                    if active >= i64::from(c.max_active) {
+                        if let Some(max) = c.max_queued
+                            && waiting >= i64::from(max)
+                        {
+                            return Err(Error::Exhausted(format!(
+                                "the tenant has {active} executions running and {waiting} queued, \
+                                 its limits (max_concurrent_executions {}, max_queued_executions {max})",
+                                c.max_active
+                            )));
+                        }
+                        queued = true;
+                    }
+                }
                 sqlx::query(
                     "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
                      trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
-                     VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, $10, 1)",
+                     VALUES ($1, $2, $3, $4, CASE WHEN $11 THEN 'queued' ELSE 'pending' END, \
+                     $5, $6, $7, $8, CASE WHEN $11 THEN NULL ELSE $9 END, \
+                     CASE WHEN $11 THEN NULL ELSE $10 END, CASE WHEN $11 THEN 0 ELSE 1 END)",
                 )
                 .bind(e.id)
                 .bind(e.tenant_id)
@@ -830,14 +877,70 @@ macro_rules! impl_execution_shared {
                 .bind(e.deadline)
                 .bind(&e.owner)
                 .bind(lease_expires)
+                .bind(queued)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err(what))?;
                 tx.commit().await.map_err(map_err(what))?;
+                if queued {
+                    return Ok(Created::Queued(e.id));
+                }
                 Ok(Created::New(Lease {
                     execution_id: e.id,
                     epoch: 1,
                 }))
+            }
+
+            async fn promote_queued_shared(&self, global_max: Option<u32>) -> Result<u64> {
+                let what = || "queued executions".to_owned();
+                let tenants: Vec<Uuid> =
+                    sqlx::query_scalar("SELECT DISTINCT tenant_id FROM executions WHERE status = 'queued'")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(map_err(what))?;
+                let mut promoted = 0;
+                for tenant_id in tenants {
+                    let mut tx = self.pool.begin().await.map_err(map_err(what))?;
+                    sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
+                        .bind(tenant_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err(what))?;
+                    let cap: Option<i32> =
+                        sqlx::query_scalar("SELECT max_concurrent_executions FROM tenants WHERE id = $1")
+                            .bind(tenant_id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(map_err(what))?
+                            .flatten();
+                    let cap = match (cap.map(|c| c.max(0) as u32), global_max) {
+                        (Some(t), Some(g)) => Some(t.min(g)),
+                        (t, g) => t.or(g),
+                    };
+                    let active: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM executions WHERE tenant_id = $1 AND status IN ('pending', 'running')",
+                    )
+                    .bind(tenant_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err(what))?;
+                    let free = cap.map_or(i64::MAX, |c| i64::from(c) - active).max(0);
+                    if free > 0 {
+                        let done = sqlx::query(
+                            "UPDATE executions SET status = 'pending' WHERE id IN ( \
+                             SELECT id FROM executions WHERE tenant_id = $1 AND status = 'queued' \
+                             ORDER BY id LIMIT $2)",
+                        )
+                        .bind(tenant_id)
+                        .bind(free.min(1000))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err(what))?;
+                        promoted += done.rows_affected();
+                    }
+                    tx.commit().await.map_err(map_err(what))?;
+                }
+                Ok(promoted)
             }
 
             async fn sweep_idempotency_keys_shared(&self, now: DateTime<Utc>) -> Result<u64> {
@@ -904,6 +1007,18 @@ macro_rules! impl_execution_shared {
                 tenant_id: Uuid,
                 id: Uuid,
             ) -> Result<$crate::engine::model::Execution> {
+                // A queued execution has no driver: it ends here.
+                sqlx::query(
+                    "UPDATE executions SET status = 'cancelled', end_time = $3, \
+                     error = 'the execution was cancelled while queued' \
+                     WHERE tenant_id = $1 AND id = $2 AND status = 'queued'",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind(Utc::now())
+                .execute(&self.pool)
+                .await
+                .map_err(map_err(|| format!("execution {id}")))?;
                 sqlx::query(
                     "UPDATE executions SET cancel_requested = TRUE, wake_time = NULL \
                      WHERE tenant_id = $1 AND id = $2 \

@@ -54,7 +54,8 @@ impl From<store::Error> for Error {
             store::Error::Unavailable(msg) => Error::Unavailable(msg),
             store::Error::Config(msg)
             | store::Error::Internal(msg)
-            | store::Error::Conflict(msg) => Error::Internal(msg),
+            | store::Error::Conflict(msg)
+            | store::Error::Exhausted(msg) => Error::Internal(msg),
             store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
         }
     }

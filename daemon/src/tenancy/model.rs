@@ -32,6 +32,10 @@ pub struct TenantSettings {
     pub allowed_domains: Option<Vec<String>>,
     /// Mutating requests per minute (a minute's worth may come at once).
     pub rate_limit_per_minute: Option<u32>,
+    /// Executions running (or about to) at once, across all daemons; more wait queued.
+    pub max_concurrent_executions: Option<u32>,
+    /// Executions waiting queued at most; more are refused.
+    pub max_queued_executions: Option<u32>,
 }
 
 /// The id and name of a tenant, as carried by callers and keys.
@@ -93,6 +97,8 @@ pub struct TenantUpdate {
     pub max_runtime_minutes: Option<Option<u32>>,
     pub allowed_domains: Option<Option<Vec<String>>>,
     pub rate_limit_per_minute: Option<Option<u32>>,
+    pub max_concurrent_executions: Option<Option<u32>>,
+    pub max_queued_executions: Option<Option<u32>>,
 }
 
 /// One page of a listing.

@@ -166,6 +166,10 @@ impl_secret_store!(PgStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for PgStore {
+    async fn promote_queued(&self, global_max: Option<u32>) -> Result<u64> {
+        self.promote_queued_shared(global_max).await
+    }
+
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
         self.sweep_idempotency_keys_shared(now).await
     }

@@ -83,6 +83,8 @@ class TenantSettings(_message.Message):
     MAX_RUNTIME_MINUTES_FIELD_NUMBER: _builtins.int
     ALLOWED_DOMAINS_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_EXECUTIONS_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_EXECUTIONS_FIELD_NUMBER: _builtins.int
     max_steps_per_workflow: _builtins.int
     """Most steps a workflow may have: checked when a workflow is applied and when it starts
     (RESOURCE_EXHAUSTED).
@@ -96,6 +98,14 @@ class TenantSettings(_message.Message):
     a minute's worth may come at once. Over it, RESOURCE_EXHAUSTED with `retry-after`.
     Every limited answer carries `x-ratelimit-limit`, `x-ratelimit-remaining` and
     `x-ratelimit-reset` metadata.
+    """
+    max_concurrent_executions: _builtins.int
+    """Executions of the tenant running at once, across every daemon. A start over it is
+    accepted as QUEUED and starts when a slot frees, oldest first.
+    """
+    max_queued_executions: _builtins.int
+    """QUEUED executions at most (with max_concurrent_executions set); a start over it is
+    refused with RESOURCE_EXHAUSTED.
     """
     @_builtins.property
     def allowed_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -111,10 +121,12 @@ class TenantSettings(_message.Message):
         max_runtime_minutes: _builtins.int = ...,
         allowed_domains: _abc.Iterable[_builtins.str] | None = ...,
         rate_limit_per_minute: _builtins.int = ...,
+        max_concurrent_executions: _builtins.int = ...,
+        max_queued_executions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow", "rate_limit_per_minute", b"rate_limit_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "max_concurrent_executions", b"max_concurrent_executions", "max_queued_executions", b"max_queued_executions", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow", "rate_limit_per_minute", b"rate_limit_per_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -249,7 +261,8 @@ class UpdateTenantRequest(_message.Message):
     @_builtins.property
     def settings_mask(self) -> _field_mask_pb2.FieldMask:
         """Which fields of `settings` to change, by name (`max_steps_per_workflow`,
-        `max_runtime_minutes`, `allowed_domains`, `rate_limit_per_minute`); a named field set
+        `max_runtime_minutes`, `allowed_domains`, `rate_limit_per_minute`,
+        `max_concurrent_executions`, `max_queued_executions`); a named field set
         to 0 or empty clears it.
         """
 
