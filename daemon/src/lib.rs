@@ -20,6 +20,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;
+pub mod webhooks;
 pub mod workflow;
 
 /// The daemon's version.

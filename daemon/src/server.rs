@@ -99,6 +99,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let engine = crate::engine::Engine::new(store.clone(), engine_config(&config), secrets.clone())
         .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?;
     engine.run();
+    crate::webhooks::Webhooks::new(
+        store.clone(),
+        secrets.clone(),
+        engine_config(&config).network,
+    )
+    .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?
+    .spawn(cancel.child_token());
     let readiness = health::spawn_monitor(store.clone(), cancel.child_token());
     let mut authenticator = Authenticator::new(store.clone(), static_token);
     if let Some(keys_file) = keys_file {
@@ -113,6 +120,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             config.rate_limit_backend,
         ),
         audit: crate::tenancy::audit::Audit::new(store.clone()),
+        store: store.clone(),
         tenancy,
         definitions: crate::definitions::Definitions::new(
             store.clone(),

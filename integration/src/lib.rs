@@ -1474,6 +1474,10 @@ pub struct Hit {
     pub answered: Option<Instant>,
     /// When the client closed the connection before the answer was written.
     pub closed_by_client: Option<Instant>,
+    /// Request headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The request body.
+    pub body: String,
 }
 
 #[derive(Default)]
@@ -1612,18 +1616,23 @@ async fn serve_test_connection(mut stream: TcpStream, state: Arc<Mutex<TestServe
     let method = parts.next().unwrap_or_default().to_owned();
     let target = parts.next().unwrap_or_default();
     let path = target.split('?').next().unwrap_or_default().to_owned();
-    let content_length: usize = lines
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let content_length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
-    let mut body_have = buf.len() - (head_end + 4);
-    while body_have < content_length {
+    let mut body_bytes = buf[head_end + 4..].to_vec();
+    while body_bytes.len() < content_length {
         match stream.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => body_have += n,
+            Ok(n) => body_bytes.extend_from_slice(&chunk[..n]),
         }
     }
+    let body = String::from_utf8_lossy(&body_bytes).into_owned();
 
     let (index, reply) = {
         let mut state = state.lock().unwrap();
@@ -1641,6 +1650,8 @@ async fn serve_test_connection(mut stream: TcpStream, state: Arc<Mutex<TestServe
             at: Instant::now(),
             answered: None,
             closed_by_client: None,
+            headers,
+            body,
         });
         (state.hits.len() - 1, reply)
     };

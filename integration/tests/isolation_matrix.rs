@@ -103,6 +103,8 @@ const OWN_CREATE: Rule = rule(Expect::Own, 1, false);
 const RULES: &[(&str, Rule)] = &[
     // Naming tenant A's events: another tenant's key gets NOT_FOUND.
     ("mantle.v1.AuditService/ListAuditEvents", NOT_FOUND_READ),
+    // Naming tenant A: NOT_FOUND (A has no webhook, so its own key would list nothing).
+    ("mantle.v1.WebhookService/ListWebhookDeliveries", NOT_FOUND),
     ("mantle.v1.DefinitionService/ValidateDefinition", OWN),
     ("mantle.v1.DefinitionService/PlanDefinition", OWN),
     ("mantle.v1.DefinitionService/ApplyDefinition", OWN_CREATE),
@@ -256,7 +258,7 @@ fn field_value(a: &TenantA, service: &str, field: &str) -> Option<FieldValue> {
             "intruder_field".to_owned(),
             "intruder-value".to_owned(),
         )]),
-        ("TenantService", "name" | "tenant") | ("AuditService", "tenant") => {
+        ("TenantService", "name" | "tenant") | ("AuditService" | "WebhookService", "tenant") => {
             Str(TENANT_A.to_owned())
         }
         ("TenantService", "id") => Str(a.key_id.clone()),

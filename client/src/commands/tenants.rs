@@ -112,6 +112,7 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
                 max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
                 max_queued_executions: limits.max_queued_executions.unwrap_or(0),
+                ..Default::default()
             };
             let tenant = client
                 .create_tenant_with_settings(
@@ -165,6 +166,7 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
                 max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
                 max_queued_executions: limits.max_queued_executions.unwrap_or(0),
+                ..Default::default()
             };
             let tenant = client
                 .update_tenant_settings(&name, display_name.as_deref(), settings, mask)

@@ -44,6 +44,8 @@ impl From<Tenant> for pb::Tenant {
                     .max_concurrent_executions
                     .map_or(0, |n| n as i32),
                 max_queued_executions: t.settings.max_queued_executions.map_or(0, |n| n as i32),
+                webhook_url: t.settings.webhook_url.unwrap_or_default(),
+                webhook_secret: t.settings.webhook_secret.unwrap_or_default(),
             }),
         }
     }
@@ -62,6 +64,8 @@ pub fn tenant_settings(s: pb::TenantSettings) -> crate::tenancy::model::TenantSe
             .then_some(s.max_concurrent_executions as u32),
         max_queued_executions: (s.max_queued_executions > 0)
             .then_some(s.max_queued_executions as u32),
+        webhook_url: (!s.webhook_url.is_empty()).then_some(s.webhook_url),
+        webhook_secret: (!s.webhook_secret.is_empty()).then_some(s.webhook_secret),
     }
 }
 

@@ -11,6 +11,7 @@ mod layers;
 mod secret;
 mod system;
 mod tenant;
+mod webhook;
 
 use std::future::Future;
 
@@ -20,6 +21,7 @@ use mantle_proto::v1::execution_service_server::ExecutionServiceServer;
 use mantle_proto::v1::secret_service_server::SecretServiceServer;
 use mantle_proto::v1::system_service_server::SystemServiceServer;
 use mantle_proto::v1::tenant_service_server::TenantServiceServer;
+use mantle_proto::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -34,13 +36,14 @@ use crate::store::Backend;
 use crate::tenancy::Tenancy;
 
 /// gRPC service names reported by `grpc.health.v1.Health`.
-pub const SERVICE_NAMES: [&str; 6] = [
+pub const SERVICE_NAMES: [&str; 7] = [
     "mantle.v1.TenantService",
     "mantle.v1.SystemService",
     "mantle.v1.DefinitionService",
     "mantle.v1.ExecutionService",
     "mantle.v1.SecretService",
     "mantle.v1.AuditService",
+    "mantle.v1.WebhookService",
 ];
 
 /// What the API serves.
@@ -48,6 +51,8 @@ pub struct ApiContext {
     pub authenticator: Authenticator,
     pub limiter: crate::tenancy::ratelimit::RateLimiter,
     pub audit: crate::tenancy::audit::Audit,
+    /// For read-only listings that need no domain service of their own.
+    pub store: std::sync::Arc<dyn crate::store::Store>,
     pub tenancy: Tenancy,
     pub definitions: Definitions,
     pub executions: Executions,
@@ -103,6 +108,9 @@ pub async fn serve(
         }))
         .add_service(SecretServiceServer::new(secret::SecretApi {
             secrets: ctx.secrets,
+        }))
+        .add_service(WebhookServiceServer::new(webhook::WebhookApi {
+            store: ctx.store.clone(),
         }))
         .add_service(AuditServiceServer::new(audit::AuditApi {
             audit: ctx.audit.clone(),

@@ -73,6 +73,17 @@ impl TenantService for TenantApi {
         let positive = |n: i32| (n > 0).then_some(n as u32);
         for path in req.settings_mask.iter().flat_map(|m| &m.paths) {
             match path.trim_start_matches("settings.") {
+                "webhook_url" => {
+                    update.webhook_url = Some(
+                        (!settings.webhook_url.is_empty()).then(|| settings.webhook_url.clone()),
+                    )
+                }
+                "webhook_secret" => {
+                    update.webhook_secret = Some(
+                        (!settings.webhook_secret.is_empty())
+                            .then(|| settings.webhook_secret.clone()),
+                    )
+                }
                 "max_concurrent_executions" => {
                     update.max_concurrent_executions =
                         Some(positive(settings.max_concurrent_executions))
@@ -97,7 +108,7 @@ impl TenantService for TenantApi {
                 }
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, max_concurrent_executions or max_queued_executions"
+                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, max_concurrent_executions, max_queued_executions, webhook_url or webhook_secret"
                     )));
                 }
             }

@@ -58,14 +58,10 @@ pub struct HttpConnector {
 
 impl HttpConnector {
     pub fn new(policy: NetworkPolicy) -> Result<HttpConnector, String> {
-        let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver { policy }))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("mantle/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
-        Ok(HttpConnector { client, policy })
+        Ok(HttpConnector {
+            client: guarded_client(policy)?,
+            policy,
+        })
     }
 
     pub async fn run(&self, inv: Invocation) -> Result<Value, String> {
@@ -264,8 +260,20 @@ impl HttpConnector {
     }
 }
 
+/// An HTTP client whose every connection goes through the network policy (checked after
+/// DNS resolution), and which follows no redirects by itself.
+pub fn guarded_client(policy: NetworkPolicy) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver { policy }))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("mantle/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("building the HTTP client: {e}"))
+}
+
 /// Scheme and IP-literal checks; names are checked by the resolver after DNS.
-fn check_url(url: &reqwest::Url, policy: NetworkPolicy) -> Result<(), String> {
+pub fn check_url(url: &reqwest::Url, policy: NetworkPolicy) -> Result<(), String> {
     match url.scheme() {
         "http" | "https" => {}
         other => {

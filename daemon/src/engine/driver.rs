@@ -126,6 +126,8 @@ struct Driver {
     draining: bool,
     /// The tenant's allowed domains when the driver started.
     allowed_domains: Option<Arc<Vec<String>>>,
+    /// The tenant as it was when the driver started (name, webhook settings).
+    tenant: crate::tenancy::model::Tenant,
 }
 
 impl Driver {
@@ -152,14 +154,12 @@ impl Driver {
             .workflow(execution.tenant_id, &execution.workflow, execution.version)
             .await?;
         let steps = recover(&workflow, &execution, &attempts);
-        let allowed_domains = inner
+        let tenant = inner
             .store
             .get_tenant_by_id(execution.tenant_id)
             .await
-            .map_err(|e| e.to_string())?
-            .settings
-            .allowed_domains
-            .map(Arc::new);
+            .map_err(|e| e.to_string())?;
+        let allowed_domains = tenant.settings.allowed_domains.clone().map(Arc::new);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         if execution.cancel_requested {
             cancel.cancel();
@@ -180,6 +180,7 @@ impl Driver {
             pending: Transition::default(),
             draining: false,
             allowed_domains,
+            tenant,
         }))
     }
 
@@ -944,6 +945,31 @@ impl Driver {
             Some(status.as_str()),
             error.clone(),
         );
+        // The announcement is queued in the same transaction as the end: it cannot be lost
+        // or sent for an end that did not happen.
+        if let Some(url) = &self.tenant.settings.webhook_url {
+            let id = uuid::Uuid::now_v7();
+            let payload = json!({
+                "delivery_id": id.to_string(),
+                "execution_id": self.execution.id.to_string(),
+                "tenant": self.tenant.name,
+                "workflow": self.execution.workflow,
+                "version": self.execution.version,
+                "status": status.as_str(),
+                "create_time": self.execution.create_time.to_rfc3339(),
+                "start_time": self.execution.start_time.map(|t| t.to_rfc3339()),
+                "end_time": now.to_rfc3339(),
+                "error": error,
+            });
+            self.pending.webhook = Some(super::model::NewDelivery {
+                id,
+                url: url.clone(),
+                secret_name: self.tenant.settings.webhook_secret.clone(),
+                payload: payload.to_string(),
+                create_time: now,
+                expire_time: now + chrono::Duration::hours(24),
+            });
+        }
         self.pending.execution = Some(ExecutionUpdate {
             status,
             outputs,

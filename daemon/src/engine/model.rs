@@ -203,12 +203,67 @@ pub struct Transition {
     pub attempts: Vec<StepAttempt>,
     pub events: Vec<Event>,
     pub execution: Option<ExecutionUpdate>,
+    /// A webhook delivery announcing the execution's end, queued in the same transaction.
+    pub webhook: Option<NewDelivery>,
 }
 
 impl Transition {
     pub fn is_empty(&self) -> bool {
-        self.attempts.is_empty() && self.events.is_empty() && self.execution.is_none()
+        self.attempts.is_empty()
+            && self.events.is_empty()
+            && self.execution.is_none()
+            && self.webhook.is_none()
     }
+}
+
+/// A webhook delivery to queue.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub url: String,
+    pub secret_name: Option<String>,
+    /// The exact JSON body that is signed and sent.
+    pub payload: String,
+    pub create_time: DateTime<Utc>,
+    /// Retries stop after this.
+    pub expire_time: DateTime<Utc>,
+}
+
+/// A queued or finished webhook delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub execution_id: Uuid,
+    pub url: String,
+    pub secret_name: Option<String>,
+    pub payload: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub last_status: Option<i32>,
+    pub create_time: DateTime<Utc>,
+    pub delivered_time: Option<DateTime<Utc>>,
+    pub expire_time: DateTime<Utc>,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone)]
+pub enum DeliveryOutcome {
+    Delivered {
+        status: i32,
+    },
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+        status: Option<i32>,
+    },
+    Failed {
+        error: String,
+        status: Option<i32>,
+    },
 }
 
 /// Filters of ListExecutions.

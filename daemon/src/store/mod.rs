@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 
 use crate::definitions::model::{Definition, DefinitionSummary, NewVersion, VersionInfo};
 use crate::engine::model::{
-    Created, Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
+    Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
+    StepAttempt, Transition,
 };
 use crate::secrets::crypto::Sealed;
 use crate::secrets::model::{AuditEvent, SecretMeta, StoredSecret};
@@ -165,6 +166,21 @@ pub trait ExecutionStore: Send + Sync {
     /// Moves queued executions to pending (claimable) while their tenant has free slots
     /// under its concurrency cap (bounded by `global_max`); returns how many.
     async fn promote_queued(&self, global_max: Option<u32>) -> Result<u64>;
+    /// Takes up to `limit` due webhook deliveries for `hold_ms` (another daemon will not
+    /// send them meanwhile).
+    async fn claim_deliveries(&self, limit: u32, hold_ms: u64) -> Result<Vec<Delivery>>;
+    async fn finish_delivery(
+        &self,
+        id: uuid::Uuid,
+        attempts: i32,
+        outcome: &DeliveryOutcome,
+    ) -> Result<()>;
+    /// Newest first; `tenant_id: None` lists every tenant's.
+    async fn list_deliveries(
+        &self,
+        tenant_id: Option<uuid::Uuid>,
+        page: &PageRequest,
+    ) -> Result<Page<Delivery>>;
     /// Deletes idempotency keys that expired before `now`; returns how many.
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
     /// Writes a transition in one transaction, if `lease` is still held.

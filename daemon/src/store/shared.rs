@@ -12,7 +12,7 @@ use crate::tenancy::model::{ApiKey, Page, PageRequest, Tenant, TenantRef};
 
 pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time, \
      max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, \
-     max_concurrent_executions, max_queued_executions";
+     max_concurrent_executions, max_queued_executions, webhook_url, webhook_secret";
 
 pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, \
      k.scopes, k.token_hash, k.create_time, k.expire_time, k.revoke_time, k.last_use_time \
@@ -31,6 +31,8 @@ pub(super) struct TenantRow {
     rate_limit_per_minute: Option<i32>,
     max_concurrent_executions: Option<i32>,
     max_queued_executions: Option<i32>,
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
 }
 
 impl From<TenantRow> for Tenant {
@@ -50,6 +52,8 @@ impl From<TenantRow> for Tenant {
                 rate_limit_per_minute: r.rate_limit_per_minute.map(|n| n.max(0) as u32),
                 max_concurrent_executions: r.max_concurrent_executions.map(|n| n.max(0) as u32),
                 max_queued_executions: r.max_queued_executions.map(|n| n.max(0) as u32),
+                webhook_url: r.webhook_url,
+                webhook_secret: r.webhook_secret,
             },
         }
     }
@@ -138,8 +142,9 @@ macro_rules! impl_tenant_store {
                 sqlx::query(
                     "INSERT INTO tenants (id, name, display_name, create_time, update_time, \
                      max_steps_per_workflow, max_runtime_minutes, allowed_domains, \
-                     rate_limit_per_minute, max_concurrent_executions, max_queued_executions) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                     rate_limit_per_minute, max_concurrent_executions, max_queued_executions, \
+                     webhook_url, webhook_secret) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(t.id)
                 .bind(&t.name)
@@ -152,6 +157,8 @@ macro_rules! impl_tenant_store {
                 .bind(t.settings.rate_limit_per_minute.map(|n| n as i32))
                 .bind(t.settings.max_concurrent_executions.map(|n| n as i32))
                 .bind(t.settings.max_queued_executions.map(|n| n as i32))
+                .bind(t.settings.webhook_url.as_deref())
+                .bind(t.settings.webhook_secret.as_deref())
                 .execute(&self.pool)
                 .await
                 .map_err(map_err(|| format!("tenant {:?}", t.name)))?;
@@ -215,7 +222,9 @@ macro_rules! impl_tenant_store {
                      allowed_domains = CASE WHEN $8 THEN $9 ELSE allowed_domains END, \
                      rate_limit_per_minute = CASE WHEN $10 THEN $11 ELSE rate_limit_per_minute END, \
                      max_concurrent_executions = CASE WHEN $12 THEN $13 ELSE max_concurrent_executions END, \
-                     max_queued_executions = CASE WHEN $14 THEN $15 ELSE max_queued_executions END \
+                     max_queued_executions = CASE WHEN $14 THEN $15 ELSE max_queued_executions END, \
+                     webhook_url = CASE WHEN $16 THEN $17 ELSE webhook_url END, \
+                     webhook_secret = CASE WHEN $18 THEN $19 ELSE webhook_secret END \
                      WHERE name = $1 RETURNING {TENANT_COLUMNS}"
                 );
                 sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
@@ -234,6 +243,10 @@ macro_rules! impl_tenant_store {
                     .bind(update.max_concurrent_executions.flatten().map(|n| n as i32))
                     .bind(update.max_queued_executions.is_some())
                     .bind(update.max_queued_executions.flatten().map(|n| n as i32))
+                    .bind(update.webhook_url.is_some())
+                    .bind(update.webhook_url.clone().flatten())
+                    .bind(update.webhook_secret.is_some())
+                    .bind(update.webhook_secret.clone().flatten())
                     .fetch_one(&self.pool)
                     .await
                     .map(Tenant::from)
@@ -1474,3 +1487,108 @@ macro_rules! impl_secret_store {
 }
 
 pub(super) use impl_secret_store;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct DeliveryRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    execution_id: Uuid,
+    url: String,
+    secret_name: Option<String>,
+    payload: String,
+    status: String,
+    attempts: i32,
+    next_attempt: DateTime<Utc>,
+    last_error: Option<String>,
+    last_status: Option<i32>,
+    create_time: DateTime<Utc>,
+    delivered_time: Option<DateTime<Utc>>,
+    expire_time: DateTime<Utc>,
+}
+
+impl From<DeliveryRow> for crate::engine::model::Delivery {
+    fn from(r: DeliveryRow) -> Self {
+        crate::engine::model::Delivery {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            execution_id: r.execution_id,
+            url: r.url,
+            secret_name: r.secret_name,
+            payload: r.payload,
+            status: r.status,
+            attempts: r.attempts,
+            next_attempt: r.next_attempt,
+            last_error: r.last_error,
+            last_status: r.last_status,
+            create_time: r.create_time,
+            delivered_time: r.delivered_time,
+            expire_time: r.expire_time,
+        }
+    }
+}
+
+pub(super) const DELIVERY_COLUMNS: &str = "id, tenant_id, execution_id, url, secret_name, payload, \
+     status, attempts, next_attempt, last_error, last_status, create_time, delivered_time, expire_time";
+
+/// Webhook delivery queries that are the same on both backends.
+macro_rules! impl_delivery_shared {
+    ($store:ty) => {
+        impl $store {
+            async fn finish_delivery_shared(
+                &self,
+                id: Uuid,
+                attempts: i32,
+                outcome: &$crate::engine::model::DeliveryOutcome,
+            ) -> Result<()> {
+                use $crate::engine::model::DeliveryOutcome as O;
+                let now = Utc::now();
+                let (status, next, error, code, delivered) = match outcome {
+                    O::Delivered { status } => ("delivered", now, None, Some(*status), Some(now)),
+                    O::Retry { at, error, status } => ("pending", *at, Some(error.as_str()), *status, None),
+                    O::Failed { error, status } => ("failed", now, Some(error.as_str()), *status, None),
+                };
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET status = $2, attempts = $3, next_attempt = $4, \
+                     last_error = $5, last_status = $6, delivered_time = $7 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(status)
+                .bind(attempts)
+                .bind(next)
+                .bind(error)
+                .bind(code)
+                .bind(delivered)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err(|| format!("webhook delivery {id}")))?;
+                Ok(())
+            }
+
+            async fn list_deliveries_shared(
+                &self,
+                tenant_id: Option<Uuid>,
+                page: &PageRequest,
+            ) -> Result<Page<$crate::engine::model::Delivery>> {
+                let before: Option<Uuid> = match page.after.as_deref() {
+                    None => None,
+                    Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
+                };
+                let sql = format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE ($1 IS NULL OR tenant_id = $1) \
+                     AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+                );
+                let rows = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(before)
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| "webhook deliveries".to_owned()))?;
+                let items = rows.into_iter().map(Into::into).collect();
+                Ok(into_page(items, page, |d: &$crate::engine::model::Delivery| d.id.to_string()))
+            }
+        }
+    };
+}
+
+pub(super) use impl_delivery_shared;

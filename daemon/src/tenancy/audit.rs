@@ -15,6 +15,30 @@ use crate::tenancy::model::{Page, PageRequest};
 /// Services whose changes are audited by their own domain code, with resource names.
 const AUDITED_BY_DOMAIN: &[&str] = &["mantle.v1.SecretService/"];
 
+/// The tenant a listing covers: a tenant key its own (naming another is NOT_FOUND); an
+/// operator the named tenant, or every tenant (`None`).
+pub async fn visible_tenant(
+    store: &dyn Store,
+    caller: &Caller,
+    tenant: &str,
+) -> Result<Option<Uuid>, Error> {
+    if caller.scopes.grants(Scope::TenantsAdmin) {
+        if tenant.is_empty() {
+            return Ok(None);
+        }
+        validate_tenant_name(tenant)?;
+        return Ok(Some(store.get_tenant(tenant).await?.id));
+    }
+    let own = caller
+        .tenant
+        .as_ref()
+        .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))?;
+    if !tenant.is_empty() && tenant != own.name {
+        return Err(Error::NotFound(format!("tenant {tenant:?}")));
+    }
+    Ok(Some(own.id))
+}
+
 /// Records and lists audit events.
 #[derive(Clone)]
 pub struct Audit {

@@ -137,6 +137,29 @@ pub fn validate_domains(domains: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Checks a webhook URL (absolute http or https) and secret name.
+fn validate_webhook(url: Option<&str>, secret: Option<&str>) -> Result<()> {
+    if let Some(url) = url {
+        let ok = url::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err(invalid(
+                "settings.webhook_url",
+                format!("{url:?} is not an absolute http or https URL"),
+            ));
+        }
+    }
+    if let Some(secret) = secret
+        && !crate::workflow::load::is_valid_name(secret)
+    {
+        return Err(invalid(
+            "settings.webhook_secret",
+            format!("{secret:?} is not a secret name"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_label(field: &'static str, value: &str) -> Result<()> {
     if value.chars().count() > MAX_LABEL_LEN {
         return Err(invalid(
@@ -214,6 +237,10 @@ impl Tenancy {
         if let Some(domains) = &settings.allowed_domains {
             validate_domains(domains)?;
         }
+        validate_webhook(
+            settings.webhook_url.as_deref(),
+            settings.webhook_secret.as_deref(),
+        )?;
         let now = Utc::now();
         let tenant = Tenant {
             id: uuid::Uuid::now_v7(),
@@ -257,6 +284,10 @@ impl Tenancy {
         if let Some(Some(domains)) = &update.allowed_domains {
             validate_domains(domains)?;
         }
+        validate_webhook(
+            update.webhook_url.as_ref().and_then(|u| u.as_deref()),
+            update.webhook_secret.as_ref().and_then(|s| s.as_deref()),
+        )?;
         Ok(self.store.update_tenant(name, update, Utc::now()).await?)
     }
 

@@ -36,6 +36,10 @@ pub struct TenantSettings {
     pub max_concurrent_executions: Option<u32>,
     /// Executions waiting queued at most; more are refused.
     pub max_queued_executions: Option<u32>,
+    /// Where terminal executions are announced (a signed JSON POST).
+    pub webhook_url: Option<String>,
+    /// The tenant's secret whose `key` field signs webhook deliveries.
+    pub webhook_secret: Option<String>,
 }
 
 /// The id and name of a tenant, as carried by callers and keys.
@@ -99,6 +103,8 @@ pub struct TenantUpdate {
     pub rate_limit_per_minute: Option<Option<u32>>,
     pub max_concurrent_executions: Option<Option<u32>>,
     pub max_queued_executions: Option<Option<u32>>,
+    pub webhook_url: Option<Option<String>>,
+    pub webhook_secret: Option<Option<String>>,
 }
 
 /// One page of a listing.

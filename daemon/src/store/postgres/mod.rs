@@ -10,14 +10,15 @@ use uuid::Uuid;
 
 use super::ExecutionStore;
 use super::shared::{
-    ATTEMPT_COLUMNS, AttemptRow, AuditRow, EXECUTION_COLUMNS, EventRow, ExecutionRow, KEY_SELECT,
-    KeyRow, SECRET_COLUMNS, SecretRow, TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow,
-    impl_definition_store, impl_execution_shared, impl_secret_store, impl_tenant_store, into_page,
-    map_err,
+    ATTEMPT_COLUMNS, AttemptRow, AuditRow, DELIVERY_COLUMNS, DeliveryRow, EXECUTION_COLUMNS,
+    EventRow, ExecutionRow, KEY_SELECT, KeyRow, SECRET_COLUMNS, SecretRow, TENANT_COLUMNS,
+    TenantRow, VERSION_COLUMNS, VersionRow, impl_definition_store, impl_delivery_shared,
+    impl_execution_shared, impl_secret_store, impl_tenant_store, into_page, map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
 use crate::engine::model::{
-    Created, Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
+    Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
+    StepAttempt, Transition,
 };
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
@@ -93,6 +94,11 @@ const TRANSITION_SQL: &str = "WITH ex AS ( \
     SELECT $1, e.seq, ex.tenant_id, e.time, e.kind, e.step_name, e.attempt, e.status, e.message \
     FROM ex, jsonb_to_recordset($11::jsonb) AS e(seq bigint, time timestamptz, kind text, \
         step_name text, attempt int, status text, message text) \
+), wh AS ( \
+    INSERT INTO webhook_deliveries (id, tenant_id, execution_id, url, secret_name, payload, \
+        status, attempts, next_attempt, create_time, expire_time) \
+    SELECT $12, ex.tenant_id, $1, $13, $14, $15, 'pending', 0, $16, $16, $17 \
+    FROM ex WHERE $12::uuid IS NOT NULL \
 ) SELECT count(*) FROM ex";
 
 /// The transition's attempts as JSON rows, the last write of each attempt only (one
@@ -162,12 +168,48 @@ impl PgStore {
 }
 impl_definition_store!(PgStore);
 impl_execution_shared!(PgStore);
+impl_delivery_shared!(PgStore);
 impl_secret_store!(PgStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for PgStore {
     async fn promote_queued(&self, global_max: Option<u32>) -> Result<u64> {
         self.promote_queued_shared(global_max).await
+    }
+
+    async fn claim_deliveries(&self, limit: u32, hold_ms: u64) -> Result<Vec<Delivery>> {
+        let sql = format!(
+            "UPDATE webhook_deliveries SET next_attempt = now() + $2 * interval '1 millisecond' \
+             WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' \
+             AND next_attempt <= now() ORDER BY next_attempt LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING {DELIVERY_COLUMNS}"
+        );
+        Ok(sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind(hold_ms as f64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(|| "webhook deliveries".to_owned()))?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: Uuid,
+        attempts: i32,
+        outcome: &DeliveryOutcome,
+    ) -> Result<()> {
+        self.finish_delivery_shared(id, attempts, outcome).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant_id: Option<Uuid>,
+        page: &PageRequest,
+    ) -> Result<Page<Delivery>> {
+        self.list_deliveries_shared(tenant_id, page).await
     }
 
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
@@ -213,6 +255,12 @@ impl ExecutionStore for PgStore {
             .bind(u.is_some_and(|u| u.release))
             .bind(serde_json::Value::Array(attempts).to_string())
             .bind(serde_json::Value::Array(events).to_string())
+            .bind(t.webhook.as_ref().map(|w| w.id))
+            .bind(t.webhook.as_ref().map(|w| w.url.as_str()))
+            .bind(t.webhook.as_ref().and_then(|w| w.secret_name.as_deref()))
+            .bind(t.webhook.as_ref().map(|w| w.payload.as_str()))
+            .bind(t.webhook.as_ref().map(|w| w.create_time))
+            .bind(t.webhook.as_ref().map(|w| w.expire_time))
             .fetch_one(&self.pool)
             .await
             .map_err(map_err(|| format!("execution {id}")))?;

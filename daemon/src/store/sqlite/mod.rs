@@ -12,14 +12,15 @@ use uuid::Uuid;
 
 use super::ExecutionStore;
 use super::shared::{
-    ATTEMPT_COLUMNS, AttemptRow, AuditRow, EXECUTION_COLUMNS, EventRow, ExecutionRow, KEY_SELECT,
-    KeyRow, SECRET_COLUMNS, SecretRow, TENANT_COLUMNS, TenantRow, VERSION_COLUMNS, VersionRow,
-    impl_definition_store, impl_execution_shared, impl_secret_store, impl_tenant_store, into_page,
-    map_err,
+    ATTEMPT_COLUMNS, AttemptRow, AuditRow, DELIVERY_COLUMNS, DeliveryRow, EXECUTION_COLUMNS,
+    EventRow, ExecutionRow, KEY_SELECT, KeyRow, SECRET_COLUMNS, SecretRow, TENANT_COLUMNS,
+    TenantRow, VERSION_COLUMNS, VersionRow, impl_definition_store, impl_delivery_shared,
+    impl_execution_shared, impl_secret_store, impl_tenant_store, into_page, map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store};
 use crate::engine::model::{
-    Created, Event, Execution, ExecutionFilter, Lease, NewExecution, StepAttempt, Transition,
+    Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
+    StepAttempt, Transition,
 };
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
@@ -238,6 +239,23 @@ async fn apply_transition(
         .await
         .map_err(map_err(what))?;
     }
+    if let Some(w) = &t.webhook {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, tenant_id, execution_id, url, secret_name, payload, \
+             status, attempts, next_attempt, create_time, expire_time) \
+             SELECT $2, tenant_id, $1, $3, $4, $5, 'pending', 0, $6, $6, $7 FROM executions WHERE id = $1",
+        )
+        .bind(id)
+        .bind(w.id)
+        .bind(&w.url)
+        .bind(w.secret_name.as_deref())
+        .bind(&w.payload)
+        .bind(w.create_time)
+        .bind(w.expire_time)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err(what))?;
+    }
     if let Some(u) = &t.execution {
         sqlx::query(
             "UPDATE executions SET status = $2, outputs = COALESCE($3, outputs), \
@@ -277,12 +295,49 @@ impl SqliteStore {
 impl_tenant_store!(SqliteStore);
 impl_definition_store!(SqliteStore);
 impl_execution_shared!(SqliteStore);
+impl_delivery_shared!(SqliteStore);
 impl_secret_store!(SqliteStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for SqliteStore {
     async fn promote_queued(&self, global_max: Option<u32>) -> Result<u64> {
         self.promote_queued_shared(global_max).await
+    }
+
+    async fn claim_deliveries(&self, limit: u32, hold_ms: u64) -> Result<Vec<Delivery>> {
+        let now = Utc::now();
+        let sql = format!(
+            "UPDATE webhook_deliveries SET next_attempt = $3 \
+             WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' \
+             AND next_attempt <= $2 ORDER BY next_attempt LIMIT $1) RETURNING {DELIVERY_COLUMNS}"
+        );
+        Ok(sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .bind(now)
+            .bind(now + chrono::Duration::milliseconds(hold_ms as i64))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(|| "webhook deliveries".to_owned()))?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: Uuid,
+        attempts: i32,
+        outcome: &DeliveryOutcome,
+    ) -> Result<()> {
+        self.finish_delivery_shared(id, attempts, outcome).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant_id: Option<Uuid>,
+        page: &PageRequest,
+    ) -> Result<Page<Delivery>> {
+        self.list_deliveries_shared(tenant_id, page).await
     }
 
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {

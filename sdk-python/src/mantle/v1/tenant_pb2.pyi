@@ -85,6 +85,8 @@ class TenantSettings(_message.Message):
     RATE_LIMIT_PER_MINUTE_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_EXECUTIONS_FIELD_NUMBER: _builtins.int
     MAX_QUEUED_EXECUTIONS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
     max_steps_per_workflow: _builtins.int
     """Most steps a workflow may have: checked when a workflow is applied and when it starts
     (RESOURCE_EXHAUSTED).
@@ -107,6 +109,13 @@ class TenantSettings(_message.Message):
     """QUEUED executions at most (with max_concurrent_executions set); a start over it is
     refused with RESOURCE_EXHAUSTED.
     """
+    webhook_url: _builtins.str
+    """When set, every execution that reaches a terminal status is announced to this http(s)
+    URL with a signed JSON POST (see WebhookService). Refused for private addresses like
+    http/request.
+    """
+    webhook_secret: _builtins.str
+    """Name of the tenant's secret whose `key` field signs the deliveries (HMAC-SHA256)."""
     @_builtins.property
     def allowed_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Hosts `http/request` may reach, checked before every request and every redirect: exact
@@ -123,10 +132,12 @@ class TenantSettings(_message.Message):
         rate_limit_per_minute: _builtins.int = ...,
         max_concurrent_executions: _builtins.int = ...,
         max_queued_executions: _builtins.int = ...,
+        webhook_url: _builtins.str = ...,
+        webhook_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "max_concurrent_executions", b"max_concurrent_executions", "max_queued_executions", b"max_queued_executions", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow", "rate_limit_per_minute", b"rate_limit_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "max_concurrent_executions", b"max_concurrent_executions", "max_queued_executions", b"max_queued_executions", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow", "rate_limit_per_minute", b"rate_limit_per_minute", "webhook_secret", b"webhook_secret", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,7 +273,8 @@ class UpdateTenantRequest(_message.Message):
     def settings_mask(self) -> _field_mask_pb2.FieldMask:
         """Which fields of `settings` to change, by name (`max_steps_per_workflow`,
         `max_runtime_minutes`, `allowed_domains`, `rate_limit_per_minute`,
-        `max_concurrent_executions`, `max_queued_executions`); a named field set
+        `max_concurrent_executions`, `max_queued_executions`, `webhook_url`, `webhook_secret`);
+        a named field set
         to 0 or empty clears it.
         """
 

@@ -1,0 +1,231 @@
+//! Outbound webhooks: deliveries queued (durably, with the execution's end) are sent by a
+//! worker on every daemon, signed, retried with backoff for up to 24 hours across restarts,
+//! and refused for private addresses like `http/request`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use hmac::{KeyInit, Mac};
+use tokio_util::sync::CancellationToken;
+
+use crate::connectors::NetworkPolicy;
+use crate::connectors::http::{check_url, guarded_client};
+use crate::engine::model::{Delivery, DeliveryOutcome};
+use crate::secrets::Secrets;
+use crate::store::Store;
+
+/// Deliveries taken per pass, and how long one is held while being sent.
+const BATCH: u32 = 16;
+const HOLD_MS: u64 = 60_000;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The signature header's value: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+pub fn signature(key: &[u8], timestamp: i64, body: &str) -> String {
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key)
+        .expect("HMAC takes keys of any length");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The wait before attempt `n + 1`: 5 s doubling to an hour, jittered to 50–100 %.
+fn backoff(attempts: i32) -> Duration {
+    let base = 5u64.saturating_mul(1 << attempts.clamp(0, 10)).min(3600);
+    let ms = base * 1000;
+    Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+}
+
+/// The delivery worker.
+#[derive(Clone)]
+pub struct Webhooks {
+    store: Arc<dyn Store>,
+    secrets: Secrets,
+    client: reqwest::Client,
+    policy: NetworkPolicy,
+}
+
+impl Webhooks {
+    pub fn new(
+        store: Arc<dyn Store>,
+        secrets: Secrets,
+        policy: NetworkPolicy,
+    ) -> Result<Webhooks, String> {
+        Ok(Webhooks {
+            store,
+            secrets,
+            client: guarded_client(policy)?,
+            policy,
+        })
+    }
+
+    /// Sends due deliveries until `cancel` fires.
+    pub fn spawn(self, cancel: CancellationToken) {
+        tokio::spawn(async move {
+            loop {
+                let sent = match self.store.claim_deliveries(BATCH, HOLD_MS).await {
+                    Ok(batch) => {
+                        let n = batch.len();
+                        for d in batch {
+                            self.deliver(d).await;
+                        }
+                        n
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "taking webhook deliveries failed");
+                        0
+                    }
+                };
+                let pause = if sent == BATCH as usize {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(500)
+                };
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        });
+    }
+
+    async fn deliver(&self, d: Delivery) {
+        let attempts = d.attempts + 1;
+        let (result, status) = match self.send(&d).await {
+            Ok(status) => (Ok(()), Some(status)),
+            Err((error, status)) => (Err(error), status),
+        };
+        let outcome = match result {
+            Ok(()) => DeliveryOutcome::Delivered {
+                status: status.unwrap_or(200),
+            },
+            Err(error) => {
+                let at =
+                    Utc::now() + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
+                if at > d.expire_time {
+                    DeliveryOutcome::Failed { error, status }
+                } else {
+                    DeliveryOutcome::Retry { at, error, status }
+                }
+            }
+        };
+        let label = match &outcome {
+            DeliveryOutcome::Delivered { .. } => "delivered",
+            DeliveryOutcome::Retry { .. } => "retry",
+            DeliveryOutcome::Failed { .. } => "failed",
+        };
+        metrics::counter!("mantle_webhook_deliveries_total", "tenant_id" => d.tenant_id.to_string(), "outcome" => label)
+            .increment(1);
+        if let DeliveryOutcome::Retry { error, .. } | DeliveryOutcome::Failed { error, .. } =
+            &outcome
+        {
+            tracing::warn!(delivery = %d.id, tenant = %d.tenant_id, attempts, error = %error, outcome = label, "webhook delivery failed");
+        }
+        if let Err(err) = self.store.finish_delivery(d.id, attempts, &outcome).await {
+            tracing::error!(delivery = %d.id, error = %err, "recording a webhook delivery failed");
+        }
+    }
+
+    /// One POST; `Err` carries the reason and the HTTP status when there was one.
+    async fn send(&self, d: &Delivery) -> Result<i32, (String, Option<i32>)> {
+        let url = reqwest::Url::parse(&d.url).map_err(|e| (format!("webhook_url: {e}"), None))?;
+        check_url(&url, self.policy).map_err(|e| (e, None))?;
+        let mut request = self
+            .client
+            .post(url)
+            .timeout(TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-mantle-delivery", d.id.to_string())
+            .header("x-mantle-event", "execution.finished");
+        if let Some(name) = &d.secret_name {
+            let credential = self
+                .secrets
+                .resolve(d.tenant_id, name)
+                .await
+                .map_err(|e| (e, None))?;
+            let key = credential
+                .fields
+                .get("key")
+                .or_else(|| credential.fields.values().next())
+                .ok_or_else(|| (format!("webhook secret {name:?} has no field"), None))?;
+            request = request.header(
+                "x-mantle-signature",
+                signature(key.as_bytes(), Utc::now().timestamp(), &d.payload),
+            );
+        }
+        let response = request.body(d.payload.clone()).send().await.map_err(|e| {
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            (format!("POST {}: {cause}", d.url), None)
+        })?;
+        let status = i32::from(response.status().as_u16());
+        if response.status().is_success() {
+            Ok(status)
+        } else {
+            Err((
+                format!("POST {} answered {}", d.url, response.status()),
+                Some(status),
+            ))
+        }
+    }
+}
+
+/// A delivery with its tenant's name, for listings.
+pub type Listed = (Delivery, String);
+
+/// Lists deliveries the caller may see.
+pub async fn list(
+    store: &dyn Store,
+    caller: &crate::auth::Caller,
+    tenant: &str,
+    page: &crate::tenancy::model::PageRequest,
+) -> Result<crate::tenancy::model::Page<Listed>, crate::tenancy::Error> {
+    let tenant_id = crate::tenancy::audit::visible_tenant(store, caller, tenant).await?;
+    if let Some(after) = &page.after
+        && uuid::Uuid::parse_str(after).is_err()
+    {
+        return Err(crate::tenancy::Error::InvalidArgument {
+            field: "page_token",
+            message: "not a token returned by this server".to_owned(),
+        });
+    }
+    let deliveries = store.list_deliveries(tenant_id, page).await?;
+    let mut items = Vec::with_capacity(deliveries.items.len());
+    for d in deliveries.items {
+        let name = store
+            .get_tenant_by_id(d.tenant_id)
+            .await
+            .map(|t| t.name)
+            .unwrap_or_default();
+        items.push((d, name));
+    }
+    Ok(crate::tenancy::model::Page {
+        items,
+        next_cursor: deliveries.next_cursor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_of_timestamp_and_body() {
+        // HMAC-SHA256("key", "1700000000.{}") computed independently.
+        let sig = signature(b"key", 1_700_000_000, "{}");
+        assert!(sig.starts_with("t=1700000000,v1="), "{sig}");
+        assert_eq!(sig.len(), "t=1700000000,v1=".len() + 64);
+        assert_ne!(sig, signature(b"other", 1_700_000_000, "{}"));
+        assert_ne!(sig, signature(b"key", 1_700_000_001, "{}"));
+    }
+
+    #[test]
+    fn backoff_grows_to_an_hour() {
+        assert!(backoff(0) <= Duration::from_secs(5) && backoff(0) >= Duration::from_millis(2500));
+        assert!(backoff(20) <= Duration::from_secs(3600));
+    }
+}
