@@ -347,6 +347,12 @@ pub struct TenantLimits {
     /// several. Replaces the list.
     #[arg(long = "allowed-domain", value_name = "HOST", group = "changes")]
     pub allowed_domains: Vec<String>,
+    /// Announce every finished execution with a POST to this http(s) URL ("" stops).
+    #[arg(long, value_name = "URL", group = "changes")]
+    pub webhook_url: Option<String>,
+    /// Name of the tenant's secret whose `key` field signs webhook deliveries ("" unsigned).
+    #[arg(long, value_name = "SECRET", group = "changes")]
+    pub webhook_secret: Option<String>,
 }
 
 /// `mantlectl tenants …`.

@@ -303,6 +303,15 @@ impl Daemon {
         }
     }
 
+    /// Starts a new daemon on this one's data dir (which it then owns) in place of this
+    /// one, which must have exited. The temporary data dir lives until the new one drops.
+    pub async fn restart_ok(&mut self, mut opts: DaemonOptions) {
+        opts.data_dir = Some(self.data_dir.clone());
+        let mut next = Daemon::start_ok(opts).await;
+        next._temp = self._temp.take();
+        *self = next;
+    }
+
     /// The daemon's data dir.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -110,6 +110,48 @@ async fn mantlectl_smoke() {
     let table = ctl.ok(op, &["tenants", "list"]).await;
     assert!(table.contains(&name), "table output lacks {name}: {table}");
 
+    // tenants update changes only the settings given.
+    let updated = ctl
+        .json(
+            op,
+            &[
+                "tenants",
+                "update",
+                &name,
+                "--max-concurrent-executions",
+                "3",
+                "--webhook-url",
+                "https://hooks.example.com/mantle",
+                "--webhook-secret",
+                "hooks",
+            ],
+        )
+        .await;
+    assert_eq!(updated["max_concurrent_executions"], 3, "{updated}");
+    assert_eq!(
+        updated["webhook_url"], "https://hooks.example.com/mantle",
+        "{updated}"
+    );
+    assert_eq!(updated["webhook_secret"], "hooks", "{updated}");
+    let updated = ctl
+        .json(op, &["tenants", "update", &name, "--webhook-url", ""])
+        .await;
+    assert_eq!(updated["webhook_url"], "", "{updated}");
+    assert_eq!(updated["webhook_secret"], "hooks", "{updated}");
+    assert_eq!(updated["max_concurrent_executions"], 3, "{updated}");
+    let bad = ctl
+        .run(
+            op,
+            &["tenants", "update", &name, "--webhook-url", "ftp://x"],
+        )
+        .await;
+    assert!(!bad.status.success(), "an ftp webhook URL was accepted");
+    assert!(
+        stderr_of(&bad).contains("webhook_url"),
+        "the error does not name the field: {}",
+        stderr_of(&bad)
+    );
+
     // keys create -o json has the token, and the token works.
     let key = ctl
         .json(

@@ -107,9 +107,7 @@ async fn delivery_is_signed_and_survives_a_restart_while_the_receiver_is_down() 
         .expect("sigterm");
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     receiver.route("/hook", vec![Reply::status(200)]);
-    let mut again = opts.clone();
-    again.data_dir = Some(daemon.data_dir().to_owned());
-    daemon = Daemon::start_ok(again).await;
+    daemon.restart_ok(opts.clone()).await;
     let mut hooks: WebhookClient =
         pb::webhook_service_client::WebhookServiceClient::with_interceptor(
             daemon.channel().await,

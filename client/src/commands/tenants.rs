@@ -26,6 +26,8 @@ struct TenantView {
     rate_limit_per_minute: i32,
     max_concurrent_executions: i32,
     max_queued_executions: i32,
+    webhook_url: String,
+    webhook_secret: String,
 }
 
 impl From<Tenant> for TenantView {
@@ -38,6 +40,8 @@ impl From<Tenant> for TenantView {
             rate_limit_per_minute: settings.rate_limit_per_minute,
             max_concurrent_executions: settings.max_concurrent_executions,
             max_queued_executions: settings.max_queued_executions,
+            webhook_url: settings.webhook_url,
+            webhook_secret: settings.webhook_secret,
             create_time: t.create_time.as_ref().and_then(timestamp_to_datetime),
             update_time: t.update_time.as_ref().and_then(timestamp_to_datetime),
             name: t.name,
@@ -112,7 +116,8 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
                 max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
                 max_queued_executions: limits.max_queued_executions.unwrap_or(0),
-                ..Default::default()
+                webhook_url: limits.webhook_url.clone().unwrap_or_default(),
+                webhook_secret: limits.webhook_secret.clone().unwrap_or_default(),
             };
             let tenant = client
                 .create_tenant_with_settings(
@@ -156,6 +161,12 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             if limits.max_queued_executions.is_some() {
                 mask.push("max_queued_executions".to_owned());
             }
+            if limits.webhook_url.is_some() {
+                mask.push("webhook_url".to_owned());
+            }
+            if limits.webhook_secret.is_some() {
+                mask.push("webhook_secret".to_owned());
+            }
             if !limits.allowed_domains.is_empty() || clear_allowed_domains {
                 mask.push("allowed_domains".to_owned());
             }
@@ -166,7 +177,8 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
                 rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
                 max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
                 max_queued_executions: limits.max_queued_executions.unwrap_or(0),
-                ..Default::default()
+                webhook_url: limits.webhook_url.clone().unwrap_or_default(),
+                webhook_secret: limits.webhook_secret.clone().unwrap_or_default(),
             };
             let tenant = client
                 .update_tenant_settings(&name, display_name.as_deref(), settings, mask)
