@@ -85,6 +85,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "Step attempt durations, by action and result"
     );
+    metrics::describe_gauge!(
+        "mantle_executions_queued",
+        "Queued executions of each tenant across every daemon, refreshed every 5 s"
+    );
     metrics::describe_counter!(
         "mantle_lease_recoveries_total",
         "Executions this daemon claimed from the database: taken over from a daemon that died or shut down, or woken after a long wait"

@@ -301,7 +301,11 @@ impl Engine {
                 max_queued: tenant.settings.max_queued_executions,
             }),
         };
-        let lease = match self.inner.store.create_execution(&new).await? {
+        let created = self.inner.store.create_execution(&new).await;
+        if let Err(crate::store::Error::Exhausted(_)) = &created {
+            metrics::counter!("mantle_cap_rejections_total", "tenant_id" => req.tenant_id.to_string(), "kind" => "max_queued_executions").increment(1);
+        }
+        let lease = match created? {
             model::Created::New(lease) => lease,
             model::Created::Existing(id) => {
                 return Ok(self.inner.store.get_execution(req.tenant_id, id).await?);
@@ -459,10 +463,15 @@ impl Inner {
     }
 }
 
+/// How often the queued-executions gauge is refreshed from the database.
+const QUEUED_GAUGE_PERIOD: Duration = Duration::from_secs(5);
+
 async fn claim_loop(inner: Arc<Inner>) {
     let limit = 32;
     let mut delay = inner.config.poll_min;
     let mut next_sweep = tokio::time::Instant::now();
+    let mut next_queued_gauge = tokio::time::Instant::now();
+    let mut queued_tenants: Vec<Uuid> = Vec::new();
     loop {
         tokio::select! {
             () = inner.shutdown.cancelled() => return,
@@ -475,6 +484,27 @@ async fn claim_loop(inner: Arc<Inner>) {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(removed = n, "swept expired idempotency keys"),
                 Err(err) => tracing::warn!(error = %err, "sweeping idempotency keys failed"),
+            }
+        }
+        if tokio::time::Instant::now() >= next_queued_gauge {
+            next_queued_gauge = tokio::time::Instant::now() + QUEUED_GAUGE_PERIOD;
+            match inner.store.count_queued().await {
+                Ok(counts) => {
+                    // Tenants whose queue emptied go back to 0 rather than keep a stale value.
+                    for gone in queued_tenants
+                        .iter()
+                        .filter(|t| !counts.iter().any(|(c, _)| c == *t))
+                    {
+                        metrics::gauge!("mantle_executions_queued", "tenant_id" => gone.to_string())
+                            .set(0.0);
+                    }
+                    for (tenant, n) in &counts {
+                        metrics::gauge!("mantle_executions_queued", "tenant_id" => tenant.to_string())
+                            .set(*n as f64);
+                    }
+                    queued_tenants = counts.into_iter().map(|(t, _)| t).collect();
+                }
+                Err(err) => tracing::warn!(error = %err, "counting queued executions failed"),
             }
         }
         match inner

@@ -181,6 +181,8 @@ pub trait ExecutionStore: Send + Sync {
         tenant_id: Option<uuid::Uuid>,
         page: &PageRequest,
     ) -> Result<Page<Delivery>>;
+    /// Queued executions per tenant, across every daemon (tenants with none are absent).
+    async fn count_queued(&self) -> Result<Vec<(uuid::Uuid, i64)>>;
     /// Deletes idempotency keys that expired before `now`; returns how many.
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
     /// Writes a transition in one transaction, if `lease` is still held.

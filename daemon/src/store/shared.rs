@@ -956,6 +956,16 @@ macro_rules! impl_execution_shared {
                 Ok(promoted)
             }
 
+            async fn count_queued_shared(&self) -> Result<Vec<(Uuid, i64)>> {
+                sqlx::query_as(
+                    "SELECT tenant_id, COUNT(*) FROM executions WHERE status = 'queued' \
+                     GROUP BY tenant_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err(|| "queued executions".to_owned()))
+            }
+
             async fn sweep_idempotency_keys_shared(&self, now: DateTime<Utc>) -> Result<u64> {
                 let done = sqlx::query("DELETE FROM idempotency_keys WHERE expire_time < $1")
                     .bind(now)

@@ -344,6 +344,10 @@ impl ExecutionStore for SqliteStore {
         self.sweep_idempotency_keys_shared(now).await
     }
 
+    async fn count_queued(&self) -> Result<Vec<(Uuid, i64)>> {
+        self.count_queued_shared().await
+    }
+
     async fn create_execution(&self, e: &NewExecution) -> Result<Created> {
         let expires = Utc::now() + chrono::Duration::milliseconds(e.lease_ms as i64);
         self.create_execution_shared(e, expires).await
