@@ -124,6 +124,25 @@ async fn queued_execution_can_be_cancelled() {
         .expect("cancel")
         .into_inner();
     assert_eq!(cancelled.status, pb::ExecutionStatus::Cancelled as i32);
+    assert!(cancelled.start_time.is_none(), "{cancelled:?}");
+    // It ended like any execution: its terminal event is in the history; no step started.
+    let events = m
+        .watch(&second.id, 0, Duration::from_secs(10))
+        .await
+        .expect("watch");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.execution_status == pb::ExecutionStatus::Cancelled as i32),
+        "no cancelled event: {events:?}"
+    );
+    let attempts = m.attempts(&second.id).await;
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.start_time.is_none() && a.status == pb::StepStatus::Cancelled as i32),
+        "a step of an execution cancelled while queued ran: {attempts:?}"
+    );
     let done = m.wait_terminal(&first.id, Duration::from_secs(20)).await;
     assert_eq!(done.status, pb::ExecutionStatus::Completed as i32);
     assert_eq!(

@@ -329,7 +329,8 @@ impl Driver {
     }
 
     async fn run(&mut self) -> Result<(), Stop> {
-        if self.execution.status != ExecutionStatus::Running {
+        // An execution cancelled before it started (while queued) ends without running.
+        if self.execution.status != ExecutionStatus::Running && !self.cancel.is_cancelled() {
             let now = Utc::now();
             self.execution.status = ExecutionStatus::Running;
             self.execution.start_time.get_or_insert(now);
@@ -974,7 +975,7 @@ impl Driver {
             status,
             outputs,
             error,
-            start_time: Some(self.execution.start_time.unwrap_or(now)),
+            start_time: self.execution.start_time,
             end_time: Some(now),
             release: true,
             wake_time: None,

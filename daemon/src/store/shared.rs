@@ -1030,15 +1030,16 @@ macro_rules! impl_execution_shared {
                 tenant_id: Uuid,
                 id: Uuid,
             ) -> Result<$crate::engine::model::Execution> {
-                // A queued execution has no driver: it ends here.
+                // A queued execution has no driver yet: it becomes claimable with the
+                // cancellation requested, so a driver ends it like any other (its terminal
+                // event and webhook delivery written with the end) without running a step.
                 sqlx::query(
-                    "UPDATE executions SET status = 'cancelled', end_time = $3, \
-                     error = 'the execution was cancelled while queued' \
+                    "UPDATE executions SET status = 'pending', owner = NULL, \
+                     lease_expires = NULL, cancel_requested = TRUE \
                      WHERE tenant_id = $1 AND id = $2 AND status = 'queued'",
                 )
                 .bind(tenant_id)
                 .bind(id)
-                .bind(Utc::now())
                 .execute(&self.pool)
                 .await
                 .map_err(map_err(|| format!("execution {id}")))?;
