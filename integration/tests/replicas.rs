@@ -22,7 +22,8 @@ const EXECUTIONS: usize = 200;
 const STEPS: usize = 10;
 /// How long the counting server takes per request.
 const HANDLER_DELAY: Duration = Duration::from_millis(50);
-/// The daemon goes away once this share of all steps has completed (SIGKILL, SIGTERM).
+/// The daemon goes away once this share of its executions' steps has completed (SIGKILL,
+/// SIGTERM).
 const MIDWAY_KILL: f64 = 0.4;
 const MIDWAY_TERM: f64 = 0.25;
 
@@ -60,11 +61,14 @@ async fn start_spread(a: &Daemon, b: &Daemon, workflow: &str) -> (Vec<String>, V
     (on_a, on_b)
 }
 
-async fn completed_steps(conn: &mut sqlx::PgConnection) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM step_attempts WHERE status = 'completed'")
-        .fetch_one(conn)
-        .await
-        .expect("counting completed steps")
+async fn completed_steps(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM step_attempts WHERE status = 'completed' AND execution_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_one(conn)
+    .await
+    .expect("counting completed steps")
 }
 
 /// How many of `ids` are not finished, according to the store.
@@ -80,11 +84,20 @@ async fn unfinished(conn: &mut sqlx::PgConnection, ids: &[String]) -> i64 {
     .expect("counting unfinished executions")
 }
 
-/// Waits until `share` of all steps completed.
-async fn wait_midway(conn: &mut sqlx::PgConnection, share: f64, a: &Daemon, b: &Daemon) {
-    let target = (share * (EXECUTIONS * STEPS) as f64) as i64;
+/// Waits until `share` of the steps of `ids` (the executions of the daemon about to go)
+/// completed: measured on that daemon's own executions, so a slow other replica cannot let
+/// it finish everything first.
+async fn wait_midway(
+    conn: &mut sqlx::PgConnection,
+    share: f64,
+    ids: &[String],
+    a: &Daemon,
+    b: &Daemon,
+) {
+    let ids: Vec<Uuid> = ids.iter().map(|id| id.parse().expect("uuid")).collect();
+    let target = (share * (ids.len() * STEPS) as f64) as i64;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while completed_steps(conn).await < target {
+    while completed_steps(conn, &ids).await < target {
         assert!(
             Instant::now() < deadline,
             "fewer than {target} steps completed after 60 s\n--- daemon A ---\n{}\n--- daemon B ---\n{}",
@@ -194,7 +207,7 @@ async fn replicas_survivor_takes_over_after_sigkill() {
     let began = Instant::now();
     let (on_a, on_b) = start_spread(&a, &b, "replicated").await;
     let all: Vec<String> = on_a.iter().chain(&on_b).cloned().collect();
-    wait_midway(&mut conn, MIDWAY_KILL, &a, &b).await;
+    wait_midway(&mut conn, MIDWAY_KILL, &on_a, &a, &b).await;
     let claims_before = claims(&b);
     a.sigkill().await.expect("SIGKILL");
     let killed = Instant::now();
@@ -265,7 +278,7 @@ async fn replicas_sigterm_hands_over_at_once() {
     let mut conn = db.connect().await;
     let (on_a, on_b) = start_spread(&a, &b, "replicated").await;
     let all: Vec<String> = on_a.iter().chain(&on_b).cloned().collect();
-    wait_midway(&mut conn, MIDWAY_TERM, &a, &b).await;
+    wait_midway(&mut conn, MIDWAY_TERM, &on_a, &a, &b).await;
     let claims_before = claims(&b);
     a.signal("TERM").expect("SIGTERM");
     let stopped = Instant::now();
