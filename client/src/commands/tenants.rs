@@ -6,7 +6,7 @@ use mantle_client::timestamp_to_datetime;
 use serde::Serialize;
 
 use super::Context;
-use crate::cli::TenantsCommand;
+use crate::cli::{TenantLimits, TenantsCommand};
 use crate::output::{self, Render, Table, serialize_time, text_cell, time_cell};
 
 /// A tenant as mantlectl prints it.
@@ -99,6 +99,20 @@ impl Render for TenantList {
     }
 }
 
+/// The settings the flags give; flags not given are 0 or empty (see the update mask).
+fn settings_of(limits: &TenantLimits) -> mantle_client::proto::TenantSettings {
+    mantle_client::proto::TenantSettings {
+        max_steps_per_workflow: limits.max_steps_per_workflow.unwrap_or(0),
+        max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
+        allowed_domains: limits.allowed_domains.clone(),
+        rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
+        max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
+        max_queued_executions: limits.max_queued_executions.unwrap_or(0),
+        webhook_url: limits.webhook_url.clone().unwrap_or_default(),
+        webhook_secret: limits.webhook_secret.clone().unwrap_or_default(),
+    }
+}
+
 /// Runs a `tenants` subcommand. The tenant is named in the request, so no
 /// x-mantle-tenant metadata is sent.
 pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
@@ -109,16 +123,7 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             display_name,
             limits,
         } => {
-            let settings = mantle_client::proto::TenantSettings {
-                max_steps_per_workflow: limits.max_steps_per_workflow.unwrap_or(0),
-                max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
-                allowed_domains: limits.allowed_domains.clone(),
-                rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
-                max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
-                max_queued_executions: limits.max_queued_executions.unwrap_or(0),
-                webhook_url: limits.webhook_url.clone().unwrap_or_default(),
-                webhook_secret: limits.webhook_secret.clone().unwrap_or_default(),
-            };
+            let settings = settings_of(&limits);
             let tenant = client
                 .create_tenant_with_settings(
                     &name,
@@ -170,16 +175,7 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             if !limits.allowed_domains.is_empty() || clear_allowed_domains {
                 mask.push("allowed_domains".to_owned());
             }
-            let settings = mantle_client::proto::TenantSettings {
-                max_steps_per_workflow: limits.max_steps_per_workflow.unwrap_or(0),
-                max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
-                allowed_domains: limits.allowed_domains.clone(),
-                rate_limit_per_minute: limits.rate_limit_per_minute.unwrap_or(0),
-                max_concurrent_executions: limits.max_concurrent_executions.unwrap_or(0),
-                max_queued_executions: limits.max_queued_executions.unwrap_or(0),
-                webhook_url: limits.webhook_url.clone().unwrap_or_default(),
-                webhook_secret: limits.webhook_secret.clone().unwrap_or_default(),
-            };
+            let settings = settings_of(&limits);
             let tenant = client
                 .update_tenant_settings(&name, display_name.as_deref(), settings, mask)
                 .await?;

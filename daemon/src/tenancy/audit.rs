@@ -39,6 +39,47 @@ pub async fn visible_tenant(
     Ok(Some(own.id))
 }
 
+/// Refuses a page token that is not a row id (listings page by UUIDv7 ids).
+pub fn check_uuid_cursor(page: &PageRequest) -> Result<(), Error> {
+    match &page.after {
+        Some(after) if Uuid::parse_str(after).is_err() => Err(Error::InvalidArgument {
+            field: "page_token",
+            message: "not a token returned by this server".to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Pairs each item with its tenant's name (empty when it has none or the tenant is gone),
+/// looking each tenant up once.
+pub async fn with_tenant_names<T>(
+    store: &dyn Store,
+    items: Vec<T>,
+    tenant_of: impl Fn(&T) -> Option<Uuid>,
+) -> Vec<(T, String)> {
+    let mut names: HashMap<Uuid, String> = HashMap::new();
+    let mut named = Vec::with_capacity(items.len());
+    for item in items {
+        let name = match tenant_of(&item) {
+            None => String::new(),
+            Some(id) => match names.get(&id) {
+                Some(n) => n.clone(),
+                None => {
+                    let n = store
+                        .get_tenant_by_id(id)
+                        .await
+                        .map(|t| t.name)
+                        .unwrap_or_default();
+                    names.insert(id, n.clone());
+                    n
+                }
+            },
+        };
+        named.push((item, name));
+    }
+    named
+}
+
 /// Records and lists audit events.
 #[derive(Clone)]
 pub struct Audit {
@@ -82,52 +123,10 @@ impl Audit {
         tenant: &str,
         page: &PageRequest,
     ) -> Result<Page<(AuditEvent, String)>, Error> {
-        let tenant_id = if caller.scopes.grants(Scope::TenantsAdmin) {
-            if tenant.is_empty() {
-                None
-            } else {
-                validate_tenant_name(tenant)?;
-                Some(self.store.get_tenant(tenant).await?.id)
-            }
-        } else {
-            let own = caller.tenant.as_ref().ok_or_else(|| {
-                Error::PermissionDenied("this token acts on no tenant".to_owned())
-            })?;
-            if !tenant.is_empty() && tenant != own.name {
-                return Err(Error::NotFound(format!("tenant {tenant:?}")));
-            }
-            Some(own.id)
-        };
-        if let Some(after) = &page.after
-            && Uuid::parse_str(after).is_err()
-        {
-            return Err(Error::InvalidArgument {
-                field: "page_token",
-                message: "not a token returned by this server".to_owned(),
-            });
-        }
+        let tenant_id = visible_tenant(self.store.as_ref(), caller, tenant).await?;
+        check_uuid_cursor(page)?;
         let events = self.store.list_audit(tenant_id, page).await?;
-        let mut names: HashMap<Uuid, String> = HashMap::new();
-        let mut items = Vec::with_capacity(events.items.len());
-        for e in events.items {
-            let name = match e.tenant_id {
-                None => String::new(),
-                Some(id) => match names.get(&id) {
-                    Some(n) => n.clone(),
-                    None => {
-                        let n = self
-                            .store
-                            .get_tenant_by_id(id)
-                            .await
-                            .map(|t| t.name)
-                            .unwrap_or_default();
-                        names.insert(id, n.clone());
-                        n
-                    }
-                },
-            };
-            items.push((e, name));
-        }
+        let items = with_tenant_names(self.store.as_ref(), events.items, |e| e.tenant_id).await;
         Ok(Page {
             items,
             next_cursor: events.next_cursor,

@@ -14,6 +14,7 @@ use crate::connectors::http::{check_url, guarded_client};
 use crate::engine::model::{Delivery, DeliveryOutcome};
 use crate::secrets::Secrets;
 use crate::store::Store;
+use crate::tenancy::audit;
 
 /// Deliveries taken per pass, and how long one is held while being sent.
 const BATCH: u32 = 16;
@@ -93,15 +94,9 @@ impl Webhooks {
 
     async fn deliver(&self, d: Delivery) {
         let attempts = d.attempts + 1;
-        let (result, status) = match self.send(&d).await {
-            Ok(status) => (Ok(()), Some(status)),
-            Err((error, status)) => (Err(error), status),
-        };
-        let outcome = match result {
-            Ok(()) => DeliveryOutcome::Delivered {
-                status: status.unwrap_or(200),
-            },
-            Err(error) => {
+        let outcome = match self.send(&d).await {
+            Ok(status) => DeliveryOutcome::Delivered { status },
+            Err((error, status)) => {
                 let at =
                     Utc::now() + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
                 if at > d.expire_time {
@@ -184,27 +179,11 @@ pub async fn list(
     tenant: &str,
     page: &crate::tenancy::model::PageRequest,
 ) -> Result<crate::tenancy::model::Page<Listed>, crate::tenancy::Error> {
-    let tenant_id = crate::tenancy::audit::visible_tenant(store, caller, tenant).await?;
-    if let Some(after) = &page.after
-        && uuid::Uuid::parse_str(after).is_err()
-    {
-        return Err(crate::tenancy::Error::InvalidArgument {
-            field: "page_token",
-            message: "not a token returned by this server".to_owned(),
-        });
-    }
+    let tenant_id = audit::visible_tenant(store, caller, tenant).await?;
+    audit::check_uuid_cursor(page)?;
     let deliveries = store.list_deliveries(tenant_id, page).await?;
-    let mut items = Vec::with_capacity(deliveries.items.len());
-    for d in deliveries.items {
-        let name = store
-            .get_tenant_by_id(d.tenant_id)
-            .await
-            .map(|t| t.name)
-            .unwrap_or_default();
-        items.push((d, name));
-    }
     Ok(crate::tenancy::model::Page {
-        items,
+        items: audit::with_tenant_names(store, deliveries.items, |d| Some(d.tenant_id)).await,
         next_cursor: deliveries.next_cursor,
     })
 }
