@@ -92,7 +92,8 @@ async fn contract_sqlite() {
     assert_eq!(store.backend(), Backend::Sqlite);
     contract(store.clone()).await;
     definitions_contract(store.clone()).await;
-    executions_contract(store).await;
+    executions_contract(store.clone()).await;
+    group_commit_contract(store).await;
 }
 
 #[tokio::test]
@@ -117,7 +118,8 @@ async fn contract_postgres() {
     assert_eq!(store.backend(), Backend::Postgres);
     contract(store.clone()).await;
     definitions_contract(store.clone()).await;
-    executions_contract(store).await;
+    executions_contract(store.clone()).await;
+    group_commit_contract(store).await;
     db.drop_db().await;
 }
 
@@ -948,4 +950,161 @@ async fn executions_contract(store: Arc<dyn Store>) {
         4,
         "tenant b lists only its own executions (those of the idempotency checks)"
     );
+}
+
+/// Transitions of many executions written at once (the writers commit them in groups):
+/// each keeps its own fence and its own outcome. A stale lease and a duplicate event fail
+/// alone; every other transition, with its execution update and webhook delivery, lands.
+async fn group_commit_contract(store: Arc<dyn Store>) {
+    use mantle_daemon::engine::model::NewDelivery;
+    let t = tenant("group-commit");
+    store.create_tenant(&t).await.unwrap();
+    store
+        .apply_definition(&version(t.id, "wf", "h"))
+        .await
+        .unwrap();
+    const N: usize = 40;
+    let mut leases = Vec::new();
+    for _ in 0..N {
+        let e = new_execution(t.id, "node-g", 60_000);
+        leases.push(created(store.create_execution(&e).await.unwrap()));
+    }
+    // Execution 0's first event is already stored: its transition below repeats seq 1.
+    let mut first = Transition::default();
+    first
+        .events
+        .push(event(leases[0].execution_id, 1, "running"));
+    store.write_transition(leases[0], &first).await.unwrap();
+    // Execution 1 was released and claimed again: its first lease (epoch 1) is stale.
+    store.release_lease(leases[1]).await.unwrap();
+    let taken = store
+        .claim_executions("node-g", 60_000, N as u32)
+        .await
+        .unwrap();
+    let ours: Vec<_> = taken
+        .iter()
+        .filter(|l| leases.iter().any(|m| m.execution_id == l.execution_id))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].execution_id, leases[1].execution_id);
+    assert_eq!(ours[0].epoch, 2);
+
+    let transitions: Vec<Transition> = leases
+        .iter()
+        .enumerate()
+        .map(|(i, lease)| {
+            let id = lease.execution_id;
+            let mut t = Transition::default();
+            // The same attempt twice in one transition: the last write wins.
+            t.attempts.push(attempt(id, "a", 1, StepStatus::Running));
+            t.attempts.push(attempt(id, "a", 1, StepStatus::Completed));
+            t.attempts.push(attempt(id, "b", 1, StepStatus::Running));
+            t.events.push(event(id, 1, "running"));
+            t.events.push(event(id, 2, "completed"));
+            if i % 2 == 0 {
+                t.execution = Some(ExecutionUpdate {
+                    status: ExecutionStatus::Completed,
+                    outputs: Some(serde_json::json!({"i": i})),
+                    error: None,
+                    start_time: Some(Utc::now()),
+                    end_time: Some(Utc::now()),
+                    release: true,
+                    wake_time: None,
+                });
+                t.webhook = Some(NewDelivery {
+                    id: uuid::Uuid::now_v7(),
+                    url: format!("https://hooks.example/{i}"),
+                    secret_name: None,
+                    payload: format!("{{\"i\":{i}}}"),
+                    create_time: Utc::now(),
+                    expire_time: Utc::now() + TimeDelta::hours(1),
+                });
+            }
+            t
+        })
+        .collect();
+    let results = futures_util::future::join_all(
+        leases
+            .iter()
+            .zip(&transitions)
+            .map(|(lease, t)| store.write_transition(*lease, t)),
+    )
+    .await;
+    for (i, result) in results.iter().enumerate() {
+        let id = leases[i].execution_id;
+        match i {
+            0 => assert!(
+                matches!(result, Err(store::Error::AlreadyExists(_))),
+                "duplicate event seq: {result:?}"
+            ),
+            1 => assert!(
+                matches!(result, Err(store::Error::Fenced(f)) if *f == id),
+                "stale lease: {result:?}"
+            ),
+            _ => assert!(result.is_ok(), "transition {i}: {result:?}"),
+        }
+        let (execution, attempts, last_seq) = store.load_execution(id).await.unwrap();
+        match i {
+            0 => {
+                assert_eq!(last_seq, 1, "the failed transition wrote nothing");
+                assert!(attempts.is_empty());
+            }
+            1 => {
+                assert_eq!(last_seq, 0, "the fenced transition wrote nothing");
+                assert!(attempts.is_empty());
+                assert_eq!(execution.status, ExecutionStatus::Pending);
+            }
+            _ => {
+                assert_eq!(last_seq, 2);
+                let mut got: Vec<(String, StepStatus)> = attempts
+                    .iter()
+                    .map(|a| (a.step_name.clone(), a.status))
+                    .collect();
+                got.sort_by(|x, y| x.0.cmp(&y.0));
+                assert_eq!(
+                    got,
+                    [
+                        ("a".to_owned(), StepStatus::Completed),
+                        ("b".to_owned(), StepStatus::Running)
+                    ],
+                    "transition {i}"
+                );
+                if i % 2 == 0 {
+                    assert_eq!(execution.status, ExecutionStatus::Completed);
+                    assert_eq!(execution.outputs, Some(serde_json::json!({"i": i})));
+                } else {
+                    assert_eq!(execution.status, ExecutionStatus::Pending);
+                }
+            }
+        }
+    }
+    // Only the written transitions' deliveries exist: those of executions 2, 4, 6, …
+    let deliveries = store
+        .list_deliveries(Some(t.id), &page(100, None))
+        .await
+        .unwrap();
+    let mut urls: Vec<String> = deliveries.items.iter().map(|d| d.url.clone()).collect();
+    urls.sort();
+    let mut want: Vec<String> = (2..N)
+        .step_by(2)
+        .map(|i| format!("https://hooks.example/{i}"))
+        .collect();
+    want.sort();
+    assert_eq!(urls, want);
+    // The completed executions released their leases; the others are still held (1 under
+    // its new lease).
+    let held: Vec<uuid::Uuid> = store
+        .renew_leases("node-g", 60_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for (i, lease) in leases.iter().enumerate() {
+        assert_eq!(
+            held.contains(&lease.execution_id),
+            i == 0 || i % 2 == 1,
+            "lease of execution {i}"
+        );
+    }
 }

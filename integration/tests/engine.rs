@@ -1158,6 +1158,11 @@ async fn engine_isolation_and_scopes(backend: Backend) {
     let started = a.start_ok("long-sleep", "").await;
     let id = started.id.clone();
     let b_own = b.start_ok("long-sleep", "").await;
+    // Running first, so the check below shows B's cancel attempt changed nothing.
+    a.wait_until(&id, Duration::from_secs(10), "running", |e, _| {
+        e.status == pb::ExecutionStatus::Running as i32
+    })
+    .await;
 
     assert_code(
         b.execs

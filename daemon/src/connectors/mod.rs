@@ -43,8 +43,12 @@ pub struct Invocation {
     pub allowed_domains: Option<std::sync::Arc<Vec<String>>>,
 }
 
-/// Runs an action that does no I/O (`core/log`, `core/set`, `core/fail`) at once; `None`
-/// for any other action.
+/// Whether `action` does no I/O and finishes at once (`core/log`, `core/set`, `core/fail`).
+pub fn is_pure(action: &str) -> bool {
+    matches!(action, "core/log" | "core/set" | "core/fail")
+}
+
+/// Runs an action that does no I/O (see [`is_pure`]) at once; `None` for any other action.
 pub fn run_pure(
     action: &str,
     params: &serde_json::Map<String, Value>,

@@ -72,6 +72,8 @@ pub struct CompiledStep {
     pub condition: Option<Compiled>,
     pub params: Vec<(String, ParamTree)>,
     pub retry: RetrySpec,
+    /// The steps it depends on (`spec.needs`), by index.
+    pub needs: Vec<usize>,
 }
 
 impl CompiledStep {
@@ -123,6 +125,7 @@ impl CompiledWorkflow {
                     condition,
                     params,
                     retry: s.retry.clone().unwrap_or_default(),
+                    needs: Vec::new(),
                 });
             }
             let outputs = spec
@@ -135,11 +138,19 @@ impl CompiledWorkflow {
                     ))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            let index = steps
+            let index: BTreeMap<String, usize> = steps
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (s.spec.name.clone(), i))
                 .collect();
+            for step in &mut steps {
+                step.needs = step
+                    .spec
+                    .needs
+                    .iter()
+                    .filter_map(|n| index.get(n).copied())
+                    .collect();
+            }
             Ok(CompiledWorkflow {
                 spec,
                 steps,

@@ -84,14 +84,21 @@ enum Stop {
     Released,
 }
 
+/// An execution this daemon has just created: its driver needs nothing from the database.
+pub(super) struct Fresh {
+    pub execution: Execution,
+    pub tenant: crate::tenancy::model::Tenant,
+}
+
 pub(super) async fn drive(
     inner: Arc<Inner>,
     lease: Lease,
     cancel: CancellationToken,
     lost: CancellationToken,
+    fresh: Option<Fresh>,
 ) {
     let id = lease.execution_id;
-    match Driver::load(inner.clone(), lease, cancel, lost.clone()).await {
+    match Driver::load(inner.clone(), lease, cancel, lost.clone(), fresh).await {
         Ok(Some(mut driver)) => match driver.run().await {
             Ok(()) => {}
             Err(Stop::Lost) => {
@@ -136,12 +143,20 @@ impl Driver {
         lease: Lease,
         cancel: CancellationToken,
         lost: CancellationToken,
+        fresh: Option<Fresh>,
     ) -> Result<Option<Driver>, String> {
-        let (execution, attempts, last_seq) = inner
-            .store
-            .load_execution(lease.execution_id)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (execution, attempts, last_seq, tenant) = match fresh {
+            // No attempts, no events yet.
+            Some(f) => (f.execution, Vec::new(), 0, Some(f.tenant)),
+            None => {
+                let (e, a, seq) = inner
+                    .store
+                    .load_execution(lease.execution_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (e, a, seq, None)
+            }
+        };
         if execution.status.is_terminal() {
             inner
                 .store
@@ -154,11 +169,14 @@ impl Driver {
             .workflow(execution.tenant_id, &execution.workflow, execution.version)
             .await?;
         let steps = recover(&workflow, &execution, &attempts);
-        let tenant = inner
-            .store
-            .get_tenant_by_id(execution.tenant_id)
-            .await
-            .map_err(|e| e.to_string())?;
+        let tenant = match tenant {
+            Some(t) => t,
+            None => inner
+                .store
+                .get_tenant_by_id(execution.tenant_id)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
         let allowed_domains = tenant.settings.allowed_domains.clone().map(Arc::new);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         if execution.cancel_requested {
@@ -282,17 +300,13 @@ impl Driver {
     /// The scope for step `i`: only the steps it reads (its `needs`), so building it does not
     /// grow with the size of the workflow.
     fn step_scope(&self, i: usize) -> Scope {
-        self.scope_of(Some(&self.workflow.steps[i].spec.needs))
+        self.scope_of(Some(&self.workflow.steps[i].needs))
     }
 
-    fn scope_of(&self, only: Option<&[String]>) -> Scope {
+    fn scope_of(&self, only: Option<&[usize]>) -> Scope {
         let mut steps = serde_json::Map::new();
         let wanted: Box<dyn Iterator<Item = usize>> = match only {
-            Some(names) => Box::new(
-                names
-                    .iter()
-                    .filter_map(|n| self.workflow.index.get(n).copied()),
-            ),
+            Some(indexes) => Box::new(indexes.iter().copied()),
             None => Box::new(0..self.steps.len()),
         };
         for i in wanted {
@@ -370,13 +384,17 @@ impl Driver {
             if self.inner.shutdown.is_cancelled() {
                 self.draining = true;
             }
-            let started = self.advance();
+            let (started, deferred) = self.advance();
             if self.steps.iter().all(|s| matches!(s.state, State::Done(_))) {
                 return self.finish().await;
             }
             self.commit().await?;
             for (step, attempt) in started {
                 self.spawn_attempt(step, attempt);
+            }
+            if deferred {
+                // Pure steps whose inputs were just made durable can run now.
+                continue;
             }
             if self.draining && self.running == 0 {
                 let _ = self.inner.store.release_lease(self.lease).await;
@@ -425,9 +443,16 @@ impl Driver {
     }
 
     /// Starts, skips or cancels every step that can move; returns the attempts to spawn
-    /// once the transition is durable.
-    fn advance(&mut self) -> Vec<(usize, i32)> {
+    /// once the transition is durable, and whether a pure step waits for that commit.
+    ///
+    /// A pure step (`core/set`, `core/log`, `core/fail`) runs right here and its attempt is
+    /// written once, already finished. It runs only when the outputs it reads are durable:
+    /// when a dependency's outcome is still in the pending transition, it waits for the next
+    /// pass, after the commit. So a chain still commits each step's output before the next
+    /// step starts, one commit a step.
+    fn advance(&mut self) -> (Vec<(usize, i32)>, bool) {
         let mut started = Vec::new();
+        let mut deferred = false;
         let now = Utc::now();
         loop {
             let mut progressed = false;
@@ -455,10 +480,7 @@ impl Driver {
                 // Waiting: are the dependencies resolved?
                 let mut blocked_by = None;
                 let mut ready = true;
-                for need in &self.workflow.steps[i].spec.needs {
-                    let Some(&j) = self.workflow.index.get(need) else {
-                        continue;
-                    };
+                for &j in &self.workflow.steps[i].needs {
                     match self.steps[j].state {
                         State::Done(
                             Outcome::Completed
@@ -466,7 +488,7 @@ impl Driver {
                             | Outcome::Failed { continued: true },
                         ) => {}
                         State::Done(Outcome::Failed { continued: false } | Outcome::Cancelled) => {
-                            blocked_by = Some(need.clone());
+                            blocked_by = Some(self.workflow.steps[j].spec.name.clone());
                         }
                         _ => ready = false,
                     }
@@ -491,6 +513,10 @@ impl Driver {
                     continue;
                 }
                 if !ready || self.draining {
+                    continue;
+                }
+                if self.is_inline(i) && self.reads_unsaved(i) {
+                    deferred = true;
                     continue;
                 }
                 progressed = true;
@@ -530,16 +556,48 @@ impl Driver {
                 }
             }
             if !progressed {
-                return started;
+                return (started, deferred);
             }
         }
     }
 
-    /// Records a running attempt (or a sleep with its durable end); `None` when the step
-    /// failed before it could start (its params did not render).
+    /// A step that runs inside the driver: a pure action with no credential.
+    fn is_inline(&self, i: usize) -> bool {
+        let spec = &self.workflow.steps[i].spec;
+        spec.credential.is_none() && crate::connectors::is_pure(&spec.action)
+    }
+
+    /// Whether a dependency of step `i` has an outcome not yet committed.
+    fn reads_unsaved(&self, i: usize) -> bool {
+        self.workflow.steps[i]
+            .spec
+            .needs
+            .iter()
+            .any(|need| self.pending.attempts.iter().any(|a| &a.step_name == need))
+    }
+
+    /// Records a running attempt (or a sleep with its durable end); `None` when there is
+    /// nothing to spawn: a pure step ran at once, or its params did not render.
     fn start_attempt(&mut self, i: usize, attempt: Option<i32>, now: DateTime<Utc>) -> Option<i32> {
         let attempt = attempt.unwrap_or(self.steps[i].last_attempt + 1);
         self.steps[i].last_attempt = self.steps[i].last_attempt.max(attempt);
+        if self.is_inline(i) {
+            let step = &self.workflow.steps[i];
+            let result = step.render_params(&self.step_scope(i)).and_then(|params| {
+                crate::connectors::run_pure(&step.spec.action, &params)
+                    .unwrap_or_else(|| Err(format!("{} is not a pure action", step.spec.action)))
+            });
+            let name = step.spec.name.clone();
+            self.event(
+                EventKind::StepStatus,
+                Some(&name),
+                Some(attempt),
+                Some(StepStatus::Running.as_str()),
+                None,
+            );
+            self.complete(i, attempt, now, Utc::now(), result);
+            return None;
+        }
         if self.workflow.steps[i].spec.action == "core/sleep" {
             let scope = self.step_scope(i);
             let duration = self.workflow.steps[i].render_params(&scope).and_then(|p| {
@@ -604,17 +662,6 @@ impl Driver {
             });
             return;
         };
-        // Pure actions with nothing to wait for run right here, without a task of their own.
-        if step.spec.credential.is_none()
-            && let Some(result) = crate::connectors::run_pure(&step.spec.action, &params)
-        {
-            let _ = tx.send(AttemptDone {
-                step: i,
-                attempt,
-                result,
-            });
-            return;
-        }
         let inner = self.inner.clone();
         let action = step.spec.action.clone();
         let timeout = step.spec.timeout_ms.map(Duration::from_millis);
@@ -981,7 +1028,12 @@ impl Driver {
             wake_time: None,
         });
         self.commit().await?;
-        self.inner.finished(&self.execution, status, now);
+        let capped = super::Limits::effective(
+            self.inner.config.limits.max_concurrent_executions,
+            self.tenant.settings.max_concurrent_executions,
+        )
+        .is_some();
+        self.inner.finished(&self.execution, status, now, capped);
         Ok(())
     }
 

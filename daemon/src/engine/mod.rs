@@ -318,9 +318,7 @@ impl Engine {
                 return Ok(self.inner.store.get_execution(req.tenant_id, id).await?);
             }
         };
-        self.inner.spawn_driver(lease);
-        metrics::counter!("mantle_executions_started_total", "tenant_id" => req.tenant_id.to_string()).increment(1);
-        Ok(Execution {
+        let execution = Execution {
             id: new.id,
             tenant_id: new.tenant_id,
             workflow: new.workflow,
@@ -336,7 +334,17 @@ impl Engine {
             deadline: new.deadline,
             generation: 0,
             cancel_requested: false,
-        })
+        };
+        // The driver starts from what was just stored instead of reading it back.
+        self.inner.spawn_driver(
+            lease,
+            Some(driver::Fresh {
+                execution: execution.clone(),
+                tenant,
+            }),
+        );
+        metrics::counter!("mantle_executions_started_total", "tenant_id" => req.tenant_id.to_string()).increment(1);
+        Ok(execution)
     }
 
     /// Requests cancellation; running steps are stopped within about a second. Returns the
@@ -370,7 +378,7 @@ impl Engine {
                 self.inner.config.lease.as_millis() as u64,
             )
             .await?;
-        self.inner.spawn_driver(lease);
+        self.inner.spawn_driver(lease, None);
         Ok(self.inner.store.get_execution(tenant_id, id).await?)
     }
 
@@ -381,7 +389,7 @@ impl Engine {
 }
 
 impl Inner {
-    fn spawn_driver(self: &Arc<Self>, lease: Lease) {
+    fn spawn_driver(self: &Arc<Self>, lease: Lease, fresh: Option<driver::Fresh>) {
         let id = lease.execution_id;
         let cancel = CancellationToken::new();
         let lost = CancellationToken::new();
@@ -400,7 +408,7 @@ impl Inner {
         }
         let inner = self.clone();
         self.tracker.spawn(async move {
-            driver::drive(inner.clone(), lease, cancel, lost).await;
+            driver::drive(inner.clone(), lease, cancel, lost, fresh).await;
             let mut running = inner.running.lock().expect("running map");
             running.remove(&id);
             metrics::gauge!("mantle_executions_running").set(running.len() as f64);
@@ -443,7 +451,15 @@ impl Inner {
         self.secrets.resolve(tenant_id, name).await
     }
 
-    fn finished(&self, execution: &Execution, status: ExecutionStatus, at: DateTime<Utc>) {
+    /// `capped`: a concurrency cap applies to the execution's tenant, so its end may free a
+    /// slot for a queued execution.
+    fn finished(
+        &self,
+        execution: &Execution,
+        status: ExecutionStatus,
+        at: DateTime<Utc>,
+        capped: bool,
+    ) {
         tracing::info!(
             execution = %execution.id,
             workflow = %execution.workflow,
@@ -452,8 +468,12 @@ impl Inner {
             duration_ms = (at - execution.start_time.unwrap_or(execution.create_time)).num_milliseconds(),
             "execution finished"
         );
-        // A slot may have freed for a queued execution.
-        self.claim_now.notify_one();
+        // A slot may have freed for a queued execution: promote it now rather than at the
+        // next poll. Without a cap nothing is ever queued, and a claim pass per finished
+        // execution would only load the database.
+        if capped {
+            self.claim_now.notify_one();
+        }
         metrics::counter!(
             "mantle_executions_finished_total",
             "tenant_id" => execution.tenant_id.to_string(),
@@ -525,7 +545,7 @@ async fn claim_loop(inner: Arc<Inner>) {
                 for lease in leases {
                     tracing::info!(execution = %lease.execution_id, "claimed execution");
                     metrics::counter!("mantle_lease_recoveries_total").increment(1);
-                    inner.spawn_driver(lease);
+                    inner.spawn_driver(lease, None);
                 }
                 delay = inner.config.poll_min;
                 inner.claim_now.notify_one();

@@ -801,6 +801,38 @@ macro_rules! impl_execution_shared {
             ) -> Result<$crate::engine::model::Created> {
                 use $crate::engine::model::{Created, Lease};
                 let what = || format!("execution {}", e.id);
+                let insert = |queued: bool| {
+                    sqlx::query(
+                        "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
+                         trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
+                         VALUES ($1, $2, $3, $4, CASE WHEN $11 THEN 'queued' ELSE 'pending' END, \
+                         $5, $6, $7, $8, CASE WHEN $11 THEN NULL ELSE $9 END, \
+                         CASE WHEN $11 THEN NULL ELSE $10 END, CASE WHEN $11 THEN 0 ELSE 1 END)",
+                    )
+                    .bind(e.id)
+                    .bind(e.tenant_id)
+                    .bind(&e.workflow)
+                    .bind(e.version)
+                    .bind(e.inputs.to_string())
+                    .bind(e.trigger.to_string())
+                    .bind(e.now)
+                    .bind(e.deadline)
+                    .bind(&e.owner)
+                    .bind(lease_expires)
+                    .bind(queued)
+                };
+                let lease = Lease {
+                    execution_id: e.id,
+                    epoch: 1,
+                };
+                if e.idempotency.is_none() && e.concurrency.is_none() {
+                    // Nothing to check first: one statement, one round trip.
+                    insert(false)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(map_err(what))?;
+                    return Ok(Created::New(lease));
+                }
                 let mut tx = self.pool.begin().await.map_err(map_err(what))?;
                 if let Some(k) = &e.idempotency {
                     // Claims the key, or finds who has it; an expired claim is taken over.
@@ -873,35 +905,15 @@ macro_rules! impl_execution_shared {
                         queued = true;
                     }
                 }
-                sqlx::query(
-                    "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
-                     trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
-                     VALUES ($1, $2, $3, $4, CASE WHEN $11 THEN 'queued' ELSE 'pending' END, \
-                     $5, $6, $7, $8, CASE WHEN $11 THEN NULL ELSE $9 END, \
-                     CASE WHEN $11 THEN NULL ELSE $10 END, CASE WHEN $11 THEN 0 ELSE 1 END)",
-                )
-                .bind(e.id)
-                .bind(e.tenant_id)
-                .bind(&e.workflow)
-                .bind(e.version)
-                .bind(e.inputs.to_string())
-                .bind(e.trigger.to_string())
-                .bind(e.now)
-                .bind(e.deadline)
-                .bind(&e.owner)
-                .bind(lease_expires)
-                .bind(queued)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err(what))?;
+                insert(queued)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err(what))?;
                 tx.commit().await.map_err(map_err(what))?;
                 if queued {
                     return Ok(Created::Queued(e.id));
                 }
-                Ok(Created::New(Lease {
-                    execution_id: e.id,
-                    epoch: 1,
-                }))
+                Ok(Created::New(lease))
             }
 
             async fn promote_queued_shared(&self, global_max: Option<u32>) -> Result<u64> {

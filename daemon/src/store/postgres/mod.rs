@@ -22,10 +22,21 @@ use crate::engine::model::{
 };
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
+mod writer;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 pub struct PgStore {
     pool: Pool<Postgres>,
+    /// Transitions go through the group-commit writers (see [`writer`]); `None` once closed.
+    writer: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<writer::Job>>>,
+}
+
+/// Connections of the checkpoint writers, taken from `max_connections`: two (one while
+/// the other waits for its commit), or one when `max_connections` is under 4. More writers
+/// would only make each group commit smaller. The pool keeps the rest.
+fn writer_connections(max_connections: u32) -> u32 {
+    if max_connections < 4 { 1 } else { 2 }
 }
 
 impl PgStore {
@@ -34,8 +45,12 @@ impl PgStore {
         let shown = redact_url(&options.url);
         let connect = PgConnectOptions::from_str(&options.url)
             .map_err(|e| Error::Config(format!("database URL {shown:?}: {e}")))?;
+        let writers = writer_connections(options.max_connections);
         let pool_options = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
+            .max_connections(options.max_connections.saturating_sub(writers).max(1))
+            // No ping before every query: it doubles the round trips of a checkpoint. A
+            // broken connection fails the query itself, which the callers retry.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5));
         let deadline = tokio::time::Instant::now() + options.connect_timeout;
         let mut backoff = Duration::from_millis(200);
@@ -45,8 +60,10 @@ impl PgStore {
             match PgConnection::connect_with(&connect).await {
                 Ok(conn) => {
                     let _ = conn.close().await;
+                    let writer = writer::start(connect.clone(), writers as usize);
                     return Ok(PgStore {
                         pool: pool_options.connect_lazy_with(connect),
+                        writer: std::sync::Mutex::new(Some(writer)),
                     });
                 }
                 Err(err) => {
@@ -64,68 +81,6 @@ impl PgStore {
             }
         }
     }
-}
-
-const TRANSITION_SQL: &str = "WITH ex AS ( \
-    UPDATE executions SET \
-        status = COALESCE($3, status), \
-        outputs = COALESCE($4, outputs), \
-        error = CASE WHEN $3 IS NULL THEN error ELSE $5 END, \
-        start_time = COALESCE(start_time, $6), \
-        end_time = CASE WHEN $3 IS NULL THEN end_time ELSE $7 END, \
-        wake_time = CASE WHEN $3 IS NULL THEN wake_time ELSE $8 END, \
-        owner = CASE WHEN $9 THEN NULL ELSE owner END, \
-        lease_expires = CASE WHEN $9 THEN NULL ELSE lease_expires END \
-    WHERE id = $1 AND lease_epoch = $2 RETURNING tenant_id \
-), att AS ( \
-    INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, generation, status, \
-        output, error, wake_time, start_time, end_time) \
-    SELECT $1, a.step_name, a.attempt, ex.tenant_id, a.generation, a.status, a.output, a.error, \
-        a.wake_time, a.start_time, a.end_time \
-    FROM ex, jsonb_to_recordset($10::jsonb) AS a(step_name text, attempt int, generation int, \
-        status text, output text, error text, wake_time timestamptz, start_time timestamptz, \
-        end_time timestamptz) \
-    ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET status = excluded.status, \
-        output = excluded.output, error = excluded.error, wake_time = excluded.wake_time, \
-        start_time = excluded.start_time, end_time = excluded.end_time \
-), ev AS ( \
-    INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, step_name, attempt, \
-        status, message) \
-    SELECT $1, e.seq, ex.tenant_id, e.time, e.kind, e.step_name, e.attempt, e.status, e.message \
-    FROM ex, jsonb_to_recordset($11::jsonb) AS e(seq bigint, time timestamptz, kind text, \
-        step_name text, attempt int, status text, message text) \
-), wh AS ( \
-    INSERT INTO webhook_deliveries (id, tenant_id, execution_id, url, secret_name, payload, \
-        status, attempts, next_attempt, create_time, expire_time) \
-    SELECT $12, ex.tenant_id, $1, $13, $14, $15, 'pending', 0, $16, $16, $17 \
-    FROM ex WHERE $12::uuid IS NOT NULL \
-) SELECT count(*) FROM ex";
-
-/// The transition's attempts as JSON rows, the last write of each attempt only (one
-/// statement cannot upsert a row twice).
-fn attempts_json(t: &Transition) -> Vec<serde_json::Value> {
-    let mut seen = std::collections::HashSet::new();
-    let mut rows: Vec<serde_json::Value> = t
-        .attempts
-        .iter()
-        .rev()
-        .filter(|a| seen.insert((a.step_name.as_str(), a.attempt)))
-        .map(|a| {
-            serde_json::json!({
-                "step_name": a.step_name,
-                "attempt": a.attempt,
-                "generation": a.generation,
-                "status": a.status.as_str(),
-                "output": a.output.as_ref().map(|o| o.to_string()),
-                "error": a.error,
-                "wake_time": a.wake_time,
-                "start_time": a.start_time,
-                "end_time": a.end_time,
-            })
-        })
-        .collect();
-    rows.reverse();
-    rows
 }
 
 impl_tenant_store!(PgStore);
@@ -225,54 +180,24 @@ impl ExecutionStore for PgStore {
         self.create_execution_shared(e, expires).await
     }
 
-    /// One statement, so one round trip and one commit a transition: the fence is the
-    /// UPDATE of the execution row; the inserts read its tenant id, so when the fence fails
-    /// they insert nothing.
+    /// Group commit: the transition joins whatever else is queued in one statement.
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
-        let id = lease.execution_id;
-        let attempts = attempts_json(t);
-        let events: Vec<serde_json::Value> = t
-            .events
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "seq": e.seq,
-                    "time": e.time,
-                    "kind": e.kind.as_str(),
-                    "step_name": e.step_name,
-                    "attempt": e.attempt,
-                    "status": e.status,
-                    "message": e.message,
-                })
+        let (done, result) = tokio::sync::oneshot::channel();
+        let stopped = || Error::Unavailable("the checkpoint writers stopped".to_owned());
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(stopped)?;
+        sender
+            .send(writer::Job {
+                lease,
+                transition: t.clone(),
+                done,
             })
-            .collect();
-        let u = t.execution.as_ref();
-        let held: i64 = sqlx::query_scalar(TRANSITION_SQL)
-            .bind(id)
-            .bind(lease.epoch)
-            .bind(u.map(|u| u.status.as_str()))
-            .bind(u.and_then(|u| u.outputs.as_ref()).map(|o| o.to_string()))
-            .bind(u.and_then(|u| u.error.as_deref()))
-            .bind(u.and_then(|u| u.start_time))
-            .bind(u.and_then(|u| u.end_time))
-            .bind(u.and_then(|u| u.wake_time))
-            .bind(u.is_some_and(|u| u.release))
-            .bind(serde_json::Value::Array(attempts).to_string())
-            .bind(serde_json::Value::Array(events).to_string())
-            .bind(t.webhook.as_ref().map(|w| w.id))
-            .bind(t.webhook.as_ref().map(|w| w.url.as_str()))
-            .bind(t.webhook.as_ref().and_then(|w| w.secret_name.as_deref()))
-            .bind(t.webhook.as_ref().map(|w| w.payload.as_str()))
-            .bind(t.webhook.as_ref().map(|w| w.create_time))
-            .bind(t.webhook.as_ref().map(|w| w.expire_time))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_err(|| format!("execution {id}")))?;
-        if held == 1 {
-            Ok(())
-        } else {
-            Err(Error::Fenced(id))
-        }
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     async fn load_execution(&self, id: Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)> {
@@ -305,8 +230,10 @@ impl ExecutionStore for PgStore {
 
     async fn renew_leases(&self, owner: &str, lease_ms: u64) -> Result<Vec<(Uuid, bool)>> {
         sqlx::query_as(
+            // Rows locked in id order, as the checkpoint writers lock them: no deadlock.
             "UPDATE executions SET lease_expires = now() + $2 * interval '1 millisecond' \
-             WHERE owner = $1 RETURNING id, cancel_requested",
+             WHERE id IN (SELECT id FROM executions WHERE owner = $1 ORDER BY id FOR NO KEY UPDATE) \
+             RETURNING id, cancel_requested",
         )
         .bind(owner)
         .bind(lease_ms as f64)
@@ -370,6 +297,8 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
+        // The writers finish what is queued, then close their connections.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.pool.close().await;
     }
 

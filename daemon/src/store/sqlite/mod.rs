@@ -24,79 +24,19 @@ use crate::engine::model::{
 };
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
+mod writer;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a writer waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct SqliteStore {
     pool: Pool<Sqlite>,
     /// Held for the store's lifetime when opened exclusively.
     _lock: Option<File>,
-    /// Transitions go through one writer task, which commits whatever is queued in one
-    /// transaction: SQLite has a single writer anyway, and one fsync then covers many
-    /// executions' checkpoints instead of each waiting on a busy lock.
-    writer: tokio::sync::mpsc::UnboundedSender<WriteJob>,
-}
-
-/// Largest number of transitions committed together.
-const MAX_BATCH: usize = 256;
-
-struct WriteJob {
-    lease: Lease,
-    transition: Transition,
-    done: tokio::sync::oneshot::Sender<Result<()>>,
-}
-
-async fn writer_loop(pool: Pool<Sqlite>, mut rx: tokio::sync::mpsc::UnboundedReceiver<WriteJob>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let results = write_batch(&pool, &batch).await;
-        for (job, result) in batch.into_iter().zip(results) {
-            let _ = job.done.send(result);
-        }
-    }
-}
-
-/// One transaction for the batch; each transition in a savepoint of its own, so a fenced
-/// or failing one is rolled back alone.
-async fn write_batch(pool: &Pool<Sqlite>, batch: &[WriteJob]) -> Vec<Result<()>> {
-    use sqlx::Acquire;
-    let all = |e: sqlx::Error| {
-        (0..batch.len())
-            .map(|_| Err(Error::Unavailable(e.to_string())))
-            .collect()
-    };
-    let mut tx = match pool.begin().await {
-        Ok(tx) => tx,
-        Err(e) => return all(e),
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        let mut savepoint = match (&mut *tx).begin().await {
-            Ok(sp) => sp,
-            Err(e) => return all(e),
-        };
-        match apply_transition(&mut savepoint, job.lease, &job.transition).await {
-            Ok(()) => match savepoint.commit().await {
-                Ok(()) => results.push(Ok(())),
-                Err(e) => return all(e),
-            },
-            Err(err) => {
-                if let Err(e) = savepoint.rollback().await {
-                    return all(e);
-                }
-                results.push(Err(err));
-            }
-        }
-    }
-    match tx.commit().await {
-        Ok(()) => results,
-        Err(e) => all(e),
-    }
+    /// Transitions go through the writer thread (see [`writer`]); `None` once closed.
+    writer: std::sync::Mutex<Option<std::sync::mpsc::Sender<writer::Job>>>,
 }
 
 impl SqliteStore {
@@ -127,18 +67,19 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            // An embedded file does not drop connections: no ping before every query.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await
             .map_err(|e| Error::Config(format!("sqlite database {}: {e}", path.display())))?;
-        let (writer, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(writer_loop(pool.clone(), rx));
+        let writer = writer::start(&path, BUSY_TIMEOUT)?;
         Ok(SqliteStore {
             pool,
             _lock: lock,
-            writer,
+            writer: std::sync::Mutex::new(Some(writer)),
         })
     }
 }
@@ -176,111 +117,23 @@ fn lock_database(path: &std::path::Path) -> Result<File> {
     }
 }
 
-/// The statements of a transition, on a connection inside a transaction: the
-/// fence first, so nothing is written once the lease is gone.
-async fn apply_transition(
-    tx: &mut sqlx::SqliteConnection,
-    lease: crate::engine::model::Lease,
-    t: &crate::engine::model::Transition,
-) -> Result<()> {
-    let id = lease.execution_id;
-    let what = || format!("execution {id}");
-    // The fence: locks the row, and proves this writer still holds the lease.
-    let held = sqlx::query(
-        "UPDATE executions SET lease_epoch = lease_epoch WHERE id = $1 AND lease_epoch = $2",
-    )
-    .bind(id)
-    .bind(lease.epoch)
-    .execute(&mut *tx)
-    .await
-    .map_err(map_err(what))?;
-    if held.rows_affected() != 1 {
-        return Err(Error::Fenced(id));
-    }
-    for a in &t.attempts {
-        sqlx::query(
-                "INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, \
-                 generation, status, output, error, wake_time, start_time, end_time) \
-                 SELECT $1, $2, $3, tenant_id, $4, $5, $6, $7, $8, $9, $10 FROM executions WHERE id = $1 \
-                 ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET \
-                 status = excluded.status, output = excluded.output, error = excluded.error, \
-                 wake_time = excluded.wake_time, start_time = excluded.start_time, \
-                 end_time = excluded.end_time",
-            )
-            .bind(id)
-            .bind(&a.step_name)
-            .bind(a.attempt)
-            .bind(a.generation)
-            .bind(a.status.as_str())
-            .bind(a.output.as_ref().map(|o| o.to_string()))
-            .bind(a.error.as_deref())
-            .bind(a.wake_time)
-            .bind(a.start_time)
-            .bind(a.end_time)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err(what))?;
-    }
-    for ev in &t.events {
-        sqlx::query(
-            "INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, \
-                 step_name, attempt, status, message) \
-                 SELECT $1, $2, tenant_id, $3, $4, $5, $6, $7, $8 FROM executions WHERE id = $1",
-        )
-        .bind(id)
-        .bind(ev.seq)
-        .bind(ev.time)
-        .bind(ev.kind.as_str())
-        .bind(ev.step_name.as_deref())
-        .bind(ev.attempt)
-        .bind(ev.status.as_deref())
-        .bind(ev.message.as_deref())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err(what))?;
-    }
-    if let Some(w) = &t.webhook {
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (id, tenant_id, execution_id, url, secret_name, payload, \
-             status, attempts, next_attempt, create_time, expire_time) \
-             SELECT $2, tenant_id, $1, $3, $4, $5, 'pending', 0, $6, $6, $7 FROM executions WHERE id = $1",
-        )
-        .bind(id)
-        .bind(w.id)
-        .bind(&w.url)
-        .bind(w.secret_name.as_deref())
-        .bind(&w.payload)
-        .bind(w.create_time)
-        .bind(w.expire_time)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err(what))?;
-    }
-    if let Some(u) = &t.execution {
-        sqlx::query(
-            "UPDATE executions SET status = $2, outputs = COALESCE($3, outputs), \
-                 error = $4, start_time = COALESCE(start_time, $5), end_time = $6, \
-                 wake_time = $7, \
-                 owner = CASE WHEN $8 THEN NULL ELSE owner END, \
-                 lease_expires = CASE WHEN $8 THEN NULL ELSE lease_expires END \
-                 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(u.status.as_str())
-        .bind(u.outputs.as_ref().map(|o| o.to_string()))
-        .bind(u.error.as_deref())
-        .bind(u.start_time)
-        .bind(u.end_time)
-        .bind(u.wake_time)
-        .bind(u.release)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err(what))?;
-    }
-    Ok(())
-}
-
 impl SqliteStore {
+    /// Hands `work` to the writer thread and waits for its commit.
+    async fn to_writer(&self, work: writer::Work) -> Result<()> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let stopped = || Error::Unavailable("the sqlite writer stopped".to_owned());
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(stopped)?;
+        sender
+            .send(writer::Job { work, done })
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
     async fn take_rate_limit_backend(
         &self,
         _tenant_id: Uuid,
@@ -350,21 +203,31 @@ impl ExecutionStore for SqliteStore {
 
     async fn create_execution(&self, e: &NewExecution) -> Result<Created> {
         let expires = Utc::now() + chrono::Duration::milliseconds(e.lease_ms as i64);
-        self.create_execution_shared(e, expires).await
+        if e.idempotency.is_some() || e.concurrency.is_some() {
+            return self.create_execution_shared(e, expires).await;
+        }
+        self.to_writer(writer::Work::Create(Box::new(writer::NewRow {
+            id: e.id,
+            tenant_id: e.tenant_id,
+            workflow: e.workflow.clone(),
+            version: e.version,
+            inputs: e.inputs.to_string(),
+            trigger: e.trigger.to_string(),
+            create_time: e.now,
+            deadline: e.deadline,
+            owner: e.owner.clone(),
+            lease_expires: expires,
+        })))
+        .await?;
+        Ok(Created::New(Lease {
+            execution_id: e.id,
+            epoch: 1,
+        }))
     }
 
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        self.writer
-            .send(WriteJob {
-                lease,
-                transition: t.clone(),
-                done,
-            })
-            .map_err(|_| Error::Unavailable("the sqlite writer stopped".to_owned()))?;
-        result
+        self.to_writer(writer::Work::Transition(lease, Box::new(t.clone())))
             .await
-            .map_err(|_| Error::Unavailable("the sqlite writer stopped".to_owned()))?
     }
 
     async fn load_execution(&self, id: Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)> {
@@ -466,6 +329,8 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        // The writer thread finishes what is queued, then closes its connection.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.pool.close().await;
     }
 

@@ -1,0 +1,457 @@
+//! Group commit of checkpoints on PostgreSQL.
+//!
+//! Drivers hand their transitions to a few writer tasks, each with a connection of its own.
+//! A writer takes everything queued (up to [`MAX_BATCH`]) and writes it as ONE statement:
+//! one round trip and one commit for many executions' transitions. Each transition keeps
+//! its own fence: its rows are written only if its execution still has the lease epoch it
+//! was claimed with; the statement returns the transitions that held. If the statement
+//! fails as a whole, every transition of the batch is written again on its own, so one bad
+//! transition fails alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::super::shared::map_err;
+use super::super::{Error, Result};
+use crate::engine::model::{Lease, Transition};
+
+/// Largest number of transitions written by one statement.
+const MAX_BATCH: usize = 128;
+
+pub(super) struct Job {
+    pub lease: Lease,
+    pub transition: Transition,
+    pub done: oneshot::Sender<Result<()>>,
+}
+
+/// Starts `writers` tasks; they end when every sender is dropped.
+pub(super) fn start(connect: PgConnectOptions, writers: usize) -> mpsc::UnboundedSender<Job> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..writers.max(1) {
+        tokio::spawn(run(connect.clone(), rx.clone()));
+    }
+    tx
+}
+
+async fn run(connect: PgConnectOptions, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
+    // Connected before the first checkpoint needs it (when that fails, the first batch
+    // tries again and reports the error to its drivers).
+    let mut conn = writer_connection(&connect).await.ok();
+    loop {
+        // One writer at a time takes what is queued; the others wait for the next jobs
+        // while this batch is in flight.
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let results = write_batch(&connect, &mut conn, &batch).await;
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.done.send(result);
+        }
+    }
+    if let Some(conn) = conn {
+        let _ = conn.close().await;
+    }
+}
+
+async fn write_batch(
+    connect: &PgConnectOptions,
+    conn: &mut Option<PgConnection>,
+    batch: &[Job],
+) -> Vec<Result<()>> {
+    let c = match conn {
+        Some(c) => c,
+        None => match writer_connection(connect).await {
+            Ok(c) => conn.insert(c),
+            Err(why) => return unavailable(batch, why),
+        },
+    };
+    let jobs: Vec<&Job> = batch.iter().collect();
+    match write(c, &jobs).await {
+        Ok(held) => batch
+            .iter()
+            .enumerate()
+            .map(|(i, job)| {
+                if held.contains(&(i as i32)) {
+                    Ok(())
+                } else {
+                    Err(Error::Fenced(job.lease.execution_id))
+                }
+            })
+            .collect(),
+        Err(err) => {
+            if !matches!(err, sqlx::Error::Database(_)) {
+                // The connection may be broken: a new one next time.
+                conn.take();
+                return unavailable(batch, err.to_string());
+            }
+            if batch.len() == 1 {
+                let id = batch[0].lease.execution_id;
+                return vec![Err(map_err(|| format!("execution {id}"))(err))];
+            }
+            // One transition spoiled the statement: write each on its own.
+            let mut results = Vec::with_capacity(batch.len());
+            for job in batch {
+                let id = job.lease.execution_id;
+                results.push(match write(c, &[job]).await {
+                    Ok(held) if held.is_empty() => Err(Error::Fenced(id)),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(map_err(|| format!("execution {id}"))(e)),
+                });
+            }
+            results
+        }
+    }
+}
+
+async fn writer_connection(connect: &PgConnectOptions) -> Result<PgConnection, String> {
+    let mut c = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(connect))
+        .await
+        .map_err(|_| "connecting timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    // A batch statement's plan does not depend on its parameters: plan each shape once per
+    // connection instead of at every execution.
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut c)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+fn unavailable(batch: &[Job], why: String) -> Vec<Result<()>> {
+    batch
+        .iter()
+        .map(|_| Err(Error::Unavailable(why.clone())))
+        .collect()
+}
+
+/// The parts a batch statement needs: SQL text is cached per shape, so a chain's
+/// transitions (one at a time, no execution update) always reuse the same plan.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// More than one transition: rows are matched to their transition by index.
+    several: bool,
+    updates: bool,
+    webhooks: bool,
+}
+
+/// The batch statement, from typed arrays (`unnest`): `$1..$3` list the transitions'
+/// executions and fencing epochs, `$4..$13` the attempts, `$14..$21` the events, then the
+/// execution updates and webhook deliveries when the shape has them.
+///
+/// The fence: `held` share-locks, in id order, the execution rows whose lease epoch is
+/// still the transition's. A claim by another daemon must wait for this commit, and a
+/// transition whose epoch is stale is not in `held`, so none of its rows are written.
+/// Locking in id order (as lease renewal does) means two writers never wait on each other
+/// in a cycle. The statement returns the indexes of the transitions that held.
+fn batch_sql(shape: Shape) -> String {
+    // How a row joins its transition: by index, or (one transition) to the only row.
+    let on = |alias: &str| {
+        if shape.several {
+            format!("JOIN held h ON h.i = {alias}.i")
+        } else {
+            "CROSS JOIN held h".to_owned()
+        }
+    };
+    let mut sql = String::from(
+        "WITH held AS ( \
+            SELECT t.i, e.id, e.tenant_id FROM ( \
+                SELECT id, lease_epoch, tenant_id FROM executions WHERE id = ANY($2) \
+                ORDER BY id FOR SHARE \
+            ) e JOIN unnest($1::int[], $2::uuid[], $3::bigint[]) AS t(i, id, epoch) \
+                ON t.id = e.id AND t.epoch = e.lease_epoch \
+        )",
+    );
+    sql.push_str(&format!(
+        ", att AS ( \
+            INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, generation, \
+                status, output, error, wake_time, start_time, end_time) \
+            SELECT h.id, a.step_name, a.attempt, h.tenant_id, a.generation, a.status, a.output, \
+                a.error, a.wake_time, a.start_time, a.end_time \
+            FROM unnest($4::int[], $5::text[], $6::int[], $7::int[], $8::text[], $9::text[], \
+                $10::text[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[]) \
+                AS a(i, step_name, attempt, generation, status, output, error, wake_time, \
+                start_time, end_time) {} \
+            ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET \
+                status = excluded.status, output = excluded.output, error = excluded.error, \
+                wake_time = excluded.wake_time, start_time = excluded.start_time, \
+                end_time = excluded.end_time \
+        ), ev AS ( \
+            INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, step_name, \
+                attempt, status, message) \
+            SELECT h.id, v.seq, h.tenant_id, v.time, v.kind, v.step_name, v.attempt, v.status, \
+                v.message \
+            FROM unnest($14::int[], $15::bigint[], $16::timestamptz[], $17::text[], $18::text[], \
+                $19::int[], $20::text[], $21::text[]) \
+                AS v(i, seq, time, kind, step_name, attempt, status, message) {} \
+        )",
+        on("a"),
+        on("v")
+    ));
+    let mut next = 22;
+    if shape.updates {
+        sql.push_str(&format!(
+            ", ex AS ( \
+                UPDATE executions e SET status = u.status, \
+                    outputs = COALESCE(u.outputs, e.outputs), error = u.error, \
+                    start_time = COALESCE(e.start_time, u.start_time), end_time = u.end_time, \
+                    wake_time = u.wake_time, \
+                    owner = CASE WHEN u.release THEN NULL ELSE e.owner END, \
+                    lease_expires = CASE WHEN u.release THEN NULL ELSE e.lease_expires END \
+                FROM unnest(${}::int[], ${}::text[], ${}::text[], ${}::text[], \
+                    ${}::timestamptz[], ${}::timestamptz[], ${}::timestamptz[], ${}::bool[]) \
+                    AS u(i, status, outputs, error, start_time, end_time, wake_time, release) \
+                    {} \
+                WHERE e.id = h.id \
+            )",
+            next,
+            next + 1,
+            next + 2,
+            next + 3,
+            next + 4,
+            next + 5,
+            next + 6,
+            next + 7,
+            on("u")
+        ));
+        next += 8;
+    }
+    if shape.webhooks {
+        sql.push_str(&format!(
+            ", wh AS ( \
+                INSERT INTO webhook_deliveries (id, tenant_id, execution_id, url, secret_name, \
+                    payload, status, attempts, next_attempt, create_time, expire_time) \
+                SELECT w.id, h.tenant_id, h.id, w.url, w.secret_name, w.payload, 'pending', 0, \
+                    w.create_time, w.create_time, w.expire_time \
+                FROM unnest(${}::int[], ${}::uuid[], ${}::text[], ${}::text[], ${}::text[], \
+                    ${}::timestamptz[], ${}::timestamptz[]) \
+                    AS w(i, id, url, secret_name, payload, create_time, expire_time) {} \
+            )",
+            next,
+            next + 1,
+            next + 2,
+            next + 3,
+            next + 4,
+            next + 5,
+            next + 6,
+            on("w")
+        ));
+    }
+    sql.push_str(" SELECT i FROM held");
+    sql
+}
+
+type Time = Option<chrono::DateTime<chrono::Utc>>;
+
+/// A batch as the statement's parameter arrays, one column per array.
+#[derive(Default)]
+struct Columns<'a> {
+    t_i: Vec<i32>,
+    t_id: Vec<uuid::Uuid>,
+    t_epoch: Vec<i64>,
+    a_i: Vec<i32>,
+    a_step: Vec<&'a str>,
+    a_attempt: Vec<i32>,
+    a_generation: Vec<i32>,
+    a_status: Vec<&'static str>,
+    a_output: Vec<Option<String>>,
+    a_error: Vec<Option<&'a str>>,
+    a_wake: Vec<Time>,
+    a_start: Vec<Time>,
+    a_end: Vec<Time>,
+    v_i: Vec<i32>,
+    v_seq: Vec<i64>,
+    v_time: Vec<chrono::DateTime<chrono::Utc>>,
+    v_kind: Vec<&'static str>,
+    v_step: Vec<Option<&'a str>>,
+    v_attempt: Vec<Option<i32>>,
+    v_status: Vec<Option<&'a str>>,
+    v_message: Vec<Option<&'a str>>,
+    u_i: Vec<i32>,
+    u_status: Vec<&'static str>,
+    u_outputs: Vec<Option<String>>,
+    u_error: Vec<Option<&'a str>>,
+    u_start: Vec<Time>,
+    u_end: Vec<Time>,
+    u_wake: Vec<Time>,
+    u_release: Vec<bool>,
+    w_i: Vec<i32>,
+    w_id: Vec<uuid::Uuid>,
+    w_url: Vec<&'a str>,
+    w_secret: Vec<Option<&'a str>>,
+    w_payload: Vec<&'a str>,
+    w_create: Vec<chrono::DateTime<chrono::Utc>>,
+    w_expire: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(jobs: &[&'a Job]) -> Columns<'a> {
+        let mut c = Columns::default();
+        for (i, job) in jobs.iter().enumerate() {
+            let i = i as i32;
+            let t = &job.transition;
+            c.t_i.push(i);
+            c.t_id.push(job.lease.execution_id);
+            c.t_epoch.push(job.lease.epoch);
+            // The last write of each attempt only: one statement cannot upsert a row twice.
+            let first = c.a_i.len();
+            for a in t.attempts.iter().rev() {
+                let dup = (first..c.a_i.len())
+                    .any(|k| c.a_step[k] == a.step_name.as_str() && c.a_attempt[k] == a.attempt);
+                if dup {
+                    continue;
+                }
+                c.a_i.push(i);
+                c.a_step.push(&a.step_name);
+                c.a_attempt.push(a.attempt);
+                c.a_generation.push(a.generation);
+                c.a_status.push(a.status.as_str());
+                c.a_output.push(a.output.as_ref().map(Value::to_string));
+                c.a_error.push(a.error.as_deref());
+                c.a_wake.push(a.wake_time);
+                c.a_start.push(a.start_time);
+                c.a_end.push(a.end_time);
+            }
+            for e in &t.events {
+                c.v_i.push(i);
+                c.v_seq.push(e.seq);
+                c.v_time.push(e.time);
+                c.v_kind.push(e.kind.as_str());
+                c.v_step.push(e.step_name.as_deref());
+                c.v_attempt.push(e.attempt);
+                c.v_status.push(e.status.as_deref());
+                c.v_message.push(e.message.as_deref());
+            }
+            if let Some(u) = &t.execution {
+                c.u_i.push(i);
+                c.u_status.push(u.status.as_str());
+                c.u_outputs.push(u.outputs.as_ref().map(Value::to_string));
+                c.u_error.push(u.error.as_deref());
+                c.u_start.push(u.start_time);
+                c.u_end.push(u.end_time);
+                c.u_wake.push(u.wake_time);
+                c.u_release.push(u.release);
+            }
+            if let Some(w) = &t.webhook {
+                c.w_i.push(i);
+                c.w_id.push(w.id);
+                c.w_url.push(&w.url);
+                c.w_secret.push(w.secret_name.as_deref());
+                c.w_payload.push(&w.payload);
+                c.w_create.push(w.create_time);
+                c.w_expire.push(w.expire_time);
+            }
+        }
+        c
+    }
+}
+
+/// Writes `jobs` in one statement; returns the indexes of the transitions that held their
+/// lease (and were written).
+async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx::Error> {
+    let c = Columns::of(jobs);
+    let (u_i, w_i) = (c.u_i.clone(), c.w_i.clone());
+    let Columns {
+        t_i,
+        t_id,
+        t_epoch,
+        a_i,
+        a_step,
+        a_attempt,
+        a_generation,
+        a_status,
+        a_output,
+        a_error,
+        a_wake,
+        a_start,
+        a_end,
+        v_i,
+        v_seq,
+        v_time,
+        v_kind,
+        v_step,
+        v_attempt,
+        v_status,
+        v_message,
+        u_status,
+        u_outputs,
+        u_error,
+        u_start,
+        u_end,
+        u_wake,
+        u_release,
+        w_id,
+        w_url,
+        w_secret,
+        w_payload,
+        w_create,
+        w_expire,
+        ..
+    } = c;
+    let shape = Shape {
+        several: jobs.len() > 1,
+        updates: !u_i.is_empty(),
+        webhooks: !w_i.is_empty(),
+    };
+    let sql = batch_sql(shape);
+    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(t_i)
+        .bind(t_id)
+        .bind(t_epoch)
+        .bind(a_i)
+        .bind(a_step)
+        .bind(a_attempt)
+        .bind(a_generation)
+        .bind(a_status)
+        .bind(a_output)
+        .bind(a_error)
+        .bind(a_wake)
+        .bind(a_start)
+        .bind(a_end)
+        .bind(v_i)
+        .bind(v_seq)
+        .bind(v_time)
+        .bind(v_kind)
+        .bind(v_step)
+        .bind(v_attempt)
+        .bind(v_status)
+        .bind(v_message);
+    if shape.updates {
+        query = query
+            .bind(u_i)
+            .bind(u_status)
+            .bind(u_outputs)
+            .bind(u_error)
+            .bind(u_start)
+            .bind(u_end)
+            .bind(u_wake)
+            .bind(u_release);
+    }
+    if shape.webhooks {
+        query = query
+            .bind(w_i)
+            .bind(w_id)
+            .bind(w_url)
+            .bind(w_secret)
+            .bind(w_payload)
+            .bind(w_create)
+            .bind(w_expire);
+    }
+    query.fetch_all(conn).await
+}

@@ -1,0 +1,305 @@
+//! The SQLite checkpoint writer: a thread of its own with its own connection to the file.
+//!
+//! Drivers hand it transitions; it commits whatever is queued in one transaction, each
+//! transition in a savepoint of its own (a fenced or failing one is rolled back alone), so
+//! one fsync covers many executions' checkpoints. It calls SQLite directly: through the
+//! sqlx pool every statement of a transition would be a round trip to a connection's
+//! worker thread, which cost more than the commit itself.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::super::{Error, Result};
+use crate::engine::model::{Lease, Transition};
+
+/// Largest number of transitions committed together.
+const MAX_BATCH: usize = 256;
+
+pub(super) struct Job {
+    pub work: Work,
+    pub done: oneshot::Sender<Result<()>>,
+}
+
+pub(super) enum Work {
+    /// A driver's checkpoint, written only while `lease` holds.
+    Transition(Lease, Box<Transition>),
+    /// A new execution with nothing to check first (no idempotency key, no concurrency
+    /// cap), leased to its starter: through the writer, a start never waits on its lock.
+    Create(Box<NewRow>),
+}
+
+/// A new execution's row, as the writer inserts it.
+pub(super) struct NewRow {
+    pub id: uuid::Uuid,
+    pub tenant_id: uuid::Uuid,
+    pub workflow: String,
+    pub version: i64,
+    pub inputs: String,
+    pub trigger: String,
+    pub create_time: DateTime<Utc>,
+    pub deadline: Option<DateTime<Utc>>,
+    pub owner: String,
+    pub lease_expires: DateTime<Utc>,
+}
+
+/// Opens the writer's connection and starts its thread; the thread ends when every
+/// sender is dropped, after writing what was queued.
+pub(super) fn start(path: &Path, busy_timeout: Duration) -> Result<mpsc::Sender<Job>> {
+    let open =
+        |e: rusqlite::Error| Error::Config(format!("sqlite database {}: {e}", path.display()));
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open)?;
+    conn.busy_timeout(busy_timeout).map_err(open)?;
+    // The same durability as the pool's connections: WAL, fsync at every commit.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(open)?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("sqlite-writer".to_owned())
+        .spawn(move || run(conn, rx))
+        .map_err(|e| Error::Internal(format!("starting the sqlite writer: {e}")))?;
+    Ok(tx)
+}
+
+fn run(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = write_batch(&mut conn, &batch);
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<()>> {
+    let all = |e: rusqlite::Error| {
+        let text = e.to_string();
+        batch
+            .iter()
+            .map(|_| Err(Error::Unavailable(text.clone())))
+            .collect()
+    };
+    // IMMEDIATE: take the write lock now (waiting out the pool's writers), not on the first
+    // write, where a busy database could not be waited for.
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return all(e),
+    };
+    if let [job] = batch {
+        // Alone in its transaction: no savepoint needed, a failure rolls back just this.
+        let applied = match &job.work {
+            Work::Transition(lease, t) => apply(&tx, *lease, t),
+            Work::Create(row) => create(&tx, row),
+        };
+        return match applied {
+            Ok(()) => match tx.commit() {
+                Ok(()) => vec![Ok(())],
+                Err(e) => all(e),
+            },
+            // Dropping the transaction rolls it back.
+            Err(err) => vec![Err(err)],
+        };
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let savepoint = match tx.savepoint() {
+            Ok(sp) => sp,
+            Err(e) => return all(e),
+        };
+        let applied = match &job.work {
+            Work::Transition(lease, t) => apply(&savepoint, *lease, t),
+            Work::Create(row) => create(&savepoint, row),
+        };
+        match applied {
+            Ok(()) => {
+                if let Err(e) = savepoint.commit() {
+                    return all(e);
+                }
+                results.push(Ok(()));
+            }
+            // Dropping the savepoint rolls this transition back.
+            Err(err) => results.push(Err(err)),
+        }
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => all(e),
+    }
+}
+
+/// The text form sqlx gives a timestamp in SQLite, so both read and compare the same.
+fn time(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
+}
+
+fn store_err(id: uuid::Uuid) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation)
+            if e.sqlite_error().is_some_and(|f| {
+                f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            }) =>
+        {
+            Error::AlreadyExists(format!("execution {id}"))
+        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            Error::Unavailable(e.to_string())
+        }
+        _ => Error::Internal(format!("execution {id}: {e}")),
+    }
+}
+
+fn create(conn: &Connection, row: &NewRow) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
+         trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10, 1)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            row.id.as_bytes(),
+            row.tenant_id.as_bytes(),
+            row.workflow,
+            row.version,
+            row.inputs,
+            row.trigger,
+            time(Some(row.create_time)),
+            time(row.deadline),
+            row.owner,
+            time(Some(row.lease_expires)),
+        ])
+    })
+    .map_err(store_err(row.id))?;
+    Ok(())
+}
+
+/// The statements of one transition. The fence comes first: inside the write transaction
+/// nobody else can move the lease, so when it holds, everything after may be written.
+fn apply(conn: &Connection, lease: Lease, t: &Transition) -> Result<()> {
+    let id = lease.execution_id;
+    let err = store_err(id);
+    let tenant: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT tenant_id FROM executions WHERE id = ?1 AND lease_epoch = ?2")
+        .and_then(|mut s| {
+            let mut rows = s.query(params![id.as_bytes(), lease.epoch])?;
+            rows.next()?.map(|r| r.get(0)).transpose()
+        })
+        .map_err(&err)?;
+    let Some(tenant) = tenant else {
+        return Err(Error::Fenced(id));
+    };
+    if !t.attempts.is_empty() {
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, \
+                 generation, status, output, error, wake_time, start_time, end_time) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET \
+                 status = excluded.status, output = excluded.output, error = excluded.error, \
+                 wake_time = excluded.wake_time, start_time = excluded.start_time, \
+                 end_time = excluded.end_time",
+            )
+            .map_err(&err)?;
+        for a in &t.attempts {
+            insert
+                .execute(params![
+                    id.as_bytes(),
+                    a.step_name,
+                    a.attempt,
+                    tenant,
+                    a.generation,
+                    a.status.as_str(),
+                    a.output.as_ref().map(|o| o.to_string()),
+                    a.error,
+                    time(a.wake_time),
+                    time(a.start_time),
+                    time(a.end_time),
+                ])
+                .map_err(&err)?;
+        }
+    }
+    if !t.events.is_empty() {
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, \
+                 step_name, attempt, status, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(&err)?;
+        for ev in &t.events {
+            insert
+                .execute(params![
+                    id.as_bytes(),
+                    ev.seq,
+                    tenant,
+                    time(Some(ev.time)),
+                    ev.kind.as_str(),
+                    ev.step_name,
+                    ev.attempt,
+                    ev.status,
+                    ev.message,
+                ])
+                .map_err(&err)?;
+        }
+    }
+    if let Some(w) = &t.webhook {
+        conn.prepare_cached(
+            "INSERT INTO webhook_deliveries (id, tenant_id, execution_id, url, secret_name, \
+             payload, status, attempts, next_attempt, create_time, expire_time) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?8)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                w.id.as_bytes(),
+                tenant,
+                id.as_bytes(),
+                w.url,
+                w.secret_name,
+                w.payload,
+                time(Some(w.create_time)),
+                time(Some(w.expire_time)),
+            ])
+        })
+        .map_err(&err)?;
+    }
+    if let Some(u) = &t.execution {
+        conn.prepare_cached(
+            "UPDATE executions SET status = ?2, outputs = COALESCE(?3, outputs), \
+             error = ?4, start_time = COALESCE(start_time, ?5), end_time = ?6, \
+             wake_time = ?7, \
+             owner = CASE WHEN ?8 THEN NULL ELSE owner END, \
+             lease_expires = CASE WHEN ?8 THEN NULL ELSE lease_expires END \
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id.as_bytes(),
+                u.status.as_str(),
+                u.outputs.as_ref().map(|o| o.to_string()),
+                u.error,
+                time(u.start_time),
+                time(u.end_time),
+                time(u.wake_time),
+                u.release,
+            ])
+        })
+        .map_err(&err)?;
+    }
+    Ok(())
+}
