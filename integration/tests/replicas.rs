@@ -22,10 +22,13 @@ const EXECUTIONS: usize = 200;
 const STEPS: usize = 10;
 /// How long the counting server takes per request.
 const HANDLER_DELAY: Duration = Duration::from_millis(50);
+/// The SIGTERM test's steps take longer: its executions must still be mid-way when the
+/// signal lands, even when the test itself runs late on a loaded machine.
+const HANDLER_DELAY_TERM: Duration = Duration::from_millis(150);
 /// The daemon goes away once this share of its executions' steps has completed (SIGKILL,
 /// SIGTERM).
 const MIDWAY_KILL: f64 = 0.4;
-const MIDWAY_TERM: f64 = 0.25;
+const MIDWAY_TERM: f64 = 0.15;
 
 /// Starts `EXECUTIONS` executions, alternating between the daemons (4 concurrent starters
 /// per daemon). Returns the ids started on `a` and on `b`.
@@ -182,11 +185,13 @@ async fn check_store(db: &PgDatabase, server: &CountingServer, ids: &[String], g
     );
 }
 
-async fn setup(test: &str, lease: &str) -> Option<(PgDatabase, CountingServer, Daemon, Daemon)> {
+async fn setup(
+    test: &str,
+    lease: &str,
+    delay: Duration,
+) -> Option<(PgDatabase, CountingServer, Daemon, Daemon)> {
     let db = PgDatabase::create(test).await?;
-    let server = CountingServer::start(HANDLER_DELAY)
-        .await
-        .expect("counting server");
+    let server = CountingServer::start(delay).await.expect("counting server");
     let opts = reliability_options(Some(&db.url), lease, "200ms");
     let a = Daemon::start_ok(opts.clone()).await;
     let b = Daemon::start_ok(opts).await;
@@ -198,8 +203,12 @@ async fn setup(test: &str, lease: &str) -> Option<(PgDatabase, CountingServer, D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_survivor_takes_over_after_sigkill() {
-    let Some((db, server, mut a, b)) =
-        setup("replicas_survivor_takes_over_after_sigkill", "2s").await
+    let Some((db, server, mut a, b)) = setup(
+        "replicas_survivor_takes_over_after_sigkill",
+        "2s",
+        HANDLER_DELAY,
+    )
+    .await
     else {
         return;
     };
@@ -271,7 +280,12 @@ async fn replicas_survivor_takes_over_after_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sigterm_hands_over_at_once() {
-    let Some((db, server, mut a, b)) = setup("replicas_sigterm_hands_over_at_once", "30s").await
+    let Some((db, server, mut a, b)) = setup(
+        "replicas_sigterm_hands_over_at_once",
+        "30s",
+        HANDLER_DELAY_TERM,
+    )
+    .await
     else {
         return;
     };
