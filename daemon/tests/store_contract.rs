@@ -964,10 +964,37 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
         .await
         .unwrap();
     const N: usize = 40;
-    let mut leases = Vec::new();
-    for _ in 0..N {
-        let e = new_execution(t.id, "node-g", 60_000);
-        leases.push(created(store.create_execution(&e).await.unwrap()));
+    // Starts committed together too; one repeating an id fails alone.
+    let mut starts: Vec<_> = (0..N)
+        .map(|_| new_execution(t.id, "node-g", 60_000))
+        .collect();
+    let mut repeated = new_execution(t.id, "node-g", 60_000);
+    repeated.id = starts[7].id;
+    starts.push(repeated);
+    let mut created_all =
+        futures_util::future::join_all(starts.iter().map(|e| store.create_execution(e))).await;
+    let last = created_all.pop().unwrap();
+    let first = created_all.iter().position(|c| c.is_err());
+    // Whichever of the two with the same id came second fails; the other is stored once.
+    let failed = match (first, &last) {
+        (None, Err(store::Error::AlreadyExists(_))) => None,
+        (Some(7), Ok(_)) => Some(7),
+        other => panic!("one of the two starts of one id fails: {other:?} {last:?}"),
+    };
+    let leases: Vec<_> = created_all
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| match (c, failed == Some(i)) {
+            (Err(store::Error::AlreadyExists(_)), true) => mantle_daemon::engine::model::Lease {
+                execution_id: starts[7].id,
+                epoch: 1,
+            },
+            (c, _) => created(c.unwrap()),
+        })
+        .collect();
+    for (i, lease) in leases.iter().enumerate() {
+        let got = store.get_execution(t.id, lease.execution_id).await.unwrap();
+        assert_eq!(got.status, ExecutionStatus::Pending, "start {i}");
     }
     // Execution 0's first event is already stored: its transition below repeats seq 1.
     let mut first = Transition::default();

@@ -48,6 +48,43 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A new execution's row, as the checkpoint writers insert it: pending, leased to its
+/// starter (epoch 1). Only for starts with nothing to check first (no idempotency key, no
+/// concurrency cap).
+struct NewRow {
+    id: uuid::Uuid,
+    tenant_id: uuid::Uuid,
+    workflow: String,
+    version: i64,
+    inputs: String,
+    trigger: String,
+    create_time: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+    owner: String,
+    lease_expires: DateTime<Utc>,
+}
+
+impl NewRow {
+    /// `None` when the start must check something first.
+    fn simple(e: &NewExecution, lease_expires: DateTime<Utc>) -> Option<NewRow> {
+        if e.idempotency.is_some() || e.concurrency.is_some() {
+            return None;
+        }
+        Some(NewRow {
+            id: e.id,
+            tenant_id: e.tenant_id,
+            workflow: e.workflow.clone(),
+            version: e.version,
+            inputs: e.inputs.to_string(),
+            trigger: e.trigger.to_string(),
+            create_time: e.now,
+            deadline: e.deadline,
+            owner: e.owner.clone(),
+            lease_expires,
+        })
+    }
+}
+
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -83,6 +83,24 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Hands `work` to the checkpoint writers and waits for its commit.
+    async fn to_writer(&self, work: writer::Work) -> Result<()> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let stopped = || Error::Unavailable("the checkpoint writers stopped".to_owned());
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(stopped)?;
+        sender
+            .send(writer::Job { work, done })
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+}
+
 impl_tenant_store!(PgStore);
 
 impl PgStore {
@@ -177,27 +195,20 @@ impl ExecutionStore for PgStore {
 
     async fn create_execution(&self, e: &NewExecution) -> Result<Created> {
         let expires = Utc::now() + chrono::Duration::milliseconds(e.lease_ms as i64);
-        self.create_execution_shared(e, expires).await
+        let Some(row) = super::NewRow::simple(e, expires) else {
+            return self.create_execution_shared(e, expires).await;
+        };
+        self.to_writer(writer::Work::Create(Box::new(row))).await?;
+        Ok(Created::New(Lease {
+            execution_id: e.id,
+            epoch: 1,
+        }))
     }
 
     /// Group commit: the transition joins whatever else is queued in one statement.
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let stopped = || Error::Unavailable("the checkpoint writers stopped".to_owned());
-        let sender = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(stopped)?;
-        sender
-            .send(writer::Job {
-                lease,
-                transition: t.clone(),
-                done,
-            })
-            .map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+        self.to_writer(writer::Work::Transition(lease, Box::new(t.clone())))
+            .await
     }
 
     async fn load_execution(&self, id: Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)> {

@@ -24,9 +24,24 @@ use crate::engine::model::{Lease, Transition};
 const MAX_BATCH: usize = 128;
 
 pub(super) struct Job {
-    pub lease: Lease,
-    pub transition: Transition,
+    pub work: Work,
     pub done: oneshot::Sender<Result<()>>,
+}
+
+pub(super) enum Work {
+    /// A driver's checkpoint, written only while `lease` holds.
+    Transition(Lease, Box<Transition>),
+    /// A new execution with nothing to check first: its insert shares the group's commit.
+    Create(Box<super::super::NewRow>),
+}
+
+impl Job {
+    fn execution_id(&self) -> uuid::Uuid {
+        match &self.work {
+            Work::Transition(lease, _) => lease.execution_id,
+            Work::Create(row) => row.id,
+        }
+    }
 }
 
 /// Starts `writers` tasks; they end when every sender is dropped.
@@ -87,12 +102,11 @@ async fn write_batch(
         Ok(held) => batch
             .iter()
             .enumerate()
-            .map(|(i, job)| {
-                if held.contains(&(i as i32)) {
-                    Ok(())
-                } else {
-                    Err(Error::Fenced(job.lease.execution_id))
+            .map(|(i, job)| match job.work {
+                Work::Transition(..) if !held.contains(&(i as i32)) => {
+                    Err(Error::Fenced(job.execution_id()))
                 }
+                _ => Ok(()),
             })
             .collect(),
         Err(err) => {
@@ -102,15 +116,17 @@ async fn write_batch(
                 return unavailable(batch, err.to_string());
             }
             if batch.len() == 1 {
-                let id = batch[0].lease.execution_id;
+                let id = batch[0].execution_id();
                 return vec![Err(map_err(|| format!("execution {id}"))(err))];
             }
             // One transition spoiled the statement: write each on its own.
             let mut results = Vec::with_capacity(batch.len());
             for job in batch {
-                let id = job.lease.execution_id;
+                let id = job.execution_id();
                 results.push(match write(c, &[job]).await {
-                    Ok(held) if held.is_empty() => Err(Error::Fenced(id)),
+                    Ok(held) if held.is_empty() && matches!(job.work, Work::Transition(..)) => {
+                        Err(Error::Fenced(id))
+                    }
                     Ok(_) => Ok(()),
                     Err(e) => Err(map_err(|| format!("execution {id}"))(e)),
                 });
@@ -149,6 +165,7 @@ struct Shape {
     several: bool,
     updates: bool,
     webhooks: bool,
+    creates: bool,
 }
 
 /// The batch statement, from typed arrays (`unnest`): `$1..$3` list the transitions'
@@ -253,6 +270,31 @@ fn batch_sql(shape: Shape) -> String {
             on("w")
         ));
     }
+    if shape.creates {
+        let n = if shape.webhooks { next + 7 } else { next };
+        sql.push_str(&format!(
+            ", cr AS ( \
+                INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
+                    trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
+                SELECT c.id, c.tenant_id, c.workflow, c.version, 'pending', c.inputs, \
+                    c.trigger_info, c.create_time, c.deadline, c.owner, c.lease_expires, 1 \
+                FROM unnest(${}::uuid[], ${}::uuid[], ${}::text[], ${}::bigint[], ${}::text[], \
+                    ${}::text[], ${}::timestamptz[], ${}::timestamptz[], ${}::text[], \
+                    ${}::timestamptz[]) AS c(id, tenant_id, workflow, version, inputs, \
+                    trigger_info, create_time, deadline, owner, lease_expires) \
+            )",
+            n,
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8,
+            n + 9
+        ));
+    }
     sql.push_str(" SELECT i FROM held");
     sql
 }
@@ -298,6 +340,7 @@ struct Columns<'a> {
     w_payload: Vec<&'a str>,
     w_create: Vec<chrono::DateTime<chrono::Utc>>,
     w_expire: Vec<chrono::DateTime<chrono::Utc>>,
+    creates: Vec<&'a super::super::NewRow>,
 }
 
 impl<'a> Columns<'a> {
@@ -305,10 +348,16 @@ impl<'a> Columns<'a> {
         let mut c = Columns::default();
         for (i, job) in jobs.iter().enumerate() {
             let i = i as i32;
-            let t = &job.transition;
+            let (lease, t) = match &job.work {
+                Work::Transition(lease, t) => (lease, t),
+                Work::Create(row) => {
+                    c.creates.push(row);
+                    continue;
+                }
+            };
             c.t_i.push(i);
-            c.t_id.push(job.lease.execution_id);
-            c.t_epoch.push(job.lease.epoch);
+            c.t_id.push(lease.execution_id);
+            c.t_epoch.push(lease.epoch);
             // The last write of each attempt only: one statement cannot upsert a row twice.
             let first = c.a_i.len();
             for a in t.attempts.iter().rev() {
@@ -367,6 +416,7 @@ impl<'a> Columns<'a> {
 async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx::Error> {
     let c = Columns::of(jobs);
     let (u_i, w_i) = (c.u_i.clone(), c.w_i.clone());
+    let creates = c.creates.clone();
     let Columns {
         t_i,
         t_id,
@@ -408,6 +458,7 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         several: jobs.len() > 1,
         updates: !u_i.is_empty(),
         webhooks: !w_i.is_empty(),
+        creates: !creates.is_empty(),
     };
     let sql = batch_sql(shape);
     let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -452,6 +503,34 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
             .bind(w_payload)
             .bind(w_create)
             .bind(w_expire);
+    }
+    if shape.creates {
+        query = query
+            .bind(creates.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(creates.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+            .bind(
+                creates
+                    .iter()
+                    .map(|r| r.workflow.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(creates.iter().map(|r| r.version).collect::<Vec<_>>())
+            .bind(
+                creates
+                    .iter()
+                    .map(|r| r.inputs.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                creates
+                    .iter()
+                    .map(|r| r.trigger.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(creates.iter().map(|r| r.create_time).collect::<Vec<_>>())
+            .bind(creates.iter().map(|r| r.deadline).collect::<Vec<_>>())
+            .bind(creates.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
+            .bind(creates.iter().map(|r| r.lease_expires).collect::<Vec<_>>());
     }
     query.fetch_all(conn).await
 }

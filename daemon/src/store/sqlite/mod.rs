@@ -75,7 +75,7 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|e| Error::Config(format!("sqlite database {}: {e}", path.display())))?;
-        let writer = writer::start(&path, BUSY_TIMEOUT)?;
+        let writer = writer::start(&path)?;
         Ok(SqliteStore {
             pool,
             _lock: lock,
@@ -203,22 +203,10 @@ impl ExecutionStore for SqliteStore {
 
     async fn create_execution(&self, e: &NewExecution) -> Result<Created> {
         let expires = Utc::now() + chrono::Duration::milliseconds(e.lease_ms as i64);
-        if e.idempotency.is_some() || e.concurrency.is_some() {
+        let Some(row) = super::NewRow::simple(e, expires) else {
             return self.create_execution_shared(e, expires).await;
-        }
-        self.to_writer(writer::Work::Create(Box::new(writer::NewRow {
-            id: e.id,
-            tenant_id: e.tenant_id,
-            workflow: e.workflow.clone(),
-            version: e.version,
-            inputs: e.inputs.to_string(),
-            trigger: e.trigger.to_string(),
-            create_time: e.now,
-            deadline: e.deadline,
-            owner: e.owner.clone(),
-            lease_expires: expires,
-        })))
-        .await?;
+        };
+        self.to_writer(writer::Work::Create(Box::new(row))).await?;
         Ok(Created::New(Lease {
             execution_id: e.id,
             epoch: 1,

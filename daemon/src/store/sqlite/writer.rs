@@ -30,26 +30,12 @@ pub(super) enum Work {
     Transition(Lease, Box<Transition>),
     /// A new execution with nothing to check first (no idempotency key, no concurrency
     /// cap), leased to its starter: through the writer, a start never waits on its lock.
-    Create(Box<NewRow>),
-}
-
-/// A new execution's row, as the writer inserts it.
-pub(super) struct NewRow {
-    pub id: uuid::Uuid,
-    pub tenant_id: uuid::Uuid,
-    pub workflow: String,
-    pub version: i64,
-    pub inputs: String,
-    pub trigger: String,
-    pub create_time: DateTime<Utc>,
-    pub deadline: Option<DateTime<Utc>>,
-    pub owner: String,
-    pub lease_expires: DateTime<Utc>,
+    Create(Box<super::super::NewRow>),
 }
 
 /// Opens the writer's connection and starts its thread; the thread ends when every
 /// sender is dropped, after writing what was queued.
-pub(super) fn start(path: &Path, busy_timeout: Duration) -> Result<mpsc::Sender<Job>> {
+pub(super) fn start(path: &Path) -> Result<mpsc::Sender<Job>> {
     let open =
         |e: rusqlite::Error| Error::Config(format!("sqlite database {}: {e}", path.display()));
     let conn = Connection::open_with_flags(
@@ -57,7 +43,10 @@ pub(super) fn start(path: &Path, busy_timeout: Duration) -> Result<mpsc::Sender<
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(open)?;
-    conn.busy_timeout(busy_timeout).map_err(open)?;
+    // SQLite's own busy handler sleeps 1, 2, 5, 10… ms between tries: one collision with a
+    // pool connection's write (an audit record, a lease renewal) would hold every waiting
+    // execution for milliseconds. Retry every 100 µs instead, for as long as the pool waits.
+    conn.busy_handler(Some(retry_soon)).map_err(open)?;
     // The same durability as the pool's connections: WAL, fsync at every commit.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
@@ -69,6 +58,16 @@ pub(super) fn start(path: &Path, busy_timeout: Duration) -> Result<mpsc::Sender<
         .spawn(move || run(conn, rx))
         .map_err(|e| Error::Internal(format!("starting the sqlite writer: {e}")))?;
     Ok(tx)
+}
+
+/// The writer's busy handler: another try in 100 µs, up to [`super::BUSY_TIMEOUT`].
+fn retry_soon(tries: i32) -> bool {
+    const PAUSE: Duration = Duration::from_micros(100);
+    if PAUSE * tries.max(0) as u32 >= super::BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(PAUSE);
+    true
 }
 
 fn run(mut conn: Connection, rx: mpsc::Receiver<Job>) {
@@ -165,7 +164,7 @@ fn store_err(id: uuid::Uuid) -> impl Fn(rusqlite::Error) -> Error {
     }
 }
 
-fn create(conn: &Connection, row: &NewRow) -> Result<()> {
+fn create(conn: &Connection, row: &super::super::NewRow) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
          trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
