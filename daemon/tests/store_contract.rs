@@ -1050,13 +1050,38 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
             t
         })
         .collect();
-    let results = futures_util::future::join_all(
-        leases
-            .iter()
-            .zip(&transitions)
-            .map(|(lease, t)| store.write_transition(*lease, t)),
-    )
-    .await;
+    // Audit records share the same batches.
+    let records: Vec<mantle_daemon::secrets::model::AuditEvent> = (0..10)
+        .map(|k| mantle_daemon::secrets::model::AuditEvent {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: Some(t.id),
+            time: Utc::now(),
+            actor: "group-test".to_owned(),
+            action: format!("test.action{k}"),
+            resource: String::new(),
+            result: "ok".to_owned(),
+            detail: (k % 2 == 0).then(|| "detail".to_owned()),
+        })
+        .collect();
+    let (results, recorded) = tokio::join!(
+        futures_util::future::join_all(
+            leases
+                .iter()
+                .zip(&transitions)
+                .map(|(lease, t)| store.write_transition(*lease, t)),
+        ),
+        futures_util::future::join_all(records.iter().map(|r| store.record_audit(r)))
+    );
+    assert!(recorded.iter().all(Result::is_ok), "{recorded:?}");
+    let listed = store
+        .list_audit(Some(t.id), &page(100, None))
+        .await
+        .unwrap();
+    let mut actions: Vec<&str> = listed.items.iter().map(|e| e.action.as_str()).collect();
+    actions.sort();
+    let mut want: Vec<String> = (0..10).map(|k| format!("test.action{k}")).collect();
+    want.sort();
+    assert_eq!(actions, want);
     for (i, result) in results.iter().enumerate() {
         let id = leases[i].execution_id;
         match i {

@@ -84,6 +84,11 @@ impl PgStore {
 }
 
 impl PgStore {
+    async fn record_audit_by_writer(&self, e: &crate::secrets::model::AuditEvent) -> Result<()> {
+        self.to_writer(writer::Work::Audit(Box::new(e.clone())))
+            .await
+    }
+
     /// Hands `work` to the checkpoint writers and waits for its commit.
     async fn to_writer(&self, work: writer::Work) -> Result<()> {
         let (done, result) = tokio::sync::oneshot::channel();

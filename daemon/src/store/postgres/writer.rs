@@ -33,6 +33,8 @@ pub(super) enum Work {
     Transition(Lease, Box<Transition>),
     /// A new execution with nothing to check first: its insert shares the group's commit.
     Create(Box<super::super::NewRow>),
+    /// An audit record: it shares the group's commit too.
+    Audit(Box<crate::secrets::model::AuditEvent>),
 }
 
 impl Job {
@@ -40,6 +42,7 @@ impl Job {
         match &self.work {
             Work::Transition(lease, _) => lease.execution_id,
             Work::Create(row) => row.id,
+            Work::Audit(e) => e.id,
         }
     }
 }
@@ -166,6 +169,7 @@ struct Shape {
     updates: bool,
     webhooks: bool,
     creates: bool,
+    audits: bool,
 }
 
 /// The batch statement, from typed arrays (`unnest`): `$1..$3` list the transitions'
@@ -177,6 +181,17 @@ struct Shape {
 /// transition whose epoch is stale is not in `held`, so none of its rows are written.
 /// Locking in id order (as lease renewal does) means two writers never wait on each other
 /// in a cycle. The statement returns the indexes of the transitions that held.
+/// `unnest($n::t1[], $n+1::t2[], …)` for the next parameters, advancing `next` past them.
+fn unnest(next: &mut usize, types: &[&str]) -> String {
+    let arrays: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(k, t)| format!("${}::{t}[]", *next + k))
+        .collect();
+    *next += types.len();
+    format!("unnest({})", arrays.join(", "))
+}
+
 fn batch_sql(shape: Shape) -> String {
     // How a row joins its transition: by index, or (one transition) to the only row.
     let on = |alias: &str| {
@@ -223,6 +238,19 @@ fn batch_sql(shape: Shape) -> String {
     ));
     let mut next = 22;
     if shape.updates {
+        let arrays = unnest(
+            &mut next,
+            &[
+                "int",
+                "text",
+                "text",
+                "text",
+                "timestamptz",
+                "timestamptz",
+                "timestamptz",
+                "bool",
+            ],
+        );
         sql.push_str(&format!(
             ", ex AS ( \
                 UPDATE executions e SET status = u.status, \
@@ -231,68 +259,86 @@ fn batch_sql(shape: Shape) -> String {
                     wake_time = u.wake_time, \
                     owner = CASE WHEN u.release THEN NULL ELSE e.owner END, \
                     lease_expires = CASE WHEN u.release THEN NULL ELSE e.lease_expires END \
-                FROM unnest(${}::int[], ${}::text[], ${}::text[], ${}::text[], \
-                    ${}::timestamptz[], ${}::timestamptz[], ${}::timestamptz[], ${}::bool[]) \
+                FROM {arrays} \
                     AS u(i, status, outputs, error, start_time, end_time, wake_time, release) \
                     {} \
                 WHERE e.id = h.id \
             )",
-            next,
-            next + 1,
-            next + 2,
-            next + 3,
-            next + 4,
-            next + 5,
-            next + 6,
-            next + 7,
             on("u")
         ));
-        next += 8;
     }
     if shape.webhooks {
+        let arrays = unnest(
+            &mut next,
+            &[
+                "int",
+                "uuid",
+                "text",
+                "text",
+                "text",
+                "timestamptz",
+                "timestamptz",
+            ],
+        );
         sql.push_str(&format!(
             ", wh AS ( \
                 INSERT INTO webhook_deliveries (id, tenant_id, execution_id, url, secret_name, \
                     payload, status, attempts, next_attempt, create_time, expire_time) \
                 SELECT w.id, h.tenant_id, h.id, w.url, w.secret_name, w.payload, 'pending', 0, \
                     w.create_time, w.create_time, w.expire_time \
-                FROM unnest(${}::int[], ${}::uuid[], ${}::text[], ${}::text[], ${}::text[], \
-                    ${}::timestamptz[], ${}::timestamptz[]) \
+                FROM {arrays} \
                     AS w(i, id, url, secret_name, payload, create_time, expire_time) {} \
             )",
-            next,
-            next + 1,
-            next + 2,
-            next + 3,
-            next + 4,
-            next + 5,
-            next + 6,
             on("w")
         ));
     }
     if shape.creates {
-        let n = if shape.webhooks { next + 7 } else { next };
+        let arrays = unnest(
+            &mut next,
+            &[
+                "uuid",
+                "uuid",
+                "text",
+                "bigint",
+                "text",
+                "text",
+                "timestamptz",
+                "timestamptz",
+                "text",
+                "timestamptz",
+            ],
+        );
         sql.push_str(&format!(
             ", cr AS ( \
                 INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
                     trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
                 SELECT c.id, c.tenant_id, c.workflow, c.version, 'pending', c.inputs, \
                     c.trigger_info, c.create_time, c.deadline, c.owner, c.lease_expires, 1 \
-                FROM unnest(${}::uuid[], ${}::uuid[], ${}::text[], ${}::bigint[], ${}::text[], \
-                    ${}::text[], ${}::timestamptz[], ${}::timestamptz[], ${}::text[], \
-                    ${}::timestamptz[]) AS c(id, tenant_id, workflow, version, inputs, \
+                FROM {arrays} AS c(id, tenant_id, workflow, version, inputs, \
                     trigger_info, create_time, deadline, owner, lease_expires) \
-            )",
-            n,
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7,
-            n + 8,
-            n + 9
+            )"
+        ));
+    }
+    if shape.audits {
+        let arrays = unnest(
+            &mut next,
+            &[
+                "uuid",
+                "uuid",
+                "timestamptz",
+                "text",
+                "text",
+                "text",
+                "text",
+                "text",
+            ],
+        );
+        sql.push_str(&format!(
+            ", au AS ( \
+                INSERT INTO audit_events (id, tenant_id, time, actor, action, resource, result, \
+                    detail) \
+                SELECT * FROM {arrays} \
+            )"
         ));
     }
     sql.push_str(" SELECT i FROM held");
@@ -341,6 +387,7 @@ struct Columns<'a> {
     w_create: Vec<chrono::DateTime<chrono::Utc>>,
     w_expire: Vec<chrono::DateTime<chrono::Utc>>,
     creates: Vec<&'a super::super::NewRow>,
+    audits: Vec<&'a crate::secrets::model::AuditEvent>,
 }
 
 impl<'a> Columns<'a> {
@@ -352,6 +399,10 @@ impl<'a> Columns<'a> {
                 Work::Transition(lease, t) => (lease, t),
                 Work::Create(row) => {
                     c.creates.push(row);
+                    continue;
+                }
+                Work::Audit(e) => {
+                    c.audits.push(e);
                     continue;
                 }
             };
@@ -417,6 +468,7 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
     let c = Columns::of(jobs);
     let (u_i, w_i) = (c.u_i.clone(), c.w_i.clone());
     let creates = c.creates.clone();
+    let audits = c.audits.clone();
     let Columns {
         t_i,
         t_id,
@@ -454,11 +506,15 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         w_expire,
         ..
     } = c;
+    // A batch of several has every part, so one plan serves every such batch; a batch of one
+    // (a chain's step, a lone start) has only what it needs, in one of a few plans.
+    let several = jobs.len() > 1;
     let shape = Shape {
-        several: jobs.len() > 1,
-        updates: !u_i.is_empty(),
-        webhooks: !w_i.is_empty(),
-        creates: !creates.is_empty(),
+        several,
+        updates: several || !u_i.is_empty(),
+        webhooks: several || !w_i.is_empty(),
+        creates: several || !creates.is_empty(),
+        audits: several || !audits.is_empty(),
     };
     let sql = batch_sql(shape);
     let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -531,6 +587,27 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
             .bind(creates.iter().map(|r| r.deadline).collect::<Vec<_>>())
             .bind(creates.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
             .bind(creates.iter().map(|r| r.lease_expires).collect::<Vec<_>>());
+    }
+    if shape.audits {
+        query = query
+            .bind(audits.iter().map(|e| e.id).collect::<Vec<_>>())
+            .bind(audits.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
+            .bind(audits.iter().map(|e| e.time).collect::<Vec<_>>())
+            .bind(audits.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
+            .bind(audits.iter().map(|e| e.action.as_str()).collect::<Vec<_>>())
+            .bind(
+                audits
+                    .iter()
+                    .map(|e| e.resource.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(audits.iter().map(|e| e.result.as_str()).collect::<Vec<_>>())
+            .bind(
+                audits
+                    .iter()
+                    .map(|e| e.detail.as_deref())
+                    .collect::<Vec<_>>(),
+            );
     }
     query.fetch_all(conn).await
 }

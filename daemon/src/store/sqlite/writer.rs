@@ -31,6 +31,8 @@ pub(super) enum Work {
     /// A new execution with nothing to check first (no idempotency key, no concurrency
     /// cap), leased to its starter: through the writer, a start never waits on its lock.
     Create(Box<super::super::NewRow>),
+    /// An audit record.
+    Audit(Box<crate::secrets::model::AuditEvent>),
 }
 
 /// Opens the writer's connection and starts its thread; the thread ends when every
@@ -105,6 +107,7 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<()>> {
         let applied = match &job.work {
             Work::Transition(lease, t) => apply(&tx, *lease, t),
             Work::Create(row) => create(&tx, row),
+            Work::Audit(e) => audit(&tx, e),
         };
         return match applied {
             Ok(()) => match tx.commit() {
@@ -124,6 +127,7 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<()>> {
         let applied = match &job.work {
             Work::Transition(lease, t) => apply(&savepoint, *lease, t),
             Work::Create(row) => create(&savepoint, row),
+            Work::Audit(e) => audit(&savepoint, e),
         };
         match applied {
             Ok(()) => {
@@ -185,6 +189,27 @@ fn create(conn: &Connection, row: &super::super::NewRow) -> Result<()> {
         ])
     })
     .map_err(store_err(row.id))?;
+    Ok(())
+}
+
+fn audit(conn: &Connection, e: &crate::secrets::model::AuditEvent) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit_events (id, tenant_id, time, actor, action, resource, result, \
+         detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.id.as_bytes(),
+            e.tenant_id.as_ref().map(|t| t.as_bytes().to_vec()),
+            time(Some(e.time)),
+            e.actor,
+            e.action,
+            e.resource,
+            e.result,
+            e.detail,
+        ])
+    })
+    .map_err(|err| Error::Internal(format!("audit events: {err}")))?;
     Ok(())
 }
 
