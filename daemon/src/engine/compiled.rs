@@ -90,7 +90,6 @@ impl CompiledStep {
 pub struct CompiledWorkflow {
     pub spec: WorkflowSpec,
     pub steps: Vec<CompiledStep>,
-    pub index: BTreeMap<String, usize>,
     pub outputs: Vec<(String, Compiled)>,
 }
 
@@ -154,7 +153,6 @@ impl CompiledWorkflow {
             Ok(CompiledWorkflow {
                 spec,
                 steps,
-                index,
                 outputs,
             })
         })

@@ -48,6 +48,60 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a store's group-commit writers write (`sqlite/writer.rs`, `postgres/writer.rs`):
+/// everything queued is committed together, each job with its own outcome.
+enum Work {
+    /// A driver's checkpoint, written only while `lease` holds.
+    Transition(Lease, Box<Transition>),
+    /// A new execution with nothing to check first (see [`NewRow::simple`]).
+    Create(Box<NewRow>),
+    /// An audit record.
+    Audit(Box<AuditEvent>),
+}
+
+struct Job {
+    work: Work,
+    done: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+impl Job {
+    /// The execution (or audit record) the job is about, for its error.
+    fn id(&self) -> uuid::Uuid {
+        match &self.work {
+            Work::Transition(lease, _) => lease.execution_id,
+            Work::Create(row) => row.id,
+            Work::Audit(e) => e.id,
+        }
+    }
+}
+
+/// The queue to a store's writers; closing it lets them finish what is queued and stop.
+struct Writers(std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>);
+
+impl Writers {
+    fn new(queue: tokio::sync::mpsc::UnboundedSender<Job>) -> Writers {
+        Writers(std::sync::Mutex::new(Some(queue)))
+    }
+
+    /// Queues `work` and waits for its commit.
+    async fn submit(&self, work: Work) -> Result<()> {
+        let stopped = || Error::Unavailable("the database writers stopped".to_owned());
+        let (done, result) = tokio::sync::oneshot::channel();
+        let queue = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(stopped)?;
+        queue.send(Job { work, done }).map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    fn close(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
 /// A new execution's row, as the checkpoint writers insert it: pending, leased to its
 /// starter (epoch 1). Only for starts with nothing to check first (no idempotency key, no
 /// concurrency cap).

@@ -800,39 +800,16 @@ macro_rules! impl_execution_shared {
                 lease_expires: DateTime<Utc>,
             ) -> Result<$crate::engine::model::Created> {
                 use $crate::engine::model::{Created, Lease};
-                let what = || format!("execution {}", e.id);
-                let insert = |queued: bool| {
-                    sqlx::query(
-                        "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
-                         trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
-                         VALUES ($1, $2, $3, $4, CASE WHEN $11 THEN 'queued' ELSE 'pending' END, \
-                         $5, $6, $7, $8, CASE WHEN $11 THEN NULL ELSE $9 END, \
-                         CASE WHEN $11 THEN NULL ELSE $10 END, CASE WHEN $11 THEN 0 ELSE 1 END)",
-                    )
-                    .bind(e.id)
-                    .bind(e.tenant_id)
-                    .bind(&e.workflow)
-                    .bind(e.version)
-                    .bind(e.inputs.to_string())
-                    .bind(e.trigger.to_string())
-                    .bind(e.now)
-                    .bind(e.deadline)
-                    .bind(&e.owner)
-                    .bind(lease_expires)
-                    .bind(queued)
-                };
                 let lease = Lease {
                     execution_id: e.id,
                     epoch: 1,
                 };
-                if e.idempotency.is_none() && e.concurrency.is_none() {
-                    // Nothing to check first: one statement, one round trip.
-                    insert(false)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(map_err(what))?;
+                // Nothing to check first: the insert shares the writers' group commit.
+                if let Some(row) = super::NewRow::simple(e, lease_expires) {
+                    self.writers.submit(super::Work::Create(Box::new(row))).await?;
                     return Ok(Created::New(lease));
                 }
+                let what = || format!("execution {}", e.id);
                 let mut tx = self.pool.begin().await.map_err(map_err(what))?;
                 if let Some(k) = &e.idempotency {
                     // Claims the key, or finds who has it; an expired claim is taken over.
@@ -905,7 +882,24 @@ macro_rules! impl_execution_shared {
                         queued = true;
                     }
                 }
-                insert(queued)
+                sqlx::query(
+                        "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
+                         trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
+                         VALUES ($1, $2, $3, $4, CASE WHEN $11 THEN 'queued' ELSE 'pending' END, \
+                         $5, $6, $7, $8, CASE WHEN $11 THEN NULL ELSE $9 END, \
+                         CASE WHEN $11 THEN NULL ELSE $10 END, CASE WHEN $11 THEN 0 ELSE 1 END)",
+                    )
+                    .bind(e.id)
+                    .bind(e.tenant_id)
+                    .bind(&e.workflow)
+                    .bind(e.version)
+                    .bind(e.inputs.to_string())
+                    .bind(e.trigger.to_string())
+                    .bind(e.now)
+                    .bind(e.deadline)
+                    .bind(&e.owner)
+                    .bind(lease_expires)
+                    .bind(queued)
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err(what))?;
@@ -1466,7 +1460,9 @@ macro_rules! impl_secret_store {
             async fn record_audit(&self, e: &$crate::secrets::model::AuditEvent) -> Result<()> {
                 // Through the store's writers: a record shares their group commit instead
                 // of costing a commit (and, on SQLite, a turn at the write lock) of its own.
-                self.record_audit_by_writer(e).await
+                self.writers
+                    .submit(super::Work::Audit(Box::new(e.clone())))
+                    .await
             }
 
             async fn list_audit(

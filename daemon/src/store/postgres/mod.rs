@@ -28,8 +28,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PgStore {
     pool: Pool<Postgres>,
-    /// Transitions go through the group-commit writers (see [`writer`]); `None` once closed.
-    writer: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<writer::Job>>>,
+    /// The group-commit writers (see [`writer`]).
+    writers: super::Writers,
 }
 
 /// Connections of the checkpoint writers, taken from `max_connections`: two (one while
@@ -63,7 +63,7 @@ impl PgStore {
                     let writer = writer::start(connect.clone(), writers as usize);
                     return Ok(PgStore {
                         pool: pool_options.connect_lazy_with(connect),
-                        writer: std::sync::Mutex::new(Some(writer)),
+                        writers: super::Writers::new(writer),
                     });
                 }
                 Err(err) => {
@@ -83,28 +83,7 @@ impl PgStore {
     }
 }
 
-impl PgStore {
-    async fn record_audit_by_writer(&self, e: &crate::secrets::model::AuditEvent) -> Result<()> {
-        self.to_writer(writer::Work::Audit(Box::new(e.clone())))
-            .await
-    }
-
-    /// Hands `work` to the checkpoint writers and waits for its commit.
-    async fn to_writer(&self, work: writer::Work) -> Result<()> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let stopped = || Error::Unavailable("the checkpoint writers stopped".to_owned());
-        let sender = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(stopped)?;
-        sender
-            .send(writer::Job { work, done })
-            .map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
-    }
-}
+impl PgStore {}
 
 impl_tenant_store!(PgStore);
 
@@ -200,19 +179,13 @@ impl ExecutionStore for PgStore {
 
     async fn create_execution(&self, e: &NewExecution) -> Result<Created> {
         let expires = Utc::now() + chrono::Duration::milliseconds(e.lease_ms as i64);
-        let Some(row) = super::NewRow::simple(e, expires) else {
-            return self.create_execution_shared(e, expires).await;
-        };
-        self.to_writer(writer::Work::Create(Box::new(row))).await?;
-        Ok(Created::New(Lease {
-            execution_id: e.id,
-            epoch: 1,
-        }))
+        self.create_execution_shared(e, expires).await
     }
 
-    /// Group commit: the transition joins whatever else is queued in one statement.
+    /// Group commit: the transition joins whatever else is queued for the writers.
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
-        self.to_writer(writer::Work::Transition(lease, Box::new(t.clone())))
+        self.writers
+            .submit(super::Work::Transition(lease, Box::new(t.clone())))
             .await
     }
 
@@ -314,7 +287,7 @@ impl Store for PgStore {
 
     async fn close(&self) {
         // The writers finish what is queued, then close their connections.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.writers.close();
         self.pool.close().await;
     }
 

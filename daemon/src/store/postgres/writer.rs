@@ -14,38 +14,13 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 
 use super::super::shared::map_err;
-use super::super::{Error, Result};
-use crate::engine::model::{Lease, Transition};
+use super::super::{Error, Job, NewRow, Result, Work};
 
 /// Largest number of transitions written by one statement.
 const MAX_BATCH: usize = 128;
-
-pub(super) struct Job {
-    pub work: Work,
-    pub done: oneshot::Sender<Result<()>>,
-}
-
-pub(super) enum Work {
-    /// A driver's checkpoint, written only while `lease` holds.
-    Transition(Lease, Box<Transition>),
-    /// A new execution with nothing to check first: its insert shares the group's commit.
-    Create(Box<super::super::NewRow>),
-    /// An audit record: it shares the group's commit too.
-    Audit(Box<crate::secrets::model::AuditEvent>),
-}
-
-impl Job {
-    fn execution_id(&self) -> uuid::Uuid {
-        match &self.work {
-            Work::Transition(lease, _) => lease.execution_id,
-            Work::Create(row) => row.id,
-            Work::Audit(e) => e.id,
-        }
-    }
-}
 
 /// Starts `writers` tasks; they end when every sender is dropped.
 pub(super) fn start(connect: PgConnectOptions, writers: usize) -> mpsc::UnboundedSender<Job> {
@@ -106,9 +81,7 @@ async fn write_batch(
             .iter()
             .enumerate()
             .map(|(i, job)| match job.work {
-                Work::Transition(..) if !held.contains(&(i as i32)) => {
-                    Err(Error::Fenced(job.execution_id()))
-                }
+                Work::Transition(..) if !held.contains(&(i as i32)) => Err(Error::Fenced(job.id())),
                 _ => Ok(()),
             })
             .collect(),
@@ -119,13 +92,13 @@ async fn write_batch(
                 return unavailable(batch, err.to_string());
             }
             if batch.len() == 1 {
-                let id = batch[0].execution_id();
+                let id = batch[0].id();
                 return vec![Err(map_err(|| format!("execution {id}"))(err))];
             }
             // One transition spoiled the statement: write each on its own.
             let mut results = Vec::with_capacity(batch.len());
             for job in batch {
-                let id = job.execution_id();
+                let id = job.id();
                 results.push(match write(c, &[job]).await {
                     Ok(held) if held.is_empty() && matches!(job.work, Work::Transition(..)) => {
                         Err(Error::Fenced(id))
@@ -386,7 +359,7 @@ struct Columns<'a> {
     w_payload: Vec<&'a str>,
     w_create: Vec<chrono::DateTime<chrono::Utc>>,
     w_expire: Vec<chrono::DateTime<chrono::Utc>>,
-    creates: Vec<&'a super::super::NewRow>,
+    creates: Vec<&'a NewRow>,
     audits: Vec<&'a crate::secrets::model::AuditEvent>,
 }
 

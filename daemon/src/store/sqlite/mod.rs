@@ -35,8 +35,8 @@ pub struct SqliteStore {
     pool: Pool<Sqlite>,
     /// Held for the store's lifetime when opened exclusively.
     _lock: Option<File>,
-    /// Transitions go through the writer thread (see [`writer`]); `None` once closed.
-    writer: std::sync::Mutex<Option<std::sync::mpsc::Sender<writer::Job>>>,
+    /// The group-commit writers (see [`writer`]).
+    writers: super::Writers,
 }
 
 impl SqliteStore {
@@ -79,7 +79,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             _lock: lock,
-            writer: std::sync::Mutex::new(Some(writer)),
+            writers: super::Writers::new(writer),
         })
     }
 }
@@ -118,27 +118,6 @@ fn lock_database(path: &std::path::Path) -> Result<File> {
 }
 
 impl SqliteStore {
-    async fn record_audit_by_writer(&self, e: &crate::secrets::model::AuditEvent) -> Result<()> {
-        self.to_writer(writer::Work::Audit(Box::new(e.clone())))
-            .await
-    }
-
-    /// Hands `work` to the writer thread and waits for its commit.
-    async fn to_writer(&self, work: writer::Work) -> Result<()> {
-        let (done, result) = tokio::sync::oneshot::channel();
-        let stopped = || Error::Unavailable("the sqlite writer stopped".to_owned());
-        let sender = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(stopped)?;
-        sender
-            .send(writer::Job { work, done })
-            .map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
-    }
-
     async fn take_rate_limit_backend(
         &self,
         _tenant_id: Uuid,
@@ -208,18 +187,13 @@ impl ExecutionStore for SqliteStore {
 
     async fn create_execution(&self, e: &NewExecution) -> Result<Created> {
         let expires = Utc::now() + chrono::Duration::milliseconds(e.lease_ms as i64);
-        let Some(row) = super::NewRow::simple(e, expires) else {
-            return self.create_execution_shared(e, expires).await;
-        };
-        self.to_writer(writer::Work::Create(Box::new(row))).await?;
-        Ok(Created::New(Lease {
-            execution_id: e.id,
-            epoch: 1,
-        }))
+        self.create_execution_shared(e, expires).await
     }
 
+    /// Group commit: the transition joins whatever else is queued for the writers.
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
-        self.to_writer(writer::Work::Transition(lease, Box::new(t.clone())))
+        self.writers
+            .submit(super::Work::Transition(lease, Box::new(t.clone())))
             .await
     }
 
@@ -322,8 +296,8 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        // The writer thread finishes what is queued, then closes its connection.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // The writers finish what is queued, then close their connections.
+        self.writers.close();
         self.pool.close().await;
     }
 

@@ -7,37 +7,21 @@
 //! worker thread, which cost more than the commit itself.
 
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
-use super::super::{Error, Result};
+use super::super::{Error, Job, NewRow, Result, Work};
 use crate::engine::model::{Lease, Transition};
 
 /// Largest number of transitions committed together.
 const MAX_BATCH: usize = 256;
 
-pub(super) struct Job {
-    pub work: Work,
-    pub done: oneshot::Sender<Result<()>>,
-}
-
-pub(super) enum Work {
-    /// A driver's checkpoint, written only while `lease` holds.
-    Transition(Lease, Box<Transition>),
-    /// A new execution with nothing to check first (no idempotency key, no concurrency
-    /// cap), leased to its starter: through the writer, a start never waits on its lock.
-    Create(Box<super::super::NewRow>),
-    /// An audit record.
-    Audit(Box<crate::secrets::model::AuditEvent>),
-}
-
 /// Opens the writer's connection and starts its thread; the thread ends when every
 /// sender is dropped, after writing what was queued.
-pub(super) fn start(path: &Path) -> Result<mpsc::Sender<Job>> {
+pub(super) fn start(path: &Path) -> Result<mpsc::UnboundedSender<Job>> {
     let open =
         |e: rusqlite::Error| Error::Config(format!("sqlite database {}: {e}", path.display()));
     let conn = Connection::open_with_flags(
@@ -54,7 +38,7 @@ pub(super) fn start(path: &Path) -> Result<mpsc::Sender<Job>> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )
     .map_err(open)?;
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("sqlite-writer".to_owned())
         .spawn(move || run(conn, rx))
@@ -72,8 +56,8 @@ fn retry_soon(tries: i32) -> bool {
     true
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
+fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -168,7 +152,7 @@ fn store_err(id: uuid::Uuid) -> impl Fn(rusqlite::Error) -> Error {
     }
 }
 
-fn create(conn: &Connection, row: &super::super::NewRow) -> Result<()> {
+fn create(conn: &Connection, row: &NewRow) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
          trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
