@@ -85,6 +85,27 @@ async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     store
 }
 
+/// The attempts and events of execution `id` still stored, read on `conn` (a SQLite or a
+/// PostgreSQL connection).
+macro_rules! checkpoint_rows {
+    ($conn:expr, $id:expr) => {{
+        let mut counts = [0i64; 2];
+        for (k, table) in ["step_attempts", "execution_events"]
+            .into_iter()
+            .enumerate()
+        {
+            counts[k] = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM {table} WHERE execution_id = $1"
+            )))
+            .bind($id)
+            .fetch_one(&mut *$conn)
+            .await
+            .unwrap();
+        }
+        (counts[0], counts[1])
+    }};
+}
+
 #[tokio::test]
 async fn contract_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +114,15 @@ async fn contract_sqlite() {
     contract(store.clone()).await;
     definitions_contract(store.clone()).await;
     executions_contract(store.clone()).await;
-    group_commit_contract(store).await;
+    group_commit_contract(store.clone()).await;
+    let id = tenant_deletion_contract(store).await;
+    let mut conn = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("mantle.db").display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(checkpoint_rows!(&mut conn, id), (0, 0));
 }
 
 #[tokio::test]
@@ -119,7 +148,12 @@ async fn contract_postgres() {
     contract(store.clone()).await;
     definitions_contract(store.clone()).await;
     executions_contract(store.clone()).await;
-    group_commit_contract(store).await;
+    group_commit_contract(store.clone()).await;
+    let id = tenant_deletion_contract(store.clone()).await;
+    drop(store);
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    assert_eq!(checkpoint_rows!(&mut conn, id), (0, 0));
+    conn.close().await.unwrap();
     db.drop_db().await;
 }
 
@@ -725,10 +759,25 @@ async fn executions_contract(store: Arc<dyn Store>) {
         store.write_transition(lease, &stale).await.unwrap_err(),
         store::Error::Fenced(_)
     ));
-    assert_eq!(
-        store.load_execution(e.id).await.unwrap().2,
-        2,
-        "a fenced write wrote nothing"
+    // A lone step (one attempt, one event: PostgreSQL writes it with a statement of its own)
+    // is fenced the same way.
+    let mut stale_step = Transition::default();
+    stale_step
+        .attempts
+        .push(attempt(e.id, "late", 1, StepStatus::Completed));
+    stale_step.events.push(event(e.id, 3, "completed"));
+    assert!(matches!(
+        store
+            .write_transition(lease, &stale_step)
+            .await
+            .unwrap_err(),
+        store::Error::Fenced(_)
+    ));
+    let (_, attempts_now, last_seq) = store.load_execution(e.id).await.unwrap();
+    assert_eq!(last_seq, 2, "a fenced write wrote nothing");
+    assert!(
+        attempts_now.iter().all(|a| a.step_name != "late"),
+        "a fenced step wrote its attempt"
     );
 
     // Finishing releases the lease; a finished execution is not claimed again.
@@ -1159,4 +1208,34 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
             "lease of execution {i}"
         );
     }
+}
+
+/// Deleting a tenant deletes its executions with their attempts and events (the caller
+/// checks the tables for the returned execution's rows).
+async fn tenant_deletion_contract(store: Arc<dyn Store>) -> uuid::Uuid {
+    let t = tenant("doomed");
+    store.create_tenant(&t).await.unwrap();
+    store
+        .apply_definition(&version(t.id, "wf", "h"))
+        .await
+        .unwrap();
+    let lease = created(
+        store
+            .create_execution(&new_execution(t.id, "node-d", 60_000))
+            .await
+            .unwrap(),
+    );
+    let id = lease.execution_id;
+    let mut step = Transition::default();
+    step.attempts
+        .push(attempt(id, "a", 1, StepStatus::Completed));
+    step.events.push(event(id, 1, "completed"));
+    store.write_transition(lease, &step).await.unwrap();
+    assert_eq!(store.load_execution(id).await.unwrap().1.len(), 1);
+    store.delete_tenant("doomed").await.unwrap();
+    assert!(matches!(
+        store.get_execution(t.id, id).await.unwrap_err(),
+        store::Error::NotFound(_)
+    ));
+    id
 }

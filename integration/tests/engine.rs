@@ -119,6 +119,7 @@ on_both_backends!(
     engine_step_timeout_on_sleep,
     engine_pending_retry_survives_restart,
     engine_sigterm_during_sleep_hands_over,
+    engine_pure_chain_keeps_checkpoint_order,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -1608,4 +1609,79 @@ async fn engine_pending_retry_survives_restart(backend: Backend) {
         describe_attempts(&attempts)
     );
     assert_eq!(server.count("/flaky"), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure steps: evaluated while their inputs commit, recorded strictly after them
+// ---------------------------------------------------------------------------------------------
+
+/// A long chain of `core/set` steps, each reading the previous one, killed with SIGKILL
+/// midway. The engine evaluates a pure step while its input's checkpoint is committing, but
+/// must record it only after that checkpoint: so every step completes exactly once (a step
+/// recorded before its input would make the input run again after the restart), each with
+/// one event, in chain order, and the values add up.
+async fn engine_pure_chain_keeps_checkpoint_order(backend: Backend) {
+    const STEPS: usize = 1000;
+    let Some(mut env) = setup(backend, "engine_pure_chain_keeps_checkpoint_order", &[]).await
+    else {
+        return;
+    };
+    env.m
+        .apply(&reliability::set_chain_workflow("pure-chain", STEPS))
+        .await;
+    let started = env.m.start_ok("pure-chain", "").await;
+    env.m
+        .wait_until(
+            &started.id,
+            Duration::from_secs(30),
+            "a fifth of the chain done",
+            |_, a| a.len() >= STEPS / 5,
+        )
+        .await;
+    env.daemon.sigkill().await.expect("kill -9");
+    env.restart().await;
+
+    let e = env
+        .m
+        .wait_terminal(&started.id, Duration::from_secs(60))
+        .await;
+    let attempts = env.m.attempts(&started.id).await;
+    assert_status(&e, &attempts, Ex::Completed);
+    assert_eq!(json(&e.outputs_json), json!({ "v": STEPS }));
+    assert_eq!(
+        attempts.len(),
+        STEPS,
+        "every step has exactly one attempt: none ran twice"
+    );
+    for a in &attempts {
+        assert_eq!(step_status(a), St::Completed, "{}", a.step_name);
+        let n: usize = a.step_name[1..].parse().expect("step name s<N>");
+        assert_eq!(json(&a.output_json), json!({ "v": n }), "{}", a.step_name);
+    }
+
+    let events = env
+        .m
+        .watch(&started.id, 0, Duration::from_secs(30))
+        .await
+        .expect("watch the finished execution");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "event sequence numbers have gaps or repeats"
+    );
+    let steps: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind() == pb::execution_event::Kind::StepStatus)
+        .map(|e| {
+            assert_eq!(
+                e.step_status(),
+                St::Completed,
+                "{}",
+                describe_events(&events)
+            );
+            e.step_name.as_str()
+        })
+        .collect();
+    let want: Vec<String> = (1..=STEPS).map(|i| format!("s{i}")).collect();
+    assert_eq!(steps, want, "one completed event per step, in chain order");
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -268,11 +269,39 @@ impl Driver {
         if self.pending.is_empty() {
             return Ok(());
         }
+        self.commit_during(|_| ()).await
+    }
+
+    /// Writes the pending transition and runs `meanwhile` while it commits: the write is
+    /// queued first, so `meanwhile` overlaps the database's commit instead of following it.
+    /// What `meanwhile` records goes into the next transition, which is written only after
+    /// this one is durable (or the driver stops), so checkpoints stay in order.
+    async fn commit_during<R>(
+        &mut self,
+        meanwhile: impl FnOnce(&mut Self) -> R,
+    ) -> Result<R, Stop> {
         let t = std::mem::take(&mut self.pending);
+        let store = self.inner.store.clone();
+        let lease = self.lease;
+        let mut write = std::pin::pin!(store.write_transition(lease, &t));
+        // One poll hands the transition to the writers.
+        let mut early = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = write.as_mut().poll(cx) {
+                early = Some(result);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        let out = meanwhile(self);
+        let mut result = match early {
+            Some(result) => result,
+            None => write.await,
+        };
         let mut backoff = Duration::from_millis(100);
         let mut retried = false;
         loop {
-            match self.inner.store.write_transition(self.lease, &t).await {
+            match result {
                 Ok(()) => break,
                 Err(store::Error::Fenced(_)) => return Err(Stop::Lost),
                 // A retried write whose first try committed after all.
@@ -285,11 +314,12 @@ impl Driver {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     retried = true;
+                    result = store.write_transition(lease, &t).await;
                 }
             }
         }
         let _ = self.inner.events.send(self.execution.id);
-        Ok(())
+        Ok(out)
     }
 
     /// The values expressions read; `steps` holds every finished step.
@@ -366,6 +396,8 @@ impl Driver {
             });
         }
         self.interrupt_orphans();
+        // What `advance` found while the previous transition was committing.
+        let mut ahead = None;
         loop {
             if self.lost.is_cancelled() {
                 self.attempts_cancel.cancel();
@@ -384,17 +416,26 @@ impl Driver {
             if self.inner.shutdown.is_cancelled() {
                 self.draining = true;
             }
-            let (started, deferred) = self.advance();
+            let (started, deferred) = match ahead.take() {
+                Some(found) => found,
+                None => self.advance(),
+            };
             if self.steps.iter().all(|s| matches!(s.state, State::Done(_))) {
                 return self.finish().await;
+            }
+            if deferred {
+                // Pure steps read outcomes of this transition: evaluate them while it
+                // commits. They have no effects, and what they record is written only
+                // after this transition is durable.
+                ahead = Some(self.commit_during(Self::advance).await?);
+                for (step, attempt) in started {
+                    self.spawn_attempt(step, attempt);
+                }
+                continue;
             }
             self.commit().await?;
             for (step, attempt) in started {
                 self.spawn_attempt(step, attempt);
-            }
-            if deferred {
-                // Pure steps whose inputs were just made durable can run now.
-                continue;
             }
             if self.draining && self.running == 0 {
                 let _ = self.inner.store.release_lease(self.lease).await;
@@ -446,10 +487,11 @@ impl Driver {
     /// once the transition is durable, and whether a pure step waits for that commit.
     ///
     /// A pure step (`core/set`, `core/log`, `core/fail`) runs right here and its attempt is
-    /// written once, already finished. It runs only when the outputs it reads are durable:
-    /// when a dependency's outcome is still in the pending transition, it waits for the next
-    /// pass, after the commit. So a chain still commits each step's output before the next
-    /// step starts, one commit a step.
+    /// written once, already finished. It does not run while a dependency's outcome is in
+    /// the pending transition (it waits for the next pass). `run` makes that next pass while
+    /// the transition commits: the step has no effects, and its own record goes into the
+    /// following transition, queued only after this one is durable. So a chain still
+    /// commits each step's output before the next step's, one commit a step.
     fn advance(&mut self) -> (Vec<(usize, i32)>, bool) {
         let mut started = Vec::new();
         let mut deferred = false;
@@ -587,14 +629,7 @@ impl Driver {
                 crate::connectors::run_pure(&step.spec.action, &params)
                     .unwrap_or_else(|| Err(format!("{} is not a pure action", step.spec.action)))
             });
-            let name = step.spec.name.clone();
-            self.event(
-                EventKind::StepStatus,
-                Some(&name),
-                Some(attempt),
-                Some(StepStatus::Running.as_str()),
-                None,
-            );
+            // Started and finished in this one transition: its one event is the outcome.
             self.complete(i, attempt, now, Utc::now(), result);
             return None;
         }

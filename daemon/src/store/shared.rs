@@ -254,14 +254,30 @@ macro_rules! impl_tenant_store {
             }
 
             async fn delete_tenant(&self, name: &str) -> Result<()> {
+                let err = || map_err(|| format!("tenant {name:?}"));
+                let mut tx = self.pool.begin().await.map_err(err())?;
+                // Attempts and events have no foreign key to their execution (the
+                // checkpoint fence stands for it): they go first, explicitly. The rest
+                // follows the tenant by cascade.
+                for table in ["step_attempts", "execution_events"] {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {table} WHERE execution_id IN (SELECT e.id FROM \
+                         executions e JOIN tenants t ON t.id = e.tenant_id WHERE t.name = $1)"
+                    )))
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(err())?;
+                }
                 let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
                     .bind(name)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
-                    .map_err(map_err(|| format!("tenant {name:?}")))?;
+                    .map_err(err())?;
                 if done.rows_affected() == 0 {
                     return Err(Error::NotFound(format!("tenant {name:?}")));
                 }
+                tx.commit().await.map_err(err())?;
                 Ok(())
             }
 

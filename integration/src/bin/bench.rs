@@ -16,9 +16,12 @@
 //! Figures, per backend:
 //! - (a) a sequential chain of 100 `core/set` steps, each reading the previous output:
 //!   milliseconds per step (from the execution's start and end times), next to the
-//!   database's single-client durable commit latency (a loop of single-row INSERT commits on
-//!   one connection; SQLite: a file in the daemon's data dir, WAL, synchronous=FULL, like the
-//!   daemon), and their ratio. Target: at most 1.5 commits' time per step.
+//!   database's single-client durable commit latency (single-row INSERT commits on one
+//!   connection; SQLite: a file in the daemon's data dir, WAL, synchronous=FULL, like the
+//!   daemon), and the ratio of their medians. Each chain run is followed by a 0.4 s round of
+//!   commits, so both are measured under the same conditions. Also printed: the CPU time a
+//!   chain step costs the daemon and (PostgreSQL) the database server's processes. Target:
+//!   at most 1.5 commits' time per step.
 //! - (b) 200 concurrent executions of a 10-step `core/set` chain: steps per second (all steps
 //!   over the time from the first start to the last end, taken from the executions' own
 //!   create and end times), next to the raw concurrent commit rate of single-row INSERTs on
@@ -43,11 +46,12 @@ use sqlx::Connection;
 /// commit measurement.
 const CONNECTIONS: usize = 16;
 const CHAIN_STEPS: usize = 100;
-const CHAIN_RUNS: usize = 5;
+const CHAIN_RUNS: usize = 7;
 const CONCURRENT_EXECUTIONS: usize = 200;
 const CONCURRENT_STEPS: usize = 10;
 const STARTS: usize = 200;
-const COMMIT_LOOP: Duration = Duration::from_secs(2);
+/// One round of the commit loop, after each measured chain run.
+const COMMIT_ROUND: Duration = Duration::from_millis(400);
 const CONCURRENT_COMMIT_LOOP: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -69,7 +73,13 @@ impl Backend {
 struct Report {
     chain_ms_per_step: f64,
     chain_runs_ms_per_step: Vec<f64>,
+    /// CPU time per chain step: the daemon's threads, and the database server's processes
+    /// (PostgreSQL only; SQLite runs inside the daemon).
+    chain_daemon_cpu_ms: f64,
+    /// And per commit of the commit loop.
+    chain_db_cpu_ms: Option<(f64, f64)>,
     commit_ms: f64,
+    commit_rounds_ms: Vec<f64>,
     commits_measured: usize,
     steps_per_s: f64,
     concurrent_wall_s: f64,
@@ -202,28 +212,47 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
     let mut client = executions_of(&daemon).await;
     let mut report = Report::default();
 
-    // (a) Sequential chain.
+    // (a) Sequential chain. Each measured run is followed by a round of the commit loop, so
+    // both sides see the same state of the machine (its commit latency drifts by a third
+    // over a minute here); the ratio is taken of the medians.
+    let mut probe = CommitProbe::open(db.as_ref().map(|d| d.url.as_str()), &data_dir).await?;
     let mut per_step = Vec::new();
+    let mut per_commit = Vec::new();
+    let mut daemon_cpu = 0.0;
+    let mut db_cpu = 0.0;
+    let mut db_commit_cpu = 0.0;
     for run in 0..=CHAIN_RUNS {
+        let cpu_before = (cpu_ms(&[daemon.pid()]), cpu_ms(&postgres_pids()));
         let e = start_execution(&mut client, "chain").await?;
         let e = wait_all_terminal(&mut client, &[e.id], Duration::from_secs(120))
             .await?
             .remove(0);
         check_completed(&e)?;
+        if run == 0 {
+            continue;
+        }
+        daemon_cpu += cpu_ms(&[daemon.pid()]) - cpu_before.0;
+        db_cpu += cpu_ms(&postgres_pids()) - cpu_before.1;
         let start = system_time(e.start_time.as_ref().context("no start_time")?);
         let end = system_time(e.end_time.as_ref().context("no end_time")?);
-        if run > 0 {
-            per_step.push(millis_between(start, end) / CHAIN_STEPS as f64);
-        }
+        per_step.push(millis_between(start, end) / CHAIN_STEPS as f64);
+        let cpu_before = cpu_ms(&postgres_pids());
+        let (ms, n) = probe.latency(COMMIT_ROUND).await?;
+        db_commit_cpu += cpu_ms(&postgres_pids()) - cpu_before;
+        per_commit.push(ms);
+        report.commits_measured += n;
     }
+    probe.close().await?;
+    let measured_steps = (CHAIN_RUNS * CHAIN_STEPS) as f64;
+    report.chain_daemon_cpu_ms = daemon_cpu / measured_steps;
+    report.chain_db_cpu_ms = db.is_some().then_some((
+        db_cpu / measured_steps,
+        db_commit_cpu / report.commits_measured as f64,
+    ));
     report.chain_runs_ms_per_step = per_step.clone();
+    report.commit_rounds_ms = per_commit.clone();
     report.chain_ms_per_step = percentile(&mut per_step, 50.0);
-    let (commit_ms, commits) = match &db {
-        Some(db) => pg_commit_latency(&db.url).await?,
-        None => sqlite_commit_latency(&data_dir).await?,
-    };
-    report.commit_ms = commit_ms;
-    report.commits_measured = commits;
+    report.commit_ms = percentile(&mut per_commit, 50.0);
 
     // (b) Concurrent executions.
     let mut tasks = Vec::new();
@@ -292,6 +321,43 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
     Ok(Some((report, target)))
 }
 
+/// CPU time (ms) the processes `pids` have used so far, every thread counted (from
+/// `/proc/<pid>/task/*/schedstat`, nanosecond resolution); 0 where `/proc` cannot tell.
+fn cpu_ms(pids: &[u32]) -> f64 {
+    let mut ns = 0u64;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+                ns += stat
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    ns as f64 / 1e6
+}
+
+/// The processes of the local PostgreSQL server (`postgres` by name): its CPU time is the
+/// database's share of a step. Empty when the server is elsewhere or not visible.
+fn postgres_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "postgres")
+        })
+        .collect()
+}
+
 /// Waits until every execution of `ids` (all of workflow `workflow`) has ended, with one
 /// ListExecutions call every 20 ms: polling each execution would load the daemon during
 /// the measurement with as many calls as there are executions.
@@ -345,28 +411,65 @@ const INSERT: &str = "INSERT INTO bench_commits (v) VALUES ($1)";
 const CREATE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS bench_commits \
      (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT NOT NULL)";
 
-/// Mean latency (ms) of single-row INSERT commits on one connection, and how many ran.
-async fn pg_commit_latency(url: &str) -> Result<(f64, usize)> {
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    sqlx::query(CREATE_PG).execute(&mut conn).await?;
-    for _ in 0..20 {
-        sqlx::query(INSERT)
-            .bind("warm-up")
-            .execute(&mut conn)
-            .await?;
+/// One connection committing single-row INSERTs: the database's own commit latency.
+enum CommitProbe {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl CommitProbe {
+    /// PostgreSQL at `url`, else a SQLite file in the daemon's data dir (WAL,
+    /// synchronous=FULL, as the daemon opens its own); the table made and warmed up.
+    async fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<CommitProbe> {
+        let mut probe = match url {
+            Some(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                sqlx::query(CREATE_PG).execute(&mut conn).await?;
+                CommitProbe::Postgres(conn)
+            }
+            None => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect_with(&sqlite_options(data_dir)).await?;
+                sqlx::query(CREATE_SQLITE).execute(&mut conn).await?;
+                CommitProbe::Sqlite(conn)
+            }
+        };
+        for _ in 0..20 {
+            probe.commit("warm-up").await?;
+        }
+        Ok(probe)
     }
-    let began = Instant::now();
-    let mut n = 0usize;
-    while began.elapsed() < COMMIT_LOOP {
-        sqlx::query(INSERT)
-            .bind("single-row commit")
-            .execute(&mut conn)
-            .await?;
-        n += 1;
+
+    async fn commit(&mut self, v: &str) -> Result<()> {
+        match self {
+            CommitProbe::Postgres(c) => {
+                sqlx::query(INSERT).bind(v).execute(c).await?;
+            }
+            CommitProbe::Sqlite(c) => {
+                sqlx::query(INSERT).bind(v).execute(c).await?;
+            }
+        }
+        Ok(())
     }
-    let ms = began.elapsed().as_secs_f64() * 1000.0 / n as f64;
-    conn.close().await?;
-    Ok((ms, n))
+
+    /// Mean latency (ms) of the commits made during `round`, and how many ran.
+    async fn latency(&mut self, round: Duration) -> Result<(f64, usize)> {
+        let began = Instant::now();
+        let mut n = 0usize;
+        while began.elapsed() < round {
+            self.commit("single-row commit").await?;
+            n += 1;
+        }
+        Ok((began.elapsed().as_secs_f64() * 1000.0 / n as f64, n))
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            CommitProbe::Postgres(c) => c.close().await?,
+            CommitProbe::Sqlite(c) => c.close().await?,
+        }
+        Ok(())
+    }
 }
 
 fn sqlite_options(data_dir: &std::path::Path) -> sqlx::sqlite::SqliteConnectOptions {
@@ -376,31 +479,6 @@ fn sqlite_options(data_dir: &std::path::Path) -> sqlx::sqlite::SqliteConnectOpti
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(30))
-}
-
-/// Like [`pg_commit_latency`], on a SQLite file in the daemon's data dir (WAL,
-/// synchronous=FULL, as the daemon opens its own).
-async fn sqlite_commit_latency(data_dir: &std::path::Path) -> Result<(f64, usize)> {
-    let mut conn = sqlx::SqliteConnection::connect_with(&sqlite_options(data_dir)).await?;
-    sqlx::query(CREATE_SQLITE).execute(&mut conn).await?;
-    for _ in 0..20 {
-        sqlx::query(INSERT)
-            .bind("warm-up")
-            .execute(&mut conn)
-            .await?;
-    }
-    let began = Instant::now();
-    let mut n = 0usize;
-    while began.elapsed() < COMMIT_LOOP {
-        sqlx::query(INSERT)
-            .bind("single-row commit")
-            .execute(&mut conn)
-            .await?;
-        n += 1;
-    }
-    let ms = began.elapsed().as_secs_f64() * 1000.0 / n as f64;
-    conn.close().await?;
-    Ok((ms, n))
 }
 
 /// Single-row INSERT commits per second over `CONNECTIONS` connections committing at once.
@@ -506,9 +584,23 @@ fn print_report(backend: Backend, target: &str, r: &Report, took: Duration) {
         verdict(r.start_p99_ms < 10.0)
     );
     println!(
-        "details: chain runs {} ms/step; {} commits in the latency loop; concurrent wall time \
+        "cpu per chain step: daemon {:.3} ms{}",
+        r.chain_daemon_cpu_ms,
+        r.chain_db_cpu_ms
+            .map(|(step, commit)| format!(
+                ", postgres server {step:.3} ms (a single-row commit: {commit:.3} ms)"
+            ))
+            .unwrap_or_default()
+    );
+    println!(
+        "details: chain runs {} ms/step; commit rounds {} ms; {} commits in the latency loop; concurrent wall time \
          {:.2} s; start latency max {:.2} ms",
         r.chain_runs_ms_per_step
+            .iter()
+            .map(|v| format!("{v:.3}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        r.commit_rounds_ms
             .iter()
             .map(|v| format!("{v:.3}"))
             .collect::<Vec<_>>()
