@@ -133,8 +133,8 @@ fn unavailable(batch: &[Job], why: String) -> Vec<Result<()>> {
         .collect()
 }
 
-/// The parts a batch statement needs: SQL text is cached per shape, so a chain's
-/// transitions (one at a time, no execution update) always reuse the same plan.
+/// The parts a batch statement needs. Each shape has one SQL text (built once, see
+/// [`Shape::sql`]), so the connection's prepared statement and plan for it are reused.
 #[derive(Clone, Copy)]
 struct Shape {
     /// More than one transition: rows are matched to their transition by index.
@@ -143,6 +143,19 @@ struct Shape {
     webhooks: bool,
     creates: bool,
     audits: bool,
+}
+
+impl Shape {
+    /// The statement of this shape, built on first use.
+    fn sql(self) -> &'static str {
+        static SQL: [std::sync::OnceLock<String>; 32] = [const { std::sync::OnceLock::new() }; 32];
+        let key = usize::from(self.several)
+            | usize::from(self.updates) << 1
+            | usize::from(self.webhooks) << 2
+            | usize::from(self.creates) << 3
+            | usize::from(self.audits) << 4;
+        SQL[key].get_or_init(|| batch_sql(self))
+    }
 }
 
 /// The batch statement, from typed arrays (`unnest`): `$1..$3` list the transitions'
@@ -497,8 +510,7 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         creates: several || !creates.is_empty(),
         audits: several || !audits.is_empty(),
     };
-    let sql = batch_sql(shape);
-    let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+    let mut query = sqlx::query_scalar(shape.sql())
         .bind(t_i)
         .bind(t_id)
         .bind(t_epoch)
