@@ -293,6 +293,9 @@ impl Driver {
             Poll::Ready(())
         })
         .await;
+        // Let the writer send it first: woken from this thread, a writer task waits in this
+        // worker's next-task slot, which no other worker may take, until this task yields.
+        tokio::task::yield_now().await;
         let out = meanwhile(self);
         let mut result = match early {
             Some(result) => result,
