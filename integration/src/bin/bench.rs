@@ -298,10 +298,8 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
             millis_between(first.context("no executions")?, last.context("no end")?) / 1000.0;
         walls.push(wall_s);
         rates.push((CONCURRENT_EXECUTIONS * CONCURRENT_STEPS) as f64 / wall_s);
-        raw_rates.push(match &db {
-            Some(db) => pg_concurrent_commit_rate(&db.url).await?,
-            None => sqlite_concurrent_commit_rate(&data_dir).await?,
-        });
+        raw_rates
+            .push(concurrent_commit_rate(db.as_ref().map(|d| d.url.as_str()), &data_dir).await?);
     }
     report.concurrent_rounds = rates
         .iter()
@@ -443,23 +441,29 @@ impl CommitProbe {
     /// PostgreSQL at `url`, else a SQLite file in the daemon's data dir (WAL,
     /// synchronous=FULL, as the daemon opens its own); the table made and warmed up.
     async fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<CommitProbe> {
-        let mut probe = match url {
-            Some(url) => {
-                let mut conn = sqlx::PgConnection::connect(url).await?;
-                sqlx::query(CREATE_PG).execute(&mut conn).await?;
-                CommitProbe::Postgres(conn)
+        let mut probe = CommitProbe::connect(url, data_dir).await?;
+        match &mut probe {
+            CommitProbe::Postgres(c) => {
+                sqlx::query(CREATE_PG).execute(c).await?;
             }
-            None => {
-                let mut conn =
-                    sqlx::SqliteConnection::connect_with(&sqlite_options(data_dir)).await?;
-                sqlx::query(CREATE_SQLITE).execute(&mut conn).await?;
-                CommitProbe::Sqlite(conn)
+            CommitProbe::Sqlite(c) => {
+                sqlx::query(CREATE_SQLITE).execute(c).await?;
             }
-        };
+        }
         for _ in 0..20 {
             probe.commit("warm-up").await?;
         }
         Ok(probe)
+    }
+
+    /// A connection alone, to a table that exists.
+    async fn connect(url: Option<&str>, data_dir: &std::path::Path) -> Result<CommitProbe> {
+        Ok(match url {
+            Some(url) => CommitProbe::Postgres(sqlx::PgConnection::connect(url).await?),
+            None => CommitProbe::Sqlite(
+                sqlx::SqliteConnection::connect_with(&sqlite_options(data_dir)).await?,
+            ),
+        })
     }
 
     async fn commit(&mut self, v: &str) -> Result<()> {
@@ -503,56 +507,24 @@ fn sqlite_options(data_dir: &std::path::Path) -> sqlx::sqlite::SqliteConnectOpti
         .busy_timeout(Duration::from_secs(30))
 }
 
-/// Single-row INSERT commits per second over `CONNECTIONS` connections committing at once.
-async fn pg_concurrent_commit_rate(url: &str) -> Result<f64> {
-    let mut conns = Vec::new();
+/// Single-row INSERT commits per second over `CONNECTIONS` connections committing at once
+/// (the table exists: the single-connection probe made it).
+async fn concurrent_commit_rate(url: Option<&str>, data_dir: &std::path::Path) -> Result<f64> {
+    let mut probes = Vec::new();
     for _ in 0..CONNECTIONS {
-        conns.push(sqlx::PgConnection::connect(url).await?);
+        probes.push(CommitProbe::connect(url, data_dir).await?);
     }
     let began = Instant::now();
     let deadline = began + CONCURRENT_COMMIT_LOOP;
     let mut tasks = Vec::new();
-    for mut conn in conns {
+    for mut probe in probes {
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
-                sqlx::query(INSERT)
-                    .bind("concurrent commit")
-                    .execute(&mut conn)
-                    .await?;
+                probe.commit("concurrent commit").await?;
                 n += 1;
             }
-            conn.close().await?;
-            anyhow::Ok(n)
-        }));
-    }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await??;
-    }
-    Ok(total as f64 / began.elapsed().as_secs_f64())
-}
-
-/// Like [`pg_concurrent_commit_rate`], on the SQLite file.
-async fn sqlite_concurrent_commit_rate(data_dir: &std::path::Path) -> Result<f64> {
-    let mut conns = Vec::new();
-    for _ in 0..CONNECTIONS {
-        conns.push(sqlx::SqliteConnection::connect_with(&sqlite_options(data_dir)).await?);
-    }
-    let began = Instant::now();
-    let deadline = began + CONCURRENT_COMMIT_LOOP;
-    let mut tasks = Vec::new();
-    for mut conn in conns {
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                sqlx::query(INSERT)
-                    .bind("concurrent commit")
-                    .execute(&mut conn)
-                    .await?;
-                n += 1;
-            }
-            conn.close().await?;
+            probe.close().await?;
             anyhow::Ok(n)
         }));
     }

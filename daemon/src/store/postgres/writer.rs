@@ -460,9 +460,16 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         return write_step(conn, *lease, a, e).await;
     }
     let c = Columns::of(jobs);
-    let (u_i, w_i) = (c.u_i.clone(), c.w_i.clone());
-    let creates = c.creates.clone();
-    let audits = c.audits.clone();
+    // A batch of several has every part, so one plan serves every such batch; a batch of one
+    // (a chain's step, a lone start) has only what it needs, in one of a few plans.
+    let several = jobs.len() > 1;
+    let shape = Shape {
+        several,
+        updates: several || !c.u_i.is_empty(),
+        webhooks: several || !c.w_i.is_empty(),
+        creates: several || !c.creates.is_empty(),
+        audits: several || !c.audits.is_empty(),
+    };
     let Columns {
         t_i,
         t_id,
@@ -485,6 +492,7 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         v_attempt,
         v_status,
         v_message,
+        u_i,
         u_status,
         u_outputs,
         u_error,
@@ -492,24 +500,16 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         u_end,
         u_wake,
         u_release,
+        w_i,
         w_id,
         w_url,
         w_secret,
         w_payload,
         w_create,
         w_expire,
-        ..
+        creates,
+        audits,
     } = c;
-    // A batch of several has every part, so one plan serves every such batch; a batch of one
-    // (a chain's step, a lone start) has only what it needs, in one of a few plans.
-    let several = jobs.len() > 1;
-    let shape = Shape {
-        several,
-        updates: several || !u_i.is_empty(),
-        webhooks: several || !w_i.is_empty(),
-        creates: several || !creates.is_empty(),
-        audits: several || !audits.is_empty(),
-    };
     let mut query = sqlx::query_scalar(shape.sql())
         .bind(t_i)
         .bind(t_id)

@@ -89,12 +89,11 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<()>> {
     }
     let results = if let [job] = batch {
         // Alone in its transaction: no savepoint needed, a failure rolls back just this.
-        let applied = apply_job(conn, job);
-        if applied.is_err() {
+        if let Err(err) = apply_job(conn, job) {
             rollback(conn);
-            return vec![applied];
+            return vec![Err(err)];
         }
-        vec![applied]
+        vec![Ok(())]
     } else {
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
