@@ -733,13 +733,28 @@ async fn executions_contract(store: Arc<dyn Store>) {
             .unwrap()
             .is_empty()
     );
-    let held = store.renew_leases("node-1", 60_000).await.unwrap();
+    let held = store.renew_leases("node-1", &[e.id], 60_000).await.unwrap();
     assert_eq!(held, vec![(e.id, false)]);
+    // Only the leases named are renewed, and only the owner's.
+    assert!(
+        store
+            .renew_leases("node-1", &[], 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .renew_leases("node-9", &[e.id], 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Cancellation is a flag the holder sees on its next renewal.
     store.request_cancel(a.id, e.id).await.unwrap();
     assert_eq!(
-        store.renew_leases("node-1", 60_000).await.unwrap(),
+        store.renew_leases("node-1", &[e.id], 60_000).await.unwrap(),
         vec![(e.id, true)]
     );
     assert!(matches!(
@@ -802,7 +817,7 @@ async fn executions_contract(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .renew_leases("node-2", 60_000)
+            .renew_leases("node-2", &[e.id], 60_000)
             .await
             .unwrap()
             .is_empty()
@@ -1194,8 +1209,9 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
     assert_eq!(urls, want);
     // The completed executions released their leases; the others are still held (1 under
     // its new lease).
+    let ids: Vec<uuid::Uuid> = leases.iter().map(|l| l.execution_id).collect();
     let held: Vec<uuid::Uuid> = store
-        .renew_leases("node-g", 60_000)
+        .renew_leases("node-g", &ids, 60_000)
         .await
         .unwrap()
         .into_iter()

@@ -120,6 +120,7 @@ on_both_backends!(
     engine_pending_retry_survives_restart,
     engine_sigterm_during_sleep_hands_over,
     engine_pure_chain_keeps_checkpoint_order,
+    engine_stall_longer_than_lease,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -1684,4 +1685,73 @@ async fn engine_pure_chain_keeps_checkpoint_order(backend: Backend) {
         .collect();
     let want: Vec<String> = (1..=STEPS).map(|i| format!("s{i}")).collect();
     assert_eq!(steps, want, "one completed event per step, in chain order");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A daemon frozen for longer than its lease
+// ---------------------------------------------------------------------------------------------
+
+const STALL: &str = "
+name: stall
+steps:
+  - name: nap
+    action: core/sleep
+    params: {duration: 1200ms}
+  - name: one
+    action: core/set
+    params: {v: 1}
+  - name: two
+    action: core/set
+    params: {v: \"{{ steps.one.output.v + 1 }}\"}
+outputs:
+  v: steps.two.output.v
+";
+
+/// The daemon is frozen (SIGSTOP, as a VM pause or a stalled host would) for longer than
+/// its 1 s lease, three times, while its executions run. On waking, its own claim loop may
+/// take its expired leases again (a new epoch) while the drivers holding the old ones still
+/// run: the new lease must supersede them, never be held and renewed with nothing driving
+/// it. Every execution completes, and no step completes twice.
+async fn engine_stall_longer_than_lease(backend: Backend) {
+    let Some(mut env) = setup(
+        backend,
+        "engine_stall_longer_than_lease",
+        &[
+            ("MANTLE_ENGINE_LEASE_TTL", "1s"),
+            ("MANTLE_ENGINE_POLL_INTERVAL", "100ms"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    env.m.apply(STALL).await;
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        for _ in 0..10 {
+            ids.push(env.m.start_ok("stall", "").await.id);
+        }
+        env.daemon.signal("STOP").expect("kill -STOP");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        env.daemon.signal("CONT").expect("kill -CONT");
+        tokio::time::sleep(Duration::from_millis(300 * round)).await;
+    }
+    for id in &ids {
+        let e = env.m.wait_terminal(id, Duration::from_secs(20)).await;
+        let attempts = env.m.attempts(id).await;
+        assert_status(&e, &attempts, Ex::Completed);
+        assert_eq!(json(&e.outputs_json), json!({ "v": 2 }));
+        for step in ["nap", "one", "two"] {
+            let completed = attempts
+                .iter()
+                .filter(|a| a.step_name == step && step_status(a) == St::Completed)
+                .count();
+            assert_eq!(
+                completed,
+                1,
+                "step {step} of {id} completed {completed} times:\n{}",
+                describe_attempts(&attempts)
+            );
+        }
+    }
 }

@@ -147,8 +147,12 @@ pub struct StartRequest {
 }
 
 struct Running {
+    /// The lease epoch this driver holds.
+    epoch: i64,
     cancel: CancellationToken,
     lost: CancellationToken,
+    /// Fires when the driver's task has ended.
+    done: CancellationToken,
 }
 
 pub(crate) struct Inner {
@@ -389,29 +393,55 @@ impl Engine {
 }
 
 impl Inner {
+    /// Drives the execution of `lease` here. A lease of a newer epoch than the one a driver
+    /// here holds (this daemon claimed the execution again after its lease ran out, say
+    /// after a stall) supersedes that driver: the old one is told its lease is lost, and the
+    /// new one starts from the database once the old one has stopped. Otherwise the newer
+    /// lease would be held, and renewed, with nothing driving it.
     fn spawn_driver(self: &Arc<Self>, lease: Lease, fresh: Option<driver::Fresh>) {
         let id = lease.execution_id;
         let cancel = CancellationToken::new();
         let lost = CancellationToken::new();
-        {
+        let done = CancellationToken::new();
+        let previous = {
             let mut running = self.running.lock().expect("running map");
-            if running.contains_key(&id) {
-                return;
-            }
+            let previous = match running.get(&id) {
+                Some(r) if r.epoch >= lease.epoch => return,
+                Some(r) => {
+                    tracing::info!(execution = %id, epoch = lease.epoch, "a newer lease supersedes this daemon's driver");
+                    r.lost.cancel();
+                    Some(r.done.clone())
+                }
+                None => None,
+            };
             running.insert(
                 id,
                 Running {
+                    epoch: lease.epoch,
                     cancel: cancel.clone(),
                     lost: lost.clone(),
+                    done: done.clone(),
                 },
             );
-        }
+            previous
+        };
         let inner = self.clone();
         self.tracker.spawn(async move {
-            driver::drive(inner.clone(), lease, cancel, lost, fresh).await;
-            let mut running = inner.running.lock().expect("running map");
-            running.remove(&id);
-            metrics::gauge!("mantle_executions_running").set(running.len() as f64);
+            // Leaves the map (if still ours) and fires `done` even if the driver panics.
+            let _ended = DriverEnded {
+                inner: inner.clone(),
+                id,
+                epoch: lease.epoch,
+                done,
+            };
+            let fresh = match previous {
+                Some(previous) => {
+                    previous.cancelled().await;
+                    None
+                }
+                None => fresh,
+            };
+            driver::drive(inner, lease, cancel, lost, fresh).await;
         });
     }
 
@@ -559,6 +589,26 @@ async fn claim_loop(inner: Arc<Inner>) {
     }
 }
 
+/// Removes a driver from the running map, if the entry is still its own, and fires its
+/// `done` token: when the driver's task ends, however it ends.
+struct DriverEnded {
+    inner: Arc<Inner>,
+    id: Uuid,
+    epoch: i64,
+    done: CancellationToken,
+}
+
+impl Drop for DriverEnded {
+    fn drop(&mut self) {
+        let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.get(&self.id).is_some_and(|r| r.epoch == self.epoch) {
+            running.remove(&self.id);
+        }
+        metrics::gauge!("mantle_executions_running").set(running.len() as f64);
+        self.done.cancel();
+    }
+}
+
 async fn heartbeat_loop(inner: Arc<Inner>) {
     let every = (inner.config.lease / 3).min(Duration::from_secs(1));
     let mut last_ok = tokio::time::Instant::now();
@@ -567,8 +617,9 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             () = tokio::time::sleep(every) => {}
             () = inner.tracker.wait(), if inner.shutdown.is_cancelled() => return,
         }
-        // Only drivers that existed before the renewal can be judged by its answer: one
-        // started meanwhile holds a lease the renewal may not have seen yet.
+        // Only the leases of drivers running here are renewed (one held without a driver
+        // expires and is claimed again), and only drivers that existed before the renewal
+        // are judged by its answer: one started meanwhile is renewed next time.
         let before: Vec<Uuid> = inner
             .running
             .lock()
@@ -578,7 +629,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             .collect();
         match inner
             .store
-            .renew_leases(&inner.node, inner.config.lease.as_millis() as u64)
+            .renew_leases(&inner.node, &before, inner.config.lease.as_millis() as u64)
             .await
         {
             Ok(held) => {

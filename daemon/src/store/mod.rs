@@ -282,8 +282,15 @@ pub trait ExecutionStore: Send + Sync {
     async fn load_execution(&self, id: uuid::Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)>;
     /// Leases up to `limit` executions that need work and whose lease is free or expired.
     async fn claim_executions(&self, owner: &str, lease_ms: u64, limit: u32) -> Result<Vec<Lease>>;
-    /// Extends every lease `owner` holds; returns them with their cancel flags.
-    async fn renew_leases(&self, owner: &str, lease_ms: u64) -> Result<Vec<(uuid::Uuid, bool)>>;
+    /// Extends the leases `owner` holds on `ids` (the executions it drives); returns those
+    /// it still holds, with their cancel flags. A lease not named is left to expire, so an
+    /// execution its owner no longer drives is claimed again instead of being kept forever.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[uuid::Uuid],
+        lease_ms: u64,
+    ) -> Result<Vec<(uuid::Uuid, bool)>>;
     /// Gives up one lease so another daemon can take the execution at once.
     async fn release_lease(&self, lease: Lease) -> Result<()>;
     /// Sets the cancel flag of a non-terminal execution; returns the execution.

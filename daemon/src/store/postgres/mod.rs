@@ -194,9 +194,11 @@ impl ExecutionStore for PgStore {
     }
 
     async fn claim_executions(&self, owner: &str, lease_ms: u64, limit: u32) -> Result<Vec<Lease>> {
+        // clock_timestamp(), not now(): now() is the statement's start, and a claim that
+        // waited for locks would hand out a lease that is already running out.
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
             "UPDATE executions SET owner = $1, lease_epoch = lease_epoch + 1, \
-             lease_expires = now() + $2 * interval '1 millisecond', wake_time = NULL \
+             lease_expires = clock_timestamp() + $2 * interval '1 millisecond', wake_time = NULL \
              WHERE id IN (SELECT id FROM executions WHERE status IN ('pending', 'running') \
              AND (owner IS NULL OR lease_expires < now()) \
              AND (wake_time IS NULL OR wake_time <= now() OR cancel_requested) \
@@ -217,15 +219,27 @@ impl ExecutionStore for PgStore {
             .collect())
     }
 
-    async fn renew_leases(&self, owner: &str, lease_ms: u64) -> Result<Vec<(Uuid, bool)>> {
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        lease_ms: u64,
+    ) -> Result<Vec<(Uuid, bool)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         sqlx::query_as(
-            // Rows locked in id order, as the checkpoint writers lock them: no deadlock.
-            "UPDATE executions SET lease_expires = now() + $2 * interval '1 millisecond' \
-             WHERE id IN (SELECT id FROM executions WHERE owner = $1 ORDER BY id FOR NO KEY UPDATE) \
+            // Rows locked in id order, as the checkpoint writers lock them: no deadlock. The
+            // expiry is taken when the row is updated (clock_timestamp()), so a renewal that
+            // waited for a lock still grants a whole lease.
+            "UPDATE executions SET lease_expires = clock_timestamp() + $2 * interval '1 millisecond' \
+             WHERE id IN (SELECT id FROM executions WHERE id = ANY($3) AND owner = $1 \
+             ORDER BY id FOR NO KEY UPDATE) \
              RETURNING id, cancel_requested",
         )
         .bind(owner)
         .bind(lease_ms as f64)
+        .bind(ids)
         .fetch_all(&self.pool)
         .await
         .map_err(map_err(|| "executions".to_owned()))

@@ -229,16 +229,37 @@ impl ExecutionStore for SqliteStore {
             .collect())
     }
 
-    async fn renew_leases(&self, owner: &str, lease_ms: u64) -> Result<Vec<(Uuid, bool)>> {
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        lease_ms: u64,
+    ) -> Result<Vec<(Uuid, bool)>> {
         let expires = Utc::now() + chrono::Duration::milliseconds(lease_ms as i64);
-        sqlx::query_as(
-            "UPDATE executions SET lease_expires = $2 WHERE owner = $1 RETURNING id, cancel_requested",
-        )
-        .bind(owner)
-        .bind(expires)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err(|| "executions".to_owned()))
+        let mut held = Vec::with_capacity(ids.len());
+        // SQLite has no array parameter: an IN list per chunk, well under its 32766 variables.
+        for chunk in ids.chunks(500) {
+            let list = (3..chunk.len() + 3)
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE executions SET lease_expires = $2 WHERE owner = $1 AND id IN ({list}) \
+                 RETURNING id, cancel_requested"
+            );
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(expires);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            let rows: Vec<(Uuid, bool)> = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err(|| "executions".to_owned()))?;
+            held.extend(rows);
+        }
+        Ok(held)
     }
 
     async fn release_lease(&self, lease: Lease) -> Result<()> {
