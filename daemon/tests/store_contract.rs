@@ -970,6 +970,12 @@ async fn executions_contract(store: Arc<dyn Store>) {
         ..Transition::default()
     };
     store.write_transition(first, &finish).await.unwrap();
+    // First come, first served: with the slot free but one still queued, a new start
+    // queues behind it instead of taking the slot (here the queue is full: refused).
+    assert!(matches!(
+        store.create_execution(&capped(1)).await.unwrap_err(),
+        store::Error::Exhausted(_)
+    ));
     assert_eq!(store.promote_queued(Some(1)).await.unwrap(), 1);
     assert_eq!(
         store.get_execution(c.id, queued).await.unwrap().status,

@@ -8,10 +8,12 @@ use mantle_proto::v1 as pb;
 
 const NAP: &str = "
 name: nap
+inputs:
+  d: {type: string, default: 700ms}
 steps:
   - name: s
     action: core/sleep
-    params: {duration: 700ms}
+    params: {duration: '{{ inputs.d }}'}
 ";
 
 fn ts(t: &Option<prost_types::Timestamp>) -> i64 {
@@ -46,12 +48,14 @@ async fn concurrency_cap_across_two_daemons() {
     let mut ma = Mantle::connect(&a, &token).await;
     let mut mb = Mantle::connect(&b, &token).await;
     ma.apply(NAP).await;
-    // 8 starts over the two daemons: 2 run, 6 queue; the 9th is refused.
+    // 8 starts over the two daemons: 2 run, 6 queue; the 9th is refused. The first two
+    // sleep long enough to outlast the starts on a loaded machine; the queued ones are short.
     let mut ids = Vec::new();
     let mut statuses = Vec::new();
     for i in 0..8 {
         let m = if i % 2 == 0 { &mut ma } else { &mut mb };
-        let e = m.start_ok("nap", "").await;
+        let inputs = if i < 2 { r#"{"d": "6s"}"# } else { "" };
+        let e = m.start_ok("nap", inputs).await;
         statuses.push(e.status);
         ids.push(e.id);
     }

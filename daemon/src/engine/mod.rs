@@ -319,6 +319,8 @@ impl Engine {
                 metrics::counter!("mantle_executions_started_total", "tenant_id" => tenant_label.clone()).increment(1);
                 metrics::counter!("mantle_executions_queued_total", "tenant_id" => tenant_label)
                     .increment(1);
+                // It may have queued behind others with a slot free: promote now.
+                self.inner.claim_now.notify_one();
                 return Ok(self.inner.store.get_execution(req.tenant_id, id).await?);
             }
         };

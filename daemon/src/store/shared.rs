@@ -885,7 +885,9 @@ macro_rules! impl_execution_shared {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(map_err(what))?;
-                    if active >= i64::from(c.max_active) {
+                    // First come, first served: behind executions already queued, a start
+                    // queues even when a slot is free (a promotion is about to take it).
+                    if active >= i64::from(c.max_active) || waiting > 0 {
                         if let Some(max) = c.max_queued
                             && waiting >= i64::from(max)
                         {
