@@ -65,9 +65,21 @@ pub async fn open_store(config: &Config, exclusive: bool) -> Result<Arc<dyn Stor
 
 /// `mantle serve`: runs until SIGTERM or SIGINT, then drains within the grace period.
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    let mut signals = Signals::install()?;
     let cancel = CancellationToken::new();
-    let store = open_store(&config, true).await?;
-    store.migrate().await?;
+    // Connecting and migrating may wait (for the database, for another replica's
+    // migration lock): a signal meanwhile ends the start, as it would have before.
+    let store = tokio::select! {
+        store = async {
+            let store = open_store(&config, true).await?;
+            store.migrate().await?;
+            Ok::<_, StartError>(store)
+        } => store?,
+        () = signals.recv() => {
+            tracing::info!("signal received while starting; exiting");
+            return Ok(());
+        }
+    };
     let tenancy = Tenancy::new(store.clone());
     let static_token = config
         .api_token
@@ -150,7 +162,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let shutdown = {
         let cancel = cancel.clone();
         async move {
-            wait_for_signal().await;
+            signals.recv().await;
             tracing::info!(
                 grace_period_s = grace.as_secs(),
                 "shutting down; draining requests and running steps"
@@ -161,7 +173,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                     _ = tokio::time::sleep(grace) => {
                         tracing::error!("grace period over with requests still running; exiting");
                     }
-                    _ = wait_for_signal() => {
+                    _ = signals.recv() => {
                         tracing::warn!("second signal; exiting now");
                     }
                 }
@@ -249,13 +261,33 @@ fn engine_config(config: &Config) -> crate::engine::EngineConfig {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment this is created: installed before the
+/// daemon binds, so a signal that arrives as soon as it serves starts a graceful shutdown
+/// instead of killing the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, StartError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| {
+                StartError::Other(anyhow::anyhow!("installing the {name} handler: {e}"))
+            })
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -85,3 +85,26 @@ async fn sigterm_exits_zero_postgres() {
     let opts = DaemonOptions::postgres(&db.url).env("MANTLE_API_TOKEN", &token);
     graceful_exit(opts, |_| Some(token.clone()), "TERM").await;
 }
+
+/// A signal that lands the moment the daemon says it listens (before anything has called
+/// it) still shuts it down gracefully: the handlers are installed before it binds.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_right_after_start_exits_zero() {
+    for _ in 0..5 {
+        let mut daemon = Daemon::start_ok(DaemonOptions::sqlite()).await;
+        let status = daemon.sigterm(GRACE + SLACK).await.expect("kill -TERM");
+        let Some(status) = status else {
+            panic!(
+                "mantle did not exit within {:?} of SIGTERM\n{}",
+                GRACE + SLACK,
+                daemon.diagnostics()
+            );
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "mantle exited with {status} after an early SIGTERM, not 0\n{}",
+            daemon.diagnostics()
+        );
+    }
+}
