@@ -11,7 +11,7 @@ use mantle_daemon::auth::{Scope, ScopeSet, token};
 use mantle_daemon::definitions::model::NewVersion;
 use mantle_daemon::engine::model::{
     Created, Event, EventKind, ExecutionFilter, ExecutionStatus, ExecutionUpdate, IdempotencyKey,
-    NewExecution, StepAttempt, StepStatus, Transition,
+    NewExecution, Order, StepAttempt, StepStatus, Ticket, Transition,
 };
 use mantle_daemon::store::{self, Backend, OpenOptions, Store};
 use mantle_daemon::tenancy::model::{
@@ -115,6 +115,7 @@ async fn contract_sqlite() {
     definitions_contract(store.clone()).await;
     executions_contract(store.clone()).await;
     group_commit_contract(store.clone()).await;
+    queued_order_contract(store.clone()).await;
     let id = tenant_deletion_contract(store).await;
     let mut conn = sqlx::SqliteConnection::connect(&format!(
         "sqlite://{}",
@@ -149,6 +150,7 @@ async fn contract_postgres() {
     definitions_contract(store.clone()).await;
     executions_contract(store.clone()).await;
     group_commit_contract(store.clone()).await;
+    queued_order_contract(store.clone()).await;
     let id = tenant_deletion_contract(store.clone()).await;
     drop(store);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -1025,6 +1027,81 @@ async fn executions_contract(store: Arc<dyn Store>) {
 /// Transitions of many executions written at once (the writers commit them in groups):
 /// each keeps its own fence and its own outcome. A stale lease and a duplicate event fail
 /// alone; every other transition, with its execution update and webhook delivery, lands.
+/// A transition queued behind another before that one's outcome is known (a driver hands
+/// over its next checkpoint while the previous one commits): written after it, and not at
+/// all when it was not written.
+async fn queued_order_contract(store: Arc<dyn Store>) {
+    let t = tenant("queued-order");
+    store.create_tenant(&t).await.unwrap();
+    store
+        .apply_definition(&version(t.id, "wf", "h"))
+        .await
+        .unwrap();
+    let e = new_execution(t.id, "node-q", 60_000);
+    let lease = created(store.create_execution(&e).await.unwrap());
+    let step = |seq: i64, name: &str| {
+        let mut tr = Transition::default();
+        tr.attempts
+            .push(attempt(e.id, name, 1, StepStatus::Completed));
+        tr.events.push(event(e.id, seq, "completed"));
+        Arc::new(tr)
+    };
+    let queue = |tr: Arc<Transition>, after: Option<&Ticket>, ticket: &Ticket| {
+        store.queue_transition(
+            lease,
+            tr,
+            Order {
+                after: after.cloned(),
+                ticket: Some(ticket.clone()),
+            },
+        )
+    };
+
+    // Three in a row, each queued before the one it follows is answered: all written, in
+    // order, each ticket resolved as committed.
+    let (t1, t2, t3) = (Ticket::default(), Ticket::default(), Ticket::default());
+    let (r1, r2, r3) = tokio::join!(
+        queue(step(1, "s1"), None, &t1),
+        queue(step(2, "s2"), Some(&t1), &t2),
+        queue(step(3, "s3"), Some(&t2), &t3),
+    );
+    r1.unwrap();
+    r2.unwrap();
+    r3.unwrap();
+    assert_eq!(
+        (t1.outcome(), t2.outcome(), t3.outcome()),
+        (Some(true), Some(true), Some(true))
+    );
+    let (_, attempts, last_seq) = store.load_execution(e.id).await.unwrap();
+    assert_eq!(last_seq, 3);
+    assert_eq!(attempts.len(), 3);
+
+    // The first fails (its event repeats seq 3): the two queued behind it are not written,
+    // answer Unavailable, and resolve their tickets as not written.
+    let (f1, f2, f3) = (Ticket::default(), Ticket::default(), Ticket::default());
+    let (r1, r2, r3) = tokio::join!(
+        queue(step(3, "bad"), None, &f1),
+        queue(step(4, "s4"), Some(&f1), &f2),
+        queue(step(5, "s5"), Some(&f2), &f3),
+    );
+    assert!(r1.is_err(), "{r1:?}");
+    assert!(matches!(r2, Err(store::Error::Unavailable(_))), "{r2:?}");
+    assert!(matches!(r3, Err(store::Error::Unavailable(_))), "{r3:?}");
+    assert_eq!(
+        (f1.outcome(), f2.outcome(), f3.outcome()),
+        (Some(false), Some(false), Some(false))
+    );
+    let (_, attempts, last_seq) = store.load_execution(e.id).await.unwrap();
+    assert_eq!(last_seq, 3, "nothing queued behind the failure was written");
+    assert_eq!(attempts.len(), 3);
+
+    // Written again on their own, in order, they go in.
+    store.write_transition(lease, &step(4, "s4")).await.unwrap();
+    let (_, _, last_seq) = store.load_execution(e.id).await.unwrap();
+    assert_eq!(last_seq, 4);
+    store.delete_tenant("queued-order").await.unwrap();
+}
+
 async fn group_commit_contract(store: Arc<dyn Store>) {
     use mantle_daemon::engine::model::NewDelivery;
     let t = tenant("group-commit");

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::Inner;
 use super::compiled::CompiledWorkflow;
 use super::model::{
-    Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, StepAttempt, StepStatus,
-    Transition,
+    Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, Order, StepAttempt,
+    StepStatus, Ticket, Transition,
 };
 use crate::connectors::Invocation;
 use crate::store;
@@ -74,6 +74,19 @@ struct AttemptDone {
     step: usize,
     attempt: i32,
     result: Result<Value, String>,
+}
+
+/// The store's answer to a queued transition.
+type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = store::Result<()>> + Send>>;
+
+/// A transition handed to the store whose outcome the driver has not taken yet.
+struct InFlight {
+    t: Arc<Transition>,
+    /// Resolved by the store with the outcome, for a transition queued behind this one.
+    ticket: Ticket,
+    write: WriteFuture,
+    /// The answer, when the store gave it at once.
+    early: Option<store::Result<()>>,
 }
 
 /// Why the driver stops before the execution is finished.
@@ -131,6 +144,9 @@ struct Driver {
     done_rx: mpsc::UnboundedReceiver<AttemptDone>,
     running: usize,
     pending: Transition,
+    /// A transition handed to the store and not yet known durable, queued behind the one
+    /// being settled; the next commit settles it.
+    in_flight: Option<InFlight>,
     draining: bool,
     /// The tenant's allowed domains when the driver started.
     allowed_domains: Option<Arc<Vec<String>>>,
@@ -197,6 +213,7 @@ impl Driver {
             done_rx,
             running: 0,
             pending: Transition::default(),
+            in_flight: None,
             draining: false,
             allowed_domains,
             tenant,
@@ -264,26 +281,63 @@ impl Driver {
         });
     }
 
-    /// Writes the pending transition, retrying while the database is unreachable.
+    /// Writes what is queued and pending, retrying while the database is unreachable.
     async fn commit(&mut self) -> Result<(), Stop> {
-        if self.pending.is_empty() {
-            return Ok(());
+        let earlier = self.in_flight.take();
+        let pending = if self.pending.is_empty() {
+            None
+        } else {
+            Some(self.queue(earlier.as_ref().map(|w| &w.ticket)).await)
+        };
+        if let Some(earlier) = earlier {
+            self.settle(earlier).await?;
         }
-        self.commit_during(|_| ()).await
+        match pending {
+            Some(write) => self.settle(write).await,
+            None => Ok(()),
+        }
     }
 
-    /// Writes the pending transition and runs `meanwhile` while it commits: the write is
-    /// queued first, so `meanwhile` overlaps the database's commit instead of following it.
-    /// What `meanwhile` records goes into the next transition, which is written only after
-    /// this one is durable (or the driver stops), so checkpoints stay in order.
+    /// Writes the pending transition (or the one already queued) and runs `meanwhile` while
+    /// it commits: the write is queued first, so `meanwhile` overlaps the database's commit
+    /// instead of following it. What `meanwhile` records is queued at once behind it, to be
+    /// committed in a later transaction and only if this one is (see [`Order`]); it stays
+    /// in flight when this returns, and the next commit settles it. So checkpoints stay in
+    /// order, one transaction each, while the writer goes from one to the next without
+    /// waiting for this driver to hear of the first.
     async fn commit_during<R>(
         &mut self,
         meanwhile: impl FnOnce(&mut Self) -> R,
     ) -> Result<R, Stop> {
-        let t = std::mem::take(&mut self.pending);
+        let current = match self.in_flight.take() {
+            Some(write) => write,
+            None => self.queue(None).await,
+        };
+        // Let the writer send it first: woken from this thread, a writer task waits in this
+        // worker's next-task slot, which no other worker may take, until this task yields.
+        tokio::task::yield_now().await;
+        let out = meanwhile(self);
+        if !self.pending.is_empty() {
+            self.in_flight = Some(self.queue(Some(&current.ticket)).await);
+        }
+        self.settle(current).await?;
+        Ok(out)
+    }
+
+    /// Hands the pending transition to the store, behind `after` if given, and returns it in
+    /// flight.
+    async fn queue(&mut self, after: Option<&Ticket>) -> InFlight {
+        let t = Arc::new(std::mem::take(&mut self.pending));
+        let ticket = Ticket::default();
+        let order = Order {
+            after: after.cloned(),
+            ticket: Some(ticket.clone()),
+        };
         let store = self.inner.store.clone();
         let lease = self.lease;
-        let mut write = std::pin::pin!(store.write_transition(lease, &t));
+        let written = t.clone();
+        let mut write: WriteFuture =
+            Box::pin(async move { store.queue_transition(lease, written, order).await });
         // One poll hands the transition to the writers.
         let mut early = None;
         std::future::poll_fn(|cx| {
@@ -293,10 +347,20 @@ impl Driver {
             Poll::Ready(())
         })
         .await;
-        // Let the writer send it first: woken from this thread, a writer task waits in this
-        // worker's next-task slot, which no other worker may take, until this task yields.
-        tokio::task::yield_now().await;
-        let out = meanwhile(self);
+        InFlight {
+            t,
+            ticket,
+            write,
+            early,
+        }
+    }
+
+    /// Waits for a queued transition to be durable, writing it again while the database is
+    /// unreachable (or the transition it followed was not written).
+    async fn settle(&mut self, w: InFlight) -> Result<(), Stop> {
+        let InFlight {
+            t, write, early, ..
+        } = w;
         let mut result = match early {
             Some(result) => result,
             None => write.await,
@@ -317,12 +381,17 @@ impl Driver {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     retried = true;
-                    result = store.write_transition(lease, &t).await;
+                    // Everything before it is durable now: it follows nothing.
+                    result = self
+                        .inner
+                        .store
+                        .queue_transition(self.lease, t.clone(), Order::default())
+                        .await;
                 }
             }
         }
         let _ = self.inner.events.send(self.execution.id);
-        Ok(out)
+        Ok(())
     }
 
     /// The values expressions read; `steps` holds every finished step.

@@ -216,6 +216,60 @@ impl Transition {
     }
 }
 
+/// The outcome of one queued transition, which the next transition of the same execution
+/// can be queued behind before it is known (see [`Order`]).
+#[derive(Debug, Clone, Default)]
+pub struct Ticket(std::sync::Arc<TicketState>);
+
+#[derive(Debug, Default)]
+struct TicketState {
+    /// 0: not known yet; 1: committed; 2: not written.
+    outcome: std::sync::atomic::AtomicU8,
+    settled: tokio::sync::Notify,
+}
+
+impl Ticket {
+    /// Records the transition's outcome, once it is durable or known to be lost.
+    pub fn resolve(&self, committed: bool) {
+        let outcome = if committed { 1 } else { 2 };
+        self.0
+            .outcome
+            .store(outcome, std::sync::atomic::Ordering::Release);
+        self.0.settled.notify_waiters();
+    }
+
+    /// `Some(true)` once committed, `Some(false)` once known not written, else `None`.
+    pub fn outcome(&self) -> Option<bool> {
+        match self.0.outcome.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            n => Some(n == 1),
+        }
+    }
+
+    /// Waits for the outcome.
+    pub async fn settled(&self) -> bool {
+        loop {
+            let notified = self.0.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(committed) = self.outcome() {
+                return committed;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Where a transition stands among its execution's writes. With `after`, it was handed to
+/// the store before that earlier transition was durable: it must be committed in a later
+/// transaction than that one, and not at all if that one was not written. `ticket`, when
+/// set, is resolved with this transition's own outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Order {
+    pub after: Option<Ticket>,
+    pub ticket: Option<Ticket>,
+}
+
 /// A webhook delivery to queue.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::definitions::model::{Definition, DefinitionSummary, NewVersion, VersionInfo};
 use crate::engine::model::{
     Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
-    StepAttempt, Transition,
+    Order, StepAttempt, Ticket, Transition,
 };
 use crate::secrets::crypto::Sealed;
 use crate::secrets::model::{AuditEvent, SecretMeta, StoredSecret};
@@ -52,7 +52,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// everything queued is committed together, each job with its own outcome.
 enum Work {
     /// A driver's checkpoint, written only while `lease` holds.
-    Transition(Lease, Box<Transition>),
+    Transition(Lease, std::sync::Arc<Transition>),
     /// A new execution with nothing to check first (see [`NewRow::simple`]).
     Create(Box<NewRow>),
     /// An audit record.
@@ -61,10 +61,35 @@ enum Work {
 
 struct Job {
     work: Work,
+    /// The transition this one is queued behind, whose outcome may not be known yet.
+    after: Option<Ticket>,
+    /// Resolved with this job's outcome.
+    ticket: Option<Ticket>,
     done: tokio::sync::oneshot::Sender<Result<()>>,
 }
 
+/// The answer of a job queued behind a transition that was not written.
+const AFTER_FAILED: &str = "an earlier checkpoint of this execution was not written";
+
 impl Job {
+    /// Whether it must wait for a later batch: the transition it follows is not written yet.
+    fn waits(&self) -> bool {
+        self.after.as_ref().is_some_and(|t| t.outcome().is_none())
+    }
+
+    /// The job follows a transition that was not written, so nothing of it may be.
+    fn follows_failure(&self) -> bool {
+        self.after.as_ref().and_then(Ticket::outcome) == Some(false)
+    }
+
+    /// Resolves the job's ticket, then answers its submitter.
+    fn answer(self, result: Result<()>) {
+        if let Some(ticket) = &self.ticket {
+            ticket.resolve(result.is_ok());
+        }
+        let _ = self.done.send(result);
+    }
+
     /// The execution (or audit record) the job is about, for its error.
     fn id(&self) -> uuid::Uuid {
         match &self.work {
@@ -75,30 +100,80 @@ impl Job {
     }
 }
 
+fn stopped() -> Error {
+    Error::Unavailable("the database writers stopped".to_owned())
+}
+
+/// Queues a job for the writers, or answers it at once when it follows a transition that
+/// was not written (or the writers are gone).
+fn hand_over(queue: &tokio::sync::mpsc::UnboundedSender<Job>, job: Job) {
+    if job.follows_failure() {
+        return job.answer(Err(Error::Unavailable(AFTER_FAILED.to_owned())));
+    }
+    if let Err(tokio::sync::mpsc::error::SendError(job)) = queue.send(job) {
+        job.answer(Err(stopped()));
+    }
+}
+
 /// The queue to a store's writers; closing it lets them finish what is queued and stop.
-struct Writers(std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>);
+struct Writers {
+    queue: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Job>>>,
+    /// The writers commit jobs in the order queued and hold back a job whose `after` is not
+    /// settled (SQLite's one writer thread). Otherwise (PostgreSQL's writers, several at
+    /// once) a job is handed to them only once what it follows is written.
+    in_order: bool,
+}
 
 impl Writers {
-    fn new(queue: tokio::sync::mpsc::UnboundedSender<Job>) -> Writers {
-        Writers(std::sync::Mutex::new(Some(queue)))
+    fn new(queue: tokio::sync::mpsc::UnboundedSender<Job>, in_order: bool) -> Writers {
+        Writers {
+            queue: std::sync::Mutex::new(Some(queue)),
+            in_order,
+        }
     }
 
     /// Queues `work` and waits for its commit.
     async fn submit(&self, work: Work) -> Result<()> {
-        let stopped = || Error::Unavailable("the database writers stopped".to_owned());
+        self.submit_in(work, Order::default()).await
+    }
+
+    /// Queues `work` in the place `order` gives it and waits for its commit.
+    async fn submit_in(&self, work: Work, order: Order) -> Result<()> {
         let (done, result) = tokio::sync::oneshot::channel();
-        let queue = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(stopped)?;
-        queue.send(Job { work, done }).map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+        let ticket = order.ticket.clone();
+        let job = Job {
+            work,
+            after: order.after,
+            ticket: order.ticket,
+            done,
+        };
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match queue {
+            None => job.answer(Err(stopped())),
+            Some(queue) if self.in_order || !job.waits() => hand_over(&queue, job),
+            // Writers that may take jobs in any order get it once what it follows is
+            // written, by a task of its own: the submitter need not be awake for it.
+            Some(queue) => {
+                tokio::spawn(async move {
+                    if let Some(earlier) = &job.after {
+                        earlier.settled().await;
+                    }
+                    hand_over(&queue, job);
+                });
+            }
+        }
+        let answer = result.await.unwrap_or_else(|_| Err(stopped()));
+        // Writers resolve the tickets of the jobs they answer; one dropped unanswered did not.
+        if let (Some(ticket), Err(_)) = (&ticket, &answer)
+            && ticket.outcome().is_none()
+        {
+            ticket.resolve(false);
+        }
+        answer
     }
 
     fn close(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
@@ -277,7 +352,22 @@ pub trait ExecutionStore: Send + Sync {
     /// Deletes idempotency keys that expired before `now`; returns how many.
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
     /// Writes a transition in one transaction, if `lease` is still held.
-    async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()>;
+    async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
+        self.queue_transition(lease, std::sync::Arc::new(t.clone()), Order::default())
+            .await
+    }
+    /// Writes a transition like [`ExecutionStore::write_transition`], in the place `order`
+    /// gives it: behind `order.after`, which may not be durable yet, it is committed in a
+    /// later transaction than that one, and not at all if that one was not written (then it
+    /// answers `Unavailable`). `order.ticket` is resolved with its outcome. So a driver can
+    /// hand over its next checkpoint while the previous one commits, and a writer that
+    /// commits in order (SQLite's) goes from one to the next without waiting for the driver.
+    async fn queue_transition(
+        &self,
+        lease: Lease,
+        t: std::sync::Arc<Transition>,
+        order: Order,
+    ) -> Result<()>;
     /// The execution, all its attempts, and the last event sequence number.
     async fn load_execution(&self, id: uuid::Uuid) -> Result<(Execution, Vec<StepAttempt>, i64)>;
     /// Leases up to `limit` executions that need work and whose lease is free or expired.

@@ -18,7 +18,7 @@ use super::shared::{
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
 use crate::engine::model::{
     Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
-    StepAttempt, Transition,
+    Order, StepAttempt, Transition,
 };
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
@@ -63,7 +63,7 @@ impl PgStore {
                     let writer = writer::start(connect.clone(), writers as usize);
                     return Ok(PgStore {
                         pool: pool_options.connect_lazy_with(connect),
-                        writers: super::Writers::new(writer),
+                        writers: super::Writers::new(writer, false),
                     });
                 }
                 Err(err) => {
@@ -183,9 +183,14 @@ impl ExecutionStore for PgStore {
     }
 
     /// Group commit: the transition joins whatever else is queued for the writers.
-    async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
+    async fn queue_transition(
+        &self,
+        lease: Lease,
+        t: std::sync::Arc<Transition>,
+        order: Order,
+    ) -> Result<()> {
         self.writers
-            .submit(super::Work::Transition(lease, Box::new(t.clone())))
+            .submit_in(super::Work::Transition(lease, t), order)
             .await
     }
 

@@ -55,7 +55,7 @@ async fn run(connect: PgConnectOptions, rx: Arc<Mutex<mpsc::UnboundedReceiver<Jo
         };
         let results = write_batch(&connect, &mut conn, &batch).await;
         for (job, result) in batch.into_iter().zip(results) {
-            let _ = job.done.send(result);
+            job.answer(result);
         }
     }
     if let Some(conn) = conn {

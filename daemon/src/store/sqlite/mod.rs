@@ -20,7 +20,7 @@ use super::shared::{
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store};
 use crate::engine::model::{
     Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
-    StepAttempt, Transition,
+    Order, StepAttempt, Transition,
 };
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
 
@@ -79,7 +79,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             _lock: lock,
-            writers: super::Writers::new(writer),
+            writers: super::Writers::new(writer, true),
         })
     }
 }
@@ -191,9 +191,14 @@ impl ExecutionStore for SqliteStore {
     }
 
     /// Group commit: the transition joins whatever else is queued for the writers.
-    async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
+    async fn queue_transition(
+        &self,
+        lease: Lease,
+        t: std::sync::Arc<Transition>,
+        order: Order,
+    ) -> Result<()> {
         self.writers
-            .submit(super::Work::Transition(lease, Box::new(t.clone())))
+            .submit_in(super::Work::Transition(lease, t), order)
             .await
     }
 

@@ -59,19 +59,38 @@ fn retry_soon(tries: i32) -> bool {
 }
 
 fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    // Jobs queued behind a transition of the batch they were taken with: the next batch.
+    let mut held: Vec<Job> = Vec::new();
+    while let Some(batch) = next_batch(&mut rx, &mut held) {
         let results = write_batch(&mut conn, &batch);
+        // Answered (and their tickets resolved) before the next batch looks at them.
         for (job, result) in batch.into_iter().zip(results) {
-            let _ = job.done.send(result);
+            job.answer(result);
         }
     }
+}
+
+/// The next batch: what the last one held back, then whatever is queued (waiting for a job
+/// when there is nothing). A job whose predecessor is in the batch (jobs come in order, so
+/// it was taken no later) is held for the next one: each transition of an execution has a
+/// transaction of its own, after the one before it. `None` once every sender is gone.
+fn next_batch(rx: &mut mpsc::UnboundedReceiver<Job>, held: &mut Vec<Job>) -> Option<Vec<Job>> {
+    // The predecessors of held jobs were answered with the last batch, unless one follows
+    // another held job: that one waits once more.
+    let (mut batch, still): (Vec<Job>, Vec<Job>) =
+        std::mem::take(held).into_iter().partition(|j| !j.waits());
+    *held = still;
+    if batch.is_empty() {
+        batch.push(rx.blocking_recv()?);
+    }
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) if job.waits() => held.push(job),
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 fn write_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<()>> {
@@ -127,6 +146,9 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<()>> {
 }
 
 fn apply_job(conn: &Connection, job: &Job) -> Result<()> {
+    if job.follows_failure() {
+        return Err(Error::Unavailable(super::super::AFTER_FAILED.to_owned()));
+    }
     match &job.work {
         Work::Transition(lease, t) => apply(conn, *lease, t),
         Work::Create(row) => create(conn, row),
@@ -328,4 +350,77 @@ fn apply(conn: &Connection, lease: Lease, t: &Transition) -> Result<()> {
         .map_err(&err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::{Order, Ticket};
+
+    fn job(id: u128, order: Order) -> Job {
+        Job {
+            work: Work::Transition(
+                Lease {
+                    execution_id: uuid::Uuid::from_u128(id),
+                    epoch: 1,
+                },
+                std::sync::Arc::new(Transition::default()),
+            ),
+            after: order.after,
+            ticket: order.ticket,
+            done: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    fn ids(batch: &[Job]) -> Vec<u128> {
+        batch.iter().map(|j| j.id().as_u128()).collect()
+    }
+
+    #[test]
+    fn an_execution_has_one_transition_per_batch_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (t1, t2) = (Ticket::default(), Ticket::default());
+        // Execution 1 queues three transitions, each behind the one before; 2 queues one.
+        tx.send(job(
+            1,
+            Order {
+                after: None,
+                ticket: Some(t1.clone()),
+            },
+        ))
+        .unwrap();
+        tx.send(job(2, Order::default())).unwrap();
+        tx.send(job(
+            1,
+            Order {
+                after: Some(t1.clone()),
+                ticket: Some(t2.clone()),
+            },
+        ))
+        .unwrap();
+        tx.send(job(
+            1,
+            Order {
+                after: Some(t2.clone()),
+                ticket: None,
+            },
+        ))
+        .unwrap();
+        let mut held = Vec::new();
+        let batch = next_batch(&mut rx, &mut held).unwrap();
+        assert_eq!(ids(&batch), [1, 2]);
+        assert_eq!(held.len(), 2);
+        // The first one answered: its follower goes next, the one behind that still waits.
+        t1.resolve(true);
+        let batch = next_batch(&mut rx, &mut held).unwrap();
+        assert_eq!(ids(&batch), [1]);
+        assert!(batch[0].after.is_some());
+        assert_eq!(held.len(), 1);
+        t2.resolve(true);
+        let batch = next_batch(&mut rx, &mut held).unwrap();
+        assert_eq!(ids(&batch), [1]);
+        assert!(held.is_empty());
+        drop(tx);
+        assert!(next_batch(&mut rx, &mut held).is_none());
+    }
 }
