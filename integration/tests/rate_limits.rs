@@ -112,6 +112,7 @@ async fn rate_limit_shared_by_two_replicas_on_postgres() {
     ma.apply(WF).await; // 1 of 60
     let mut ok = 1;
     let mut refused = 0;
+    let began = std::time::Instant::now();
     for i in 0..120 {
         let m = if i % 2 == 0 { &mut ma } else { &mut mb };
         match m.execs.start_execution(start()).await {
@@ -120,10 +121,13 @@ async fn rate_limit_shared_by_two_replicas_on_postgres() {
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
-    // 60 per minute for the two daemons together (one more may refill during the loop).
+    // 60 per minute for the two daemons together: the bucket refills one a second, so a
+    // loop slowed down by a loaded machine may get one more through for each second it took.
+    let refilled = began.elapsed().as_secs() as i32 + 1;
     assert!(
-        (60..=61).contains(&ok),
-        "{ok} requests got through, {refused} refused"
+        (60..=60 + refilled).contains(&ok),
+        "{ok} requests got through in {:?}, {refused} refused",
+        began.elapsed()
     );
-    assert!(refused >= 60);
+    assert!(refused >= 60 - refilled);
 }
