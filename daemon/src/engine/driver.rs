@@ -87,7 +87,14 @@ struct InFlight {
     write: WriteFuture,
     /// The answer, when the store gave it at once.
     early: Option<store::Result<()>>,
+    /// Attempts it records as running, to spawn once it is durable.
+    started: Vec<(usize, i32)>,
 }
+
+/// At most this many transitions of one execution are in flight at once; when the window is
+/// full, the driver waits until half of them are durable. Waiting for the next one to commit
+/// at every step would cost a wake-up per step; the writer commits them one by one anyway.
+const WINDOW: usize = 16;
 
 /// Why the driver stops before the execution is finished.
 #[derive(Debug)]
@@ -144,9 +151,9 @@ struct Driver {
     done_rx: mpsc::UnboundedReceiver<AttemptDone>,
     running: usize,
     pending: Transition,
-    /// A transition handed to the store and not yet known durable, queued behind the one
-    /// being settled; the next commit settles it.
-    in_flight: Option<InFlight>,
+    /// Transitions handed to the store and not yet known durable, oldest first, each
+    /// queued behind the one before it.
+    in_flight: std::collections::VecDeque<InFlight>,
     draining: bool,
     /// The tenant's allowed domains when the driver started.
     allowed_domains: Option<Arc<Vec<String>>>,
@@ -213,7 +220,7 @@ impl Driver {
             done_rx,
             running: 0,
             pending: Transition::default(),
-            in_flight: None,
+            in_flight: std::collections::VecDeque::new(),
             draining: false,
             allowed_domains,
             tenant,
@@ -281,56 +288,24 @@ impl Driver {
         });
     }
 
-    /// Writes what is queued and pending, retrying while the database is unreachable.
+    /// Writes the pending transition and waits until everything handed over is durable,
+    /// retrying while the database is unreachable.
     async fn commit(&mut self) -> Result<(), Stop> {
-        let earlier = self.in_flight.take();
-        let pending = if self.pending.is_empty() {
-            None
-        } else {
-            Some(self.queue(earlier.as_ref().map(|w| &w.ticket)).await)
-        };
-        if let Some(earlier) = earlier {
-            self.settle(earlier).await?;
-        }
-        match pending {
-            Some(write) => self.settle(write).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Writes the pending transition (or the one already queued) and runs `meanwhile` while
-    /// it commits: the write is queued first, so `meanwhile` overlaps the database's commit
-    /// instead of following it. What `meanwhile` records is queued at once behind it, to be
-    /// committed in a later transaction and only if this one is (see [`Order`]); it stays
-    /// in flight when this returns, and the next commit settles it. So checkpoints stay in
-    /// order, one transaction each, while the writer goes from one to the next without
-    /// waiting for this driver to hear of the first.
-    async fn commit_during<R>(
-        &mut self,
-        meanwhile: impl FnOnce(&mut Self) -> R,
-    ) -> Result<R, Stop> {
-        let current = match self.in_flight.take() {
-            Some(write) => write,
-            None => self.queue(None).await,
-        };
-        // Let the writer send it first: woken from this thread, a writer task waits in this
-        // worker's next-task slot, which no other worker may take, until this task yields.
-        tokio::task::yield_now().await;
-        let out = meanwhile(self);
         if !self.pending.is_empty() {
-            self.in_flight = Some(self.queue(Some(&current.ticket)).await);
+            self.queue(Vec::new()).await;
         }
-        self.settle(current).await?;
-        Ok(out)
+        self.settle_all().await
     }
 
-    /// Hands the pending transition to the store, behind `after` if given, and returns it in
-    /// flight.
-    async fn queue(&mut self, after: Option<&Ticket>) -> InFlight {
+    /// Hands the pending transition to the store, queued behind the ones still in flight
+    /// (see [`Order`]): the store commits it in a later transaction than they are, and only
+    /// if they are written. `started` are the attempts it records as running: they are
+    /// spawned once it is durable.
+    async fn queue(&mut self, started: Vec<(usize, i32)>) {
         let t = Arc::new(std::mem::take(&mut self.pending));
         let ticket = Ticket::default();
         let order = Order {
-            after: after.cloned(),
+            after: self.in_flight.back().map(|w| w.ticket.clone()),
             ticket: Some(ticket.clone()),
         };
         let store = self.inner.store.clone();
@@ -347,20 +322,50 @@ impl Driver {
             Poll::Ready(())
         })
         .await;
-        InFlight {
+        self.in_flight.push_back(InFlight {
             t,
             ticket,
             write,
             early,
-        }
+            started,
+        });
+        // Let the writer take it: woken from this thread, a writer task waits in this
+        // worker's next-task slot, which no other worker may take, until this task yields.
+        tokio::task::yield_now().await;
     }
 
-    /// Waits for a queued transition to be durable, writing it again while the database is
-    /// unreachable (or the transition it followed was not written).
-    async fn settle(&mut self, w: InFlight) -> Result<(), Stop> {
-        let InFlight {
-            t, write, early, ..
-        } = w;
+    /// Waits until every transition handed over is durable.
+    async fn settle_all(&mut self) -> Result<(), Stop> {
+        self.settle_until(0).await
+    }
+
+    /// Waits until at most `left` transitions are in flight, then tells watchers here that
+    /// the event log grew (once, however many were settled).
+    async fn settle_until(&mut self, left: usize) -> Result<(), Stop> {
+        if self.in_flight.len() <= left {
+            return Ok(());
+        }
+        while self.in_flight.len() > left {
+            self.settle_oldest().await?;
+        }
+        let _ = self.inner.events.send(self.execution.id);
+        Ok(())
+    }
+
+    /// Waits for the oldest transition in flight to be durable, writing it again while the
+    /// database is unreachable (or the one it followed was not written), then spawns the
+    /// attempts it started.
+    async fn settle_oldest(&mut self) -> Result<(), Stop> {
+        let Some(InFlight {
+            t,
+            write,
+            early,
+            started,
+            ..
+        }) = self.in_flight.pop_front()
+        else {
+            return Ok(());
+        };
         let mut result = match early {
             Some(result) => result,
             None => write.await,
@@ -390,7 +395,9 @@ impl Driver {
                 }
             }
         }
-        let _ = self.inner.events.send(self.execution.id);
+        for (step, attempt) in started {
+            self.spawn_attempt(step, attempt);
+        }
         Ok(())
     }
 
@@ -468,8 +475,6 @@ impl Driver {
             });
         }
         self.interrupt_orphans();
-        // What `advance` found while the previous transition was committing.
-        let mut ahead = None;
         loop {
             if self.lost.is_cancelled() {
                 self.attempts_cancel.cancel();
@@ -488,27 +493,27 @@ impl Driver {
             if self.inner.shutdown.is_cancelled() {
                 self.draining = true;
             }
-            let (started, deferred) = match ahead.take() {
-                Some(found) => found,
-                None => self.advance(),
-            };
+            let (started, deferred) = self.advance();
             if self.steps.iter().all(|s| matches!(s.state, State::Done(_))) {
                 return self.finish().await;
             }
+            if !self.pending.is_empty() || !started.is_empty() {
+                self.queue(started).await;
+            }
             if deferred {
-                // Pure steps read outcomes of this transition: evaluate them while it
-                // commits. They have no effects, and what they record is written only
-                // after this transition is durable.
-                ahead = Some(self.commit_during(Self::advance).await?);
-                for (step, attempt) in started {
-                    self.spawn_attempt(step, attempt);
+                // Pure steps read outcomes just handed over: evaluate them now. They have no
+                // effects, and what they record is queued behind those outcomes, so it is
+                // committed after them, each step in a transaction of its own.
+                if self.in_flight.len() >= WINDOW {
+                    self.settle_until(WINDOW / 2).await?;
+                }
+                // Attempts to start wait for nothing else.
+                if self.in_flight.back().is_some_and(|w| !w.started.is_empty()) {
+                    self.settle_all().await?;
                 }
                 continue;
             }
-            self.commit().await?;
-            for (step, attempt) in started {
-                self.spawn_attempt(step, attempt);
-            }
+            self.settle_all().await?;
             if self.draining && self.running == 0 {
                 let _ = self.inner.store.release_lease(self.lease).await;
                 return Err(Stop::Released);
@@ -1092,6 +1097,8 @@ impl Driver {
         outputs: Option<Value>,
         error: Option<String>,
     ) -> Result<(), Stop> {
+        // The end is stamped once every step before it is durable.
+        self.settle_all().await?;
         let now = Utc::now();
         self.event(
             EventKind::ExecutionStatus,
