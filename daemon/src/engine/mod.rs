@@ -228,17 +228,19 @@ impl Engine {
 
     /// Stores a new execution of a workflow version and starts driving it here.
     pub async fn start(&self, req: StartRequest) -> Result<Execution, Error> {
-        let definition = self
-            .inner
-            .store
-            .get_definition(req.tenant_id, &req.workflow, req.version)
-            .await?;
+        // Both reads at once: a start waits for one round trip, not two.
+        let (definition, tenant) = tokio::join!(
+            self.inner
+                .store
+                .get_definition(req.tenant_id, &req.workflow, req.version),
+            self.inner.store.get_tenant_by_id(req.tenant_id),
+        );
+        let (definition, tenant) = (definition?, tenant?);
         let workflow = self
             .inner
             .workflow(req.tenant_id, &definition.name, definition.version)
             .await
             .map_err(Error::Internal)?;
-        let tenant = self.inner.store.get_tenant_by_id(req.tenant_id).await?;
         let limits = self.inner.config.limits;
         limits
             .check_steps(&tenant.settings, workflow.spec.steps.len())
