@@ -17,19 +17,23 @@
 //! - (a) a sequential chain of 100 `core/set` steps, each reading the previous output:
 //!   milliseconds per step (from the execution's start and end times), next to the
 //!   database's single-client durable commit latency (single-row INSERT commits on one
-//!   connection; SQLite: a file in the daemon's data dir, WAL, synchronous=FULL, like the
+//!   connection; SQLite: called directly on the bench's thread, as the daemon's writer
+//!   thread calls it, on a file in the daemon's data dir, WAL, synchronous=FULL, like the
 //!   daemon), and the ratio of their medians. Each chain run is followed by a 0.4 s round of
-//!   commits, so both are measured under the same conditions. Also printed: the CPU time a
-//!   chain step costs the daemon and (PostgreSQL) the database server's processes. Target:
-//!   at most 1.5 commits' time per step.
+//!   commits, so both are measured under the same conditions. Both sides warm up first (10
+//!   chain runs; 1500 commits), to their steady state: a new SQLite WAL grows until its
+//!   first checkpoint, and commits that extend the file are slower than the ones a running
+//!   daemon makes. Also printed: the CPU time a chain step costs the daemon and
+//!   (PostgreSQL) the database server's processes. Target: at most 1.5 commits' time per
+//!   step.
 //! - (b) 200 concurrent executions of a 10-step `core/set` chain: steps per second (all steps
 //!   over the time from the first start to the last end, taken from the executions' own
 //!   create and end times), next to the raw concurrent commit rate of single-row INSERTs on
-//!   as many connections as the daemon is given. The wait polls one ListExecutions call
-//!   every 250 ms, so the client adds little load while the daemon works (the figure comes
-//!   from the executions' timestamps, so the polling does not change it). Three rounds,
-//!   each followed by a 1.5 s round of the raw commit loop; the ratio is of the medians.
-//!   Target: at least half the raw rate.
+//!   as many connections as the daemon is given (SQLite: a thread per connection). The
+//!   wait polls one ListExecutions call every 250 ms, so the client adds little load while
+//!   the daemon works (the figure comes from the executions' timestamps, so the polling does
+//!   not change it). A warm-up round, then five, each followed by a 1.5 s round of the raw
+//!   commit loop; the ratio is of the medians. Target: at least half the raw rate.
 //! - (c) StartExecution to the first step running: p50 and p99 over 200 sequential starts
 //!   (the first attempt's start time minus the client's send time; one machine, one clock).
 //!   Target: p99 under 10 ms.
@@ -48,14 +52,22 @@ use sqlx::Connection;
 /// commit measurement.
 const CONNECTIONS: usize = 16;
 const CHAIN_STEPS: usize = 100;
-const CHAIN_RUNS: usize = 7;
+const CHAIN_RUNS: usize = 9;
+/// Chain runs before the measured ones, and commits of the probe before its first round:
+/// enough for both databases to reach their steady state (a SQLite WAL grows until its
+/// first checkpoint, and while it grows every commit also extends the file, which makes
+/// fsync slower; a long-running daemon only ever sees the steady state).
+const CHAIN_WARM_UP: usize = 10;
+const PROBE_WARM_UP: usize = 1500;
 const CONCURRENT_EXECUTIONS: usize = 200;
 const CONCURRENT_STEPS: usize = 10;
 const STARTS: usize = 200;
 /// One round of the commit loop, after each measured chain run.
 const COMMIT_ROUND: Duration = Duration::from_millis(400);
-/// Rounds of (b), and the raw concurrent commit loop after each.
-const CONCURRENT_ROUNDS: usize = 3;
+/// Measured rounds of (b), each followed by a round of the raw concurrent commit loop; one
+/// warm-up round comes first (a new daemon's first round is its slowest: the pool's
+/// connections still prepare their statements).
+const CONCURRENT_ROUNDS: usize = 5;
 const CONCURRENT_COMMIT_LOOP: Duration = Duration::from_millis(1500);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -137,7 +149,7 @@ async fn main() {
     println!("  mantle binary: {}", binary.display());
     println!(
         "  daemon pool: {CONNECTIONS} connections; chain: {CHAIN_STEPS} core/set steps x \
-         {CHAIN_RUNS} runs (+1 warm-up); concurrent: {CONCURRENT_EXECUTIONS} executions x \
+         {CHAIN_RUNS} runs (+{CHAIN_WARM_UP} warm-up); concurrent: {CONCURRENT_EXECUTIONS} executions x \
          {CONCURRENT_STEPS} steps; starts: {STARTS} sequential"
     );
 
@@ -227,14 +239,14 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
     let mut daemon_cpu = 0.0;
     let mut db_cpu = 0.0;
     let mut db_commit_cpu = 0.0;
-    for run in 0..=CHAIN_RUNS {
+    for run in 0..CHAIN_WARM_UP + CHAIN_RUNS {
         let cpu_before = (cpu_ms(&[daemon.pid()]), cpu_ms(&postgres_pids()));
         let e = start_execution(&mut client, "chain").await?;
         let e = wait_all_terminal(&mut client, &[e.id], Duration::from_secs(120))
             .await?
             .remove(0);
         check_completed(&e)?;
-        if run == 0 {
+        if run < CHAIN_WARM_UP {
             continue;
         }
         daemon_cpu += cpu_ms(&[daemon.pid()]) - cpu_before.0;
@@ -266,7 +278,7 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
     let mut rates = Vec::new();
     let mut raw_rates = Vec::new();
     let mut walls = Vec::new();
-    for _ in 0..CONCURRENT_ROUNDS {
+    for round in 0..=CONCURRENT_ROUNDS {
         let mut tasks = Vec::new();
         for k in 0..CONNECTIONS {
             let mut c = client.clone();
@@ -285,6 +297,9 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
             ids.extend(task.await??);
         }
         let finals = wait_listed(&mut client, "ten", &ids, Duration::from_secs(180)).await?;
+        if round == 0 {
+            continue;
+        }
         let mut first: Option<SystemTime> = None;
         let mut last: Option<SystemTime> = None;
         for e in &finals {
@@ -434,8 +449,12 @@ const CREATE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS bench_commits \
 /// One connection committing single-row INSERTs: the database's own commit latency.
 enum CommitProbe {
     Postgres(sqlx::PgConnection),
-    Sqlite(sqlx::SqliteConnection),
+    /// SQLite called directly on the calling thread, as the daemon's writer thread calls it:
+    /// nothing but the database between one commit and the next.
+    Sqlite(rusqlite::Connection),
 }
+
+const INSERT_SQLITE: &str = "INSERT INTO bench_commits (v) VALUES (?1)";
 
 impl CommitProbe {
     /// PostgreSQL at `url`, else a SQLite file in the daemon's data dir (WAL,
@@ -447,10 +466,10 @@ impl CommitProbe {
                 sqlx::query(CREATE_PG).execute(c).await?;
             }
             CommitProbe::Sqlite(c) => {
-                sqlx::query(CREATE_SQLITE).execute(c).await?;
+                c.execute_batch(CREATE_SQLITE)?;
             }
         }
-        for _ in 0..20 {
+        for _ in 0..PROBE_WARM_UP {
             probe.commit("warm-up").await?;
         }
         Ok(probe)
@@ -460,9 +479,7 @@ impl CommitProbe {
     async fn connect(url: Option<&str>, data_dir: &std::path::Path) -> Result<CommitProbe> {
         Ok(match url {
             Some(url) => CommitProbe::Postgres(sqlx::PgConnection::connect(url).await?),
-            None => CommitProbe::Sqlite(
-                sqlx::SqliteConnection::connect_with(&sqlite_options(data_dir)).await?,
-            ),
+            None => CommitProbe::Sqlite(sqlite_connection(data_dir)?),
         })
     }
 
@@ -471,9 +488,7 @@ impl CommitProbe {
             CommitProbe::Postgres(c) => {
                 sqlx::query(INSERT).bind(v).execute(c).await?;
             }
-            CommitProbe::Sqlite(c) => {
-                sqlx::query(INSERT).bind(v).execute(c).await?;
-            }
+            CommitProbe::Sqlite(c) => tokio::task::block_in_place(|| sqlite_commit(c, v))?,
         }
         Ok(())
     }
@@ -482,37 +497,82 @@ impl CommitProbe {
     async fn latency(&mut self, round: Duration) -> Result<(f64, usize)> {
         let began = Instant::now();
         let mut n = 0usize;
-        while began.elapsed() < round {
-            self.commit("single-row commit").await?;
-            n += 1;
+        match self {
+            CommitProbe::Postgres(_) => {
+                while began.elapsed() < round {
+                    self.commit("single-row commit").await?;
+                    n += 1;
+                }
+            }
+            CommitProbe::Sqlite(c) => tokio::task::block_in_place(|| {
+                while began.elapsed() < round {
+                    sqlite_commit(c, "single-row commit")?;
+                    n += 1;
+                }
+                anyhow::Ok(())
+            })?,
         }
         Ok((began.elapsed().as_secs_f64() * 1000.0 / n as f64, n))
     }
 
     async fn close(self) -> Result<()> {
-        match self {
-            CommitProbe::Postgres(c) => c.close().await?,
-            CommitProbe::Sqlite(c) => c.close().await?,
+        if let CommitProbe::Postgres(c) = self {
+            c.close().await?;
         }
         Ok(())
     }
 }
 
-fn sqlite_options(data_dir: &std::path::Path) -> sqlx::sqlite::SqliteConnectOptions {
-    sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(data_dir.join("bench-commits.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(30))
+/// The probe's SQLite file in the daemon's data dir, opened as the daemon opens its own.
+fn sqlite_connection(data_dir: &std::path::Path) -> Result<rusqlite::Connection> {
+    let c = rusqlite::Connection::open(data_dir.join("bench-commits.db"))?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+    Ok(c)
+}
+
+/// One single-row INSERT, committed on its own (autocommit).
+fn sqlite_commit(c: &rusqlite::Connection, v: &str) -> Result<()> {
+    c.prepare_cached(INSERT_SQLITE)?.execute([v])?;
+    Ok(())
 }
 
 /// Single-row INSERT commits per second over `CONNECTIONS` connections committing at once
 /// (the table exists: the single-connection probe made it).
 async fn concurrent_commit_rate(url: Option<&str>, data_dir: &std::path::Path) -> Result<f64> {
+    let Some(url) = url else {
+        // SQLite: a thread per connection, each calling SQLite directly.
+        let deadline = Instant::now() + CONCURRENT_COMMIT_LOOP;
+        let began = Instant::now();
+        let total = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..CONNECTIONS)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let c = sqlite_connection(data_dir)?;
+                            let mut n = 0u64;
+                            while Instant::now() < deadline {
+                                sqlite_commit(&c, "concurrent commit")?;
+                                n += 1;
+                            }
+                            anyhow::Ok(n)
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .map_err(|_| anyhow::anyhow!("commit thread panicked"))?
+                    })
+                    .sum::<Result<u64>>()
+            })
+        })?;
+        return Ok(total as f64 / began.elapsed().as_secs_f64());
+    };
     let mut probes = Vec::new();
     for _ in 0..CONNECTIONS {
-        probes.push(CommitProbe::connect(url, data_dir).await?);
+        probes.push(CommitProbe::connect(Some(url), data_dir).await?);
     }
     let began = Instant::now();
     let deadline = began + CONCURRENT_COMMIT_LOOP;
