@@ -1338,3 +1338,100 @@ async fn tenant_deletion_contract(store: Arc<dyn Store>) -> uuid::Uuid {
     ));
     id
 }
+
+/// The checkpoint writers reach executions by key however the table grew since their
+/// statements were planned: a plan made on a new database (an empty table, no statistics)
+/// scanned the whole table at every checkpoint for as long as the daemon ran. Sequential
+/// scans are counted by PostgreSQL itself, once the writers' connections have closed.
+#[tokio::test]
+async fn postgres_checkpoints_do_not_scan_executions() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    let store = store::open(&options(db.url.clone(), std::env::temp_dir()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let t = tenant("no-scan");
+    store.create_tenant(&t).await.unwrap();
+    store
+        .apply_definition(&version(t.id, "wf", "h"))
+        .await
+        .unwrap();
+    let e = new_execution(t.id, "node-s", 60_000);
+    let lease = created(store.create_execution(&e).await.unwrap());
+    let mut seq = 0;
+    let mut checkpoint = |with_update: bool| {
+        seq += 1;
+        let mut tr = Transition::default();
+        tr.attempts
+            .push(attempt(e.id, &format!("s{seq}"), 1, StepStatus::Completed));
+        tr.events.push(event(e.id, seq, "completed"));
+        if with_update {
+            tr.execution = Some(ExecutionUpdate {
+                status: ExecutionStatus::Running,
+                outputs: None,
+                error: None,
+                start_time: Some(Utc::now()),
+                end_time: None,
+                wake_time: None,
+                release: false,
+            });
+        }
+        Arc::new(tr)
+    };
+    // Both statement kinds (a lone step, a transition that updates its execution) planned
+    // while the table holds one row.
+    for k in 0..4 {
+        store
+            .write_transition(lease, &checkpoint(k % 2 == 0))
+            .await
+            .unwrap();
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
+         trigger_info, create_time) \
+         SELECT gen_random_uuid(), $1, 'wf', 1, 'completed', '{}', '{}', now() \
+         FROM generate_series(1, 20000)",
+    )
+    .bind(t.id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let writes = 40;
+    for k in 0..writes {
+        store
+            .write_transition(lease, &checkpoint(k % 2 == 0))
+            .await
+            .unwrap();
+    }
+    drop(store);
+    // A backend reports its counts when it exits: wait for the store's connections to go.
+    let mut others = 1i64;
+    for _ in 0..100 {
+        others = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if others == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(others, 0, "the store's connections did not close");
+    let scans: i64 =
+        sqlx::query_scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'executions'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(
+        scans < writes / 4,
+        "{scans} sequential scans of executions for {writes} checkpoints"
+    );
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}

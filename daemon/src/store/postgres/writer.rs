@@ -118,8 +118,12 @@ async fn writer_connection(connect: &PgConnectOptions) -> Result<PgConnection, S
         .map_err(|_| "connecting timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     // A batch statement's plan does not depend on its parameters: plan each shape once per
-    // connection instead of at every execution.
-    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+    // connection instead of at every execution. Its statements reach rows only by key, but
+    // a plan made while `executions` was small (a new database, or one whose statistics are
+    // stale) scans the table, and a generic plan keeps doing so at every checkpoint as the
+    // table grows: with sequential scans off the plan is an index lookup whatever the
+    // statistics say.
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off")
         .execute(&mut c)
         .await
         .map_err(|e| e.to_string())?;
