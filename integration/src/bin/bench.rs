@@ -23,9 +23,12 @@
 //!   commits, so both are measured under the same conditions. Both sides warm up first (10
 //!   chain runs; 1500 commits), to their steady state: a new SQLite WAL grows until its
 //!   first checkpoint, and commits that extend the file are slower than the ones a running
-//!   daemon makes. Also printed: the CPU time a chain step costs the daemon and
-//!   (PostgreSQL) the database server's processes. Target: at most 1.5 commits' time per
-//!   step.
+//!   daemon makes. Also printed, for scale: the same client committing the two rows a
+//!   chain step writes (an attempt and an event, keyed as the daemon keys them, in one
+//!   transaction; a 0.2 s round after each commit round), so the part of a step that is
+//!   the database's own work on its rows shows apart from the daemon's; and the CPU time a
+//!   chain step costs the daemon and (PostgreSQL) the database server's processes.
+//!   Target: at most 1.5 (single-row) commits' time per step.
 //! - (b) 200 concurrent executions of a 10-step `core/set` chain: steps per second (all steps
 //!   over the time from the first start to the last end, taken from the executions' own
 //!   create and end times), next to the raw concurrent commit rate of single-row INSERTs on
@@ -64,6 +67,8 @@ const CONCURRENT_STEPS: usize = 10;
 const STARTS: usize = 200;
 /// One round of the commit loop, after each measured chain run.
 const COMMIT_ROUND: Duration = Duration::from_millis(400);
+/// And a round of commits of a step's two rows after it.
+const STEP_ROWS_ROUND: Duration = Duration::from_millis(200);
 /// Measured rounds of (b), each followed by a round of the raw concurrent commit loop; one
 /// warm-up round comes first (a new daemon's first round is its slowest: the pool's
 /// connections still prepare their statements).
@@ -96,6 +101,8 @@ struct Report {
     chain_db_cpu_ms: Option<(f64, f64)>,
     commit_ms: f64,
     commit_rounds_ms: Vec<f64>,
+    /// A step's two rows (attempt, event) committed by one client on its own.
+    step_rows_ms: f64,
     commits_measured: usize,
     steps_per_s: f64,
     /// Each round of (b): steps/s, raw commits/s.
@@ -236,6 +243,7 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
     let mut probe = CommitProbe::open(db.as_ref().map(|d| d.url.as_str()), &data_dir).await?;
     let mut per_step = Vec::new();
     let mut per_commit = Vec::new();
+    let mut per_step_rows = Vec::new();
     let mut daemon_cpu = 0.0;
     let mut db_cpu = 0.0;
     let mut db_commit_cpu = 0.0;
@@ -259,6 +267,7 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
         db_commit_cpu += cpu_ms(&postgres_pids()) - cpu_before;
         per_commit.push(ms);
         report.commits_measured += n;
+        per_step_rows.push(probe.step_rows_latency(STEP_ROWS_ROUND).await?);
     }
     probe.close().await?;
     let measured_steps = (CHAIN_RUNS * CHAIN_STEPS) as f64;
@@ -271,6 +280,7 @@ async fn run_backend(backend: Backend) -> Result<Option<(Report, String)>> {
     report.commit_rounds_ms = per_commit.clone();
     report.chain_ms_per_step = percentile(&mut per_step, 50.0);
     report.commit_ms = percentile(&mut per_commit, 50.0);
+    report.step_rows_ms = percentile(&mut per_step_rows, 50.0);
 
     // (b) Concurrent executions, in rounds, each followed by a round of the raw concurrent
     // commit loop; the ratio is taken of the medians (one round lasts half a second, so a
@@ -446,6 +456,27 @@ const INSERT: &str = "INSERT INTO bench_commits (v) VALUES ($1)";
 const CREATE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS bench_commits \
      (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT NOT NULL)";
 
+/// Tables shaped like a step's checkpoint (its attempt and its event, each keyed as the
+/// daemon keys them): what one chain step costs the database alone.
+const CREATE_STEP_ROWS_PG: &str = "CREATE TABLE IF NOT EXISTS bench_attempts (run UUID, \
+     step_name TEXT, attempt INT, status TEXT, output TEXT, end_time TIMESTAMPTZ, \
+     PRIMARY KEY (run, step_name, attempt)); \
+     CREATE TABLE IF NOT EXISTS bench_events (run UUID, seq BIGINT, time TIMESTAMPTZ, \
+     kind TEXT, step_name TEXT, status TEXT, PRIMARY KEY (run, seq))";
+const CREATE_STEP_ROWS_SQLITE: &str = "CREATE TABLE IF NOT EXISTS bench_attempts (run BLOB, \
+     step_name TEXT, attempt INT, status TEXT, output TEXT, end_time TEXT, \
+     PRIMARY KEY (run, step_name, attempt)) WITHOUT ROWID; \
+     CREATE TABLE IF NOT EXISTS bench_events (run BLOB, seq INT, time TEXT, kind TEXT, \
+     step_name TEXT, status TEXT, PRIMARY KEY (run, seq)) WITHOUT ROWID;";
+/// PostgreSQL: one statement, as the daemon writes a chain step.
+const STEP_ROWS_PG: &str = "WITH a AS (INSERT INTO bench_attempts VALUES \
+     ($1, $2, 1, 'completed', $3, now())) \
+     INSERT INTO bench_events VALUES ($1, $4, now(), 'step_status', $2, 'completed')";
+const STEP_ATTEMPT_SQLITE: &str =
+    "INSERT INTO bench_attempts VALUES (?1, ?2, 1, 'completed', ?3, '2026-01-01T00:00:00Z')";
+const STEP_EVENT_SQLITE: &str = "INSERT INTO bench_events VALUES \
+     (?1, ?2, '2026-01-01T00:00:00Z', 'step_status', ?3, 'completed')";
+
 /// One connection committing single-row INSERTs: the database's own commit latency.
 enum CommitProbe {
     Postgres(sqlx::PgConnection),
@@ -463,15 +494,18 @@ impl CommitProbe {
         let mut probe = CommitProbe::connect(url, data_dir).await?;
         match &mut probe {
             CommitProbe::Postgres(c) => {
-                sqlx::query(CREATE_PG).execute(c).await?;
+                sqlx::query(CREATE_PG).execute(&mut *c).await?;
+                sqlx::raw_sql(CREATE_STEP_ROWS_PG).execute(c).await?;
             }
             CommitProbe::Sqlite(c) => {
                 c.execute_batch(CREATE_SQLITE)?;
+                c.execute_batch(CREATE_STEP_ROWS_SQLITE)?;
             }
         }
         for _ in 0..PROBE_WARM_UP {
             probe.commit("warm-up").await?;
         }
+        probe.step_rows_latency(Duration::from_millis(200)).await?;
         Ok(probe)
     }
 
@@ -513,6 +547,44 @@ impl CommitProbe {
             })?,
         }
         Ok((began.elapsed().as_secs_f64() * 1000.0 / n as f64, n))
+    }
+
+    /// Mean latency (ms) of commits of a step's two rows (an attempt and an event) during
+    /// `round`: the database's own cost of one chain step's checkpoint.
+    async fn step_rows_latency(&mut self, round: Duration) -> Result<f64> {
+        let run = uuid::Uuid::new_v4();
+        let output = r#"{"n":1}"#;
+        let began = Instant::now();
+        let mut n = 0i64;
+        match self {
+            CommitProbe::Postgres(c) => {
+                while began.elapsed() < round {
+                    n += 1;
+                    sqlx::query(STEP_ROWS_PG)
+                        .bind(run)
+                        .bind(format!("s{n}"))
+                        .bind(output)
+                        .bind(n)
+                        .execute(&mut *c)
+                        .await?;
+                }
+            }
+            CommitProbe::Sqlite(c) => tokio::task::block_in_place(|| {
+                while began.elapsed() < round {
+                    n += 1;
+                    let step = format!("s{n}");
+                    let tx =
+                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    tx.prepare_cached(STEP_ATTEMPT_SQLITE)?
+                        .execute(rusqlite::params![run.as_bytes(), step, output])?;
+                    tx.prepare_cached(STEP_EVENT_SQLITE)?
+                        .execute(rusqlite::params![run.as_bytes(), n, step])?;
+                    tx.commit()?;
+                }
+                anyhow::Ok(())
+            })?,
+        }
+        Ok(began.elapsed().as_secs_f64() * 1000.0 / n as f64)
     }
 
     async fn close(self) -> Result<()> {
@@ -618,6 +690,14 @@ fn print_report(backend: Backend, target: &str, r: &Report, took: Duration) {
         a_ratio,
         "ratio <= 1.5",
         verdict(a_ratio <= 1.5)
+    );
+    println!(
+        "{:<44} {:>16} {:>22} {:>8.2}  {:<14} -",
+        "    the database alone, a step's two rows",
+        "",
+        format!("{:.3} ms/commit", r.step_rows_ms),
+        r.chain_ms_per_step / r.step_rows_ms,
+        "(for scale)",
     );
     println!(
         "{:<44} {:>16} {:>22} {:>8.2}  {:<14} {}",
