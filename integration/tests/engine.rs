@@ -1755,3 +1755,109 @@ async fn engine_stall_longer_than_lease(backend: Backend) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The database goes away in the middle of a chain
+// ---------------------------------------------------------------------------------------------
+
+/// PostgreSQL is cut off (every connection closed, new ones refused) for 1.5 s while long
+/// chains of pure steps run, each with up to 16 checkpoints in flight. A driver writes the
+/// one that failed again until the database is back; the ones queued behind it were never
+/// tried, and go again at once (no backoff each), queued behind live tickets, so the chain
+/// is pipelined again. Every execution completes with every step once and its event log
+/// without gaps or repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_checkpoints_wait_out_a_database_outage() {
+    const STEPS: usize = 1000;
+    const CHAINS: usize = 6;
+    let Some(db) = PgDatabase::create("engine_checkpoints_wait_out_a_database_outage").await else {
+        return;
+    };
+    let proxy = TcpProxy::start(db.server_addr()).await.expect("proxy");
+    let daemon = Daemon::start_ok(
+        DaemonOptions::postgres(db.url_via(proxy.addr)).env("MANTLE_ENGINE_POLL_INTERVAL", "200ms"),
+    )
+    .await;
+    let operator = admin_key_create(&db.url, "it-outage").await;
+    let token = create_api_key(&daemon, &operator, "default", &["*"]).await;
+    let mut m = Mantle::connect(&daemon, &token).await;
+    m.apply(&reliability::set_chain_workflow("long-chain", STEPS))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..CHAINS {
+        ids.push(m.start_ok("long-chain", "").await.id);
+    }
+    m.wait_until(
+        &ids[0],
+        Duration::from_secs(30),
+        "a tenth of the first chain done",
+        |_, a| a.len() >= STEPS / 10,
+    )
+    .await;
+    proxy.cut().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.restore().await.expect("restore the proxy");
+
+    for id in &ids {
+        let e = m.wait_terminal(id, Duration::from_secs(60)).await;
+        let attempts = m.attempts(id).await;
+        assert_status(&e, &attempts, Ex::Completed);
+        assert_eq!(json(&e.outputs_json), json!({ "v": STEPS }));
+        assert_eq!(
+            attempts.len(),
+            STEPS,
+            "every step of {id} has exactly one attempt"
+        );
+        let events = m
+            .watch(id, 0, Duration::from_secs(30))
+            .await
+            .expect("watch the finished execution");
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "event sequence numbers of {id} have gaps or repeats"
+        );
+        let completed = events
+            .iter()
+            .filter(|e| {
+                e.kind() == pb::execution_event::Kind::StepStatus
+                    && e.step_status() == St::Completed
+            })
+            .count();
+        assert_eq!(completed, STEPS, "one completed event per step of {id}");
+    }
+
+    let log = format!("{}\n{}", daemon.stdout_lines().join("\n"), daemon.stderr());
+    let retries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("checkpoint write failed"))
+        .collect();
+    assert!(
+        !retries.is_empty(),
+        "the outage hit no checkpoint (the chains ended before the cut?)\n{log}"
+    );
+    assert!(
+        !retries
+            .iter()
+            .any(|l| l.contains("an earlier checkpoint of this execution was not written")),
+        "checkpoints queued behind a failed one waited a backoff each:\n{}",
+        retries.join("\n")
+    );
+    // Once the failed one is durable, those behind it are queued again behind live tickets:
+    // none is refused for following a failure, not even those queued after the outage.
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("queued behind one that was not written"))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} checkpoints were refused for following one that was not written:\n{}",
+        refused.len(),
+        refused
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

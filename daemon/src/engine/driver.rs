@@ -303,6 +303,14 @@ impl Driver {
     /// spawned once it is durable.
     async fn queue(&mut self, started: Vec<(usize, i32)>) {
         let t = Arc::new(std::mem::take(&mut self.pending));
+        self.hand_over(t, started).await;
+        // Let the writer take it: woken from this thread, a writer task waits in this
+        // worker's next-task slot, which no other worker may take, until this task yields.
+        tokio::task::yield_now().await;
+    }
+
+    /// Queues `t` behind the newest transition in flight and adds it to them.
+    async fn hand_over(&mut self, t: Arc<Transition>, started: Vec<(usize, i32)>) {
         let ticket = Ticket::default();
         let order = Order {
             after: self.in_flight.back().map(|w| w.ticket.clone()),
@@ -329,9 +337,16 @@ impl Driver {
             early,
             started,
         });
-        // Let the writer take it: woken from this thread, a writer task waits in this
-        // worker's next-task slot, which no other worker may take, until this task yields.
-        tokio::task::yield_now().await;
+    }
+
+    /// Queues every transition in flight again, in order. After one of them was not written
+    /// (and written again on its own), each queued behind it is refused unwritten, and a new
+    /// one queued behind those would be too: they go again behind live tickets instead.
+    async fn requeue_in_flight(&mut self) {
+        for w in std::mem::take(&mut self.in_flight) {
+            // Its first hand-over is answered unwritten, whenever it is: drop it.
+            self.hand_over(w.t, w.started).await;
+        }
     }
 
     /// Waits until every transition handed over is durable.
@@ -372,12 +387,25 @@ impl Driver {
         };
         let mut backoff = Duration::from_millis(100);
         let mut retried = false;
+        let mut again = false;
         loop {
             match result {
                 Ok(()) => break,
                 Err(store::Error::Fenced(_)) => return Err(Stop::Lost),
                 // A retried write whose first try committed after all.
                 Err(store::Error::AlreadyExists(_)) if retried => break,
+                // Not tried: the one before it was not written. Those behind a failure are
+                // queued again once it is durable (below), so this should not happen; if it
+                // does, everything before it is durable (they settle in order): at once.
+                Err(err) if err.is_behind_a_failure() => {
+                    tracing::warn!(execution = %self.execution.id, "checkpoint was queued behind one that was not written; writing it again");
+                    again = true;
+                    result = self
+                        .inner
+                        .store
+                        .queue_transition(self.lease, t.clone(), Order::default())
+                        .await;
+                }
                 Err(err) => {
                     tracing::warn!(execution = %self.execution.id, error = %err, "checkpoint write failed; retrying");
                     tokio::select! {
@@ -386,6 +414,7 @@ impl Driver {
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     retried = true;
+                    again = true;
                     // Everything before it is durable now: it follows nothing.
                     result = self
                         .inner
@@ -394,6 +423,9 @@ impl Driver {
                         .await;
                 }
             }
+        }
+        if again {
+            self.requeue_in_flight().await;
         }
         for (step, attempt) in started {
             self.spawn_attempt(step, attempt);

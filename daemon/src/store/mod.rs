@@ -46,6 +46,15 @@ pub enum Error {
     Fenced(uuid::Uuid),
 }
 
+impl Error {
+    /// The transition was not tried: it was queued behind one of its execution's that was
+    /// not written (see [`Order`](crate::engine::model::Order)). Once that one is, it can go
+    /// again at once.
+    pub fn is_behind_a_failure(&self) -> bool {
+        matches!(self, Error::Unavailable(why) if why == AFTER_FAILED)
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What a store's group-commit writers write (`sqlite/writer.rs`, `postgres/writer.rs`):
