@@ -1276,6 +1276,14 @@ steps:
     params: {message: bye}
 ";
 
+/// The event log of execution `id` has no gaps or repeats in its sequence numbers.
+fn assert_contiguous(events: &[pb::ExecutionEvent], id: &str) {
+    assert!(
+        events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "event sequence numbers of {id} have gaps or repeats"
+    );
+}
+
 fn describe_events(events: &[pb::ExecutionEvent]) -> String {
     events
         .iter()
@@ -1665,11 +1673,7 @@ async fn engine_pure_chain_keeps_checkpoint_order(backend: Backend) {
         .watch(&started.id, 0, Duration::from_secs(30))
         .await
         .expect("watch the finished execution");
-    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "event sequence numbers have gaps or repeats"
-    );
+    assert_contiguous(&events, &started.id);
     let steps: Vec<&str> = events
         .iter()
         .filter(|e| e.kind() == pb::execution_event::Kind::StepStatus)
@@ -1812,11 +1816,7 @@ async fn engine_checkpoints_wait_out_a_database_outage() {
             .watch(id, 0, Duration::from_secs(30))
             .await
             .expect("watch the finished execution");
-        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-        assert!(
-            seqs.windows(2).all(|w| w[1] == w[0] + 1),
-            "event sequence numbers of {id} have gaps or repeats"
-        );
+        assert_contiguous(&events, id);
         let completed = events
             .iter()
             .filter(|e| {

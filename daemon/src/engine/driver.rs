@@ -400,11 +400,7 @@ impl Driver {
                 Err(err) if err.is_behind_a_failure() => {
                     tracing::warn!(execution = %self.execution.id, "checkpoint was queued behind one that was not written; writing it again");
                     again = true;
-                    result = self
-                        .inner
-                        .store
-                        .queue_transition(self.lease, t.clone(), Order::default())
-                        .await;
+                    result = self.write_again(&t).await;
                 }
                 Err(err) => {
                     tracing::warn!(execution = %self.execution.id, error = %err, "checkpoint write failed; retrying");
@@ -415,12 +411,7 @@ impl Driver {
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     retried = true;
                     again = true;
-                    // Everything before it is durable now: it follows nothing.
-                    result = self
-                        .inner
-                        .store
-                        .queue_transition(self.lease, t.clone(), Order::default())
-                        .await;
+                    result = self.write_again(&t).await;
                 }
             }
         }
@@ -431,6 +422,17 @@ impl Driver {
             self.spawn_attempt(step, attempt);
         }
         Ok(())
+    }
+
+    /// Writes the oldest transition in flight again, on its own: everything before it is
+    /// durable, so it follows nothing.
+    /// (The future holds no borrow of the driver, which is not `Sync`.)
+    fn write_again(
+        &self,
+        t: &Arc<Transition>,
+    ) -> impl std::future::Future<Output = store::Result<()>> + Send + 'static {
+        let (store, lease, t) = (self.inner.store.clone(), self.lease, t.clone());
+        async move { store.queue_transition(lease, t, Order::default()).await }
     }
 
     /// The values expressions read; `steps` holds every finished step.

@@ -47,9 +47,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// The transition was not tried: it was queued behind one of its execution's that was
-    /// not written (see [`Order`](crate::engine::model::Order)). Once that one is, it can go
-    /// again at once.
+    /// The answer of a transition that was not tried: it was queued behind one of its
+    /// execution's that was not written (see [`Order`](crate::engine::model::Order)).
+    fn behind_a_failure() -> Error {
+        Error::Unavailable(AFTER_FAILED.to_owned())
+    }
+
+    /// Whether this is [`Error::behind_a_failure`]: once the transition it followed is
+    /// written, it can go again at once.
     pub fn is_behind_a_failure(&self) -> bool {
         matches!(self, Error::Unavailable(why) if why == AFTER_FAILED)
     }
@@ -117,7 +122,7 @@ fn stopped() -> Error {
 /// was not written (or the writers are gone).
 fn hand_over(queue: &tokio::sync::mpsc::UnboundedSender<Job>, job: Job) {
     if job.follows_failure() {
-        return job.answer(Err(Error::Unavailable(AFTER_FAILED.to_owned())));
+        return job.answer(Err(Error::behind_a_failure()));
     }
     if let Err(tokio::sync::mpsc::error::SendError(job)) = queue.send(job) {
         job.answer(Err(stopped()));
