@@ -85,10 +85,44 @@ struct InFlight {
     /// Resolved by the store with the outcome, for a transition queued behind this one.
     ticket: Ticket,
     write: WriteFuture,
-    /// The answer, when the store gave it at once.
+    /// The answer, once the driver has it (at once, when the store gave it at once).
     early: Option<store::Result<()>>,
     /// Attempts it records as running, to spawn once it is durable.
     started: Vec<(usize, i32)>,
+}
+
+impl InFlight {
+    /// Hands `write` to the store: its first poll queues the transition. That poll leaves a
+    /// waker that does nothing: with the driver task's own, every commit would wake the
+    /// driver (a wake-up from the writer's thread, which costs the writer a system call and
+    /// the driver a pass), also while the driver waits for a later one. The driver's waker
+    /// goes in only once it waits for this answer ([`InFlight::answered`]).
+    fn start(
+        t: Arc<Transition>,
+        ticket: Ticket,
+        mut write: WriteFuture,
+        started: Vec<(usize, i32)>,
+    ) -> InFlight {
+        let detached = &mut std::task::Context::from_waker(std::task::Waker::noop());
+        let early = match write.as_mut().poll(detached) {
+            Poll::Ready(result) => Some(result),
+            Poll::Pending => None,
+        };
+        InFlight {
+            t,
+            ticket,
+            write,
+            early,
+            started,
+        }
+    }
+
+    /// Waits for the store's answer and keeps it.
+    async fn answered(&mut self) {
+        if self.early.is_none() {
+            self.early = Some(self.write.as_mut().await);
+        }
+    }
 }
 
 /// At most this many transitions of one execution are in flight at once; when the window is
@@ -303,14 +337,14 @@ impl Driver {
     /// spawned once it is durable.
     async fn queue(&mut self, started: Vec<(usize, i32)>) {
         let t = Arc::new(std::mem::take(&mut self.pending));
-        self.hand_over(t, started).await;
+        self.hand_over(t, started);
         // Let the writer take it: woken from this thread, a writer task waits in this
         // worker's next-task slot, which no other worker may take, until this task yields.
         tokio::task::yield_now().await;
     }
 
     /// Queues `t` behind the newest transition in flight and adds it to them.
-    async fn hand_over(&mut self, t: Arc<Transition>, started: Vec<(usize, i32)>) {
+    fn hand_over(&mut self, t: Arc<Transition>, started: Vec<(usize, i32)>) {
         let ticket = Ticket::default();
         let order = Order {
             after: self.in_flight.back().map(|w| w.ticket.clone()),
@@ -319,33 +353,19 @@ impl Driver {
         let store = self.inner.store.clone();
         let lease = self.lease;
         let written = t.clone();
-        let mut write: WriteFuture =
+        let write: WriteFuture =
             Box::pin(async move { store.queue_transition(lease, written, order).await });
-        // One poll hands the transition to the writers.
-        let mut early = None;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = write.as_mut().poll(cx) {
-                early = Some(result);
-            }
-            Poll::Ready(())
-        })
-        .await;
-        self.in_flight.push_back(InFlight {
-            t,
-            ticket,
-            write,
-            early,
-            started,
-        });
+        let w = InFlight::start(t, ticket, write, started);
+        self.in_flight.push_back(w);
     }
 
     /// Queues every transition in flight again, in order. After one of them was not written
     /// (and written again on its own), each queued behind it is refused unwritten, and a new
     /// one queued behind those would be too: they go again behind live tickets instead.
-    async fn requeue_in_flight(&mut self) {
+    fn requeue_in_flight(&mut self) {
         for w in std::mem::take(&mut self.in_flight) {
             // Its first hand-over is answered unwritten, whenever it is: drop it.
-            self.hand_over(w.t, w.started).await;
+            self.hand_over(w.t, w.started);
         }
     }
 
@@ -360,6 +380,10 @@ impl Driver {
         if self.in_flight.len() <= left {
             return Ok(());
         }
+        // The newest of them first: the store answers an execution's transitions in order,
+        // so the driver wakes once for all of them, not at each one's commit.
+        let newest = self.in_flight.len() - left - 1;
+        self.in_flight[newest].answered().await;
         while self.in_flight.len() > left {
             self.settle_oldest().await?;
         }
@@ -416,7 +440,7 @@ impl Driver {
             }
         }
         if again {
-            self.requeue_in_flight().await;
+            self.requeue_in_flight();
         }
         for (step, attempt) in started {
             self.spawn_attempt(step, attempt);
@@ -1307,6 +1331,8 @@ fn humanize(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -1317,5 +1343,64 @@ mod tests {
             assert!(d >= base / 2 && d <= base, "{failures}: {d}");
         }
         assert!(backoff(1000, 60_000, 1.0, 5) <= 1000);
+    }
+
+    /// A waker that counts how often its task was woken.
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn settling_transitions_in_flight_wakes_the_driver_once() {
+        // Eight transitions handed over, each answered through a channel, as the store does.
+        let mut answers = Vec::new();
+        let mut in_flight: Vec<InFlight> = (0..8)
+            .map(|_| {
+                let (tx, rx) = tokio::sync::oneshot::channel::<store::Result<()>>();
+                answers.push(tx);
+                let write: WriteFuture = Box::pin(async move {
+                    rx.await
+                        .unwrap_or_else(|_| Err(store::Error::Unavailable("gone".to_owned())))
+                });
+                InFlight::start(
+                    Arc::new(Transition::default()),
+                    Ticket::default(),
+                    write,
+                    Vec::new(),
+                )
+            })
+            .collect();
+        assert!(in_flight.iter().all(|w| w.early.is_none()));
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let cx = &mut std::task::Context::from_waker(&waker);
+        {
+            // The driver waits for the newest of them.
+            let newest = in_flight.last_mut().expect("eight");
+            let mut wait = std::pin::pin!(newest.answered());
+            assert!(wait.as_mut().poll(cx).is_pending());
+            // The store answers them in order: the first seven wake nobody.
+            for tx in answers.drain(..7) {
+                tx.send(Ok(())).expect("answer");
+            }
+            assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+            answers
+                .pop()
+                .expect("the eighth")
+                .send(Ok(()))
+                .expect("answer");
+            assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+            assert!(wait.as_mut().poll(cx).is_ready());
+        }
+        // The older ones are answered already: taking their answers waits for nothing.
+        for w in &mut in_flight {
+            assert!(std::pin::pin!(w.answered()).poll(cx).is_ready());
+            assert!(matches!(w.early, Some(Ok(()))));
+        }
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 }
