@@ -515,7 +515,7 @@ impl CommitProbe {
         for _ in 0..PROBE_WARM_UP {
             probe.commit("warm-up").await?;
         }
-        probe.step_rows_latency(Duration::from_millis(200)).await?;
+        probe.step_rows_latency(STEP_ROWS_ROUND).await?;
         Ok(probe)
     }
 
