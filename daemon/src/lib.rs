@@ -23,5 +23,10 @@ pub mod tenancy;
 pub mod webhooks;
 pub mod workflow;
 
+/// Counts the heap bytes of metered threads: the bytes an expression evaluation holds are
+/// known at every step of it (see `workflow::budget`). Elsewhere it is the system allocator.
+#[global_allocator]
+static ALLOCATOR: mantle_meter::Counting = mantle_meter::Counting;
+
 /// The daemon's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
