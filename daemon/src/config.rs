@@ -45,8 +45,15 @@ pub struct EngineSettings {
     pub poll_interval: Duration,
     /// `MANTLE_MAX_STEP_OUTPUT_BYTES`: the largest step output.
     pub max_step_output_bytes: usize,
+    /// `MANTLE_MAX_INPUT_BYTES`: the largest inputs of an execution.
+    pub max_input_bytes: usize,
     /// `MANTLE_HTTP_ALLOW_PRIVATE_NETWORKS`: let actions reach private addresses.
     pub allow_private_networks: bool,
+    /// `MANTLE_HTTP_PROXY`: the proxy outbound requests go through (the environment's
+    /// `HTTP_PROXY` and the like are ignored).
+    pub http_proxy: Option<url::Url>,
+    /// `MANTLE_HTTP_MAX_BUFFERED_BYTES`: response bytes all steps may hold at once.
+    pub http_max_buffered_bytes: u64,
     /// `MANTLE_ENV_<KEY>` variables and the file's `env` map: the `env` of expressions.
     pub workflow_env: std::collections::BTreeMap<String, String>,
     /// `MANTLE_IDEMPOTENCY_TTL`: how long StartExecution idempotency keys are kept.
@@ -57,6 +64,13 @@ pub struct EngineSettings {
     pub max_runtime_minutes: Option<u32>,
     /// `MANTLE_MAX_CONCURRENT_EXECUTIONS`: a cap on every tenant's running executions.
     pub max_concurrent_executions: Option<u32>,
+    /// `MANTLE_EXPR_*`: what one expression evaluation may use.
+    pub expr_limits: crate::workflow::budget::ExprLimits,
+    /// `MANTLE_CPU_THREADS`: threads of the pool that parses workflow files and evaluates
+    /// large expressions.
+    pub cpu_threads: usize,
+    /// `MANTLE_MAX_WATCH_STREAMS`: WatchExecution streams one tenant may hold at once.
+    pub max_watch_streams: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +130,17 @@ struct FileConfig {
     shutdown_grace_period: Option<String>,
     engine: Option<FileEngine>,
     http: Option<FileHttp>,
+    expressions: Option<FileExpressions>,
     env: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileExpressions {
+    max_cost: Option<u64>,
+    max_value_bytes: Option<u64>,
+    timeout: Option<String>,
+    threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +149,7 @@ struct FileEngine {
     lease_ttl: Option<String>,
     poll_interval: Option<String>,
     max_step_output_bytes: Option<usize>,
+    max_input_bytes: Option<usize>,
     idempotency_ttl: Option<String>,
 }
 
@@ -132,6 +157,8 @@ struct FileEngine {
 #[serde(deny_unknown_fields)]
 struct FileHttp {
     allow_private_networks: Option<bool>,
+    proxy: Option<String>,
+    max_buffered_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +229,7 @@ pub fn build(
     let api = file_config.api.unwrap_or_default();
     let file_engine = file_config.engine.unwrap_or_default();
     let file_http = file_config.http.unwrap_or_default();
+    let file_expr = file_config.expressions.unwrap_or_default();
     let db = file_config.database.unwrap_or_default();
     let log = file_config.log.unwrap_or_default();
     let env_get = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
@@ -332,6 +360,29 @@ pub fn build(
         })?,
         None => file_engine.max_step_output_bytes.unwrap_or(1024 * 1024),
     };
+    let max = crate::engine::MAX_EXECUTION_BYTES;
+    if max_step_output_bytes > max {
+        return Err(Error(format!(
+            "MANTLE_MAX_STEP_OUTPUT_BYTES: at most {max} bytes (3.75 MiB), so that a step \
+             attempt fits a gRPC answer; got {max_step_output_bytes}"
+        )));
+    }
+    let max_input_bytes = match env_get("MANTLE_MAX_INPUT_BYTES") {
+        Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error(format!(
+                "MANTLE_MAX_INPUT_BYTES: expected a positive number of bytes, got {v:?}"
+            ))
+        })?,
+        None => file_engine
+            .max_input_bytes
+            .unwrap_or(crate::engine::DEFAULT_MAX_INPUT_BYTES),
+    };
+    if max_input_bytes > max {
+        return Err(Error(format!(
+            "MANTLE_MAX_INPUT_BYTES: at most {max} bytes (3.75 MiB), so that an execution \
+             fits a gRPC answer; got {max_input_bytes}"
+        )));
+    }
     let allow_private_networks = match env_get("MANTLE_HTTP_ALLOW_PRIVATE_NETWORKS") {
         Some(v) => match v.as_str() {
             "true" | "1" => true,
@@ -343,6 +394,26 @@ pub fn build(
             }
         },
         None => file_http.allow_private_networks.unwrap_or(false),
+    };
+    let http_proxy = match env_get("MANTLE_HTTP_PROXY")
+        .map(|v| (v, "MANTLE_HTTP_PROXY".to_owned()))
+        .or_else(|| {
+            file_http
+                .proxy
+                .clone()
+                .map(|v| (v, "config key http.proxy".to_owned()))
+        }) {
+        None => None,
+        Some((v, from)) => {
+            let url = url::Url::parse(&v)
+                .map_err(|e| Error(format!("{from}: {v:?} is not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(Error(format!(
+                    "{from}: expected http://HOST:PORT or https://HOST:PORT, got {v:?}"
+                )));
+            }
+            Some(url)
+        }
     };
     let cap = |var: &str| -> Result<Option<u32>, Error> {
         match env_get(var) {
@@ -356,6 +427,62 @@ pub fn build(
             },
         }
     };
+    let positive =
+        |var: &str, file_value: Option<u64>, key: &str, default: u64| -> Result<u64, Error> {
+            match env_get(var) {
+                Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    Error(format!(
+                        "{var}: expected a positive whole number, got {v:?}"
+                    ))
+                }),
+                None => match file_value {
+                    Some(0) => Err(Error(format!("config key {key}: must be positive"))),
+                    Some(n) => Ok(n),
+                    None => Ok(default),
+                },
+            }
+        };
+    let http_max_buffered_bytes = positive(
+        "MANTLE_HTTP_MAX_BUFFERED_BYTES",
+        file_http.max_buffered_bytes,
+        "http.max_buffered_bytes",
+        256 * 1024 * 1024,
+    )?;
+    let defaults = crate::workflow::budget::ExprLimits::default();
+    let expr_limits = crate::workflow::budget::ExprLimits {
+        max_cost: positive(
+            "MANTLE_EXPR_MAX_COST",
+            file_expr.max_cost,
+            "expressions.max_cost",
+            defaults.max_cost,
+        )?,
+        max_bytes: positive(
+            "MANTLE_EXPR_MAX_VALUE_BYTES",
+            file_expr.max_value_bytes,
+            "expressions.max_value_bytes",
+            defaults.max_bytes,
+        )?,
+        timeout: duration(
+            "MANTLE_EXPR_TIMEOUT",
+            file_expr.timeout,
+            "expressions.timeout",
+            defaults.timeout,
+        )?,
+    };
+    if expr_limits.timeout.is_zero() {
+        return Err(Error(
+            "MANTLE_EXPR_TIMEOUT: must be longer than 0s".to_owned(),
+        ));
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cpu_threads = positive(
+        "MANTLE_CPU_THREADS",
+        file_expr.threads.map(|n| n as u64),
+        "expressions.threads",
+        cores.max(2) as u64,
+    )?
+    .min(256) as usize;
+    let max_watch_streams = positive("MANTLE_MAX_WATCH_STREAMS", None, "", 100)? as usize;
     let max_steps_per_workflow = cap("MANTLE_MAX_STEPS_PER_WORKFLOW")?;
     let max_runtime_minutes = cap("MANTLE_MAX_RUNTIME_MINUTES")?;
     let max_concurrent_executions = cap("MANTLE_MAX_CONCURRENT_EXECUTIONS")?;
@@ -416,12 +543,18 @@ pub fn build(
             lease_ttl,
             poll_interval,
             max_step_output_bytes,
+            max_input_bytes,
             allow_private_networks,
+            http_proxy,
+            http_max_buffered_bytes,
             workflow_env,
             idempotency_ttl,
             max_steps_per_workflow,
             max_runtime_minutes,
             max_concurrent_executions,
+            expr_limits,
+            cpu_threads,
+            max_watch_streams,
         },
     })
 }
@@ -527,6 +660,81 @@ mod tests {
         };
         let c = build(Some((p, file)), &e, &flags).unwrap();
         assert_eq!(c.api_address, "0.0.0.0:3");
+    }
+
+    #[test]
+    fn isolation_settings_have_defaults_and_are_checked() {
+        let c = build(None, &env(&[]), &Flags::default()).unwrap();
+        let e = &c.engine;
+        assert_eq!(
+            e.expr_limits,
+            crate::workflow::budget::ExprLimits::default()
+        );
+        assert_eq!(e.max_input_bytes, crate::engine::DEFAULT_MAX_INPUT_BYTES);
+        assert_eq!(e.http_max_buffered_bytes, 256 * 1024 * 1024);
+        assert_eq!(e.max_watch_streams, 100);
+        assert!(e.http_proxy.is_none());
+        assert!(e.cpu_threads >= 2);
+
+        let c = build(
+            Some((
+                Path::new("m.yaml"),
+                "expressions:\n  max_cost: 5\n  timeout: 250ms\nhttp:\n  proxy: http://proxy:3128\n",
+            )),
+            &env(&[
+                ("MANTLE_EXPR_MAX_VALUE_BYTES", "1024"),
+                ("MANTLE_CPU_THREADS", "3"),
+                ("MANTLE_MAX_WATCH_STREAMS", "7"),
+            ]),
+            &Flags::default(),
+        )
+        .unwrap();
+        let e = &c.engine;
+        assert_eq!(e.expr_limits.max_cost, 5);
+        assert_eq!(e.expr_limits.max_bytes, 1024);
+        assert_eq!(e.expr_limits.timeout, Duration::from_millis(250));
+        assert_eq!(e.cpu_threads, 3);
+        assert_eq!(e.max_watch_streams, 7);
+        assert_eq!(
+            e.http_proxy.as_ref().map(url::Url::as_str),
+            Some("http://proxy:3128/")
+        );
+
+        for (var, value, want) in [
+            (
+                "MANTLE_EXPR_MAX_COST",
+                "0",
+                "MANTLE_EXPR_MAX_COST: expected a positive",
+            ),
+            (
+                "MANTLE_EXPR_TIMEOUT",
+                "0s",
+                "MANTLE_EXPR_TIMEOUT: must be longer",
+            ),
+            (
+                "MANTLE_HTTP_PROXY",
+                "socks5://x:1",
+                "MANTLE_HTTP_PROXY: expected http://",
+            ),
+            (
+                "MANTLE_HTTP_PROXY",
+                "not a url",
+                "MANTLE_HTTP_PROXY: \"not a url\" is not a URL",
+            ),
+            (
+                "MANTLE_MAX_INPUT_BYTES",
+                "5000000",
+                "MANTLE_MAX_INPUT_BYTES: at most",
+            ),
+            (
+                "MANTLE_MAX_STEP_OUTPUT_BYTES",
+                "5000000",
+                "MANTLE_MAX_STEP_OUTPUT_BYTES: at most",
+            ),
+        ] {
+            let err = build(None, &env(&[(var, value)]), &Flags::default()).unwrap_err();
+            assert!(err.0.starts_with(want), "{var}={value}: {err}");
+        }
     }
 
     #[test]

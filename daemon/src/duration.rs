@@ -50,9 +50,42 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Writes a duration the way [`parse`] reads it: `1h30m`, `2s`, `250ms`.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = ms;
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if rest >= size && (rest.is_multiple_of(1000) || size > 1000) {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if rest > 0 {
+        out.push_str(&format!("{rest}ms"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_as_it_parses() {
+        for text in ["2s", "250ms", "1h30m", "1d", "1m1s", "0s"] {
+            assert_eq!(format(parse(text).unwrap()), text);
+        }
+        assert_eq!(format(Duration::from_millis(1500)), "1500ms");
+    }
 
     #[test]
     fn parses_units_and_sequences() {

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connectors;
+pub mod cpu;
 pub mod definitions;
 pub mod duration;
 pub mod engine;

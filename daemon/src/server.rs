@@ -108,13 +108,22 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .local_addr()
         .map_err(|e| StartError::Other(e.into()))?;
     let metrics = Metrics::install(cancel.child_token())?;
-    let engine = crate::engine::Engine::new(store.clone(), engine_config(&config), secrets.clone())
-        .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?;
+    let pool = crate::cpu::CpuPool::new(config.engine.cpu_threads);
+    let engine = crate::engine::Engine::new(
+        store.clone(),
+        engine_config(&config),
+        secrets.clone(),
+        pool.clone(),
+    )
+    .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?;
     engine.run();
     crate::webhooks::Webhooks::new(
         store.clone(),
         secrets.clone(),
-        engine_config(&config).network,
+        crate::connectors::http::Outbound {
+            policy: engine_config(&config).network,
+            proxy: config.engine.http_proxy.clone(),
+        },
     )
     .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?
     .spawn(cancel.child_token());
@@ -137,6 +146,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         definitions: crate::definitions::Definitions::new(
             store.clone(),
             config.engine.max_steps_per_workflow,
+            pool.clone(),
         ),
         executions: crate::executions::Executions::new(store.clone(), engine.clone()),
         secrets,
@@ -185,6 +195,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     cancel.cancel();
     // Running steps finish; leases are given back so other daemons continue at once.
     let _ = engine_stopped.await;
+    pool.stop();
     store.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -242,7 +253,10 @@ fn engine_config(config: &Config) -> crate::engine::EngineConfig {
         lease: e.lease_ttl,
         poll_max: e.poll_interval,
         max_output_bytes: e.max_step_output_bytes,
+        max_input_bytes: e.max_input_bytes,
         idempotency_ttl: e.idempotency_ttl,
+        expr_limits: e.expr_limits,
+        max_watch_streams: e.max_watch_streams,
         limits: crate::engine::Limits {
             max_steps_per_workflow: e.max_steps_per_workflow,
             max_runtime_minutes: e.max_runtime_minutes,

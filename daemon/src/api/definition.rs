@@ -23,7 +23,8 @@ impl DefinitionService for DefinitionApi {
         let req = request.get_ref();
         let loaded = self
             .definitions
-            .validate(caller, &req.source, &req.filename)?;
+            .validate(caller, &req.source, &req.filename)
+            .await?;
         Ok(Response::new(pb::ValidateDefinitionResponse {
             name: loaded.spec.name,
             content_hash: loaded.content_hash,

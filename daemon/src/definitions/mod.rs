@@ -90,13 +90,18 @@ pub struct ApplyResult {
     pub changes: Vec<Change>,
 }
 
-/// Loads and validates a file, naming it `file` in problems.
+/// Loads and validates a file, naming it `file` in problems (on a thread of its own).
 pub fn load(source: &str, file: &str) -> Result<Loaded> {
     workflow::load(source).map_err(|problems| Error::Invalid {
         file: file.to_owned(),
         problems,
     })
 }
+
+/// Files of one tenant being checked (Validate, Plan and Apply) at most, running or waiting
+/// for their turn in the CPU pool (where a tenant's checks run on all threads but one);
+/// more are refused until one ends.
+pub const MAX_CHECKS_PER_TENANT: usize = 32;
 
 /// The name problems are reported under when the request names no file.
 pub fn file_name(filename: &str) -> &str {
@@ -113,11 +118,69 @@ pub struct Definitions {
     store: Arc<dyn Store>,
     /// `MANTLE_MAX_STEPS_PER_WORKFLOW`.
     max_steps: Option<u32>,
+    /// Where files are parsed: off the async runtime, tenants taking turns.
+    pool: crate::cpu::CpuPool,
+    /// Files being checked now, by tenant.
+    checking: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, usize>>>,
+}
+
+/// One file being checked for a tenant; counted until dropped.
+struct Checking {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, usize>>>,
+    tenant: uuid::Uuid,
+}
+
+impl Drop for Checking {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl Definitions {
-    pub fn new(store: Arc<dyn Store>, max_steps: Option<u32>) -> Self {
-        Definitions { store, max_steps }
+    pub fn new(store: Arc<dyn Store>, max_steps: Option<u32>, pool: crate::cpu::CpuPool) -> Self {
+        Definitions {
+            store,
+            max_steps,
+            pool,
+            checking: Arc::default(),
+        }
+    }
+
+    /// Parses and validates `source` in the CPU pool, in the tenant's turn; refuses when the
+    /// tenant has [`MAX_CHECKS_PER_TENANT`] files being checked already.
+    async fn check(&self, tenant: &TenantRef, source: &str, filename: &str) -> Result<Loaded> {
+        let _checking = {
+            let mut counts = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+            let n = counts.entry(tenant.id).or_default();
+            if *n >= MAX_CHECKS_PER_TENANT {
+                metrics::counter!("mantle_cap_rejections_total", "tenant_id" => tenant.id.to_string(), "kind" => "definition_checks").increment(1);
+                return Err(Error::ResourceExhausted(format!(
+                    "the tenant has {n} workflow files being checked or waiting to be \
+                     (validate, plan or apply); at most {MAX_CHECKS_PER_TENANT}: retry when \
+                     one has finished"
+                )));
+            }
+            *n += 1;
+            Checking {
+                counts: self.checking.clone(),
+                tenant: tenant.id,
+            }
+        };
+        let source = source.to_owned();
+        let file = file_name(filename).to_owned();
+        self.pool
+            .run(tenant.id, move || {
+                workflow::load::load_here(&source)
+                    .map_err(|problems| Error::Invalid { file, problems })
+            })
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?
     }
 
     /// Refuses a workflow with more steps than the tenant (or the installation) allows.
@@ -144,14 +207,14 @@ impl Definitions {
             .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
     }
 
-    pub fn validate(&self, caller: &Caller, source: &str, filename: &str) -> Result<Loaded> {
-        Self::tenant(caller, Scope::DefinitionsRead)?;
-        load(source, file_name(filename))
+    pub async fn validate(&self, caller: &Caller, source: &str, filename: &str) -> Result<Loaded> {
+        let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
+        self.check(tenant, source, filename).await
     }
 
     pub async fn plan(&self, caller: &Caller, source: &str, filename: &str) -> Result<PlanResult> {
         let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
-        let loaded = load(source, file_name(filename))?;
+        let loaded = self.check(tenant, source, filename).await?;
         let current = self.latest(tenant, &loaded.spec.name).await?;
         let old_spec = current.as_ref().map(parse_spec).transpose()?;
         Ok(PlanResult {
@@ -172,7 +235,7 @@ impl Definitions {
         filename: &str,
     ) -> Result<ApplyResult> {
         let tenant = Self::tenant(caller, Scope::DefinitionsWrite)?;
-        let loaded = load(source, file_name(filename))?;
+        let loaded = self.check(tenant, source, filename).await?;
         self.check_steps(tenant, &loaded).await?;
         let before = self.latest(tenant, &loaded.spec.name).await?;
         let old_spec = before.as_ref().map(parse_spec).transpose()?;

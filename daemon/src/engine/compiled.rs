@@ -1,10 +1,12 @@
 //! A workflow version prepared for running: every expression and template compiled once.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
 
-use crate::workflow::expr::{self, Compiled, Scope, Template};
+use crate::workflow::budget::{self, Budget, Exceeded};
+use crate::workflow::expr::{self, Compiled, Reads, Scope, Template};
 use crate::workflow::spec::{RetrySpec, StepSpec, WorkflowSpec};
 
 /// A param value with its templates compiled.
@@ -45,22 +47,32 @@ impl ParamTree {
         })
     }
 
-    /// Evaluates every template; `path` names the param in errors.
-    pub fn render(&self, scope: &Scope, path: &str) -> Result<Value, String> {
+    /// Evaluates every template in `ctx`; `path` names the param in errors.
+    pub fn render(&self, ctx: &cel::Context<'_, '_>, path: &str) -> Result<Value, String> {
         match self {
             ParamTree::Literal(v) => Ok(v.clone()),
-            ParamTree::Template(t) => expr::render(t, scope).map_err(|e| format!("{path}: {e}")),
+            ParamTree::Template(t) => expr::render_in(t, ctx).map_err(|e| format!("{path}: {e}")),
             ParamTree::List(items) => items
                 .iter()
                 .enumerate()
-                .map(|(i, p)| p.render(scope, &format!("{path}[{i}]")))
+                .map(|(i, p)| p.render(ctx, &format!("{path}[{i}]")))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
             ParamTree::Map(entries) => entries
                 .iter()
-                .map(|(k, p)| Ok((k.clone(), p.render(scope, &format!("{path}.{k}"))?)))
+                .map(|(k, p)| Ok((k.clone(), p.render(ctx, &format!("{path}.{k}"))?)))
                 .collect::<Result<serde_json::Map<_, _>, String>>()
                 .map(Value::Object),
+        }
+    }
+
+    /// Adds what its templates read to `reads`.
+    fn reads(&self, reads: &mut Reads) {
+        match self {
+            ParamTree::Literal(_) => {}
+            ParamTree::Template(t) => reads.merge(&t.reads()),
+            ParamTree::List(items) => items.iter().for_each(|p| p.reads(reads)),
+            ParamTree::Map(entries) => entries.iter().for_each(|(_, p)| p.reads(reads)),
         }
     }
 }
@@ -74,14 +86,89 @@ pub struct CompiledStep {
     pub retry: RetrySpec,
     /// The steps it depends on (`spec.needs`), by index.
     pub needs: Vec<usize>,
+    /// What its `if` reads, and what its params read.
+    pub condition_reads: Reads,
+    pub params_reads: Reads,
+    /// Set once its expressions needed more than the small budget of the async runtime:
+    /// from then on they are evaluated in the CPU pool at once (see `engine::eval`).
+    pub heavy: AtomicBool,
+}
+
+/// What a step needs evaluated before it starts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prepared {
+    /// Its `if`: `None` when it has none or it was not asked for.
+    pub condition: Option<Result<bool, String>>,
+    /// Its params: `None` when not asked for, or when the `if` did not hold.
+    pub params: Option<Result<serde_json::Map<String, Value>, String>>,
 }
 
 impl CompiledStep {
-    pub fn render_params(&self, scope: &Scope) -> Result<serde_json::Map<String, Value>, String> {
+    pub fn render_params(
+        &self,
+        ctx: &cel::Context<'_, '_>,
+    ) -> Result<serde_json::Map<String, Value>, String> {
         self.params
             .iter()
-            .map(|(k, p)| Ok((k.clone(), p.render(scope, &format!("params.{k}"))?)))
+            .map(|(k, p)| Ok((k.clone(), p.render(ctx, &format!("params.{k}"))?)))
             .collect()
+    }
+
+    /// Evaluates, under `budget` on this thread, the step's `if` (when `condition`) and then,
+    /// when it holds, its params (when `params`). Errors, a limit's included, are in the
+    /// result; the limit that was exceeded, if any, is returned beside it.
+    pub fn prepare(
+        &self,
+        scope: &Scope,
+        budget: Budget,
+        condition: bool,
+        params: bool,
+    ) -> (Prepared, Option<Exceeded>) {
+        let mut reads = Reads::default();
+        if condition {
+            reads.merge(&self.condition_reads);
+        }
+        if params {
+            reads.merge(&self.params_reads);
+        }
+        let ctx = scope.context(&reads);
+        let (prepared, _, exceeded) = budget::metered(budget, || {
+            let mut prepared = Prepared::default();
+            if condition && let Some(c) = &self.condition {
+                let holds = expr::evaluate_in(c, &ctx).and_then(|v| match v {
+                    Value::Bool(b) => Ok(b),
+                    other => Err(format!("expected true or false, got {other}")),
+                });
+                let go_on = holds == Ok(true);
+                prepared.condition = Some(holds);
+                if !go_on {
+                    return prepared;
+                }
+            }
+            if params {
+                prepared.params = Some(self.render_params(&ctx));
+            }
+            prepared
+        });
+        (prepared, exceeded)
+    }
+
+    /// Renders the step's params under `budget` on this thread.
+    pub fn prepare_params(
+        &self,
+        scope: &Scope,
+        budget: Budget,
+    ) -> (
+        Result<serde_json::Map<String, Value>, String>,
+        Option<Exceeded>,
+    ) {
+        let (prepared, exceeded) = self.prepare(scope, budget, false, true);
+        (
+            prepared
+                .params
+                .unwrap_or_else(|| Err("params were not rendered".to_owned())),
+            exceeded,
+        )
     }
 }
 
@@ -91,13 +178,48 @@ pub struct CompiledWorkflow {
     pub spec: WorkflowSpec,
     pub steps: Vec<CompiledStep>,
     pub outputs: Vec<(String, Compiled)>,
+    /// What the outputs read.
+    pub outputs_reads: Reads,
+    /// As [`CompiledStep::heavy`], for the outputs.
+    pub outputs_heavy: AtomicBool,
+}
+
+impl CompiledWorkflow {
+    /// Evaluates the workflow's outputs under `budget` on this thread.
+    pub fn evaluate_outputs(
+        &self,
+        scope: &Scope,
+        budget: Budget,
+    ) -> (
+        Result<serde_json::Map<String, Value>, String>,
+        Option<Exceeded>,
+    ) {
+        let ctx = scope.context(&self.outputs_reads);
+        let (outputs, _, exceeded) = budget::metered(budget, || {
+            self.outputs
+                .iter()
+                .map(|(name, c)| {
+                    let value =
+                        expr::evaluate_in(c, &ctx).map_err(|e| format!("output {name}: {e}"))?;
+                    Ok((name.clone(), value))
+                })
+                .collect()
+        });
+        (outputs, exceeded)
+    }
 }
 
 impl CompiledWorkflow {
     /// Compiles a stored spec. Expressions were validated when the version was applied, so
     /// an error here means the stored data is damaged.
     pub fn compile(spec: WorkflowSpec) -> Result<CompiledWorkflow, String> {
-        crate::workflow::load::with_big_stack(move || {
+        crate::workflow::load::with_big_stack(move || Self::compile_here(spec))
+    }
+
+    /// [`CompiledWorkflow::compile`] on this thread, which must have a large stack (the CPU
+    /// pool's threads do).
+    pub fn compile_here(spec: WorkflowSpec) -> Result<CompiledWorkflow, String> {
+        {
             let mut steps = Vec::with_capacity(spec.steps.len());
             for s in &spec.steps {
                 let condition = s
@@ -119,12 +241,21 @@ impl CompiledWorkflow {
                         ))
                     })
                     .collect::<Result<Vec<_>, String>>()?;
+                let condition_reads = condition
+                    .as_ref()
+                    .map(|c| c.reads().clone())
+                    .unwrap_or_default();
+                let mut params_reads = Reads::default();
+                params.iter().for_each(|(_, p)| p.reads(&mut params_reads));
                 steps.push(CompiledStep {
                     spec: s.clone(),
                     condition,
                     params,
                     retry: s.retry.clone().unwrap_or_default(),
                     needs: Vec::new(),
+                    condition_reads,
+                    params_reads,
+                    heavy: AtomicBool::new(false),
                 });
             }
             let outputs = spec
@@ -150,55 +281,62 @@ impl CompiledWorkflow {
                     .filter_map(|n| index.get(n).copied())
                     .collect();
             }
+            let mut outputs_reads = Reads::default();
+            outputs
+                .iter()
+                .for_each(|(_, c)| outputs_reads.merge(c.reads()));
             Ok(CompiledWorkflow {
                 spec,
                 steps,
                 outputs,
+                outputs_reads,
+                outputs_heavy: AtomicBool::new(false),
             })
-        })
+        }
     }
 }
 
-/// Checks start inputs against the workflow's declarations and applies defaults.
-/// Errors name the input, as `inputs.NAME: …`.
+/// Checks start inputs against the workflow's declarations and applies defaults (taking the
+/// given values, not copying them: inputs may be megabytes). Errors name the input, as
+/// `inputs.NAME: …`.
 pub fn resolve_inputs(
     spec: &WorkflowSpec,
-    given: &serde_json::Map<String, Value>,
+    mut given: serde_json::Map<String, Value>,
 ) -> Result<Value, String> {
     let mut out = serde_json::Map::new();
-    for name in given.keys() {
-        if !spec.inputs.contains_key(name) {
-            let declared: Vec<&str> = spec.inputs.keys().map(String::as_str).collect();
-            let hint = crate::workflow::problem::suggestion(name, declared.iter().copied());
-            return Err(format!(
-                "inputs.{name}: the workflow declares no such input{hint}{}",
-                if declared.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (declared: {})", declared.join(", "))
-                }
-            ));
-        }
+    if let Some(name) = given.keys().find(|n| !spec.inputs.contains_key(*n)) {
+        let declared: Vec<&str> = spec.inputs.keys().map(String::as_str).collect();
+        let hint = crate::workflow::problem::suggestion(name, declared.iter().copied());
+        return Err(format!(
+            "inputs.{name}: the workflow declares no such input{hint}{}",
+            if declared.is_empty() {
+                String::new()
+            } else {
+                format!(" (declared: {})", declared.join(", "))
+            }
+        ));
     }
     for (name, decl) in &spec.inputs {
-        match given.get(name) {
+        match given.remove(name) {
             Some(v) => {
-                if !decl.ty.admits(v) {
+                if !decl.ty.admits(&v) {
                     return Err(format!(
-                        "inputs.{name}: expected {}, got {v}",
-                        decl.ty.as_str()
+                        "inputs.{name}: expected {}, got {}",
+                        decl.ty.as_str(),
+                        crate::workflow::problem::quote_value(&v)
                     ));
                 }
                 if let Some(allowed) = &decl.allowed
-                    && !allowed.contains(v)
+                    && !allowed.contains(&v)
                 {
                     let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
                     return Err(format!(
-                        "inputs.{name}: {v} is not one of {}",
+                        "inputs.{name}: {} is not one of {}",
+                        crate::workflow::problem::quote_value(&v),
                         list.join(", ")
                     ));
                 }
-                out.insert(name.clone(), v.clone());
+                out.insert(name.clone(), v);
             }
             None => match &decl.default {
                 Some(d) => {

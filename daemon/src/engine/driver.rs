@@ -16,14 +16,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
-use super::compiled::CompiledWorkflow;
+use super::compiled::{CompiledWorkflow, Prepared};
+use super::eval::Deadline;
 use super::model::{
     Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, Order, StepAttempt,
     StepStatus, Ticket, Transition,
 };
 use crate::connectors::Invocation;
 use crate::store;
-use crate::workflow::expr::{self, Scope};
+use crate::workflow::expr::{Scope, Shared, StepView};
 
 /// The error of an attempt whose daemon died while it ran; the step runs again.
 pub const INTERRUPTED: &str = "interrupted: the daemon running this attempt stopped";
@@ -45,6 +46,11 @@ enum State {
         attempt: i32,
         at: DateTime<Utc>,
     },
+    /// Its `if` or params are being evaluated in the CPU pool (nothing is recorded yet);
+    /// `attempt` is the retry it is for, `None` for a first attempt.
+    Preparing {
+        attempt: Option<i32>,
+    },
     Running {
         attempt: i32,
         started: DateTime<Utc>,
@@ -65,8 +71,16 @@ struct StepRun {
     last_attempt: i32,
     /// Failed attempts in the current generation (the retry budget).
     failures: u32,
-    output: Option<Value>,
+    output: Option<Shared>,
     error: Option<String>,
+}
+
+/// A step's preparation, evaluated in the CPU pool; `prepared` is `None` when it was
+/// abandoned (the pool stopped), and the step waits to be prepared again.
+struct PreparedDone {
+    step: usize,
+    attempt: Option<i32>,
+    prepared: Option<Prepared>,
 }
 
 /// A finished attempt, reported by its task.
@@ -183,6 +197,10 @@ struct Driver {
     lost: CancellationToken,
     done_tx: mpsc::UnboundedSender<AttemptDone>,
     done_rx: mpsc::UnboundedReceiver<AttemptDone>,
+    prepared_tx: mpsc::UnboundedSender<PreparedDone>,
+    prepared_rx: mpsc::UnboundedReceiver<PreparedDone>,
+    /// Attempts recorded as running in the pending transition, to spawn once it is durable.
+    to_spawn: Vec<(usize, i32)>,
     running: usize,
     pending: Transition,
     /// Transitions handed to the store and not yet known durable, oldest first, each
@@ -193,6 +211,10 @@ struct Driver {
     allowed_domains: Option<Arc<Vec<String>>>,
     /// The tenant as it was when the driver started (name, webhook settings).
     tenant: crate::tenancy::model::Tenant,
+    /// What expressions read: `inputs`, `trigger`, `execution`, shared by every evaluation.
+    inputs: Shared,
+    trigger: Shared,
+    execution_info: Shared,
 }
 
 impl Driver {
@@ -237,9 +259,21 @@ impl Driver {
         };
         let allowed_domains = tenant.settings.allowed_domains.clone().map(Arc::new);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (prepared_tx, prepared_rx) = mpsc::unbounded_channel();
         if execution.cancel_requested {
             cancel.cancel();
         }
+        // Taken out of the execution (nothing reads them there): one copy of possibly
+        // megabytes of inputs per driver, not two.
+        let mut execution = execution;
+        let inputs = Shared::new(std::mem::take(&mut execution.inputs));
+        let trigger = Shared::new(execution.trigger.clone());
+        let execution_info = Shared::new(json!({
+            "id": execution.id.to_string(),
+            "workflow": execution.workflow,
+            "version": execution.version,
+            "started_at": execution.start_time.unwrap_or(execution.create_time).to_rfc3339(),
+        }));
         Ok(Some(Driver {
             inner,
             lease,
@@ -252,12 +286,18 @@ impl Driver {
             lost,
             done_tx,
             done_rx,
+            prepared_tx,
+            prepared_rx,
+            to_spawn: Vec::new(),
             running: 0,
             pending: Transition::default(),
             in_flight: std::collections::VecDeque::new(),
             draining: false,
             allowed_domains,
             tenant,
+            inputs,
+            trigger,
+            execution_info,
         }))
     }
 
@@ -471,7 +511,7 @@ impl Driver {
     }
 
     fn scope_of(&self, only: Option<&[usize]>) -> Scope {
-        let mut steps = serde_json::Map::new();
+        let mut steps = BTreeMap::new();
         let wanted: Box<dyn Iterator<Item = usize>> = match only {
             Some(indexes) => Box::new(indexes.iter().copied()),
             None => Box::new(0..self.steps.len()),
@@ -487,26 +527,56 @@ impl Driver {
                 };
                 steps.insert(
                     self.workflow.steps[i].spec.name.clone(),
-                    json!({
-                        "output": run.output.clone().unwrap_or_else(|| json!({})),
-                        "error": run.error,
-                        "status": status,
-                    }),
+                    StepView {
+                        output: run.output.clone(),
+                        error: run.error.clone(),
+                        status,
+                    },
                 );
             }
         }
         Scope {
-            inputs: self.execution.inputs.clone(),
-            steps: Value::Object(steps),
-            trigger: self.execution.trigger.clone(),
-            env: self.inner.config.workflow_env.clone(),
-            execution: json!({
-                "id": self.execution.id.to_string(),
-                "workflow": self.execution.workflow,
-                "version": self.execution.version,
-                "started_at": self.execution.start_time.unwrap_or(self.execution.create_time).to_rfc3339(),
-            }),
+            inputs: self.inputs.clone(),
+            steps,
+            trigger: self.trigger.clone(),
+            env: self.inner.workflow_env.clone(),
+            execution: self.execution_info.clone(),
         }
+    }
+
+    /// The execution's timeout as an evaluation's deadline.
+    fn execution_deadline(&self) -> Option<Deadline> {
+        let at = self.execution.deadline?;
+        let left = (at - Utc::now()).to_std().unwrap_or_default();
+        Some(Deadline {
+            at: std::time::Instant::now() + left,
+            limit: (at - self.execution.create_time)
+                .to_std()
+                .unwrap_or_default(),
+            what: "the workflow's timeout",
+        })
+    }
+
+    /// The step's timeout, from now, as an evaluation's deadline (the nearer of it and the
+    /// execution's).
+    fn step_deadline(&self, i: usize) -> Option<Deadline> {
+        let step = self.workflow.steps[i].spec.timeout_ms.map(|ms| {
+            let limit = Duration::from_millis(ms);
+            Deadline {
+                at: std::time::Instant::now() + limit,
+                limit,
+                what: "the step's timeout",
+            }
+        });
+        Deadline::nearer(step, self.execution_deadline())
+    }
+
+    /// Steps whose preparation is in the CPU pool.
+    fn preparing(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.state, State::Preparing { .. }))
+            .count()
     }
 
     async fn run(&mut self) -> Result<(), Stop> {
@@ -572,12 +642,13 @@ impl Driver {
                 continue;
             }
             self.settle_all().await?;
-            if self.draining && self.running == 0 {
+            if self.draining && self.running == 0 && self.preparing() == 0 {
                 let _ = self.inner.store.release_lease(self.lease).await;
                 return Err(Stop::Released);
             }
             let wake = self.next_wake();
             if self.running == 0
+                && self.preparing() == 0
                 && !self.draining
                 && let Some(at) = wake
                 && at - Utc::now()
@@ -628,7 +699,6 @@ impl Driver {
     /// following transition, queued only after this one is durable. So a chain still
     /// commits each step's output before the next step's, one commit a step.
     fn advance(&mut self) -> (Vec<(usize, i32)>, bool) {
-        let mut started = Vec::new();
         let mut deferred = false;
         let now = Utc::now();
         loop {
@@ -637,9 +707,7 @@ impl Driver {
                 match self.steps[i].state.clone() {
                     State::Waiting => {}
                     State::Scheduled { attempt, at } if at <= now && !self.draining => {
-                        if let Some(a) = self.start_attempt(i, Some(attempt), now) {
-                            started.push((i, a));
-                        }
+                        self.prepare_step(i, Some(attempt), now);
                         progressed = true;
                         continue;
                     }
@@ -697,43 +765,10 @@ impl Driver {
                     continue;
                 }
                 progressed = true;
-                if let Some(condition) = &self.workflow.steps[i].condition {
-                    match expr::evaluate(condition, &self.step_scope(i)) {
-                        Ok(Value::Bool(true)) => {}
-                        Ok(Value::Bool(false)) => {
-                            let attempt = self.steps[i].last_attempt + 1;
-                            self.steps[i].last_attempt = attempt;
-                            self.write_attempt(
-                                i,
-                                attempt,
-                                StepStatus::Skipped,
-                                None,
-                                None,
-                                None,
-                                Some(now),
-                                Some(now),
-                            );
-                            self.steps[i].state = State::Done(Outcome::Skipped);
-                            continue;
-                        }
-                        other => {
-                            let error = match other {
-                                Ok(v) => format!("if: expected true or false, got {v}"),
-                                Err(e) => format!("if: {e}"),
-                            };
-                            let attempt = self.steps[i].last_attempt + 1;
-                            self.steps[i].last_attempt = attempt;
-                            self.fail_final(i, attempt, Some(now), error);
-                            continue;
-                        }
-                    }
-                }
-                if let Some(a) = self.start_attempt(i, None, now) {
-                    started.push((i, a));
-                }
+                self.prepare_step(i, None, now);
             }
             if !progressed {
-                return (started, deferred);
+                return (std::mem::take(&mut self.to_spawn), deferred);
             }
         }
     }
@@ -753,14 +788,138 @@ impl Driver {
             .any(|need| self.pending.attempts.iter().any(|a| &a.step_name == need))
     }
 
+    /// Starts step `i` (the retry `attempt`, or a first attempt): evaluates first what it
+    /// needs (its `if` for a first attempt; its params when it runs here), at once when that
+    /// is small, else in the CPU pool, the step `Preparing` until the answer comes (see
+    /// `engine::eval`). Attempts it records as running go to `to_spawn`.
+    fn prepare_step(&mut self, i: usize, attempt: Option<i32>, now: DateTime<Utc>) {
+        let workflow = self.workflow.clone();
+        let step = &workflow.steps[i];
+        let condition = attempt.is_none() && step.condition.is_some();
+        let params = self.is_inline(i) || step.spec.action == "core/sleep";
+        if !condition && !params {
+            self.start_prepared(i, attempt, now, Prepared::default());
+            return;
+        }
+        let scope = self.step_scope(i);
+        let mut reads = crate::workflow::expr::Reads::default();
+        if condition {
+            reads.merge(&step.condition_reads);
+        }
+        if params {
+            reads.merge(&step.params_reads);
+        }
+        let deadline = self.step_deadline(i);
+        let evaluator = self.inner.evaluator.clone();
+        let inline = evaluator.inline(&step.heavy, scope.weight(&reads), deadline, |budget| {
+            step.prepare(&scope, budget, condition, params)
+        });
+        if let Some(prepared) = inline {
+            self.start_prepared(i, attempt, now, prepared);
+            return;
+        }
+        self.steps[i].state = State::Preparing { attempt };
+        let tx = self.prepared_tx.clone();
+        let tenant = self.execution.tenant_id;
+        let cancel = self.attempts_cancel.child_token();
+        tokio::spawn(async move {
+            let work = workflow.clone();
+            let prepared = evaluator
+                .pooled(tenant, deadline, Some(&cancel), move |budget| {
+                    work.steps[i].prepare(&scope, budget, condition, params)
+                })
+                .await
+                .ok();
+            let _ = tx.send(PreparedDone {
+                step: i,
+                attempt,
+                prepared,
+            });
+        });
+    }
+
+    /// A preparation evaluated in the pool came back: the step goes on as if it had been
+    /// prepared at once.
+    fn handle_prepared(&mut self, done: PreparedDone) {
+        let i = done.step;
+        match self.steps[i].state {
+            State::Preparing { attempt } if attempt == done.attempt => {}
+            // Ended meanwhile (cancelled, timed out).
+            _ => return,
+        }
+        match done.prepared {
+            Some(prepared) if !self.draining => {
+                self.start_prepared(i, done.attempt, Utc::now(), prepared);
+            }
+            // Abandoned, or the daemon is draining: the step starts later, here or on the
+            // daemon that takes the execution over.
+            _ => {
+                self.steps[i].state = match done.attempt {
+                    None => State::Waiting,
+                    Some(attempt) => State::Scheduled {
+                        attempt,
+                        at: Utc::now(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Acts on a step's preparation: skips it, fails it (its `if` did not evaluate), or
+    /// starts the attempt.
+    fn start_prepared(
+        &mut self,
+        i: usize,
+        attempt: Option<i32>,
+        now: DateTime<Utc>,
+        prepared: Prepared,
+    ) {
+        match prepared.condition {
+            None | Some(Ok(true)) => {}
+            Some(Ok(false)) => {
+                let attempt = self.steps[i].last_attempt + 1;
+                self.steps[i].last_attempt = attempt;
+                self.write_attempt(
+                    i,
+                    attempt,
+                    StepStatus::Skipped,
+                    None,
+                    None,
+                    None,
+                    Some(now),
+                    Some(now),
+                );
+                self.steps[i].state = State::Done(Outcome::Skipped);
+                return;
+            }
+            Some(Err(error)) => {
+                let attempt = self.steps[i].last_attempt + 1;
+                self.steps[i].last_attempt = attempt;
+                self.fail_final(i, attempt, Some(now), format!("if: {error}"));
+                return;
+            }
+        }
+        if let Some(a) = self.start_attempt(i, attempt, now, prepared.params) {
+            self.to_spawn.push((i, a));
+        }
+    }
+
     /// Records a running attempt (or a sleep with its durable end); `None` when there is
-    /// nothing to spawn: a pure step ran at once, or its params did not render.
-    fn start_attempt(&mut self, i: usize, attempt: Option<i32>, now: DateTime<Utc>) -> Option<i32> {
+    /// nothing to spawn: a pure step ran at once, or its params did not render. `params` are
+    /// the rendered params of a step that runs here or sleeps.
+    fn start_attempt(
+        &mut self,
+        i: usize,
+        attempt: Option<i32>,
+        now: DateTime<Utc>,
+        params: Option<Result<serde_json::Map<String, Value>, String>>,
+    ) -> Option<i32> {
         let attempt = attempt.unwrap_or(self.steps[i].last_attempt + 1);
         self.steps[i].last_attempt = self.steps[i].last_attempt.max(attempt);
+        let params = move || params.unwrap_or_else(|| Err("params were not rendered".to_owned()));
         if self.is_inline(i) {
             let step = &self.workflow.steps[i];
-            let result = step.render_params(&self.step_scope(i)).and_then(|params| {
+            let result = params().and_then(|params| {
                 crate::connectors::run_pure(&step.spec.action, &params)
                     .unwrap_or_else(|| Err(format!("{} is not a pure action", step.spec.action)))
             });
@@ -769,8 +928,7 @@ impl Driver {
             return None;
         }
         if self.workflow.steps[i].spec.action == "core/sleep" {
-            let scope = self.step_scope(i);
-            let duration = self.workflow.steps[i].render_params(&scope).and_then(|p| {
+            let duration = params().and_then(|p| {
                 let text = p
                     .get("duration")
                     .and_then(Value::as_str)
@@ -821,17 +979,12 @@ impl Driver {
 
     fn spawn_attempt(&mut self, i: usize, attempt: i32) {
         let step = &self.workflow.steps[i];
-        let params = step.render_params(&self.step_scope(i));
+        let scope = self.step_scope(i);
+        let weight = scope.weight(&step.params_reads);
+        let deadline = self.step_deadline(i);
+        let workflow = self.workflow.clone();
         let tx = self.done_tx.clone();
         self.running += 1;
-        let Ok(params) = params else {
-            let _ = tx.send(AttemptDone {
-                step: i,
-                attempt,
-                result: Err(params.unwrap_err()),
-            });
-            return;
-        };
         let inner = self.inner.clone();
         let action = step.spec.action.clone();
         let timeout = step.spec.timeout_ms.map(Duration::from_millis);
@@ -843,6 +996,20 @@ impl Driver {
             // Secret values never leave the attempt: its output and error are redacted here.
             let mut redactor = crate::secrets::redact::Redactor::default();
             let work = async {
+                // Rendered within the step's timeout: a costly template is the step's time.
+                let evaluator = inner.evaluator.clone();
+                let render = workflow.clone();
+                let params = evaluator
+                    .evaluate(
+                        tenant_id,
+                        &workflow.steps[i].heavy,
+                        weight,
+                        deadline,
+                        Some(&cancel),
+                        move |budget| render.steps[i].prepare_params(&scope, budget),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())??;
                 let credential = match credential {
                     Some(name) => {
                         let c = inner.credential(tenant_id, &name).await?;
@@ -904,18 +1071,18 @@ impl Driver {
         )
         .record((ended - started).num_milliseconds().max(0) as f64 / 1000.0);
         let result = result.and_then(|output| {
-            let size = output.to_string().len();
+            let size = crate::workflow::expr::json_len(&output);
             let max = self.inner.config.max_output_bytes;
             if size > max {
                 Err(format!(
                     "the step's output is {size} bytes, over the limit of {max} bytes"
                 ))
             } else {
-                Ok(output)
+                Ok((output, size))
             }
         });
         match result {
-            Ok(output) => {
+            Ok((output, size)) => {
                 if self.workflow.steps[i].spec.action == "core/log"
                     && let Some(message) = output.get("message").and_then(Value::as_str)
                 {
@@ -938,7 +1105,10 @@ impl Driver {
                     Some(started),
                     Some(now),
                 );
-                self.steps[i].output = Some(output);
+                self.steps[i].output = Some(Shared {
+                    value: Arc::new(output),
+                    bytes: size,
+                });
                 self.steps[i].error = None;
                 self.steps[i].state = State::Done(Outcome::Completed);
             }
@@ -1051,6 +1221,12 @@ impl Driver {
                     self.handle_done(more);
                 }
             }
+            Some(done) = self.prepared_rx.recv() => {
+                self.handle_prepared(done);
+                while let Ok(more) = self.prepared_rx.try_recv() {
+                    self.handle_prepared(more);
+                }
+            }
             () = tokio::time::sleep(sleep) => {}
             () = self.cancel.cancelled(), if !self.cancel.is_cancelled() => {}
             () = self.lost.cancelled() => {}
@@ -1086,8 +1262,11 @@ impl Driver {
                 | State::Sleeping {
                     attempt, started, ..
                 } => (attempt, Some(started)),
-                State::Scheduled { attempt, .. } => (attempt, None),
-                State::Waiting => {
+                State::Scheduled { attempt, .. }
+                | State::Preparing {
+                    attempt: Some(attempt),
+                } => (attempt, None),
+                State::Waiting | State::Preparing { attempt: None } => {
                     let a = self.steps[i].last_attempt + 1;
                     self.steps[i].last_attempt = a;
                     (a, None)
@@ -1123,30 +1302,67 @@ impl Driver {
             );
             return self.end(ExecutionStatus::Failed, None, Some(error)).await;
         }
-        let scope = self.scope();
-        let mut outputs = serde_json::Map::new();
-        for (name, compiled) in &self.workflow.outputs {
-            match expr::evaluate(compiled, &scope) {
-                Ok(v) => {
-                    outputs.insert(name.clone(), v);
-                }
-                Err(e) => {
-                    return self
-                        .end(
-                            ExecutionStatus::Failed,
-                            None,
-                            Some(format!("output {name}: {e}")),
-                        )
-                        .await;
-                }
+        let outputs = if self.workflow.outputs.is_empty() {
+            Ok(serde_json::Map::new())
+        } else {
+            let scope = self.scope();
+            let weight = scope.weight(&self.workflow.outputs_reads);
+            let workflow = self.workflow.clone();
+            let evaluator = self.inner.evaluator.clone();
+            let cancel = self.cancel.child_token();
+            let evaluation = evaluator.evaluate(
+                self.execution.tenant_id,
+                &self.workflow.outputs_heavy,
+                weight,
+                self.execution_deadline(),
+                Some(&cancel),
+                move |budget| workflow.evaluate_outputs(&scope, budget),
+            );
+            tokio::select! {
+                outputs = evaluation => outputs.map_err(|e| e.to_string()).and_then(|o| o),
+                () = self.lost.cancelled() => return Err(Stop::Lost),
             }
+        };
+        // Cancelled or timed out while the outputs were evaluated: that is how it ended.
+        if self.cancel.is_cancelled() {
+            return self
+                .finish_early(ExecutionStatus::Cancelled, "the execution was cancelled")
+                .await;
         }
-        self.end(
-            ExecutionStatus::Completed,
-            Some(Value::Object(outputs)),
-            None,
-        )
-        .await
+        if self.execution.deadline.is_some_and(|d| d <= Utc::now()) {
+            return self
+                .finish_early(ExecutionStatus::TimedOut, "the execution timed out")
+                .await;
+        }
+        let outputs = outputs.and_then(|outputs| {
+            let outputs = Value::Object(outputs);
+            let size = crate::workflow::expr::json_len(&outputs);
+            let max = self.inner.config.max_output_bytes;
+            let whole = size + self.inputs.bytes + self.trigger.bytes;
+            if size > max {
+                Err(format!(
+                    "the workflow's outputs are {size} bytes, over the limit of {max} bytes \
+                     (MANTLE_MAX_STEP_OUTPUT_BYTES)"
+                ))
+            } else if whole > super::MAX_EXECUTION_BYTES {
+                Err(format!(
+                    "the workflow's outputs are {size} bytes: with its inputs and trigger \
+                     ({} bytes) the execution would be {whole} bytes, over the {} bytes one \
+                     answer can carry",
+                    self.inputs.bytes + self.trigger.bytes,
+                    super::MAX_EXECUTION_BYTES
+                ))
+            } else {
+                Ok(outputs)
+            }
+        });
+        match outputs {
+            Ok(outputs) => {
+                self.end(ExecutionStatus::Completed, Some(outputs), None)
+                    .await
+            }
+            Err(error) => self.end(ExecutionStatus::Failed, None, Some(error)).await,
+        }
     }
 
     async fn end(
@@ -1263,7 +1479,7 @@ fn recover(
             run.error = latest.error.clone();
             run.state = match latest.status {
                 StepStatus::Completed => {
-                    run.output = latest.output.clone();
+                    run.output = latest.output.clone().map(Shared::new);
                     State::Done(Outcome::Completed)
                 }
                 StepStatus::Skipped => State::Done(Outcome::Skipped),

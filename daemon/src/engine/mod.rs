@@ -9,7 +9,9 @@
 
 pub mod compiled;
 mod driver;
+pub mod eval;
 pub mod model;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -26,6 +28,14 @@ use crate::connectors::{Connectors, Credential, NetworkPolicy};
 use crate::store::{self, Store};
 use compiled::{CompiledWorkflow, resolve_inputs};
 use model::{Execution, ExecutionStatus, Lease, NewExecution};
+
+/// The most bytes an execution's inputs, outputs and trigger may take together: with its
+/// error (at most 16 KiB) and the rest it fits a gRPC answer of 4 MiB, a client's default
+/// limit. An execution whose outputs would not fit fails.
+pub const MAX_EXECUTION_BYTES: usize = 3 * 1024 * 1024 + 768 * 1024;
+
+/// `MANTLE_MAX_INPUT_BYTES` by default: 3.5 MiB.
+pub const DEFAULT_MAX_INPUT_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
 
 /// How long CancelExecution waits for the execution to reach `cancelled` before answering.
 pub const CANCEL_WAIT: Duration = Duration::from_secs(2);
@@ -41,15 +51,26 @@ pub struct EngineConfig {
     pub poll_max: Duration,
     /// Largest step output, serialized as JSON.
     pub max_output_bytes: usize,
+    /// Largest inputs of an execution, serialized as JSON.
+    pub max_input_bytes: usize,
     /// An execution with nothing to do for longer than this gives its lease back.
     pub release_after: Duration,
     pub network: NetworkPolicy,
+    /// `MANTLE_HTTP_PROXY`: the proxy every outbound request goes through.
+    pub proxy: Option<url::Url>,
+    /// `MANTLE_HTTP_MAX_BUFFERED_BYTES`: response bytes all `http/request` steps may hold
+    /// at once.
+    pub max_buffered_bytes: u64,
     /// The `env` map expressions can read.
     pub workflow_env: Value,
     /// How long an idempotency key is kept.
     pub idempotency_ttl: Duration,
     /// Global caps; a tenant's own settings may only lower them.
     pub limits: Limits,
+    /// `MANTLE_EXPR_*`: what one expression evaluation may use.
+    pub expr_limits: crate::workflow::budget::ExprLimits,
+    /// `MANTLE_MAX_WATCH_STREAMS`: WatchExecution streams one tenant may hold at once.
+    pub max_watch_streams: usize,
 }
 
 /// Installation-wide caps (`MANTLE_MAX_*`).
@@ -92,11 +113,16 @@ impl Default for EngineConfig {
             poll_min: Duration::from_millis(100),
             poll_max: Duration::from_secs(2),
             max_output_bytes: 1024 * 1024,
+            max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             release_after: Duration::from_secs(30),
             network: NetworkPolicy::default(),
+            proxy: None,
+            max_buffered_bytes: 256 * 1024 * 1024,
             workflow_env: Value::Object(Default::default()),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             limits: Limits::default(),
+            expr_limits: crate::workflow::budget::ExprLimits::default(),
+            max_watch_streams: 100,
         }
     }
 }
@@ -164,10 +190,13 @@ pub(crate) struct Inner {
     claim_now: Notify,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    /// Execution ids whose event log grew; watchers filter by id.
-    events: broadcast::Sender<Uuid>,
+    /// The executions watched here, told when their event logs grow.
+    watchers: Arc<watch::Watchers>,
     specs: Mutex<HashMap<(Uuid, String, i64), Arc<CompiledWorkflow>>>,
     secrets: crate::secrets::Secrets,
+    evaluator: eval::Evaluator,
+    /// The `env` expressions read.
+    workflow_env: crate::workflow::expr::Shared,
 }
 
 /// The engine of one daemon.
@@ -182,8 +211,11 @@ impl Engine {
         store: Arc<dyn Store>,
         config: EngineConfig,
         secrets: crate::secrets::Secrets,
+        pool: crate::cpu::CpuPool,
     ) -> Result<Engine, String> {
-        let (events, _) = broadcast::channel(4096);
+        let watchers = watch::Watchers::new(config.max_watch_streams);
+        let evaluator = eval::Evaluator::new(pool, config.expr_limits);
+        let workflow_env = crate::workflow::expr::Shared::new(config.workflow_env.clone());
         let node = format!(
             "{}-{}",
             hostname(),
@@ -199,9 +231,11 @@ impl Engine {
                 claim_now: Notify::new(),
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
-                events,
+                watchers,
                 specs: Mutex::new(HashMap::new()),
                 secrets,
+                evaluator,
+                workflow_env,
             }),
         })
     }
@@ -257,17 +291,6 @@ impl Engine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let inputs = resolve_inputs(&workflow.spec, &req.inputs).map_err(|message| {
-            let (field, message) = message
-                .split_once(": ")
-                .map_or(("inputs".to_owned(), message.clone()), |(f, m)| {
-                    (f.to_owned(), m.to_owned())
-                });
-            Error::InvalidArgument { field, message }
-        })?;
-        if self.inner.shutdown.is_cancelled() {
-            return Err(Error::Unavailable("the daemon is shutting down".to_owned()));
-        }
         let now = Utc::now();
         let idempotency = req.idempotency_key.as_ref().map(|key| {
             // The request as asked for: the version requested (not resolved) and the inputs given.
@@ -286,6 +309,28 @@ impl Engine {
                         .unwrap_or(chrono::Duration::days(1)),
             }
         });
+        let inputs = resolve_inputs(&workflow.spec, req.inputs).map_err(|message| {
+            let (field, message) = message
+                .split_once(": ")
+                .map_or(("inputs".to_owned(), message.clone()), |(f, m)| {
+                    (f.to_owned(), m.to_owned())
+                });
+            Error::InvalidArgument { field, message }
+        })?;
+        let size = crate::workflow::expr::json_len(&inputs);
+        let max = self.inner.config.max_input_bytes;
+        if size > max {
+            return Err(Error::InvalidArgument {
+                field: "inputs_json".to_owned(),
+                message: format!(
+                    "the inputs are {size} bytes, over the limit of {max} bytes \
+                     (MANTLE_MAX_INPUT_BYTES)"
+                ),
+            });
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::Unavailable("the daemon is shutting down".to_owned()));
+        }
         let new = NewExecution {
             id: Uuid::now_v7(),
             tenant_id: req.tenant_id,
@@ -467,8 +512,11 @@ impl Inner {
             .map_err(|e| e.to_string())?;
         let spec = serde_json::from_str(&definition.spec_json)
             .map_err(|e| format!("stored spec of {name} version {version}: {e}"))?;
+        // In the CPU pool: a version's expressions are a tenant's work.
         let compiled = Arc::new(
-            tokio::task::spawn_blocking(move || CompiledWorkflow::compile(spec))
+            self.evaluator
+                .pool()
+                .run(tenant_id, move || CompiledWorkflow::compile_here(spec))
                 .await
                 .map_err(|e| e.to_string())??,
         );

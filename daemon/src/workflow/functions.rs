@@ -163,6 +163,68 @@ type Returned<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
 fn build_env() -> Result<Env, DeclarationError> {
     let mut env = Env::stdlib();
 
+    // Every metered call goes through this (see `budget`); CEL source cannot name it.
+    env.add_overload(
+        super::budget::METER,
+        "mantle_meter_dyn",
+        vec![DYN_TYPE],
+        super::budget::meter,
+    )?;
+
+    // Functions whose result can be far larger than their arguments, or whose work grows
+    // faster than them, are declared again ahead of the library's: these check the size of
+    // what they would build against the evaluation's budget first. Each takes `dyn`
+    // arguments (or a `dyn` receiver), another signature than the library's, so both are
+    // declared and the first declared wins the calls both accept.
+    env.add_member_overload(
+        "replace",
+        "mantle_string_replace_dyn_dyn",
+        STRING_TYPE,
+        vec![DYN_TYPE, DYN_TYPE],
+        replace,
+    )?;
+    env.add_member_overload(
+        "replace",
+        "mantle_string_replace_dyn_dyn_dyn",
+        STRING_TYPE,
+        vec![DYN_TYPE, DYN_TYPE, DYN_TYPE],
+        replace,
+    )?;
+    env.add_member_overload("join", "mantle_dyn_join", DYN_TYPE, vec![], join)?;
+    env.add_member_overload(
+        "join",
+        "mantle_dyn_join_dyn",
+        DYN_TYPE,
+        vec![DYN_TYPE],
+        join,
+    )?;
+    env.add_member_overload(
+        "distinct",
+        "mantle_dyn_distinct",
+        DYN_TYPE,
+        vec![],
+        distinct,
+    )?;
+    env.add_overload(
+        "lists.range",
+        "mantle_lists_range_dyn",
+        vec![DYN_TYPE],
+        range,
+    )?;
+    env.add_member_overload(
+        "matches",
+        "mantle_string_matches_dyn",
+        STRING_TYPE,
+        vec![DYN_TYPE],
+        matches,
+    )?;
+    env.add_overload(
+        "matches",
+        "mantle_matches_string_dyn",
+        vec![STRING_TYPE, DYN_TYPE],
+        matches,
+    )?;
+
     // The strings extension's `split` has no limit on the parts. An overload declared first wins
     // a call both accept, and one taking a `dyn` separator is another signature than the
     // extension's `(string, string)`: declared ahead of the extension, these shadow its `split`
@@ -393,6 +455,218 @@ fn split_into<'b, 'v>(args: &[CowVal<'b, 'v>], limit: Option<usize>) -> Returned
     Ok(CowVal::owned(CelList::from(parts)))
 }
 
+/// The error of a call whose arguments are not of the types the library's overload takes.
+fn overload_error(function: &str, member: bool, args: &[CowVal<'_, '_>]) -> ExecutionError {
+    let types = args
+        .iter()
+        .map(|arg| arg.get_type().name().to_owned())
+        .collect();
+    if member {
+        ExecutionError::no_such_member_overload(function, types)
+    } else {
+        ExecutionError::no_such_overload(function, types)
+    }
+}
+
+/// `s.replace(old, new[, n])`: checks the size of the result before building it.
+fn replace<'b, 'v>(args: Args<'b, 'v>) -> Returned<'b, 'v> {
+    let strings: Option<Vec<&str>> = args
+        .iter()
+        .take(3)
+        .map(|a| a.downcast_ref::<CelString>().map(|s| s.inner()))
+        .collect();
+    let (Some(strings), limit) = (
+        strings.filter(|s| s.len() == 3),
+        match args.get(3) {
+            None => Some(None),
+            Some(n) => n
+                .downcast_ref::<CelInt>()
+                .map(|n| usize::try_from(*n.inner()).ok()),
+        },
+    ) else {
+        return Err(overload_error("replace", true, &args));
+    };
+    let Some(limit) = limit else {
+        return Err(overload_error("replace", true, &args));
+    };
+    let (s, from, to) = (strings[0], strings[1], strings[2]);
+    let limit = limit.unwrap_or(usize::MAX);
+    let occurrences = if from.is_empty() {
+        s.chars().count() + 1
+    } else {
+        s.matches(from).take(limit).count()
+    }
+    .min(limit);
+    let size = (s.len() as u64)
+        .saturating_add((occurrences as u64).saturating_mul(to.len() as u64))
+        .saturating_sub((occurrences as u64).saturating_mul(from.len() as u64));
+    super::budget::reserve(size)?;
+    string(s.replacen(from, to, limit))
+}
+
+/// `list.join([sep])`: checks the size of the result before building it.
+fn join<'b, 'v>(args: Args<'b, 'v>) -> Returned<'b, 'v> {
+    let sep = match args.get(1) {
+        None => "",
+        Some(sep) => match sep.downcast_ref::<CelString>() {
+            Some(sep) => sep.inner(),
+            None => return Err(overload_error("join", true, &args)),
+        },
+    };
+    let Some(list) = args.first().and_then(|l| l.as_iterable()) else {
+        return Err(overload_error("join", true, &args));
+    };
+    let mut parts = Vec::new();
+    let mut items = list.iter();
+    while let Some(item) = items.next() {
+        match item.downcast_ref::<CelString>() {
+            Some(s) => parts.push(s.inner()),
+            None => {
+                return Err(error(
+                    "join",
+                    format!(
+                        "the list holds a {}, not only strings",
+                        item.get_type().name()
+                    ),
+                ));
+            }
+        }
+    }
+    let size = parts
+        .iter()
+        .map(|p| p.len() as u64)
+        .sum::<u64>()
+        .saturating_add((parts.len().saturating_sub(1) as u64).saturating_mul(sep.len() as u64));
+    super::budget::reserve(size)?;
+    string(parts.join(sep))
+}
+
+/// `list.distinct()`: the elements without repeats, first occurrences kept. Strings and
+/// integers are told apart by hashing; other elements by comparing pairs, each comparison
+/// charged to the evaluation's cost.
+fn distinct<'b, 'v>(args: Args<'b, 'v>) -> Returned<'b, 'v> {
+    let Some(list) = args.first().and_then(|l| l.as_iterable()) else {
+        return Err(overload_error("distinct", true, &args));
+    };
+    let mut items = list.iter();
+    let mut all: Vec<&dyn Val> = Vec::new();
+    while let Some(item) = items.next() {
+        all.push(item);
+    }
+    let mut unique: Vec<&dyn Val> = Vec::new();
+    if all.iter().all(|i| i.downcast_ref::<CelString>().is_some()) {
+        let mut seen = std::collections::HashSet::new();
+        for item in all {
+            if seen.insert(item.downcast_ref::<CelString>().map(|s| s.inner())) {
+                unique.push(item);
+            }
+        }
+    } else if all.iter().all(|i| i.downcast_ref::<CelInt>().is_some()) {
+        let mut seen = std::collections::HashSet::new();
+        for item in all {
+            if seen.insert(item.downcast_ref::<CelInt>().map(|i| *i.inner())) {
+                unique.push(item);
+            }
+        }
+    } else {
+        for item in all {
+            let mut repeat = false;
+            for seen in &unique {
+                super::budget::charge(1)?;
+                if item.equals(*seen) {
+                    repeat = true;
+                    break;
+                }
+            }
+            if !repeat {
+                unique.push(item);
+            }
+        }
+    }
+    Ok(CowVal::owned(CelList::from(
+        unique
+            .into_iter()
+            .map(|item| item.clone_as_boxed())
+            .collect::<Vec<_>>(),
+    )))
+}
+
+/// `lists.range(n)`: `[0, 1, ..., n - 1]`, its size checked first.
+fn range<'b, 'v>(args: Args<'b, 'v>) -> Returned<'b, 'v> {
+    const MAX: i64 = 1_000_000;
+    let Some(n) = args.first().and_then(|n| n.downcast_ref::<CelInt>()) else {
+        return Err(overload_error("lists.range", false, &args));
+    };
+    let n = *n.inner();
+    if !(0..=MAX).contains(&n) {
+        return Err(error(
+            "lists.range",
+            format!("{n} is not between 0 and {MAX}"),
+        ));
+    }
+    // An element costs its box and its slot.
+    super::budget::reserve(n as u64 * 24)?;
+    super::budget::charge(n as u64 / 64)?;
+    Ok(CowVal::owned(CelList::from(
+        (0..n)
+            .map(|i| Box::new(CelInt::from(i)) as Box<dyn Val>)
+            .collect::<Vec<_>>(),
+    )))
+}
+
+/// The most compiled regular expressions one thread keeps.
+const REGEX_CACHE: usize = 32;
+/// The largest compiled regular expression `matches` builds.
+const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
+
+/// `s.matches(re)` and `matches(s, re)`: RE2 syntax, a partial match. Compiled patterns are
+/// kept (a loop calls it with one pattern many times) and bounded in size.
+fn matches<'b, 'v>(args: Args<'b, 'v>) -> Returned<'b, 'v> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<Vec<(String, regex::Regex)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let (Some(s), Some(pattern)) = (
+        args.first().and_then(|a| a.downcast_ref::<CelString>()),
+        args.get(1).and_then(|a| a.downcast_ref::<CelString>()),
+    ) else {
+        return Err(overload_error("matches", true, &args));
+    };
+    let (s, pattern) = (s.inner(), pattern.inner());
+    let cached = CACHE.with(|c| {
+        c.borrow()
+            .iter()
+            .find(|(p, _)| p == pattern)
+            .map(|(_, re)| re.clone())
+    });
+    let re = match cached {
+        Some(re) => re,
+        None => {
+            let re = regex::RegexBuilder::new(pattern)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .dfa_size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| {
+                    error(
+                        "matches",
+                        format!("{} is not a valid regex: {e}", quoted(pattern)),
+                    )
+                })?;
+            CACHE.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() >= REGEX_CACHE {
+                    c.remove(0);
+                }
+                c.push((pattern.to_owned(), re.clone()));
+            });
+            re
+        }
+    };
+    Ok(CowVal::owned(cel::common::types::CelBool::from(
+        re.is_match(s),
+    )))
+}
+
 // ---------------------------------------------------------------------------------------------
 // numbers and conversions
 
@@ -468,6 +742,11 @@ fn to_json(
             function,
             format!("value nests lists and maps deeper than {MAX_JSON_ENCODE_DEPTH} levels"),
         ));
+    }
+    super::budget::charge(1)?;
+    if let Value::String(s) = value {
+        // As JSON it may be longer still (escapes): checked again once built.
+        super::budget::reserve(s.len() as u64)?;
     }
     Ok(match value {
         Value::Null => Json::Null,

@@ -16,6 +16,13 @@ use crate::connectors::{self, ActionSpec, ParamType};
 pub const MAX_STEPS: usize = 1000;
 /// Most attempts a retry policy may ask for.
 pub const MAX_ATTEMPTS: u64 = 100;
+/// Most expressions (`if`, outputs, `{{ }}` templates) one workflow file may hold: each is
+/// compiled when the file is checked, so this bounds the work one file asks for.
+pub const MAX_EXPRESSIONS: usize = 10_000;
+/// Largest normalized form (the stored JSON) of a workflow: aliases can make it larger than
+/// its file. With the file (at most 1 MiB) it fits one answer of `GetDefinition`, and two of
+/// them fit a plan.
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024 + 512 * 1024;
 
 const TOP_FIELDS: &[&str] = &[
     "name",
@@ -81,12 +88,14 @@ pub fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Parses and validates a workflow file.
+/// Parses and validates a workflow file, on a thread of its own with a large stack.
 pub fn load(source: &str) -> Result<Loaded, Vec<Problem>> {
     with_big_stack(|| load_here(source))
 }
 
-fn load_here(source: &str) -> Result<Loaded, Vec<Problem>> {
+/// Parses and validates a workflow file on this thread, which must have a stack as large
+/// as [`with_big_stack`] gives (the CPU pool's threads do).
+pub fn load_here(source: &str) -> Result<Loaded, Vec<Problem>> {
     let root = yaml::parse(source).map_err(|e| {
         vec![Problem {
             pos: e.pos,
@@ -97,11 +106,23 @@ fn load_here(source: &str) -> Result<Loaded, Vec<Problem>> {
     let mut d = Decoder {
         source,
         problems: Problems::default(),
+        expressions: 0,
     };
     let spec = d.workflow(&root);
     match spec {
         Some(spec) if d.problems.is_empty() => {
             let normalized = serde_json::to_string(&spec).expect("a workflow spec serializes");
+            if normalized.len() > MAX_SPEC_BYTES {
+                return Err(vec![Problem {
+                    pos: root.pos,
+                    path: String::new(),
+                    message: format!(
+                        "the workflow is {} bytes once its YAML aliases are expanded, over the \
+                         limit of {MAX_SPEC_BYTES} bytes (1.5 MiB)",
+                        normalized.len()
+                    ),
+                }]);
+            }
             let content_hash = hex::encode(Sha256::digest(normalized.as_bytes()));
             Ok(Loaded {
                 spec,
@@ -175,9 +196,32 @@ struct StepDraft {
 struct Decoder<'s> {
     source: &'s str,
     problems: Problems,
+    /// Expressions met so far (see [`MAX_EXPRESSIONS`]).
+    expressions: usize,
 }
 
 impl Decoder<'_> {
+    /// Counts `n` more expressions at `node`; false (once with a problem) past the limit,
+    /// when they are not compiled.
+    fn count_expressions(&mut self, node: &Node, path: &str, n: usize) -> bool {
+        let before = self.expressions;
+        self.expressions = self.expressions.saturating_add(n);
+        if self.expressions <= MAX_EXPRESSIONS {
+            return true;
+        }
+        if before <= MAX_EXPRESSIONS {
+            self.add(
+                node.pos,
+                path,
+                format!(
+                    "the file holds more than {MAX_EXPRESSIONS} expressions (`if`, outputs and \
+                     {{{{ }}}} templates); a workflow may have at most {MAX_EXPRESSIONS}"
+                ),
+            );
+        }
+        false
+    }
+
     fn add(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
         self.problems.add(pos, path, message);
     }
@@ -551,6 +595,9 @@ impl Decoder<'_> {
             let Some(text) = self.string(value, &path) else {
                 continue;
             };
+            if !self.count_expressions(value, &path, 1) {
+                continue;
+            }
             match expr::compile(&text) {
                 Ok(c) => {
                     for (step, offset) in &c.step_refs {
@@ -876,6 +923,9 @@ impl Decoder<'_> {
                 Value::Bool(b) => b.to_string(),
                 _ => self.string(n, &p)?,
             };
+            if !self.count_expressions(n, &p, 1) {
+                return Some(text);
+            }
             match expr::compile(&text) {
                 Ok(c) => {
                     for (step, offset) in &c.step_refs {
@@ -1096,6 +1146,9 @@ impl Decoder<'_> {
     fn templates(&mut self, node: &Node, path: &str, refs: &mut Vec<(String, Pos, String)>) {
         match &node.value {
             Value::Str(text) => {
+                if !self.count_expressions(node, path, text.matches("{{").count()) {
+                    return;
+                }
                 let (template, errors) = expr::template_parts(text);
                 for seg in template.iter().flat_map(|t| &t.segments) {
                     if let expr::Segment::Expr(c, base) = seg {
@@ -1218,6 +1271,56 @@ impl Decoder<'_> {
                 spec
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod expression_limit_tests {
+    use super::*;
+
+    #[test]
+    fn aliases_cannot_blow_a_workflow_up_past_its_limit() {
+        let item = "x".repeat(2000);
+        let list: Vec<String> = (0..100).map(|i| format!("\"{item}{i}\"")).collect();
+        let mut source = format!(
+            "name: blowup\nsteps:\n  - name: a\n    action: core/set\n    params:\n      big: &big [{}]\n",
+            list.join(", ")
+        );
+        for i in 0..20 {
+            source.push_str(&format!("      copy{i}: *big\n"));
+        }
+        assert!(source.len() < 300_000);
+        let problems = load(&source).unwrap_err();
+        assert!(
+            problems[0]
+                .message
+                .contains("once its YAML aliases are expanded"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_with_too_many_expressions_is_refused_without_compiling_them_all() {
+        let mut source =
+            String::from("name: many\nsteps:\n  - name: a\n    action: core/set\n    params:\n");
+        for i in 0..(MAX_EXPRESSIONS + 5) {
+            source.push_str(&format!("      k{i}: \"{{{{ inputs.x + {i} }}}}\"\n"));
+        }
+        let start = std::time::Instant::now();
+        let problems = load(&source).unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        let p = problems
+            .iter()
+            .find(|p| p.message.contains("more than 10000 expressions"))
+            .unwrap_or_else(|| panic!("{problems:?}"));
+        assert!(p.path.starts_with("steps[0].params.k"), "{p:?}");
+        assert_eq!(
+            problems
+                .iter()
+                .filter(|p| p.message.contains("expressions"))
+                .count(),
+            1
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! Workflow definitions: YAML with positions, validation, CEL and templates, the step DAG,
 //! normalization and plans.
 
+pub mod budget;
 pub mod dag;
 pub mod expr;
 pub mod functions;

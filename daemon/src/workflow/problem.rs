@@ -96,6 +96,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// A value quoted in an error message: its JSON, cut after 64 characters (an input may be
+/// megabytes).
+pub fn quote_value(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
