@@ -52,16 +52,6 @@ pub struct AuthService<S> {
     audit: Audit,
 }
 
-/// Whether a method changes something (and so counts against the tenant's rate limit).
-fn is_mutating(path: &str) -> bool {
-    let method = path.rsplit('/').next().unwrap_or_default();
-    [
-        "Create", "Update", "Delete", "Apply", "Start", "Cancel", "Retry", "Revoke", "Rotate",
-    ]
-    .iter()
-    .any(|verb| method.starts_with(verb))
-}
-
 /// The `x-ratelimit-*` metadata (and `retry-after` when refused).
 fn rate_headers(headers: &mut http::HeaderMap, d: &Decision) {
     let mut set = |name: &'static str, value: u64| {
@@ -103,8 +93,9 @@ where
         let authenticator = self.authenticator.clone();
         let limiter = self.limiter.clone();
         let audit = self.audit.clone();
-        let method = req.uri().path().trim_start_matches('/').to_owned();
-        let mutating = is_mutating(req.uri().path());
+        // Unknown paths are authenticated like any other, and answered UNIMPLEMENTED; their
+        // caller-chosen names are never recorded.
+        let method = super::methods::lookup(req.uri().path());
         Box::pin(async move {
             let headers = req.headers();
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -114,14 +105,18 @@ where
             let caller = match result {
                 Ok(caller) => caller,
                 Err(err) => {
-                    let status = Status::from(err);
-                    if mutating {
-                        audit.record_rpc(None, &method, code_name(status.code()));
-                    }
-                    return Ok(status.into_http());
+                    // Counted, not written row by row: anyone can send these.
+                    metrics::counter!(
+                        "mantle_unauthenticated_requests_total",
+                        "method" => method.map_or("unknown", |(m, _)| m)
+                    )
+                    .increment(1);
+                    return Ok(Status::from(err).into_http());
                 }
             };
-            let decision = match (&caller.tenant, mutating) {
+            let kind = method.map(|(_, k)| k);
+            let rate_limited = kind.is_some_and(|k| k.rate_limited());
+            let decision = match (&caller.tenant, rate_limited) {
                 (Some(tenant), true) => match limiter.check(tenant.id).await {
                     Ok(d) => d,
                     Err(err) => {
@@ -140,16 +135,22 @@ where
                 ))
                 .into_http::<Body>();
                 rate_headers(response.headers_mut(), &d);
-                audit.record_rpc(Some(&caller), &method, "RESOURCE_EXHAUSTED");
+                if let Some((name, k)) = method
+                    && k.audited_here()
+                {
+                    audit.record_rpc(&caller, name, "RESOURCE_EXHAUSTED");
+                }
                 return Ok(response);
             }
-            let audited = mutating.then(|| caller.clone());
+            let audited = method
+                .filter(|(_, k)| k.audited_here())
+                .map(|(name, _)| (name, caller.clone()));
             req.extensions_mut().insert(caller);
             let mut response = inner.call(req).await?;
-            if let Some(caller) = audited {
+            if let Some((name, caller)) = audited {
                 // Unary answers carry an error's code in the headers; none means OK.
                 let code = grpc_code(response.headers()).unwrap_or(tonic::Code::Ok);
-                audit.record_rpc(Some(&caller), &method, code_name(code));
+                audit.record_rpc(&caller, name, code_name(code));
             }
             if let Some(d) = decision {
                 rate_headers(response.headers_mut(), &d);

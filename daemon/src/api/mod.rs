@@ -8,6 +8,7 @@ mod definition;
 mod error;
 mod execution;
 mod layers;
+mod methods;
 mod secret;
 mod system;
 mod tenant;

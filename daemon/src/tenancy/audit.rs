@@ -12,9 +12,6 @@ use crate::secrets::model::AuditEvent;
 use crate::store::Store;
 use crate::tenancy::model::{Page, PageRequest};
 
-/// Services whose changes are audited by their own domain code, with resource names.
-const AUDITED_BY_DOMAIN: &[&str] = &["mantle.v1.SecretService/"];
-
 /// The tenant a listing covers: a tenant key its own (naming another is NOT_FOUND); an
 /// operator the named tenant, or every tenant (`None`).
 pub async fn visible_tenant(
@@ -91,17 +88,14 @@ impl Audit {
         Audit { store }
     }
 
-    /// Records a mutating RPC's outcome in the background; `caller` is `None` when the
-    /// request did not authenticate.
-    pub fn record_rpc(&self, caller: Option<&Caller>, method: &str, result: &str) {
-        if AUDITED_BY_DOMAIN.iter().any(|p| method.starts_with(p)) && caller.is_some() {
-            return;
-        }
+    /// Records a mutating RPC's outcome in the background. `method` is a declared method's
+    /// name (`mantle.v1.TenantService/CreateTenant`), never text a caller chose.
+    pub fn record_rpc(&self, caller: &Caller, method: &'static str, result: &str) {
         let event = AuditEvent {
             id: Uuid::now_v7(),
-            tenant_id: caller.and_then(|c| c.tenant.as_ref().map(|t| t.id)),
+            tenant_id: caller.tenant.as_ref().map(|t| t.id),
             time: Utc::now(),
-            actor: caller.map_or_else(|| "unauthenticated".to_owned(), |c| c.key_id.clone()),
+            actor: caller.key_id.clone(),
             action: method.to_owned(),
             resource: String::new(),
             result: result.to_owned(),
