@@ -276,6 +276,10 @@ pub enum ExecutionsCommand {
         /// Show at most N executions.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,
+        /// With each execution's inputs, outputs and trigger (in -o json and -o yaml); a
+        /// listing leaves them out by default.
+        #[arg(long)]
+        full: bool,
     },
 }
 

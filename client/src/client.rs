@@ -21,7 +21,7 @@ use mantle_proto::v1::{
 use mantle_proto::v1::{
     CancelExecutionRequest, Execution, ExecutionEvent, ExecutionStatus, GetExecutionRequest,
     ListExecutionsRequest, ListStepAttemptsRequest, RetryExecutionRequest, StartExecutionRequest,
-    StepAttempt, WatchExecutionRequest,
+    StepAttempt, View, WatchExecutionRequest,
 };
 use mantle_proto::v1::{
     CreateSecretRequest, DeleteSecretRequest, GetSecretRequest, ListSecretsRequest,
@@ -822,11 +822,13 @@ impl Client {
     }
 
     /// Lists the executions matching `filter`, newest first, following pages; at most
-    /// `limit` of them when given. Needs `executions:read`.
+    /// `limit` of them when given. `View::Basic` leaves out their inputs, outputs and
+    /// trigger. Needs `executions:read`.
     pub async fn list_executions(
         &self,
         filter: &ExecutionFilter,
         limit: Option<usize>,
+        view: View,
     ) -> Result<Vec<Execution>, Error> {
         let mut executions = Vec::new();
         let mut page_token = String::new();
@@ -846,6 +848,7 @@ impl Client {
                 created_before: filter.created_before.map(datetime_to_timestamp),
                 page_size,
                 page_token: page_token.clone(),
+                view: view as i32,
             };
             let page = self
                 .call(true, request, |r| {
@@ -885,17 +888,29 @@ impl Client {
         .await
     }
 
-    /// Every attempt of every step of an execution, in the order they started. Needs
-    /// `executions:read`.
+    /// Every attempt of every step of an execution, with their outputs, in the order they
+    /// started, following pages. Needs `executions:read`.
     pub async fn list_step_attempts(&self, id: &str) -> Result<Vec<StepAttempt>, Error> {
-        let request = ListStepAttemptsRequest { id: id.to_owned() };
-        let response = self
-            .call(true, request, |r| {
-                let mut c = self.execution_service();
-                async move { c.list_step_attempts(r).await }
-            })
-            .await?;
-        Ok(response.attempts)
+        let mut attempts = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = ListStepAttemptsRequest {
+                id: id.to_owned(),
+                page_size: i32::try_from(MAX_PAGE_SIZE).unwrap_or(PAGE_SIZE),
+                page_token: page_token.clone(),
+                view: View::Full as i32,
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.execution_service();
+                    async move { c.list_step_attempts(r).await }
+                })
+                .await?;
+            attempts.extend(page.attempts);
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(attempts);
+            }
+        }
     }
 
     /// Streams an execution's events after sequence number `after_seq` (0: from the

@@ -15,7 +15,8 @@ use mantle_daemon::engine::model::{
 };
 use mantle_daemon::store::{self, Backend, OpenOptions, Store};
 use mantle_daemon::tenancy::model::{
-    DEFAULT_TENANT_ID, NewApiKey, PageRequest, Tenant, TenantSettings, TenantUpdate,
+    DEFAULT_TENANT_ID, MAX_PAGE_BYTES, NewApiKey, PageRequest, Tenant, TenantSettings,
+    TenantUpdate, View,
 };
 use sqlx::Connection;
 
@@ -116,6 +117,7 @@ async fn contract_sqlite() {
     executions_contract(store.clone()).await;
     group_commit_contract(store.clone()).await;
     queued_order_contract(store.clone()).await;
+    listing_contract(store.clone()).await;
     let id = tenant_deletion_contract(store).await;
     let mut conn = sqlx::SqliteConnection::connect(&format!(
         "sqlite://{}",
@@ -151,6 +153,7 @@ async fn contract_postgres() {
     executions_contract(store.clone()).await;
     group_commit_contract(store.clone()).await;
     queued_order_contract(store.clone()).await;
+    listing_contract(store.clone()).await;
     let id = tenant_deletion_contract(store.clone()).await;
     drop(store);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -717,7 +720,10 @@ async fn executions_contract(store: Arc<dyn Store>) {
             .is_empty()
     );
     assert!(matches!(
-        store.list_attempts(b.id, e.id).await.unwrap_err(),
+        store
+            .list_attempts(b.id, e.id, &page(10, None), View::Full)
+            .await
+            .unwrap_err(),
         store::Error::NotFound(_)
     ));
 
@@ -995,7 +1001,12 @@ async fn executions_contract(store: Arc<dyn Store>) {
 
     // Listing: newest first, tenant-scoped, filterable.
     let listed = store
-        .list_executions(a.id, &ExecutionFilter::default(), &page(10, None))
+        .list_executions(
+            a.id,
+            &ExecutionFilter::default(),
+            &page(10, None),
+            View::Full,
+        )
         .await
         .unwrap();
     let ids: Vec<_> = listed.items.iter().map(|x| x.id).collect();
@@ -1008,13 +1019,19 @@ async fn executions_contract(store: Arc<dyn Store>) {
                 ..ExecutionFilter::default()
             },
             &page(10, None),
+            View::Basic,
         )
         .await
         .unwrap();
     assert_eq!(filtered.items.len(), 2);
     assert_eq!(
         store
-            .list_executions(b.id, &ExecutionFilter::default(), &page(10, None))
+            .list_executions(
+                b.id,
+                &ExecutionFilter::default(),
+                &page(10, None),
+                View::Basic
+            )
             .await
             .unwrap()
             .items
@@ -1030,6 +1047,130 @@ async fn executions_contract(store: Arc<dyn Store>) {
 /// A transition queued behind another before that one's outcome is known (a driver hands
 /// over its next checkpoint while the previous one commits): written after it, and not at
 /// all when it was not written.
+/// Listings: BASIC leaves the large parts out, a page ends at its byte budget without
+/// loading more than it returns, and attempts page in the order they started.
+async fn listing_contract(store: Arc<dyn Store>) {
+    let t = tenant("listing");
+    store.create_tenant(&t).await.unwrap();
+    store
+        .apply_definition(&version(t.id, "wf", "h1"))
+        .await
+        .unwrap();
+    // Five executions of 1 MiB inputs each: a FULL page of ten holds at most three.
+    let big = "x".repeat(1024 * 1024);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let mut e = new_execution(t.id, "node-l", 60_000);
+        e.inputs = serde_json::json!({ "big": big });
+        ids.push(e.id);
+        store.create_execution(&e).await.unwrap();
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let listed = store
+            .list_executions(
+                t.id,
+                &ExecutionFilter::default(),
+                &page(10, after),
+                View::Full,
+            )
+            .await
+            .unwrap();
+        let bytes: usize = listed
+            .items
+            .iter()
+            .map(|e| e.inputs.to_string().len())
+            .sum();
+        assert!(!listed.items.is_empty());
+        assert!(
+            listed.items.len() == 1 || bytes <= MAX_PAGE_BYTES,
+            "{} items, {bytes} bytes",
+            listed.items.len()
+        );
+        assert!(listed.items.iter().all(|e| e.inputs["big"] == big));
+        seen.extend(listed.items.iter().map(|e| e.id));
+        match listed.next_cursor {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every execution once, newest first");
+    let basic = store
+        .list_executions(
+            t.id,
+            &ExecutionFilter::default(),
+            &page(10, None),
+            View::Basic,
+        )
+        .await
+        .unwrap();
+    assert_eq!(basic.items.len(), 5);
+    assert!(basic.next_cursor.is_none());
+    assert!(
+        basic
+            .items
+            .iter()
+            .all(|e| e.inputs == serde_json::json!({}) && e.outputs.is_none())
+    );
+
+    // Attempts page in the order they started; those not started yet come last.
+    let e = new_execution(t.id, "node-l", 60_000);
+    let lease = created(store.create_execution(&e).await.unwrap());
+    let now = Utc::now();
+    let mut t1 = Transition::default();
+    for (i, step) in ["c", "a", "d", "b"].into_iter().enumerate() {
+        let mut a = attempt(e.id, step, 1, StepStatus::Completed);
+        a.start_time = Some(now + TimeDelta::milliseconds(i as i64));
+        t1.attempts.push(a);
+    }
+    let mut pending = attempt(e.id, "e", 1, StepStatus::Pending);
+    pending.start_time = None;
+    t1.attempts.push(pending);
+    let mut retry = attempt(e.id, "a", 2, StepStatus::Pending);
+    retry.start_time = None;
+    t1.attempts.push(retry);
+    store.write_transition(lease, &t1).await.unwrap();
+    let mut order = Vec::new();
+    let mut after = None;
+    loop {
+        let listed = store
+            .list_attempts(t.id, e.id, &page(4, after), View::Basic)
+            .await
+            .unwrap();
+        assert!(listed.items.iter().all(|a| a.output.is_none()));
+        order.extend(
+            listed
+                .items
+                .iter()
+                .map(|a| format!("{}{}", a.step_name, a.attempt)),
+        );
+        match listed.next_cursor {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(order, ["c1", "a1", "d1", "b1", "a2", "e1"]);
+    let full = store
+        .list_attempts(t.id, e.id, &page(2, None), View::Full)
+        .await
+        .unwrap();
+    assert_eq!(full.items[0].output, Some(serde_json::json!({"ok": 1})));
+    assert!(matches!(
+        store
+            .list_attempts(
+                t.id,
+                e.id,
+                &page(2, Some("not a cursor".into())),
+                View::Full
+            )
+            .await
+            .unwrap_err(),
+        store::Error::NotFound(_)
+    ));
+}
+
 async fn queued_order_contract(store: Arc<dyn Store>) {
     let t = tenant("queued-order");
     store.create_tenant(&t).await.unwrap();
@@ -1279,7 +1420,7 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
     }
     // Only the written transitions' deliveries exist: those of executions 2, 4, 6, …
     let deliveries = store
-        .list_deliveries(Some(t.id), &page(100, None))
+        .list_deliveries(Some(t.id), &page(100, None), View::Full)
         .await
         .unwrap();
     let mut urls: Vec<String> = deliveries.items.iter().map(|d| d.url.clone()).collect();

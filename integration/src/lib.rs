@@ -1259,15 +1259,29 @@ impl Mantle {
         )
     }
 
-    /// ListStepAttempts that must succeed.
+    /// Every step attempt of an execution, with outputs, following pages (ListStepAttempts
+    /// calls that must succeed).
     pub async fn attempts(&mut self, id: &str) -> Vec<pb::StepAttempt> {
-        expect_ok(
-            self.execs
-                .list_step_attempts(pb::ListStepAttemptsRequest { id: id.to_owned() })
-                .await,
-            "ListStepAttempts",
-        )
-        .attempts
+        let mut attempts = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = expect_ok(
+                self.execs
+                    .list_step_attempts(pb::ListStepAttemptsRequest {
+                        id: id.to_owned(),
+                        page_size: 1000,
+                        page_token,
+                        view: pb::View::Full as i32,
+                    })
+                    .await,
+                "ListStepAttempts",
+            );
+            attempts.extend(page.attempts);
+            if page.next_page_token.is_empty() {
+                return attempts;
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// CancelExecution that must succeed.
@@ -1901,13 +1915,29 @@ pub mod reliability {
         out
     }
 
-    /// Every attempt of an execution.
+    /// Every attempt of an execution, with outputs, following pages.
     pub async fn step_attempts(client: &mut Executions, id: &str) -> Result<Vec<pb::StepAttempt>> {
-        client
-            .list_step_attempts(pb::ListStepAttemptsRequest { id: id.to_owned() })
-            .await
-            .map(|r| r.into_inner().attempts)
-            .map_err(|s| anyhow::anyhow!("ListStepAttempts: {:?}: {}", s.code(), s.message()))
+        let mut attempts = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_step_attempts(pb::ListStepAttemptsRequest {
+                    id: id.to_owned(),
+                    page_size: 1000,
+                    page_token,
+                    view: pb::View::Full as i32,
+                })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| {
+                    anyhow::anyhow!("ListStepAttempts: {:?}: {}", s.code(), s.message())
+                })?;
+            attempts.extend(page.attempts);
+            if page.next_page_token.is_empty() {
+                return Ok(attempts);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Converts a protobuf timestamp to a `SystemTime`.

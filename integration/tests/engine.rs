@@ -1175,7 +1175,10 @@ async fn engine_isolation_and_scopes(backend: Backend) {
     );
     assert_code(
         b.execs
-            .list_step_attempts(pb::ListStepAttemptsRequest { id: id.clone() })
+            .list_step_attempts(pb::ListStepAttemptsRequest {
+                id: id.clone(),
+                ..Default::default()
+            })
             .await,
         Code::NotFound,
         "ListStepAttempts of another tenant's execution",

@@ -243,7 +243,8 @@ fn field_value(a: &TenantA, service: &str, field: &str) -> Option<FieldValue> {
         (
             _,
             "page_size" | "page_token" | "version" | "after_seq" | "batch_size" | "show_revoked"
-            | "status" | "created_after" | "created_before" | "expire_time" | "inputs_json",
+            | "status" | "created_after" | "created_before" | "expire_time" | "inputs_json"
+            | "view",
         ) => Unset,
         (_, "workflow") => Str(WORKFLOW.to_owned()),
         (_, "source") => Str(a.source.clone()),

@@ -1,6 +1,7 @@
 """Executions against the real `mantle` daemon (see conftest.daemon): start with inputs,
 wait, watch and resume a watch, failure, cancel, retry, input checks, tenant isolation,
-list filters, scopes, asyncio, and `mantlectl run` driven as a subprocess."""
+list filters and views, paged step attempts, scopes, asyncio, and `mantlectl run` driven
+as a subprocess."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
 import pytest
 
 import mantle
 import mantle.aio
-from mantle import errors
+from mantle import _config, errors
+from mantle.v1 import common_pb2, execution_pb2, execution_pb2_grpc
 
 from .conftest import Daemon, mantlectl_binary
 
@@ -85,6 +88,27 @@ outputs:
 """
 
 
+
+def _sets(name: str, count: int) -> str:
+    """A workflow of ``count`` independent ``core/set`` steps ``s00``, ``s01``, ...; step
+    ``sNN`` outputs ``{"n": NN}``."""
+    steps = "".join(
+        f"  - name: s{i:02d}\n    action: core/set\n    params:\n      n: {i}\n"
+        for i in range(count)
+    )
+    return f"name: {name}\nsteps:\n{steps}"
+
+
+def _copies(name: str, count: int) -> str:
+    """A workflow whose ``count`` ``core/set`` steps each output the input ``blob``."""
+    steps = "".join(
+        f"  - name: c{i}\n    action: core/set\n    params:\n"
+        f'      blob: "{{{{ inputs.blob }}}}"\n'
+        for i in range(count)
+    )
+    return f"name: {name}\ninputs:\n  blob: {{type: string}}\nsteps:\n{steps}"
+
+
 @pytest.fixture
 def tenant(op: mantle.Client, unique: str) -> str:
     name = f"exec-{unique}"
@@ -113,7 +137,7 @@ def test_start_with_inputs_and_wait_for_outputs(tc: mantle.Client) -> None:
     assert started.workflow == "hello" and started.version == 1
     assert started.status in {"pending", "queued", "running", "completed"}
     assert started.inputs == {"who": "Ada", "times": 21}
-    assert started.trigger.get("type") == "api"
+    assert started.trigger is not None and started.trigger.get("type") == "api"
 
     done = tc.wait(started.id, timeout=WAIT)
     assert done.id == started.id
@@ -358,6 +382,85 @@ def test_list_filters(tc: mantle.Client) -> None:
     assert [e.id for e in tc.iter_executions(page_size=2)] == list(reversed(ids))
 
 
+def test_list_views(tc: mantle.Client) -> None:
+    _apply(tc, HELLO, "hello")
+    done = tc.wait(tc.start_execution("hello", {"who": "Vi", "times": 3}).id, timeout=WAIT)
+    assert done.status == "completed", done.error
+
+    # BASIC, the default: no inputs, outputs or trigger, and none invented.
+    [basic] = tc.list_executions()
+    assert (basic.id, basic.status, basic.workflow, basic.version) == (done.id, "completed", "hello", 1)
+    assert basic.inputs is None and basic.outputs is None and basic.trigger is None
+    assert basic.end_time == done.end_time
+    assert tc.list_executions(view="basic") == [basic]
+    assert list(tc.iter_executions(view="BASIC")) == [basic]
+
+    # FULL: each execution whole, as get_execution returns it.
+    [full] = tc.list_executions(view="full")
+    assert full == done == tc.get_execution(done.id)
+    assert full.inputs == {"who": "Vi", "times": 3}
+    assert full.outputs == {"message": "Hello, Vi!", "doubled": 6}
+    assert full.trigger is not None and full.trigger.get("type") == "api"
+    assert list(tc.iter_executions(view="Full", page_size=1)) == [full]
+
+    with pytest.raises(ValueError, match="^view: "):
+        tc.list_executions(view="everything")
+
+
+def test_list_step_attempts_returns_all_of_many_steps(tc: mantle.Client) -> None:
+    # More attempts than the server's default page (50): all come back, with outputs.
+    tc.apply(_sets("sixty", 60), "sixty.yaml")
+    done = tc.wait(tc.start_execution("sixty").id, timeout=WAIT)
+    assert done.status == "completed", done.error
+
+    attempts = tc.list_step_attempts(done.id)
+    assert len(attempts) == 60
+    assert sorted(a.step_name for a in attempts) == [f"s{i:02d}" for i in range(60)]
+    assert all((a.attempt, a.status) == (1, "completed") for a in attempts)
+    assert all(a.output == {"n": int(a.step_name[1:])} for a in attempts)
+    starts = [a.start_time for a in attempts]
+    assert None not in starts and starts == sorted(starts)  # type: ignore[type-var]
+    assert tc.list_step_attempts(done.id, view="FULL") == attempts
+
+    basic = tc.list_step_attempts(done.id, view="basic")
+    assert [(a.step_name, a.status) for a in basic] == [(a.step_name, a.status) for a in attempts]
+    assert all(a.output is None for a in basic)
+    with pytest.raises(ValueError, match="^view: "):
+        tc.list_step_attempts(done.id, view="outputs")
+
+
+def test_list_step_attempts_follows_pages_the_server_ends_early(
+    daemon: Daemon, tc: mantle.Client, tenant: str
+) -> None:
+    # Five outputs of ~800 KB: the daemon ends a FULL page at 3 MiB, so they take two
+    # pages even at page_size=1000, and list_step_attempts must follow next_page_token.
+    blob = "x" * 800_000
+    tc.apply(_copies("copies", 5), "copies.yaml")
+    done = tc.wait(tc.start_execution("copies", {"blob": blob}).id, timeout=WAIT)
+    assert done.status == "completed", done.error
+
+    with grpc.insecure_channel(daemon.address) as channel:
+        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
+        first = stub.ListStepAttempts(
+            execution_pb2.ListStepAttemptsRequest(
+                id=done.id, page_size=1000, view=common_pb2.VIEW_FULL
+            ),
+            metadata=_config.call_metadata(daemon.token, tenant),
+            timeout=WAIT,
+        )
+    assert first.next_page_token and 0 < len(first.attempts) < 5
+
+    attempts = tc.list_step_attempts(done.id)
+    assert sorted(a.step_name for a in attempts) == [f"c{i}" for i in range(5)]
+    assert all(a.status == "completed" and a.output == {"blob": blob} for a in attempts)
+    assert [a.step_name for a in attempts[: len(first.attempts)]] == [
+        a.step_name for a in first.attempts
+    ]
+    basic = tc.list_step_attempts(done.id, view="basic")
+    assert [a.step_name for a in basic] == [a.step_name for a in attempts]
+    assert all(a.output is None for a in basic)
+
+
 # -- asyncio ----------------------------------------------------------------------------------
 
 
@@ -374,7 +477,13 @@ async def test_aio_executions(daemon: Daemon, tc: mantle.Client, tenant: str) ->
         assert [e async for e in c.watch(started.id, after_seq=events[-2].seq)] == [events[-1]]
         assert [a.status for a in await c.list_step_attempts(started.id)] == ["completed"] * 2
         assert (await c.get_execution(started.id)) == done
-        assert [e.id for e in await c.list_executions(workflow="hello")] == [started.id]
+        [listed] = await c.list_executions(workflow="hello")
+        assert listed.id == started.id and listed.inputs is None and listed.outputs is None
+        assert await c.list_executions(workflow="hello", view="full") == [done]
+        attempts = await c.list_step_attempts(started.id)
+        assert {a.step_name: a.output for a in attempts}["greet"] == {"message": "Hello, Cy!"}
+        basic = await c.list_step_attempts(started.id, view="basic")
+        assert [a.output for a in basic] == [None, None]
 
         sleeping = await c.start_execution("sleepy")
         with pytest.raises(TimeoutError):

@@ -4,6 +4,7 @@ construction, and watch/wait against an in-process grpc server standing in for t
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
@@ -28,7 +29,7 @@ from mantle.types import (
     execution_status_value,
     step_status_name,
 )
-from mantle.v1 import execution_pb2, execution_pb2_grpc
+from mantle.v1 import common_pb2, execution_pb2, execution_pb2_grpc
 
 E = execution_pb2
 
@@ -80,12 +81,31 @@ def test_execution_from_proto() -> None:
 def test_execution_defaults_for_unset_fields() -> None:
     e = Execution.from_proto(E.Execution(id="x", status=E.EXECUTION_STATUS_TIMED_OUT, error="late"))
     assert e.status == "timed_out"
-    assert e.inputs == {} and e.outputs is None and e.trigger == {}
+    # Empty JSON fields (what a BASIC listing sends) are None, never an invented {}.
+    assert e.inputs is None and e.outputs is None and e.trigger is None
     assert e.create_time is None and e.end_time is None and e.duration is None
     assert e.finished and e.error == "late"
     running = Execution.from_proto(E.Execution(status=E.EXECUTION_STATUS_RUNNING, outputs_json="[1]"))
     assert not running.finished
     assert running.outputs is None  # not an object
+
+
+def test_execution_of_a_basic_listing_has_no_inputs_outputs_or_trigger() -> None:
+    full = E.Execution(
+        id="x",
+        status=E.EXECUTION_STATUS_COMPLETED,
+        inputs_json="{}",
+        outputs_json='{"m": 1}',
+        trigger_json='{"type": "api"}',
+    )
+    e = Execution.from_proto(full)
+    assert (e.inputs, e.outputs, e.trigger) == ({}, {"m": 1}, {"type": "api"})
+    basic = E.Execution()
+    basic.CopyFrom(full)
+    basic.inputs_json = basic.outputs_json = basic.trigger_json = ""
+    b = Execution.from_proto(basic)
+    assert (b.inputs, b.outputs, b.trigger) == (None, None, None)
+    assert (b.id, b.status) == ("x", "completed")
 
 
 def test_every_status_has_a_lower_case_name() -> None:
@@ -203,6 +223,43 @@ def test_list_request_filters() -> None:
         _common.list_executions_request(None, "done", None, None, 0, "")
 
 
+def test_view_names_are_checked() -> None:
+    assert _common.view_value("basic") == common_pb2.VIEW_BASIC
+    assert _common.view_value("full") == common_pb2.VIEW_FULL
+    assert _common.view_value("FULL") == common_pb2.VIEW_FULL
+    assert _common.view_value("Basic") == common_pb2.VIEW_BASIC
+    bad: Any
+    for bad in ("", "summary", "VIEW_FULL", " full", None, 2, True, b"full"):
+        with pytest.raises(ValueError, match=r"^view: must be 'basic' or 'full', got "):
+            _common.view_value(bad)
+    with pytest.raises(ValueError, match="^detail: "):
+        _common.view_value("all", "detail")
+
+
+def test_list_request_view() -> None:
+    assert _common.list_executions_request(None, None, None, None, 0, "").view == common_pb2.VIEW_BASIC
+    full = _common.list_executions_request(None, None, None, None, 0, "", "Full")
+    assert full.view == common_pb2.VIEW_FULL
+    basic = _common.list_executions_request("hello", None, None, None, 5, "tok", "basic")
+    assert (basic.workflow, basic.page_size, basic.page_token, basic.view) == (
+        "hello", 5, "tok", common_pb2.VIEW_BASIC,
+    )
+    with pytest.raises(ValueError, match="^view: "):
+        _common.list_executions_request(None, None, None, None, 0, "", "everything")
+
+
+def test_list_step_attempts_request() -> None:
+    first = _common.list_step_attempts_request("ex-1", "")
+    assert (first.id, first.page_size, first.page_token, first.view) == (
+        "ex-1", 1000, "", common_pb2.VIEW_FULL,
+    )
+    assert _common.STEP_ATTEMPTS_PAGE_SIZE == 1000
+    nxt = _common.list_step_attempts_request("ex-1", "abc", "BASIC")
+    assert (nxt.page_token, nxt.view) == ("abc", common_pb2.VIEW_BASIC)
+    with pytest.raises(ValueError, match="^view: "):
+        _common.list_step_attempts_request("ex-1", "", "outputs")
+
+
 def test_watch_request_checks_after_seq() -> None:
     assert _common.watch_request("x", 7).after_seq == 7
     bad: Any
@@ -244,6 +301,7 @@ class _FakeExecutions(execution_pb2_grpc.ExecutionServiceServicer):
         self.watch_after_seqs: list[int] = []
         self.gets = 0
         self.list_requests: list[execution_pb2.ListExecutionsRequest] = []
+        self.attempt_requests: list[execution_pb2.ListStepAttemptsRequest] = []
         self.lock = threading.Lock()
 
     def _execution(self, status: Any) -> execution_pb2.Execution:
@@ -277,11 +335,45 @@ class _FakeExecutions(execution_pb2_grpc.ExecutionServiceServicer):
     def ListExecutions(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.list_requests.append(request)
         page = int(request.page_token or "0")
+        full = request.view == common_pb2.VIEW_FULL
         resp = E.ListExecutionsResponse(
-            executions=[E.Execution(id=f"ex-{page}-{i}", status=E.EXECUTION_STATUS_FAILED) for i in range(2)]
+            executions=[
+                E.Execution(
+                    id=f"ex-{page}-{i}",
+                    status=E.EXECUTION_STATUS_FAILED,
+                    # Like the daemon: a BASIC listing leaves these empty.
+                    inputs_json=json.dumps({"n": i}) if full else "",
+                    trigger_json='{"type": "api"}' if full else "",
+                )
+                for i in range(2)
+            ]
         )
         if page < 2:
             resp.next_page_token = str(page + 1)
+        return resp
+
+    def ListStepAttempts(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Seven attempts of ``ex-1``, in pages of at most three whatever ``page_size``
+        says (as the daemon ends a page early at 3 MiB); outputs only in a FULL view."""
+        if request.id != "ex-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"execution {request.id} not found")
+        self.attempt_requests.append(request)
+        start = int(request.page_token or "0")
+        end = min(start + 3, 7)
+        full = request.view == common_pb2.VIEW_FULL
+        resp = E.ListStepAttemptsResponse(
+            attempts=[
+                E.StepAttempt(
+                    step_name=f"s{i}",
+                    attempt=1,
+                    status=E.STEP_STATUS_COMPLETED,
+                    output_json=json.dumps({"i": i}) if full else "",
+                )
+                for i in range(start, end)
+            ]
+        )
+        if end < 7:
+            resp.next_page_token = str(end)
         return resp
 
     def _unimplemented(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -290,7 +382,6 @@ class _FakeExecutions(execution_pb2_grpc.ExecutionServiceServicer):
     StartExecution = _unimplemented
     CancelExecution = _unimplemented
     RetryExecution = _unimplemented
-    ListStepAttempts = _unimplemented
 
 
 def _serve(servicer: _FakeExecutions) -> Iterator[str]:
@@ -380,6 +471,50 @@ def test_list_executions_follows_pages(steady: tuple[str, _FakeExecutions]) -> N
     assert all(e.status == "failed" for e in found)
     assert [r.page_token for r in fake.list_requests] == ["", "1", "2"]
     assert all(r.workflow == "hello" and r.page_size == 2 for r in fake.list_requests)
+    # The default view is BASIC: no inputs, outputs or trigger, and none invented.
+    assert all(r.view == common_pb2.VIEW_BASIC for r in fake.list_requests)
+    assert all(e.inputs is None and e.outputs is None and e.trigger is None for e in found)
+
+
+def test_list_executions_view(steady: tuple[str, _FakeExecutions]) -> None:
+    address, fake = steady
+    with mantle.Client(address, token="tok") as c:
+        found = c.list_executions(view="FULL")
+        assert [r.view for r in fake.list_requests] == [common_pb2.VIEW_FULL] * 3
+        assert [e.inputs for e in found] == [{"n": 0}, {"n": 1}] * 3
+        assert all(e.trigger == {"type": "api"} for e in found)
+        fake.list_requests.clear()
+        assert [e.inputs for e in c.iter_executions(view="full", page_size=1)][:2] == [{"n": 0}, {"n": 1}]
+        assert all(r.view == common_pb2.VIEW_FULL and r.page_size == 1 for r in fake.list_requests)
+        fake.list_requests.clear()
+        with pytest.raises(ValueError, match="^view: "):
+            c.list_executions(view="detailed")
+        with pytest.raises(ValueError, match="^view: "):
+            next(c.iter_executions(view=None))  # type: ignore[arg-type]
+    assert fake.list_requests == []  # refused before anything was sent
+
+
+def test_list_step_attempts_follows_pages(steady: tuple[str, _FakeExecutions]) -> None:
+    address, fake = steady
+    with mantle.Client(address, token="tok") as c:
+        attempts = c.list_step_attempts("ex-1")
+        assert [a.step_name for a in attempts] == [f"s{i}" for i in range(7)]
+        assert [a.output for a in attempts] == [{"i": i} for i in range(7)]
+        assert [r.page_token for r in fake.attempt_requests] == ["", "3", "6"]
+        assert all(
+            (r.id, r.page_size, r.view) == ("ex-1", 1000, common_pb2.VIEW_FULL)
+            for r in fake.attempt_requests
+        )
+        fake.attempt_requests.clear()
+        basic = c.list_step_attempts("ex-1", view="Basic")
+        assert len(basic) == 7 and all(a.output is None for a in basic)
+        assert all(r.view == common_pb2.VIEW_BASIC for r in fake.attempt_requests)
+        fake.attempt_requests.clear()
+        with pytest.raises(ValueError, match="^view: "):
+            c.list_step_attempts("ex-1", view="outputs")
+        assert fake.attempt_requests == []
+        with pytest.raises(errors.NotFound):
+            c.list_step_attempts("nope")
 
 
 @pytest.mark.asyncio
@@ -398,6 +533,23 @@ async def test_aio_watch_and_wait(flaky: tuple[str, _FakeExecutions]) -> None:
                 pass
         listed = await c.list_executions(status="failed")
         assert len(listed) == 6
+        assert all(e.inputs is None for e in listed)
+        assert [r.view for r in fake.list_requests] == [common_pb2.VIEW_BASIC] * 3
+        full = await c.list_executions(view="full")
+        assert [e.inputs for e in full] == [{"n": 0}, {"n": 1}] * 3
+        assert [e.id async for e in c.iter_executions(view="FULL")] == [e.id for e in full]
+        with pytest.raises(ValueError, match="^view: "):
+            await c.list_executions(view="none")
+
+        attempts = await c.list_step_attempts("ex-1")
+        assert [a.output for a in attempts] == [{"i": i} for i in range(7)]
+        assert [(r.page_token, r.page_size, r.view) for r in fake.attempt_requests] == [
+            (token, 1000, common_pb2.VIEW_FULL) for token in ("", "3", "6")
+        ]
+        basic = await c.list_step_attempts("ex-1", view="basic")
+        assert [a.output for a in basic] == [None] * 7
+        with pytest.raises(ValueError, match="^view: "):
+            await c.list_step_attempts("ex-1", view="")
 
 
 @pytest.mark.asyncio
@@ -417,3 +569,14 @@ def test_sync_and_aio_expose_the_same_execution_methods() -> None:
     assert names <= set(vars(mantle.Client))
     assert names <= set(vars(mantle.aio.Client))
     assert {"Execution", "ExecutionEvent", "StepAttempt"} <= set(mantle.__all__)
+    for name in names:
+        sync, aio = inspect.signature(getattr(mantle.Client, name)), inspect.signature(
+            getattr(mantle.aio.Client, name)
+        )
+        assert list(sync.parameters) == list(aio.parameters), name
+        assert [p.default for p in sync.parameters.values()] == [
+            p.default for p in aio.parameters.values()
+        ], name
+    assert inspect.signature(mantle.Client.list_executions).parameters["view"].default == "basic"
+    assert inspect.signature(mantle.Client.iter_executions).parameters["view"].default == "basic"
+    assert inspect.signature(mantle.Client.list_step_attempts).parameters["view"].default == "full"

@@ -394,6 +394,7 @@ pub async fn run(ctx: &Context, command: ExecutionsCommand) -> anyhow::Result<()
             workflow,
             status,
             limit,
+            full,
         } => {
             let filter = ExecutionFilter {
                 workflow: workflow.filter(|w| !w.is_empty()),
@@ -401,7 +402,12 @@ pub async fn run(ctx: &Context, command: ExecutionsCommand) -> anyhow::Result<()
                 ..Default::default()
             };
             let limit = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
-            let executions = client.list_executions(&filter, limit).await?;
+            let view = if full {
+                mantle_client::proto::View::Full
+            } else {
+                mantle_client::proto::View::Basic
+            };
+            let executions = client.list_executions(&filter, limit, view).await?;
             output::print(
                 ctx.output,
                 &ExecutionList(executions.into_iter().map(ExecutionView::from).collect()),

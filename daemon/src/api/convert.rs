@@ -198,6 +198,28 @@ pub fn execution_status_from_pb(
     })
 }
 
+/// A listing's view; unspecified is BASIC.
+pub fn view_from_pb(value: i32) -> Result<crate::tenancy::model::View, Status> {
+    use crate::tenancy::model::View;
+    match pb::View::try_from(value) {
+        Ok(pb::View::Unspecified | pb::View::Basic) => Ok(View::Basic),
+        Ok(pb::View::Full) => Ok(View::Full),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "view: unknown value {value}; use VIEW_BASIC or VIEW_FULL"
+        ))),
+    }
+}
+
+/// An execution as a BASIC listing shows it: without inputs, outputs and trigger.
+pub fn basic_execution(e: crate::engine::model::Execution) -> pb::Execution {
+    pb::Execution {
+        inputs_json: String::new(),
+        outputs_json: String::new(),
+        trigger_json: String::new(),
+        ..e.into()
+    }
+}
+
 fn step_status(s: crate::engine::model::StepStatus) -> pb::StepStatus {
     use crate::engine::model::StepStatus as S;
     match s {

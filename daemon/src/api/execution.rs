@@ -1,23 +1,19 @@
 //! `mantle.v1.ExecutionService`.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use mantle_proto::v1 as pb;
 use mantle_proto::v1::execution_service_server::ExecutionService;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::caller;
-use super::convert::{execution_status_from_pb, from_timestamp};
+use super::convert::{basic_execution, execution_status_from_pb, from_timestamp, view_from_pb};
 use crate::engine::model::ExecutionFilter;
-use crate::executions::{Executions, parse_id};
+use crate::executions::Executions;
+use crate::tenancy::model::View;
 use crate::tenancy::{page_request, page_token};
-
-/// How often a watch re-reads the log when no local notice arrives (the execution may run
-/// on another replica).
-const WATCH_POLL: Duration = Duration::from_millis(250);
 
 pub struct ExecutionApi {
     pub executions: Executions,
@@ -82,10 +78,18 @@ impl ExecutionService for ExecutionApi {
             created_after: from_timestamp("created_after", req.created_after)?,
             created_before: from_timestamp("created_before", req.created_before)?,
         };
-        let page = self.executions.list(caller, &filter, &page).await?;
+        let view = view_from_pb(req.view)?;
+        let page = self.executions.list(caller, &filter, &page, view).await?;
         Ok(Response::new(pb::ListExecutionsResponse {
             next_page_token: page_token(page.next_cursor.as_deref()),
-            executions: page.items.into_iter().map(Into::into).collect(),
+            executions: page
+                .items
+                .into_iter()
+                .map(|e| match view {
+                    View::Full => e.into(),
+                    View::Basic => basic_execution(e),
+                })
+                .collect(),
         }))
     }
 
@@ -115,12 +119,16 @@ impl ExecutionService for ExecutionApi {
         request: Request<pb::ListStepAttemptsRequest>,
     ) -> Result<Response<pb::ListStepAttemptsResponse>, Status> {
         let caller = caller(&request)?;
-        let attempts = self
+        let req = request.get_ref();
+        let page = page_request(req.page_size, &req.page_token)?;
+        let view = view_from_pb(req.view)?;
+        let page = self
             .executions
-            .attempts(caller, &request.get_ref().id)
+            .attempts(caller, &req.id, &page, view)
             .await?;
         Ok(Response::new(pb::ListStepAttemptsResponse {
-            attempts: attempts.into_iter().map(Into::into).collect(),
+            attempts: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page_token(page.next_cursor.as_deref()),
         }))
     }
 

@@ -24,7 +24,9 @@ impl WebhookService for WebhookApi {
         let caller = caller(&request)?;
         let req = request.get_ref();
         let page = page_request(req.page_size, &req.page_token)?;
-        let page = crate::webhooks::list(self.store.as_ref(), caller, &req.tenant, &page).await?;
+        let view = super::convert::view_from_pb(req.view)?;
+        let page =
+            crate::webhooks::list(self.store.as_ref(), caller, &req.tenant, &page, view).await?;
         Ok(Response::new(pb::ListWebhookDeliveriesResponse {
             next_page_token: page_token(page.next_cursor.as_deref()),
             deliveries: page

@@ -319,7 +319,7 @@ impl Driver {
             step_name: step.map(str::to_owned),
             attempt,
             status: status.map(str::to_owned),
-            message,
+            message: message.map(super::model::stored_text),
         });
     }
 
@@ -336,6 +336,7 @@ impl Driver {
         end_time: Option<DateTime<Utc>>,
     ) {
         let name = self.workflow.steps[step].spec.name.clone();
+        let error = error.map(super::model::error_text);
         let message = match status {
             StepStatus::Failed | StepStatus::Cancelled => error.clone(),
             StepStatus::Pending => wake_time.map(|t| format!("retry at {}", t.to_rfc3339())),
@@ -752,7 +753,7 @@ impl Driver {
                         None,
                         Some(now),
                     );
-                    self.steps[i].error = Some(error);
+                    self.steps[i].error = Some(super::model::error_text(error));
                     self.steps[i].state = State::Done(Outcome::Cancelled);
                     progressed = true;
                     continue;
@@ -1167,10 +1168,10 @@ impl Driver {
                 None,
             );
             self.steps[i].state = State::Scheduled { attempt: next, at };
-            self.steps[i].error = Some(error);
+            self.steps[i].error = Some(super::model::error_text(error));
         } else {
             let continued = self.workflow.steps[i].spec.continue_on_error;
-            self.steps[i].error = Some(error);
+            self.steps[i].error = Some(super::model::error_text(error));
             self.steps[i].state = State::Done(Outcome::Failed { continued });
         }
     }
@@ -1188,7 +1189,7 @@ impl Driver {
             now,
         );
         let continued = self.workflow.steps[i].spec.continue_on_error;
-        self.steps[i].error = Some(error);
+        self.steps[i].error = Some(super::model::error_text(error));
         self.steps[i].state = State::Done(Outcome::Failed { continued });
     }
 
@@ -1373,6 +1374,15 @@ impl Driver {
     ) -> Result<(), Stop> {
         // The end is stamped once every step before it is durable.
         self.settle_all().await?;
+        // Step errors in it are cut already (with a note of how much): room for the words
+        // around them, so that the note stays.
+        let error = error.map(|e| {
+            if e.len() <= super::model::MAX_ERROR_BYTES + 1024 {
+                super::model::stored_text(e)
+            } else {
+                super::model::error_text(e)
+            }
+        });
         let now = Utc::now();
         self.event(
             EventKind::ExecutionStatus,

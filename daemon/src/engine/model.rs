@@ -328,3 +328,59 @@ pub struct ExecutionFilter {
     pub created_after: Option<DateTime<Utc>>,
     pub created_before: Option<DateTime<Utc>>,
 }
+
+/// The most bytes of an error that are kept (in step attempts, executions, events and
+/// webhook payloads): a longer one is cut, and says by how much.
+pub const MAX_ERROR_BYTES: usize = 16 * 1024;
+
+/// Free text as it is stored: U+0000 is written `\u0000`. PostgreSQL cannot store NUL in
+/// text; SQLite could, and stores the same, so both stores show the same log line.
+pub fn stored_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\\u0000")
+    } else {
+        text
+    }
+}
+
+/// An error as it is stored: [`stored_text`], cut to [`MAX_ERROR_BYTES`] (at a character
+/// boundary) with a note of how much was cut.
+pub fn error_text(text: String) -> String {
+    let text = stored_text(text);
+    if text.len() <= MAX_ERROR_BYTES {
+        return text;
+    }
+    let mut cut = MAX_ERROR_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}… [error cut: {} of {} bytes kept]",
+        &text[..cut],
+        cut,
+        text.len()
+    )
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn nul_is_escaped_and_long_errors_are_cut_on_a_char_boundary() {
+        assert_eq!(stored_text("a\0b".to_owned()), "a\\u0000b");
+        assert_eq!(error_text("short".to_owned()), "short");
+        let long = "é".repeat(MAX_ERROR_BYTES);
+        let cut = error_text(long.clone());
+        assert!(cut.len() < MAX_ERROR_BYTES + 100, "{}", cut.len());
+        assert!(
+            cut.ends_with(&format!(
+                "[error cut: {} of {} bytes kept]",
+                MAX_ERROR_BYTES,
+                long.len()
+            )),
+            "{}",
+            &cut[cut.len() - 80..]
+        );
+    }
+}

@@ -9,7 +9,7 @@ use crate::auth::{self, Caller, Scope};
 use crate::engine::model::{Event, Execution, ExecutionFilter, StepAttempt};
 use crate::engine::{self, Engine, StartRequest};
 use crate::store::{self, Store};
-use crate::tenancy::model::{Page, PageRequest, TenantRef};
+use crate::tenancy::model::{Page, PageRequest, TenantRef, View};
 
 /// Errors of execution management.
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +173,7 @@ impl Executions {
         caller: &Caller,
         filter: &ExecutionFilter,
         page: &PageRequest,
+        view: View,
     ) -> Result<Page<Execution>> {
         let tenant = Self::tenant(caller, Scope::ExecutionsRead)?;
         if let Some(after) = &page.after
@@ -183,7 +184,10 @@ impl Executions {
                 message: "not a token returned by this server".to_owned(),
             });
         }
-        Ok(self.store.list_executions(tenant.id, filter, page).await?)
+        Ok(self
+            .store
+            .list_executions(tenant.id, filter, page, view)
+            .await?)
     }
 
     pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Execution> {
@@ -200,9 +204,23 @@ impl Executions {
         Ok(execution)
     }
 
-    pub async fn attempts(&self, caller: &Caller, id: &str) -> Result<Vec<StepAttempt>> {
+    pub async fn attempts(
+        &self,
+        caller: &Caller,
+        id: &str,
+        page: &PageRequest,
+        view: View,
+    ) -> Result<Page<StepAttempt>> {
         let tenant = Self::tenant(caller, Scope::ExecutionsRead)?;
-        Ok(self.store.list_attempts(tenant.id, parse_id(id)?).await?)
+        let id = parse_id(id)?;
+        match self.store.list_attempts(tenant.id, id, page, view).await {
+            // The cursor did not parse: not one this server gave.
+            Err(store::Error::NotFound(what)) if what == "page" => Err(Error::InvalidArgument {
+                field: "page_token".to_owned(),
+                message: "not a token returned by this server".to_owned(),
+            }),
+            other => Ok(other?),
+        }
     }
 
     /// Events after `after`, at most `limit`.

@@ -18,7 +18,7 @@ use crate::engine::model::{
 };
 use crate::secrets::crypto::Sealed;
 use crate::secrets::model::{AuditEvent, SecretMeta, StoredSecret};
-use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
+use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -356,10 +356,15 @@ pub trait ExecutionStore: Send + Sync {
         outcome: &DeliveryOutcome,
     ) -> Result<()>;
     /// Newest first; `tenant_id: None` lists every tenant's.
+    /// Deliveries newest first; a page ends at [`MAX_PAGE_BYTES`], and a BASIC one has
+    /// no payloads.
+    ///
+    /// [`MAX_PAGE_BYTES`]: crate::tenancy::model::MAX_PAGE_BYTES
     async fn list_deliveries(
         &self,
         tenant_id: Option<uuid::Uuid>,
         page: &PageRequest,
+        view: View,
     ) -> Result<Page<Delivery>>;
     /// Queued executions per tenant, across every daemon (tenants with none are absent).
     async fn count_queued(&self) -> Result<Vec<(uuid::Uuid, i64)>>;
@@ -410,17 +415,30 @@ pub trait ExecutionStore: Send + Sync {
     ) -> Result<Lease>;
     async fn get_execution(&self, tenant_id: uuid::Uuid, id: uuid::Uuid) -> Result<Execution>;
     /// Newest first.
+    /// Executions newest first; a page ends at [`MAX_PAGE_BYTES`] (their sizes are read
+    /// first, so no more are loaded than returned), and a BASIC one has no inputs, outputs
+    /// or trigger.
+    ///
+    /// [`MAX_PAGE_BYTES`]: crate::tenancy::model::MAX_PAGE_BYTES
     async fn list_executions(
         &self,
         tenant_id: uuid::Uuid,
         filter: &ExecutionFilter,
         page: &PageRequest,
+        view: View,
     ) -> Result<Page<Execution>>;
+    /// An execution's attempts in the order they started (those not started yet last), a
+    /// page at a time as [`Store::list_executions`]; a BASIC page has no outputs.
     async fn list_attempts(
         &self,
         tenant_id: uuid::Uuid,
         id: uuid::Uuid,
-    ) -> Result<Vec<StepAttempt>>;
+        page: &PageRequest,
+        view: View,
+    ) -> Result<Page<StepAttempt>>;
+    /// The last event number of each of `ids` that has events (any tenant's: for telling
+    /// this daemon's watch streams that a log grew, never answered to a caller).
+    async fn last_event_seqs(&self, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, i64)>>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn list_events(
         &self,

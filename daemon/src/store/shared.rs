@@ -677,6 +677,79 @@ pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, workflow, version, st
 pub(super) const ATTEMPT_COLUMNS: &str = "execution_id, step_name, attempt, generation, status, \
      output, error, wake_time, start_time, end_time";
 
+/// [`EXECUTION_COLUMNS`] without inputs, outputs and trigger (a BASIC listing).
+pub(super) const EXECUTION_BASIC_COLUMNS: &str = "id, tenant_id, workflow, version, status, \
+     '{}' AS inputs, CAST(NULL AS TEXT) AS outputs, error, '{}' AS trigger_info, create_time, \
+     start_time, end_time, deadline, generation, cancel_requested";
+
+/// [`ATTEMPT_COLUMNS`] without the output (a BASIC listing).
+pub(super) const ATTEMPT_BASIC_COLUMNS: &str = "execution_id, step_name, attempt, generation, status, \
+     CAST(NULL AS TEXT) AS output, error, wake_time, start_time, end_time";
+
+/// Where an attempt listing's page starts: after the attempt at this place in the order
+/// (not started yet, start time, step, attempt), written as a page cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct AttemptCursor {
+    pub(super) unstarted: bool,
+    pub(super) start: DateTime<Utc>,
+    pub(super) step: String,
+    pub(super) attempt: i32,
+}
+
+impl AttemptCursor {
+    /// Stands for "not started" in the order, which sorts those last anyway.
+    pub(super) fn epoch() -> DateTime<Utc> {
+        DateTime::<Utc>::UNIX_EPOCH
+    }
+
+    pub(super) fn of(a: &crate::engine::model::StepAttempt) -> AttemptCursor {
+        AttemptCursor {
+            unstarted: a.start_time.is_none(),
+            start: a.start_time.unwrap_or_else(Self::epoch),
+            step: a.step_name.clone(),
+            attempt: a.attempt,
+        }
+    }
+
+    pub(super) fn text(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            u8::from(self.unstarted),
+            self.start
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            self.attempt,
+            self.step
+        )
+    }
+
+    pub(super) fn parse(text: &str) -> Result<AttemptCursor, Error> {
+        let bad = || Error::NotFound("page".to_owned());
+        let mut parts = text.splitn(4, '|');
+        let mut next = || parts.next().ok_or_else(bad);
+        let unstarted = match next()? {
+            "0" => false,
+            "1" => true,
+            _ => return Err(bad()),
+        };
+        let start = DateTime::parse_from_rfc3339(next()?)
+            .map_err(|_| bad())?
+            .with_timezone(&Utc);
+        let attempt = next()?.parse().map_err(|_| bad())?;
+        let step = next()?.to_owned();
+        Ok(AttemptCursor {
+            unstarted,
+            start,
+            step,
+            attempt,
+        })
+    }
+}
+
+/// The order of an execution's attempts: as they started, those not started yet last. `$3`
+/// is [`AttemptCursor::epoch`].
+pub(super) const ATTEMPT_ORDER: &str =
+    "(start_time IS NULL), COALESCE(start_time, $3), step_name, attempt";
+
 #[derive(sqlx::FromRow)]
 pub(super) struct ExecutionRow {
     id: Uuid,
@@ -1136,18 +1209,31 @@ macro_rules! impl_execution_shared {
                 tenant_id: Uuid,
                 filter: &$crate::engine::model::ExecutionFilter,
                 page: &PageRequest,
+                view: $crate::tenancy::model::View,
             ) -> Result<Page<$crate::engine::model::Execution>> {
+                use $crate::tenancy::model::{View, fitting};
                 let before: Option<Uuid> = match page.after.as_deref() {
                     None => None,
                     Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
                 };
+                let matching = "tenant_id = $1 AND ($2 IS NULL OR workflow = $2) \
+                     AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR create_time >= $4) \
+                     AND ($5 IS NULL OR create_time < $5) AND ($6 IS NULL OR id < $6)";
+                // The sizes first, so that a page of large executions never loads more of
+                // them than it returns.
+                let (size, columns) = match view {
+                    View::Full => (
+                        "OCTET_LENGTH(inputs) + COALESCE(OCTET_LENGTH(outputs), 0) \
+                         + COALESCE(OCTET_LENGTH(error), 0) + OCTET_LENGTH(trigger_info)",
+                        EXECUTION_COLUMNS,
+                    ),
+                    View::Basic => ("COALESCE(OCTET_LENGTH(error), 0)", $crate::store::shared::EXECUTION_BASIC_COLUMNS),
+                };
                 let sql = format!(
-                    "SELECT {EXECUTION_COLUMNS} FROM executions WHERE tenant_id = $1 \
-                     AND ($2 IS NULL OR workflow = $2) AND ($3 IS NULL OR status = $3) \
-                     AND ($4 IS NULL OR create_time >= $4) AND ($5 IS NULL OR create_time < $5) \
-                     AND ($6 IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
+                    "SELECT id, CAST({size} AS BIGINT) FROM executions WHERE {matching} \
+                     ORDER BY id DESC LIMIT $7"
                 );
-                let rows = sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
+                let sizes: Vec<(Uuid, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(tenant_id)
                     .bind(filter.workflow.as_deref())
                     .bind(filter.status.map(|s| s.as_str()))
@@ -1158,32 +1244,132 @@ macro_rules! impl_execution_shared {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(map_err(|| "executions".to_owned()))?;
+                // The fixed fields of an execution, as an upper bound.
+                let take = fitting(
+                    sizes.iter().map(|(_, n)| n.max(&0).unsigned_abs() as usize + 512),
+                    page.limit as usize,
+                );
+                let Some((last, _)) = take.checked_sub(1).and_then(|i| sizes.get(i)) else {
+                    return Ok(Page { items: Vec::new(), next_cursor: None });
+                };
+                let sql = format!(
+                    "SELECT {columns} FROM executions WHERE {matching} AND id >= $8 \
+                     ORDER BY id DESC LIMIT $7"
+                );
+                let rows = sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(filter.workflow.as_deref())
+                    .bind(filter.status.map(|s| s.as_str()))
+                    .bind(filter.created_after)
+                    .bind(filter.created_before)
+                    .bind(before)
+                    .bind(take as i64)
+                    .bind(*last)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| "executions".to_owned()))?;
                 let items = rows
                     .into_iter()
                     .map(TryInto::try_into)
                     .collect::<Result<Vec<$crate::engine::model::Execution>>>()?;
-                Ok(into_page(items, page, |e: &$crate::engine::model::Execution| e.id.to_string()))
+                let next_cursor = if sizes.len() > take {
+                    items.last().map(|e| e.id.to_string())
+                } else {
+                    None
+                };
+                Ok(Page { items, next_cursor })
             }
 
             async fn list_attempts_shared(
                 &self,
                 tenant_id: Uuid,
                 id: Uuid,
-            ) -> Result<Vec<$crate::engine::model::StepAttempt>> {
+                page: &PageRequest,
+                view: $crate::tenancy::model::View,
+            ) -> Result<Page<$crate::engine::model::StepAttempt>> {
+                use $crate::tenancy::model::{View, fitting};
                 self.get_execution_shared(tenant_id, id).await?;
-                let sql = format!(
-                    "SELECT {ATTEMPT_COLUMNS} FROM step_attempts WHERE tenant_id = $1 \
-                     AND execution_id = $2 ORDER BY (start_time IS NULL), start_time, step_name, attempt"
+                let order = $crate::store::shared::ATTEMPT_ORDER;
+                let after = page
+                    .after
+                    .as_deref()
+                    .map($crate::store::shared::AttemptCursor::parse)
+                    .transpose()?;
+                // Without a cursor, $4 is false and $5..$8 stand unused.
+                let (has_after, cursor) = match after {
+                    Some(c) => (true, c),
+                    None => (false, $crate::store::shared::AttemptCursor {
+                        unstarted: false,
+                        start: $crate::store::shared::AttemptCursor::epoch(),
+                        step: String::new(),
+                        attempt: 0,
+                    }),
+                };
+                let matching = format!(
+                    "tenant_id = $1 AND execution_id = $2 \
+                     AND (NOT $4 OR ({order}) > ($5, $6, $7, $8))"
                 );
-                sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
+                let (size, columns) = match view {
+                    View::Full => (
+                        "COALESCE(OCTET_LENGTH(output), 0) + COALESCE(OCTET_LENGTH(error), 0)",
+                        ATTEMPT_COLUMNS,
+                    ),
+                    View::Basic => ("COALESCE(OCTET_LENGTH(error), 0)", $crate::store::shared::ATTEMPT_BASIC_COLUMNS),
+                };
+                // The sizes first, so that a page of large outputs never loads more of them
+                // than it returns.
+                let sql = format!(
+                    "SELECT start_time, step_name, attempt, CAST({size} AS BIGINT) FROM step_attempts \
+                     WHERE {matching} ORDER BY {order} LIMIT $9"
+                );
+                let sizes = sqlx::query_as::<_, (Option<DateTime<Utc>>, String, i32, i64)>(
+                    sqlx::AssertSqlSafe(sql),
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind($crate::store::shared::AttemptCursor::epoch())
+                .bind(has_after)
+                .bind(cursor.unstarted)
+                .bind(cursor.start)
+                .bind(&cursor.step)
+                .bind(cursor.attempt)
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err(|| format!("execution {id}")))?;
+                let take = fitting(
+                    sizes.iter().map(|s| s.3.max(0).unsigned_abs() as usize + 256),
+                    page.limit as usize,
+                );
+                if take == 0 {
+                    return Ok(Page { items: Vec::new(), next_cursor: None });
+                }
+                let sql = format!(
+                    "SELECT {columns} FROM step_attempts WHERE {matching} \
+                     ORDER BY {order} LIMIT $9"
+                );
+                let items = sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
                     .bind(tenant_id)
                     .bind(id)
+                    .bind($crate::store::shared::AttemptCursor::epoch())
+                    .bind(has_after)
+                    .bind(cursor.unstarted)
+                    .bind(cursor.start)
+                    .bind(&cursor.step)
+                    .bind(cursor.attempt)
+                    .bind(take as i64)
                     .fetch_all(&self.pool)
                     .await
                     .map_err(map_err(|| format!("execution {id}")))?
                     .into_iter()
                     .map(TryInto::try_into)
-                    .collect()
+                    .collect::<Result<Vec<$crate::engine::model::StepAttempt>>>()?;
+                let next_cursor = if sizes.len() > take {
+                    items.last().map(|a| $crate::store::shared::AttemptCursor::of(a).text())
+                } else {
+                    None
+                };
+                Ok(Page { items, next_cursor })
             }
 
             async fn list_events_shared(
@@ -1568,8 +1754,12 @@ macro_rules! impl_delivery_shared {
                 let now = Utc::now();
                 let (status, next, error, code, delivered) = match outcome {
                     O::Delivered { status } => ("delivered", now, None, Some(*status), Some(now)),
-                    O::Retry { at, error, status } => ("pending", *at, Some(error.as_str()), *status, None),
-                    O::Failed { error, status } => ("failed", now, Some(error.as_str()), *status, None),
+                    O::Retry { at, error, status } => {
+                        ("pending", *at, Some(error.as_str()), *status, None)
+                    }
+                    O::Failed { error, status } => {
+                        ("failed", now, Some(error.as_str()), *status, None)
+                    }
                 };
                 sqlx::query(
                     "UPDATE webhook_deliveries SET status = $2, attempts = $3, next_attempt = $4, \
@@ -1592,24 +1782,68 @@ macro_rules! impl_delivery_shared {
                 &self,
                 tenant_id: Option<Uuid>,
                 page: &PageRequest,
+                view: $crate::tenancy::model::View,
             ) -> Result<Page<$crate::engine::model::Delivery>> {
+                use $crate::tenancy::model::{View, fitting};
                 let before: Option<Uuid> = match page.after.as_deref() {
                     None => None,
                     Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
                 };
+                let matching = "($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR id < $2)";
+                let (size, columns) = match view {
+                    View::Full => (
+                        "OCTET_LENGTH(payload) + OCTET_LENGTH(url) \
+                         + COALESCE(OCTET_LENGTH(last_error), 0)",
+                        DELIVERY_COLUMNS.to_owned(),
+                    ),
+                    View::Basic => (
+                        "OCTET_LENGTH(url) + COALESCE(OCTET_LENGTH(last_error), 0)",
+                        DELIVERY_COLUMNS.replace("payload", "'' AS payload"),
+                    ),
+                };
                 let sql = format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE ($1 IS NULL OR tenant_id = $1) \
-                     AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+                    "SELECT id, CAST({size} AS BIGINT) FROM webhook_deliveries WHERE {matching} \
+                     ORDER BY id DESC LIMIT $3"
                 );
-                let rows = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
+                let sizes: Vec<(Uuid, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(tenant_id)
                     .bind(before)
                     .bind(i64::from(page.limit) + 1)
                     .fetch_all(&self.pool)
                     .await
                     .map_err(map_err(|| "webhook deliveries".to_owned()))?;
-                let items = rows.into_iter().map(Into::into).collect();
-                Ok(into_page(items, page, |d: &$crate::engine::model::Delivery| d.id.to_string()))
+                let take = fitting(
+                    sizes
+                        .iter()
+                        .map(|(_, n)| n.max(&0).unsigned_abs() as usize + 256),
+                    page.limit as usize,
+                );
+                let Some((last, _)) = take.checked_sub(1).and_then(|i| sizes.get(i)) else {
+                    return Ok(Page {
+                        items: Vec::new(),
+                        next_cursor: None,
+                    });
+                };
+                let sql = format!(
+                    "SELECT {columns} FROM webhook_deliveries WHERE {matching} AND id >= $4 \
+                     ORDER BY id DESC LIMIT $3"
+                );
+                let rows = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(before)
+                    .bind(take as i64)
+                    .bind(*last)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| "webhook deliveries".to_owned()))?;
+                let items: Vec<$crate::engine::model::Delivery> =
+                    rows.into_iter().map(Into::into).collect();
+                let next_cursor = if sizes.len() > take {
+                    items.last().map(|d| d.id.to_string())
+                } else {
+                    None
+                };
+                Ok(Page { items, next_cursor })
             }
         }
     };

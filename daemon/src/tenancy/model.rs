@@ -121,3 +121,45 @@ pub struct PageRequest {
     pub limit: u32,
     pub after: Option<String>,
 }
+
+/// How much of each item a listing returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    /// Without the item's large parts (inputs, outputs, payloads).
+    #[default]
+    Basic,
+    /// Each item whole.
+    Full,
+}
+
+/// A page of a listing ends once its items reach this many bytes (it holds at least one),
+/// so that an answer fits a gRPC client's default limit of 4 MiB.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+
+/// How many of the items whose sizes are `sizes` (in order) a page of at most `limit`
+/// items takes: at least one, then as many as stay within [`MAX_PAGE_BYTES`].
+pub fn fitting(sizes: impl IntoIterator<Item = usize>, limit: usize) -> usize {
+    let mut total = 0usize;
+    let mut taken = 0;
+    for size in sizes.into_iter().take(limit) {
+        if taken > 0 && total.saturating_add(size) > MAX_PAGE_BYTES {
+            break;
+        }
+        total = total.saturating_add(size);
+        taken += 1;
+    }
+    taken
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    #[test]
+    fn a_page_stops_at_its_byte_budget_but_holds_one_item() {
+        assert_eq!(fitting([10, 10, 10], 2), 2);
+        assert_eq!(fitting([MAX_PAGE_BYTES + 1, 10], 50), 1);
+        assert_eq!(fitting([MAX_PAGE_BYTES / 2, MAX_PAGE_BYTES / 2, 1], 50), 2);
+        assert_eq!(fitting(Vec::new(), 50), 0);
+    }
+}

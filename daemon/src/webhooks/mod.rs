@@ -97,6 +97,7 @@ impl Webhooks {
         let outcome = match self.send(&d).await {
             Ok(status) => DeliveryOutcome::Delivered { status },
             Err((error, status)) => {
+                let error = crate::engine::model::error_text(error);
                 let at =
                     Utc::now() + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
                 if at > d.expire_time {
@@ -178,10 +179,11 @@ pub async fn list(
     caller: &crate::auth::Caller,
     tenant: &str,
     page: &crate::tenancy::model::PageRequest,
+    view: crate::tenancy::model::View,
 ) -> Result<crate::tenancy::model::Page<Listed>, crate::tenancy::Error> {
     let tenant_id = audit::visible_tenant(store, caller, tenant).await?;
     audit::check_uuid_cursor(page)?;
-    let deliveries = store.list_deliveries(tenant_id, page).await?;
+    let deliveries = store.list_deliveries(tenant_id, page, view).await?;
     Ok(crate::tenancy::model::Page {
         items: audit::with_tenant_names(store, deliveries.items, |d| Some(d.tenant_id)).await,
         next_cursor: deliveries.next_cursor,

@@ -14,7 +14,7 @@ import grpc
 
 from mantle import _config
 from mantle.types import execution_status_value, to_timestamp
-from mantle.v1 import definition_pb2, execution_pb2, secret_pb2, tenant_pb2
+from mantle.v1 import common_pb2, definition_pb2, execution_pb2, secret_pb2, tenant_pb2
 
 _SourceRequest = TypeVar(
     "_SourceRequest",
@@ -122,6 +122,21 @@ def read_source_file(path: str | os.PathLike[str]) -> tuple[str, str]:
         return f.read(), filename
 
 
+_VIEWS: dict[str, common_pb2.View.ValueType] = {
+    "basic": common_pb2.VIEW_BASIC,
+    "full": common_pb2.VIEW_FULL,
+}
+
+
+def view_value(view: str, name: str = "view") -> common_pb2.View.ValueType:
+    """The ``View`` enum value of ``"basic"`` or ``"full"`` (case does not matter). Anything
+    else raises ValueError naming the argument ``name``."""
+    value = _VIEWS.get(view.lower()) if isinstance(view, str) else None
+    if value is None:
+        raise ValueError(f"{name}: must be 'basic' or 'full', got {view!r}")
+    return value
+
+
 def check_version(version: int) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version: must be a non-negative integer (0: latest), got {version!r}")
@@ -187,6 +202,7 @@ def list_executions_request(
     created_before: datetime | None,
     page_size: int,
     page_token: str,
+    view: str = "basic",
 ) -> execution_pb2.ListExecutionsRequest:
     req = execution_pb2.ListExecutionsRequest(
         workflow=workflow or "",
@@ -195,12 +211,29 @@ def list_executions_request(
         ),
         page_size=check_page_size(page_size),
         page_token=page_token,
+        view=view_value(view),
     )
     if created_after is not None:
         req.created_after.CopyFrom(to_timestamp(created_after))
     if created_before is not None:
         req.created_before.CopyFrom(to_timestamp(created_before))
     return req
+
+
+STEP_ATTEMPTS_PAGE_SIZE = 1000
+"""Attempts per ListStepAttempts request: the server's maximum. A page may still end early
+(the server caps a page at 3 MiB), so ``list_step_attempts`` follows ``next_page_token``."""
+
+
+def list_step_attempts_request(
+    id: str, page_token: str, view: str = "full"
+) -> execution_pb2.ListStepAttemptsRequest:
+    return execution_pb2.ListStepAttemptsRequest(
+        id=id,
+        page_size=STEP_ATTEMPTS_PAGE_SIZE,
+        page_token=page_token,
+        view=view_value(view),
+    )
 
 
 def watch_request(id: str, after_seq: int) -> execution_pb2.WatchExecutionRequest:

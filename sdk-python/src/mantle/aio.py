@@ -410,9 +410,12 @@ class Client:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 0,
+        view: str = "basic",
     ) -> list[Execution]:
         """Returns the tenant's executions, newest first, fetching every page; filters as
-        in :meth:`mantle.Client.list_executions`."""
+        in :meth:`mantle.Client.list_executions`. ``view="basic"`` (the default) leaves
+        out inputs, outputs and trigger (those attributes are None); ``view="full"``
+        returns them. Any other ``view`` raises ValueError."""
         return [
             e
             async for e in self.iter_executions(
@@ -421,6 +424,7 @@ class Client:
                 created_after=created_after,
                 created_before=created_before,
                 page_size=page_size,
+                view=view,
             )
         ]
 
@@ -432,12 +436,14 @@ class Client:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 0,
+        view: str = "basic",
     ) -> AsyncIterator[Execution]:
-        """Like :meth:`list_executions`, but yields executions as pages arrive."""
+        """Like :meth:`list_executions`, but yields executions as pages arrive (the
+        arguments, such as ``view``, are checked when iteration starts)."""
         token = ""
         while True:
             req = _common.list_executions_request(
-                workflow, status, created_after, created_before, page_size, token
+                workflow, status, created_after, created_before, page_size, token, view
             )
             resp = await self._call(self._executions.ListExecutions, req, read=True)
             for e in resp.executions:
@@ -459,11 +465,19 @@ class Client:
         resp = await self._call(self._executions.RetryExecution, req, read=False)
         return Execution.from_proto(resp)
 
-    async def list_step_attempts(self, id: str) -> list[StepAttempt]:
-        """Returns every attempt of every step of an execution, in the order they started."""
-        req = execution_pb2.ListStepAttemptsRequest(id=id)
-        resp = await self._call(self._executions.ListStepAttempts, req, read=True)
-        return [StepAttempt.from_proto(a) for a in resp.attempts]
+    async def list_step_attempts(self, id: str, *, view: str = "full") -> list[StepAttempt]:
+        """Returns every attempt of every step of an execution, in the order they started,
+        fetching every page; ``view="basic"`` leaves out the outputs (``output`` is
+        None). See :meth:`mantle.Client.list_step_attempts`."""
+        attempts: list[StepAttempt] = []
+        token = ""
+        while True:
+            req = _common.list_step_attempts_request(id, token, view)
+            resp = await self._call(self._executions.ListStepAttempts, req, read=True)
+            attempts.extend(StepAttempt.from_proto(a) for a in resp.attempts)
+            token = resp.next_page_token
+            if not token:
+                return attempts
 
     async def watch(self, id: str, after_seq: int = 0) -> AsyncIterator[ExecutionEvent]:
         """Yields an execution's events in sequence order (after ``after_seq``) as they

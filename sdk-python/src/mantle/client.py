@@ -478,6 +478,7 @@ class Client:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 0,
+        view: str = "basic",
     ) -> list[Execution]:
         """Returns the tenant's executions, newest first, fetching every page. Needs
         ``executions:read``.
@@ -488,7 +489,17 @@ class Client:
             created_after: Only executions started at or after this (aware) time.
             created_before: Only executions started before this (aware) time.
             page_size: Executions per request; 0 uses the server default (50), at most
-                1000.
+                1000. A page may hold fewer (the server ends a page at 3 MiB); every page
+                is fetched either way.
+            view: ``"basic"`` (the default) or ``"full"``, case-insensitive. With
+                ``"basic"`` the server leaves out each execution's inputs, outputs and
+                trigger, so :attr:`Execution.inputs`, :attr:`Execution.outputs` and
+                :attr:`Execution.trigger` are None; ``"full"`` returns them (as does
+                :meth:`get_execution` for one execution).
+
+        Raises:
+            ValueError: ``view`` is neither ``"basic"`` nor ``"full"``, or another
+                argument is invalid; the message names it.
         """
         return list(
             self.iter_executions(
@@ -497,6 +508,7 @@ class Client:
                 created_after=created_after,
                 created_before=created_before,
                 page_size=page_size,
+                view=view,
             )
         )
 
@@ -508,12 +520,14 @@ class Client:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 0,
+        view: str = "basic",
     ) -> Iterator[Execution]:
-        """Like :meth:`list_executions`, but yields executions as pages arrive."""
+        """Like :meth:`list_executions`, but yields executions as pages arrive (the
+        arguments, such as ``view``, are checked when iteration starts)."""
         token = ""
         while True:
             req = _common.list_executions_request(
-                workflow, status, created_after, created_before, page_size, token
+                workflow, status, created_after, created_before, page_size, token, view
             )
             resp = self._call(self._executions.ListExecutions, req, read=True)
             for e in resp.executions:
@@ -535,12 +549,29 @@ class Client:
         req = execution_pb2.RetryExecutionRequest(id=id)
         return Execution.from_proto(self._call(self._executions.RetryExecution, req, read=False))
 
-    def list_step_attempts(self, id: str) -> list[StepAttempt]:
+    def list_step_attempts(self, id: str, *, view: str = "full") -> list[StepAttempt]:
         """Returns every attempt of every step of an execution, in the order they
-        started. Needs ``executions:read``."""
-        req = execution_pb2.ListStepAttemptsRequest(id=id)
-        resp = self._call(self._executions.ListStepAttempts, req, read=True)
-        return [StepAttempt.from_proto(a) for a in resp.attempts]
+        started (attempts not started yet last), fetching every page (1000 attempts per
+        request at most). Needs ``executions:read``.
+
+        Args:
+            view: ``"full"`` (the default) or ``"basic"``, case-insensitive. With
+                ``"basic"`` the server leaves out each attempt's output, so
+                :attr:`StepAttempt.output` is None.
+
+        Raises:
+            ValueError: ``view`` is neither ``"basic"`` nor ``"full"``.
+            errors.NotFound: no such execution.
+        """
+        attempts: list[StepAttempt] = []
+        token = ""
+        while True:
+            req = _common.list_step_attempts_request(id, token, view)
+            resp = self._call(self._executions.ListStepAttempts, req, read=True)
+            attempts.extend(StepAttempt.from_proto(a) for a in resp.attempts)
+            token = resp.next_page_token
+            if not token:
+                return attempts
 
     def watch(self, id: str, after_seq: int = 0) -> Iterator[ExecutionEvent]:
         """Yields an execution's events in sequence order, from the beginning or after

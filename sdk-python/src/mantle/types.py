@@ -515,10 +515,12 @@ class Execution:
     status: ExecutionStatus
     """``pending``, ``queued``, ``running``, ``completed``, ``failed``, ``cancelled`` or
     ``timed_out``."""
-    inputs: dict[str, Any]
-    """The inputs after defaults were applied."""
+    inputs: dict[str, Any] | None
+    """The inputs after defaults were applied; None when the server left them out (a
+    ``list_executions``/``iter_executions`` result with ``view="basic"``, the default)."""
     outputs: dict[str, Any] | None
-    """The workflow's outputs once completed; None before."""
+    """The workflow's outputs once completed; None before, and None when the server left
+    them out (``view="basic"`` listings)."""
     error: str
     """Why it failed, was cancelled or timed out; empty otherwise."""
     create_time: datetime | None
@@ -527,8 +529,9 @@ class Execution:
     """When its first step started."""
     end_time: datetime | None
     """When it finished."""
-    trigger: dict[str, Any]
-    """What started it, such as ``{"type": "api"}``."""
+    trigger: dict[str, Any] | None
+    """What started it, such as ``{"type": "api"}``; None when the server left it out
+    (``view="basic"`` listings)."""
 
     @property
     def finished(self) -> bool:
@@ -546,6 +549,9 @@ class Execution:
 
     @classmethod
     def from_proto(cls, msg: execution_pb2.Execution) -> Execution:
+        """Converts the protobuf message. ``inputs``, ``outputs`` and ``trigger`` are None
+        when their JSON field is empty (as in a BASIC listing, which leaves them out) or
+        not a JSON object; they are never invented as ``{}``."""
         inputs = _json(msg.inputs_json)
         outputs = _json(msg.outputs_json)
         trigger = _json(msg.trigger_json)
@@ -554,13 +560,13 @@ class Execution:
             workflow=msg.workflow,
             version=msg.version,
             status=execution_status_name(msg.status),
-            inputs=inputs if isinstance(inputs, dict) else {},
+            inputs=inputs if isinstance(inputs, dict) else None,
             outputs=outputs if isinstance(outputs, dict) else None,
             error=msg.error,
             create_time=_time(msg, "create_time"),
             start_time=_time(msg, "start_time"),
             end_time=_time(msg, "end_time"),
-            trigger=trigger if isinstance(trigger, dict) else {},
+            trigger=trigger if isinstance(trigger, dict) else None,
         )
 
 
@@ -575,7 +581,8 @@ class StepAttempt:
     """``pending`` (a retry waiting for ``wake_time``), ``running``, ``completed``,
     ``failed``, ``skipped`` or ``cancelled``."""
     output: Any
-    """The checkpointed output (parsed JSON) once completed; None before."""
+    """The checkpointed output (parsed JSON) once completed; None before, and None when
+    the server left it out (``list_step_attempts(..., view="basic")``)."""
     error: str
     """Why it failed or was cancelled; empty otherwise."""
     start_time: datetime | None

@@ -20,7 +20,7 @@ use crate::engine::model::{
     Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
     Order, StepAttempt, Transition,
 };
-use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
+use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
 
 mod writer;
 
@@ -165,8 +165,9 @@ impl ExecutionStore for PgStore {
         &self,
         tenant_id: Option<Uuid>,
         page: &PageRequest,
+        view: View,
     ) -> Result<Page<Delivery>> {
-        self.list_deliveries_shared(tenant_id, page).await
+        self.list_deliveries_shared(tenant_id, page, view).await
     }
 
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
@@ -279,12 +280,31 @@ impl ExecutionStore for PgStore {
         tenant_id: Uuid,
         filter: &ExecutionFilter,
         page: &PageRequest,
+        view: View,
     ) -> Result<Page<Execution>> {
-        self.list_executions_shared(tenant_id, filter, page).await
+        self.list_executions_shared(tenant_id, filter, page, view)
+            .await
     }
 
-    async fn list_attempts(&self, tenant_id: Uuid, id: Uuid) -> Result<Vec<StepAttempt>> {
-        self.list_attempts_shared(tenant_id, id).await
+    async fn list_attempts(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        page: &PageRequest,
+        view: View,
+    ) -> Result<Page<StepAttempt>> {
+        self.list_attempts_shared(tenant_id, id, page, view).await
+    }
+
+    async fn last_event_seqs(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>> {
+        sqlx::query_as(
+            "SELECT execution_id, MAX(seq) FROM execution_events \
+             WHERE execution_id = ANY($1) GROUP BY execution_id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err(|| "execution events".to_owned()))
     }
 
     async fn list_events(

@@ -22,7 +22,7 @@ use crate::engine::model::{
     Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
     Order, StepAttempt, Transition,
 };
-use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate};
+use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
 
 mod writer;
 
@@ -173,8 +173,9 @@ impl ExecutionStore for SqliteStore {
         &self,
         tenant_id: Option<Uuid>,
         page: &PageRequest,
+        view: View,
     ) -> Result<Page<Delivery>> {
-        self.list_deliveries_shared(tenant_id, page).await
+        self.list_deliveries_shared(tenant_id, page, view).await
     }
 
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
@@ -296,12 +297,46 @@ impl ExecutionStore for SqliteStore {
         tenant_id: Uuid,
         filter: &ExecutionFilter,
         page: &PageRequest,
+        view: View,
     ) -> Result<Page<Execution>> {
-        self.list_executions_shared(tenant_id, filter, page).await
+        self.list_executions_shared(tenant_id, filter, page, view)
+            .await
     }
 
-    async fn list_attempts(&self, tenant_id: Uuid, id: Uuid) -> Result<Vec<StepAttempt>> {
-        self.list_attempts_shared(tenant_id, id).await
+    async fn list_attempts(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        page: &PageRequest,
+        view: View,
+    ) -> Result<Page<StepAttempt>> {
+        self.list_attempts_shared(tenant_id, id, page, view).await
+    }
+
+    async fn last_event_seqs(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>> {
+        let mut found = Vec::with_capacity(ids.len());
+        // In bounded chunks: SQLite takes a limited number of parameters.
+        for chunk in ids.chunks(500) {
+            let params = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT execution_id, MAX(seq) FROM execution_events \
+                 WHERE execution_id IN ({params}) GROUP BY execution_id"
+            );
+            let mut query = sqlx::query_as::<_, (Uuid, i64)>(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            found.extend(
+                query
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| "execution events".to_owned()))?,
+            );
+        }
+        Ok(found)
     }
 
     async fn list_events(

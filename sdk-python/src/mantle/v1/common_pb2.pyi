@@ -14,6 +14,13 @@ Operator keys may act on a tenant's resources by sending the metadata
 Pagination: List RPCs take `page_size` (0 means the server default of 50, at most 1000)
 and `page_token` (empty for the first page; otherwise the `next_page_token` of the
 previous response, unchanged). An empty `next_page_token` means there are no more pages.
+A page may hold fewer items than `page_size` even when more follow: it ends once its
+items reach 3 MiB (it holds at least one), so that every answer fits a gRPC client's
+default limit of 4 MiB.
+
+Views: the List RPCs of items with large parts (executions, step attempts, webhook
+deliveries) take a `view`: BASIC (the default) leaves those parts out, FULL returns each
+item whole.
 
 Errors carry a message naming the offending request field.
 """
@@ -22,6 +29,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -32,6 +40,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _View:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_View.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VIEW_UNSPECIFIED: _View.ValueType  # 0
+    """The default: BASIC."""
+    VIEW_BASIC: _View.ValueType  # 1
+    """Each item without its large parts (which each List RPC names): what a listing shows."""
+    VIEW_FULL: _View.ValueType  # 2
+    """Each item whole."""
+
+class View(_View, metaclass=_ViewEnumTypeWrapper):
+    """How much of each item a List RPC returns."""
+
+VIEW_UNSPECIFIED: View.ValueType  # 0
+"""The default: BASIC."""
+VIEW_BASIC: View.ValueType  # 1
+"""Each item without its large parts (which each List RPC names): what a listing shows."""
+VIEW_FULL: View.ValueType  # 2
+"""Each item whole."""
+Global___View: _TypeAlias = View  # noqa: Y015
 
 @_typing.final
 class Caller(_message.Message):

@@ -14,6 +14,13 @@ Operator keys may act on a tenant's resources by sending the metadata
 Pagination: List RPCs take `page_size` (0 means the server default of 50, at most 1000)
 and `page_token` (empty for the first page; otherwise the `next_page_token` of the
 previous response, unchanged). An empty `next_page_token` means there are no more pages.
+A page may hold fewer items than `page_size` even when more follow: it ends once its
+items reach 3 MiB (it holds at least one), so that every answer fits a gRPC client's
+default limit of 4 MiB.
+
+Views: the List RPCs of items with large parts (executions, step attempts, webhook
+deliveries) take a `view`: BASIC (the default) leaves those parts out, FULL returns each
+item whole.
 
 Errors carry a message naming the offending request field.
 """

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mantle.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -134,13 +135,19 @@ class Execution(_message.Message):
     status: Global___ExecutionStatus.ValueType
     """Its state."""
     inputs_json: _builtins.str
-    """The inputs after defaults were applied, as a JSON object."""
+    """The inputs after defaults were applied, as a JSON object (empty in a BASIC listing).
+    At most `MANTLE_MAX_INPUT_BYTES` (3.5 MiB by default).
+    """
     outputs_json: _builtins.str
-    """The workflow's outputs as a JSON object, once COMPLETED."""
+    """The workflow's outputs as a JSON object, once COMPLETED (empty in a BASIC listing).
+    With the inputs, at most 3.75 MiB: an execution whose outputs would not fit fails.
+    """
     error: _builtins.str
-    """Why it failed, was cancelled or timed out."""
+    """Why it failed, was cancelled or timed out; at most 16 KiB (a longer error is cut, and
+    says how much was cut).
+    """
     trigger_json: _builtins.str
-    """What started it, as a JSON object such as {"type":"api"}."""
+    """What started it, as a JSON object such as {"type":"api"} (empty in a BASIC listing)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was started."""
@@ -251,6 +258,7 @@ class ListExecutionsRequest(_message.Message):
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     """Only executions of this workflow. Optional."""
     status: Global___ExecutionStatus.ValueType
@@ -259,6 +267,8 @@ class ListExecutionsRequest(_message.Message):
     """Maximum number of executions to return; 0 means 50, at most 1000."""
     page_token: _builtins.str
     """`next_page_token` of the previous page, or empty for the first page."""
+    view: _common_pb2.View.ValueType
+    """BASIC (the default) leaves `inputs_json`, `outputs_json` and `trigger_json` empty."""
     @_builtins.property
     def created_after(self) -> _timestamp_pb2.Timestamp:
         """Only executions started at or after this time. Optional."""
@@ -276,10 +286,11 @@ class ListExecutionsRequest(_message.Message):
         created_before: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: _common_pb2.View.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "view", b"view", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -364,16 +375,28 @@ class ListStepAttemptsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The execution's id. Required."""
+    page_size: _builtins.int
+    """Maximum number of attempts to return; 0 means 50, at most 1000."""
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, or empty for the first page."""
+    view: _common_pb2.View.ValueType
+    """BASIC (the default) leaves `output_json` empty."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        view: _common_pb2.View.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page_size", b"page_size", "page_token", b"page_token", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -400,9 +423,11 @@ class StepAttempt(_message.Message):
     status: Global___StepStatus.ValueType
     """Its state."""
     output_json: _builtins.str
-    """The checkpointed output as JSON, once COMPLETED."""
+    """The checkpointed output as JSON, once COMPLETED (empty in a BASIC listing)."""
     error: _builtins.str
-    """Why it failed or was cancelled."""
+    """Why it failed or was cancelled; at most 16 KiB (a longer error is cut, and says how
+    much was cut).
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When it started."""
@@ -442,18 +467,22 @@ class ListStepAttemptsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepAttempt]:
-        """Every attempt, in the order they started."""
+        """The attempts of this page, in the order they started (those not started yet last)."""
 
     def __init__(
         self,
         *,
         attempts: _abc.Iterable[Global___StepAttempt] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

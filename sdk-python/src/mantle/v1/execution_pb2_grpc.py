@@ -95,14 +95,15 @@ class ExecutionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetExecution(self, request, context):
-        """Returns one execution.
+        """Returns one execution, whole.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListExecutions(self, request, context):
-        """Lists executions, newest first.
+        """Lists executions, newest first; without their inputs, outputs and trigger unless
+        `view` is FULL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,7 +128,8 @@ class ExecutionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListStepAttempts(self, request, context):
-        """Lists every attempt of every step of an execution.
+        """Lists the attempts of an execution's steps, in the order they started, a page at a
+        time; without their outputs unless `view` is FULL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,9 +44,11 @@ class ExecutionServiceStub:
     the stored execution; it runs in the background.
     """
     GetExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.GetExecutionRequest, _execution_pb2.Execution]
-    """Returns one execution."""
+    """Returns one execution, whole."""
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_execution_pb2.ListExecutionsRequest, _execution_pb2.ListExecutionsResponse]
-    """Lists executions, newest first."""
+    """Lists executions, newest first; without their inputs, outputs and trigger unless
+    `view` is FULL.
+    """
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionRequest, _execution_pb2.Execution]
     """Cancels an execution: running steps are stopped (an HTTP request in flight is aborted)
     and the execution ends as CANCELLED, normally within a second; the answer is the
@@ -58,7 +60,9 @@ class ExecutionServiceStub:
     checkpointed outputs, failed and cancelled steps run again.
     """
     ListStepAttempts: _grpc.UnaryUnaryMultiCallable[_execution_pb2.ListStepAttemptsRequest, _execution_pb2.ListStepAttemptsResponse]
-    """Lists every attempt of every step of an execution."""
+    """Lists the attempts of an execution's steps, in the order they started, a page at a
+    time; without their outputs unless `view` is FULL.
+    """
     WatchExecution: _grpc.UnaryStreamMultiCallable[_execution_pb2.WatchExecutionRequest, _execution_pb2.ExecutionEvent]
     """Streams an execution's events, from the beginning or after a cursor, and ends once the
     execution has finished and every event was sent (a retried execution's stream goes on
@@ -81,9 +85,11 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     the stored execution; it runs in the background.
     """
     GetExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.GetExecutionRequest, _execution_pb2.Execution]  # type: ignore[assignment]
-    """Returns one execution."""
+    """Returns one execution, whole."""
     ListExecutions: _aio.UnaryUnaryMultiCallable[_execution_pb2.ListExecutionsRequest, _execution_pb2.ListExecutionsResponse]  # type: ignore[assignment]
-    """Lists executions, newest first."""
+    """Lists executions, newest first; without their inputs, outputs and trigger unless
+    `view` is FULL.
+    """
     CancelExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionRequest, _execution_pb2.Execution]  # type: ignore[assignment]
     """Cancels an execution: running steps are stopped (an HTTP request in flight is aborted)
     and the execution ends as CANCELLED, normally within a second; the answer is the
@@ -95,7 +101,9 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     checkpointed outputs, failed and cancelled steps run again.
     """
     ListStepAttempts: _aio.UnaryUnaryMultiCallable[_execution_pb2.ListStepAttemptsRequest, _execution_pb2.ListStepAttemptsResponse]  # type: ignore[assignment]
-    """Lists every attempt of every step of an execution."""
+    """Lists the attempts of an execution's steps, in the order they started, a page at a
+    time; without their outputs unless `view` is FULL.
+    """
     WatchExecution: _aio.UnaryStreamMultiCallable[_execution_pb2.WatchExecutionRequest, _execution_pb2.ExecutionEvent]  # type: ignore[assignment]
     """Streams an execution's events, from the beginning or after a cursor, and ends once the
     execution has finished and every event was sent (a retried execution's stream goes on
@@ -127,7 +135,7 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _execution_pb2.GetExecutionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_execution_pb2.Execution, _abc.Awaitable[_execution_pb2.Execution]]:
-        """Returns one execution."""
+        """Returns one execution, whole."""
 
     @_abc_1.abstractmethod
     def ListExecutions(
@@ -135,7 +143,9 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _execution_pb2.ListExecutionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_execution_pb2.ListExecutionsResponse, _abc.Awaitable[_execution_pb2.ListExecutionsResponse]]:
-        """Lists executions, newest first."""
+        """Lists executions, newest first; without their inputs, outputs and trigger unless
+        `view` is FULL.
+        """
 
     @_abc_1.abstractmethod
     def CancelExecution(
@@ -165,7 +175,9 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _execution_pb2.ListStepAttemptsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_execution_pb2.ListStepAttemptsResponse, _abc.Awaitable[_execution_pb2.ListStepAttemptsResponse]]:
-        """Lists every attempt of every step of an execution."""
+        """Lists the attempts of an execution's steps, in the order they started, a page at a
+        time; without their outputs unless `view` is FULL.
+        """
 
     @_abc_1.abstractmethod
     def WatchExecution(

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from mantle.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -54,7 +55,7 @@ class WebhookDelivery(_message.Message):
     last_http_status: _builtins.int
     """The HTTP status of the last answer; 0 when there was none."""
     payload: _builtins.str
-    """The JSON body, exactly as sent."""
+    """The JSON body, exactly as sent (empty in a BASIC listing)."""
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
         """When the next attempt is due, while pending."""
@@ -100,22 +101,26 @@ class ListWebhookDeliveriesRequest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Operators only: the tenant whose deliveries to list; empty lists all."""
     page_size: _builtins.int
     """Maximum number of deliveries to return; 0 means 50, at most 1000."""
     page_token: _builtins.str
     """`next_page_token` of the previous page, or empty for the first page."""
+    view: _common_pb2.View.ValueType
+    """BASIC (the default) leaves `payload` empty."""
     def __init__(
         self,
         *,
         tenant: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: _common_pb2.View.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant", b"tenant", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

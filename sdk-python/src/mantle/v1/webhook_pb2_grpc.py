@@ -65,7 +65,7 @@ class WebhookServiceServicer:
     """
 
     def ListWebhookDeliveries(self, request, context):
-        """Lists webhook deliveries, newest first.
+        """Lists webhook deliveries, newest first; without their payloads unless `view` is FULL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

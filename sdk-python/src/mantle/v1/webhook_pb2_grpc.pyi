@@ -44,7 +44,7 @@ class WebhookServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WebhookServiceAsyncStub: ...
     ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_webhook_pb2.ListWebhookDeliveriesRequest, _webhook_pb2.ListWebhookDeliveriesResponse]
-    """Lists webhook deliveries, newest first."""
+    """Lists webhook deliveries, newest first; without their payloads unless `view` is FULL."""
 
 @_typing.type_check_only
 class WebhookServiceAsyncStub(WebhookServiceStub):
@@ -62,7 +62,7 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_webhook_pb2.ListWebhookDeliveriesRequest, _webhook_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
-    """Lists webhook deliveries, newest first."""
+    """Lists webhook deliveries, newest first; without their payloads unless `view` is FULL."""
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     """When a tenant has a `webhook_url` (TenantSettings), every execution that reaches a
@@ -83,6 +83,6 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _webhook_pb2.ListWebhookDeliveriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_webhook_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_webhook_pb2.ListWebhookDeliveriesResponse]]:
-        """Lists webhook deliveries, newest first."""
+        """Lists webhook deliveries, newest first; without their payloads unless `view` is FULL."""
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
