@@ -17,7 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::var_os("PROTOC").is_none() {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
+    // `prost::Name` on every message: the codec finds a request's descriptor by it.
+    config.enable_type_names();
     tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
         .build_client(std::env::var_os("CARGO_FEATURE_CLIENT").is_some())
         .build_server(std::env::var_os("CARGO_FEATURE_SERVER").is_some())
         .file_descriptor_set_path(out_dir.join("mantle_descriptor.bin"))

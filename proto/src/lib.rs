@@ -3,6 +3,8 @@
 //! The `.proto` files under `proto/mantle/v1/` are the contract; this crate compiles them.
 //! Only the daemon's `api/` layer, the client and tests may depend on it.
 
+pub mod codec;
+
 /// Generated messages, clients and servers of package `mantle.v1`.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]

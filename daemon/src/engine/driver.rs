@@ -151,6 +151,9 @@ enum Stop {
     Lost,
     /// Released on purpose (shutdown, or a long wait).
     Released,
+    /// A transition was refused by the database for good (not for being away or busy):
+    /// writing it again would fail again. `first_seq` is its first event's number.
+    Unwritable { error: String, first_seq: i64 },
 }
 
 /// An execution this daemon has just created: its driver needs nothing from the database.
@@ -174,6 +177,16 @@ pub(super) async fn drive(
                 tracing::warn!(execution = %id, "lease lost; another daemon continues this execution")
             }
             Err(Stop::Released) => tracing::debug!(execution = %id, "execution released"),
+            Err(Stop::Unwritable { error, first_seq }) => {
+                tracing::error!(execution = %id, error = %error, "a checkpoint cannot be stored; failing the execution");
+                match driver.give_up(&error, first_seq).await {
+                    Ok(()) | Err(Stop::Lost | Stop::Released) => {}
+                    Err(Stop::Unwritable { error, .. }) => {
+                        tracing::error!(execution = %id, error = %error, "the failure cannot be stored either; releasing the execution");
+                        let _ = inner.store.release_lease(lease).await;
+                    }
+                }
+            }
         },
         Ok(None) => {}
         Err(err) => {
@@ -459,6 +472,13 @@ impl Driver {
                 Err(store::Error::Fenced(_)) => return Err(Stop::Lost),
                 // A retried write whose first try committed after all.
                 Err(store::Error::AlreadyExists(_)) if retried => break,
+                // Refused for good: trying again would loop.
+                Err(err) if !err.is_transient() => {
+                    return Err(Stop::Unwritable {
+                        error: err.to_string(),
+                        first_seq: t.events.first().map_or(self.next_seq, |e| e.seq),
+                    });
+                }
                 // Not tried: the one before it was not written. Those behind a failure are
                 // queued again once it is durable (below), so this should not happen; if it
                 // does, everything before it is durable (they settle in order): at once.
@@ -1286,6 +1306,23 @@ impl Driver {
             self.steps[i].state = State::Done(Outcome::Cancelled);
         }
         self.end(status, None, Some(reason.to_owned())).await
+    }
+
+    /// A transition could not be stored and never will be: forgets it and everything
+    /// behind it (the store refuses those unwritten), stops every attempt, and ends the
+    /// execution as failed, saying why. Its event log goes on from the last stored event.
+    async fn give_up(&mut self, error: &str, first_seq: i64) -> Result<(), Stop> {
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let pending = std::mem::take(&mut self.pending);
+        self.next_seq = in_flight
+            .iter()
+            .flat_map(|w| w.t.events.first())
+            .chain(pending.events.first())
+            .map(|e| e.seq)
+            .fold(first_seq, i64::min);
+        self.to_spawn.clear();
+        let reason = format!("a checkpoint could not be stored: {error}");
+        self.finish_early(ExecutionStatus::Failed, &reason).await
     }
 
     /// Every step is done: the execution completes (outputs evaluated) or fails.

@@ -58,6 +58,12 @@ impl Error {
     pub fn is_behind_a_failure(&self) -> bool {
         matches!(self, Error::Unavailable(why) if why == AFTER_FAILED)
     }
+
+    /// Whether the same write may succeed later (the database is away or busy); any other
+    /// error will come again, and retrying would loop.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -103,10 +103,16 @@ impl TryFrom<KeyRow> for ApiKey {
 }
 
 /// Translates a driver error; `what` names the resource for NotFound/AlreadyExists.
+/// Errors that may pass (the database is away, busy, or rolled the transaction back to
+/// resolve a conflict) are `Unavailable`, worth another try; any other database error is
+/// `Internal`, and trying the same again will fail the same way.
 pub(super) fn map_err(what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> Error {
     move |err| match &err {
         sqlx::Error::RowNotFound => Error::NotFound(what()),
         sqlx::Error::Database(db) if db.is_unique_violation() => Error::AlreadyExists(what()),
+        sqlx::Error::Database(db) if is_transient(db.as_ref()) => {
+            Error::Unavailable(err.to_string())
+        }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
@@ -115,6 +121,27 @@ pub(super) fn map_err(what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error)
         | sqlx::Error::Protocol(_) => Error::Unavailable(err.to_string()),
         _ => Error::Internal(err.to_string()),
     }
+}
+
+/// Whether a database error may pass if the same is tried again.
+fn is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        // SQLSTATE classes: connection exception, transaction rollback (serialization
+        // failure, deadlock), insufficient resources, operator intervention (shutdown,
+        // cannot connect now, statement timeout), system error.
+        return ["08", "40", "53", "57", "58"]
+            .iter()
+            .any(|class| pg.code().starts_with(class));
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Primary result codes (an extended code keeps its primary in the low byte): busy,
+        // locked, I/O error, full, cannot open.
+        return db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14));
+    }
+    false
 }
 
 /// Splits `limit + 1` fetched rows into a page, with the cursor taken from the last item.

@@ -185,9 +185,13 @@ fn store_err(id: uuid::Uuid) -> impl Fn(rusqlite::Error) -> Error {
         {
             Error::AlreadyExists(format!("execution {id}"))
         }
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            Error::Unavailable(e.to_string())
-        }
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen,
+        ) => Error::Unavailable(e.to_string()),
         _ => Error::Internal(format!("execution {id}: {e}")),
     }
 }
