@@ -251,7 +251,7 @@ async fn migrate_status(config: &Config) -> Result<(), StartError> {
 async fn admin_key_create(config: &Config, name: &str) -> Result<(), StartError> {
     let store = server::open_store(config, false).await?;
     store.migrate().await?;
-    let created = Tenancy::new(store)
+    let created = Tenancy::new(store, crate::connectors::NetworkPolicy::default())
         .bootstrap_operator_key(name)
         .await
         .map_err(anyhow::Error::from)?;

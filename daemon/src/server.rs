@@ -80,7 +80,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             return Ok(());
         }
     };
-    let tenancy = Tenancy::new(store.clone());
+    let tenancy = Tenancy::new(
+        store.clone(),
+        crate::connectors::NetworkPolicy {
+            allow_private: config.engine.allow_private_networks,
+        },
+    );
     let static_token = config
         .api_token
         .as_deref()
@@ -265,6 +270,8 @@ fn engine_config(config: &Config) -> crate::engine::EngineConfig {
         network: crate::connectors::NetworkPolicy {
             allow_private: e.allow_private_networks,
         },
+        proxy: e.http_proxy.clone(),
+        max_buffered_bytes: e.http_max_buffered_bytes,
         workflow_env: serde_json::Value::Object(
             e.workflow_env
                 .iter()

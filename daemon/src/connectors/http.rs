@@ -1,9 +1,17 @@
 //! `http/request`: outbound HTTP with an SSRF guard that checks every resolved address
-//! (after DNS, and again on every redirect), a response size cap, and cancellation.
+//! (after DNS, and again on every redirect), a response size cap, an installation-wide
+//! budget of buffered response bytes, and cancellation.
+//!
+//! Proxy variables of the environment (`HTTP_PROXY`, `HTTPS_PROXY`, ...) are ignored: through
+//! a proxy the guard would only see the proxy's address. An operator may name one with
+//! `MANTLE_HTTP_PROXY`; then each target host is resolved and checked here before the
+//! request goes to the proxy (which resolves it again).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::{Map, Value};
@@ -15,14 +23,34 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_RESPONSE_BYTES: u64 = 10 * 1024 * 1024;
 const MAX_REDIRECTS: usize = 10;
 
-/// Resolves names, then refuses addresses the policy forbids.
+/// Where outbound requests may go, and how.
+#[derive(Debug, Clone, Default)]
+pub struct Outbound {
+    pub policy: NetworkPolicy,
+    /// `MANTLE_HTTP_PROXY`: every request goes through it.
+    pub proxy: Option<url::Url>,
+}
+
+/// Resolves names, then refuses addresses the policy forbids (the proxy's own name, an
+/// operator's choice, is exempt).
 struct GuardedResolver {
     policy: NetworkPolicy,
+    proxy_host: Option<String>,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
+        let policy = if self
+            .proxy_host
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case(name.as_str()))
+        {
+            NetworkPolicy {
+                allow_private: true,
+            }
+        } else {
+            self.policy
+        };
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let addrs: Vec<SocketAddr> =
@@ -53,14 +81,20 @@ impl Resolve for GuardedResolver {
 /// The HTTP action. Redirects are followed by hand, so each hop is checked.
 pub struct HttpConnector {
     client: reqwest::Client,
-    policy: NetworkPolicy,
+    outbound: Outbound,
+    /// Response bytes all attempts may hold at once (`MANTLE_HTTP_MAX_BUFFERED_BYTES`).
+    buffered: Arc<Semaphore>,
+    max_buffered: u64,
 }
 
 impl HttpConnector {
-    pub fn new(policy: NetworkPolicy) -> Result<HttpConnector, String> {
+    pub fn new(outbound: Outbound, max_buffered_bytes: u64) -> Result<HttpConnector, String> {
+        let max_buffered = max_buffered_bytes.min(Semaphore::MAX_PERMITS as u64);
         Ok(HttpConnector {
-            client: guarded_client(policy)?,
-            policy,
+            client: guarded_client(&outbound)?,
+            outbound,
+            buffered: Arc::new(Semaphore::new(max_buffered as usize)),
+            max_buffered,
         })
     }
 
@@ -80,7 +114,7 @@ impl HttpConnector {
             .ok_or("params.url: required string")?;
         let mut url = reqwest::Url::parse(url_text)
             .map_err(|e| format!("params.url: {url_text:?} is not a URL: {e}"))?;
-        check_url(&url, self.policy).map_err(|e| format!("params.url: {e}"))?;
+        check_url(&url, self.outbound.policy).map_err(|e| format!("params.url: {e}"))?;
         if let Some(query) = p.get("query") {
             let query = query
                 .as_object()
@@ -147,6 +181,7 @@ impl HttpConnector {
         let mut credential = inv.credential.as_ref();
         let mut hops = 0;
         let response = loop {
+            check_target(&url, &self.outbound).await?;
             let mut req = self
                 .client
                 .request(method.clone(), url.clone())
@@ -189,7 +224,7 @@ impl HttpConnector {
             let next = url
                 .join(&location)
                 .map_err(|e| refused(format!("not a URL: {e}")))?;
-            check_url(&next, self.policy).map_err(refused)?;
+            check_url(&next, self.outbound.policy).map_err(refused)?;
             check_allowed(&next, inv.allowed_domains.as_ref().map(|v| v.as_slice()))
                 .map_err(refused)?;
             if status == reqwest::StatusCode::SEE_OTHER
@@ -198,11 +233,15 @@ impl HttpConnector {
                 method = reqwest::Method::GET;
                 body = None;
             }
-            if next.host_str() != url.host_str()
-                || next.port_or_known_default() != url.port_or_known_default()
-            {
-                // Credentials are for the host they were meant for.
+            if next.origin() != url.origin() {
+                // Credentials are for the origin they were meant for: the step's and any
+                // written into its headers.
                 credential = None;
+                headers_out.retain(|(k, _)| {
+                    !["authorization", "cookie", "proxy-authorization"]
+                        .iter()
+                        .any(|sensitive| k.eq_ignore_ascii_case(sensitive))
+                });
             }
             url = next;
         };
@@ -225,7 +264,7 @@ impl HttpConnector {
             .get("content-type")
             .and_then(Value::as_str)
             .is_some_and(|ct| ct.contains("json"));
-        let body = read_capped(response, max_bytes).await?;
+        let (body, _held) = self.read_capped(response, max_bytes).await?;
         let body = if is_json {
             serde_json::from_slice(&body)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
@@ -261,15 +300,58 @@ impl HttpConnector {
 }
 
 /// An HTTP client whose every connection goes through the network policy (checked after
-/// DNS resolution), and which follows no redirects by itself.
-pub fn guarded_client(policy: NetworkPolicy) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver { policy }))
+/// DNS resolution), and which follows no redirects by itself. It ignores the environment's
+/// proxy variables; with `outbound.proxy` every request goes through that proxy, and the
+/// caller checks each target with [`check_target`] first.
+pub fn guarded_client(outbound: &Outbound) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: outbound.policy,
+            proxy_host: outbound
+                .proxy
+                .as_ref()
+                .and_then(|p| p.host_str().map(str::to_owned)),
+        }))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("mantle/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(proxy) = &outbound.proxy {
+        builder = builder.proxy(
+            reqwest::Proxy::all(proxy.as_str()).map_err(|e| format!("MANTLE_HTTP_PROXY: {e}"))?,
+        );
+    }
+    builder
         .build()
         .map_err(|e| format!("building the HTTP client: {e}"))
+}
+
+/// Through a proxy, the resolver sees only the proxy: the target's own addresses are
+/// resolved and checked here, and every one must be allowed. Without a proxy the resolver
+/// checks them as it connects.
+pub async fn check_target(url: &reqwest::Url, outbound: &Outbound) -> Result<(), String> {
+    if outbound.proxy.is_none() || outbound.policy.allow_private {
+        return Ok(());
+    }
+    let Some(url::Host::Domain(host)) = url.host() else {
+        // IP literals were checked with the URL.
+        return Ok(());
+    };
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("{}: cannot resolve {host}: {e}", redact_url(url)))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{host} did not resolve to any address"));
+    }
+    for addr in addrs {
+        outbound
+            .policy
+            .check(addr.ip())
+            .map_err(|e| format!("host {host} resolves to {e}"))?;
+    }
+    Ok(())
 }
 
 /// Scheme and IP-literal checks; names are checked by the resolver after DNS.
@@ -339,28 +421,81 @@ fn apply_credential(
     }
 }
 
-async fn read_capped(mut response: reqwest::Response, max: u64) -> Result<Vec<u8>, String> {
-    if let Some(len) = response.content_length()
-        && len > max
-    {
-        return Err(format!(
-            "the response body is {len} bytes, over max_response_bytes ({max})"
-        ));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the response: {e}"))?
-    {
-        if body.len() as u64 + chunk.len() as u64 > max {
+/// How long a response waits for room in the buffered-bytes budget before it fails.
+const BUFFER_WAIT: Duration = Duration::from_secs(10);
+
+impl HttpConnector {
+    /// Reads the body, at most `max` bytes, holding room for it in the installation's budget
+    /// of buffered response bytes (returned with it: the room is held until it is dropped).
+    /// A known length takes its room at once, waiting for it; a streamed body takes room
+    /// chunk by chunk. Waiting longer than [`BUFFER_WAIT`] fails the step, so the daemon
+    /// never holds more than the budget, whatever steps run at once.
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+        max: u64,
+    ) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), String> {
+        if let Some(len) = response.content_length()
+            && len > max
+        {
             return Err(format!(
-                "the response body is over max_response_bytes ({max})"
+                "the response body is {len} bytes, over max_response_bytes ({max})"
             ));
         }
-        body.extend_from_slice(&chunk);
+        let mut held = Vec::new();
+        if let Some(len) = response.content_length() {
+            held.push(self.room(len).await?);
+        }
+        let reserved = response.content_length().unwrap_or(0);
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?
+        {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(format!(
+                    "the response body is over max_response_bytes ({max})"
+                ));
+            }
+            let beyond = (body.len() as u64 + chunk.len() as u64).saturating_sub(reserved);
+            let had = (body.len() as u64).saturating_sub(reserved);
+            if beyond > had {
+                held.push(self.room(beyond - had).await?);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, held))
     }
-    Ok(body)
+
+    /// Room for `bytes` more in the budget, waiting at most [`BUFFER_WAIT`] for it.
+    async fn room(&self, bytes: u64) -> Result<OwnedSemaphorePermit, String> {
+        let max = self.max_buffered;
+        let exhausted = || {
+            metrics::counter!("mantle_http_buffer_refusals_total").increment(1);
+            format!(
+                "the daemon's budget of buffered response bytes ({max} bytes, \
+                 MANTLE_HTTP_MAX_BUFFERED_BYTES) has no room for {bytes} more bytes: \
+                 other steps hold it"
+            )
+        };
+        if bytes > max || bytes > u64::from(u32::MAX) {
+            return Err(exhausted());
+        }
+        let wanted = bytes as u32;
+        if let Ok(permit) = self.buffered.clone().try_acquire_many_owned(wanted) {
+            return Ok(permit);
+        }
+        match tokio::time::timeout(
+            BUFFER_WAIT,
+            self.buffered.clone().acquire_many_owned(wanted),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(exhausted()),
+        }
+    }
 }
 
 fn describe_send_error(method: &reqwest::Method, url: &reqwest::Url, e: &reqwest::Error) -> String {

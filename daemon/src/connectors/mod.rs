@@ -78,9 +78,9 @@ pub struct Connectors {
 }
 
 impl Connectors {
-    pub fn new(policy: NetworkPolicy) -> Result<Connectors, String> {
+    pub fn new(outbound: http::Outbound, max_buffered_bytes: u64) -> Result<Connectors, String> {
         Ok(Connectors {
-            http: http::HttpConnector::new(policy)?,
+            http: http::HttpConnector::new(outbound, max_buffered_bytes)?,
         })
     }
 

@@ -223,7 +223,13 @@ impl Engine {
         );
         Ok(Engine {
             inner: Arc::new(Inner {
-                connectors: Connectors::new(config.network)?,
+                connectors: Connectors::new(
+                    crate::connectors::http::Outbound {
+                        policy: config.network,
+                        proxy: config.proxy.clone(),
+                    },
+                    config.max_buffered_bytes,
+                )?,
                 store,
                 node,
                 config,

@@ -217,11 +217,57 @@ pub struct KeyRequest<'a> {
 #[derive(Clone)]
 pub struct Tenancy {
     store: Arc<dyn Store>,
+    /// Which addresses a tenant's webhook URL may name (as deliveries will be checked).
+    network: crate::connectors::NetworkPolicy,
 }
 
 impl Tenancy {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Tenancy { store }
+    pub fn new(store: Arc<dyn Store>, network: crate::connectors::NetworkPolicy) -> Self {
+        Tenancy { store, network }
+    }
+
+    /// Refuses a webhook URL whose host is not a global unicast address, or a name that
+    /// resolves only to such addresses: deliveries to it would be refused every time. A
+    /// name that does not resolve now is accepted (each delivery is checked again).
+    async fn check_webhook_target(&self, url: Option<&str>) -> Result<()> {
+        let Some(url) = url else {
+            return Ok(());
+        };
+        if self.network.allow_private {
+            return Ok(());
+        }
+        let Ok(parsed) = url::Url::parse(url) else {
+            return Ok(());
+        };
+        let refused = |why: String| {
+            invalid(
+                "settings.webhook_url",
+                format!("{url:?} cannot receive deliveries: {why}"),
+            )
+        };
+        match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => self.network.check(ip.into()).map_err(refused),
+            Some(url::Host::Ipv6(ip)) => self.network.check(ip.into()).map_err(refused),
+            Some(url::Host::Domain(host)) => {
+                let port = parsed.port_or_known_default().unwrap_or(443);
+                let lookup = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    tokio::net::lookup_host((host, port)),
+                )
+                .await;
+                let Ok(Ok(addrs)) = lookup else {
+                    return Ok(());
+                };
+                let checks: Vec<_> = addrs.map(|a| self.network.check(a.ip())).collect();
+                match checks.iter().find_map(|c| c.as_ref().err()) {
+                    Some(why) if checks.iter().all(Result::is_err) => {
+                        Err(refused(format!("{host} resolves to {why}")))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            None => Ok(()),
+        }
     }
 
     pub async fn create_tenant(
@@ -241,6 +287,8 @@ impl Tenancy {
             settings.webhook_url.as_deref(),
             settings.webhook_secret.as_deref(),
         )?;
+        self.check_webhook_target(settings.webhook_url.as_deref())
+            .await?;
         let now = Utc::now();
         let tenant = Tenant {
             id: uuid::Uuid::now_v7(),
@@ -288,6 +336,8 @@ impl Tenancy {
             update.webhook_url.as_ref().and_then(|u| u.as_deref()),
             update.webhook_secret.as_ref().and_then(|s| s.as_deref()),
         )?;
+        self.check_webhook_target(update.webhook_url.as_ref().and_then(|u| u.as_deref()))
+            .await?;
         Ok(self.store.update_tenant(name, update, Utc::now()).await?)
     }
 
