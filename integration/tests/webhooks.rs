@@ -166,6 +166,8 @@ async fn delivery_is_signed_and_survives_a_restart_while_the_receiver_is_down() 
     assert_eq!(body["delivery_id"], delivered.id);
 }
 
+/// A private webhook URL is refused when it is set; one already stored (set before that
+/// check, or a name that resolved elsewhere then) is refused at every delivery.
 #[tokio::test]
 async fn deliveries_to_private_addresses_are_refused() {
     let receiver = TestServer::start().await;
@@ -174,7 +176,7 @@ async fn deliveries_to_private_addresses_are_refused() {
     let operator = daemon.operator_token();
     let tenant = random_name("whp");
     let mut tenants = daemon.tenants(Some(&operator)).await;
-    tenants
+    let refused = tenants
         .create_tenant(pb::CreateTenantRequest {
             name: tenant.clone(),
             settings: Some(pb::TenantSettings {
@@ -184,7 +186,33 @@ async fn deliveries_to_private_addresses_are_refused() {
             ..Default::default()
         })
         .await
+        .expect_err("a loopback webhook URL");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("loopback"),
+        "{}",
+        refused.message()
+    );
+    tenants
+        .create_tenant(pb::CreateTenantRequest {
+            name: tenant.clone(),
+            ..Default::default()
+        })
+        .await
         .expect("tenant");
+    {
+        use sqlx::Connection;
+        let path = daemon.data_dir().join("mantle.db");
+        let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE tenants SET webhook_url = $1 WHERE name = $2")
+            .bind(receiver.url("/hook"))
+            .bind(&tenant)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
     let token = create_api_key(&daemon, &operator, &tenant, &["*"]).await;
     let mut m = Mantle::connect(&daemon, &token).await;
     m.apply(WF).await;

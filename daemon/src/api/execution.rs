@@ -138,77 +138,14 @@ impl ExecutionService for ExecutionApi {
         &self,
         request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        let caller = caller(&request)?.clone();
-        let req = request.into_inner();
-        if req.after_seq < 0 {
-            return Err(Status::invalid_argument("after_seq: must not be negative"));
-        }
-        // Answer NOT_FOUND (or PERMISSION_DENIED) now rather than inside the stream.
-        let execution = self.executions.get(&caller, &req.id).await?;
-        let id = parse_id(&req.id)?;
-        let executions = self.executions.clone();
-        let shutdown = self.shutdown.clone();
-        let mut notices = executions.subscribe();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut cursor = req.after_seq;
-            let mut status = execution.status;
-            loop {
-                // The status is read before the events: when it is terminal, the events read
-                // next include the one that ended it (both are written in one transaction).
-                let events = match executions.events(&caller, id, cursor, 500).await {
-                    Ok(e) => e,
-                    Err(err) => {
-                        let _ = tx.send(Err(Status::from(err))).await;
-                        return;
-                    }
-                };
-                let caught_up = events.len() < 500;
-                for event in events {
-                    cursor = event.seq;
-                    if tx.send(Ok(event.into())).await.is_err() {
-                        return;
-                    }
-                }
-                if !caught_up {
-                    continue;
-                }
-                // Ends with the execution: a terminal event followed by a retry keeps going.
-                if status.is_terminal() {
-                    return;
-                }
-                tokio::select! {
-                    _ = wait_for(&mut notices, id) => {}
-                    () = tokio::time::sleep(WATCH_POLL) => {}
-                    () = tx.closed() => return,
-                    () = shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the daemon is shutting down; watch again from the last seq"))).await;
-                        return;
-                    }
-                }
-                match executions.get(&caller, &req.id).await {
-                    Ok(e) => status = e.status,
-                    Err(err) => {
-                        let _ = tx.send(Err(Status::from(err))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Waits for a notice about `id` (or a lagged channel, which may have dropped one).
-async fn wait_for(rx: &mut tokio::sync::broadcast::Receiver<uuid::Uuid>, id: uuid::Uuid) {
-    loop {
-        match rx.recv().await {
-            Ok(got) if got == id => return,
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                std::future::pending::<()>().await;
-            }
-        }
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let events = self
+            .executions
+            .follow(caller, &req.id, req.after_seq, self.shutdown.clone())
+            .await?;
+        let stream =
+            ReceiverStream::new(events).map(|event| event.map(Into::into).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -441,7 +441,7 @@ impl Driver {
         while self.in_flight.len() > left {
             self.settle_oldest().await?;
         }
-        let _ = self.inner.events.send(self.execution.id);
+        self.inner.watchers.notify(self.execution.id);
         Ok(())
     }
 

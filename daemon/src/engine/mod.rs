@@ -255,6 +255,7 @@ impl Engine {
     pub fn run(&self) {
         let inner = self.inner.clone();
         tokio::spawn(claim_loop(inner.clone()));
+        tokio::spawn(watch_poll_loop(inner.clone()));
         tokio::spawn(heartbeat_loop(inner));
     }
 
@@ -441,9 +442,10 @@ impl Engine {
         Ok(self.inner.store.get_execution(tenant_id, id).await?)
     }
 
-    /// A receiver of "execution X has new events" notices, for watchers on this daemon.
-    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
-        self.inner.events.subscribe()
+    /// Registers a stream of `tenant` following execution `id`'s events: it is told when
+    /// they grow (see [`watch`]).
+    pub fn watch(&self, tenant: Uuid, id: Uuid) -> Result<watch::Watch, watch::TooManyStreams> {
+        self.inner.watchers.subscribe(tenant, id)
     }
 }
 
@@ -568,6 +570,44 @@ impl Inner {
             "status" => status.as_str()
         )
         .increment(1);
+    }
+}
+
+/// How often the event logs of executions watched here but driven elsewhere are looked at.
+const WATCH_POLL: Duration = Duration::from_millis(250);
+
+/// Tells the streams watching an execution driven by another replica (or by nobody right
+/// now) that its event log grew: one query for all of them, and none while nothing is
+/// watched. Executions driven here notify their streams as they commit.
+async fn watch_poll_loop(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            () = tokio::time::sleep(WATCH_POLL) => {}
+        }
+        let watched = inner.watchers.watched();
+        if watched.is_empty() {
+            continue;
+        }
+        let ids: Vec<Uuid> = {
+            let running = inner.running.lock().expect("running map");
+            watched
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !running.contains_key(id))
+                .collect()
+        };
+        if ids.is_empty() {
+            continue;
+        }
+        match inner.store.last_event_seqs(&ids).await {
+            Ok(seqs) => {
+                for (id, seq) in seqs {
+                    inner.watchers.reached(id, seq);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "polling watched executions failed"),
+        }
     }
 }
 

@@ -283,6 +283,17 @@ pub struct NewDelivery {
     pub expire_time: DateTime<Utc>,
 }
 
+/// Which due deliveries a webhook worker takes: at most `limit`, at most `per_tenant` of any
+/// one tenant, none of the tenants in `skip` (those with as many in flight as they may), held
+/// for `hold_ms` so that no other worker takes them meanwhile.
+#[derive(Debug, Clone)]
+pub struct DeliveryClaim {
+    pub limit: u32,
+    pub per_tenant: u32,
+    pub skip: Vec<uuid::Uuid>,
+    pub hold_ms: u64,
+}
+
 /// A queued or finished webhook delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {

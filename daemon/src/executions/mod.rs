@@ -64,6 +64,23 @@ impl From<auth::Error> for Error {
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Events a stream reads at once.
+const FOLLOW_BATCH: u32 = 500;
+
+/// How long a stream waits without a notice before it reads the log anyway: notices are
+/// pushed, this is only the net under them.
+const FOLLOW_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether `event` is the execution's end.
+fn ends_execution(event: &Event) -> bool {
+    event.kind == crate::engine::model::EventKind::ExecutionStatus
+        && event
+            .status
+            .as_deref()
+            .and_then(crate::engine::model::ExecutionStatus::parse)
+            .is_some_and(|s| s.is_terminal())
+}
+
 /// Parses an execution id; a malformed one is INVALID_ARGUMENT naming `id`.
 pub fn parse_id(id: &str) -> Result<Uuid> {
     if id.is_empty() {
@@ -235,8 +252,100 @@ impl Executions {
         Ok(self.store.list_events(tenant.id, id, after, limit).await?)
     }
 
-    /// Notices of executions whose event log grew on this daemon.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Uuid> {
-        self.engine.subscribe()
+    /// Follows execution `id`'s events after `after`: they come in order on the returned
+    /// receiver, which ends once the execution has finished and every event was sent (a
+    /// retried execution's stream goes on past its earlier terminal event), or with an
+    /// error item; `shutdown` ends it with UNAVAILABLE. It reads the log only when told
+    /// that it grew (see `engine::watch`), and once in a long while besides.
+    pub async fn follow(
+        &self,
+        caller: &Caller,
+        id: &str,
+        after: i64,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Event>>> {
+        if after < 0 {
+            return Err(Error::InvalidArgument {
+                field: "after_seq".to_owned(),
+                message: "must not be negative".to_owned(),
+            });
+        }
+        // NOT_FOUND (or PERMISSION_DENIED) now rather than inside the stream.
+        let finished = self.get(caller, id).await?.status.is_terminal();
+        let id = parse_id(id)?;
+        let mut watch = self.watch(caller, id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let executions = self.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let mut cursor = after;
+            // A finished execution watched from past its end has nothing to send: the first
+            // pass looks at its status as at the end of a log.
+            let mut first = true;
+            loop {
+                // Notices from here on wake the wait below, even those sent while reading.
+                watch.mark_seen();
+                let events = match executions.events(&caller, id, cursor, FOLLOW_BATCH).await {
+                    Ok(e) => e,
+                    Err(err) => {
+                        let _ = tx.send(Err(err)).await;
+                        return;
+                    }
+                };
+                let caught_up = events.len() < FOLLOW_BATCH as usize;
+                let mut last_ended = false;
+                for event in events {
+                    cursor = event.seq;
+                    last_ended = ends_execution(&event);
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if !caught_up {
+                    continue;
+                }
+                // The last event ended the execution: done, unless it was retried meanwhile.
+                let maybe_ended = last_ended || (first && finished);
+                first = false;
+                if maybe_ended {
+                    match executions.get(&caller, &id.to_string()).await {
+                        Ok(e) if e.status.is_terminal() => return,
+                        // Retried meanwhile: its next events are notified like any.
+                        Ok(_) => {}
+                        Err(err) => {
+                            let _ = tx.send(Err(err)).await;
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = watch.changed() => {}
+                    () = tokio::time::sleep(FOLLOW_RECHECK) => {}
+                    () = tx.closed() => return,
+                    () = shutdown.cancelled() => {
+                        let _ = tx.send(Err(Error::Unavailable(
+                            "the daemon is shutting down; watch again from the last seq".to_owned(),
+                        ))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Registers a stream following execution `id`'s events for the caller's tenant;
+    /// RESOURCE_EXHAUSTED when the tenant holds as many streams as it may.
+    pub fn watch(&self, caller: &Caller, id: Uuid) -> Result<crate::engine::watch::Watch> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsRead)?;
+        self.engine.watch(tenant.id, id).map_err(|too_many| {
+            metrics::counter!("mantle_cap_rejections_total", "tenant_id" => tenant.id.to_string(), "kind" => "watch_streams").increment(1);
+            Error::ResourceExhausted(format!(
+                "the tenant has {} WatchExecution streams open, its limit \
+                 (MANTLE_MAX_WATCH_STREAMS): close one, or follow the execution with \
+                 GetExecution",
+                too_many.cap
+            ))
+        })
     }
 }

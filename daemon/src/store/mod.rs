@@ -354,7 +354,10 @@ pub trait ExecutionStore: Send + Sync {
     async fn promote_queued(&self, global_max: Option<u32>) -> Result<u64>;
     /// Takes up to `limit` due webhook deliveries for `hold_ms` (another daemon will not
     /// send them meanwhile).
-    async fn claim_deliveries(&self, limit: u32, hold_ms: u64) -> Result<Vec<Delivery>>;
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::engine::model::DeliveryClaim,
+    ) -> Result<Vec<Delivery>>;
     async fn finish_delivery(
         &self,
         id: uuid::Uuid,

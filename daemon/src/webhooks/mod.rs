@@ -1,7 +1,12 @@
 //! Outbound webhooks: deliveries queued (durably, with the execution's end) are sent by a
 //! worker on every daemon, signed, retried with backoff for up to 24 hours across restarts,
 //! and refused for private addresses like `http/request`.
+//!
+//! The worker sends many deliveries at once ([`IN_FLIGHT`]), but at most [`PER_TENANT`] of
+//! one tenant's: a tenant whose endpoint hangs holds its own slots until they time out, and
+//! another tenant's deliveries are taken and sent meanwhile.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,15 +14,19 @@ use chrono::Utc;
 use hmac::{KeyInit, Mac};
 use tokio_util::sync::CancellationToken;
 
-use crate::connectors::NetworkPolicy;
-use crate::connectors::http::{check_url, guarded_client};
-use crate::engine::model::{Delivery, DeliveryOutcome};
+use crate::connectors::http::{Outbound, check_target, check_url, guarded_client};
+use crate::engine::model::{Delivery, DeliveryClaim, DeliveryOutcome};
 use crate::secrets::Secrets;
 use crate::store::Store;
 use crate::tenancy::audit;
 
-/// Deliveries taken per pass, and how long one is held while being sent.
-const BATCH: u32 = 16;
+/// Deliveries a daemon sends at once.
+const IN_FLIGHT: usize = 64;
+/// Deliveries of one tenant a daemon sends at once; a tenant with that many is not taken
+/// for until one ends.
+const PER_TENANT: usize = 4;
+/// How long a taken delivery is held (no other daemon takes it meanwhile): longer than a
+/// send may take.
 const HOLD_MS: u64 = 60_000;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,47 +54,83 @@ pub struct Webhooks {
     store: Arc<dyn Store>,
     secrets: Secrets,
     client: reqwest::Client,
-    policy: NetworkPolicy,
+    outbound: Outbound,
 }
 
 impl Webhooks {
     pub fn new(
         store: Arc<dyn Store>,
         secrets: Secrets,
-        policy: NetworkPolicy,
+        outbound: Outbound,
     ) -> Result<Webhooks, String> {
         Ok(Webhooks {
             store,
             secrets,
-            client: guarded_client(policy)?,
-            policy,
+            client: guarded_client(&outbound)?,
+            outbound,
         })
     }
 
-    /// Sends due deliveries until `cancel` fires.
+    /// Sends due deliveries until `cancel` fires: up to [`IN_FLIGHT`] at once, at most
+    /// [`PER_TENANT`] of any one tenant (see the module's documentation).
     pub fn spawn(self, cancel: CancellationToken) {
         tokio::spawn(async move {
+            let mut sending = tokio::task::JoinSet::new();
+            let mut tenant_of: HashMap<tokio::task::Id, uuid::Uuid> = HashMap::new();
+            let mut per_tenant: HashMap<uuid::Uuid, usize> = HashMap::new();
             loop {
-                let sent = match self.store.claim_deliveries(BATCH, HOLD_MS).await {
-                    Ok(batch) => {
-                        let n = batch.len();
-                        for d in batch {
-                            self.deliver(d).await;
+                let free = IN_FLIGHT - sending.len();
+                let mut taken = 0;
+                if free > 0 {
+                    let claim = DeliveryClaim {
+                        limit: free as u32,
+                        per_tenant: PER_TENANT as u32,
+                        skip: per_tenant
+                            .iter()
+                            .filter(|(_, n)| **n >= PER_TENANT)
+                            .map(|(t, _)| *t)
+                            .collect(),
+                        hold_ms: HOLD_MS,
+                    };
+                    match self.store.claim_deliveries(&claim).await {
+                        Ok(batch) => {
+                            taken = batch.len();
+                            for d in batch {
+                                *per_tenant.entry(d.tenant_id).or_default() += 1;
+                                let tenant = d.tenant_id;
+                                let worker = self.clone();
+                                let task = sending.spawn(async move { worker.deliver(d).await });
+                                tenant_of.insert(task.id(), tenant);
+                            }
                         }
-                        n
+                        Err(err) => {
+                            tracing::warn!(error = %err, "taking webhook deliveries failed");
+                        }
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "taking webhook deliveries failed");
-                        0
-                    }
-                };
-                let pause = if sent == BATCH as usize {
+                }
+                // More may be due at once when this pass took some and had room for more.
+                let pause = if taken > 0 && sending.len() < IN_FLIGHT {
                     Duration::ZERO
                 } else {
                     Duration::from_millis(500)
                 };
                 tokio::select! {
                     () = cancel.cancelled() => return,
+                    Some(done) = sending.join_next_with_id(), if !sending.is_empty() => {
+                        // Its slot frees however the task ended (a panic included).
+                        let id = match &done {
+                            Ok((id, ())) => *id,
+                            Err(e) => e.id(),
+                        };
+                        if let Some(tenant) = tenant_of.remove(&id)
+                            && let Some(n) = per_tenant.get_mut(&tenant)
+                        {
+                            *n -= 1;
+                            if *n == 0 {
+                                per_tenant.remove(&tenant);
+                            }
+                        }
+                    }
                     () = tokio::time::sleep(pause) => {}
                 }
             }
@@ -127,7 +172,10 @@ impl Webhooks {
     /// One POST; `Err` carries the reason and the HTTP status when there was one.
     async fn send(&self, d: &Delivery) -> Result<i32, (String, Option<i32>)> {
         let url = reqwest::Url::parse(&d.url).map_err(|e| (format!("webhook_url: {e}"), None))?;
-        check_url(&url, self.policy).map_err(|e| (e, None))?;
+        check_url(&url, self.outbound.policy).map_err(|e| (e, None))?;
+        check_target(&url, &self.outbound)
+            .await
+            .map_err(|e| (e, None))?;
         let mut request = self
             .client
             .post(url)

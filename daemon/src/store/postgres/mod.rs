@@ -134,16 +134,27 @@ impl ExecutionStore for PgStore {
         self.promote_queued_shared(global_max).await
     }
 
-    async fn claim_deliveries(&self, limit: u32, hold_ms: u64) -> Result<Vec<Delivery>> {
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::engine::model::DeliveryClaim,
+    ) -> Result<Vec<Delivery>> {
+        // The outer conditions are checked again on each row once locked: a row another
+        // worker claimed meanwhile (its next attempt moved) is not claimed twice.
         let sql = format!(
             "UPDATE webhook_deliveries SET next_attempt = now() + $2 * interval '1 millisecond' \
-             WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' \
-             AND next_attempt <= now() ORDER BY next_attempt LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             WHERE status = 'pending' AND next_attempt <= now() AND id IN ( \
+             SELECT id FROM (SELECT id, next_attempt, ROW_NUMBER() OVER ( \
+             PARTITION BY tenant_id ORDER BY next_attempt) AS n FROM webhook_deliveries \
+             WHERE status = 'pending' AND next_attempt <= now() \
+             AND NOT (tenant_id = ANY($4))) due \
+             WHERE n <= $3 ORDER BY next_attempt LIMIT $1) \
              RETURNING {DELIVERY_COLUMNS}"
         );
         Ok(sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(limit))
-            .bind(hold_ms as f64)
+            .bind(i64::from(claim.limit))
+            .bind(claim.hold_ms as f64)
+            .bind(i64::from(claim.per_tenant))
+            .bind(&claim.skip)
             .fetch_all(&self.pool)
             .await
             .map_err(map_err(|| "webhook deliveries".to_owned()))?

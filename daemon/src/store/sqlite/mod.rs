@@ -141,17 +141,37 @@ impl ExecutionStore for SqliteStore {
         self.promote_queued_shared(global_max).await
     }
 
-    async fn claim_deliveries(&self, limit: u32, hold_ms: u64) -> Result<Vec<Delivery>> {
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::engine::model::DeliveryClaim,
+    ) -> Result<Vec<Delivery>> {
         let now = Utc::now();
+        // One daemon per SQLite file: no other worker claims meanwhile.
+        let skip = (0..claim.skip.len())
+            .map(|i| format!("${}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let skip = if skip.is_empty() {
+            String::new()
+        } else {
+            format!("AND tenant_id NOT IN ({skip})")
+        };
         let sql = format!(
-            "UPDATE webhook_deliveries SET next_attempt = $3 \
-             WHERE id IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' \
-             AND next_attempt <= $2 ORDER BY next_attempt LIMIT $1) RETURNING {DELIVERY_COLUMNS}"
+            "UPDATE webhook_deliveries SET next_attempt = $3 WHERE id IN ( \
+             SELECT id FROM (SELECT id, next_attempt, ROW_NUMBER() OVER ( \
+             PARTITION BY tenant_id ORDER BY next_attempt) AS n FROM webhook_deliveries \
+             WHERE status = 'pending' AND next_attempt <= $2 {skip}) due \
+             WHERE n <= $4 ORDER BY next_attempt LIMIT $1) RETURNING {DELIVERY_COLUMNS}"
         );
-        Ok(sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(limit))
+        let mut query = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(claim.limit))
             .bind(now)
-            .bind(now + chrono::Duration::milliseconds(hold_ms as i64))
+            .bind(now + chrono::Duration::milliseconds(claim.hold_ms as i64))
+            .bind(i64::from(claim.per_tenant));
+        for tenant in &claim.skip {
+            query = query.bind(*tenant);
+        }
+        Ok(query
             .fetch_all(&self.pool)
             .await
             .map_err(map_err(|| "webhook deliveries".to_owned()))?
