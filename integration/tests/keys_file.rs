@@ -13,11 +13,18 @@ const RELOAD_WAIT: Duration = Duration::from_secs(7);
 const TOKEN_A: &str = "it-keys-file-token-a-0123456789abcdef";
 const TOKEN_B: &str = "it-keys-file-token-b-0123456789abcdef";
 
-/// Writes the file atomically, so the daemon never reads half of it.
+/// Writes the file atomically, so the daemon never reads half of it, and private to its
+/// owner (the daemon refuses a keys file others may read).
 fn write_keys(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
+    write_private(&tmp, text);
     std::fs::rename(&tmp, path).unwrap();
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn key_a(tenant: &str) -> String {
@@ -243,10 +250,18 @@ async fn keys_file_keys_reload_without_restart() {
 async fn keys_file_missing_or_invalid_at_startup_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, keys(&[key_a("acme").replace("a-ci", "a ci")])).unwrap();
+    write_private(&bad, &keys(&[key_a("acme").replace("a-ci", "a ci")]));
+    // Readable by every user of the machine: refused, whatever it holds.
+    let open = dir.path().join("open.json");
+    std::fs::write(&open, keys(&[key_a("acme")])).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     for (path, what) in [
         (dir.path().join("absent.json"), "cannot read"),
         (bad, "name"),
+        (open, "readable by other users (mode 0644)"),
     ] {
         let data = tempfile::tempdir().unwrap();
         let mut cmd = mantle_command();

@@ -308,6 +308,7 @@ impl KeysFile {
     /// Loads the file at startup. Any problem is a configuration error, naming the
     /// variable and the file.
     pub fn load(path: &Path) -> Result<KeysFile, String> {
+        check_private(path).map_err(|e| format!("{ENV_VAR}: {e}"))?;
         let bytes = std::fs::read(path)
             .map_err(|e| format!("{ENV_VAR}: cannot read {}: {e}", path.display()))?;
         let set = parse_bytes(&bytes).map_err(|e| format!("{ENV_VAR}: {}", e.in_file(path)))?;
@@ -335,7 +336,9 @@ impl KeysFile {
     /// them and swaps them in, or keeps the last good set and reports the error (logged and
     /// counted once per change).
     pub fn check(&self) -> Reload {
-        let read = std::fs::read(&self.path);
+        let read = check_private(&self.path)
+            .map_err(std::io::Error::other)
+            .and_then(|()| std::fs::read(&self.path));
         let seen = match &read {
             Ok(bytes) => Seen::Contents(Sha256::digest(bytes).into()),
             Err(e) => Seen::Unreadable(e.to_string()),
@@ -397,6 +400,24 @@ impl KeysFile {
     }
 }
 
+/// Refuses a keys file that other users may read (or write): it holds every tenant's
+/// tokens. Its owner and group may (a Kubernetes secret mounted with `defaultMode: 0440`).
+fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{} is readable by other users (mode {mode:04o}): it holds every tenant's tokens; \
+             make it private, e.g. chmod 600 (or 440 with a group), or defaultMode 0440 for a \
+             Kubernetes secret",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn parse_bytes(bytes: &[u8]) -> Result<KeySet, ParseError> {
     let text = std::str::from_utf8(bytes).map_err(|e| ParseError {
         position: None,
@@ -408,6 +429,13 @@ fn parse_bytes(bytes: &[u8]) -> Result<KeySet, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a keys file private to its owner, as the daemon requires.
+    fn write(path: &Path, text: impl AsRef<[u8]>) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 
     const A: &str = "aaaaaaaaaaaaaaaa-token-a";
     const B: &str = "bbbbbbbbbbbbbbbb-token-b";
@@ -583,19 +611,19 @@ mod tests {
     fn keys_file_reload_keeps_the_last_good_set() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
-        std::fs::write(&path, file(&[(A, "acme", &["*"], Some("a"))])).unwrap();
+        write(&path, file(&[(A, "acme", &["*"], Some("a"))]));
         let keys = KeysFile::load(&path).unwrap();
         assert_eq!(keys.check(), Reload::Unchanged);
         assert_eq!(keys.keys().lookup(A).unwrap().key_id, "file:a");
 
         // A new key is picked up; a removed one goes.
-        std::fs::write(&path, file(&[(B, "globex", &["*"], None)])).unwrap();
+        write(&path, file(&[(B, "globex", &["*"], None)]));
         assert_eq!(keys.check(), Reload::Loaded { keys: 1 });
         assert!(keys.keys().lookup(A).is_none());
         assert_eq!(keys.keys().lookup(B).unwrap().tenant, "globex");
 
         // Broken JSON: the last good set stays, and the error is reported once.
-        std::fs::write(&path, "{\"keys\": [").unwrap();
+        write(&path, "{\"keys\": [");
         match keys.check() {
             Reload::Failed { error } => {
                 assert!(
@@ -609,7 +637,7 @@ mod tests {
         assert!(keys.keys().lookup(B).is_some());
 
         // An invalid entry: the same.
-        std::fs::write(&path, file(&[(A, "acme", &["nope"], None)])).unwrap();
+        write(&path, file(&[(A, "acme", &["nope"], None)]));
         assert!(matches!(keys.check(), Reload::Failed { .. }));
         assert!(keys.keys().lookup(A).is_none());
         assert!(keys.keys().lookup(B).is_some());
@@ -624,11 +652,10 @@ mod tests {
         assert!(keys.keys().lookup(B).is_some());
 
         // Fixed again.
-        std::fs::write(
+        write(
             &path,
             file(&[(A, "acme", &["*"], None), (B, "globex", &["*"], None)]),
-        )
-        .unwrap();
+        );
         assert_eq!(keys.check(), Reload::Loaded { keys: 2 });
         assert!(keys.keys().lookup(A).is_some());
     }
@@ -642,10 +669,40 @@ mod tests {
             err.starts_with("MANTLE_TENANT_KEYS_PATH: cannot read "),
             "{err}"
         );
-        std::fs::write(&path, "{\"keys\": 1}").unwrap();
+        write(&path, "{\"keys\": 1}");
         let err = KeysFile::load(&path).unwrap_err();
         assert!(
             err.starts_with(&format!("MANTLE_TENANT_KEYS_PATH: {}:1:", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_keys_file_other_users_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        write(&path, file(&[(A, "acme", &["*"], None)]));
+        let keys = KeysFile::load(&path).unwrap();
+        // Group-readable is allowed (a secret mounted with a group).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert_eq!(keys.check(), Reload::Unchanged);
+        // Readable by everyone: not reloaded, and refused at start.
+        write(&path, file(&[(B, "globex", &["*"], None)]));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        match keys.check() {
+            Reload::Failed { error } => {
+                assert!(
+                    error.contains("readable by other users (mode 0644)"),
+                    "{error}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(keys.keys().lookup(A).is_some());
+        let err = KeysFile::load(&path).unwrap_err();
+        assert!(
+            err.starts_with("MANTLE_TENANT_KEYS_PATH: ") && err.contains("chmod 600"),
             "{err}"
         );
     }

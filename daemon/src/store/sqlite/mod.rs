@@ -56,6 +56,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
+        private_database_files(&path)?;
         let lock = if options.exclusive {
             Some(lock_database(&path)?)
         } else {
@@ -84,8 +85,21 @@ impl SqliteStore {
     }
 }
 
+/// Creates the data directory (and its missing parents) readable by this user only. One that
+/// exists is left as it is, with a warning when others may read it.
 fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:04o}"),
+                "the data directory is open to other users; the database files in it are kept private (0600)"
+            );
+        }
+        return Ok(());
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -93,16 +107,50 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
         .map_err(|e| Error::Config(format!("data directory {}: {e}", dir.display())))
 }
 
+/// The database, its journal (`-wal`, `-shm`) and its lock file are this user's only: they
+/// hold every tenant's data. SQLite creates the journal with the database's mode, so the
+/// database is created (or tightened) first.
+fn private_database_files(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &std::path::Path, e: std::io::Error| {
+        Error::Config(format!("sqlite database {}: {e}", p.display()))
+    };
+    File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| err(path, e))?;
+    let mut name = path.as_os_str().to_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        name.push(suffix);
+        let file = std::path::PathBuf::from(&name);
+        name = path.as_os_str().to_owned();
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| err(&file, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Takes an exclusive lock next to the database so a second daemon on the same file is
 /// refused instead of corrupting its leases.
 fn lock_database(path: &std::path::Path) -> Result<File> {
     let lock_path = path.with_extension("lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::Config(format!("lock file {}: {e}", lock_path.display())))?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+    }
+    .map_err(|e| Error::Config(format!("lock file {}: {e}", lock_path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
