@@ -629,15 +629,8 @@ impl Driver {
                 self.attempts_cancel.cancel();
                 return Err(Stop::Lost);
             }
-            if self.cancel.is_cancelled() {
-                return self
-                    .finish_early(ExecutionStatus::Cancelled, "the execution was cancelled")
-                    .await;
-            }
-            if self.execution.deadline.is_some_and(|d| d <= Utc::now()) {
-                return self
-                    .finish_early(ExecutionStatus::TimedOut, "the execution timed out")
-                    .await;
+            if let Some((status, reason)) = self.ended_early() {
+                return self.finish_early(status, reason).await;
             }
             if self.inner.shutdown.is_cancelled() {
                 self.draining = true;
@@ -679,6 +672,17 @@ impl Driver {
                 return self.release_until(at).await;
             }
             self.wait(wake).await?;
+        }
+    }
+
+    /// How the execution ends before its steps do, if it does: cancelled, or timed out.
+    fn ended_early(&self) -> Option<(ExecutionStatus, &'static str)> {
+        if self.cancel.is_cancelled() {
+            Some((ExecutionStatus::Cancelled, "the execution was cancelled"))
+        } else if self.execution.deadline.is_some_and(|d| d <= Utc::now()) {
+            Some((ExecutionStatus::TimedOut, "the execution timed out"))
+        } else {
+            None
         }
     }
 
@@ -1362,15 +1366,8 @@ impl Driver {
             }
         };
         // Cancelled or timed out while the outputs were evaluated: that is how it ended.
-        if self.cancel.is_cancelled() {
-            return self
-                .finish_early(ExecutionStatus::Cancelled, "the execution was cancelled")
-                .await;
-        }
-        if self.execution.deadline.is_some_and(|d| d <= Utc::now()) {
-            return self
-                .finish_early(ExecutionStatus::TimedOut, "the execution timed out")
-                .await;
+        if let Some((status, reason)) = self.ended_early() {
+            return self.finish_early(status, reason).await;
         }
         let outputs = outputs.and_then(|outputs| {
             let outputs = Value::Object(outputs);
