@@ -1265,6 +1265,39 @@ async fn thousands_of_watch_streams_do_not_slow_another_tenant() {
     );
 }
 
+/// A stream on one replica follows an execution another replica drives: the daemon's one
+/// poll of the executions its streams watch notices the log grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_an_execution_driven_by_another_replica() {
+    let Some(db) = PgDatabase::create("hostile_watch_replicas").await else {
+        return;
+    };
+    let a = Daemon::start_ok(DaemonOptions::postgres(db.url.clone())).await;
+    let b = Daemon::start_ok(DaemonOptions::postgres(db.url.clone())).await;
+    let operator = admin_key_create(&db.url, "it-operator").await;
+    let token = create_api_key(&a, &operator, "default", &["*"]).await;
+    let mut on_a = Mantle::connect(&a, &token).await;
+    let mut on_b = Mantle::connect(&b, &token).await;
+    on_a.apply("name: naps\nsteps:\n  - name: one\n    action: core/sleep\n    params: {duration: 300ms}\n  - name: two\n    action: core/sleep\n    depends_on: [one]\n    params: {duration: 300ms}\n  - name: three\n    action: core/sleep\n    depends_on: [two]\n    params: {duration: 300ms}\n")
+        .await;
+    let start = Instant::now();
+    let e = on_a.start_ok("naps", "").await;
+    let events = on_b
+        .watch(&e.id, 0, Duration::from_secs(20))
+        .await
+        .expect("the stream on the other replica ends with the execution");
+    let took = start.elapsed();
+    assert_eq!(
+        events.last().map(|ev| ev.execution_status),
+        Some(Ex::Completed as i32),
+        "{events:?}"
+    );
+    let seqs: Vec<i64> = events.iter().map(|ev| ev.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    // 0.9 s of sleeps, and a poll every 250 ms.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files
 // ---------------------------------------------------------------------------------------------
