@@ -86,3 +86,45 @@ async fn version_command_prints_the_version() {
         describe_output(&output)
     );
 }
+
+/// Every answer leaves at once: the daemon sets TCP_NODELAY on accepted connections. Without
+/// it, an answer larger than one segment waits for the client's delayed ACK (~40 ms on
+/// Linux): a 50-row listing took 44 ms where a 1-row one took 0.6 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_are_not_held_back_by_nagle() {
+    let daemon = Daemon::start_ok(DaemonOptions::sqlite()).await;
+    let client = mantle_client::Client::connect_to(&daemon.url(), Some(&daemon.operator_token()))
+        .await
+        .expect("connecting");
+    client
+        .apply_definition(
+            "name: tiny\nsteps:\n  - name: a\n    action: core/set\n    params: {x: 1}\n",
+            "tiny.yaml",
+        )
+        .await
+        .expect("apply");
+    for _ in 0..50 {
+        client
+            .start_execution("tiny", 0, &Default::default(), None)
+            .await
+            .expect("start");
+    }
+    let mut fastest = std::time::Duration::MAX;
+    for _ in 0..5 {
+        let began = std::time::Instant::now();
+        let listed = client
+            .list_executions(
+                &Default::default(),
+                Some(50),
+                mantle_client::proto::View::Full,
+            )
+            .await
+            .expect("list");
+        fastest = fastest.min(began.elapsed());
+        assert_eq!(listed.len(), 50);
+    }
+    assert!(
+        fastest < std::time::Duration::from_millis(20),
+        "listing 50 executions took at least {fastest:?}: answers wait for delayed ACKs"
+    );
+}

@@ -24,8 +24,8 @@ use mantle_proto::v1::system_service_server::SystemServiceServer;
 use mantle_proto::v1::tenant_service_server::TenantServiceServer;
 use mantle_proto::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
@@ -129,7 +129,12 @@ pub async fn serve(
             audit: ctx.audit.clone(),
         })
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Without TCP_NODELAY an answer larger than one segment waits ~40 ms for the
+        // client's delayed ACK (Nagle's algorithm).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
