@@ -30,10 +30,11 @@ lines (run --follow, logs) start with the time of day in UTC. Statuses are lower
 Exit codes:
   0  success
   1  error: the server refused the request, or a local problem (e.g. unreadable token file);
-     run --wait/--follow: the execution ended other than completed
+     run/retry --wait/--follow: the execution ended other than completed
   2  invalid command line
   3  the server could not be reached (connection failed or UNAVAILABLE)
-  4  health: the server or service is not SERVING";
+  4  health: the server or service is not SERVING
+  5  run/retry --wait/--follow: --timeout passed before the execution ended (it goes on)";
 
 /// Command-line client for the Mantle workflow engine daemon.
 #[derive(Debug, Parser)]
@@ -137,16 +138,22 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Cancel an execution; its running steps are stopped.
+    /// Cancel an execution; its running steps are stopped. An execution that has
+    /// already finished is left as it is (exit 0, saying so).
     Cancel {
         /// Execution id.
         id: String,
     },
     /// Continue a failed, cancelled or timed-out execution: completed steps keep their
     /// outputs, the others run again.
+    ///
+    /// Without --wait/--follow, prints the execution; with them, prints it once it ends
+    /// again and exits 0 only if it completed.
     Retry {
         /// Execution id.
         id: String,
+        #[command(flatten)]
+        waiting: WaitArgs,
     },
     /// List executions.
     #[command(subcommand)]
@@ -246,19 +253,40 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub inputs_file: Option<PathBuf>,
 
-    /// Wait for the execution to end and print it; exit 1 unless it completed.
-    #[arg(long, conflicts_with = "follow")]
-    pub wait: bool,
-
-    /// Like --wait, printing each step's progress and log lines to stderr as it happens.
-    #[arg(short, long)]
-    pub follow: bool,
+    #[command(flatten)]
+    pub waiting: WaitArgs,
 
     /// Makes the start idempotent: running again with the same key and the same request
     /// returns the execution the first run started (kept 24 hours); a different request
     /// with the key is refused.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+}
+
+/// `--wait`, `--follow` and `--timeout` of `run` and `retry`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WaitArgs {
+    /// Wait for the execution to end and print it; exit 1 unless it completed.
+    #[arg(long, conflicts_with = "follow")]
+    pub wait: bool,
+
+    /// Like --wait, printing each step's progress and log lines to stderr as it happens
+    /// (and, during a long step, what is still running every 15 s).
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// With --wait or --follow: stop waiting after DURATION (e.g. 90s, 10m, 1h) and exit
+    /// 5; the execution goes on. Default: wait as long as it takes, through restarts of
+    /// the daemon.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+impl WaitArgs {
+    /// Whether the command waits for the execution to end.
+    pub fn waits(&self) -> bool {
+        self.wait || self.follow
+    }
 }
 
 /// `mantlectl executions …`.
@@ -456,6 +484,17 @@ pub struct KeysListArgs {
 /// Checks what clap cannot: `--operator` contradicts a `--tenant` given on the command
 /// line (a tenant from MANTLE_TENANT is simply overridden).
 pub fn check_conflicts(cli: &Cli, matches: &ArgMatches) -> Result<(), clap::Error> {
+    let waiting = match &cli.command {
+        Command::Run(args) => Some(&args.waiting),
+        Command::Retry { waiting, .. } => Some(waiting),
+        _ => None,
+    };
+    if waiting.is_some_and(|w| w.timeout.is_some() && !w.waits()) {
+        return Err(Cli::command().error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--timeout limits a wait: use it with --wait or --follow",
+        ));
+    }
     let operator = match &cli.command {
         Command::Keys(KeysCommand::Create(args)) => args.operator,
         Command::Keys(KeysCommand::List(args)) => args.operator,
@@ -641,14 +680,32 @@ mod tests {
                 ("n".to_owned(), String::new())
             ]
         );
-        assert!(args.follow && !args.wait);
+        assert!(args.waiting.follow && !args.waiting.wait);
         assert_eq!(args.version, Some(3));
         let err = parse(&["run", "hello", "--wait", "--follow"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let cli = parse(&["run", "hello", "--wait", "--timeout", "1m30s"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.waiting.timeout, Some(Duration::from_secs(90)));
         let err = parse(&["run", "hello", "--input", "novalue"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let err = parse(&["run", "hello", "--input", "=x"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_timeout_needs_a_wait() {
+        let err = conflicts(&["run", "hello", "--timeout", "10s"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--wait or --follow"), "{err}");
+        assert!(conflicts(&["run", "hello", "--follow", "--timeout", "10s"]).is_ok());
+        let err = conflicts(&["retry", "0190", "--timeout", "10s"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(conflicts(&["retry", "0190", "--wait", "--timeout", "10s"]).is_ok());
+        let err = parse(&["retry", "0190", "--wait", "--follow"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

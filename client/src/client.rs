@@ -954,72 +954,116 @@ impl Client {
     }
 
     /// Waits until an execution has finished (completed, failed, cancelled or timed out)
-    /// and returns it. See [`Client::follow_execution`].
-    pub async fn wait_execution(&self, id: &str) -> Result<Execution, Error> {
-        self.follow_execution(id, 0, |_| {}).await
+    /// and returns it, through daemon restarts, for at most `timeout` (`None`: as long as
+    /// it takes). See [`Client::follow_execution`].
+    pub async fn wait_execution(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Execution, Error> {
+        let options = FollowOptions {
+            timeout,
+            ..FollowOptions::default()
+        };
+        self.follow_execution(id, &options, |_| {}).await
     }
 
-    /// Watches an execution from after `after_seq` until it has finished, calling
-    /// `on_event` once for every event in sequence order, and returns the final
-    /// execution.
+    /// Watches an execution until it has finished, calling `on_update` once for every
+    /// event after `options.after_seq` in sequence order, and returns the final execution.
     ///
-    /// When the stream drops (the connection breaks, the server restarts) the execution is
-    /// polled with GetExecution and watched again from the last event seen, so no event
-    /// is reported twice; a stream silent for 30 s is checked the same way. Errors that
-    /// are answers (NOT_FOUND, PERMISSION_DENIED, …) and a failing GetExecution end the
-    /// wait.
+    /// Following survives a daemon restart or a switch to another replica: when the stream
+    /// drops, the execution is polled with GetExecution and watched again from the last
+    /// event seen, so no event is reported twice. While the daemon cannot be reached the
+    /// client keeps trying, with a backoff of 250 ms doubling to 5 s, reporting
+    /// [`FollowUpdate::Unreachable`] once per outage and [`FollowUpdate::Reconnected`] when
+    /// it answers again. A stream silent for 30 s is checked with GetExecution too.
+    /// Errors that are answers (NOT_FOUND, PERMISSION_DENIED, …) end the wait, and so does
+    /// `options.timeout` ([`Error::WaitTimeout`]; the execution goes on).
     pub async fn follow_execution<F>(
         &self,
         id: &str,
-        after_seq: i64,
-        mut on_event: F,
+        options: &FollowOptions,
+        mut on_update: F,
     ) -> Result<Execution, Error>
     where
-        F: FnMut(&ExecutionEvent),
+        F: FnMut(FollowUpdate<'_>),
     {
-        let mut last_seq = after_seq;
+        let mut follower = Follower {
+            client: self,
+            id,
+            last_seq: options.after_seq,
+            quiet_interval: options.quiet_interval,
+            outage: false,
+            on_update: &mut on_update,
+        };
+        match options.timeout {
+            None => follower.run().await,
+            Some(timeout) => tokio::time::timeout(timeout, follower.run())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::WaitTimeout {
+                        id: id.to_owned(),
+                        timeout,
+                    })
+                }),
+        }
+    }
+}
+
+/// What [`Client::follow_execution`] reports as it follows an execution.
+#[derive(Debug)]
+pub enum FollowUpdate<'a> {
+    /// The next event of the execution; each is reported once, in sequence order.
+    Event(&'a ExecutionEvent),
+    /// No event for [`FollowOptions::quiet_interval`] (reported again after each further
+    /// interval without one).
+    Quiet,
+    /// The daemon cannot be reached (the error says why); reported once per outage. The
+    /// execution goes on on the server, and the client keeps trying.
+    Unreachable(&'a Error),
+    /// The daemon answers again after [`FollowUpdate::Unreachable`].
+    Reconnected,
+}
+
+/// How [`Client::follow_execution`] follows an execution.
+#[derive(Debug, Clone, Default)]
+pub struct FollowOptions {
+    /// Report the events after this sequence number (0: from the first).
+    pub after_seq: i64,
+    /// Stop waiting after this long with [`Error::WaitTimeout`]; `None`: as long as it
+    /// takes.
+    pub timeout: Option<Duration>,
+    /// Report [`FollowUpdate::Quiet`] after this long without an event; `None`: never.
+    pub quiet_interval: Option<Duration>,
+}
+
+/// The state of one [`Client::follow_execution`].
+struct Follower<'a> {
+    client: &'a Client,
+    id: &'a str,
+    last_seq: i64,
+    quiet_interval: Option<Duration>,
+    /// Whether an outage has been reported and the daemon has not answered since.
+    outage: bool,
+    on_update: &'a mut dyn FnMut(FollowUpdate<'_>),
+}
+
+impl Follower<'_> {
+    async fn run(&mut self) -> Result<Execution, Error> {
         let mut drops = 0u32;
         loop {
-            match self.watch_execution(id, last_seq).await {
-                Ok(mut events) => loop {
-                    let next = tokio::time::timeout(WATCH_IDLE_CHECK, events.next_event()).await;
-                    match next {
-                        Ok(Ok(Some(event))) => {
-                            if event.seq <= last_seq {
-                                continue;
-                            }
-                            last_seq = event.seq;
-                            drops = 0;
-                            on_event(&event);
-                            if terminal_status_of(&event).is_some() {
-                                // A retried execution runs again after a terminal event,
-                                // and the log goes on after it.
-                                let execution = self.get_execution(id).await?;
-                                if execution_finished(&execution) {
-                                    self.drain_events(id, &mut last_seq, &mut on_event).await;
-                                    return Ok(execution);
-                                }
-                            }
-                        }
-                        Ok(Ok(None)) => break,
-                        Ok(Err(err)) if is_transient_watch_error(&err) => break,
-                        Ok(Err(err)) => return Err(err),
-                        Err(_idle) => {
-                            let execution = self.get_execution(id).await?;
-                            if execution_finished(&execution) {
-                                self.drain_events(id, &mut last_seq, &mut on_event).await;
-                                return Ok(execution);
-                            }
-                        }
+            match self.client.watch_execution(self.id, self.last_seq).await {
+                Ok(events) => {
+                    self.answered();
+                    if let Some(execution) = self.read(events, &mut drops).await? {
+                        return Ok(execution);
                     }
-                },
-                Err(err) if is_transient_watch_error(&err) => {}
+                }
+                Err(err) if is_transient_watch_error(&err) => self.unreachable(&err),
                 Err(err) => return Err(err),
             }
             // The stream dropped before the end: poll, then watch again.
-            let execution = self.get_execution(id).await?;
-            if execution_finished(&execution) {
-                self.drain_events(id, &mut last_seq, &mut on_event).await;
+            if let Some(execution) = self.poll_finished().await? {
                 return Ok(execution);
             }
             drops += 1;
@@ -1027,29 +1071,118 @@ impl Client {
         }
     }
 
-    /// Best effort: reports the events after `last_seq` of a finished execution that
-    /// were not seen yet: those a dropped watch missed, and those after an earlier
-    /// terminal event (a watch ends at each one; a retried execution has several).
-    async fn drain_events<F>(&self, id: &str, last_seq: &mut i64, on_event: &mut F)
-    where
-        F: FnMut(&ExecutionEvent),
-    {
+    /// Reports the stream's events until the execution has finished (`Some`) or the
+    /// stream ends or breaks (`None`).
+    async fn read(
+        &mut self,
+        mut events: ExecutionEvents,
+        drops: &mut u32,
+    ) -> Result<Option<Execution>, Error> {
+        let mut last_check = tokio::time::Instant::now();
+        let mut last_news = last_check;
         loop {
-            let Ok(mut events) = self.watch_execution(id, *last_seq).await else {
+            let check_at = last_check + WATCH_IDLE_CHECK;
+            let wake_at = match self.quiet_interval {
+                Some(quiet) => check_at.min(last_news + quiet),
+                None => check_at,
+            };
+            match tokio::time::timeout_at(wake_at, events.next_event()).await {
+                Ok(Ok(Some(event))) => {
+                    if event.seq <= self.last_seq {
+                        continue;
+                    }
+                    self.last_seq = event.seq;
+                    *drops = 0;
+                    last_news = tokio::time::Instant::now();
+                    (self.on_update)(FollowUpdate::Event(&event));
+                    // A retried execution runs again after a terminal event, and the log
+                    // goes on after it.
+                    if terminal_status_of(&event).is_some()
+                        && let Some(execution) = self.poll_finished().await?
+                    {
+                        return Ok(Some(execution));
+                    }
+                }
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(err)) if is_transient_watch_error(&err) => return Ok(None),
+                Ok(Err(err)) => return Err(err),
+                Err(_elapsed) => {
+                    let now = tokio::time::Instant::now();
+                    if self
+                        .quiet_interval
+                        .is_some_and(|quiet| now >= last_news + quiet)
+                    {
+                        last_news = now;
+                        (self.on_update)(FollowUpdate::Quiet);
+                    }
+                    if now >= check_at {
+                        last_check = now;
+                        if let Some(execution) = self.poll_finished().await? {
+                            return Ok(Some(execution));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The execution if it has finished, with the events not seen yet reported first.
+    /// While the daemon cannot be reached this keeps asking (the caller's timeout ends it).
+    async fn poll_finished(&mut self) -> Result<Option<Execution>, Error> {
+        let mut failures = 0u32;
+        let execution = loop {
+            match self.client.get_execution(self.id).await {
+                Ok(execution) => break execution,
+                Err(err) if is_transient_watch_error(&err) => {
+                    self.unreachable(&err);
+                    failures += 1;
+                    tokio::time::sleep(rewatch_delay(failures)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        self.answered();
+        if !execution_finished(&execution) {
+            return Ok(None);
+        }
+        self.drain().await;
+        Ok(Some(execution))
+    }
+
+    /// Best effort: reports the events after `last_seq` of a finished execution that were
+    /// not seen yet: those a dropped watch missed, and those after an earlier terminal
+    /// event (a watch ends at each one; a retried execution has several).
+    async fn drain(&mut self) {
+        loop {
+            let Ok(mut events) = self.client.watch_execution(self.id, self.last_seq).await else {
                 return;
             };
-            let before = *last_seq;
+            let before = self.last_seq;
             while let Ok(Ok(Some(event))) =
                 tokio::time::timeout(DRAIN_TIMEOUT, events.next_event()).await
             {
-                if event.seq > *last_seq {
-                    *last_seq = event.seq;
-                    on_event(&event);
+                if event.seq > self.last_seq {
+                    self.last_seq = event.seq;
+                    (self.on_update)(FollowUpdate::Event(&event));
                 }
             }
-            if *last_seq == before {
+            if self.last_seq == before {
                 return;
             }
+        }
+    }
+
+    fn unreachable(&mut self, err: &Error) {
+        if !self.outage {
+            self.outage = true;
+            (self.on_update)(FollowUpdate::Unreachable(err));
+        }
+    }
+
+    fn answered(&mut self) {
+        if self.outage {
+            self.outage = false;
+            (self.on_update)(FollowUpdate::Reconnected);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Human durations such as `30d`, `12h` or `1d12h`, used for API key lifetimes.
+//! Human durations such as `30d`, `12h` or `1d12h`: API key lifetimes, wait timeouts.
 
 use std::time::Duration;
 
@@ -53,9 +53,39 @@ pub fn parse_duration(input: &str) -> Result<Duration, Error> {
     Ok(Duration::from_secs(total))
 }
 
+/// Writes a duration in whole seconds the way [`parse_duration`] reads it: `45s`, `1m5s`,
+/// `2h`, `1d12h`; less than a second is `0s`.
+pub fn format_duration(duration: Duration) -> String {
+    let mut rest = duration.as_secs();
+    if rest == 0 {
+        return "0s".to_owned();
+    }
+    let mut text = String::new();
+    for (unit, seconds) in [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)] {
+        if rest >= seconds {
+            text.push_str(&format!("{}{unit}", rest / seconds));
+            rest %= seconds;
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_format_as_they_parse() {
+        assert_eq!(format_duration(Duration::from_millis(400)), "0s");
+        assert_eq!(format_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(format_duration(Duration::from_secs(65)), "1m5s");
+        assert_eq!(format_duration(Duration::from_secs(7_200)), "2h");
+        assert_eq!(format_duration(Duration::from_secs(129_600)), "1d12h");
+        for text in ["45s", "1m5s", "2h", "1d12h", "3w"] {
+            let parsed = parse_duration(text).unwrap();
+            assert_eq!(parse_duration(&format_duration(parsed)).unwrap(), parsed);
+        }
+    }
 
     fn secs(s: &str) -> u64 {
         parse_duration(s)

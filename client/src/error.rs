@@ -72,6 +72,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// Waiting for an execution took longer than the caller allowed; the execution goes on.
+    #[error(
+        "execution {id} did not finish within {}; it goes on (the wait ended, not the execution)",
+        crate::duration::format_duration(*timeout)
+    )]
+    WaitTimeout {
+        /// The execution waited for.
+        id: String,
+        /// How long the caller allowed.
+        timeout: std::time::Duration,
+    },
+
     /// The daemon answered with a response the client cannot use.
     #[error("invalid response from server: {0}")]
     InvalidResponse(String),

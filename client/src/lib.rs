@@ -38,10 +38,10 @@ mod token;
 
 pub use address::{Address, DEFAULT_ADDRESS, is_local_host};
 pub use client::{
-    AuthChannel, AuthInterceptor, Client, ClientOptions, HealthStatus, NewApiKey, TENANT_METADATA,
-    datetime_to_timestamp, timestamp_to_datetime,
+    AuthChannel, AuthInterceptor, Client, ClientOptions, FollowOptions, FollowUpdate, HealthStatus,
+    NewApiKey, TENANT_METADATA, datetime_to_timestamp, timestamp_to_datetime,
 };
-pub use duration::parse_duration;
+pub use duration::{format_duration, parse_duration};
 pub use error::{
     Error, VALIDATION_PROBLEMS_TYPE_URL, code_words, format_status, validation_problems,
 };

@@ -263,3 +263,277 @@ async fn mantlectl_unreachable_daemon_exits_non_zero() {
         describe_output(&output)
     );
 }
+
+/// A mantlectl process whose stderr is read line by line as it runs.
+struct Running {
+    child: tokio::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn spawn(ctl: &Ctl<'_>, args: &[&str]) -> Running {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = mantlectl_command(ctl.home.path());
+        cmd.arg("--address")
+            .arg(ctl.daemon.addr.to_string())
+            .env("MANTLE_DATA_DIR", ctl.daemon.data_dir())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawning mantlectl");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = std::sync::Arc::clone(&stderr);
+        let pipe = child.stderr.take().expect("piped stderr");
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Running { child, stderr }
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    async fn wait_for_line(&self, needle: &str) {
+        let seen = eventually(Duration::from_secs(60), || async {
+            self.stderr().iter().any(|l| l.contains(needle))
+        })
+        .await;
+        assert!(
+            seen,
+            "mantlectl never printed {needle:?}:\n{}",
+            self.stderr().join("\n")
+        );
+    }
+
+    async fn finish(mut self) -> (std::process::ExitStatus, String, Vec<String>) {
+        use tokio::io::AsyncReadExt;
+        let mut stdout = String::new();
+        let mut pipe = self.child.stdout.take().expect("piped stdout");
+        let read = pipe.read_to_string(&mut stdout);
+        let (status, _) = tokio::time::timeout(Duration::from_secs(120), async {
+            tokio::join!(self.child.wait(), read)
+        })
+        .await
+        .expect("mantlectl did not finish within 120 s");
+        // Let the reader take the last lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status.expect("mantlectl status"), stdout, self.stderr())
+    }
+}
+
+const RESTART_WORKFLOW: &str = r#"name: across-restart
+steps:
+  - name: before
+    action: core/log
+    params: {message: "before the restart"}
+  - name: slow
+    action: core/sleep
+    depends_on: [before]
+    params: {duration: 4s}
+  - name: after
+    action: core/set
+    depends_on: [slow]
+    params: {answer: 42}
+outputs:
+  answer: steps.after.output.answer
+"#;
+
+/// Event lines only (`HH:MM:SS what`): not the apply summary, the start line, the notes
+/// of an outage or the quiet lines.
+fn event_lines(stderr: &[String]) -> Vec<String> {
+    stderr
+        .iter()
+        .filter(|l| {
+            let b = l.as_bytes();
+            b.len() > 9 && b[2] == b':' && b[5] == b':' && b[8] == b' ' && !l.contains(" … ")
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mantlectl_follow_survives_a_daemon_restart() {
+    let mut daemon = Daemon::start_ok(DaemonOptions::sqlite()).await;
+    let ctl = Ctl {
+        daemon: &daemon,
+        home: tempfile::tempdir().unwrap(),
+    };
+    let file = ctl.home.path().join("across-restart.yaml");
+    std::fs::write(&file, RESTART_WORKFLOW).unwrap();
+    let follow = Running::spawn(
+        &ctl,
+        &["run", file.to_str().unwrap(), "--follow", "-o", "json"],
+    );
+    follow.wait_for_line("step slow attempt 1 running").await;
+    let home = ctl.home;
+
+    // A deploy: the daemon stops, stays away long enough for the client to notice, and a
+    // new one takes its place on the same address and data.
+    let addr = daemon.addr;
+    daemon
+        .sigterm(Duration::from_secs(30))
+        .await
+        .expect("SIGTERM");
+    follow.wait_for_line("cannot be reached").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    daemon
+        .restart_ok(DaemonOptions::sqlite().env("MANTLE_API_ADDRESS", addr.to_string()))
+        .await;
+
+    let (status, stdout, stderr) = follow.finish().await;
+    let all = stderr.join("\n");
+    assert!(
+        status.success(),
+        "run --follow failed: {status}\n{all}\n{stdout}"
+    );
+    let execution = json(&stdout);
+    assert_eq!(execution["status"], "completed", "{stdout}");
+    assert_eq!(
+        execution["outputs"],
+        serde_json::json!({"answer": 42}),
+        "{stdout}"
+    );
+    let notes = |needle: &str| stderr.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(notes("cannot be reached"), 1, "one note per outage:\n{all}");
+    assert!(
+        stderr.iter().any(|l| l.contains("goes on there")),
+        "the note does not say the execution goes on:\n{all}"
+    );
+    assert_eq!(notes("answers again"), 1, "{all}");
+
+    // Every event exactly once, in order: what --follow printed is the recorded log.
+    let ctl = Ctl {
+        daemon: &daemon,
+        home,
+    };
+    let id = execution["id"].as_str().unwrap();
+    let log: Vec<String> = ctl
+        .ok(None, &["logs", id])
+        .await
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(event_lines(&stderr), log, "--follow printed:\n{all}");
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.contains("[before] before the restart"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mantlectl_wait_timeout_while_the_daemon_is_down_exits_5() {
+    let mut daemon = Daemon::start_ok(DaemonOptions::sqlite()).await;
+    let ctl = Ctl {
+        daemon: &daemon,
+        home: tempfile::tempdir().unwrap(),
+    };
+    let file = ctl.home.path().join("long.yaml");
+    std::fs::write(
+        &file,
+        "name: long\nsteps:\n  - name: nap\n    action: core/sleep\n    params: {duration: 60s}\n",
+    )
+    .unwrap();
+    let wait = Running::spawn(
+        &ctl,
+        &["run", file.to_str().unwrap(), "--wait", "--timeout", "4s"],
+    );
+    // The execution has started once the apply summary and the start are through.
+    let started = eventually(Duration::from_secs(30), || async {
+        ctl.ok(None, &["executions", "list", "-o", "json"])
+            .await
+            .contains("\"running\"")
+    })
+    .await;
+    assert!(
+        started,
+        "the execution never ran:\n{}",
+        wait.stderr().join("\n")
+    );
+    drop(ctl);
+    daemon.sigkill().await.expect("kill -9");
+    let began = std::time::Instant::now();
+    let (status, _, stderr) = wait.finish().await;
+    let all = stderr.join("\n");
+    assert_eq!(status.code(), Some(5), "{all}");
+    assert!(began.elapsed() < Duration::from_secs(10), "{all}");
+    assert_eq!(
+        stderr
+            .iter()
+            .filter(|l| l.contains("cannot be reached"))
+            .count(),
+        1,
+        "{all}"
+    );
+    assert!(
+        all.contains("did not finish within 4s; it goes on"),
+        "{all}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mantlectl_retry_follows_only_the_retry_and_cancel_of_a_finished_execution_says_so() {
+    let daemon =
+        Daemon::start_ok(DaemonOptions::sqlite().env("MANTLE_HTTP_ALLOW_PRIVATE_NETWORKS", "true"))
+            .await;
+    let ctl = Ctl {
+        daemon: &daemon,
+        home: tempfile::tempdir().unwrap(),
+    };
+    let server = TestServer::start().await;
+    server.set("/flaky", Reply::status(500));
+    let file = ctl.home.path().join("flaky.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: flaky\nsteps:\n  - name: call\n    action: http/request\n    params: {{url: \"{}\"}}\n",
+            server.url("/flaky")
+        ),
+    )
+    .unwrap();
+    let output = ctl
+        .run(
+            None,
+            &["run", file.to_str().unwrap(), "--wait", "-o", "json"],
+        )
+        .await;
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        describe_output(&output)
+    );
+    let failed = json(&String::from_utf8_lossy(&output.stdout));
+    let id = failed["id"].as_str().unwrap().to_owned();
+    assert_eq!(failed["status"], "failed");
+
+    server.set("/flaky", Reply::json(200, serde_json::json!({"ok": true})));
+    let output = ctl
+        .run(None, &["retry", &id, "--follow", "-o", "json"])
+        .await;
+    assert!(output.status.success(), "{}", describe_output(&output));
+    let stderr = stderr_of(&output);
+    let retried = json(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(retried["status"], "completed", "{stderr}");
+    assert!(stderr.contains("step call attempt 2 running"), "{stderr}");
+    assert!(
+        !stderr.contains("attempt 1"),
+        "retry --follow repeated the first run's events:\n{stderr}"
+    );
+
+    let output = ctl.run(None, &["cancel", &id]).await;
+    assert!(output.status.success(), "{}", describe_output(&output));
+    let stderr = stderr_of(&output);
+    assert_eq!(
+        stderr.trim(),
+        format!("execution {id} already ended (completed); nothing to cancel")
+    );
+}

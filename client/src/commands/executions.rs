@@ -12,8 +12,9 @@ use mantle_client::{
 };
 use serde::Serialize;
 
+use super::follow::{Show, last_recorded_seq, wait_for};
 use super::{Context, EXIT_ERROR, Exit};
-use crate::cli::ExecutionsCommand;
+use crate::cli::{ExecutionsCommand, WaitArgs};
 use crate::output::{
     self, OutputFormat, Render, Table, duration_cell, key_values, serialize_time, text_cell,
     time_cell,
@@ -292,7 +293,7 @@ impl From<&ExecutionEvent> for EventView {
 }
 
 /// Prints one event of `logs` to stdout: a line, a JSON line or a YAML document.
-fn print_event(format: OutputFormat, event: &ExecutionEvent) {
+pub fn print_event(format: OutputFormat, event: &ExecutionEvent) {
     let text = match format {
         OutputFormat::Table => event_line(event) + "\n",
         OutputFormat::Json => match serde_json::to_string(&EventView::from(event)) {
@@ -333,9 +334,7 @@ pub async fn status(ctx: &Context, id: &str) -> anyhow::Result<()> {
 pub async fn logs(ctx: &Context, id: &str, follow: bool) -> anyhow::Result<()> {
     let client = ctx.connect(true).await?;
     if follow {
-        client
-            .follow_execution(id, 0, |event| print_event(ctx.output, event))
-            .await?;
+        wait_for(&client, id, 0, None, Show::Events(ctx.output)).await?;
         return Ok(());
     }
     print_recorded_events(&client, id, ctx.output).await
@@ -374,16 +373,41 @@ async fn print_recorded_events(
     }
 }
 
-/// `mantlectl cancel ID`.
+/// `mantlectl cancel ID`. Cancelling a finished execution changes nothing; that is said
+/// in one line on stderr (exit 0), and the execution is printed as always.
 pub async fn cancel(ctx: &Context, id: &str) -> anyhow::Result<()> {
     let client = ctx.connect(true).await?;
+    let before = client.get_execution(id).await?;
+    let status = ExecutionStatus::try_from(before.status).unwrap_or_default();
+    if mantle_client::is_terminal(status) {
+        eprintln!(
+            "execution {id} already ended ({}); nothing to cancel",
+            execution_status_str(before.status)
+        );
+        return print_execution(ctx, before);
+    }
     print_execution(ctx, client.cancel_execution(id).await?)
 }
 
-/// `mantlectl retry ID`.
-pub async fn retry(ctx: &Context, id: &str) -> anyhow::Result<()> {
+/// `mantlectl retry ID [--wait|--follow]`. The events of the retry are those after the
+/// execution's last recorded event.
+pub async fn retry(ctx: &Context, id: &str, waiting: &WaitArgs) -> anyhow::Result<()> {
     let client = ctx.connect(true).await?;
-    print_execution(ctx, client.retry_execution(id).await?)
+    if !waiting.waits() {
+        return print_execution(ctx, client.retry_execution(id).await?);
+    }
+    let after_seq = last_recorded_seq(&client, id).await?;
+    client.retry_execution(id).await?;
+    let show = if waiting.follow {
+        eprintln!("execution {id} retried");
+        Show::Progress
+    } else {
+        Show::Nothing
+    };
+    let finished = wait_for(&client, id, after_seq, waiting.timeout, show).await?;
+    let view = ExecutionView::from(finished);
+    output::print(ctx.output, &view)?;
+    conclude(&view)
 }
 
 /// `mantlectl executions …`.

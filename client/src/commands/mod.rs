@@ -2,6 +2,7 @@
 
 pub mod definitions;
 pub mod executions;
+pub mod follow;
 pub mod health;
 pub mod keys;
 pub mod run;
@@ -22,6 +23,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 3;
 /// Exit code of `health` when the answer is not SERVING.
 pub const EXIT_NOT_SERVING: u8 = 4;
+/// Exit code of `run`/`retry --wait|--follow` when `--timeout` passed first.
+pub const EXIT_WAIT_TIMEOUT: u8 = 5;
 
 /// Ends mantlectl with an exit code, printing nothing more: the command has already
 /// reported the outcome.
@@ -101,7 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { id } => executions::status(&ctx, &id).await,
         Command::Logs { id, follow } => executions::logs(&ctx, &id, follow).await,
         Command::Cancel { id } => executions::cancel(&ctx, &id).await,
-        Command::Retry { id } => executions::retry(&ctx, &id).await,
+        Command::Retry { id, waiting } => executions::retry(&ctx, &id, &waiting).await,
         Command::Executions(command) => executions::run(&ctx, command).await,
         Command::Secrets(command) => secrets::run(&ctx, command).await,
     }
@@ -122,6 +125,7 @@ pub fn report(err: &anyhow::Error, address: &Address) -> (Option<String>, u8) {
             (Some(message), EXIT_UNREACHABLE)
         }
         Some(e) if e.is_unreachable() => (Some(message), EXIT_UNREACHABLE),
+        Some(mantle_client::Error::WaitTimeout { .. }) => (Some(message), EXIT_WAIT_TIMEOUT),
         _ => (Some(message), EXIT_ERROR),
     }
 }
@@ -193,6 +197,21 @@ mod tests {
             message
                 .unwrap()
                 .starts_with("mantlectl: error: reading server info: unavailable: x")
+        );
+    }
+
+    #[test]
+    fn a_wait_that_times_out_exits_5() {
+        let err = anyhow::Error::from(mantle_client::Error::WaitTimeout {
+            id: "x1".into(),
+            timeout: std::time::Duration::from_secs(90),
+        });
+        let (message, code) = report(&err, &addr());
+        assert_eq!(code, EXIT_WAIT_TIMEOUT);
+        assert_eq!(
+            message.unwrap(),
+            "mantlectl: error: execution x1 did not finish within 1m30s; it goes on (the wait \
+             ended, not the execution)"
         );
     }
 

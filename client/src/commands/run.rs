@@ -7,7 +7,8 @@ use mantle_client::Client;
 use serde_json::{Map, Value};
 
 use super::definitions::{ApplyView, refused, report_refused};
-use super::executions::{ExecutionView, conclude, event_line, parse_json};
+use super::executions::{ExecutionView, conclude, parse_json};
+use super::follow::{Show, wait_for};
 use super::{Context, EXIT_ERROR, Exit};
 use crate::cli::RunArgs;
 use crate::output::{self, OutputFormat};
@@ -158,7 +159,7 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
     let execution = client
         .start_execution(&workflow, version, &inputs, args.idempotency_key.as_deref())
         .await?;
-    if !args.wait && !args.follow {
+    if !args.waiting.waits() {
         if ctx.output == OutputFormat::Table {
             println!("{}", execution.id);
             return Ok(());
@@ -166,14 +167,13 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
         return output::print(ctx.output, &ExecutionView::from(execution));
     }
     let id = execution.id;
-    let finished = if args.follow {
+    let show = if args.waiting.follow {
         eprintln!("execution {id} started");
-        client
-            .follow_execution(&id, 0, |event| eprintln!("{}", event_line(event)))
-            .await?
+        Show::Progress
     } else {
-        client.wait_execution(&id).await?
+        Show::Nothing
     };
+    let finished = wait_for(&client, &id, 0, args.waiting.timeout, show).await?;
     let view = ExecutionView::from(finished);
     output::print(ctx.output, &view)?;
     conclude(&view)
