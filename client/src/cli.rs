@@ -130,7 +130,9 @@ pub enum Command {
     },
     /// Print an execution's event log, one line per event.
     ///
-    /// Without --follow, prints the events recorded so far and exits.
+    /// Without --follow, prints the events recorded so far and exits. With -o json, each
+    /// event is one compact JSON object on a line of its own (NDJSON); with -o yaml, one
+    /// YAML document per event.
     Logs {
         /// Execution id.
         id: String,

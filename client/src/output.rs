@@ -10,9 +10,10 @@ use serde::Serialize;
 pub enum OutputFormat {
     /// Aligned columns with a header.
     Table,
-    /// Pretty-printed JSON.
+    /// Pretty-printed JSON; streams of events (`logs`) print one compact JSON object per
+    /// line (NDJSON).
     Json,
-    /// YAML.
+    /// YAML; streams of events print one YAML document per event.
     Yaml,
 }
 

@@ -354,6 +354,33 @@ async fn engine_retries(backend: Backend) {
     assert_eq!(output["status"], 200, "output: {output}");
     assert_eq!(output["body"], json!({"ok": true}), "output: {output}");
     assert_eq!(server.count("/flaky"), 3, "requests the server saw");
+    // A retry waiting for its backoff says when it runs, to the millisecond.
+    let events = env
+        .m
+        .watch(&e.id, 0, Duration::from_secs(15))
+        .await
+        .expect("watch");
+    let waiting: Vec<&str> = events
+        .iter()
+        .filter(|ev| {
+            ev.kind == pb::execution_event::Kind::StepStatus as i32
+                && ev.step_status == St::Pending as i32
+        })
+        .map(|ev| ev.message.as_str())
+        .collect();
+    assert_eq!(waiting.len(), 2, "{}", describe_events(&events));
+    for message in waiting {
+        let (wait, at) = message
+            .strip_prefix("retry in ")
+            .and_then(|rest| rest.split_once(" at "))
+            .unwrap_or_else(|| panic!("pending event message {message:?}"));
+        assert!(wait.ends_with("ms") && wait.len() <= 5, "{message:?}");
+        assert_eq!(at.len(), "2026-12-03T21:40:05.123Z".len(), "{message:?}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+            "{message:?}"
+        );
+    }
     // Backoff: 100 ms then 200 ms, jittered to 50..100 %.
     for pair in calls.windows(2) {
         let gap = ms(&pair[1].start_time, "retry start") - ms(&pair[0].end_time, "failed end");

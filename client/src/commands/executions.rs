@@ -325,9 +325,25 @@ pub async fn status(ctx: &Context, id: &str) -> anyhow::Result<()> {
         ctx.output,
         &StatusView {
             execution: execution.into(),
-            attempts: attempts.into_iter().map(AttemptView::from).collect(),
+            attempts: grouped_by_step(attempts)
+                .into_iter()
+                .map(AttemptView::from)
+                .collect(),
         },
     )
+}
+
+/// The attempts grouped by step, each step's in attempt order; steps in the order their
+/// first attempt started (the server lists attempts by start time).
+fn grouped_by_step(attempts: Vec<StepAttempt>) -> Vec<StepAttempt> {
+    let mut first_seen: std::collections::HashMap<String, usize> = Default::default();
+    for a in &attempts {
+        let next = first_seen.len();
+        first_seen.entry(a.step_name.clone()).or_insert(next);
+    }
+    let mut attempts = attempts;
+    attempts.sort_by_key(|a| (first_seen[&a.step_name], a.attempt));
+    attempts
 }
 
 /// `mantlectl logs ID [--follow]`.
@@ -616,6 +632,37 @@ mod tests {
         assert_eq!(value["status"], "running");
         assert_eq!(value["attempts"][0]["status"], "failed");
         assert_eq!(value["attempts"][1]["output"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn status_groups_attempts_by_step() {
+        let attempt = |step: &str, n: i32| StepAttempt {
+            step_name: step.into(),
+            attempt: n,
+            ..Default::default()
+        };
+        // By start time: fetch 1, load 1, fetch 2, load 2, fetch 3.
+        let grouped = grouped_by_step(vec![
+            attempt("fetch", 1),
+            attempt("load", 1),
+            attempt("fetch", 2),
+            attempt("load", 2),
+            attempt("fetch", 3),
+        ]);
+        let order: Vec<(String, i32)> = grouped
+            .into_iter()
+            .map(|a| (a.step_name, a.attempt))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("fetch".to_owned(), 1),
+                ("fetch".to_owned(), 2),
+                ("fetch".to_owned(), 3),
+                ("load".to_owned(), 1),
+                ("load".to_owned(), 2)
+            ]
+        );
     }
 
     #[test]

@@ -352,7 +352,14 @@ impl Driver {
         let error = error.map(super::model::error_text);
         let message = match status {
             StepStatus::Failed | StepStatus::Cancelled => error.clone(),
-            StepStatus::Pending => wake_time.map(|t| format!("retry at {}", t.to_rfc3339())),
+            StepStatus::Pending => wake_time.map(|t| {
+                let wait = (t - Utc::now()).to_std().unwrap_or_default();
+                format!(
+                    "retry in {} at {}",
+                    crate::duration::format(Duration::from_millis(wait.as_millis() as u64)),
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                )
+            }),
             _ => None,
         };
         self.event(
