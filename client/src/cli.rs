@@ -11,10 +11,11 @@ use mantle_client::{Address, DEFAULT_ADDRESS};
 use crate::output::OutputFormat;
 
 const AFTER_HELP: &str = "\
-Token: --token (or MANTLE_TOKEN). When neither is set and the address is local (localhost,
-127.0.0.0/8, ::1), mantlectl reads the operator token the daemon wrote on its first start to
-<data dir>/operator-token, where the data dir is MANTLE_DATA_DIR, else $XDG_DATA_HOME/mantle,
-else ~/.local/share/mantle. --token '' sends no token.
+Token: --token (or MANTLE_TOKEN). When neither is set, mantlectl reads the operator token
+the daemon keeps in <data dir>/operator-token, where the data dir is MANTLE_DATA_DIR, else
+$XDG_DATA_HOME/mantle, else ~/.local/share/mantle, and sends it only to the daemon that wrote
+it (the file names its address). --token '' sends no token. A refused token is named by
+its source.
 
 Tenant: --tenant (or MANTLE_TENANT) names the tenant you work with. It is sent as
 x-mantle-tenant metadata on tenant-scoped calls (whoami, validate, plan, apply, workflows, run,

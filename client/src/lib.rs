@@ -5,10 +5,10 @@
 //! use mantle_client::{Address, Client, ClientOptions, resolve_token_from_env};
 //!
 //! let address = Address::parse("127.0.0.1:8080")?;
-//! // --token / MANTLE_TOKEN, else the local daemon's operator token file.
-//! let token = resolve_token_from_env(None, &address)?;
+//! // --token / MANTLE_TOKEN, else the operator token file of the daemon at `address`.
+//! let resolved = resolve_token_from_env(None, &address)?;
 //! let mut options = ClientOptions::new(address);
-//! options.token = token;
+//! options.token = resolved.token;
 //! let client = Client::connect(options).await?;
 //! let tenant = client.create_tenant("acme", "Acme Inc.").await?;
 //! println!("created {}", tenant.name);
@@ -51,8 +51,8 @@ pub use execution::{
 };
 pub use retry::RetryPolicy;
 pub use token::{
-    DATA_DIR_ENV, OPERATOR_TOKEN_FILE, TOKEN_ENV, TokenEnv, data_dir, read_operator_token,
-    resolve_token, resolve_token_from_env,
+    DATA_DIR_ENV, OPERATOR_TOKEN_FILE, OperatorToken, ResolvedToken, TOKEN_ENV, TokenEnv,
+    TokenSource, data_dir, read_operator_token, resolve_token, resolve_token_from_env,
 };
 
 /// The generated protobuf messages and clients of package `mantle.v1`.

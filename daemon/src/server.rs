@@ -80,6 +80,15 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             return Ok(());
         }
     };
+    // Bind before anything is recorded (the operator key, the encryption key's id): a
+    // start that cannot listen must leave the next start to behave as this one should
+    // have. Connections wait in the backlog until the daemon serves.
+    let listener = TcpListener::bind(&config.api_address)
+        .await
+        .map_err(|e| StartError::Config(format!("cannot listen on {}: {e}", config.api_address)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| StartError::Other(e.into()))?;
     let tenancy = Tenancy::new(
         store.clone(),
         crate::connectors::NetworkPolicy {
@@ -99,19 +108,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .transpose()
         .map_err(StartError::Config)?
         .map(Arc::new);
-    bootstrap_operator_access(&config, store.as_ref(), &tenancy).await?;
+    bootstrap_operator_access(&config, store.as_ref(), &tenancy, address).await?;
     let ring = Arc::new(key_ring(&config, store.backend())?);
     crate::secrets::check_keys(store.as_ref(), &ring)
         .await
         .map_err(StartError::Config)?;
     let secrets = crate::secrets::Secrets::new(store.clone(), ring);
 
-    let listener = TcpListener::bind(&config.api_address)
-        .await
-        .map_err(|e| StartError::Config(format!("cannot listen on {}: {e}", config.api_address)))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| StartError::Other(e.into()))?;
     let metrics = Metrics::install(cancel.child_token())?;
     let pool = crate::cpu::CpuPool::new(config.engine.cpu_threads);
     let engine = crate::engine::Engine::new(
@@ -313,12 +316,15 @@ impl Signals {
 }
 
 /// Makes sure an operator can get in. With the embedded store and no `MANTLE_API_TOKEN`,
-/// keeps a working operator token in `<data dir>/operator-token` (mode 0600). On
-/// PostgreSQL it only points at `mantle admin-key create` when no operator key exists.
+/// keeps a working operator token in `<data dir>/operator-token` (mode 0600), with the
+/// address the daemon listens on (`address=<ip>:<port>`): clients send the token only
+/// there. On PostgreSQL it only points at `mantle admin-key create` when no operator key
+/// exists.
 async fn bootstrap_operator_access(
     config: &Config,
     store: &dyn Store,
     tenancy: &Tenancy,
+    address: std::net::SocketAddr,
 ) -> Result<(), StartError> {
     if config.api_token.is_some() {
         return Ok(());
@@ -336,8 +342,14 @@ async fn bootstrap_operator_access(
         return Ok(());
     }
     let path = config.data_dir.join(OPERATOR_TOKEN_FILE);
+    let contents = |token: &str| format!("{token}\naddress={address}\n");
     if let Ok(existing) = std::fs::read_to_string(&path) {
-        if token_is_valid_operator(store, existing.trim()).await? {
+        let token = existing.lines().next().unwrap_or_default().trim();
+        if token_is_valid_operator(store, token).await? {
+            if existing != contents(token) {
+                write_private_file(&path, &contents(token))
+                    .map_err(|e| StartError::Config(format!("writing {}: {e}", path.display())))?;
+            }
             return Ok(());
         }
         tracing::warn!(path = %path.display(), "the saved operator token no longer works; minting a new one");
@@ -346,7 +358,7 @@ async fn bootstrap_operator_access(
         .bootstrap_operator_key("local operator (created at first start)")
         .await
         .map_err(anyhow::Error::from)?;
-    write_private_file(&path, &format!("{}\n", created.token))
+    write_private_file(&path, &contents(&created.token))
         .map_err(|e| StartError::Config(format!("writing {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "created an operator token for local use; mantlectl finds it automatically");
     Ok(())

@@ -350,7 +350,9 @@ impl Daemon {
     fn read_operator_token(&self) -> Result<Option<String>> {
         let path = self.data_dir.join("operator-token");
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Ok(text) => Ok(Some(
+                text.lines().next().unwrap_or_default().trim().to_owned(),
+            )),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
         }

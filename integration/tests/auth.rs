@@ -434,19 +434,19 @@ async fn unauthenticated_services(daemon: &Daemon) {
 async fn auth_matrix_sqlite() {
     let daemon = Daemon::start_ok(DaemonOptions::sqlite()).await;
 
-    // Zero-config: the operator token file, mode 0600, token and a newline.
+    // Zero-config: the operator token file, mode 0600: the token, then the address it
+    // belongs to.
     let path = daemon.data_dir().join("operator-token");
     let raw = std::fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("{}: {err}\n{}", path.display(), daemon.diagnostics()));
-    assert!(
-        raw.ends_with('\n'),
-        "operator-token does not end with a newline: {raw:?}"
-    );
+    let lines: Vec<&str> = raw.lines().collect();
     assert_eq!(
-        raw.trim_end().lines().count(),
-        1,
-        "operator-token has more than one line"
+        (lines.len(), raw.ends_with('\n')),
+        (2, true),
+        "operator-token is not two lines: {raw:?}"
     );
+    assert!(is_api_key_token(lines[0]), "{raw:?}");
+    assert_eq!(lines[1], format!("address={}", daemon.addr), "{raw:?}");
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -479,12 +479,15 @@ async fn operator_token_file_survives_restart_sqlite() {
     let first = Daemon::start_ok(opts.clone()).await;
     let token = first.operator_token();
     drop(first);
+    // Another port: the same token, with the new address.
     let second = Daemon::start_ok(opts).await;
     assert_eq!(
         second.operator_token(),
         token,
-        "the operator-token file changed across a restart"
+        "the operator token changed across a restart"
     );
+    let raw = std::fs::read_to_string(data.path().join("operator-token")).unwrap();
+    assert_eq!(raw, format!("{token}\naddress={}\n", second.addr));
     expect_ok(
         second
             .system(Some(&token))

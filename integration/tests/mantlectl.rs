@@ -214,6 +214,39 @@ async fn mantlectl_smoke() {
         "stderr does not say `unauthenticated`\n{}",
         describe_output(&unauthenticated)
     );
+    assert!(
+        stderr_of(&unauthenticated).contains("(sent the token given with --token)"),
+        "the refusal does not name the token's source\n{}",
+        describe_output(&unauthenticated)
+    );
+
+    // The operator token file is sent only to the daemon that wrote it: with this daemon's
+    // data dir, a call to another daemon on this machine goes without it, and says why.
+    let other = Daemon::start_ok(DaemonOptions::sqlite()).await;
+    let mut cmd = mantlectl_command(ctl.home.path());
+    cmd.env("MANTLE_DATA_DIR", daemon.data_dir()).args([
+        "--address",
+        &other.addr.to_string(),
+        "tenants",
+        "list",
+    ]);
+    let elsewhere = run_with_timeout(cmd, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        !elsewhere.status.success(),
+        "{}",
+        describe_output(&elsewhere)
+    );
+    let stderr = stderr_of(&elsewhere);
+    assert!(
+        stderr.contains(&format!(
+            "is the operator token of the daemon at {}, not of http://{}",
+            daemon.addr, other.addr
+        )),
+        "{}",
+        describe_output(&elsewhere)
+    );
 
     // Zero-config: no --token, local address, the operator-token file in MANTLE_DATA_DIR.
     let got = ctl.json(None, &["tenants", "get", &name]).await;

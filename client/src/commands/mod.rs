@@ -12,7 +12,9 @@ pub mod version;
 pub mod whoami;
 pub mod workflows;
 
-use mantle_client::{Address, Client, ClientOptions, TokenEnv, resolve_token};
+use std::sync::{Arc, OnceLock};
+
+use mantle_client::{Address, Client, ClientOptions, TokenEnv, TokenSource, resolve_token};
 
 use crate::cli::{Cli, Command};
 use crate::output::OutputFormat;
@@ -50,17 +52,21 @@ pub struct Context {
     pub tenant: Option<String>,
     /// `-o/--output`.
     pub output: OutputFormat,
+    /// Where the token sent came from, once one was resolved: named when the server
+    /// refuses it.
+    pub token_source: Arc<OnceLock<TokenSource>>,
 }
 
 impl Context {
     /// Connects with the resolved token. `send_tenant` adds x-mantle-tenant.
     pub async fn connect(&self, send_tenant: bool) -> anyhow::Result<Client> {
-        let token = resolve_token(
+        let resolved = resolve_token(
             self.token.as_deref(),
             &self.address,
             &TokenEnv::from_process(),
         )?;
-        self.connect_with(token, send_tenant).await
+        let _ = self.token_source.set(resolved.source);
+        self.connect_with(resolved.token, send_tenant).await
     }
 
     /// Connects without credentials (health checks need none).
@@ -82,6 +88,17 @@ impl Context {
     }
 }
 
+/// The token a refused call sent, and where it came from: added to the error of a call
+/// the server refused as UNAUTHENTICATED or PERMISSION_DENIED.
+#[derive(Debug)]
+pub struct TokenUsed(pub TokenSource);
+
+impl std::fmt::Display for TokenUsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sent {}", self.0)
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Context {
@@ -89,8 +106,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         token: cli.token,
         tenant: cli.tenant.filter(|t| !t.is_empty()),
         output: cli.output,
+        token_source: Arc::default(),
     };
-    match cli.command {
+    dispatch(&ctx, cli.command).await.map_err(|err| {
+        let refused = err
+            .chain()
+            .filter_map(|e| e.downcast_ref::<mantle_client::Error>())
+            .any(|e| {
+                matches!(
+                    e.code(),
+                    Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+                )
+            });
+        match ctx.token_source.get() {
+            Some(source) if refused => err.context(TokenUsed(source.clone())),
+            _ => err,
+        }
+    })
+}
+
+async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
+    let ctx = ctx.clone();
+    match command {
         Command::Health(args) => health::run(&ctx, &args).await,
         Command::Version => version::run(&ctx).await,
         Command::Whoami => whoami::run(&ctx).await,
@@ -118,7 +155,14 @@ pub fn report(err: &anyhow::Error, address: &Address) -> (Option<String>, u8) {
     let client_error = err
         .chain()
         .find_map(|e| e.downcast_ref::<mantle_client::Error>());
-    let mut message = format!("mantlectl: error: {err:#}");
+    let mut message = match err.downcast_ref::<TokenUsed>() {
+        // The refusal first, then the token it refused.
+        Some(used) => {
+            let cause: Vec<String> = err.chain().skip(1).map(ToString::to_string).collect();
+            format!("mantlectl: error: {} ({used})", cause.join(": "))
+        }
+        None => format!("mantlectl: error: {err:#}"),
+    };
     match client_error {
         Some(e @ mantle_client::Error::Rpc(_)) if e.is_unreachable() => {
             message.push_str(&format!(" (server {address})"));
@@ -212,6 +256,25 @@ mod tests {
             message.unwrap(),
             "mantlectl: error: execution x1 did not finish within 1m30s; it goes on (the wait \
              ended, not the execution)"
+        );
+    }
+
+    #[test]
+    fn a_refused_token_is_named_with_its_source() {
+        let err = anyhow::Error::from(mantle_client::Error::from(tonic::Status::unauthenticated(
+            "invalid, expired or revoked token",
+        )))
+        .context(TokenUsed(TokenSource::Env));
+        assert_eq!(
+            report(&err, &addr()),
+            (
+                Some(
+                    "mantlectl: error: unauthenticated: invalid, expired or revoked token \
+                     (sent the token in MANTLE_TOKEN)"
+                        .to_owned()
+                ),
+                EXIT_ERROR
+            )
         );
     }
 
