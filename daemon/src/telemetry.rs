@@ -10,7 +10,7 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global tracing subscriber writing to stderr.
 pub fn init_logging(config: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.level);
+    let filter = tracing_subscriber::EnvFilter::new(filter_directives(&config.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -19,6 +19,17 @@ pub fn init_logging(config: &LogConfig) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The log filter: `level` as configured, with PostgreSQL's notices (such as `relation
+/// "_sqlx_migrations" already exists, skipping` at every start) kept to warnings unless
+/// `level` says otherwise of sqlx.
+fn filter_directives(level: &str) -> String {
+    if level.contains("sqlx") {
+        level.to_owned()
+    } else {
+        format!("{level},sqlx::postgres::notice=warn")
+    }
 }
 
 /// Latency buckets in seconds, from 1 ms to 10 s.
@@ -117,4 +128,24 @@ fn describe() {
         "mantle_database_up",
         "1 while the database answers pings, 0 while it does not"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_notices_stay_below_info_unless_asked_for() {
+        assert_eq!(
+            filter_directives("info"),
+            "info,sqlx::postgres::notice=warn"
+        );
+        assert_eq!(
+            filter_directives("debug,sqlx=debug"),
+            "debug,sqlx=debug",
+            "an explicit sqlx directive wins"
+        );
+        let filter = tracing_subscriber::EnvFilter::new(filter_directives("info"));
+        assert!(filter.to_string().contains("sqlx::postgres::notice=warn"));
+    }
 }

@@ -111,3 +111,109 @@ async fn malformed_api_token() {
         );
     }
 }
+
+/// A start that cannot listen (the port is taken) records nothing: the next start, with
+/// another encryption key, on the same still empty database, comes up. (It used to have
+/// recorded the first key's id, refusing every other key for good.)
+async fn failed_start_records_nothing(database_url: Option<String>) {
+    const OTHER_KEY: &str = "6f746865722d6b65792d303030303030303030303030303030303030303030ff";
+    let data = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = mantle_command();
+    cmd.arg("serve").env("MANTLE_DATA_DIR", data.path()).env(
+        "MANTLE_API_ADDRESS",
+        taken.local_addr().unwrap().to_string(),
+    );
+    if let Some(url) = &database_url {
+        cmd.env("MANTLE_DATABASE_URL", url);
+    }
+    let output = run_with_timeout(cmd, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "{}",
+        describe_output(&output)
+    );
+    let line = the_error_line(&output);
+    assert!(line.contains("cannot listen on"), "{line}");
+
+    let opts = DaemonOptions {
+        database_url,
+        data_dir: Some(data.path().to_path_buf()),
+        ..DaemonOptions::default()
+    }
+    .env("MANTLE_ENCRYPTION_KEY", OTHER_KEY);
+    let daemon = Daemon::start(opts)
+        .await
+        .expect("the start after a failed one, with another key");
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_start_records_nothing_sqlite() {
+    failed_start_records_nothing(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_start_records_nothing_postgres() {
+    let Some(db) = PgDatabase::create("failed_start_records_nothing").await else {
+        return;
+    };
+    failed_start_records_nothing(Some(db.url.clone())).await;
+}
+
+/// Errors waiting cannot cure — a role or database that does not exist, a wrong password —
+/// end the start at once with the configuration exit code and the server's one-line cause.
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_database_errors_exit_at_once() {
+    let Some(db) = PgDatabase::create("permanent_database_errors").await else {
+        return;
+    };
+    let server = db.server_addr();
+    let cases = [
+        (
+            format!("postgres://no_such_role_x@{server}/postgres"),
+            "role \"no_such_role_x\" does not exist",
+            "create the role",
+        ),
+        (
+            with_database(&db.url, "no_such_database_x"),
+            "database \"no_such_database_x\" does not exist",
+            "create the database",
+        ),
+    ];
+    for (url, cause, hint) in cases {
+        let (output, _, elapsed) = serve_expecting_failure(
+            &[
+                ("MANTLE_DATABASE_URL", &url),
+                ("MANTLE_DATABASE_CONNECT_TIMEOUT", "30s"),
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{}",
+            describe_output(&output)
+        );
+        let line = the_error_line(&output);
+        assert!(line.contains(cause) && line.contains(hint), "{line}");
+        assert!(
+            !line.contains("at line") && !line.contains("error returned from database"),
+            "{line}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "a permanent error waited {elapsed:?} (the connect timeout is 30s)"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("not reachable yet"),
+            "a permanent error was retried\n{}",
+            describe_output(&output)
+        );
+    }
+}

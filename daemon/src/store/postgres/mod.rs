@@ -67,14 +67,20 @@ impl PgStore {
                     });
                 }
                 Err(err) => {
+                    let (cause, refusal) = connect_failure(&err);
+                    if let Some(hint) = refusal {
+                        return Err(Error::Config(format!(
+                            "database {shown} refused the connection: {cause} ({hint})"
+                        )));
+                    }
                     let now = tokio::time::Instant::now();
                     if now + backoff > deadline {
                         return Err(Error::Unavailable(format!(
-                            "could not connect to {shown} within {}s: {err}",
+                            "could not connect to {shown} within {}s: {cause}",
                             options.connect_timeout.as_secs()
                         )));
                     }
-                    tracing::warn!(database = %shown, error = %err, "database not reachable yet; retrying");
+                    tracing::warn!(database = %shown, error = %cause, "database not reachable yet; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -83,7 +89,39 @@ impl PgStore {
     }
 }
 
-impl PgStore {}
+/// Why a connection failed, in one line, and — when waiting cannot help (a missing role
+/// or database, a wrong password, a rejected TLS setup) — what to fix.
+fn connect_failure(err: &sqlx::Error) -> (String, Option<&'static str>) {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let hint = match code.as_ref() {
+                "28P01" => Some("check the password in MANTLE_DATABASE_URL"),
+                "3D000" => Some(
+                    "create the database (CREATE DATABASE name OWNER role) or fix its name in \
+                     MANTLE_DATABASE_URL",
+                ),
+                c if c.starts_with("28") => Some(
+                    "create the role (CREATE ROLE name LOGIN PASSWORD '…'), fix the user in \
+                     MANTLE_DATABASE_URL, or let pg_hba.conf admit it",
+                ),
+                _ => None,
+            };
+            // The server's message alone: sqlx's rendering adds "error returned from
+            // database:" and the server's source line ("at line 768").
+            (db.message().to_owned(), hint)
+        }
+        sqlx::Error::Configuration(_) => (
+            err.to_string(),
+            Some("check the parameters of MANTLE_DATABASE_URL"),
+        ),
+        sqlx::Error::Tls(_) => (
+            err.to_string(),
+            Some("check sslmode and the certificates in MANTLE_DATABASE_URL"),
+        ),
+        _ => (err.to_string(), None),
+    }
+}
 
 impl_tenant_store!(PgStore);
 
