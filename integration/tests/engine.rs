@@ -103,6 +103,7 @@ on_both_backends!(
     engine_parallel_branches,
     engine_dependencies_and_templates,
     engine_retries,
+    engine_http_status_policy,
     engine_timeouts,
     engine_cancellation,
     engine_skip,
@@ -425,6 +426,150 @@ async fn engine_retries(backend: Backend) {
         describe_attempts(&attempts)
     );
     assert_eq!(server.count("/down"), 2, "requests the server saw");
+}
+
+/// Which HTTP failures are retried, `ok_status`, `retry.on`, and a failed response's output
+/// read downstream with `continue_on_error`.
+async fn engine_http_status_policy(backend: Backend) {
+    let Some(mut env) = setup(backend, "engine_http_status_policy", &[]).await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let missing = || Reply::json(404, json!({"error": "no such user"}));
+    server.set("/missing", missing());
+    server.route(
+        "/limited",
+        vec![Reply::status(429), Reply::json(200, json!({"n": 1}))],
+    );
+    server.set("/unavailable", Reply::status(503));
+    server.route(
+        "/missing-then-found",
+        vec![missing(), Reply::json(200, json!({"n": 2}))],
+    );
+    server.set("/teapot", Reply::status(418));
+    let retry = "    retry: {max_attempts: 3, initial_backoff: 50ms, max_backoff: 100ms}\n";
+    let branch = r#"    continue_on_error: true
+  - name: gone
+    action: core/log
+    if: steps.call.output.status == 404
+    params: {message: "status {{ steps.call.output.status }}: {{ steps.call.output.body.error }}"}
+"#;
+    env.m
+        .apply(&http_workflow(
+            "default-policy",
+            &format!("{retry}{branch}"),
+        ))
+        .await;
+    env.m
+        .apply(
+            &http_workflow(
+                "accepts-404",
+                &format!("      ok_status: [200-299, 404]\n{retry}"),
+            )
+            .replace(
+                "params: {url: \"{{ inputs.url }}\"}",
+                "params:\n      url: \"{{ inputs.url }}\"",
+            ),
+        )
+        .await;
+    env.m
+        .apply(&http_workflow(
+            "retries-404",
+            "    retry: {max_attempts: 3, initial_backoff: 50ms, max_backoff: 100ms, on: [404, 410-419]}\n",
+        ))
+        .await;
+    let run = |workflow: &'static str, path: &str| {
+        let inputs = json!({"url": server.url(path)}).to_string();
+        (workflow, inputs)
+    };
+    let calls = |attempts: &[pb::StepAttempt]| -> Vec<(i32, St)> {
+        attempts_of(attempts, "call")
+            .iter()
+            .map(|a| (a.attempt, step_status(a)))
+            .collect()
+    };
+
+    // A 404 fails at once, without retry; its response is the step's output.
+    let (workflow, inputs) = run("default-policy", "/missing");
+    let (e, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_status(&e, &attempts, Ex::Completed);
+    assert_eq!(
+        calls(&attempts),
+        [(1, St::Failed)],
+        "{}",
+        describe_attempts(&attempts)
+    );
+    let call = assert_step(&attempts, "call", St::Failed);
+    assert!(call.error.contains("404"), "{:?}", call.error);
+    let out = json(&call.output_json);
+    assert_eq!(out["status"], 404, "{out}");
+    assert_eq!(out["body"], json!({"error": "no such user"}), "{out}");
+    let gone = assert_step(&attempts, "gone", St::Completed);
+    assert_eq!(
+        json(&gone.output_json)["message"],
+        "status 404: no such user",
+        "the branch reads the failed step's output"
+    );
+    assert_eq!(server.count("/missing"), 1, "a 404 is not retried");
+
+    // 429 and 503 are retried; the last 503 is readable downstream too.
+    let (workflow, inputs) = run("default-policy", "/limited");
+    let (e, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_status(&e, &attempts, Ex::Completed);
+    assert_eq!(calls(&attempts), [(1, St::Failed), (2, St::Completed)]);
+    assert_step(&attempts, "gone", St::Skipped);
+    let (workflow, inputs) = run("default-policy", "/unavailable");
+    let (_, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_eq!(
+        calls(&attempts),
+        [(1, St::Failed), (2, St::Failed), (3, St::Failed)]
+    );
+    let last = attempts_of(&attempts, "call")[2].clone();
+    assert_eq!(
+        json(&last.output_json)["status"],
+        503,
+        "the last response is the output"
+    );
+    assert_step(&attempts, "gone", St::Skipped);
+    assert_eq!(server.count("/unavailable"), 3);
+
+    // Another 4xx fails at once too.
+    let (workflow, inputs) = run("default-policy", "/teapot");
+    let (_, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_eq!(calls(&attempts), [(1, St::Failed)]);
+    assert_eq!(server.count("/teapot"), 1);
+
+    // ok_status: a 404 is a success.
+    let (workflow, inputs) = run("accepts-404", "/missing");
+    let (e, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_status(&e, &attempts, Ex::Completed);
+    let call = assert_step(&attempts, "call", St::Completed);
+    assert_eq!(json(&call.output_json)["status"], 404);
+    // ... and a 200 outside the list is a failure that says so.
+    server.set("/fine", Reply::json(201, json!({})));
+    let (workflow, inputs) = run("accepts-404", "/fine");
+    let (_, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_step(&attempts, "call", St::Completed);
+    server.set("/redirectless", Reply::status(304));
+    let (workflow, inputs) = run("accepts-404", "/redirectless");
+    let (e, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_status(&e, &attempts, Ex::Failed);
+    let call = assert_step(&attempts, "call", St::Failed);
+    assert!(
+        call.error.contains("304") && call.error.contains("not in ok_status"),
+        "{:?}",
+        call.error
+    );
+    assert_eq!(calls(&attempts), [(1, St::Failed)], "a 304 is not retried");
+
+    // retry.on widens the retried statuses.
+    let (workflow, inputs) = run("retries-404", "/missing-then-found");
+    let (e, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_status(&e, &attempts, Ex::Completed);
+    assert_eq!(calls(&attempts), [(1, St::Failed), (2, St::Completed)]);
+    let (workflow, inputs) = run("retries-404", "/teapot");
+    let (_, attempts) = env.m.run(workflow, &inputs, WAIT).await;
+    assert_eq!(calls(&attempts).len(), 3, "418 is in 410-419");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1013,7 +1158,13 @@ async fn engine_ssrf_guard(backend: Backend) {
         else {
             return;
         };
-        env.m.apply(&http_workflow("fetch", "")).await;
+        // A refusal is never retried, whatever the retry policy.
+        env.m
+            .apply(&http_workflow(
+                "fetch",
+                "    retry: {max_attempts: 3, initial_backoff: 50ms, on: [400-599]}\n",
+            ))
+            .await;
         for url in [
             server.url("/x"),
             format!("http://localhost:{}/x", server.addr.port()),
@@ -1021,6 +1172,12 @@ async fn engine_ssrf_guard(backend: Backend) {
             let inputs = json!({ "url": url }).to_string();
             let (e, attempts) = env.m.run("fetch", &inputs, WAIT).await;
             assert_status(&e, &attempts, Ex::Failed);
+            assert_eq!(
+                attempts_of(&attempts, "call").len(),
+                1,
+                "{url}: a network-policy refusal is not retried\n{}",
+                describe_attempts(&attempts)
+            );
             let call = assert_step(&attempts, "call", St::Failed);
             assert!(
                 call.error.contains("loopback")

@@ -17,7 +17,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::{Map, Value};
 
 use super::net::NetworkPolicy;
-use super::{Credential, Invocation};
+use super::status::StatusSet;
+use super::{ActionError, Credential, Invocation};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_RESPONSE_BYTES: u64 = 10 * 1024 * 1024;
@@ -29,6 +30,24 @@ pub struct Outbound {
     pub policy: NetworkPolicy,
     /// `MANTLE_HTTP_PROXY`: every request goes through it.
     pub proxy: Option<url::Url>,
+}
+
+/// The network policy or the tenant's allowed domains refused a target: no retry can fix it.
+#[derive(Debug)]
+struct PolicyRefusal(String);
+
+impl std::fmt::Display for PolicyRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PolicyRefusal {}
+
+/// Whether a response with this status may succeed if sent again: 408 (request timeout),
+/// 429 (too many requests) and every 5xx.
+pub fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
 }
 
 /// Resolves names, then refuses addresses the policy forbids (the proxy's own name, an
@@ -71,7 +90,9 @@ impl Resolve for GuardedResolver {
                 .collect();
             if allowed.is_empty() {
                 let reason = refused.unwrap_or_default();
-                return Err(format!("host {host} resolves to {reason}").into());
+                return Err(
+                    Box::new(PolicyRefusal(format!("host {host} resolves to {reason}"))) as _,
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -98,90 +119,39 @@ impl HttpConnector {
         })
     }
 
-    pub async fn run(&self, inv: Invocation) -> Result<Value, String> {
+    pub async fn run(&self, inv: Invocation) -> Result<Value, ActionError> {
         let cancel = inv.cancel.clone();
         tokio::select! {
             result = self.request(inv) => result,
-            () = cancel.cancelled() => Err("cancelled".to_owned()),
+            () = cancel.cancelled() => Err(ActionError::transient("cancelled")),
         }
     }
 
-    async fn request(&self, inv: Invocation) -> Result<Value, String> {
-        let p = &inv.params;
-        let url_text = p
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or("params.url: required string")?;
-        let mut url = reqwest::Url::parse(url_text)
-            .map_err(|e| format!("params.url: {url_text:?} is not a URL: {e}"))?;
-        check_url(&url, self.outbound.policy).map_err(|e| format!("params.url: {e}"))?;
-        if let Some(query) = p.get("query") {
-            let query = query
-                .as_object()
-                .ok_or("params.query: expected a mapping")?;
-            let mut pairs = url.query_pairs_mut();
-            for (k, v) in query {
-                pairs.append_pair(
-                    k,
-                    &scalar_text(v).map_err(|e| format!("params.query.{k}: {e}"))?,
-                );
-            }
-        }
-        let method_text = p.get("method").and_then(Value::as_str).unwrap_or("GET");
-        let method = reqwest::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
-            .map_err(|_| format!("params.method: {method_text:?} is not an HTTP method"))?;
-        let follow = match p.get("follow_redirects") {
-            None => true,
-            Some(v) => v
-                .as_bool()
-                .ok_or("params.follow_redirects: expected true or false")?,
-        };
-        let timeout = match p.get("timeout") {
-            None => DEFAULT_TIMEOUT,
-            Some(v) => {
-                crate::duration::parse(v.as_str().ok_or("params.timeout: expected a duration")?)
-                    .map_err(|e| format!("params.timeout: {e}"))?
-            }
-        };
-        let max_bytes = match p.get("max_response_bytes") {
-            None => DEFAULT_MAX_RESPONSE_BYTES,
-            Some(v) => v
-                .as_u64()
-                .ok_or("params.max_response_bytes: expected a positive integer")?,
-        };
+    async fn request(&self, inv: Invocation) -> Result<Value, ActionError> {
+        // Bad params and refused targets fail at once: no attempt can fix them.
+        let Request {
+            mut url,
+            method,
+            follow,
+            timeout,
+            max_bytes,
+            mut headers_out,
+            mut body,
+            ok_status,
+        } = Request::parse(&inv.params).map_err(ActionError::permanent)?;
+        check_url(&url, self.outbound.policy)
+            .map_err(|e| ActionError::permanent(format!("params.url: {e}")))?;
         check_allowed(&url, inv.allowed_domains.as_ref().map(|v| v.as_slice()))
-            .map_err(|e| format!("params.url: {e}"))?;
-        let mut headers_out: Vec<(String, String)> = Vec::new();
-        if let Some(headers) = p.get("headers") {
-            let headers = headers
-                .as_object()
-                .ok_or("params.headers: expected a mapping")?;
-            for (k, v) in headers {
-                let text = scalar_text(v).map_err(|e| format!("params.headers.{k}: {e}"))?;
-                headers_out.push((k.clone(), text));
-            }
-        }
-        let mut body: Option<(Option<&'static str>, String)> = match (p.get("body"), p.get("json"))
-        {
-            (Some(_), Some(_)) => {
-                return Err("params: body and json are mutually exclusive".to_owned());
-            }
-            (Some(body), None) => Some((
-                None,
-                body.as_str()
-                    .ok_or("params.body: expected a string; use json for structured bodies")?
-                    .to_owned(),
-            )),
-            (None, Some(json)) => Some((Some("application/json"), json.to_string())),
-            (None, None) => None,
-        };
+            .map_err(|e| ActionError::permanent(format!("params.url: {e}")))?;
         // Redirects are followed here, not by the client, so every hop is checked against
         // the network policy and the tenant's allowed domains.
         let mut method = method;
         let mut credential = inv.credential.as_ref();
         let mut hops = 0;
         let response = loop {
-            check_target(&url, &self.outbound).await?;
+            check_target(&url, &self.outbound)
+                .await
+                .map_err(ActionError::permanent)?;
             let mut req = self
                 .client
                 .request(method.clone(), url.clone())
@@ -196,7 +166,7 @@ impl HttpConnector {
                 req = req.body(text.clone());
             }
             if let Some(cred) = credential {
-                req = apply_credential(req, cred)?;
+                req = apply_credential(req, cred).map_err(ActionError::permanent)?;
             }
             let response = req
                 .send()
@@ -213,10 +183,10 @@ impl HttpConnector {
             };
             hops += 1;
             let refused = |why: String| {
-                format!(
+                ActionError::permanent(format!(
                     "{method} {}: redirect to {location:?} refused: {why}",
                     redact_url(&url)
-                )
+                ))
             };
             if hops > MAX_REDIRECTS {
                 return Err(refused(format!("more than {MAX_REDIRECTS} redirects")));
@@ -264,6 +234,7 @@ impl HttpConnector {
             .get("content-type")
             .and_then(Value::as_str)
             .is_some_and(|ct| ct.contains("json"));
+        // A body over the cap stays over it; running out of buffer room may pass.
         let (body, _held) = self.read_capped(response, max_bytes).await?;
         let body = if is_json {
             serde_json::from_slice(&body)
@@ -271,31 +242,148 @@ impl HttpConnector {
         } else {
             Value::String(String::from_utf8_lossy(&body).into_owned())
         };
-        if status.as_u16() >= 400 {
-            // Redact before cutting: a secret split by the cut would no longer match.
-            let redactor = inv
-                .credential
-                .as_ref()
-                .map(crate::secrets::redact::Redactor::for_credential)
-                .unwrap_or_default();
-            let snippet = match &body {
-                Value::String(s) if !s.is_empty() => {
-                    format!(": {}", truncate(&redactor.text(s), 200))
-                }
-                Value::String(_) => String::new(),
-                other => format!(": {}", truncate(&redactor.text(&other.to_string()), 200)),
-            };
-            return Err(format!(
-                "{method} {} answered {status}{snippet}",
-                redact_url(&final_url)
-            ));
-        }
         let mut out = Map::new();
         out.insert("status".to_owned(), Value::from(status.as_u16()));
         out.insert("headers".to_owned(), Value::Object(headers));
         out.insert("body".to_owned(), body);
         out.insert("url".to_owned(), Value::from(redact_url(&final_url)));
-        Ok(Value::Object(out))
+        let ok = match &ok_status {
+            Some(set) => set.contains(status.as_u16()),
+            None => status.as_u16() < 400,
+        };
+        if ok {
+            return Ok(Value::Object(out));
+        }
+        // Redact before cutting: a secret split by the cut would no longer match.
+        let redactor = inv
+            .credential
+            .as_ref()
+            .map(crate::secrets::redact::Redactor::for_credential)
+            .unwrap_or_default();
+        let snippet = match &out["body"] {
+            Value::String(s) if !s.is_empty() => {
+                format!(": {}", truncate(&redactor.text(s), 200))
+            }
+            Value::String(_) => String::new(),
+            other => format!(": {}", truncate(&redactor.text(&other.to_string()), 200)),
+        };
+        let why = if ok_status.is_some() {
+            " (not in ok_status)"
+        } else {
+            ""
+        };
+        Err(ActionError {
+            message: format!(
+                "{method} {} answered {status}{why}{snippet}",
+                redact_url(&final_url)
+            ),
+            retryable: retryable_status(status.as_u16()),
+            status: Some(status.as_u16()),
+            output: Some(Value::Object(out)),
+        })
+    }
+}
+
+/// An `http/request` step's params, checked.
+struct Request {
+    url: reqwest::Url,
+    method: reqwest::Method,
+    follow: bool,
+    timeout: Duration,
+    max_bytes: u64,
+    headers_out: Vec<(String, String)>,
+    /// The content type to send, if the body sets one, and the body.
+    body: Option<(Option<&'static str>, String)>,
+    /// Statuses that count as success; `None`: every status below 400.
+    ok_status: Option<StatusSet>,
+}
+
+impl Request {
+    /// Errors name the param (`params.url: ...`).
+    fn parse(p: &Map<String, Value>) -> Result<Request, String> {
+        let url_text = p
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or("params.url: required string")?;
+        let mut url = reqwest::Url::parse(url_text)
+            .map_err(|e| format!("params.url: {url_text:?} is not a URL: {e}"))?;
+        if let Some(query) = p.get("query") {
+            let query = query
+                .as_object()
+                .ok_or("params.query: expected a mapping")?;
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(
+                    k,
+                    &scalar_text(v).map_err(|e| format!("params.query.{k}: {e}"))?,
+                );
+            }
+        }
+        let method_text = p.get("method").and_then(Value::as_str).unwrap_or("GET");
+        let method = reqwest::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("params.method: {method_text:?} is not an HTTP method"))?;
+        let follow = match p.get("follow_redirects") {
+            None => true,
+            Some(v) => v
+                .as_bool()
+                .ok_or("params.follow_redirects: expected true or false")?,
+        };
+        let timeout = match p.get("timeout") {
+            None => DEFAULT_TIMEOUT,
+            Some(v) => {
+                crate::duration::parse(v.as_str().ok_or("params.timeout: expected a duration")?)
+                    .map_err(|e| format!("params.timeout: {e}"))?
+            }
+        };
+        let max_bytes = match p.get("max_response_bytes") {
+            None => DEFAULT_MAX_RESPONSE_BYTES,
+            Some(v) => v
+                .as_u64()
+                .ok_or("params.max_response_bytes: expected a positive integer")?,
+        };
+        let mut headers_out: Vec<(String, String)> = Vec::new();
+        if let Some(headers) = p.get("headers") {
+            let headers = headers
+                .as_object()
+                .ok_or("params.headers: expected a mapping")?;
+            for (k, v) in headers {
+                let text = scalar_text(v).map_err(|e| format!("params.headers.{k}: {e}"))?;
+                headers_out.push((k.clone(), text));
+            }
+        }
+        let body: Option<(Option<&'static str>, String)> = match (p.get("body"), p.get("json")) {
+            (Some(_), Some(_)) => {
+                return Err("params: body and json are mutually exclusive".to_owned());
+            }
+            (Some(body), None) => Some((
+                None,
+                body.as_str()
+                    .ok_or("params.body: expected a string; use json for structured bodies")?
+                    .to_owned(),
+            )),
+            (None, Some(json)) => Some((Some("application/json"), json.to_string())),
+            (None, None) => None,
+        };
+        let ok_status = p
+            .get("ok_status")
+            .map(StatusSet::from_json)
+            .transpose()
+            .map_err(|e| {
+                format!(
+                    "params.ok_status{}{e}",
+                    if e.starts_with('[') { "" } else { ": " }
+                )
+            })?;
+        Ok(Request {
+            url,
+            method,
+            follow,
+            timeout,
+            max_bytes,
+            headers_out,
+            body,
+            ok_status,
+        })
     }
 }
 
@@ -434,13 +522,13 @@ impl HttpConnector {
         &self,
         mut response: reqwest::Response,
         max: u64,
-    ) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), String> {
+    ) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), ActionError> {
         if let Some(len) = response.content_length()
             && len > max
         {
-            return Err(format!(
+            return Err(ActionError::permanent(format!(
                 "the response body is {len} bytes, over max_response_bytes ({max})"
-            ));
+            )));
         }
         let mut held = Vec::new();
         if let Some(len) = response.content_length() {
@@ -454,9 +542,9 @@ impl HttpConnector {
             .map_err(|e| format!("reading the response: {e}"))?
         {
             if body.len() as u64 + chunk.len() as u64 > max {
-                return Err(format!(
+                return Err(ActionError::permanent(format!(
                     "the response body is over max_response_bytes ({max})"
-                ));
+                )));
             }
             let beyond = (body.len() as u64 + chunk.len() as u64).saturating_sub(reserved);
             let had = (body.len() as u64).saturating_sub(reserved);
@@ -498,21 +586,33 @@ impl HttpConnector {
     }
 }
 
-fn describe_send_error(method: &reqwest::Method, url: &reqwest::Url, e: &reqwest::Error) -> String {
+/// A failed send: retryable (a timeout, a refused connection, DNS, TLS), unless the
+/// network policy refused the address the name resolved to.
+fn describe_send_error(
+    method: &reqwest::Method,
+    url: &reqwest::Url,
+    e: &reqwest::Error,
+) -> ActionError {
     let mut msg = format!("{method} {}: ", redact_url(url));
     if e.is_timeout() {
         msg.push_str("timed out");
-        return msg;
+        return ActionError::transient(msg);
     }
     // The innermost cause is the one that says what happened (refused address, DNS, TLS).
     let mut cause: Option<&dyn std::error::Error> = Some(e);
     let mut last = e.to_string();
+    let mut refused = false;
     while let Some(c) = cause {
         last = c.to_string();
+        refused |= c.is::<PolicyRefusal>();
         cause = c.source();
     }
     msg.push_str(&last);
-    msg
+    if refused {
+        ActionError::permanent(msg)
+    } else {
+        ActionError::transient(msg)
+    }
 }
 
 /// A URL without its userinfo.

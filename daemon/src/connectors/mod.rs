@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod net;
+pub mod status;
 
 use std::collections::BTreeMap;
 
@@ -43,12 +44,57 @@ pub struct Invocation {
     pub allowed_domains: Option<std::sync::Arc<Vec<String>>>,
 }
 
+/// Why an action failed, and whether running it again may help.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionError {
+    /// The step's error message.
+    pub message: String,
+    /// Whether another attempt may succeed: transport errors, timeouts, and the HTTP statuses
+    /// 408, 429 and 5xx are; bad params, network-policy refusals and other statuses are not.
+    pub retryable: bool,
+    /// The HTTP status of a response that failed the step, for `retry.on`.
+    pub status: Option<u16>,
+    /// What the action produced before failing (an HTTP response with an error status):
+    /// the step's output, readable downstream when the step continues on error.
+    pub output: Option<Value>,
+}
+
+impl ActionError {
+    /// A failure another attempt may fix.
+    pub fn transient(message: impl Into<String>) -> ActionError {
+        ActionError {
+            message: message.into(),
+            retryable: true,
+            status: None,
+            output: None,
+        }
+    }
+
+    /// A failure no attempt can fix (bad params, a network-policy refusal): never retried.
+    pub fn permanent(message: impl Into<String>) -> ActionError {
+        ActionError {
+            retryable: false,
+            ..ActionError::transient(message)
+        }
+    }
+}
+
+impl From<String> for ActionError {
+    /// Errors without a class (an engine failure around the action) may be retried, as
+    /// the step's `retry` asks.
+    fn from(message: String) -> ActionError {
+        ActionError::transient(message)
+    }
+}
+
 /// Whether `action` does no I/O and finishes at once (`core/log`, `core/set`, `core/fail`).
 pub fn is_pure(action: &str) -> bool {
     matches!(action, "core/log" | "core/set" | "core/fail")
 }
 
 /// Runs an action that does no I/O (see [`is_pure`]) at once; `None` for any other action.
+/// `core/fail`'s error may be retried, as the step's `retry` asks (its message may depend on
+/// what changes between attempts, such as the time).
 pub fn run_pure(
     action: &str,
     params: &serde_json::Map<String, Value>,
@@ -84,14 +130,14 @@ impl Connectors {
         })
     }
 
-    /// Runs the action; `Err` is the step's error message.
-    pub async fn invoke(&self, inv: Invocation) -> Result<Value, String> {
+    /// Runs the action; `Err` is the step's error and whether a retry may fix it.
+    pub async fn invoke(&self, inv: Invocation) -> Result<Value, ActionError> {
         if let Some(result) = run_pure(&inv.action, &inv.params) {
-            return result;
+            return result.map_err(ActionError::transient);
         }
         match inv.action.as_str() {
             "http/request" => self.http.run(inv).await,
-            other => Err(format!("unknown action {other:?}")),
+            other => Err(ActionError::permanent(format!("unknown action {other:?}"))),
         }
     }
 }
@@ -107,6 +153,8 @@ pub enum ParamType {
     Array,
     /// A duration string such as `500ms`, `2s`, `5m`, `1h`.
     Duration,
+    /// A list of HTTP statuses and ranges, such as `[200-299, 404]`.
+    StatusList,
     /// One of the listed strings.
     OneOf(&'static [&'static str]),
     /// Anything.
@@ -123,6 +171,9 @@ impl ParamType {
             ParamType::Object => "a mapping".into(),
             ParamType::Array => "a list".into(),
             ParamType::Duration => "a duration such as 500ms, 2s or 5m".into(),
+            ParamType::StatusList => {
+                "a list of HTTP statuses or ranges such as [200-299, 404]".into()
+            }
             ParamType::OneOf(values) => format!("one of {}", values.join(", ")),
             ParamType::Any => "any value".into(),
         }
@@ -217,7 +268,7 @@ pub const BUILTIN: &[ActionSpec] = &[
     },
     ActionSpec {
         name: "http/request",
-        description: "Sends an HTTP request; outputs {status, headers, body} (body parsed when JSON).",
+        description: "Sends an HTTP request; outputs {status, headers, body, url} (body parsed when JSON), also when the status fails the step.",
         params: &[
             param(
                 "url",
@@ -257,6 +308,12 @@ pub const BUILTIN: &[ActionSpec] = &[
                 ParamType::Integer,
                 false,
                 "response size cap (default 10 MiB)",
+            ),
+            param(
+                "ok_status",
+                ParamType::StatusList,
+                false,
+                "statuses that count as success, such as [200-299, 404] (default: below 400)",
             ),
         ],
         open_params: false,

@@ -22,7 +22,7 @@ use super::model::{
     Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, Order, StepAttempt,
     StepStatus, Ticket, Transition,
 };
-use crate::connectors::Invocation;
+use crate::connectors::{ActionError, Invocation};
 use crate::store;
 use crate::workflow::expr::{Scope, Shared, StepView};
 
@@ -87,7 +87,7 @@ struct PreparedDone {
 struct AttemptDone {
     step: usize,
     attempt: i32,
-    result: Result<Value, String>,
+    result: Result<Value, ActionError>,
 }
 
 /// The store's answer to a queued transition.
@@ -956,7 +956,13 @@ impl Driver {
                     .unwrap_or_else(|| Err(format!("{} is not a pure action", step.spec.action)))
             });
             // Started and finished in this one transition: its one event is the outcome.
-            self.complete(i, attempt, now, Utc::now(), result);
+            self.complete(
+                i,
+                attempt,
+                now,
+                Utc::now(),
+                result.map_err(ActionError::from),
+            );
             return None;
         }
         if self.workflow.steps[i].spec.action == "core/sleep" {
@@ -1066,14 +1072,21 @@ impl Driver {
                     Ok(r) => r,
                     Err(_) => {
                         cancel.cancel();
-                        Err(format!("timed out after {}", humanize(t)))
+                        Err(ActionError::transient(format!(
+                            "timed out after {} (the step's timeout)",
+                            humanize(t)
+                        )))
                     }
                 },
                 None => work.await,
             };
             let result = match result {
                 Ok(output) => Ok(redactor.value(output)),
-                Err(error) => Err(redactor.text(&error)),
+                Err(error) => Err(ActionError {
+                    message: redactor.text(&error.message),
+                    output: error.output.map(|o| redactor.value(o)),
+                    ..error
+                }),
             };
             let _ = tx.send(AttemptDone {
                 step: i,
@@ -1092,7 +1105,7 @@ impl Driver {
         attempt: i32,
         started: DateTime<Utc>,
         ended: DateTime<Utc>,
-        result: Result<Value, String>,
+        result: Result<Value, ActionError>,
     ) {
         let now = ended;
         let action = self.workflow.steps[i].spec.action.clone();
@@ -1102,13 +1115,13 @@ impl Driver {
             "result" => if result.is_ok() { "completed" } else { "failed" }
         )
         .record((ended - started).num_milliseconds().max(0) as f64 / 1000.0);
+        let max = self.inner.config.max_output_bytes;
         let result = result.and_then(|output| {
             let size = crate::workflow::expr::json_len(&output);
-            let max = self.inner.config.max_output_bytes;
             if size > max {
-                Err(format!(
+                Err(ActionError::from(format!(
                     "the step's output is {size} bytes, over the limit of {max} bytes"
-                ))
+                )))
             } else {
                 Ok((output, size))
             }
@@ -1144,18 +1157,27 @@ impl Driver {
                 self.steps[i].error = None;
                 self.steps[i].state = State::Done(Outcome::Completed);
             }
-            Err(error) => {
+            Err(mut error) => {
+                // What the action produced before failing (an HTTP response with an error
+                // status) is the step's output, within the same size limit.
+                let output = error.output.take().and_then(|o| {
+                    let size = crate::workflow::expr::json_len(&o);
+                    (size <= max).then_some(Shared {
+                        value: Arc::new(o),
+                        bytes: size,
+                    })
+                });
                 self.write_attempt(
                     i,
                     attempt,
                     StepStatus::Failed,
-                    None,
-                    Some(error.clone()),
+                    output.as_ref().map(|o| (*o.value).clone()),
+                    Some(error.message.clone()),
                     None,
                     Some(started),
                     Some(now),
                 );
-                self.after_failure(i, attempt, now, error);
+                self.after_failure(i, attempt, now, error, output);
             }
         }
     }
@@ -1171,14 +1193,26 @@ impl Driver {
             Some(now),
             Some(now),
         );
-        self.after_failure(i, attempt, now, error);
+        self.after_failure(i, attempt, now, ActionError::from(error), None);
     }
 
-    /// After a failed attempt: schedule the next one, or fail the step for good.
-    fn after_failure(&mut self, i: usize, attempt: i32, now: DateTime<Utc>, error: String) {
+    /// After a failed attempt: schedule the next one in the same transition (recovery
+    /// relies on it: a failed latest attempt is the step's end), or fail the step for good
+    /// with the failure's output. A failure is retried when the retry budget allows and the
+    /// error is retryable or has a status the step's `retry.on` lists.
+    fn after_failure(
+        &mut self,
+        i: usize,
+        attempt: i32,
+        now: DateTime<Utc>,
+        error: ActionError,
+        output: Option<Shared>,
+    ) {
         self.steps[i].failures += 1;
         let retry = &self.workflow.steps[i].retry;
-        if self.steps[i].failures < retry.max_attempts && !self.cancel.is_cancelled() {
+        let retryable = error.retryable || error.status.is_some_and(|s| retry.on.contains(s));
+        let error = error.message;
+        if retryable && self.steps[i].failures < retry.max_attempts && !self.cancel.is_cancelled() {
             let delay = backoff(
                 retry.initial_backoff_ms,
                 retry.max_backoff_ms,
@@ -1203,6 +1237,7 @@ impl Driver {
         } else {
             let continued = self.workflow.steps[i].spec.continue_on_error;
             self.steps[i].error = Some(super::model::error_text(error));
+            self.steps[i].output = output;
             self.steps[i].state = State::Done(Outcome::Failed { continued });
         }
     }
@@ -1534,18 +1569,13 @@ fn recover(
                     State::Done(Outcome::Completed)
                 }
                 StepStatus::Skipped => State::Done(Outcome::Skipped),
+                // A retry is recorded in the transition that records the failure: a failed
+                // latest attempt is the step's end (retries used up, or not retryable).
                 StepStatus::Failed if current => {
-                    if failures < step.retry.max_attempts {
-                        // Failed, and the retry was not recorded yet: schedule it now.
-                        State::Scheduled {
-                            attempt: last_attempt + 1,
-                            at: Utc::now(),
-                        }
-                    } else {
-                        State::Done(Outcome::Failed {
-                            continued: step.spec.continue_on_error,
-                        })
-                    }
+                    run.output = latest.output.clone().map(Shared::new);
+                    State::Done(Outcome::Failed {
+                        continued: step.spec.continue_on_error,
+                    })
                 }
                 // An interrupted attempt is not an outcome: the step gets a new attempt (also
                 // when the transition that recorded the interruption started none, as when

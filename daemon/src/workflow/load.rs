@@ -10,6 +10,7 @@ use super::expr::{self, ExprError};
 use super::problem::{Problem, Problems, suggestion};
 use super::spec::{InputSpec, InputType, RetrySpec, StepSpec, TriggerSpec, WorkflowSpec};
 use super::yaml::{self, Key, Node, Pos, Value};
+use crate::connectors::status::StatusSet;
 use crate::connectors::{self, ActionSpec, ParamType};
 
 /// Most steps one workflow may have.
@@ -51,6 +52,7 @@ const RETRY_FIELDS: &[&str] = &[
     "max_backoff",
     "multiplier",
     "backoff",
+    "on",
 ];
 /// Fields of the original Mantle that this version does not implement.
 const UNSUPPORTED: &[&str] = &[
@@ -1075,7 +1077,43 @@ impl Decoder<'_> {
                 }
             }
         }
+        if let Some(n) = field("on") {
+            spec.on = self.status_list(n, &join(path, "on"), false);
+        }
         Some(spec)
+    }
+
+    /// A list of HTTP statuses and ranges (`[429, 500-599]`). With `templates`, entries
+    /// (or the whole list) may be templates, checked when the step runs.
+    fn status_list(&mut self, node: &Node, path: &str, templates: bool) -> StatusSet {
+        let mut set = StatusSet::default();
+        let Value::Seq(items) = &node.value else {
+            self.add(
+                node.pos,
+                path,
+                format!(
+                    "expected a list of HTTP statuses or ranges such as [200-299, 404], found {}",
+                    node.value.kind()
+                ),
+            );
+            return set;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let range = match &item.value {
+                Value::Int(v) => crate::connectors::status::status_range(*v),
+                Value::Str(t) if templates && t.contains("{{") => continue,
+                Value::Str(t) => crate::connectors::status::parse_entry(t),
+                other => Err(format!(
+                    "expected a status or a range such as 200-299, found {}",
+                    other.kind()
+                )),
+            };
+            match range {
+                Ok(r) => set.push(r),
+                Err(e) => self.add(item.pos, &format!("{path}[{i}]"), e),
+            }
+        }
+        set
     }
 
     /// Converts params to JSON, checks them against the action's schema, and collects the
@@ -1192,6 +1230,10 @@ impl Decoder<'_> {
             (Value::Bool(_), ParamType::Boolean) => true,
             (Value::Map(_), ParamType::Object) => true,
             (Value::Seq(_), ParamType::Array) => true,
+            (_, ParamType::StatusList) => {
+                self.status_list(node, path, true);
+                return;
+            }
             (Value::Str(s), ParamType::Duration) => match crate::duration::parse(s) {
                 Ok(_) => true,
                 Err(e) => {
@@ -1417,6 +1459,28 @@ triggers:
             got,
             ["w.yaml:6:23: steps[0].params.message: unknown step \"nope\" in expression"]
         );
+    }
+
+    #[test]
+    fn status_lists_are_checked_where_they_are_written() {
+        let src = "name: x\nsteps:\n  - name: a\n    action: http/request\n    params:\n      url: https://example.com\n      ok_status: [200-299, 700, \"{{ 404 }}\"]\n    retry: {max_attempts: 2, on: [429, 4xx, 500-400]}\n";
+        let got = problems(src);
+        assert_eq!(
+            got,
+            [
+                "w.yaml:7:28: steps[0].params.ok_status[1]: 700 is not an HTTP status (100 to 599)",
+                "w.yaml:8:40: steps[0].retry.on[1]: \"4xx\" is not a status or a range such as 200-299",
+                "w.yaml:8:45: steps[0].retry.on[2]: \"500-400\": the range ends before it starts",
+            ]
+        );
+        let ok = load(
+            &src.replace(", 700", "")
+                .replace(", 4xx, 500-400", ", 400-404"),
+        )
+        .expect("valid status lists");
+        let retry = &ok.spec.steps[0].retry;
+        let retry = retry.as_ref().expect("retry");
+        assert!(retry.on.contains(429) && retry.on.contains(403) && !retry.on.contains(405));
     }
 
     #[test]

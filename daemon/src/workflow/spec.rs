@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::connectors::status::StatusSet;
+
 /// A validated workflow definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowSpec {
@@ -121,6 +123,9 @@ pub struct RetrySpec {
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
     pub multiplier: f64,
+    /// HTTP statuses retried besides the retryable ones (408, 429, 5xx).
+    #[serde(default, skip_serializing_if = "StatusSet::is_empty")]
+    pub on: StatusSet,
 }
 
 impl Default for RetrySpec {
@@ -130,6 +135,7 @@ impl Default for RetrySpec {
             initial_backoff_ms: 1_000,
             max_backoff_ms: 60_000,
             multiplier: 2.0,
+            on: StatusSet::default(),
         }
     }
 }
