@@ -6,16 +6,21 @@ Mantle POSTs a JSON body with the headers
     X-Mantle-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">
 signed with the `key` field of the tenant's `webhook_secret`.
 
-Run it:  MANTLE_WEBHOOK_KEY=... python3 examples/webhook_receiver.py 8000
-It answers 2xx only for a delivery it accepts; Mantle retries anything else for 24 hours.
+Run it:  MANTLE_WEBHOOK_KEY=... python3 examples/webhook_receiver.py [PORT] [--host HOST]
+It listens on 127.0.0.1:8000 by default, reachable from this machine only; pass
+`--host 0.0.0.0` (every interface) when the daemon delivers from elsewhere, such as a
+container or another host. It answers 2xx only for a delivery it accepts; Mantle retries
+anything else for 24 hours.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import json
 import os
+import socket
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -74,5 +79,31 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Receives and verifies Mantle webhook deliveries.")
+    parser.add_argument("port", nargs="?", type=int, default=8000,
+                        help="TCP port to listen on (default: 8000; 0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only; "
+                             "0.0.0.0 for every interface, :: for every IPv6 one)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"port: must be 0-65535, got {args.port}")
+    return args
+
+
+class IPv6HTTPServer(HTTPServer):
+    address_family = socket.AF_INET6
+
+
+def make_server(args: argparse.Namespace) -> HTTPServer:
+    """The server of `parse_args`' host and port (an IPv6 host such as ::1 works too)."""
+    server_class = IPv6HTTPServer if ":" in args.host else HTTPServer
+    return server_class((args.host, args.port), Handler)
+
+
 if __name__ == "__main__":
-    HTTPServer(("0.0.0.0", int(sys.argv[1]) if len(sys.argv) > 1 else 8000), Handler).serve_forever()
+    server = make_server(parse_args())
+    host, port = server.server_address[:2]
+    print(f"listening on {host}:{port}", file=sys.stderr)
+    server.serve_forever()

@@ -565,6 +565,7 @@ def test_sync_and_aio_expose_the_same_execution_methods() -> None:
     names = {
         "start_execution", "get_execution", "list_executions", "iter_executions",
         "cancel_execution", "retry_execution", "list_step_attempts", "watch", "wait",
+        "follow",
     }
     assert names <= set(vars(mantle.Client))
     assert names <= set(vars(mantle.aio.Client))

@@ -3,6 +3,7 @@ error mapping, retry policy and protobuf conversion."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -101,9 +102,11 @@ LOCAL = _config.parse_address("127.0.0.1:8080")
 REMOTE = _config.parse_address("https://mantle.example.com")
 
 
-def _write_token(data_dir: Path, token: str) -> None:
+def _write_token(data_dir: Path, token: str, address: str | None = "127.0.0.1:8080") -> None:
+    """Writes an operator token file as the daemon does: the token, then its address."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "operator-token").write_text(token + "\n")
+    lines = [token] if address is None else [token, f"address={address}"]
+    (data_dir / "operator-token").write_text("\n".join(lines) + "\n")
 
 
 def test_data_dir_precedence(tmp_path: Path) -> None:
@@ -119,12 +122,20 @@ def test_token_explicit_wins(tmp_path: Path) -> None:
     _write_token(tmp_path, "from-file")
     env = {"MANTLE_TOKEN": "from-env", "MANTLE_DATA_DIR": str(tmp_path)}
     assert _config.resolve_token("explicit", LOCAL, env) == "explicit"
+    resolved = _config.resolve(" explicit ", LOCAL, env)
+    assert resolved.token == "explicit"
+    assert resolved.source == "the token given with the token argument"
+    assert "explicit" not in repr(resolved)
 
 
 def test_token_empty_explicit_means_none(tmp_path: Path) -> None:
     _write_token(tmp_path, "from-file")
     env = {"MANTLE_TOKEN": "from-env", "MANTLE_DATA_DIR": str(tmp_path)}
     assert _config.resolve_token("", LOCAL, env) is None
+    assert _config.resolve(" ", LOCAL, env).source == (
+        "no token (neither the token argument nor MANTLE_TOKEN is set, "
+        "and the token argument is empty)"
+    )
 
 
 def test_token_env_before_file(tmp_path: Path) -> None:
@@ -132,20 +143,109 @@ def test_token_env_before_file(tmp_path: Path) -> None:
     env = {"MANTLE_TOKEN": "from-env", "MANTLE_DATA_DIR": str(tmp_path)}
     assert _config.resolve_token(None, LOCAL, env) == "from-env"
     assert _config.resolve_token(None, REMOTE, env) == "from-env"
+    assert _config.resolve(None, LOCAL, env).source == "the token in MANTLE_TOKEN"
 
 
-def test_token_file_only_for_local_address(tmp_path: Path) -> None:
-    _write_token(tmp_path, "from-file")
+def test_token_file_first_line_is_the_token(tmp_path: Path) -> None:
+    # What the daemon writes: the token, then the address it listens on.
+    (tmp_path / "operator-token").write_text("  mntl_0123_abcd \naddress=127.0.0.1:8080\n")
     env = {"MANTLE_DATA_DIR": str(tmp_path)}
-    assert _config.resolve_token(None, LOCAL, env) == "from-file"
-    assert _config.resolve_token(None, _config.parse_address("http://localhost:1"), env) == "from-file"
-    assert _config.resolve_token(None, _config.parse_address("[::1]:1"), env) == "from-file"
-    assert _config.resolve_token(None, REMOTE, env) is None
-    assert _config.resolve_token(None, _config.parse_address("10.1.2.3:8080"), env) is None
+    resolved = _config.resolve(None, LOCAL, env)
+    assert resolved.token == "mntl_0123_abcd"
+    assert resolved.source == (
+        f"the operator token of the daemon at 127.0.0.1:8080, from {tmp_path / 'operator-token'}"
+    )
+    assert "mntl_0123_abcd" not in repr(resolved)
+    # The address line may come first; blank lines do not count; the first other line is
+    # the token.
+    (tmp_path / "operator-token").write_text("\naddress=127.0.0.1:8080\n\nsecret\nsecond\n")
+    file = _config.read_operator_token(tmp_path)
+    assert file is not None and file.token == "secret"
+    assert file.address == _config.parse_socket_address("127.0.0.1:8080")
+    assert str(file.address) == "127.0.0.1:8080" and "secret" not in repr(file)
+    assert _config.resolve_token(None, LOCAL, env) == "secret"
+
+
+@pytest.mark.parametrize(
+    ("recorded", "target", "sent"),
+    [
+        # The same IP address and port.
+        ("127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("127.0.0.1:8080", "http://127.0.0.1:8080", True),
+        ("192.168.1.5:8080", "192.168.1.5:8080", True),
+        ("[2001:db8::1]:8080", "[2001:db8::1]:8080", True),
+        ("0.0.0.0:8080", "0.0.0.0:8080", True),
+        # Loopback hosts reach a daemon on loopback or on every interface.
+        ("127.0.0.1:8080", "localhost:8080", True),
+        ("127.0.0.1:8080", "LOCALHOST.:8080", True),
+        ("127.0.0.1:8080", "[::1]:8080", True),
+        ("127.0.0.1:8080", "127.0.0.2:8080", True),
+        ("127.0.0.1:8080", "[::ffff:127.0.0.1]:8080", True),
+        ("[::1]:8080", "127.0.0.1:8080", True),
+        ("[::1]:8080", "localhost:8080", True),
+        ("0.0.0.0:8080", "localhost:8080", True),
+        ("0.0.0.0:8080", "127.0.0.1:8080", True),
+        ("[::]:8080", "[::1]:8080", True),
+        ("[::]:8080", "localhost:8080", True),
+        # Another port is another daemon.
+        ("127.0.0.1:8080", "127.0.0.1:9090", False),
+        ("127.0.0.1:8080", "localhost:9090", False),
+        ("0.0.0.0:8080", "localhost:9090", False),
+        # Listening on one interface: that address only.
+        ("192.168.1.5:8080", "127.0.0.1:8080", False),
+        ("192.168.1.5:8080", "localhost:8080", False),
+        ("127.0.0.1:8080", "192.168.1.5:8080", False),
+        ("127.0.0.1:8080", "10.0.0.5:8080", False),
+        # A remote host never gets it, not even from a daemon on every interface.
+        ("0.0.0.0:8080", "mantle.example.com:8080", False),
+        ("0.0.0.0:8080", "10.0.0.5:8080", False),
+        ("127.0.0.1:443", "https://mantle.example.com", False),
+    ],
+)
+def test_token_file_only_for_the_daemon_that_wrote_it(
+    tmp_path: Path, recorded: str, target: str, sent: bool
+) -> None:
+    _write_token(tmp_path, "tok", recorded)
+    env = {"MANTLE_DATA_DIR": str(tmp_path)}
+    address = _config.parse_address(target)
+    assert _config.resolve_token(None, address, env) == ("tok" if sent else None)
+    source = _config.resolve(None, address, env).source
+    if sent:
+        assert source.startswith(f"the operator token of the daemon at {recorded}, from ")
+    else:
+        assert source == (
+            "no token (neither the token argument nor MANTLE_TOKEN is set, and "
+            f"{tmp_path / 'operator-token'} is the operator token of the daemon at "
+            f"{recorded}, not of {address.uri})"
+        )
+
+
+def test_token_file_without_address_is_not_sent(tmp_path: Path) -> None:
+    # A file of a daemon older than the address line: sent nowhere (as the Rust client).
+    _write_token(tmp_path, "tok", address=None)
+    env = {"MANTLE_DATA_DIR": str(tmp_path)}
+    assert _config.resolve_token(None, LOCAL, env) is None
+    assert _config.resolve(None, LOCAL, env).source.endswith(
+        f"and {tmp_path / 'operator-token'} records no daemon address (a daemon start rewrites it))"
+    )
+
+
+@pytest.mark.parametrize(
+    "value", ["nowhere", "localhost:8080", "127.0.0.1", "::1:8080", "[127.0.0.1]:8080", "1.2.3.4:x",
+              "127.0.0.1:70000", "[::1%lo]:8080"]
+)
+def test_token_file_with_a_bad_address_is_not_sent(tmp_path: Path, value: str) -> None:
+    assert _config.parse_socket_address(value) is None
+    _write_token(tmp_path, "tok", value)
+    env = {"MANTLE_DATA_DIR": str(tmp_path)}
+    assert _config.resolve_token(None, LOCAL, env) is None
+    assert _config.resolve(None, LOCAL, env).source.endswith(
+        f"and {tmp_path / 'operator-token'}: address={value} is not an IP address and port)"
+    )
 
 
 def test_token_file_xdg(tmp_path: Path) -> None:
-    _write_token(tmp_path / "mantle", "xdg-token")
+    _write_token(tmp_path / "mantle", "xdg-token", "[::1]:8080")
     env = {"XDG_DATA_HOME": str(tmp_path), "HOME": "/nonexistent"}
     assert _config.resolve_token(None, LOCAL, env) == "xdg-token"
 
@@ -157,6 +257,9 @@ def test_token_file_home(tmp_path: Path) -> None:
 
 def test_token_missing_file(tmp_path: Path) -> None:
     assert _config.resolve_token(None, LOCAL, {"MANTLE_DATA_DIR": str(tmp_path / "nope")}) is None
+    assert _config.resolve(None, LOCAL, {"MANTLE_DATA_DIR": str(tmp_path)}).source == (
+        "no token (neither the token argument nor MANTLE_TOKEN is set)"
+    )
     (tmp_path / "operator-token").write_text("\n")
     assert _config.resolve_token(None, LOCAL, {"MANTLE_DATA_DIR": str(tmp_path)}) is None
 
@@ -166,21 +269,59 @@ def test_client_reads_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.delenv("MANTLE_TOKEN", raising=False)
     with mantle.Client("127.0.0.1:1") as c:
         assert c.has_token is False
-    _write_token(tmp_path, "tok")
+    _write_token(tmp_path, "tok", "127.0.0.1:1")
     with mantle.Client("127.0.0.1:1") as c:
         assert c.has_token is True
         assert c._settings.metadata == (("authorization", "Bearer tok"),)
     with mantle.Client("10.0.0.1:1") as c:
         assert c.has_token is False
+    with mantle.Client("127.0.0.1:2") as c:
+        assert c.has_token is False
 
 
-def test_call_metadata() -> None:
-    assert _config.call_metadata(None, None) == ()
-    assert _config.call_metadata("t", None) == (("authorization", "Bearer t"),)
-    assert _config.call_metadata("t", "acme") == (
-        ("authorization", "Bearer t"),
-        ("x-mantle-tenant", "acme"),
+def test_refused_token_errors_name_the_source() -> None:
+    source = "the token in MANTLE_TOKEN"
+    for code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        err = errors.from_rpc_error(FakeRpcError(code, "invalid token"), source)
+        assert err.token_source == source
+        assert str(err) == f"{code.name}: invalid token (sent the token in MANTLE_TOKEN)"
+        assert err.message == "invalid token"
+    other = errors.from_rpc_error(FakeRpcError(grpc.StatusCode.NOT_FOUND, "gone"), source)
+    assert other.token_source is None and str(other) == "NOT_FOUND: gone"
+    bare = errors.from_rpc_error(FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "x"))
+    assert bare.token_source is None
+
+
+def test_refused_token_errors_of_both_clients_name_the_source(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("MANTLE_TOKEN", raising=False)
+    monkeypatch.setenv("MANTLE_DATA_DIR", str(tmp_path))
+    _write_token(tmp_path, "tok", "127.0.0.1:1")
+    expected = (
+        "UNAUTHENTICATED: try again (sent the operator token of the daemon at 127.0.0.1:1, "
+        f"from {tmp_path / 'operator-token'})"
     )
+    with mantle.Client("127.0.0.1:1") as c:
+        with pytest.raises(errors.Unauthenticated) as exc:
+            c._call(FakeMethod([grpc.StatusCode.UNAUTHENTICATED]), "req", read=True)
+        assert str(exc.value) == expected
+        # Calls sent without a token (health checks) name none.
+        with pytest.raises(errors.PermissionDenied) as denied:
+            c._call(FakeMethod([grpc.StatusCode.PERMISSION_DENIED]), "req", read=True, auth=False)
+        assert denied.value.token_source is None
+
+    async def aio() -> None:
+        async with mantle.aio.Client("localhost:1") as c:
+
+            async def refused(request: Any, *, timeout: float | None, metadata: Any) -> Any:
+                raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "try again")
+
+            with pytest.raises(errors.Unauthenticated) as exc:
+                await c._call(refused, "req", read=True)
+            assert str(exc.value) == expected
+
+    asyncio.run(aio())
 
 
 # -- error mapping -----------------------------------------------------------------------

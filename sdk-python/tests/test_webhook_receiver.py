@@ -1,6 +1,7 @@
 """The documented webhook receiver (examples/webhook_receiver.py): it accepts a delivery
 signed the way Mantle signs (see daemon/src/webhooks/mod.rs and its Rust test) and rejects
-tampered, wrongly keyed, old (replayed) and repeated deliveries."""
+tampered, wrongly keyed, old (replayed) and repeated deliveries, and listens on 127.0.0.1
+unless told otherwise (--host)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import hashlib
 import hmac
 import importlib.util
 import pathlib
+import threading
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -57,3 +62,55 @@ def test_matches_the_daemons_signature_format() -> None:
     # The Rust test signs b"key" over "1700000000.{}"; the same here must verify.
     header = sign(b"key", 1_700_000_000, b"{}")
     assert receiver.verify(b"key", header, b"{}", now=1_700_000_000) == {}
+
+
+def test_listens_on_localhost_by_default() -> None:
+    args = receiver.parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    args = receiver.parse_args(["9000", "--host", "0.0.0.0"])
+    assert (args.host, args.port) == ("0.0.0.0", 9000)
+    assert receiver.parse_args(["--host", "::1", "7000"]).port == 7000
+    with pytest.raises(SystemExit):
+        receiver.parse_args(["70000"])
+
+
+def test_serves_deliveries_on_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(receiver.Handler, "key", KEY)
+    monkeypatch.setattr(receiver.Handler, "seen", set())
+    server = receiver.make_server(receiver.parse_args(["0"]))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+
+        def post(body: bytes, signature: str) -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/",
+                data=body,
+                headers={"X-Mantle-Signature": signature, "X-Mantle-Delivery": "d1"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as e:
+                return e.code
+
+        now = int(time.time())
+        assert post(BODY, sign(b"other-key", now, BODY)) == 400
+        assert post(BODY, sign(KEY, now, BODY)) == 204
+        assert post(BODY, sign(KEY, now, BODY)) == 400  # the same delivery again
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_listens_on_an_ipv6_host() -> None:
+    try:
+        server = receiver.make_server(receiver.parse_args(["0", "--host", "::1"]))
+    except OSError as e:  # no IPv6 loopback here
+        pytest.skip(f"cannot listen on [::1]: {e}")
+    with server:
+        assert server.server_address[0] == "::1"

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -19,7 +26,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mantle import _common, errors
+from mantle import _common
 from mantle._config import DEFAULT_ADDRESS, Address
 from mantle.types import (
     ApiKey,
@@ -76,7 +83,9 @@ class Client:
         creds = self._settings.credentials()
         target = self._settings.address.target
         self._channel: grpc.aio.Channel = (
-            grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
+            grpc.aio.secure_channel(target, creds, options=_common.CHANNEL_OPTIONS)
+            if creds
+            else grpc.aio.insecure_channel(target, options=_common.CHANNEL_OPTIONS)
         )
         self._system = system_pb2_grpc.SystemServiceStub(self._channel)
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)
@@ -142,7 +151,7 @@ class Client:
                 if _common.should_retry(e.code(), read=read, attempt=attempt):
                     await asyncio.sleep(_common.backoff_delay(attempt))
                     continue
-                raise errors.from_rpc_error(e) from e
+                raise self._settings.error(e, auth=auth) from e
 
     # -- system ----------------------------------------------------------------------
 
@@ -481,61 +490,106 @@ class Client:
 
     async def watch(self, id: str, after_seq: int = 0) -> AsyncIterator[ExecutionEvent]:
         """Yields an execution's events in sequence order (after ``after_seq``) as they
-        happen, ending after the event that finishes the execution; see
-        :meth:`mantle.Client.watch`."""
+        happen, ending after the event that finishes the execution: one raw stream (see
+        :meth:`follow` for one that survives restarts); see :meth:`mantle.Client.watch`."""
         req = _common.watch_request(id, after_seq)
         call = self._executions.WatchExecution(req, metadata=self._settings.metadata)
         try:
             async for msg in call:
                 yield ExecutionEvent.from_proto(msg)
         except grpc.RpcError as e:
-            raise errors.from_rpc_error(e) from e
+            raise self._settings.error(e) from e
         finally:
             call.cancel()
 
+    def follow(
+        self, id: str, after_seq: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[ExecutionEvent]:
+        """Yields each of an execution's events exactly once, in ``seq`` order, from after
+        ``after_seq``, until the execution has finished, surviving dropped streams and
+        daemon restarts; see :meth:`mantle.Client.follow`. Use it with ``async for``;
+        leaving the loop early, close it (``contextlib.aclosing``) to cancel the stream at
+        once. Raises :class:`TimeoutError` after ``timeout`` seconds."""
+        follower = self._settings.follower(id, after_seq, timeout, drain=True)
+        return self._follow_events(follower)
+
     async def wait(self, id: str, timeout: float | None = None) -> Execution:
-        """Waits until an execution has finished and returns it; raises
-        :class:`TimeoutError` after ``timeout`` seconds. See :meth:`mantle.Client.wait`."""
-        limit = _common.check_timeout(timeout)
-        loop = asyncio.get_running_loop()
-        deadline = None if limit is None else loop.time() + limit
-        last_seq = 0
-        drops = 0
+        """Waits until an execution has finished and returns it, surviving dropped streams
+        and daemon restarts as :meth:`follow` does; raises :class:`TimeoutError` after
+        ``timeout`` seconds. See :meth:`mantle.Client.wait`."""
+        follower = self._settings.follower(id, 0, timeout, drain=False)
+        events = self._follow(follower)
+        try:
+            async for _ in events:
+                pass
+        finally:
+            await events.aclose()
+        return follower.result()
+
+    async def _follow_events(self, follower: _common.Follower) -> AsyncIterator[ExecutionEvent]:
+        events = self._follow(follower)
+        try:
+            async for msg in events:
+                yield ExecutionEvent.from_proto(msg)
+        finally:
+            await events.aclose()
+
+    async def _follow(
+        self, f: _common.Follower
+    ) -> AsyncGenerator[execution_pb2.ExecutionEvent, None]:
+        """The loop of :meth:`follow` and :meth:`wait`, as :meth:`mantle.Client._follow`."""
+        f.start(asyncio.get_running_loop().time)
         while True:
-            window = _common.WATCH_WINDOW
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise _common.wait_timeout_error(id, timeout)
-                window = min(window, remaining)
-            req = _common.watch_request(id, last_seq)
+            before = f.last_seq
             call = self._executions.WatchExecution(
-                req, timeout=window, metadata=self._settings.metadata
+                f.watch_request(), timeout=f.watch_window(), metadata=self._settings.metadata
             )
-            expired = False
+            failure: grpc.RpcError | None = None
             try:
                 async for msg in call:
-                    if msg.seq <= last_seq:
+                    if not f.accept(msg):
                         continue
-                    last_seq = msg.seq
-                    drops = 0
-                    if _common.is_terminal_event(msg):
-                        execution = await self.get_execution(id)
-                        if execution.finished:
-                            return execution
+                    yield msg
+                    # A retried execution runs again after a terminal event.
+                    if (
+                        not f.finished
+                        and _common.is_terminal_event(msg)
+                        and await self._poll(f)
+                    ):
+                        break
             except grpc.RpcError as e:
-                if e.code() not in _common.TRANSIENT_WATCH_CODES:
-                    raise errors.from_rpc_error(e) from e
-                expired = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                failure = e
             finally:
                 call.cancel()
-            execution = await self.get_execution(id)
-            if execution.finished:
-                return execution
-            if expired:
+            if failure is None:
+                f.stream_ended()
+            if not f.finished:
+                expired = failure is not None and f.stream_failed(failure)
+                if not await self._poll(f):
+                    # A watch that merely ran its course is renewed at once.
+                    if f.unreachable or not expired:
+                        await asyncio.sleep(f.pause())
+                    continue
+            elif failure is not None:  # catching up on the finished execution
+                f.call_failed(failure)
+                await asyncio.sleep(f.pause())
                 continue
-            drops += 1
-            pause = _common.rewatch_delay(drops)
-            if deadline is not None:
-                pause = min(pause, max(deadline - loop.time(), 0.0))
-            await asyncio.sleep(pause)
+            elif f.last_seq == before:
+                return  # caught up: nothing new
+            if not f.drain:
+                return
+
+    async def _poll(self, f: _common.Follower) -> bool:
+        """GetExecution, once: True if the execution has finished; False if not, or if
+        the daemon did not answer (transient failures are the loop's to retry)."""
+        req = execution_pb2.GetExecutionRequest(id=f.id)
+        try:
+            resp = await self._executions.GetExecution(
+                req,
+                timeout=f.call_timeout(self._settings.timeout),
+                metadata=self._settings.metadata,
+            )
+        except grpc.RpcError as e:
+            f.call_failed(e)
+            return False
+        return f.polled(resp)

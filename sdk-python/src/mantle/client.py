@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mantle import _common, errors
+from mantle import _common
 from mantle._config import DEFAULT_ADDRESS, Address
 from mantle.types import (
     ApiKey,
@@ -55,11 +55,14 @@ class Client:
     Args:
         address: ``host:port``, ``http://host:port`` or ``https://host:port`` (TLS with
             the system's default root certificates).
-        token: Bearer token. When None: the ``MANTLE_TOKEN`` environment variable, else,
-            for a local address (localhost, 127.0.0.0/8, ::1), the operator token file
-            ``<data dir>/operator-token`` (data dir: ``MANTLE_DATA_DIR``, else
-            ``$XDG_DATA_HOME/mantle``, else ``~/.local/share/mantle``). Pass ``""`` to
-            send no token at all.
+        token: Bearer token. When None: the ``MANTLE_TOKEN`` environment variable, else
+            the operator token file ``<data dir>/operator-token`` (data dir:
+            ``MANTLE_DATA_DIR``, else ``$XDG_DATA_HOME/mantle``, else
+            ``~/.local/share/mantle``), only when ``address`` reaches the daemon that
+            wrote it (its ``address=`` line: the same port, and the same IP address or a
+            loopback host for a daemon on loopback or every interface). Pass ``""`` to
+            send no token at all. A refused token's error names where it came from
+            (:attr:`mantle.errors.MantleError.token_source`).
         tenant: Sent as ``x-mantle-tenant``: the tenant an operator key acts on.
         timeout: Deadline in seconds for each attempt of each call; None for no deadline.
 
@@ -85,7 +88,9 @@ class Client:
         creds = self._settings.credentials()
         target = self._settings.address.target
         self._channel: grpc.Channel = (
-            grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
+            grpc.secure_channel(target, creds, options=_common.CHANNEL_OPTIONS)
+            if creds
+            else grpc.insecure_channel(target, options=_common.CHANNEL_OPTIONS)
         )
         self._system = system_pb2_grpc.SystemServiceStub(self._channel)
         self._tenants = tenant_pb2_grpc.TenantServiceStub(self._channel)
@@ -149,7 +154,7 @@ class Client:
                 if _common.should_retry(e.code(), read=read, attempt=attempt):
                     time.sleep(_common.backoff_delay(attempt))
                     continue
-                raise errors.from_rpc_error(e) from e
+                raise self._settings.error(e, auth=auth) from e
 
     # -- system ----------------------------------------------------------------------
 
@@ -441,7 +446,8 @@ class Client:
         idempotency_key: str | None = None,
     ) -> Execution:
         """Starts an execution of a workflow and returns it at once; it runs in the
-        background (see :meth:`wait` and :meth:`watch`). Needs ``executions:write``.
+        background (see :meth:`wait`, :meth:`follow` and :meth:`watch`). Needs
+        ``executions:write``.
 
         Args:
             workflow: The workflow's name.
@@ -579,6 +585,10 @@ class Client:
         event that finishes the execution. The stream has no deadline. Closing the
         iterator early cancels the call. Needs ``executions:read``.
 
+        This is one raw stream: it does not survive a dropped connection or a daemon
+        restart, and it may end at the terminal event of a run that is then retried.
+        :meth:`follow` handles all that.
+
         Raises (while iterating):
             errors.NotFound: no such execution.
             errors.MantleError: the stream broke (e.g. :class:`errors.Unavailable`);
@@ -590,64 +600,126 @@ class Client:
             for msg in call:
                 yield ExecutionEvent.from_proto(msg)
         except grpc.RpcError as e:
-            raise errors.from_rpc_error(e) from e
+            raise self._settings.error(e) from e
         finally:
             call.cancel()
+
+    def follow(
+        self, id: str, after_seq: int = 0, timeout: float | None = None
+    ) -> Iterator[ExecutionEvent]:
+        """Yields each of an execution's events exactly once, in ``seq`` order, from after
+        ``after_seq``, until the execution has finished; the last event is then normally
+        the terminal ``execution_status`` event.
+
+        Unlike :meth:`watch` (one stream), it carries on across dropped streams and daemon
+        restarts: while the daemon is unreachable it reconnects with a growing pause
+        (0.25 s doubling to 5 s), logging one WARNING on the ``mantle`` logger per outage
+        (and one INFO line when the daemon answers again), and resumes after the last
+        event it yielded. A terminal event of an execution that was retried meanwhile does
+        not end it: it follows the next run. Once the execution has finished it also
+        yields the events recorded after the last one it saw (a stream that dropped just
+        before the end). Closing the iterator early cancels the stream. Needs
+        ``executions:read``.
+
+        Args:
+            after_seq: Start after this event's ``seq`` (0: from the beginning).
+            timeout: Seconds the execution may take to finish; None: no limit.
+
+        Raises (while iterating):
+            TimeoutError: the execution did not finish within ``timeout`` (also when the
+                daemon stayed unreachable that long); ``timeout`` bounds everything,
+                reconnecting included.
+            errors.NotFound: no such execution; likewise errors.PermissionDenied and
+                other answers that retrying would not change, at once.
+            ValueError: at the call, for an invalid ``after_seq`` or ``timeout``.
+        """
+        follower = self._settings.follower(id, after_seq, timeout, drain=True)
+        return self._follow_events(follower)
 
     def wait(self, id: str, timeout: float | None = None) -> Execution:
         """Waits until an execution has finished (completed, failed, cancelled or timed
         out) and returns it; check :attr:`Execution.status`.
 
-        Watches the execution's events; when the stream drops, polls
-        :meth:`get_execution` and watches again from the last event seen.
+        Follows the execution's events as :meth:`follow` does: dropped streams and daemon
+        restarts (a deploy) are survived, reconnecting with a growing pause up to 5 s and
+        logging one WARNING on the ``mantle`` logger per outage.
 
         Args:
             timeout: Seconds to wait at most; None waits as long as it takes.
 
         Raises:
-            TimeoutError: the execution did not finish within ``timeout``.
-            errors.NotFound: no such execution.
+            TimeoutError: the execution did not finish within ``timeout`` (also when the
+                daemon stayed unreachable that long).
+            errors.NotFound: no such execution (and other answers, such as
+                errors.PermissionDenied, at once).
         """
-        limit = _common.check_timeout(timeout)
-        deadline = None if limit is None else time.monotonic() + limit
-        last_seq = 0
-        drops = 0
+        follower = self._settings.follower(id, 0, timeout, drain=False)
+        for _ in self._follow(follower):
+            pass
+        return follower.result()
+
+    def _follow_events(self, follower: _common.Follower) -> Iterator[ExecutionEvent]:
+        events = self._follow(follower)
+        try:
+            for msg in events:
+                yield ExecutionEvent.from_proto(msg)
+        finally:
+            events.close()
+
+    def _follow(
+        self, f: _common.Follower
+    ) -> Generator[execution_pb2.ExecutionEvent, None, None]:
+        """The loop of :meth:`follow` and :meth:`wait` (see :class:`_common.Follower`):
+        yields each new event until the execution has finished (``f.execution``) and, for
+        ``f.drain``, the events after the last one seen have been read."""
+        f.start(time.monotonic)
         while True:
-            window = _common.WATCH_WINDOW
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _common.wait_timeout_error(id, timeout)
-                window = min(window, remaining)
-            req = _common.watch_request(id, last_seq)
+            before = f.last_seq
             call = self._executions.WatchExecution(
-                req, timeout=window, metadata=self._settings.metadata
+                f.watch_request(), timeout=f.watch_window(), metadata=self._settings.metadata
             )
-            expired = False
+            failure: grpc.RpcError | None = None
             try:
                 for msg in call:
-                    if msg.seq <= last_seq:
+                    if not f.accept(msg):
                         continue
-                    last_seq = msg.seq
-                    drops = 0
-                    if _common.is_terminal_event(msg):
-                        # A retried execution runs again after a terminal event.
-                        execution = self.get_execution(id)
-                        if execution.finished:
-                            return execution
+                    yield msg
+                    # A retried execution runs again after a terminal event.
+                    if not f.finished and _common.is_terminal_event(msg) and self._poll(f):
+                        break
             except grpc.RpcError as e:
-                if e.code() not in _common.TRANSIENT_WATCH_CODES:
-                    raise errors.from_rpc_error(e) from e
-                expired = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                failure = e
             finally:
                 call.cancel()
-            execution = self.get_execution(id)
-            if execution.finished:
-                return execution
-            if expired:
+            if failure is None:
+                f.stream_ended()
+            if not f.finished:
+                expired = failure is not None and f.stream_failed(failure)
+                if not self._poll(f):
+                    # A watch that merely ran its course is renewed at once.
+                    if f.unreachable or not expired:
+                        time.sleep(f.pause())
+                    continue
+            elif failure is not None:  # catching up on the finished execution
+                f.call_failed(failure)
+                time.sleep(f.pause())
                 continue
-            drops += 1
-            pause = _common.rewatch_delay(drops)
-            if deadline is not None:
-                pause = min(pause, max(deadline - time.monotonic(), 0.0))
-            time.sleep(pause)
+            elif f.last_seq == before:
+                return  # caught up: nothing new
+            if not f.drain:
+                return
+
+    def _poll(self, f: _common.Follower) -> bool:
+        """GetExecution, once: True if the execution has finished; False if not, or if
+        the daemon did not answer (transient failures are the loop's to retry)."""
+        req = execution_pb2.GetExecutionRequest(id=f.id)
+        try:
+            resp = self._executions.GetExecution(
+                req,
+                timeout=f.call_timeout(self._settings.timeout),
+                metadata=self._settings.metadata,
+            )
+        except grpc.RpcError as e:
+            f.call_failed(e)
+            return False
+        return f.polled(resp)

@@ -64,6 +64,11 @@ class MantleError(Exception):
 
     code: grpc.StatusCode
     message: str
+    token_source: str | None = None
+    """For a refused token (``UNAUTHENTICATED``, ``PERMISSION_DENIED``): where the token
+    the client sent came from, e.g. ``the token in MANTLE_TOKEN``, ``the operator token of
+    the daemon at 127.0.0.1:8080, from /path/operator-token`` or ``no token (...)``;
+    ``str()`` of the error ends with ``(sent <token_source>)``. None otherwise."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(code, message)
@@ -71,7 +76,10 @@ class MantleError(Exception):
         self.message = message
 
     def __str__(self) -> str:
-        return f"{self.code.name}: {self.message}" if self.message else self.code.name
+        text = f"{self.code.name}: {self.message}" if self.message else self.code.name
+        if self.token_source:
+            text += f" (sent {self.token_source})"
+        return text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
@@ -121,11 +129,13 @@ class AlreadyExists(MantleError):
 
 
 class PermissionDenied(MantleError):
-    """The token lacks the scope the RPC needs (``PERMISSION_DENIED``)."""
+    """The token lacks the scope the RPC needs (``PERMISSION_DENIED``);
+    :attr:`~MantleError.token_source` says where the token came from."""
 
 
 class Unauthenticated(MantleError):
-    """The token is missing, unknown, revoked or expired (``UNAUTHENTICATED``)."""
+    """The token is missing, unknown, revoked or expired (``UNAUTHENTICATED``);
+    :attr:`~MantleError.token_source` says where the token came from, if any."""
 
 
 class FailedPrecondition(MantleError):
@@ -168,11 +178,19 @@ def error_class(code: grpc.StatusCode) -> type[MantleError]:
     return _BY_CODE.get(code, MantleError)
 
 
-def from_rpc_error(error: grpc.RpcError) -> MantleError:
+TOKEN_REFUSED_CODES = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+)
+"""The codes of a refused token, whose errors name where the token came from."""
+
+
+def from_rpc_error(error: grpc.RpcError, token_source: str | None = None) -> MantleError:
     """Converts a ``grpc.RpcError`` (sync or ``grpc.aio``) into a :class:`MantleError`.
 
     This is the single place where gRPC failures become SDK exceptions. An error object
     that carries no status (which grpc does not normally produce) maps to ``UNKNOWN``.
+    ``token_source`` (where the client's token came from) is recorded in errors of a
+    refused token (:data:`TOKEN_REFUSED_CODES`) as :attr:`MantleError.token_source`.
     """
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
@@ -184,7 +202,10 @@ def from_rpc_error(error: grpc.RpcError) -> MantleError:
         message = ""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(code, str(message), validation_problems(_trailers(error)))
-    return error_class(code)(code, str(message))
+    err = error_class(code)(code, str(message))
+    if token_source and code in TOKEN_REFUSED_CODES:
+        err.token_source = token_source
+    return err
 
 
 def _trailers(error: grpc.RpcError) -> Iterable[tuple[str, Any]]:
