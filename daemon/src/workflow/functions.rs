@@ -1632,6 +1632,7 @@ mod tests {
         ("[1, 2, 3].all(x, x > 0)", "true"),
         ("[1, 2, 3].exists(x, x > 2)", "true"),
         ("[1, 2, 3].exists_one(x, x > 2)", "true"),
+        ("[1, 2, 3].existsOne(x, x > 2)", "true"),
         ("[1, 2, 3].map(x, x * 2)", "[2, 4, 6]"),
         ("[1, 2, 3].filter(x, x > 1)", "[2, 3]"),
         ("int('42')", "42"),
@@ -1641,6 +1642,7 @@ mod tests {
         ("bool('true')", "true"),
         ("bytes('hi')", "b'hi'"),
         ("type('a') == string", "true"),
+        ("dyn(1) == 1", "true"),
         (
             "timestamp('2024-01-31T09:30:00Z') + duration('1h')",
             "timestamp('2024-01-31T10:30:00Z')",
@@ -1722,6 +1724,54 @@ mod tests {
             })
             .collect();
         assert_eq!(in_doc, DOCUMENTED_EXAMPLES);
+    }
+
+    /// The doc and the registry name the same functions: every function a table of the doc
+    /// lists (its first column) can be called, and every function that can be called is
+    /// named in the doc (in a table or in the text).
+    #[test]
+    fn the_doc_names_exactly_the_registered_functions() {
+        let doc = include_str!("../../../docs/expressions-functions.md");
+        const NAMESPACES: [&str; 4] = ["math", "lists", "strings", "optional"];
+        // `s.replace(old, new)` → replace; `math.greatest` stays; `in` is an operator.
+        fn name_of(span: &str) -> Option<&str> {
+            let head = span.split('(').next()?.trim();
+            let name = match head.rsplit_once('.') {
+                Some((ns, _)) if NAMESPACES.contains(&ns) => head,
+                Some((_, name)) => name,
+                None => head,
+            };
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            ok.then_some(name)
+        }
+        fn spans(text: &str) -> impl Iterator<Item = &str> {
+            text.split('`').skip(1).step_by(2)
+        }
+        use std::collections::BTreeSet;
+        let registered: BTreeSet<&str> = function_names().iter().copied().collect();
+        let mut listed = BTreeSet::new();
+        for line in doc.lines().filter(|l| l.starts_with("| `")) {
+            let first = line.split('|').nth(1).unwrap_or_default();
+            listed.extend(spans(first).filter_map(name_of));
+        }
+        let operators = ["in"];
+        let unknown: Vec<&&str> = listed
+            .iter()
+            .filter(|n| !registered.contains(*n) && !operators.contains(n))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "documented but not callable: {unknown:?}"
+        );
+        let named: BTreeSet<&str> = spans(doc).filter_map(name_of).collect();
+        let undocumented: Vec<&&str> = registered.iter().filter(|n| !named.contains(*n)).collect();
+        assert!(
+            undocumented.is_empty(),
+            "callable but not in docs/expressions-functions.md: {undocumented:?}"
+        );
     }
 
     #[test]
