@@ -187,16 +187,22 @@ fn validate_files(files: &[std::path::PathBuf]) -> i32 {
             }
         };
         match crate::definitions::load(&source, &shown) {
-            Ok(loaded) => eprintln!(
-                "{shown}: ok ({}, {} step{})",
-                loaded.spec.name,
-                loaded.spec.steps.len(),
-                if loaded.spec.steps.len() == 1 {
-                    ""
-                } else {
-                    "s"
+            Ok(loaded) => {
+                // Warnings do not fail the check; secrets are a daemon's to check.
+                for w in &loaded.warnings {
+                    println!("warning: {}", w.render(&shown));
                 }
-            ),
+                eprintln!(
+                    "{shown}: ok ({}, {} step{})",
+                    loaded.spec.name,
+                    loaded.spec.steps.len(),
+                    if loaded.spec.steps.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
+                )
+            }
             Err(crate::definitions::Error::Invalid { file, problems }) => {
                 failed = true;
                 for p in &problems {

@@ -831,3 +831,150 @@ async fn definitions_through_mantlectl() {
         "Get after a failed apply",
     );
 }
+
+/// Validate, plan and apply warn, without failing, about what will not work as written: a
+/// `credential` naming a secret the tenant does not have (or one of a type the action does
+/// not take), a trigger that does not fire, and an input the workflow does not declare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_warn_about_credentials_triggers_and_inputs() {
+    let daemon = Daemon::start_ok(DaemonOptions::sqlite()).await;
+    let operator = daemon.operator_token();
+    let (_tenant, token) = tenant_with_key(
+        &daemon,
+        &operator,
+        "warn",
+        &["definitions:read", "definitions:write", "secrets:write"],
+    )
+    .await;
+    let source = "name: warned
+triggers:
+  - type: cron
+    schedule: \"0 8 * * 1-5\"
+steps:
+  - name: call
+    action: http/request
+    credential: api-token
+    params:
+      url: \"https://example.com/{{ inputs.city }}\"
+";
+    let mut c = defs(&daemon, &token).await;
+    let warnings = |list: &[pb::ValidationProblem]| -> Vec<String> {
+        list.iter()
+            .map(|w| {
+                format!(
+                    "{}:{}:{}: {}: {}",
+                    w.file, w.line, w.column, w.path, w.message
+                )
+            })
+            .collect()
+    };
+    let validated = expect_ok(
+        c.validate_definition(pb::ValidateDefinitionRequest {
+            source: source.to_owned(),
+            filename: "warned.yaml".to_owned(),
+        })
+        .await,
+        "ValidateDefinition",
+    );
+    let got = warnings(&validated.warnings);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(
+        got[0].starts_with("warned.yaml:3:5: triggers[0]: cron triggers are stored but not fired"),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with("warned.yaml:8:17: steps[0].credential: tenant ")
+            && got[1].contains("has no secret \"api-token\"")
+            && got[1].contains("mantlectl secrets create api-token --type bearer"),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].starts_with(
+            "warned.yaml:10:36: steps[0].params.url: the workflow declares no input \"city\""
+        ),
+        "{got:#?}"
+    );
+    let plan = plan_ok(&mut c, source, "plan with warnings").await;
+    assert_eq!(
+        warnings(&plan.warnings).len(),
+        3,
+        "plan carries the warnings"
+    );
+
+    // A secret of a type http/request does not take; then one it takes.
+    let mut secrets = pb::secret_service_client::SecretServiceClient::with_interceptor(
+        daemon.channel().await,
+        Auth::new(Some(&token)),
+    );
+    let create = |kind: &str| pb::CreateSecretRequest {
+        name: "api-token".to_owned(),
+        r#type: kind.to_owned(),
+        fields: [("token".to_owned(), "s3cret".to_owned())].into(),
+    };
+    expect_ok(
+        secrets.create_secret(create("generic")).await,
+        "CreateSecret",
+    );
+    let applied = apply_ok(&mut c, source, "apply with warnings").await;
+    let got = warnings(&applied.warnings);
+    assert!(
+        got.iter().any(|w| w.contains(
+            "steps[0].credential: secret \"api-token\" has type generic; http/request takes bearer, basic, header"
+        )),
+        "{got:#?}"
+    );
+    assert!(applied.created, "warnings do not stop an apply");
+    expect_ok(
+        secrets
+            .delete_secret(pb::DeleteSecretRequest {
+                name: "api-token".to_owned(),
+            })
+            .await,
+        "DeleteSecret",
+    );
+    expect_ok(
+        secrets.create_secret(create("bearer")).await,
+        "CreateSecret",
+    );
+    let plan = plan_ok(&mut c, source, "plan after the secret exists").await;
+    let got = warnings(&plan.warnings);
+    assert!(
+        !got.iter().any(|w| w.contains("credential")),
+        "no credential warning once the secret exists: {got:#?}"
+    );
+
+    // mantlectl prints them on stderr and succeeds; -o json carries them.
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("warned.yaml");
+    std::fs::write(&file, source).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = mantlectl_command(home.path());
+        cmd.env("MANTLE_DATA_DIR", home.path().join("no-data"))
+            .arg("--address")
+            .arg(daemon.addr.to_string())
+            .arg("--token")
+            .arg(&token)
+            .args(args);
+        run_with_timeout(cmd, Duration::from_secs(60))
+    };
+    let path = file.to_str().unwrap();
+    let out = run(&["validate", path]).await.unwrap();
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warning: {path}:3:5: triggers[0]: cron triggers are stored but not fired"
+        )),
+        "{}",
+        describe_output(&out)
+    );
+    let out = run(&["-o", "json", "plan", path]).await.unwrap();
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let text = plan.to_string();
+    assert!(
+        text.contains("\"warnings\"") && text.contains("inputs.city is never set"),
+        "{}",
+        describe_output(&out)
+    );
+}

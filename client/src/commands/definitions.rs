@@ -136,6 +136,25 @@ impl From<ValidationProblem> for ProblemView {
     }
 }
 
+/// Prints warnings to stderr, one `warning: FILE:LINE:COL: PATH: message` line each.
+fn print_warnings(warnings: &[ValidationProblem]) {
+    for w in warnings {
+        let path = if w.path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", w.path)
+        };
+        eprintln!(
+            "warning: {}:{}:{}: {path}{}",
+            w.file, w.line, w.column, w.message
+        );
+    }
+}
+
+fn warning_views(warnings: &[ValidationProblem]) -> Vec<ProblemView> {
+    warnings.iter().cloned().map(ProblemView::from).collect()
+}
+
 /// The outcome of validating one file, for -o json/yaml.
 #[derive(Debug, Serialize)]
 struct ValidationView {
@@ -146,6 +165,7 @@ struct ValidationView {
     content_hash: String,
     step_count: u32,
     problems: Vec<ProblemView>,
+    warnings: Vec<ProblemView>,
 }
 
 /// `FILE: ok (NAME, N steps)`.
@@ -274,6 +294,7 @@ struct PlanView {
     changed: bool,
     content_hash: String,
     changes: Vec<ChangeView>,
+    warnings: Vec<ProblemView>,
 }
 
 impl From<Plan> for PlanView {
@@ -284,6 +305,7 @@ impl From<Plan> for PlanView {
             changed: plan.changed,
             content_hash: plan.content_hash.clone(),
             changes: plan.changes.iter().cloned().map(ChangeView::from).collect(),
+            warnings: warning_views(&plan.warnings),
             plan,
         }
     }
@@ -308,6 +330,7 @@ pub(crate) struct ApplyView {
     definition: DefinitionView,
     created: bool,
     changes: Vec<ChangeView>,
+    warnings: Vec<ProblemView>,
     #[serde(skip)]
     raw_changes: Vec<Change>,
 }
@@ -325,6 +348,7 @@ impl From<ApplyDefinitionResponse> for ApplyView {
                 .cloned()
                 .map(ChangeView::from)
                 .collect(),
+            warnings: warning_views(&response.warnings),
             raw_changes: response.changes,
         }
     }
@@ -441,12 +465,16 @@ pub async fn validate(ctx: &Context, args: &FilesArgs) -> anyhow::Result<()> {
             Ok(response) if printer.structured() => printer.add(ValidationView {
                 file: file.name,
                 valid: true,
+                warnings: warning_views(&response.warnings),
                 name: response.name,
                 content_hash: response.content_hash,
                 step_count: response.step_count,
                 problems: Vec::new(),
             })?,
-            Ok(response) => eprintln!("{}", ok_line(&file.name, &response)),
+            Ok(response) => {
+                print_warnings(&response.warnings);
+                eprintln!("{}", ok_line(&file.name, &response))
+            }
             Err(err) => {
                 let refusal = match refused(err) {
                     Ok(refusal) => refusal,
@@ -462,6 +490,7 @@ pub async fn validate(ctx: &Context, args: &FilesArgs) -> anyhow::Result<()> {
                             content_hash: String::new(),
                             step_count: 0,
                             problems: problems.into_iter().map(ProblemView::from).collect(),
+                            warnings: Vec::new(),
                         })?
                     }
                     refusal => report_refused(&file.name, &refusal, true),
@@ -483,7 +512,12 @@ pub async fn plan(ctx: &Context, args: &FilesArgs) -> anyhow::Result<()> {
             continue;
         };
         match client.plan_definition(&file.source, &file.name).await {
-            Ok(plan) => printer.add(PlanView::from(plan))?,
+            Ok(plan) => {
+                if !printer.structured() {
+                    print_warnings(&plan.warnings);
+                }
+                printer.add(PlanView::from(plan))?
+            }
             Err(err) => match refused(err) {
                 Ok(refusal) => {
                     failed = true;
@@ -511,7 +545,12 @@ pub async fn apply(ctx: &Context, args: &FilesArgs) -> anyhow::Result<()> {
             continue;
         };
         match client.apply_definition(&file.source, &file.name).await {
-            Ok(response) => printer.add(ApplyView::from(response))?,
+            Ok(response) => {
+                if !printer.structured() {
+                    print_warnings(&response.warnings);
+                }
+                printer.add(ApplyView::from(response))?
+            }
             Err(err) => match refused(err) {
                 Ok(refusal) => {
                     failed = true;
@@ -574,6 +613,7 @@ mod tests {
             changed,
             content_hash: "abc".into(),
             changes,
+            warnings: Vec::new(),
         }
     }
 
@@ -648,6 +688,7 @@ mod tests {
 
     fn applied(created: bool, changes: Vec<Change>) -> ApplyView {
         ApplyView::from(ApplyDefinitionResponse {
+            warnings: Vec::new(),
             definition: Some(Definition {
                 name: "hello".into(),
                 version: 2,
@@ -771,6 +812,7 @@ mod tests {
             name: "hello".into(),
             content_hash: "abc".into(),
             step_count: 3,
+            warnings: Vec::new(),
         };
         assert_eq!(
             ok_line("hello.yaml", &response),

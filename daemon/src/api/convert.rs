@@ -139,16 +139,21 @@ impl From<crate::workflow::plan::Change> for pb::Change {
     }
 }
 
-impl From<crate::definitions::PlanResult> for pb::Plan {
-    fn from(p: crate::definitions::PlanResult) -> Self {
-        pb::Plan {
-            name: p.name,
-            current_version: p.current_version,
-            changed: p.changed,
-            content_hash: p.content_hash,
-            changes: p.changes.into_iter().map(Into::into).collect(),
-        }
+/// A plan of the file named `file` (in its warnings).
+pub fn plan(file: &str, p: crate::definitions::PlanResult) -> pb::Plan {
+    pb::Plan {
+        name: p.name,
+        current_version: p.current_version,
+        changed: p.changed,
+        content_hash: p.content_hash,
+        changes: p.changes.into_iter().map(Into::into).collect(),
+        warnings: problems(file, &p.warnings),
     }
+}
+
+/// Validation problems (or warnings) of the file named `file`.
+pub fn problems(file: &str, list: &[crate::workflow::Problem]) -> Vec<pb::ValidationProblem> {
+    list.iter().map(|p| problem(file, p)).collect()
 }
 
 /// A validation problem as the API reports it.

@@ -5,8 +5,9 @@ use mantle_proto::v1::definition_service_server::DefinitionService;
 use tonic::{Request, Response, Status};
 
 use super::caller;
-use super::convert::timestamp;
+use super::convert::{plan, problems, timestamp};
 use crate::definitions::Definitions;
+use crate::definitions::file_name;
 use crate::tenancy::{page_request, page_token};
 
 pub struct DefinitionApi {
@@ -21,14 +22,15 @@ impl DefinitionService for DefinitionApi {
     ) -> Result<Response<pb::ValidateDefinitionResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.get_ref();
-        let loaded = self
+        let checked = self
             .definitions
             .validate(caller, &req.source, &req.filename)
             .await?;
         Ok(Response::new(pb::ValidateDefinitionResponse {
-            name: loaded.spec.name,
-            content_hash: loaded.content_hash,
-            step_count: loaded.spec.steps.len() as u32,
+            warnings: problems(file_name(&req.filename), &checked.warnings),
+            name: checked.loaded.spec.name,
+            content_hash: checked.loaded.content_hash,
+            step_count: checked.loaded.spec.steps.len() as u32,
         }))
     }
 
@@ -38,11 +40,11 @@ impl DefinitionService for DefinitionApi {
     ) -> Result<Response<pb::Plan>, Status> {
         let caller = caller(&request)?;
         let req = request.get_ref();
-        let plan = self
+        let result = self
             .definitions
             .plan(caller, &req.source, &req.filename)
             .await?;
-        Ok(Response::new(plan.into()))
+        Ok(Response::new(plan(file_name(&req.filename), result)))
     }
 
     async fn apply_definition(
@@ -56,6 +58,7 @@ impl DefinitionService for DefinitionApi {
             .apply(caller, &req.source, &req.filename)
             .await?;
         Ok(Response::new(pb::ApplyDefinitionResponse {
+            warnings: problems(file_name(&req.filename), &applied.warnings),
             definition: Some(applied.definition.into()),
             created: applied.created,
             changes: applied.changes.into_iter().map(Into::into).collect(),

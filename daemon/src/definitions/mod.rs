@@ -80,6 +80,8 @@ pub struct PlanResult {
     pub changed: bool,
     pub content_hash: String,
     pub changes: Vec<Change>,
+    /// See [`Checked::warnings`].
+    pub warnings: Vec<Problem>,
 }
 
 /// The outcome of an apply.
@@ -88,6 +90,18 @@ pub struct ApplyResult {
     pub definition: Definition,
     pub created: bool,
     pub changes: Vec<Change>,
+    /// See [`Checked::warnings`].
+    pub warnings: Vec<Problem>,
+}
+
+/// A valid file, and what in it will not work as written.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub loaded: Loaded,
+    /// The file's own warnings (triggers that do not fire, undeclared inputs) and the
+    /// tenant's: a `credential` naming a secret the tenant does not have, or one of a type
+    /// the action does not take. Ordered by position.
+    pub warnings: Vec<Problem>,
 }
 
 /// Loads and validates a file, naming it `file` in problems (on a thread of its own).
@@ -207,17 +221,62 @@ impl Definitions {
             .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
     }
 
-    pub async fn validate(&self, caller: &Caller, source: &str, filename: &str) -> Result<Loaded> {
+    pub async fn validate(&self, caller: &Caller, source: &str, filename: &str) -> Result<Checked> {
         let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
-        self.check(tenant, source, filename).await
+        let loaded = self.check(tenant, source, filename).await?;
+        let warnings = self.warnings(tenant, &loaded).await?;
+        Ok(Checked { loaded, warnings })
+    }
+
+    /// The file's warnings and the tenant's (see [`Checked::warnings`]).
+    async fn warnings(&self, tenant: &TenantRef, loaded: &Loaded) -> Result<Vec<Problem>> {
+        let mut warnings = loaded.warnings.clone();
+        let mut kinds: std::collections::BTreeMap<&str, Option<String>> = Default::default();
+        for c in &loaded.credentials {
+            let kind = match kinds.get(c.name.as_str()) {
+                Some(kind) => kind.clone(),
+                None => {
+                    let kind = match self.store.get_secret(tenant.id, &c.name).await {
+                        Ok(secret) => Some(secret.meta.kind),
+                        Err(store::Error::NotFound(_)) => None,
+                        Err(e) => return Err(e.into()),
+                    };
+                    kinds.insert(&c.name, kind.clone());
+                    kind
+                }
+            };
+            let message = match kind {
+                None => format!(
+                    "tenant {:?} has no secret {:?}: the step will fail until it is created \
+                     (mantlectl secrets create {} --type {} ...)",
+                    tenant.name, c.name, c.name, c.types[0]
+                ),
+                Some(kind) if !c.types.contains(&kind.as_str()) => format!(
+                    "secret {:?} has type {kind}; {} takes {}",
+                    c.name,
+                    c.action,
+                    c.types.join(", ")
+                ),
+                Some(_) => continue,
+            };
+            warnings.push(Problem {
+                pos: c.pos,
+                path: c.path.clone(),
+                message,
+            });
+        }
+        warnings.sort_by_key(|p| (p.pos.line, p.pos.column));
+        Ok(warnings)
     }
 
     pub async fn plan(&self, caller: &Caller, source: &str, filename: &str) -> Result<PlanResult> {
         let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
         let loaded = self.check(tenant, source, filename).await?;
+        let warnings = self.warnings(tenant, &loaded).await?;
         let current = self.latest(tenant, &loaded.spec.name).await?;
         let old_spec = current.as_ref().map(parse_spec).transpose()?;
         Ok(PlanResult {
+            warnings,
             name: loaded.spec.name.clone(),
             current_version: current.as_ref().map_or(0, |d| d.version),
             changed: current
@@ -237,6 +296,7 @@ impl Definitions {
         let tenant = Self::tenant(caller, Scope::DefinitionsWrite)?;
         let loaded = self.check(tenant, source, filename).await?;
         self.check_steps(tenant, &loaded).await?;
+        let warnings = self.warnings(tenant, &loaded).await?;
         let before = self.latest(tenant, &loaded.spec.name).await?;
         let old_spec = before.as_ref().map(parse_spec).transpose()?;
         let (definition, created) = self
@@ -269,6 +329,7 @@ impl Definitions {
             definition,
             created,
             changes,
+            warnings,
         })
     }
 

@@ -29,6 +29,8 @@ pub struct Compiled {
     expr: IdedExpr,
     /// The steps it reads, with the character offset of each reference.
     pub step_refs: Vec<(String, usize)>,
+    /// The inputs it names (`inputs.x`, `inputs['x']`), with the offset of each.
+    pub input_refs: Vec<(String, usize)>,
     reads: Reads,
 }
 
@@ -141,6 +143,7 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<ExprError>> {
         info: program.source_info(),
         bound: Vec::new(),
         step_refs: Vec::new(),
+        input_refs: Vec::new(),
         reads: Reads::default(),
         errors: Vec::new(),
     };
@@ -150,6 +153,7 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<ExprError>> {
     }
     let Walk {
         step_refs,
+        input_refs,
         mut reads,
         ..
     } = walk;
@@ -160,6 +164,7 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<ExprError>> {
         source: source.to_owned(),
         expr: metered_tree(program.expression().clone()),
         step_refs,
+        input_refs,
         reads,
     })
 }
@@ -346,6 +351,7 @@ struct Walk<'a> {
     info: &'a cel::common::ast::SourceInfo,
     bound: Vec<String>,
     step_refs: Vec<(String, usize)>,
+    input_refs: Vec<(String, usize)>,
     reads: Reads,
     errors: Vec<ExprError>,
 }
@@ -406,6 +412,10 @@ impl Walk<'_> {
                     self.step_refs.push((select.field.clone(), at));
                 }
                 Some(var) => {
+                    if var == "inputs" {
+                        let at = self.offset(&select.operand);
+                        self.input_refs.push((select.field.clone(), at));
+                    }
                     if let Some(read) = self.reads.var(var) {
                         read.add_key(&select.field);
                     }
@@ -429,6 +439,9 @@ impl Walk<'_> {
                             self.step_refs.push((key.inner().to_owned(), at));
                         }
                         (Expr::Literal(LiteralValue::String(key)), var) => {
+                            if var == "inputs" {
+                                self.input_refs.push((key.inner().to_owned(), at));
+                            }
                             if let Some(read) = self.reads.var(var) {
                                 read.add_key(key.inner());
                             }

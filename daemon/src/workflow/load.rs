@@ -71,7 +71,30 @@ pub struct Loaded {
     pub normalized: String,
     /// SHA-256 of `normalized`, hex: whitespace, comments and key order do not change it.
     pub content_hash: String,
+    /// What is valid but will not do what the file seems to say (a trigger that does not
+    /// fire, an input that is never declared), ordered by position.
+    pub warnings: Vec<Problem>,
+    /// Every step's `credential`, where it is written: checked against the tenant's
+    /// secrets by whoever knows the tenant.
+    pub credentials: Vec<CredentialRef>,
 }
+
+/// A step's `credential:` and where it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRef {
+    pub name: String,
+    pub pos: Pos,
+    /// `steps[2].credential`.
+    pub path: String,
+    /// The step's action, and the secret types it takes.
+    pub action: String,
+    pub types: &'static [&'static str],
+}
+
+/// The warning of a stored trigger: nothing fires triggers yet.
+const NOT_FIRED: &str = "{kind} triggers are stored but not fired by this version of Mantle: \
+     nothing starts an execution from this trigger; start runs with `mantlectl run` or \
+     StartExecution";
 
 /// Stack for validation: the YAML deserializer and the CEL parser recurse per nesting level.
 const STACK_BYTES: usize = 64 * 1024 * 1024;
@@ -108,7 +131,10 @@ pub fn load_here(source: &str) -> Result<Loaded, Vec<Problem>> {
     let mut d = Decoder {
         source,
         problems: Problems::default(),
+        warnings: Problems::default(),
         expressions: 0,
+        input_refs: Vec::new(),
+        credentials: Vec::new(),
     };
     let spec = d.workflow(&root);
     match spec {
@@ -126,10 +152,13 @@ pub fn load_here(source: &str) -> Result<Loaded, Vec<Problem>> {
                 }]);
             }
             let content_hash = hex::encode(Sha256::digest(normalized.as_bytes()));
+            d.warn_undeclared_inputs(&spec);
             Ok(Loaded {
                 spec,
                 normalized,
                 content_hash,
+                warnings: d.warnings.into_sorted(),
+                credentials: d.credentials,
             })
         }
         _ => Err(d.problems.into_sorted()),
@@ -198,8 +227,12 @@ struct StepDraft {
 struct Decoder<'s> {
     source: &'s str,
     problems: Problems,
+    warnings: Problems,
     /// Expressions met so far (see [`MAX_EXPRESSIONS`]).
     expressions: usize,
+    /// Every `inputs.NAME` read, where, and under which path.
+    input_refs: Vec<(String, Pos, String)>,
+    credentials: Vec<CredentialRef>,
 }
 
 impl Decoder<'_> {
@@ -605,6 +638,7 @@ impl Decoder<'_> {
                     for (step, offset) in &c.step_refs {
                         self.check_step_ref(step, steps, self.pos_in(value, &text, *offset), &path);
                     }
+                    self.note_inputs(&c, value, &text, 0, &path);
                     out.insert(key.name.clone(), text);
                 }
                 Err(errors) => self.expr_errors(value, &text, &path, errors),
@@ -684,6 +718,8 @@ impl Decoder<'_> {
                         Some(tz)
                     });
                     if let Some(schedule) = schedule {
+                        self.warnings
+                            .add(item.pos, &path, NOT_FIRED.replace("{kind}", "cron"));
                         out.push(TriggerSpec::Cron { schedule, timezone });
                     }
                 }
@@ -699,6 +735,8 @@ impl Decoder<'_> {
                     let secret =
                         field("secret").and_then(|n| self.string(n, &join(&path, "secret")));
                     if let Some(p) = hook_path {
+                        self.warnings
+                            .add(item.pos, &path, NOT_FIRED.replace("{kind}", "webhook"));
                         out.push(TriggerSpec::Webhook { path: p, secret });
                     }
                 }
@@ -716,6 +754,44 @@ impl Decoder<'_> {
             }
         }
         out
+    }
+
+    /// Notes the inputs an expression at `base` in `text` (the string of `node`) reads.
+    fn note_inputs(
+        &mut self,
+        c: &expr::Compiled,
+        node: &Node,
+        text: &str,
+        base: usize,
+        path: &str,
+    ) {
+        for (name, offset) in &c.input_refs {
+            let pos = self.pos_in(node, text, base + offset);
+            self.input_refs.push((name.clone(), pos, path.to_owned()));
+        }
+    }
+
+    /// Warns about every read of an input the workflow does not declare: starts refuse
+    /// undeclared inputs, so it is always absent.
+    fn warn_undeclared_inputs(&mut self, spec: &WorkflowSpec) {
+        for (name, pos, path) in std::mem::take(&mut self.input_refs) {
+            if spec.inputs.contains_key(&name) {
+                continue;
+            }
+            let mut hint = suggestion(&name, spec.inputs.keys().map(String::as_str));
+            if hint.is_empty() && !spec.inputs.is_empty() {
+                let names: Vec<&str> = spec.inputs.keys().map(String::as_str).collect();
+                hint = format!("; declared: {}", names.join(", "));
+            }
+            self.warnings.add(
+                pos,
+                path,
+                format!(
+                    "the workflow declares no input {name:?}, so inputs.{name} is never set \
+                     (a start refuses undeclared inputs){hint}"
+                ),
+            );
+        }
     }
 
     fn cron(&mut self, node: &Node, path: &str) -> Option<String> {
@@ -911,10 +987,18 @@ impl Decoder<'_> {
         let credential = field("credential").and_then(|n| {
             let p = join(path, "credential");
             let c = self.string(n, &p)?;
-            if let Some(spec) = spec_of_action
-                && spec.credential_types.is_empty()
-            {
-                self.add(n.pos, &p, format!("{} takes no credential", spec.name));
+            if let Some(spec) = spec_of_action {
+                if spec.credential_types.is_empty() {
+                    self.add(n.pos, &p, format!("{} takes no credential", spec.name));
+                } else {
+                    self.credentials.push(CredentialRef {
+                        name: c.clone(),
+                        pos: n.pos,
+                        path: p.clone(),
+                        action: spec.name.to_owned(),
+                        types: spec.credential_types,
+                    });
+                }
             }
             Some(c)
         });
@@ -933,6 +1017,7 @@ impl Decoder<'_> {
                     for (step, offset) in &c.step_refs {
                         refs.push((step.clone(), self.pos_in(n, &text, *offset), p.clone()));
                     }
+                    self.note_inputs(&c, n, &text, 0, &p);
                 }
                 Err(errors) => self.expr_errors(n, &text, &p, errors),
             }
@@ -1197,6 +1282,7 @@ impl Decoder<'_> {
                                 path.to_owned(),
                             ));
                         }
+                        self.note_inputs(c, node, text, *base, path);
                     }
                 }
                 self.expr_errors(node, text, path, errors);
@@ -1481,6 +1567,27 @@ triggers:
         let retry = &ok.spec.steps[0].retry;
         let retry = retry.as_ref().expect("retry");
         assert!(retry.on.contains(429) && retry.on.contains(403) && !retry.on.contains(405));
+    }
+
+    #[test]
+    fn warnings_name_unfired_triggers_and_undeclared_inputs() {
+        let src = "name: x\ninputs:\n  user_id: {type: integer}\ntriggers:\n  - type: cron\n    schedule: \"0 8 * * 1-5\"\n  - {type: webhook, path: /hooks/x}\nsteps:\n  - name: a\n    action: core/log\n    if: has(inputs.usr_id)\n    params:\n      message: \"{{ inputs.user_id }} {{ inputs['region'] }}\"\noutputs:\n  o: inputs.user_id + inputs.extra\n";
+        let loaded = load(src).expect("warnings do not fail a file");
+        let got: Vec<String> = loaded.warnings.iter().map(|w| w.render("w.yaml")).collect();
+        let not_fired = |kind: &str| NOT_FIRED.replace("{kind}", kind);
+        assert_eq!(
+            got,
+            [
+                format!("w.yaml:5:5: triggers[0]: {}", not_fired("cron")),
+                format!("w.yaml:7:5: triggers[1]: {}", not_fired("webhook")),
+                "w.yaml:11:13: steps[0].if: the workflow declares no input \"usr_id\", so inputs.usr_id is never set (a start refuses undeclared inputs); did you mean \"user_id\"?".to_owned(),
+                "w.yaml:13:41: steps[0].params.message: the workflow declares no input \"region\", so inputs.region is never set (a start refuses undeclared inputs); declared: user_id".to_owned(),
+                "w.yaml:15:23: outputs.o: the workflow declares no input \"extra\", so inputs.extra is never set (a start refuses undeclared inputs); declared: user_id".to_owned(),
+            ]
+        );
+        // Declared inputs and no triggers: nothing to say.
+        let quiet = &GOOD[..GOOD.find("triggers:").unwrap()];
+        assert_eq!(load(quiet).unwrap().warnings, []);
     }
 
     #[test]

@@ -243,10 +243,18 @@ class ValidationResult:
     content_hash: str
     """Hex SHA-256 of the normalized content (formatting and comments do not change it)."""
     step_count: int
+    warnings: list[ValidationProblem] = field(default_factory=list)
+    """What is valid but will not work as written (a trigger that does not fire yet, an
+    undeclared input, a credential naming a missing secret); ordered by position."""
 
     @classmethod
     def from_proto(cls, msg: definition_pb2.ValidateDefinitionResponse) -> ValidationResult:
-        return cls(name=msg.name, content_hash=msg.content_hash, step_count=msg.step_count)
+        return cls(
+            name=msg.name,
+            content_hash=msg.content_hash,
+            step_count=msg.step_count,
+            warnings=[ValidationProblem.from_proto(w) for w in msg.warnings],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +321,9 @@ class Plan:
     """Content hash of the file."""
     changes: list[Change]
     """Ordered by section and name; empty when nothing changed."""
+    warnings: list[ValidationProblem] = field(default_factory=list)
+    """What is valid but will not work as written (a trigger that does not fire yet, an
+    undeclared input, a credential naming a missing secret); ordered by position."""
 
     @classmethod
     def from_proto(cls, msg: definition_pb2.Plan) -> Plan:
@@ -322,6 +333,7 @@ class Plan:
             changed=msg.changed,
             content_hash=msg.content_hash,
             changes=[Change.from_proto(c) for c in msg.changes],
+            warnings=[ValidationProblem.from_proto(w) for w in msg.warnings],
         )
 
 
@@ -367,6 +379,9 @@ class ApplyResult:
     """Whether a new version was stored."""
     changes: list[Change]
     """What changed against the previous latest version."""
+    warnings: list[ValidationProblem] = field(default_factory=list)
+    """What is valid but will not work as written (a trigger that does not fire yet, an
+    undeclared input, a credential naming a missing secret); ordered by position."""
 
     @classmethod
     def from_proto(cls, msg: definition_pb2.ApplyDefinitionResponse) -> ApplyResult:
@@ -374,6 +389,7 @@ class ApplyResult:
             definition=Definition.from_proto(msg.definition),
             created=msg.created,
             changes=[Change.from_proto(c) for c in msg.changes],
+            warnings=[ValidationProblem.from_proto(w) for w in msg.warnings],
         )
 
 

@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amantle/v1/definition.proto\x12\tmantle.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x11ValidationProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\r\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"D\n\x12ValidationProblems\x12.\n\x08problems\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"=\n\x19ValidateDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"T\n\x1aValidateDefinitionResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x12\n\nstep_count\x18\x03 \x01(\r\"9\n\x15PlanDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"x\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\"\n\x07\x63hanges\x18\x05 \x03(\x0b\x32\x11.mantle.v1.Change\"\xb8\x01\n\x06\x43hange\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.mantle.v1.Change.Kind\x12\x0f\n\x07section\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.mantle.v1.FieldChange\"A\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x01\x12\x0b\n\x07REMOVED\x10\x02\x12\x0b\n\x07\x43HANGED\x10\x03\":\n\x0b\x46ieldChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\":\n\x16\x41pplyDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"y\n\x17\x41pplyDefinitionResponse\x12)\n\ndefinition\x18\x01 \x01(\x0b\x32\x15.mantle.v1.Definition\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\"\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x11.mantle.v1.Change\"\xaa\x01\n\nDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x11\n\tspec_json\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x14GetDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"?\n\x16ListDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xb0\x01\n\x11\x44\x65\x66initionSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x17ListDefinitionsResponse\x12\x31\n\x0b\x64\x65\x66initions\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.DefinitionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x1dListDefinitionVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x11\x44\x65\x66initionVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x1eListDefinitionVersionsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.DefinitionVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xf7\x04\n\x11\x44\x65\x66initionService\x12\x61\n\x12ValidateDefinition\x12$.mantle.v1.ValidateDefinitionRequest\x1a%.mantle.v1.ValidateDefinitionResponse\x12\x43\n\x0ePlanDefinition\x12 .mantle.v1.PlanDefinitionRequest\x1a\x0f.mantle.v1.Plan\x12X\n\x0f\x41pplyDefinition\x12!.mantle.v1.ApplyDefinitionRequest\x1a\".mantle.v1.ApplyDefinitionResponse\x12G\n\rGetDefinition\x12\x1f.mantle.v1.GetDefinitionRequest\x1a\x15.mantle.v1.Definition\x12X\n\x0fListDefinitions\x12!.mantle.v1.ListDefinitionsRequest\x1a\".mantle.v1.ListDefinitionsResponse\x12m\n\x16ListDefinitionVersions\x12(.mantle.v1.ListDefinitionVersionsRequest\x1a).mantle.v1.ListDefinitionVersionsResponse\x12N\n\x10\x44\x65leteDefinition\x12\".mantle.v1.DeleteDefinitionRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amantle/v1/definition.proto\x12\tmantle.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x11ValidationProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\r\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"D\n\x12ValidationProblems\x12.\n\x08problems\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"=\n\x19ValidateDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\x84\x01\n\x1aValidateDefinitionResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x12\n\nstep_count\x18\x03 \x01(\r\x12.\n\x08warnings\x18\x04 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"9\n\x15PlanDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\xa8\x01\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\"\n\x07\x63hanges\x18\x05 \x03(\x0b\x32\x11.mantle.v1.Change\x12.\n\x08warnings\x18\x06 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"\xb8\x01\n\x06\x43hange\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.mantle.v1.Change.Kind\x12\x0f\n\x07section\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.mantle.v1.FieldChange\"A\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x01\x12\x0b\n\x07REMOVED\x10\x02\x12\x0b\n\x07\x43HANGED\x10\x03\":\n\x0b\x46ieldChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\":\n\x16\x41pplyDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\xa9\x01\n\x17\x41pplyDefinitionResponse\x12)\n\ndefinition\x18\x01 \x01(\x0b\x32\x15.mantle.v1.Definition\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\"\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x11.mantle.v1.Change\x12.\n\x08warnings\x18\x04 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"\xaa\x01\n\nDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x11\n\tspec_json\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x14GetDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"?\n\x16ListDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xb0\x01\n\x11\x44\x65\x66initionSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x17ListDefinitionsResponse\x12\x31\n\x0b\x64\x65\x66initions\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.DefinitionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x1dListDefinitionVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x11\x44\x65\x66initionVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x1eListDefinitionVersionsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.DefinitionVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xf7\x04\n\x11\x44\x65\x66initionService\x12\x61\n\x12ValidateDefinition\x12$.mantle.v1.ValidateDefinitionRequest\x1a%.mantle.v1.ValidateDefinitionResponse\x12\x43\n\x0ePlanDefinition\x12 .mantle.v1.PlanDefinitionRequest\x1a\x0f.mantle.v1.Plan\x12X\n\x0f\x41pplyDefinition\x12!.mantle.v1.ApplyDefinitionRequest\x1a\".mantle.v1.ApplyDefinitionResponse\x12G\n\rGetDefinition\x12\x1f.mantle.v1.GetDefinitionRequest\x1a\x15.mantle.v1.Definition\x12X\n\x0fListDefinitions\x12!.mantle.v1.ListDefinitionsRequest\x1a\".mantle.v1.ListDefinitionsResponse\x12m\n\x16ListDefinitionVersions\x12(.mantle.v1.ListDefinitionVersionsRequest\x1a).mantle.v1.ListDefinitionVersionsResponse\x12N\n\x10\x44\x65leteDefinition\x12\".mantle.v1.DeleteDefinitionRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,40 +39,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VALIDATIONPROBLEMS']._serialized_end=267
   _globals['_VALIDATEDEFINITIONREQUEST']._serialized_start=269
   _globals['_VALIDATEDEFINITIONREQUEST']._serialized_end=330
-  _globals['_VALIDATEDEFINITIONRESPONSE']._serialized_start=332
-  _globals['_VALIDATEDEFINITIONRESPONSE']._serialized_end=416
-  _globals['_PLANDEFINITIONREQUEST']._serialized_start=418
-  _globals['_PLANDEFINITIONREQUEST']._serialized_end=475
-  _globals['_PLAN']._serialized_start=477
-  _globals['_PLAN']._serialized_end=597
-  _globals['_CHANGE']._serialized_start=600
-  _globals['_CHANGE']._serialized_end=784
-  _globals['_CHANGE_KIND']._serialized_start=719
-  _globals['_CHANGE_KIND']._serialized_end=784
-  _globals['_FIELDCHANGE']._serialized_start=786
-  _globals['_FIELDCHANGE']._serialized_end=844
-  _globals['_APPLYDEFINITIONREQUEST']._serialized_start=846
-  _globals['_APPLYDEFINITIONREQUEST']._serialized_end=904
-  _globals['_APPLYDEFINITIONRESPONSE']._serialized_start=906
-  _globals['_APPLYDEFINITIONRESPONSE']._serialized_end=1027
-  _globals['_DEFINITION']._serialized_start=1030
-  _globals['_DEFINITION']._serialized_end=1200
-  _globals['_GETDEFINITIONREQUEST']._serialized_start=1202
-  _globals['_GETDEFINITIONREQUEST']._serialized_end=1255
-  _globals['_LISTDEFINITIONSREQUEST']._serialized_start=1257
-  _globals['_LISTDEFINITIONSREQUEST']._serialized_end=1320
-  _globals['_DEFINITIONSUMMARY']._serialized_start=1323
-  _globals['_DEFINITIONSUMMARY']._serialized_end=1499
-  _globals['_LISTDEFINITIONSRESPONSE']._serialized_start=1501
-  _globals['_LISTDEFINITIONSRESPONSE']._serialized_end=1602
-  _globals['_LISTDEFINITIONVERSIONSREQUEST']._serialized_start=1604
-  _globals['_LISTDEFINITIONVERSIONSREQUEST']._serialized_end=1688
-  _globals['_DEFINITIONVERSION']._serialized_start=1690
-  _globals['_DEFINITIONVERSION']._serialized_end=1797
-  _globals['_LISTDEFINITIONVERSIONSRESPONSE']._serialized_start=1799
-  _globals['_LISTDEFINITIONVERSIONSRESPONSE']._serialized_end=1904
-  _globals['_DELETEDEFINITIONREQUEST']._serialized_start=1906
-  _globals['_DELETEDEFINITIONREQUEST']._serialized_end=1945
-  _globals['_DEFINITIONSERVICE']._serialized_start=1948
-  _globals['_DEFINITIONSERVICE']._serialized_end=2579
+  _globals['_VALIDATEDEFINITIONRESPONSE']._serialized_start=333
+  _globals['_VALIDATEDEFINITIONRESPONSE']._serialized_end=465
+  _globals['_PLANDEFINITIONREQUEST']._serialized_start=467
+  _globals['_PLANDEFINITIONREQUEST']._serialized_end=524
+  _globals['_PLAN']._serialized_start=527
+  _globals['_PLAN']._serialized_end=695
+  _globals['_CHANGE']._serialized_start=698
+  _globals['_CHANGE']._serialized_end=882
+  _globals['_CHANGE_KIND']._serialized_start=817
+  _globals['_CHANGE_KIND']._serialized_end=882
+  _globals['_FIELDCHANGE']._serialized_start=884
+  _globals['_FIELDCHANGE']._serialized_end=942
+  _globals['_APPLYDEFINITIONREQUEST']._serialized_start=944
+  _globals['_APPLYDEFINITIONREQUEST']._serialized_end=1002
+  _globals['_APPLYDEFINITIONRESPONSE']._serialized_start=1005
+  _globals['_APPLYDEFINITIONRESPONSE']._serialized_end=1174
+  _globals['_DEFINITION']._serialized_start=1177
+  _globals['_DEFINITION']._serialized_end=1347
+  _globals['_GETDEFINITIONREQUEST']._serialized_start=1349
+  _globals['_GETDEFINITIONREQUEST']._serialized_end=1402
+  _globals['_LISTDEFINITIONSREQUEST']._serialized_start=1404
+  _globals['_LISTDEFINITIONSREQUEST']._serialized_end=1467
+  _globals['_DEFINITIONSUMMARY']._serialized_start=1470
+  _globals['_DEFINITIONSUMMARY']._serialized_end=1646
+  _globals['_LISTDEFINITIONSRESPONSE']._serialized_start=1648
+  _globals['_LISTDEFINITIONSRESPONSE']._serialized_end=1749
+  _globals['_LISTDEFINITIONVERSIONSREQUEST']._serialized_start=1751
+  _globals['_LISTDEFINITIONVERSIONSREQUEST']._serialized_end=1835
+  _globals['_DEFINITIONVERSION']._serialized_start=1837
+  _globals['_DEFINITIONVERSION']._serialized_end=1944
+  _globals['_LISTDEFINITIONVERSIONSRESPONSE']._serialized_start=1946
+  _globals['_LISTDEFINITIONVERSIONSRESPONSE']._serialized_end=2051
+  _globals['_DELETEDEFINITIONREQUEST']._serialized_start=2053
+  _globals['_DELETEDEFINITIONREQUEST']._serialized_end=2092
+  _globals['_DEFINITIONSERVICE']._serialized_start=2095
+  _globals['_DEFINITIONSERVICE']._serialized_end=2726
 # @@protoc_insertion_point(module_scope)

@@ -117,22 +117,31 @@ class ValidateDefinitionResponse(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     STEP_COUNT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The workflow's name."""
     content_hash: _builtins.str
     """Hex SHA-256 of the normalized content (formatting and comments do not change it)."""
     step_count: _builtins.int
     """Number of steps."""
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationProblem]:
+        """What is valid but will not work as written: a trigger that does not fire yet, a read
+        of an input the workflow does not declare, a `credential` naming a secret the tenant
+        does not have (or one of a type the action does not take). Ordered by position.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         content_hash: _builtins.str = ...,
         step_count: _builtins.int = ...,
+        warnings: _abc.Iterable[Global___ValidationProblem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "name", b"name", "step_count", b"step_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "name", b"name", "step_count", b"step_count", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,6 +184,7 @@ class Plan(_message.Message):
     CHANGED_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The workflow's name."""
     current_version: _builtins.int
@@ -187,6 +197,10 @@ class Plan(_message.Message):
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
         """The changes, ordered by section and name; empty when nothing changed."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationProblem]:
+        """The file's warnings, as in ValidateDefinitionResponse."""
+
     def __init__(
         self,
         *,
@@ -195,10 +209,11 @@ class Plan(_message.Message):
         changed: _builtins.bool = ...,
         content_hash: _builtins.str = ...,
         changes: _abc.Iterable[Global___Change] | None = ...,
+        warnings: _abc.Iterable[Global___ValidationProblem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "changes", b"changes", "content_hash", b"content_hash", "current_version", b"current_version", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "changes", b"changes", "content_hash", b"content_hash", "current_version", b"current_version", "name", b"name", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -334,6 +349,7 @@ class ApplyDefinitionResponse(_message.Message):
     DEFINITION_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """Whether a new version was stored."""
     @_builtins.property
@@ -344,16 +360,21 @@ class ApplyDefinitionResponse(_message.Message):
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
         """What changed against the previous latest version."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationProblem]:
+        """The file's warnings, as in ValidateDefinitionResponse."""
+
     def __init__(
         self,
         *,
         definition: Global___Definition | None = ...,
         created: _builtins.bool = ...,
         changes: _abc.Iterable[Global___Change] | None = ...,
+        warnings: _abc.Iterable[Global___ValidationProblem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "created", b"created", "definition", b"definition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "created", b"created", "definition", b"definition", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
