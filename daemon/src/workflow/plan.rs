@@ -57,9 +57,9 @@ pub fn diff(old: Option<&WorkflowSpec>, new: &WorkflowSpec) -> Vec<Change> {
                 json_opt_str(&new.description),
             ),
             (
-                "timeout_ms",
-                old.timeout_ms.map(Value::from),
-                new.timeout_ms.map(Value::from),
+                "timeout",
+                old.timeout_ms.map(duration_text),
+                new.timeout_ms.map(duration_text),
             ),
         ]
     } {
@@ -99,13 +99,13 @@ pub fn diff(old: Option<&WorkflowSpec>, new: &WorkflowSpec) -> Vec<Change> {
         &to_map(
             old.steps
                 .iter()
-                .map(|s| (s.name.clone(), json(s)))
+                .map(|s| (s.name.clone(), as_written(json(s))))
                 .collect(),
         ),
         &to_map(
             new.steps
                 .iter()
-                .map(|s| (s.name.clone(), json(s)))
+                .map(|s| (s.name.clone(), as_written(json(s))))
                 .collect(),
         ),
         &mut changes,
@@ -133,6 +133,48 @@ pub fn diff(old: Option<&WorkflowSpec>, new: &WorkflowSpec) -> Vec<Change> {
         &mut changes,
     );
     changes
+}
+
+/// A duration as the file writes it (`1m30s`).
+fn duration_text(ms: u64) -> Value {
+    Value::from(crate::duration::format(std::time::Duration::from_millis(
+        ms,
+    )))
+}
+
+/// A step as the file spells it: durations as `timeout` and `retry.initial_backoff`, not
+/// milliseconds; status ranges as `500-599`; without `needs`, which is derived from
+/// `depends_on` and the expressions (their changes show instead).
+fn as_written(mut step: Value) -> Value {
+    let Some(fields) = step.as_object_mut() else {
+        return step;
+    };
+    fields.remove("needs");
+    if let Some(ms) = fields.remove("timeout_ms").and_then(|v| v.as_u64()) {
+        fields.insert("timeout".to_owned(), duration_text(ms));
+    }
+    if let Some(retry) = fields.get_mut("retry").and_then(Value::as_object_mut) {
+        for (from, to) in [
+            ("initial_backoff_ms", "initial_backoff"),
+            ("max_backoff_ms", "max_backoff"),
+        ] {
+            if let Some(ms) = retry.remove(from).and_then(|v| v.as_u64()) {
+                retry.insert(to.to_owned(), duration_text(ms));
+            }
+        }
+        if let Some(Value::Array(ranges)) = retry.get_mut("on") {
+            for range in ranges.iter_mut() {
+                if let Some([lo, hi]) = range.as_array().map(Vec::as_slice) {
+                    *range = if lo == hi {
+                        lo.clone()
+                    } else {
+                        Value::from(format!("{lo}-{hi}"))
+                    };
+                }
+            }
+        }
+    }
+    step
 }
 
 fn json_opt_str(s: &str) -> Option<Value> {
@@ -261,6 +303,37 @@ mod tests {
     }
 
     #[test]
+    fn fields_are_spelled_as_in_the_file() {
+        let old = load(BASE).unwrap().spec;
+        let src = BASE.replace(
+            "params: {message: bye}\n",
+            "params: {message: \"{{ steps.a.output.message }}\"}\n    timeout: 90s\n    retry: {max_attempts: 3, initial_backoff: 500ms, max_backoff: 1m, on: [404, 500-503]}\n",
+        );
+        let new = load(&src).unwrap().spec;
+        let changes = diff(Some(&old), &new);
+        let fields: Vec<(String, String)> = changes[0]
+            .fields
+            .iter()
+            .map(|f| {
+                let text = |v: &Option<Value>| v.as_ref().map_or("-".to_owned(), Value::to_string);
+                (f.path.clone(), text(&f.after))
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("params.message".to_owned(), "\"{{ steps.a.output.message }}\"".to_owned()),
+                (
+                    "retry".to_owned(),
+                    r#"{"initial_backoff":"500ms","max_attempts":3,"max_backoff":"1m","multiplier":2.0,"on":[404,"500-503"]}"#.to_owned()
+                ),
+                ("timeout".to_owned(), "\"1m30s\"".to_owned()),
+            ],
+            "no needs, no _ms"
+        );
+    }
+
+    #[test]
     fn removals_and_workflow_fields() {
         let old = load(BASE).unwrap().spec;
         let src = "name: p\ndescription: now described\ntimeout: 5m\nsteps:\n  - name: a\n    action: core/log\n    params: {message: hi}\n";
@@ -273,7 +346,7 @@ mod tests {
             kinds,
             [
                 (ChangeKind::Changed, "workflow", "description".to_owned()),
-                (ChangeKind::Changed, "workflow", "timeout_ms".to_owned()),
+                (ChangeKind::Changed, "workflow", "timeout".to_owned()),
                 (ChangeKind::Removed, "input", "who".to_owned()),
                 (ChangeKind::Removed, "step", "b".to_owned()),
             ]
