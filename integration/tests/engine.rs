@@ -631,7 +631,10 @@ async fn engine_timeouts(backend: Backend) {
         (950..1500).contains(&took),
         "a 1s workflow timeout ended the execution after {took} ms"
     );
-    assert!(!e.error.is_empty(), "a timed-out execution says why");
+    assert_eq!(
+        e.error, "the execution timed out after 1s (the workflow's timeout)",
+        "a timed-out execution names the limit"
+    );
     let nap = assert_step(&attempts, "nap", St::Cancelled);
     assert!(!nap.error.is_empty(), "the cancelled sleep says why");
 

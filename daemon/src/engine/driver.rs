@@ -637,7 +637,7 @@ impl Driver {
                 return Err(Stop::Lost);
             }
             if let Some((status, reason)) = self.ended_early() {
-                return self.finish_early(status, reason).await;
+                return self.finish_early(status, &reason).await;
             }
             if self.inner.shutdown.is_cancelled() {
                 self.draining = true;
@@ -682,15 +682,38 @@ impl Driver {
         }
     }
 
-    /// How the execution ends before its steps do, if it does: cancelled, or timed out.
-    fn ended_early(&self) -> Option<(ExecutionStatus, &'static str)> {
+    /// How the execution ends before its steps do, if it does: cancelled, or timed out
+    /// (saying which limit).
+    fn ended_early(&self) -> Option<(ExecutionStatus, String)> {
         if self.cancel.is_cancelled() {
-            Some((ExecutionStatus::Cancelled, "the execution was cancelled"))
-        } else if self.execution.deadline.is_some_and(|d| d <= Utc::now()) {
-            Some((ExecutionStatus::TimedOut, "the execution timed out"))
-        } else {
-            None
+            return Some((
+                ExecutionStatus::Cancelled,
+                "the execution was cancelled".to_owned(),
+            ));
         }
+        let deadline = self.execution.deadline.filter(|d| *d <= Utc::now())?;
+        Some((ExecutionStatus::TimedOut, self.timeout_reason(deadline)))
+    }
+
+    /// `the execution timed out after 5m (the workflow's timeout)`: the deadline is the
+    /// workflow's `timeout` or the runtime cap (the tenant's `max_runtime_minutes` or
+    /// `MANTLE_MAX_RUNTIME_MINUTES`), whichever was shorter at the start.
+    fn timeout_reason(&self, deadline: DateTime<Utc>) -> String {
+        let limit_ms = (deadline - self.execution.create_time)
+            .num_milliseconds()
+            .max(0) as u64;
+        // Stored times may be rounded: within a second is the workflow's own timeout.
+        let (limit_ms, which) = match self.workflow.spec.timeout_ms {
+            Some(ms) if ms.abs_diff(limit_ms) < 1000 => (ms, "the workflow's timeout"),
+            _ => (
+                (limit_ms + 500) / 1000 * 1000,
+                "the runtime cap: the tenant's max_runtime_minutes or MANTLE_MAX_RUNTIME_MINUTES",
+            ),
+        };
+        format!(
+            "the execution timed out after {} ({which})",
+            crate::duration::format(Duration::from_millis(limit_ms))
+        )
     }
 
     /// Attempts left `running` by a daemon that died get a new attempt; the interrupted one
@@ -1409,7 +1432,7 @@ impl Driver {
         };
         // Cancelled or timed out while the outputs were evaluated: that is how it ended.
         if let Some((status, reason)) = self.ended_early() {
-            return self.finish_early(status, reason).await;
+            return self.finish_early(status, &reason).await;
         }
         let outputs = outputs.and_then(|outputs| {
             let outputs = Value::Object(outputs);
