@@ -94,6 +94,29 @@ async fn rate_limit_in_memory() {
     let other_token = create_api_key(&daemon, &operator, &other, &["*"]).await;
     let mut o = Mantle::connect(&daemon, &other_token).await;
     o.apply(WF).await;
+
+    // A raised limit applies at once on this daemon (no cache to wait out).
+    let mut tenants = daemon.tenants(Some(&operator)).await;
+    tenants
+        .update_tenant(pb::UpdateTenantRequest {
+            name: tenant.clone(),
+            settings: Some(pb::TenantSettings {
+                rate_limit_per_minute: 600,
+                ..Default::default()
+            }),
+            settings_mask: Some(prost_types::FieldMask {
+                paths: vec!["rate_limit_per_minute".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("raise the limit");
+    let r = m
+        .execs
+        .start_execution(start())
+        .await
+        .expect("the raised limit applies at once");
+    assert_eq!(r.metadata().get("x-ratelimit-limit").unwrap(), "600");
 }
 
 #[tokio::test]

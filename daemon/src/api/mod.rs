@@ -99,6 +99,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(TenantServiceServer::new(tenant::TenantApi {
             tenancy: ctx.tenancy,
+            limiter: ctx.limiter.clone(),
         }))
         .add_service(DefinitionServiceServer::new(definition::DefinitionApi {
             definitions: ctx.definitions,

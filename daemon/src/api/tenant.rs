@@ -11,6 +11,8 @@ use crate::tenancy::{KeyRequest, Tenancy, page_request, page_token};
 
 pub struct TenantApi {
     pub tenancy: Tenancy,
+    /// Told of a changed tenant, so its new rate limit applies at once on this daemon.
+    pub limiter: crate::tenancy::ratelimit::RateLimiter,
 }
 
 #[tonic::async_trait]
@@ -133,6 +135,7 @@ impl TenantService for TenantApi {
             .tenancy
             .update_tenant(caller, &req.name, &update)
             .await?;
+        self.limiter.forget(tenant.id);
         Ok(Response::new(tenant.into()))
     }
 

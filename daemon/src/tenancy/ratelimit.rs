@@ -93,6 +93,17 @@ impl RateLimiter {
         }
     }
 
+    /// Forgets the tenant's cached limit, and its in-memory bucket (a full one under the
+    /// new limit): this daemon applies a changed setting at once (other replicas within
+    /// [`SETTING_TTL`]; the PostgreSQL backend's shared bucket carries over).
+    pub fn forget(&self, tenant_id: Uuid) {
+        self.settings
+            .lock()
+            .expect("limit cache")
+            .remove(&tenant_id);
+        self.state.lock().expect("rate state").remove(&tenant_id);
+    }
+
     async fn limit_of(&self, tenant_id: Uuid) -> Result<Option<u32>, String> {
         if let Some((limit, at)) = self.settings.lock().expect("limit cache").get(&tenant_id)
             && at.elapsed() < SETTING_TTL
