@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::parser::ValueSource;
 use clap::{ArgGroup, ArgMatches, Args, CommandFactory, Parser, Subcommand};
 use mantle_client::proto::ExecutionStatus;
-use mantle_client::{Address, DEFAULT_ADDRESS};
+use mantle_client::{Address, DEFAULT_ADDRESS, DeliveryStatus};
 
 use crate::output::OutputFormat;
 
@@ -22,6 +23,8 @@ x-mantle-tenant metadata on tenant-scoped calls (whoami, validate, plan, apply, 
 status, logs, cancel, retry, executions, secrets), so an operator key acts on that tenant
 instead of `default`. `keys create` and `keys list` manage that tenant's API keys;
 without a tenant they manage operator keys (--operator forces this when MANTLE_TENANT is set).
+`audit list` and `webhooks deliveries` list that tenant's events and deliveries; without a
+tenant, an operator key lists every tenant's (a tenant key always sees only its own).
 `tenants` commands name their tenant as an argument and ignore --tenant.
 
 Output: data goes to stdout, messages and errors to stderr. Times are RFC 3339 in UTC; event
@@ -63,8 +66,9 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
-    /// Tenant to work with: sent as x-mantle-tenant, and the tenant whose keys `keys`
-    /// commands manage.
+    /// Tenant to work with: sent as x-mantle-tenant on tenant-scoped calls; the tenant
+    /// whose keys `keys` commands manage, and whose events and deliveries `audit list` and
+    /// `webhooks deliveries` list.
     #[arg(long, global = true, env = "MANTLE_TENANT", value_name = "NAME")]
     pub tenant: Option<String>,
 
@@ -165,6 +169,88 @@ pub enum Command {
     /// in and never come out: no command prints them.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Read the audit log: who changed what, when, and with which result.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Watch webhook deliveries: the announcements of finished executions.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+/// `mantlectl audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events, newest first: every authenticated mutating request, succeeded or
+    /// refused (secret changes and key rotations when they succeed, with the secret's name).
+    ///
+    /// A tenant key sees its tenant's events; an operator key sees every event (the
+    /// installation's too), or --tenant's. Filters combine: an event is listed when it
+    /// matches every one given. Columns: time, tenant, actor, action, resource, result.
+    List(AuditListArgs),
+}
+
+/// `mantlectl audit list`.
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    /// Only this actor's events (exact): an API key id (the hex part after `mntl_` in its
+    /// token), env:MANTLE_API_TOKEN or file:NAME (a keys file key).
+    #[arg(long, value_name = "ACTOR")]
+    pub actor: Option<String>,
+
+    /// Only this action: exact (secret.create,
+    /// mantle.v1.ExecutionService/StartExecution), or a prefix when it ends with '*'
+    /// (mantle.v1.SecretService/*, secret.*; quote it from the shell).
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+
+    /// Only this result: OK, a gRPC status code name such as PERMISSION_DENIED or
+    /// NOT_FOUND, or `refused` for anything but OK (case does not matter).
+    #[arg(long, value_name = "RESULT")]
+    pub result: Option<String>,
+
+    /// Only events at or after SINCE: an RFC 3339 time (2025-01-31T09:00:00Z) or a
+    /// duration ago (30m, 1h, 7d; units s, m, h, d, w).
+    #[arg(long, value_name = "SINCE", value_parser = parse_since)]
+    pub since: Option<DateTime<Utc>>,
+
+    /// Show at most N events: one page of 50 by default; more pages are fetched only up
+    /// to N.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+}
+
+/// `mantlectl webhooks …`.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List webhook deliveries, newest first, with their state, attempts, last HTTP status,
+    /// next attempt (pending) or delivery time, and last error.
+    ///
+    /// A tenant key sees its tenant's deliveries; an operator key sees every tenant's, or
+    /// --tenant's. Filters combine.
+    Deliveries(DeliveriesArgs),
+}
+
+/// `mantlectl webhooks deliveries`.
+#[derive(Debug, Args)]
+pub struct DeliveriesArgs {
+    /// Only deliveries in this state: pending (waiting for its next attempt), delivered or
+    /// failed (given up after 24 hours).
+    #[arg(long, value_name = "STATUS", value_parser = parse_delivery_status)]
+    pub status: Option<DeliveryStatus>,
+
+    /// Only the deliveries of this execution.
+    #[arg(long, value_name = "ID")]
+    pub execution: Option<String>,
+
+    /// With each delivery's payload, the JSON body exactly as sent (in -o json and -o
+    /// yaml); a listing leaves it out by default.
+    #[arg(long)]
+    pub full: bool,
+
+    /// Show at most N deliveries: one page of 50 by default; more pages are fetched only
+    /// up to N.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
 }
 
 /// `mantlectl secrets …`.
@@ -535,6 +621,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     mantle_client::parse_duration(s).map_err(|e| e.to_string())
 }
 
+fn parse_delivery_status(s: &str) -> Result<DeliveryStatus, String> {
+    DeliveryStatus::parse(s).ok_or_else(|| "expected pending, delivered or failed".to_owned())
+}
+
+/// An RFC 3339 time, or a duration before now (`1h`: an hour ago).
+fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
+    since_at(s, Utc::now())
+}
+
+fn since_at(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(s.trim()) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let ago = mantle_client::parse_duration(s).map_err(|_| {
+        "expected an RFC 3339 time (2025-01-31T09:00:00Z) or a duration ago (30m, 1h, 7d)"
+            .to_owned()
+    })?;
+    chrono::TimeDelta::from_std(ago)
+        .ok()
+        .and_then(|ago| now.checked_sub_signed(ago))
+        .ok_or_else(|| "the duration reaches too far back".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,6 +898,83 @@ mod tests {
         assert_eq!(batch_size, Some(50));
         let err = parse(&["secrets", "rotate-key", "--batch-size", "0"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn audit_list_takes_filters_and_a_limit_of_50_by_default() {
+        let cli = parse(&[
+            "audit",
+            "list",
+            "--actor",
+            "ab12",
+            "--action",
+            "secret.*",
+            "--result",
+            "refused",
+            "--since",
+            "2025-01-31T10:00:00+01:00",
+        ])
+        .unwrap();
+        let Command::Audit(AuditCommand::List(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.actor.as_deref(), Some("ab12"));
+        assert_eq!(args.action.as_deref(), Some("secret.*"));
+        assert_eq!(args.result.as_deref(), Some("refused"));
+        assert_eq!(
+            args.since,
+            DateTime::parse_from_rfc3339("2025-01-31T09:00:00Z")
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        );
+        assert_eq!(args.limit, 50);
+        let err = parse(&["audit", "list", "--since", "yesterday"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--since"), "{err}");
+        let err = parse(&["audit", "list", "--limit", "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn since_takes_a_time_or_a_duration_ago() {
+        let now = DateTime::parse_from_rfc3339("2025-01-31T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let at = |s: &str| since_at(s, now).map(|t| t.to_rfc3339());
+        assert_eq!(at("1h").unwrap(), "2025-01-31T08:00:00+00:00");
+        assert_eq!(at("7d").unwrap(), "2025-01-24T09:00:00+00:00");
+        assert_eq!(at("1h30m").unwrap(), "2025-01-31T07:30:00+00:00");
+        assert_eq!(
+            at("2024-12-24T18:00:00.5Z").unwrap(),
+            "2024-12-24T18:00:00.500+00:00"
+        );
+        assert!(at("0s").is_err());
+        assert!(at("2024-12-24").is_err());
+        assert!(at("99999999999w").is_err());
+    }
+
+    #[test]
+    fn webhook_deliveries_parse_status_names() {
+        let cli = parse(&[
+            "webhooks",
+            "deliveries",
+            "--status",
+            "Delivered",
+            "--execution",
+            "0190",
+            "--full",
+        ])
+        .unwrap();
+        let Command::Webhooks(WebhooksCommand::Deliveries(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.status, Some(DeliveryStatus::Delivered));
+        assert_eq!(args.execution.as_deref(), Some("0190"));
+        assert!(args.full);
+        assert_eq!(args.limit, 50);
+        let err = parse(&["webhooks", "deliveries", "--status", "sent"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--status"), "{err}");
     }
 
     #[test]

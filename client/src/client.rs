@@ -5,11 +5,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use mantle_proto::v1::audit_service_client::AuditServiceClient;
 use mantle_proto::v1::definition_service_client::DefinitionServiceClient;
 use mantle_proto::v1::execution_service_client::ExecutionServiceClient;
 use mantle_proto::v1::secret_service_client::SecretServiceClient;
 use mantle_proto::v1::system_service_client::SystemServiceClient;
 use mantle_proto::v1::tenant_service_client::TenantServiceClient;
+use mantle_proto::v1::webhook_service_client::WebhookServiceClient;
 use mantle_proto::v1::{
     ApiKey, ApplyDefinitionRequest, ApplyDefinitionResponse, CreateApiKeyRequest,
     CreateApiKeyResponse, CreateTenantRequest, Definition, DefinitionSummary, DefinitionVersion,
@@ -17,6 +19,9 @@ use mantle_proto::v1::{
     GetTenantRequest, ListApiKeysRequest, ListDefinitionVersionsRequest, ListDefinitionsRequest,
     ListTenantsRequest, Plan, PlanDefinitionRequest, RevokeApiKeyRequest, ServerInfo, Tenant,
     UpdateTenantRequest, ValidateDefinitionRequest, ValidateDefinitionResponse,
+};
+use mantle_proto::v1::{
+    AuditEvent, ListAuditEventsRequest, ListWebhookDeliveriesRequest, WebhookDelivery,
 };
 use mantle_proto::v1::{
     CancelExecutionRequest, Execution, ExecutionEvent, ExecutionStatus, GetExecutionRequest,
@@ -39,7 +44,7 @@ use crate::error::error_chain;
 use crate::execution::{
     ExecutionEvents, is_terminal, is_transient_watch_error, rewatch_delay, terminal_status_of,
 };
-use crate::{Address, Error, ExecutionFilter, RetryPolicy};
+use crate::{Address, AuditFilter, DeliveryFilter, Error, ExecutionFilter, RetryPolicy};
 
 /// Metadata key naming the tenant an operator key acts on.
 pub const TENANT_METADATA: &str = "x-mantle-tenant";
@@ -304,6 +309,16 @@ impl Client {
     /// The generated SecretService client, with credentials attached.
     pub fn secret_service(&self) -> SecretServiceClient<AuthChannel> {
         SecretServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
+    /// The generated AuditService client, with credentials attached.
+    pub fn audit_service(&self) -> AuditServiceClient<AuthChannel> {
+        AuditServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
+    /// The generated WebhookService client, with credentials attached.
+    pub fn webhook_service(&self) -> WebhookServiceClient<AuthChannel> {
+        WebhookServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
     }
 
     /// The generated grpc.health.v1 client.
@@ -833,13 +848,8 @@ impl Client {
         let mut executions = Vec::new();
         let mut page_token = String::new();
         loop {
-            let wanted = limit.map(|l| l.saturating_sub(executions.len()));
-            if wanted == Some(0) {
+            let Some(page_size) = page_size_for(limit, executions.len()) else {
                 return Ok(executions);
-            }
-            let page_size = match wanted {
-                Some(n) => i32::try_from(n.min(MAX_PAGE_SIZE)).unwrap_or(PAGE_SIZE),
-                None => PAGE_SIZE,
             };
             let request = ListExecutionsRequest {
                 workflow: filter.workflow.clone().unwrap_or_default(),
@@ -862,6 +872,88 @@ impl Client {
             }
             if !next_page(&mut page_token, page.next_page_token)? {
                 return Ok(executions);
+            }
+        }
+    }
+
+    /// Lists the audit events matching `filter`, newest first, following pages; at most
+    /// `limit` of them when given (the pages asked for are no larger than that). Any valid
+    /// token may read the log: a tenant key its tenant's events, an operator key every
+    /// event.
+    pub async fn list_audit_events(
+        &self,
+        filter: &AuditFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<AuditEvent>, Error> {
+        let mut events = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let Some(page_size) = page_size_for(limit, events.len()) else {
+                return Ok(events);
+            };
+            let request = ListAuditEventsRequest {
+                tenant: filter.tenant.clone().unwrap_or_default(),
+                page_size,
+                page_token: page_token.clone(),
+                actor: filter.actor.clone().unwrap_or_default(),
+                action: filter.action.clone().unwrap_or_default(),
+                result: filter.result.clone().unwrap_or_default(),
+                since: filter.since.map(datetime_to_timestamp),
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.audit_service();
+                    async move { c.list_audit_events(r).await }
+                })
+                .await?;
+            events.extend(page.events);
+            if let Some(limit) = limit {
+                events.truncate(limit);
+            }
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// Lists the webhook deliveries matching `filter`, newest first, following pages; at
+    /// most `limit` of them when given. `View::Basic` leaves out their payloads. Any valid
+    /// token may list them: a tenant key its tenant's, an operator key every tenant's.
+    pub async fn list_webhook_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: Option<usize>,
+        view: View,
+    ) -> Result<Vec<WebhookDelivery>, Error> {
+        let mut deliveries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let Some(page_size) = page_size_for(limit, deliveries.len()) else {
+                return Ok(deliveries);
+            };
+            let request = ListWebhookDeliveriesRequest {
+                tenant: filter.tenant.clone().unwrap_or_default(),
+                page_size,
+                page_token: page_token.clone(),
+                view: view as i32,
+                status: filter
+                    .status
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
+                execution_id: filter.execution_id.clone().unwrap_or_default(),
+            };
+            let page = self
+                .call(true, request, |r| {
+                    let mut c = self.webhook_service();
+                    async move { c.list_webhook_deliveries(r).await }
+                })
+                .await?;
+            deliveries.extend(page.deliveries);
+            if let Some(limit) = limit {
+                deliveries.truncate(limit);
+            }
+            if !next_page(&mut page_token, page.next_page_token)? {
+                return Ok(deliveries);
             }
         }
     }
@@ -1192,6 +1284,17 @@ fn execution_finished(execution: &Execution) -> bool {
     is_terminal(ExecutionStatus::try_from(execution.status).unwrap_or_default())
 }
 
+/// The page size to ask for when `have` items of at most `limit` are in hand: what is
+/// still wanted (at most the largest page), or [`PAGE_SIZE`] without a limit; `None` once
+/// the limit is reached.
+fn page_size_for(limit: Option<usize>, have: usize) -> Option<i32> {
+    match limit.map(|l| l.saturating_sub(have)) {
+        Some(0) => None,
+        Some(n) => Some(i32::try_from(n.min(MAX_PAGE_SIZE)).unwrap_or(PAGE_SIZE)),
+        None => Some(PAGE_SIZE),
+    }
+}
+
 /// Moves to the next page token; false when there are no more pages. A server that
 /// hands back the token it was just given would loop forever, so that is an error.
 fn next_page(current: &mut String, next: String) -> Result<bool, Error> {
@@ -1312,6 +1415,15 @@ mod tests {
         assert!(next_page(&mut token, "p2".into()).unwrap());
         assert_eq!(token, "p2");
         assert!(next_page(&mut token, "p2".into()).is_err());
+    }
+
+    #[test]
+    fn pages_ask_for_what_is_still_wanted() {
+        assert_eq!(page_size_for(Some(50), 0), Some(50));
+        assert_eq!(page_size_for(Some(2500), 1000), Some(1000));
+        assert_eq!(page_size_for(Some(2500), 2000), Some(500));
+        assert_eq!(page_size_for(Some(50), 50), None);
+        assert_eq!(page_size_for(None, 10_000), Some(PAGE_SIZE));
     }
 
     #[test]

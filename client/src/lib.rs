@@ -24,6 +24,10 @@
 //! (or [`Client::follow_execution`], which also reports each event) watches the
 //! execution until it finishes, polling and re-watching when the stream drops.
 //!
+//! Listings follow pages up to an optional limit: [`Client::list_executions`] with an
+//! [`ExecutionFilter`], [`Client::list_audit_events`] with an [`AuditFilter`] and
+//! [`Client::list_webhook_deliveries`] with a [`DeliveryFilter`].
+//!
 //! A workflow file the daemon refuses (Validate/Plan/ApplyDefinition answering
 //! INVALID_ARGUMENT with `mantle.v1.ValidationProblems` in the status details) is
 //! [`Error::Invalid`]; [`Error::problems`] lists each problem with its line and column.
@@ -33,6 +37,7 @@ mod client;
 mod duration;
 mod error;
 mod execution;
+mod filters;
 mod retry;
 mod token;
 
@@ -49,6 +54,7 @@ pub use execution::{
     ExecutionEvents, ExecutionFilter, execution_status_name, execution_status_str, is_terminal,
     parse_execution_status, step_status_name, step_status_str, terminal_status_of,
 };
+pub use filters::{AuditFilter, DeliveryFilter, DeliveryStatus};
 pub use retry::RetryPolicy;
 pub use token::{
     DATA_DIR_ENV, OPERATOR_TOKEN_FILE, OperatorToken, ResolvedToken, TOKEN_ENV, TokenEnv,

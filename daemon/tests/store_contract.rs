@@ -13,11 +13,13 @@ use mantle_daemon::engine::model::{
     Created, Event, EventKind, ExecutionFilter, ExecutionStatus, ExecutionUpdate, IdempotencyKey,
     NewExecution, Order, StepAttempt, StepStatus, Ticket, Transition,
 };
+use mantle_daemon::secrets::model::{ActionMatch, AuditEvent, AuditFilter, ResultMatch};
 use mantle_daemon::store::{self, Backend, OpenOptions, Store};
 use mantle_daemon::tenancy::model::{
     DEFAULT_TENANT_ID, MAX_PAGE_BYTES, NewApiKey, PageRequest, Tenant, TenantSettings,
     TenantUpdate, View,
 };
+use mantle_daemon::webhooks::model::{DeliveryFilter, DeliveryStatus};
 use sqlx::Connection;
 
 fn options(url: String, data_dir: std::path::PathBuf) -> OpenOptions {
@@ -118,6 +120,8 @@ async fn contract_sqlite() {
     group_commit_contract(store.clone()).await;
     queued_order_contract(store.clone()).await;
     listing_contract(store.clone()).await;
+    audit_filter_contract(store.clone()).await;
+    delivery_filter_contract(store.clone()).await;
     let id = tenant_deletion_contract(store).await;
     let mut conn = sqlx::SqliteConnection::connect(&format!(
         "sqlite://{}",
@@ -154,6 +158,8 @@ async fn contract_postgres() {
     group_commit_contract(store.clone()).await;
     queued_order_contract(store.clone()).await;
     listing_contract(store.clone()).await;
+    audit_filter_contract(store.clone()).await;
+    delivery_filter_contract(store.clone()).await;
     let id = tenant_deletion_contract(store.clone()).await;
     drop(store);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -1362,7 +1368,7 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
     );
     assert!(recorded.iter().all(Result::is_ok), "{recorded:?}");
     let listed = store
-        .list_audit(Some(t.id), &page(100, None))
+        .list_audit(Some(t.id), &AuditFilter::default(), &page(100, None))
         .await
         .unwrap();
     let mut actions: Vec<&str> = listed.items.iter().map(|e| e.action.as_str()).collect();
@@ -1420,7 +1426,12 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
     }
     // Only the written transitions' deliveries exist: those of executions 2, 4, 6, …
     let deliveries = store
-        .list_deliveries(Some(t.id), &page(100, None), View::Full)
+        .list_deliveries(
+            Some(t.id),
+            &DeliveryFilter::default(),
+            &page(100, None),
+            View::Full,
+        )
         .await
         .unwrap();
     let mut urls: Vec<String> = deliveries.items.iter().map(|d| d.url.clone()).collect();
@@ -1448,6 +1459,364 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
             "lease of execution {i}"
         );
     }
+}
+
+/// The actions of `events`, in the order listed.
+fn actions(events: &[AuditEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.action.as_str()).collect()
+}
+
+/// Audit listings filter by actor, action (exact or prefix), result and time, in SQL: pages
+/// hold only matching events, and a tenant's listing never holds another's.
+async fn audit_filter_contract(store: Arc<dyn Store>) {
+    let a = tenant("audit-filter-a");
+    let b = tenant("audit-filter-b");
+    store.create_tenant(&a).await.unwrap();
+    store.create_tenant(&b).await.unwrap();
+    // Whole seconds: PostgreSQL keeps microseconds, and `since` equal to an event's time
+    // must find it on both stores.
+    let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let hours = |h: i64| now - TimeDelta::hours(h);
+    // (tenant, actor, action, result, time), oldest id first.
+    let rows = [
+        (Some(a.id), "alice", "secret.create", "OK", hours(3)),
+        // Secret changes were recorded as `ok` at first.
+        (Some(a.id), "alice", "secret.update", "ok", hours(2)),
+        (
+            Some(a.id),
+            "bob",
+            "mantle.v1.DefinitionService/ApplyDefinition",
+            "PERMISSION_DENIED",
+            hours(1),
+        ),
+        (
+            Some(a.id),
+            "bob",
+            "mantle.v1.DefinitionService/DeleteDefinition",
+            "NOT_FOUND",
+            now,
+        ),
+        // `_` and `%` in a prefix are no wildcards.
+        (Some(a.id), "alice", "encryptionXkey.rotate", "OK", now),
+        (None, "operator", "encryption_key.rotate", "OK", now),
+        (Some(b.id), "alice", "secret.create", "OK", now),
+    ];
+    for (tenant_id, actor, action, result, time) in rows {
+        store
+            .record_audit(&AuditEvent {
+                id: uuid::Uuid::now_v7(),
+                tenant_id,
+                time,
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                resource: String::new(),
+                result: result.to_owned(),
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    let list = |tenant: Option<uuid::Uuid>, filter: AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_audit(tenant, &filter, &page(100, None))
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let all = list(Some(a.id), AuditFilter::default()).await;
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(all.iter().all(|e| e.tenant_id == Some(a.id)));
+    // The early `ok` reads as `OK`.
+    assert!(all.iter().all(|e| e.result != "ok"), "{all:?}");
+
+    let by_actor = list(
+        Some(a.id),
+        AuditFilter {
+            actor: Some("alice".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        actions(&by_actor),
+        ["encryptionXkey.rotate", "secret.update", "secret.create"]
+    );
+
+    let exact = |action: &str| AuditFilter {
+        action: Some(ActionMatch::Exact(action.to_owned())),
+        ..Default::default()
+    };
+    let prefix = |action: &str| AuditFilter {
+        action: Some(ActionMatch::Prefix(action.to_owned())),
+        ..Default::default()
+    };
+    assert_eq!(
+        actions(&list(Some(a.id), exact("secret.create")).await),
+        ["secret.create"]
+    );
+    // Every tenant's, for operators.
+    let everywhere = list(None, exact("secret.create")).await;
+    assert_eq!(
+        everywhere.iter().map(|e| e.tenant_id).collect::<Vec<_>>(),
+        [Some(b.id), Some(a.id)]
+    );
+    assert!(list(Some(a.id), exact("secret.")).await.is_empty());
+    assert_eq!(
+        actions(&list(Some(a.id), prefix("secret.")).await),
+        ["secret.update", "secret.create"]
+    );
+    assert_eq!(
+        actions(&list(Some(a.id), prefix("mantle.v1.DefinitionService/")).await),
+        [
+            "mantle.v1.DefinitionService/DeleteDefinition",
+            "mantle.v1.DefinitionService/ApplyDefinition"
+        ]
+    );
+    assert!(
+        list(Some(a.id), prefix("SECRET.")).await.is_empty(),
+        "case matters"
+    );
+    let rotations = list(None, prefix("encryption_key.")).await;
+    assert_eq!(actions(&rotations), ["encryption_key.rotate"]);
+    assert_eq!(rotations[0].tenant_id, None);
+    assert!(
+        list(Some(a.id), prefix("encryption_key.")).await.is_empty(),
+        "installation-wide events are not a tenant's"
+    );
+
+    let result = |r: ResultMatch| AuditFilter {
+        result: Some(r),
+        ..Default::default()
+    };
+    assert_eq!(
+        actions(&list(Some(a.id), result(ResultMatch::Ok)).await),
+        ["encryptionXkey.rotate", "secret.update", "secret.create"]
+    );
+    assert_eq!(
+        actions(&list(Some(a.id), result(ResultMatch::Refused)).await),
+        [
+            "mantle.v1.DefinitionService/DeleteDefinition",
+            "mantle.v1.DefinitionService/ApplyDefinition"
+        ]
+    );
+    assert_eq!(
+        actions(&list(Some(a.id), result(ResultMatch::Code("NOT_FOUND".into()))).await),
+        ["mantle.v1.DefinitionService/DeleteDefinition"]
+    );
+
+    let since = |t| AuditFilter {
+        since: Some(t),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(Some(a.id), since(hours(2))).await.len(),
+        4,
+        "at or after"
+    );
+    assert_eq!(
+        actions(&list(Some(a.id), since(hours(1) - TimeDelta::minutes(30))).await),
+        [
+            "encryptionXkey.rotate",
+            "mantle.v1.DefinitionService/DeleteDefinition",
+            "mantle.v1.DefinitionService/ApplyDefinition"
+        ]
+    );
+    assert!(
+        list(Some(a.id), since(now + TimeDelta::seconds(1)))
+            .await
+            .is_empty()
+    );
+
+    // Every filter at once.
+    let combined = AuditFilter {
+        actor: Some("bob".into()),
+        action: Some(ActionMatch::Prefix("mantle.v1.".into())),
+        result: Some(ResultMatch::Refused),
+        since: Some(hours(1)),
+    };
+    assert_eq!(
+        actions(&list(Some(a.id), combined).await),
+        [
+            "mantle.v1.DefinitionService/DeleteDefinition",
+            "mantle.v1.DefinitionService/ApplyDefinition"
+        ]
+    );
+
+    // Pages hold matching events only; the last one says so.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let listed = store
+            .list_audit(Some(a.id), &result(ResultMatch::Ok), &page(2, after))
+            .await
+            .unwrap();
+        assert!(!listed.items.is_empty());
+        seen.extend(listed.items.iter().map(|e| e.action.clone()));
+        match listed.next_cursor {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        ["encryptionXkey.rotate", "secret.update", "secret.create"]
+    );
+    let first = store
+        .list_audit(Some(a.id), &result(ResultMatch::Refused), &page(1, None))
+        .await
+        .unwrap();
+    let second = store
+        .list_audit(
+            Some(a.id),
+            &result(ResultMatch::Refused),
+            &page(1, first.next_cursor.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        actions(&first.items),
+        ["mantle.v1.DefinitionService/DeleteDefinition"]
+    );
+    assert_eq!(
+        actions(&second.items),
+        ["mantle.v1.DefinitionService/ApplyDefinition"]
+    );
+    assert!(second.next_cursor.is_none());
+}
+
+/// Delivery listings filter by status and execution, in SQL, within the tenant scope.
+async fn delivery_filter_contract(store: Arc<dyn Store>) {
+    use mantle_daemon::engine::model::{DeliveryOutcome, NewDelivery};
+    let a = tenant("delivery-filter-a");
+    let b = tenant("delivery-filter-b");
+    let mut deliveries = Vec::new();
+    let mut executions = Vec::new();
+    for t in [&a, &b] {
+        store.create_tenant(t).await.unwrap();
+        store
+            .apply_definition(&version(t.id, "wf", "h"))
+            .await
+            .unwrap();
+    }
+    // Tenant a: executions 0 and 1, with a delivery each, and execution 2 with two (one per
+    // transition). Tenant b: execution 3, with one.
+    for (k, t) in [&a, &a, &a, &b].into_iter().enumerate() {
+        let e = new_execution(t.id, "node-w", 60_000);
+        let lease = created(store.create_execution(&e).await.unwrap());
+        let count = if k == 2 { 2 } else { 1 };
+        for n in 0..count {
+            let id = uuid::Uuid::now_v7();
+            let mut tr = Transition::default();
+            tr.events.push(event(e.id, n + 1, "running"));
+            tr.webhook = Some(NewDelivery {
+                id,
+                url: format!("https://hooks.example/{k}/{n}"),
+                secret_name: None,
+                payload: "{}".to_owned(),
+                create_time: Utc::now(),
+                expire_time: Utc::now() + TimeDelta::hours(1),
+            });
+            store.write_transition(lease, &tr).await.unwrap();
+            deliveries.push(id);
+        }
+        executions.push(e.id);
+    }
+    // Deliveries 0..=4: a's 0 delivered, a's 1 failed, a's 2 and 3 (execution 2) and b's 4
+    // pending.
+    store
+        .finish_delivery(
+            deliveries[0],
+            1,
+            &DeliveryOutcome::Delivered { status: 200 },
+        )
+        .await
+        .unwrap();
+    store
+        .finish_delivery(
+            deliveries[1],
+            3,
+            &DeliveryOutcome::Failed {
+                error: "gave up".into(),
+                status: Some(500),
+            },
+        )
+        .await
+        .unwrap();
+    let list = |tenant: Option<uuid::Uuid>, filter: DeliveryFilter, limit: u32| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut after = None;
+            loop {
+                let listed = store
+                    .list_deliveries(tenant, &filter, &page(limit, after), View::Basic)
+                    .await
+                    .unwrap();
+                assert!(
+                    !listed.items.is_empty() || ids.is_empty(),
+                    "an empty page after a cursor"
+                );
+                ids.extend(listed.items.iter().map(|d| d.id));
+                match listed.next_cursor {
+                    Some(c) => after = Some(c),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    let status = |s| DeliveryFilter {
+        status: Some(s),
+        ..Default::default()
+    };
+    let d = &deliveries;
+    assert_eq!(
+        list(Some(a.id), DeliveryFilter::default(), 100).await,
+        [d[3], d[2], d[1], d[0]]
+    );
+    assert_eq!(
+        list(Some(a.id), status(DeliveryStatus::Delivered), 100).await,
+        [d[0]]
+    );
+    assert_eq!(
+        list(Some(a.id), status(DeliveryStatus::Failed), 100).await,
+        [d[1]]
+    );
+    assert_eq!(
+        list(Some(a.id), status(DeliveryStatus::Pending), 1).await,
+        [d[3], d[2]],
+        "paged one by one"
+    );
+    let pending_everywhere = list(None, status(DeliveryStatus::Pending), 100).await;
+    assert!(
+        [d[4], d[3], d[2]]
+            .iter()
+            .all(|id| pending_everywhere.contains(id)),
+        "{pending_everywhere:?}"
+    );
+    assert!(!pending_everywhere.contains(&d[0]));
+    let of = |id| DeliveryFilter {
+        execution_id: Some(id),
+        ..Default::default()
+    };
+    assert_eq!(list(Some(a.id), of(executions[2]), 1).await, [d[3], d[2]]);
+    assert_eq!(list(None, of(executions[3]), 100).await, [d[4]]);
+    assert!(
+        list(Some(a.id), of(executions[3]), 100).await.is_empty(),
+        "another tenant's execution"
+    );
+    let both = DeliveryFilter {
+        status: Some(DeliveryStatus::Delivered),
+        execution_id: Some(executions[2]),
+    };
+    assert!(list(Some(a.id), both, 100).await.is_empty());
+    let both = DeliveryFilter {
+        status: Some(DeliveryStatus::Delivered),
+        execution_id: Some(executions[0]),
+    };
+    assert_eq!(list(Some(a.id), both, 100).await, [d[0]]);
 }
 
 /// Deleting a tenant deletes its executions with their attempts and events (the caller

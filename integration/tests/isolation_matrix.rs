@@ -244,8 +244,10 @@ fn field_value(a: &TenantA, service: &str, field: &str) -> Option<FieldValue> {
             _,
             "page_size" | "page_token" | "version" | "after_seq" | "batch_size" | "show_revoked"
             | "status" | "created_after" | "created_before" | "expire_time" | "inputs_json"
-            | "view",
+            | "view" | "actor" | "action" | "result" | "since",
         ) => Unset,
+        // A's execution: filtering by it must not open A's deliveries to another tenant.
+        ("WebhookService", "execution_id") => Str(a.execution_id.clone()),
         (_, "workflow") => Str(WORKFLOW.to_owned()),
         (_, "source") => Str(a.source.clone()),
         (_, "filename") => Str(format!("{WORKFLOW}.yaml")),

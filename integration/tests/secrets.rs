@@ -1670,7 +1670,7 @@ async fn secrets_audit(backend: Backend) {
     assert_eq!(summary, expected, "{rows:?}");
     for row in &rows {
         assert!(!row[3].is_empty(), "an audit event without a time: {row:?}");
-        assert_eq!(row[4], "ok");
+        assert_eq!(row[4], "OK");
         assert!(
             !row.join(" ").contains(&value),
             "a value in the audit log: {row:?}"

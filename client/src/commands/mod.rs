@@ -1,5 +1,6 @@
 //! One module per noun; each command prints its data to stdout and returns.
 
+pub mod audit;
 pub mod definitions;
 pub mod executions;
 pub mod follow;
@@ -9,6 +10,7 @@ pub mod run;
 pub mod secrets;
 pub mod tenants;
 pub mod version;
+pub mod webhooks;
 pub mod whoami;
 pub mod workflows;
 
@@ -144,6 +146,8 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Retry { id, waiting } => executions::retry(&ctx, &id, &waiting).await,
         Command::Executions(command) => executions::run(&ctx, command).await,
         Command::Secrets(command) => secrets::run(&ctx, command).await,
+        Command::Audit(command) => audit::run(&ctx, command).await,
+        Command::Webhooks(command) => webhooks::run(&ctx, command).await,
     }
 }
 

@@ -5,8 +5,8 @@ use mantle_proto::v1::audit_service_server::AuditService;
 use tonic::{Request, Response, Status};
 
 use super::caller;
-use super::convert::timestamp;
-use crate::tenancy::audit::Audit;
+use super::convert::{from_timestamp, timestamp};
+use crate::tenancy::audit::{Audit, audit_filter};
 use crate::tenancy::{page_request, page_token};
 
 pub struct AuditApi {
@@ -22,7 +22,9 @@ impl AuditService for AuditApi {
         let caller = caller(&request)?;
         let req = request.get_ref();
         let page = page_request(req.page_size, &req.page_token)?;
-        let page = self.audit.list(caller, &req.tenant, &page).await?;
+        let since = from_timestamp("since", req.since)?;
+        let filter = audit_filter(&req.actor, &req.action, &req.result, since)?;
+        let page = self.audit.list(caller, &req.tenant, &filter, &page).await?;
         Ok(Response::new(pb::ListAuditEventsResponse {
             next_page_token: page_token(page.next_cursor.as_deref()),
             events: page

@@ -25,8 +25,16 @@ impl WebhookService for WebhookApi {
         let req = request.get_ref();
         let page = page_request(req.page_size, &req.page_token)?;
         let view = super::convert::view_from_pb(req.view)?;
-        let page =
-            crate::webhooks::list(self.store.as_ref(), caller, &req.tenant, &page, view).await?;
+        let filter = crate::webhooks::delivery_filter(&req.status, &req.execution_id)?;
+        let page = crate::webhooks::list(
+            self.store.as_ref(),
+            caller,
+            &req.tenant,
+            &filter,
+            &page,
+            view,
+        )
+        .await?;
         Ok(Response::new(pb::ListWebhookDeliveriesResponse {
             next_page_token: page_token(page.next_cursor.as_deref()),
             deliveries: page

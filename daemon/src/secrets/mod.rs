@@ -269,7 +269,7 @@ impl Secrets {
             actor: caller.key_id.clone(),
             action: action.to_owned(),
             resource,
-            result: "ok".to_owned(),
+            result: "OK".to_owned(),
             detail,
         };
         if let Err(err) = self.store.record_audit(&event).await {

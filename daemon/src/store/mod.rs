@@ -364,14 +364,14 @@ pub trait ExecutionStore: Send + Sync {
         attempts: i32,
         outcome: &DeliveryOutcome,
     ) -> Result<()>;
-    /// Newest first; `tenant_id: None` lists every tenant's.
-    /// Deliveries newest first; a page ends at [`MAX_PAGE_BYTES`], and a BASIC one has
-    /// no payloads.
+    /// Deliveries `filter` matches, newest first; `tenant_id: None` lists every tenant's.
+    /// A page ends at [`MAX_PAGE_BYTES`], and a BASIC one has no payloads.
     ///
     /// [`MAX_PAGE_BYTES`]: crate::tenancy::model::MAX_PAGE_BYTES
     async fn list_deliveries(
         &self,
         tenant_id: Option<uuid::Uuid>,
+        filter: &crate::webhooks::model::DeliveryFilter,
         page: &PageRequest,
         view: View,
     ) -> Result<Page<Delivery>>;
@@ -489,10 +489,12 @@ pub trait SecretStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<()>;
     async fn record_audit(&self, event: &AuditEvent) -> Result<()>;
-    /// Newest first; `tenant_id: None` lists every tenant's and the installation's events.
+    /// Events `filter` matches, newest first; `tenant_id: None` lists every tenant's and the
+    /// installation's events.
     async fn list_audit(
         &self,
         tenant_id: Option<uuid::Uuid>,
+        filter: &crate::secrets::model::AuditFilter,
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>>;
 }

@@ -1491,11 +1491,62 @@ impl From<AuditRow> for crate::secrets::model::AuditEvent {
             actor: r.actor,
             action: r.action,
             resource: r.resource,
-            result: r.result,
+            // Secret changes were recorded as `ok` before they were recorded as `OK`.
+            result: if r.result == "ok" {
+                "OK".to_owned()
+            } else {
+                r.result
+            },
             detail: r.detail,
         }
     }
 }
+
+/// The values an audit filter binds, as [`AUDIT_MATCHING`] reads them (`$3`..`$8`).
+pub(super) struct AuditBinds<'a> {
+    pub actor: Option<&'a str>,
+    pub action: Option<&'a str>,
+    pub prefix: Option<&'a str>,
+    pub code: Option<&'a str>,
+    /// `Some(true)`: only OK; `Some(false)`: only refusals.
+    pub ok: Option<bool>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl<'a> AuditBinds<'a> {
+    pub(super) fn of(f: &'a crate::secrets::model::AuditFilter) -> Self {
+        use crate::secrets::model::{ActionMatch, ResultMatch};
+        let (action, prefix) = match &f.action {
+            None => (None, None),
+            Some(ActionMatch::Exact(a)) => (Some(a.as_str()), None),
+            Some(ActionMatch::Prefix(p)) => (None, Some(p.as_str())),
+        };
+        let (code, ok) = match &f.result {
+            None => (None, None),
+            Some(ResultMatch::Ok) => (None, Some(true)),
+            Some(ResultMatch::Refused) => (None, Some(false)),
+            Some(ResultMatch::Code(c)) => (Some(c.as_str()), None),
+        };
+        AuditBinds {
+            actor: f.actor.as_deref(),
+            action,
+            prefix,
+            code,
+            ok,
+            since: f.since,
+        }
+    }
+}
+
+/// The conditions of an audit listing: `$1` the tenant (NULL: every one), `$2` the cursor
+/// (events before it), then [`AuditBinds`] in the order of its fields. A prefix is compared
+/// with `substr`, not `LIKE` (whose `_` and `%` would match more, and which SQLite compares
+/// without case). `ok` is how secret changes were recorded before `OK`.
+pub(super) const AUDIT_MATCHING: &str = "($1 IS NULL OR tenant_id = $1) \
+     AND ($2 IS NULL OR id < $2) AND ($3 IS NULL OR actor = $3) \
+     AND ($4 IS NULL OR action = $4) AND ($5 IS NULL OR substr(action, 1, length($5)) = $5) \
+     AND ($6 IS NULL OR result = $6) AND ($7 IS NULL OR (result IN ('OK', 'ok')) = $7) \
+     AND ($8 IS NULL OR time >= $8)";
 
 /// Implements `SecretStore` for a store type with a `pool: sqlx::Pool<_>` field.
 macro_rules! impl_secret_store {
@@ -1699,23 +1750,32 @@ macro_rules! impl_secret_store {
             async fn list_audit(
                 &self,
                 tenant_id: Option<Uuid>,
+                filter: &$crate::secrets::model::AuditFilter,
                 page: &PageRequest,
             ) -> Result<Page<$crate::secrets::model::AuditEvent>> {
                 let before: Option<Uuid> = match page.after.as_deref() {
                     None => None,
                     Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
                 };
-                let rows = sqlx::query_as::<_, AuditRow>(
+                let f = $crate::store::shared::AuditBinds::of(filter);
+                let sql = format!(
                     "SELECT id, tenant_id, time, actor, action, resource, result, detail \
-                     FROM audit_events WHERE ($1 IS NULL OR tenant_id = $1) \
-                     AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-                )
-                .bind(tenant_id)
-                .bind(before)
-                .bind(i64::from(page.limit) + 1)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(map_err(|| "audit events".to_owned()))?;
+                     FROM audit_events WHERE {} ORDER BY id DESC LIMIT $9",
+                    $crate::store::shared::AUDIT_MATCHING
+                );
+                let rows = sqlx::query_as::<_, AuditRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant_id)
+                    .bind(before)
+                    .bind(f.actor)
+                    .bind(f.action)
+                    .bind(f.prefix)
+                    .bind(f.code)
+                    .bind(f.ok)
+                    .bind(f.since)
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err(|| "audit events".to_owned()))?;
                 let items = rows.into_iter().map(Into::into).collect();
                 Ok(into_page(items, page, |e: &$crate::secrets::model::AuditEvent| e.id.to_string()))
             }
@@ -1808,6 +1868,7 @@ macro_rules! impl_delivery_shared {
             async fn list_deliveries_shared(
                 &self,
                 tenant_id: Option<Uuid>,
+                filter: &$crate::webhooks::model::DeliveryFilter,
                 page: &PageRequest,
                 view: $crate::tenancy::model::View,
             ) -> Result<Page<$crate::engine::model::Delivery>> {
@@ -1816,7 +1877,9 @@ macro_rules! impl_delivery_shared {
                     None => None,
                     Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
                 };
-                let matching = "($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR id < $2)";
+                let status = filter.status.map(|s| s.as_str());
+                let matching = "($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR id < $2) \
+                     AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR execution_id = $4)";
                 let (size, columns) = match view {
                     View::Full => (
                         "OCTET_LENGTH(payload) + OCTET_LENGTH(url) \
@@ -1830,11 +1893,13 @@ macro_rules! impl_delivery_shared {
                 };
                 let sql = format!(
                     "SELECT id, CAST({size} AS BIGINT) FROM webhook_deliveries WHERE {matching} \
-                     ORDER BY id DESC LIMIT $3"
+                     ORDER BY id DESC LIMIT $5"
                 );
                 let sizes: Vec<(Uuid, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(tenant_id)
                     .bind(before)
+                    .bind(status)
+                    .bind(filter.execution_id)
                     .bind(i64::from(page.limit) + 1)
                     .fetch_all(&self.pool)
                     .await
@@ -1852,12 +1917,14 @@ macro_rules! impl_delivery_shared {
                     });
                 };
                 let sql = format!(
-                    "SELECT {columns} FROM webhook_deliveries WHERE {matching} AND id >= $4 \
-                     ORDER BY id DESC LIMIT $3"
+                    "SELECT {columns} FROM webhook_deliveries WHERE {matching} AND id >= $6 \
+                     ORDER BY id DESC LIMIT $5"
                 );
                 let rows = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
                     .bind(tenant_id)
                     .bind(before)
+                    .bind(status)
+                    .bind(filter.execution_id)
                     .bind(take as i64)
                     .bind(*last)
                     .fetch_all(&self.pool)

@@ -95,7 +95,7 @@ impl RateLimiter {
 
     /// Forgets the tenant's cached limit, and its in-memory bucket (a full one under the
     /// new limit): this daemon applies a changed setting at once (other replicas within
-    /// [`SETTING_TTL`]; the PostgreSQL backend's shared bucket carries over).
+    /// `SETTING_TTL`; the PostgreSQL backend's shared bucket carries over).
     pub fn forget(&self, tenant_id: Uuid) {
         self.settings
             .lock()

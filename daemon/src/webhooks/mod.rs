@@ -6,6 +6,8 @@
 //! one tenant's: a tenant whose endpoint hangs holds its own slots until they time out, and
 //! another tenant's deliveries are taken and sent meanwhile.
 
+pub mod model;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,17 +223,48 @@ impl Webhooks {
 /// A delivery with its tenant's name, for listings.
 pub type Listed = (Delivery, String);
 
-/// Lists deliveries the caller may see.
+/// The filters of a ListWebhookDeliveries request; empty strings filter nothing.
+pub fn delivery_filter(
+    status: &str,
+    execution_id: &str,
+) -> Result<model::DeliveryFilter, crate::tenancy::Error> {
+    use model::DeliveryStatus;
+    let invalid = |field, message| crate::tenancy::Error::InvalidArgument { field, message };
+    let status = match status {
+        "" => None,
+        name => Some(DeliveryStatus::parse(name).ok_or_else(|| {
+            let names: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+            invalid(
+                "status",
+                format!("{name:?} is not one of {}", names.join(", ")),
+            )
+        })?),
+    };
+    let execution_id = match execution_id {
+        "" => None,
+        id => Some(
+            uuid::Uuid::parse_str(id)
+                .map_err(|_| invalid("execution_id", format!("{id:?} is not a UUID")))?,
+        ),
+    };
+    Ok(model::DeliveryFilter {
+        status,
+        execution_id,
+    })
+}
+
+/// Lists the deliveries the caller may see that `filter` matches.
 pub async fn list(
     store: &dyn Store,
     caller: &crate::auth::Caller,
     tenant: &str,
+    filter: &model::DeliveryFilter,
     page: &crate::tenancy::model::PageRequest,
     view: crate::tenancy::model::View,
 ) -> Result<crate::tenancy::model::Page<Listed>, crate::tenancy::Error> {
     let tenant_id = audit::visible_tenant(store, caller, tenant).await?;
     audit::check_uuid_cursor(page)?;
-    let deliveries = store.list_deliveries(tenant_id, page, view).await?;
+    let deliveries = store.list_deliveries(tenant_id, filter, page, view).await?;
     Ok(crate::tenancy::model::Page {
         items: audit::with_tenant_names(store, deliveries.items, |d| Some(d.tenant_id)).await,
         next_cursor: deliveries.next_cursor,
@@ -250,6 +283,28 @@ mod tests {
         assert_eq!(sig.len(), "t=1700000000,v1=".len() + 64);
         assert_ne!(sig, signature(b"other", 1_700_000_000, "{}"));
         assert_ne!(sig, signature(b"key", 1_700_000_001, "{}"));
+    }
+
+    #[test]
+    fn delivery_filters_name_the_bad_field() {
+        use model::{DeliveryFilter, DeliveryStatus};
+        assert_eq!(delivery_filter("", "").unwrap(), DeliveryFilter::default());
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(
+            delivery_filter("Delivered", &id.to_string()).unwrap(),
+            DeliveryFilter {
+                status: Some(DeliveryStatus::Delivered),
+                execution_id: Some(id),
+            }
+        );
+        assert_eq!(
+            delivery_filter("sent", "").unwrap_err().to_string(),
+            "status: \"sent\" is not one of pending, delivered, failed"
+        );
+        assert_eq!(
+            delivery_filter("", "42").unwrap_err().to_string(),
+            "execution_id: \"42\" is not a UUID"
+        );
     }
 
     #[test]

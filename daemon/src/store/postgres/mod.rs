@@ -213,10 +213,12 @@ impl ExecutionStore for PgStore {
     async fn list_deliveries(
         &self,
         tenant_id: Option<Uuid>,
+        filter: &crate::webhooks::model::DeliveryFilter,
         page: &PageRequest,
         view: View,
     ) -> Result<Page<Delivery>> {
-        self.list_deliveries_shared(tenant_id, page, view).await
+        self.list_deliveries_shared(tenant_id, filter, page, view)
+            .await
     }
 
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {

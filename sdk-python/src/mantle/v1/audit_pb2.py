@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mantle/v1/audit.proto\x12\tmantle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"O\n\x16ListAuditEventsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x17ListAuditEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.mantle.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2h\n\x0c\x41uditService\x12X\n\x0fListAuditEvents\x12!.mantle.v1.ListAuditEventsRequest\x1a\".mantle.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mantle/v1/audit.proto\x12\tmantle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0e\n\x06result\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\"\xa9\x01\n\x16ListAuditEventsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0e\n\x06result\x18\x06 \x01(\t\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x17ListAuditEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.mantle.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2h\n\x0c\x41uditService\x12X\n\x0fListAuditEvents\x12!.mantle.v1.ListAuditEventsRequest\x1a\".mantle.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITEVENT']._serialized_start=70
   _globals['_AUDITEVENT']._serialized_end=233
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=235
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=314
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=316
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=405
-  _globals['_AUDITSERVICE']._serialized_start=407
-  _globals['_AUDITSERVICE']._serialized_end=511
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=236
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=405
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=407
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=496
+  _globals['_AUDITSERVICE']._serialized_start=498
+  _globals['_AUDITSERVICE']._serialized_end=602
 # @@protoc_insertion_point(module_scope)

@@ -75,29 +75,58 @@ Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 
 @_typing.final
 class ListAuditEventsRequest(_message.Message):
-    """Request of ListAuditEvents."""
+    """Request of ListAuditEvents. The filters combine: an event is listed when it matches every
+    one given. Send the same filters with each `page_token`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Operators only: the tenant whose events to list; empty lists every event."""
     page_size: _builtins.int
     """Maximum number of events to return; 0 means 50, at most 1000."""
     page_token: _builtins.str
     """`next_page_token` of the previous page, or empty for the first page."""
+    actor: _builtins.str
+    """Only events of this actor (exact match: an API key id, `env:MANTLE_API_TOKEN`, …);
+    empty lists every actor's.
+    """
+    action: _builtins.str
+    """Only events of this action: an exact match (`secret.create`,
+    `mantle.v1.ExecutionService/StartExecution`), or, ending with `*`, a prefix
+    (`mantle.v1.SecretService/*`, `secret.*`; `*` only at the end); empty lists every
+    action.
+    """
+    result: _builtins.str
+    """Only events with this result: `OK`, a gRPC status code name (`PERMISSION_DENIED`,
+    `NOT_FOUND`, …), or `refused` for every result but `OK`; case does not matter. Empty
+    lists every result.
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only events at or after this time; unset lists every event."""
+
     def __init__(
         self,
         *,
         tenant: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        result: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "page_size", b"page_size", "page_token", b"page_token", "result", b"result", "since", b"since", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

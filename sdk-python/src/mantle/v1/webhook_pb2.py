@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mantle.v1 import common_pb2 as mantle_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mantle/v1/webhook.proto\x12\tmantle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mantle/v1/common.proto\"\xcd\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x35\n\x11next_attempt_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x18\n\x10last_http_status\x18\t \x01(\x05\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x64\x65livered_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07payload\x18\x0c \x01(\t\"t\n\x1cListWebhookDeliveriesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1d\n\x04view\x18\x04 \x01(\x0e\x32\x0f.mantle.v1.View\"h\n\x1dListWebhookDeliveriesResponse\x12.\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1a.mantle.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2|\n\x0eWebhookService\x12j\n\x15ListWebhookDeliveries\x12\'.mantle.v1.ListWebhookDeliveriesRequest\x1a(.mantle.v1.ListWebhookDeliveriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mantle/v1/webhook.proto\x12\tmantle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mantle/v1/common.proto\"\xcd\x02\n\x0fWebhookDelivery\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x35\n\x11next_attempt_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x18\n\x10last_http_status\x18\t \x01(\x05\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x64\x65livered_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07payload\x18\x0c \x01(\t\"\x9a\x01\n\x1cListWebhookDeliveriesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1d\n\x04view\x18\x04 \x01(\x0e\x32\x0f.mantle.v1.View\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x14\n\x0c\x65xecution_id\x18\x06 \x01(\t\"h\n\x1dListWebhookDeliveriesResponse\x12.\n\ndeliveries\x18\x01 \x03(\x0b\x32\x1a.mantle.v1.WebhookDelivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2|\n\x0eWebhookService\x12j\n\x15ListWebhookDeliveries\x12\'.mantle.v1.ListWebhookDeliveriesRequest\x1a(.mantle.v1.ListWebhookDeliveriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WEBHOOKDELIVERY']._serialized_start=96
   _globals['_WEBHOOKDELIVERY']._serialized_end=429
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=431
-  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=547
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=549
-  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=653
-  _globals['_WEBHOOKSERVICE']._serialized_start=655
-  _globals['_WEBHOOKSERVICE']._serialized_end=779
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_start=432
+  _globals['_LISTWEBHOOKDELIVERIESREQUEST']._serialized_end=586
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_start=588
+  _globals['_LISTWEBHOOKDELIVERIESRESPONSE']._serialized_end=692
+  _globals['_WEBHOOKSERVICE']._serialized_start=694
+  _globals['_WEBHOOKSERVICE']._serialized_end=818
 # @@protoc_insertion_point(module_scope)

@@ -94,7 +94,9 @@ Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
 
 @_typing.final
 class ListWebhookDeliveriesRequest(_message.Message):
-    """Request of ListWebhookDeliveries."""
+    """Request of ListWebhookDeliveries. The filters combine: a delivery is listed when it
+    matches every one given. Send the same filters with each `page_token`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -102,6 +104,8 @@ class ListWebhookDeliveriesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """Operators only: the tenant whose deliveries to list; empty lists all."""
     page_size: _builtins.int
@@ -110,6 +114,12 @@ class ListWebhookDeliveriesRequest(_message.Message):
     """`next_page_token` of the previous page, or empty for the first page."""
     view: _common_pb2.View.ValueType
     """BASIC (the default) leaves `payload` empty."""
+    status: _builtins.str
+    """Only deliveries in this state: `pending`, `delivered` or `failed` (case does not
+    matter); empty lists every state.
+    """
+    execution_id: _builtins.str
+    """Only the deliveries of this execution (its id, a UUID); empty lists every execution's."""
     def __init__(
         self,
         *,
@@ -117,10 +127,12 @@ class ListWebhookDeliveriesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         view: _common_pb2.View.ValueType = ...,
+        status: _builtins.str = ...,
+        execution_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant", b"tenant", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "tenant", b"tenant", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
