@@ -188,9 +188,10 @@ fn validate_files(files: &[std::path::PathBuf]) -> i32 {
         };
         match crate::definitions::load(&source, &shown) {
             Ok(loaded) => {
-                // Warnings do not fail the check; secrets are a daemon's to check.
+                // Warnings do not fail the check (stderr, like the ok line; problems go to
+                // stdout); secrets are a daemon's to check.
                 for w in &loaded.warnings {
-                    println!("warning: {}", w.render(&shown));
+                    eprintln!("warning: {}", w.render(&shown));
                 }
                 eprintln!(
                     "{shown}: ok ({}, {} step{})",

@@ -197,3 +197,18 @@ fn validate_many(cwd: &Path, files: &[&str]) -> Output {
     cmd.current_dir(cwd).arg("validate").args(files);
     cmd.output().expect("running mantle validate")
 }
+
+/// Warnings go to stderr with their position and do not fail the file.
+#[test]
+fn warnings_go_to_stderr_and_do_not_fail() {
+    let output = validate(&fixtures_dir().join("valid"), "triggers.yaml");
+    assert!(output.status.success(), "{}", describe_output(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "warning: triggers.yaml:3:5: triggers[0]: cron triggers are stored but not fired"
+        ) && stderr.contains("triggers[2]: webhook triggers are stored but not fired"),
+        "{}",
+        describe_output(&output)
+    );
+}
