@@ -22,58 +22,12 @@ use super::model::{
     Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, Order, StepAttempt,
     StepStatus, Ticket, Transition,
 };
+use super::scheduler::{
+    INTERRUPTED, Outcome, Readiness, State, StepRun, backoff, readiness, recover,
+};
 use crate::connectors::{ActionError, Invocation};
 use crate::store;
 use crate::workflow::expr::{Scope, Shared, StepView};
-
-/// The error of an attempt whose daemon died while it ran; the step runs again.
-pub const INTERRUPTED: &str = "interrupted: the daemon running this attempt stopped";
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Outcome {
-    Completed,
-    Skipped,
-    Failed { continued: bool },
-    Cancelled,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum State {
-    /// Not started: waits for its dependencies.
-    Waiting,
-    /// A retry that may start at `at`.
-    Scheduled {
-        attempt: i32,
-        at: DateTime<Utc>,
-    },
-    /// Its `if` or params are being evaluated in the CPU pool (nothing is recorded yet);
-    /// `attempt` is the retry it is for, `None` for a first attempt.
-    Preparing {
-        attempt: Option<i32>,
-    },
-    Running {
-        attempt: i32,
-        started: DateTime<Utc>,
-    },
-    /// A durable `core/sleep` that ends at `until`.
-    Sleeping {
-        attempt: i32,
-        started: DateTime<Utc>,
-        until: DateTime<Utc>,
-    },
-    Done(Outcome),
-}
-
-#[derive(Debug)]
-struct StepRun {
-    state: State,
-    /// Highest attempt number used so far.
-    last_attempt: i32,
-    /// Failed attempts in the current generation (the retry budget).
-    failures: u32,
-    output: Option<Shared>,
-    error: Option<String>,
-}
 
 /// A step's preparation, evaluated in the CPU pool; `prepared` is `None` when it was
 /// abandoned (the pool stopped), and the step waits to be prepared again.
@@ -778,22 +732,13 @@ impl Driver {
                     _ => continue,
                 }
                 // Waiting: are the dependencies resolved?
-                let mut blocked_by = None;
-                let mut ready = true;
-                for &j in &self.workflow.steps[i].needs {
-                    match self.steps[j].state {
-                        State::Done(
-                            Outcome::Completed
-                            | Outcome::Skipped
-                            | Outcome::Failed { continued: true },
-                        ) => {}
-                        State::Done(Outcome::Failed { continued: false } | Outcome::Cancelled) => {
-                            blocked_by = Some(self.workflow.steps[j].spec.name.clone());
-                        }
-                        _ => ready = false,
-                    }
-                }
-                if let Some(upstream) = blocked_by {
+                let ready = match readiness(&self.workflow.steps[i].needs, |j| &self.steps[j].state)
+                {
+                    Readiness::Blocked { by } => Err(self.workflow.steps[by].spec.name.clone()),
+                    Readiness::Ready => Ok(true),
+                    Readiness::Waiting => Ok(false),
+                };
+                if let Err(upstream) = ready {
                     let attempt = self.steps[i].last_attempt + 1;
                     self.steps[i].last_attempt = attempt;
                     let error = format!("not run: step {upstream:?} did not complete");
@@ -812,7 +757,7 @@ impl Driver {
                     progressed = true;
                     continue;
                 }
-                if !ready || self.draining {
+                if ready != Ok(true) || self.draining {
                     continue;
                 }
                 if self.is_inline(i) && self.reads_unsaved(i) {
@@ -1551,96 +1496,6 @@ impl Driver {
     }
 }
 
-/// Rebuilds each step's state from its attempts (the checkpoints).
-fn recover(
-    workflow: &CompiledWorkflow,
-    execution: &Execution,
-    attempts: &[StepAttempt],
-) -> Vec<StepRun> {
-    let mut by_step: BTreeMap<&str, Vec<&StepAttempt>> = BTreeMap::new();
-    for a in attempts {
-        by_step.entry(a.step_name.as_str()).or_default().push(a);
-    }
-    workflow
-        .steps
-        .iter()
-        .map(|step| {
-            let list = by_step
-                .get(step.spec.name.as_str())
-                .cloned()
-                .unwrap_or_default();
-            let last_attempt = list.iter().map(|a| a.attempt).max().unwrap_or(0);
-            let failures = list
-                .iter()
-                .filter(|a| a.status == StepStatus::Failed && a.generation == execution.generation)
-                .count() as u32;
-            let mut run = StepRun {
-                state: State::Waiting,
-                last_attempt,
-                failures,
-                output: None,
-                error: None,
-            };
-            let Some(latest) = list.iter().max_by_key(|a| a.attempt) else {
-                return run;
-            };
-            let current = latest.generation == execution.generation;
-            run.error = latest.error.clone();
-            run.state = match latest.status {
-                StepStatus::Completed => {
-                    run.output = latest.output.clone().map(Shared::new);
-                    State::Done(Outcome::Completed)
-                }
-                StepStatus::Skipped => State::Done(Outcome::Skipped),
-                // A retry is recorded in the transition that records the failure: a failed
-                // latest attempt is the step's end (retries used up, or not retryable).
-                StepStatus::Failed if current => {
-                    run.output = latest.output.clone().map(Shared::new);
-                    State::Done(Outcome::Failed {
-                        continued: step.spec.continue_on_error,
-                    })
-                }
-                // An interrupted attempt is not an outcome: the step gets a new attempt (also
-                // when the transition that recorded the interruption started none, as when
-                // the daemon was draining).
-                StepStatus::Cancelled if latest.error.as_deref() == Some(INTERRUPTED) => {
-                    State::Waiting
-                }
-                StepStatus::Cancelled if current => State::Done(Outcome::Cancelled),
-                // A failed or cancelled step of an earlier generation runs again (RetryExecution).
-                StepStatus::Failed | StepStatus::Cancelled => State::Waiting,
-                StepStatus::Pending => State::Scheduled {
-                    attempt: latest.attempt,
-                    at: latest.wake_time.unwrap_or_else(Utc::now),
-                },
-                StepStatus::Running => match (latest.wake_time, latest.start_time) {
-                    // A durable sleep continues where it was.
-                    (Some(until), Some(started)) if step.spec.action == "core/sleep" => {
-                        State::Sleeping {
-                            attempt: latest.attempt,
-                            started,
-                            until,
-                        }
-                    }
-                    (_, started) => State::Running {
-                        attempt: latest.attempt,
-                        started: started.unwrap_or_else(Utc::now),
-                    },
-                },
-            };
-            run
-        })
-        .collect()
-}
-
-/// `initial * multiplier^(n-1)`, capped at `max`, then jittered to between 50% and 100%.
-fn backoff(initial_ms: u64, max_ms: u64, multiplier: f64, failures: u32) -> u64 {
-    let exp = multiplier.powi(failures.saturating_sub(1) as i32);
-    let base = ((initial_ms as f64) * exp).min(max_ms as f64).max(0.0) as u64;
-    let half = base / 2;
-    half + rand::random_range(0..=base - half)
-}
-
 fn humanize(d: Duration) -> String {
     if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
@@ -1654,16 +1509,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        for failures in 1..8 {
-            let d = backoff(1000, 8000, 2.0, failures);
-            let base = (1000u64 << (failures - 1)).min(8000);
-            assert!(d >= base / 2 && d <= base, "{failures}: {d}");
-        }
-        assert!(backoff(1000, 60_000, 1.0, 5) <= 1000);
-    }
 
     /// A waker that counts how often its task was woken.
     struct Wakes(AtomicUsize);
