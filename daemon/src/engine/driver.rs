@@ -23,7 +23,7 @@ use super::model::{
     StepStatus, Ticket, Transition,
 };
 use super::scheduler::{
-    INTERRUPTED, Outcome, Readiness, State, StepRun, backoff, readiness, recover,
+    INTERRUPTED, Outcome, Readiness, Record, State, StepRun, backoff, readiness, recover,
 };
 use crate::connectors::{ActionError, Invocation};
 use crate::store;
@@ -291,17 +291,15 @@ impl Driver {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write_attempt(
-        &mut self,
-        step: usize,
-        attempt: i32,
-        status: StepStatus,
-        output: Option<Value>,
-        error: Option<String>,
-        wake_time: Option<DateTime<Utc>>,
-        start_time: Option<DateTime<Utc>>,
-        end_time: Option<DateTime<Utc>>,
-    ) {
+    fn write_attempt(&mut self, step: usize, attempt: i32, record: Record) {
+        let Record {
+            status,
+            output,
+            error,
+            wake_time,
+            start_time,
+            end_time,
+        } = record;
         let name = self.workflow.steps[step].spec.name.clone();
         let error = error.map(super::model::error_text);
         let message = match status {
@@ -687,12 +685,7 @@ impl Driver {
             self.write_attempt(
                 i,
                 attempt,
-                StepStatus::Cancelled,
-                None,
-                Some(INTERRUPTED.to_owned()),
-                None,
-                Some(started),
-                Some(now),
+                Record::cancelled(INTERRUPTED.to_owned(), Some(started), now),
             );
             self.steps[i].state = State::Waiting;
         }
@@ -742,16 +735,7 @@ impl Driver {
                     let attempt = self.steps[i].last_attempt + 1;
                     self.steps[i].last_attempt = attempt;
                     let error = format!("not run: step {upstream:?} did not complete");
-                    self.write_attempt(
-                        i,
-                        attempt,
-                        StepStatus::Cancelled,
-                        None,
-                        Some(error.clone()),
-                        None,
-                        None,
-                        Some(now),
-                    );
+                    self.write_attempt(i, attempt, Record::cancelled(error.clone(), None, now));
                     self.steps[i].error = Some(super::model::error_text(error));
                     self.steps[i].state = State::Done(Outcome::Cancelled);
                     progressed = true;
@@ -879,16 +863,7 @@ impl Driver {
             Some(Ok(false)) => {
                 let attempt = self.steps[i].last_attempt + 1;
                 self.steps[i].last_attempt = attempt;
-                self.write_attempt(
-                    i,
-                    attempt,
-                    StepStatus::Skipped,
-                    None,
-                    None,
-                    None,
-                    Some(now),
-                    Some(now),
-                );
+                self.write_attempt(i, attempt, Record::skipped(now));
                 self.steps[i].state = State::Done(Outcome::Skipped);
                 return;
             }
@@ -946,16 +921,7 @@ impl Driver {
                 Ok(d) => {
                     let until =
                         now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-                    self.write_attempt(
-                        i,
-                        attempt,
-                        StepStatus::Running,
-                        None,
-                        None,
-                        Some(until),
-                        Some(now),
-                        None,
-                    );
+                    self.write_attempt(i, attempt, Record::sleeping(now, until));
                     self.steps[i].state = State::Sleeping {
                         attempt,
                         started: now,
@@ -966,16 +932,7 @@ impl Driver {
             }
             return None;
         }
-        self.write_attempt(
-            i,
-            attempt,
-            StepStatus::Running,
-            None,
-            None,
-            None,
-            Some(now),
-            None,
-        );
+        self.write_attempt(i, attempt, Record::running(now));
         self.steps[i].state = State::Running {
             attempt,
             started: now,
@@ -1108,16 +1065,7 @@ impl Driver {
                         Some(message.to_owned()),
                     );
                 }
-                self.write_attempt(
-                    i,
-                    attempt,
-                    StepStatus::Completed,
-                    Some(output.clone()),
-                    None,
-                    None,
-                    Some(started),
-                    Some(now),
-                );
+                self.write_attempt(i, attempt, Record::completed(output.clone(), started, now));
                 self.steps[i].output = Some(Shared {
                     value: Arc::new(output),
                     bytes: size,
@@ -1138,12 +1086,12 @@ impl Driver {
                 self.write_attempt(
                     i,
                     attempt,
-                    StepStatus::Failed,
-                    output.as_ref().map(|o| (*o.value).clone()),
-                    Some(error.message.clone()),
-                    None,
-                    Some(started),
-                    Some(now),
+                    Record::failed(
+                        error.message.clone(),
+                        output.as_ref().map(|o| (*o.value).clone()),
+                        Some(started),
+                        Some(now),
+                    ),
                 );
                 self.after_failure(i, attempt, now, error, output);
             }
@@ -1154,12 +1102,7 @@ impl Driver {
         self.write_attempt(
             i,
             attempt,
-            StepStatus::Failed,
-            None,
-            Some(error.clone()),
-            None,
-            Some(now),
-            Some(now),
+            Record::failed(error.clone(), None, Some(now), Some(now)),
         );
         self.after_failure(i, attempt, now, ActionError::from(error), None);
     }
@@ -1190,16 +1133,7 @@ impl Driver {
             let at = now + chrono::Duration::milliseconds(delay as i64);
             let next = attempt + 1;
             self.steps[i].last_attempt = next;
-            self.write_attempt(
-                i,
-                next,
-                StepStatus::Pending,
-                None,
-                None,
-                Some(at),
-                None,
-                None,
-            );
+            self.write_attempt(i, next, Record::pending(at));
             self.steps[i].state = State::Scheduled { attempt: next, at };
             self.steps[i].error = Some(super::model::error_text(error));
         } else {
@@ -1212,16 +1146,7 @@ impl Driver {
 
     /// A failure that no retry can fix (the `if` did not evaluate).
     fn fail_final(&mut self, i: usize, attempt: i32, now: Option<DateTime<Utc>>, error: String) {
-        self.write_attempt(
-            i,
-            attempt,
-            StepStatus::Failed,
-            None,
-            Some(error.clone()),
-            None,
-            now,
-            now,
-        );
+        self.write_attempt(i, attempt, Record::failed(error.clone(), None, now, now));
         let continued = self.workflow.steps[i].spec.continue_on_error;
         self.steps[i].error = Some(super::model::error_text(error));
         self.steps[i].state = State::Done(Outcome::Failed { continued });
@@ -1310,12 +1235,7 @@ impl Driver {
             self.write_attempt(
                 i,
                 attempt,
-                StepStatus::Cancelled,
-                None,
-                Some(reason.to_owned()),
-                None,
-                started,
-                Some(now),
+                Record::cancelled(reason.to_owned(), started, now),
             );
             self.steps[i].state = State::Done(Outcome::Cancelled);
         }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 
 use super::compiled::CompiledWorkflow;
 use super::model::{Execution, StepAttempt, StepStatus};
@@ -58,6 +59,104 @@ pub(super) struct StepRun {
     pub(super) failures: u32,
     pub(super) output: Option<Shared>,
     pub(super) error: Option<String>,
+}
+
+/// An attempt's row as a transition writes it: one constructor per way an attempt moves.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Record {
+    pub(super) status: StepStatus,
+    pub(super) output: Option<Value>,
+    pub(super) error: Option<String>,
+    /// A pending retry's start, or a running durable sleep's end.
+    pub(super) wake_time: Option<DateTime<Utc>>,
+    pub(super) start_time: Option<DateTime<Utc>>,
+    pub(super) end_time: Option<DateTime<Utc>>,
+}
+
+impl Record {
+    fn new(status: StepStatus) -> Record {
+        Record {
+            status,
+            output: None,
+            error: None,
+            wake_time: None,
+            start_time: None,
+            end_time: None,
+        }
+    }
+
+    /// Started at `started`, running.
+    pub(super) fn running(started: DateTime<Utc>) -> Record {
+        Record {
+            start_time: Some(started),
+            ..Record::new(StepStatus::Running)
+        }
+    }
+
+    /// A durable sleep from `started` to `until`.
+    pub(super) fn sleeping(started: DateTime<Utc>, until: DateTime<Utc>) -> Record {
+        Record {
+            wake_time: Some(until),
+            ..Record::running(started)
+        }
+    }
+
+    /// A retry that may start at `at`.
+    pub(super) fn pending(at: DateTime<Utc>) -> Record {
+        Record {
+            wake_time: Some(at),
+            ..Record::new(StepStatus::Pending)
+        }
+    }
+
+    pub(super) fn completed(output: Value, started: DateTime<Utc>, ended: DateTime<Utc>) -> Record {
+        Record {
+            output: Some(output),
+            start_time: Some(started),
+            end_time: Some(ended),
+            ..Record::new(StepStatus::Completed)
+        }
+    }
+
+    /// Failed with `error`; `output` is what the action produced before failing. Times are
+    /// `None` for a step that failed before it could start (its `if` did not evaluate).
+    pub(super) fn failed(
+        error: String,
+        output: Option<Value>,
+        started: Option<DateTime<Utc>>,
+        ended: Option<DateTime<Utc>>,
+    ) -> Record {
+        Record {
+            output,
+            error: Some(error),
+            start_time: started,
+            end_time: ended,
+            ..Record::new(StepStatus::Failed)
+        }
+    }
+
+    /// Its `if` was false.
+    pub(super) fn skipped(at: DateTime<Utc>) -> Record {
+        Record {
+            start_time: Some(at),
+            end_time: Some(at),
+            ..Record::new(StepStatus::Skipped)
+        }
+    }
+
+    /// Stopped, or never run, because of `error`.
+    pub(super) fn cancelled(
+        error: String,
+        started: Option<DateTime<Utc>>,
+        ended: DateTime<Utc>,
+    ) -> Record {
+        Record {
+            error: Some(error),
+            start_time: started,
+            end_time: Some(ended),
+            ..Record::new(StepStatus::Cancelled)
+        }
+    }
 }
 
 /// Whether a waiting step may start, by the states of the steps it needs.
