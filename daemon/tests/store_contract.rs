@@ -1224,7 +1224,8 @@ async fn queued_order_contract(store: Arc<dyn Store>) {
     assert_eq!(attempts.len(), 3);
 
     // The first fails (its event repeats seq 3): the two queued behind it are not written,
-    // answer Unavailable, and resolve their tickets as not written.
+    // answer that they may go again (BehindAFailure, transient), and resolve their tickets
+    // as not written.
     let (f1, f2, f3) = (Ticket::default(), Ticket::default(), Ticket::default());
     let (r1, r2, r3) = tokio::join!(
         queue(step(3, "bad"), None, &f1),
@@ -1232,8 +1233,12 @@ async fn queued_order_contract(store: Arc<dyn Store>) {
         queue(step(5, "s5"), Some(&f2), &f3),
     );
     assert!(r1.is_err(), "{r1:?}");
-    assert!(matches!(r2, Err(store::Error::Unavailable(_))), "{r2:?}");
-    assert!(matches!(r3, Err(store::Error::Unavailable(_))), "{r3:?}");
+    for r in [&r2, &r3] {
+        assert!(
+            matches!(r, Err(e @ store::Error::BehindAFailure) if e.is_transient()),
+            "{r:?}"
+        );
+    }
     assert_eq!(
         (f1.outcome(), f2.outcome(), f3.outcome()),
         (Some(false), Some(false), Some(false))

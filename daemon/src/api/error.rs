@@ -27,7 +27,9 @@ impl From<auth::Error> for Status {
             auth::Error::Unauthenticated(_) => Code::Unauthenticated,
             auth::Error::PermissionDenied(_) => Code::PermissionDenied,
             auth::Error::TenantNotFound(_) => Code::NotFound,
-            auth::Error::Store(crate::store::Error::Unavailable(_)) => Code::Unavailable,
+            auth::Error::Store(
+                crate::store::Error::Unavailable(_) | crate::store::Error::BehindAFailure,
+            ) => Code::Unavailable,
             auth::Error::Store(_) => Code::Internal,
         };
         status(code, err.to_string())

@@ -48,6 +48,7 @@ impl From<store::Error> for Error {
         match err {
             store::Error::NotFound(what) => Error::NotFound(what),
             store::Error::Unavailable(msg) => Error::Unavailable(msg),
+            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
             store::Error::AlreadyExists(msg)
             | store::Error::Config(msg)
             | store::Error::Internal(msg)

@@ -151,6 +151,7 @@ impl From<store::Error> for Error {
         match err {
             store::Error::NotFound(what) => Error::NotFound(what),
             store::Error::Unavailable(msg) => Error::Unavailable(msg),
+            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
             store::Error::Conflict(msg) => Error::FailedPrecondition(msg),
             store::Error::Exhausted(msg) => Error::ResourceExhausted(msg),
             store::Error::AlreadyExists(msg)

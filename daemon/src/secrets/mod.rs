@@ -59,6 +59,7 @@ impl From<store::Error> for Error {
             store::Error::NotFound(w) => Error::NotFound(w),
             store::Error::AlreadyExists(w) => Error::AlreadyExists(w),
             store::Error::Unavailable(m) => Error::Unavailable(m),
+            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
             store::Error::Conflict(m) | store::Error::Exhausted(m) => Error::FailedPrecondition(m),
             store::Error::Config(m) | store::Error::Internal(m) => Error::Internal(m),
             store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),

@@ -44,25 +44,24 @@ pub enum Error {
     /// The writer no longer holds the execution's lease; nothing was written.
     #[error("lease lost: another daemon owns execution {0}")]
     Fenced(uuid::Uuid),
+    /// A transition that was not tried: it was queued behind one of its execution's that
+    /// was not written (see [`Order`](crate::engine::model::Order)). Once that one is
+    /// written, it can go again at once.
+    #[error("database unavailable: an earlier checkpoint of this execution was not written")]
+    BehindAFailure,
 }
 
 impl Error {
-    /// The answer of a transition that was not tried: it was queued behind one of its
-    /// execution's that was not written (see [`Order`](crate::engine::model::Order)).
-    fn behind_a_failure() -> Error {
-        Error::Unavailable(AFTER_FAILED.to_owned())
-    }
-
-    /// Whether this is [`Error::behind_a_failure`]: once the transition it followed is
-    /// written, it can go again at once.
+    /// Whether this is [`Error::BehindAFailure`].
     pub fn is_behind_a_failure(&self) -> bool {
-        matches!(self, Error::Unavailable(why) if why == AFTER_FAILED)
+        matches!(self, Error::BehindAFailure)
     }
 
-    /// Whether the same write may succeed later (the database is away or busy); any other
-    /// error will come again, and retrying would loop.
+    /// Whether the same write may succeed later (the database is away or busy, or the write
+    /// waited on one that was not written); any other error will come again, and retrying
+    /// would loop.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable(_))
+        matches!(self, Error::Unavailable(_) | Error::BehindAFailure)
     }
 }
 
@@ -87,9 +86,6 @@ struct Job {
     ticket: Option<Ticket>,
     done: tokio::sync::oneshot::Sender<Result<()>>,
 }
-
-/// The answer of a job queued behind a transition that was not written.
-const AFTER_FAILED: &str = "an earlier checkpoint of this execution was not written";
 
 impl Job {
     /// Whether it must wait for a later batch: the transition it follows is not written yet.
@@ -128,7 +124,7 @@ fn stopped() -> Error {
 /// was not written (or the writers are gone).
 fn hand_over(queue: &tokio::sync::mpsc::UnboundedSender<Job>, job: Job) {
     if job.follows_failure() {
-        return job.answer(Err(Error::behind_a_failure()));
+        return job.answer(Err(Error::BehindAFailure));
     }
     if let Err(tokio::sync::mpsc::error::SendError(job)) = queue.send(job) {
         job.answer(Err(stopped()));

@@ -52,6 +52,7 @@ impl From<store::Error> for Error {
             store::Error::NotFound(what) => Error::NotFound(what),
             store::Error::AlreadyExists(what) => Error::AlreadyExists(what),
             store::Error::Unavailable(msg) => Error::Unavailable(msg),
+            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
             store::Error::Config(msg)
             | store::Error::Internal(msg)
             | store::Error::Conflict(msg)

@@ -147,7 +147,7 @@ fn write_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<()>> {
 
 fn apply_job(conn: &Connection, job: &Job) -> Result<()> {
     if job.follows_failure() {
-        return Err(Error::behind_a_failure());
+        return Err(Error::BehindAFailure);
     }
     match &job.work {
         Work::Transition(lease, t) => apply(conn, *lease, t),
