@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod definitions;
 pub mod duration;
 pub mod engine;
+pub mod error;
 pub mod executions;
 pub mod health;
 pub mod http;

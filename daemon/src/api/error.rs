@@ -4,82 +4,59 @@ use tonic::{Code, Status};
 
 use prost::Message;
 
+use crate::error::{ErrorKind, ServiceError};
 use crate::{auth, definitions, executions, secrets, tenancy};
+
+/// The one mapping from a domain error's kind to a gRPC code.
+pub fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+/// A domain error as an answer: its kind's code, its message (see [`status`]).
+fn service_status(err: &dyn ServiceError) -> Status {
+    status(code(err.kind()), err.to_string())
+}
 
 impl From<tenancy::Error> for Status {
     fn from(err: tenancy::Error) -> Status {
-        let code = match &err {
-            tenancy::Error::InvalidArgument { .. } => Code::InvalidArgument,
-            tenancy::Error::NotFound(_) => Code::NotFound,
-            tenancy::Error::AlreadyExists(_) => Code::AlreadyExists,
-            tenancy::Error::PermissionDenied(_) => Code::PermissionDenied,
-            tenancy::Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            tenancy::Error::Unavailable(_) => Code::Unavailable,
-            tenancy::Error::Internal(_) => Code::Internal,
-        };
-        status(code, err.to_string())
+        service_status(&err)
     }
 }
 
 impl From<auth::Error> for Status {
     fn from(err: auth::Error) -> Status {
-        let code = match &err {
-            auth::Error::Unauthenticated(_) => Code::Unauthenticated,
-            auth::Error::PermissionDenied(_) => Code::PermissionDenied,
-            auth::Error::TenantNotFound(_) => Code::NotFound,
-            auth::Error::Store(
-                crate::store::Error::Unavailable(_) | crate::store::Error::BehindAFailure,
-            ) => Code::Unavailable,
-            auth::Error::Store(_) => Code::Internal,
-        };
-        status(code, err.to_string())
+        service_status(&err)
     }
 }
 
 impl From<definitions::Error> for Status {
     fn from(err: definitions::Error) -> Status {
-        let code = match &err {
-            definitions::Error::Invalid { file, problems } => {
-                return invalid_workflow(file, problems);
-            }
-            definitions::Error::InvalidArgument { .. } => Code::InvalidArgument,
-            definitions::Error::NotFound(_) => Code::NotFound,
-            definitions::Error::PermissionDenied(_) => Code::PermissionDenied,
-            definitions::Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            definitions::Error::Unavailable(_) => Code::Unavailable,
-            definitions::Error::Internal(_) => Code::Internal,
-        };
-        status(code, err.to_string())
+        match &err {
+            definitions::Error::Invalid { file, problems } => invalid_workflow(file, problems),
+            _ => service_status(&err),
+        }
     }
 }
 
 impl From<executions::Error> for Status {
     fn from(err: executions::Error) -> Status {
-        let code = match &err {
-            executions::Error::InvalidArgument { .. } => Code::InvalidArgument,
-            executions::Error::NotFound(_) => Code::NotFound,
-            executions::Error::PermissionDenied(_) => Code::PermissionDenied,
-            executions::Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            executions::Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            executions::Error::Unavailable(_) => Code::Unavailable,
-            executions::Error::Internal(_) => Code::Internal,
-        };
-        status(code, err.to_string())
+        service_status(&err)
     }
 }
 
 impl From<secrets::Error> for Status {
     fn from(err: secrets::Error) -> Status {
-        let code = match &err {
-            secrets::Error::InvalidArgument { .. } => Code::InvalidArgument,
-            secrets::Error::NotFound(_) => Code::NotFound,
-            secrets::Error::AlreadyExists(_) => Code::AlreadyExists,
-            secrets::Error::PermissionDenied(_) => Code::PermissionDenied,
-            secrets::Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            secrets::Error::Unavailable(_) => Code::Unavailable,
-            secrets::Error::Internal(_) => Code::Internal,
-        };
-        status(code, err.to_string())
+        service_status(&err)
     }
 }
 
@@ -148,5 +125,178 @@ fn status(code: Code, message: String) -> Status {
             Status::unavailable(message)
         }
         _ => Status::new(code, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store;
+
+    /// Every variant of every domain error that reaches an answer, and its code.
+    #[test]
+    fn each_domain_error_has_its_code() {
+        let s = || "x".to_owned();
+        let cases: Vec<(Status, Code)> = vec![
+            (
+                tenancy::Error::InvalidArgument {
+                    field: "f",
+                    message: s(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (tenancy::Error::NotFound(s()).into(), Code::NotFound),
+            (
+                tenancy::Error::AlreadyExists(s()).into(),
+                Code::AlreadyExists,
+            ),
+            (
+                tenancy::Error::PermissionDenied(s()).into(),
+                Code::PermissionDenied,
+            ),
+            (
+                tenancy::Error::FailedPrecondition(s()).into(),
+                Code::FailedPrecondition,
+            ),
+            (tenancy::Error::Unavailable(s()).into(), Code::Unavailable),
+            (tenancy::Error::Internal(s()).into(), Code::Internal),
+            (
+                auth::Error::Unauthenticated("no token").into(),
+                Code::Unauthenticated,
+            ),
+            (
+                auth::Error::PermissionDenied(s()).into(),
+                Code::PermissionDenied,
+            ),
+            (auth::Error::TenantNotFound(s()).into(), Code::NotFound),
+            (
+                auth::Error::Store(store::Error::Unavailable(s())).into(),
+                Code::Unavailable,
+            ),
+            (
+                auth::Error::Store(store::Error::BehindAFailure).into(),
+                Code::Unavailable,
+            ),
+            (
+                auth::Error::Store(store::Error::NotFound(s())).into(),
+                Code::Internal,
+            ),
+            (
+                auth::Error::Store(store::Error::Fenced(uuid::Uuid::nil())).into(),
+                Code::Internal,
+            ),
+            (
+                definitions::Error::Invalid {
+                    file: s(),
+                    problems: Vec::new(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (
+                definitions::Error::InvalidArgument {
+                    field: "f",
+                    message: s(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (definitions::Error::NotFound(s()).into(), Code::NotFound),
+            (
+                definitions::Error::PermissionDenied(s()).into(),
+                Code::PermissionDenied,
+            ),
+            (
+                definitions::Error::ResourceExhausted(s()).into(),
+                Code::ResourceExhausted,
+            ),
+            (
+                definitions::Error::Unavailable(s()).into(),
+                Code::Unavailable,
+            ),
+            (definitions::Error::Internal(s()).into(), Code::Internal),
+            (
+                executions::Error::InvalidArgument {
+                    field: s(),
+                    message: s(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (executions::Error::NotFound(s()).into(), Code::NotFound),
+            (
+                executions::Error::PermissionDenied(s()).into(),
+                Code::PermissionDenied,
+            ),
+            (
+                executions::Error::FailedPrecondition(s()).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                executions::Error::ResourceExhausted(s()).into(),
+                Code::ResourceExhausted,
+            ),
+            (
+                executions::Error::Unavailable(s()).into(),
+                Code::Unavailable,
+            ),
+            (executions::Error::Internal(s()).into(), Code::Internal),
+            (
+                secrets::Error::InvalidArgument {
+                    field: s(),
+                    message: s(),
+                }
+                .into(),
+                Code::InvalidArgument,
+            ),
+            (secrets::Error::NotFound(s()).into(), Code::NotFound),
+            (
+                secrets::Error::AlreadyExists(s()).into(),
+                Code::AlreadyExists,
+            ),
+            (
+                secrets::Error::PermissionDenied(s()).into(),
+                Code::PermissionDenied,
+            ),
+            (
+                secrets::Error::FailedPrecondition(s()).into(),
+                Code::FailedPrecondition,
+            ),
+            (secrets::Error::Unavailable(s()).into(), Code::Unavailable),
+            (secrets::Error::Internal(s()).into(), Code::Internal),
+        ];
+        for (i, (status, want)) in cases.into_iter().enumerate() {
+            assert_eq!(status.code(), want, "case {i}: {status:?}");
+            if want == Code::Internal {
+                assert_eq!(
+                    status.message(),
+                    "internal error; see the daemon's log",
+                    "case {i}: internal errors are answered briefly"
+                );
+            }
+        }
+    }
+
+    /// Invalid workflow files carry their problems in the details.
+    #[test]
+    fn an_invalid_file_carries_its_problems() {
+        let problem = crate::workflow::Problem {
+            pos: crate::workflow::yaml::Pos { line: 3, column: 5 },
+            path: "steps[0]".to_owned(),
+            message: "bad".to_owned(),
+        };
+        let status: Status = definitions::Error::Invalid {
+            file: "w.yaml".to_owned(),
+            problems: vec![problem],
+        }
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("w.yaml:3:5: steps[0]: bad"),
+            "{}",
+            status.message()
+        );
+        assert!(!status.details().is_empty());
     }
 }

@@ -52,6 +52,18 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
+impl crate::error::ServiceError for Error {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind as K;
+        match self {
+            Error::Unauthenticated(_) => K::Unauthenticated,
+            Error::PermissionDenied(_) => K::PermissionDenied,
+            Error::TenantNotFound(_) => K::NotFound,
+            Error::Store(err) => crate::error::ServiceError::kind(err),
+        }
+    }
+}
+
 impl Caller {
     /// Succeeds when the caller holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), Error> {

@@ -43,6 +43,20 @@ pub enum Error {
     Internal(String),
 }
 
+impl crate::error::ServiceError for Error {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind as K;
+        match self {
+            Error::Invalid { .. } | Error::InvalidArgument { .. } => K::InvalidArgument,
+            Error::NotFound(_) => K::NotFound,
+            Error::PermissionDenied(_) => K::PermissionDenied,
+            Error::ResourceExhausted(_) => K::ResourceExhausted,
+            Error::Unavailable(_) => K::Unavailable,
+            Error::Internal(_) => K::Internal,
+        }
+    }
+}
+
 impl From<store::Error> for Error {
     fn from(err: store::Error) -> Self {
         match err {

@@ -30,6 +30,21 @@ pub enum Error {
     Internal(String),
 }
 
+impl crate::error::ServiceError for Error {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind as K;
+        match self {
+            Error::InvalidArgument { .. } => K::InvalidArgument,
+            Error::NotFound(_) => K::NotFound,
+            Error::PermissionDenied(_) => K::PermissionDenied,
+            Error::FailedPrecondition(_) => K::FailedPrecondition,
+            Error::ResourceExhausted(_) => K::ResourceExhausted,
+            Error::Unavailable(_) => K::Unavailable,
+            Error::Internal(_) => K::Internal,
+        }
+    }
+}
+
 impl From<engine::Error> for Error {
     fn from(err: engine::Error) -> Self {
         match err {

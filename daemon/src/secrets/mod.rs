@@ -53,6 +53,21 @@ pub enum Error {
     Internal(String),
 }
 
+impl crate::error::ServiceError for Error {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind as K;
+        match self {
+            Error::InvalidArgument { .. } => K::InvalidArgument,
+            Error::NotFound(_) => K::NotFound,
+            Error::AlreadyExists(_) => K::AlreadyExists,
+            Error::PermissionDenied(_) => K::PermissionDenied,
+            Error::FailedPrecondition(_) => K::FailedPrecondition,
+            Error::Unavailable(_) => K::Unavailable,
+            Error::Internal(_) => K::Internal,
+        }
+    }
+}
+
 impl From<store::Error> for Error {
     fn from(err: store::Error) -> Self {
         match err {
