@@ -87,9 +87,22 @@ impl From<String> for ActionError {
     }
 }
 
-/// Whether `action` does no I/O and finishes at once (`core/log`, `core/set`, `core/fail`).
+/// How the engine runs an action: what it dispatches on, never the action's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionKind {
+    /// No I/O, finishes at once: run inside the driver, its outcome written with the
+    /// transition that starts it (`core/log`, `core/set`, `core/fail`).
+    Pure,
+    /// Talks to the world (`http/request`): runs as a task of its own, under the step's
+    /// timeout and retry policy, its start written before it runs.
+    Effect,
+    /// A durable timer (`core/sleep`): the engine stores its end and keeps no task.
+    Timer,
+}
+
+/// Whether `action` does no I/O and finishes at once (see [`ActionKind::Pure`]).
 pub fn is_pure(action: &str) -> bool {
-    matches!(action, "core/log" | "core/set" | "core/fail")
+    self::action(action).is_some_and(|a| a.kind == ActionKind::Pure)
 }
 
 /// Runs an action that does no I/O (see [`is_pure`]) at once; `None` for any other action.
@@ -204,6 +217,10 @@ pub struct ActionSpec {
     pub exclusive: &'static [Exclusive],
     /// Credential types the action can use; empty when it takes no credential.
     pub credential_types: &'static [&'static str],
+    /// How the engine runs it.
+    pub kind: ActionKind,
+    /// Its output's `message` is also a line of the execution's log (`core/log`).
+    pub logs: bool,
 }
 
 const fn param(
@@ -231,6 +248,8 @@ pub const BUILTIN: &[ActionSpec] = &[
         open_params: false,
         exclusive: &[],
         credential_types: &[],
+        kind: ActionKind::Pure,
+        logs: true,
     },
     ActionSpec {
         name: "core/set",
@@ -239,6 +258,8 @@ pub const BUILTIN: &[ActionSpec] = &[
         open_params: true,
         exclusive: &[],
         credential_types: &[],
+        kind: ActionKind::Pure,
+        logs: false,
     },
     ActionSpec {
         name: "core/sleep",
@@ -252,6 +273,8 @@ pub const BUILTIN: &[ActionSpec] = &[
         open_params: false,
         exclusive: &[],
         credential_types: &[],
+        kind: ActionKind::Timer,
+        logs: false,
     },
     ActionSpec {
         name: "core/fail",
@@ -265,6 +288,8 @@ pub const BUILTIN: &[ActionSpec] = &[
         open_params: false,
         exclusive: &[],
         credential_types: &[],
+        kind: ActionKind::Pure,
+        logs: false,
     },
     ActionSpec {
         name: "http/request",
@@ -319,6 +344,8 @@ pub const BUILTIN: &[ActionSpec] = &[
         open_params: false,
         exclusive: &[&["body", "json"]],
         credential_types: &["bearer", "basic", "header"],
+        kind: ActionKind::Effect,
+        logs: false,
     },
 ];
 

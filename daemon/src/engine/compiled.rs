@@ -81,6 +81,10 @@ impl ParamTree {
 #[derive(Debug)]
 pub struct CompiledStep {
     pub spec: StepSpec,
+    /// How the engine runs its action.
+    pub kind: crate::connectors::ActionKind,
+    /// Whether its output's `message` is a log line (see `ActionSpec::logs`).
+    pub logs: bool,
     pub condition: Option<Compiled>,
     pub params: Vec<(String, ParamTree)>,
     pub retry: RetrySpec,
@@ -247,7 +251,11 @@ impl CompiledWorkflow {
                     .unwrap_or_default();
                 let mut params_reads = Reads::default();
                 params.iter().for_each(|(_, p)| p.reads(&mut params_reads));
+                let action = crate::connectors::action(&s.action)
+                    .ok_or_else(|| format!("step {}: unknown action {:?}", s.name, s.action))?;
                 steps.push(CompiledStep {
+                    kind: action.kind,
+                    logs: action.logs,
                     spec: s.clone(),
                     condition,
                     params,

@@ -25,7 +25,7 @@ use super::model::{
 use super::scheduler::{
     INTERRUPTED, Outcome, Readiness, Record, State, StepRun, backoff, readiness, recover,
 };
-use crate::connectors::{ActionError, Invocation};
+use crate::connectors::{ActionError, ActionKind, Invocation};
 use crate::store;
 use crate::workflow::expr::{Scope, Shared, StepView};
 
@@ -759,8 +759,8 @@ impl Driver {
 
     /// A step that runs inside the driver: a pure action with no credential.
     fn is_inline(&self, i: usize) -> bool {
-        let spec = &self.workflow.steps[i].spec;
-        spec.credential.is_none() && crate::connectors::is_pure(&spec.action)
+        let step = &self.workflow.steps[i];
+        step.spec.credential.is_none() && step.kind == ActionKind::Pure
     }
 
     /// Whether a dependency of step `i` has an outcome not yet committed.
@@ -780,7 +780,7 @@ impl Driver {
         let workflow = self.workflow.clone();
         let step = &workflow.steps[i];
         let condition = attempt.is_none() && step.condition.is_some();
-        let params = self.is_inline(i) || step.spec.action == "core/sleep";
+        let params = self.is_inline(i) || step.kind == ActionKind::Timer;
         if !condition && !params {
             self.start_prepared(i, attempt, now, Prepared::default());
             return;
@@ -908,7 +908,7 @@ impl Driver {
             );
             return None;
         }
-        if self.workflow.steps[i].spec.action == "core/sleep" {
+        if self.workflow.steps[i].kind == ActionKind::Timer {
             let duration = params().and_then(|p| {
                 let text = p
                     .get("duration")
@@ -1053,7 +1053,7 @@ impl Driver {
         });
         match result {
             Ok((output, size)) => {
-                if self.workflow.steps[i].spec.action == "core/log"
+                if self.workflow.steps[i].logs
                     && let Some(message) = output.get("message").and_then(Value::as_str)
                 {
                     let name = self.workflow.steps[i].spec.name.clone();

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::compiled::CompiledWorkflow;
 use super::model::{Execution, StepAttempt, StepStatus};
+use crate::connectors::ActionKind;
 use crate::workflow::expr::Shared;
 
 /// The error of an attempt whose daemon died while it ran; the step runs again.
@@ -258,7 +259,7 @@ pub(super) fn recover(
                 },
                 StepStatus::Running => match (latest.wake_time, latest.start_time) {
                     // A durable sleep continues where it was.
-                    (Some(until), Some(started)) if step.spec.action == "core/sleep" => {
+                    (Some(until), Some(started)) if step.kind == ActionKind::Timer => {
                         State::Sleeping {
                             attempt: latest.attempt,
                             started,

@@ -1047,11 +1047,12 @@ impl Decoder<'_> {
 
         let retry = field("retry").and_then(|n| self.retry(n, &join(path, "retry")));
         let timeout_ms = field("timeout").and_then(|n| {
-            if action.as_deref() == Some("core/sleep") {
+            if let Some(timer) = spec_of_action.filter(|a| a.kind == connectors::ActionKind::Timer)
+            {
                 self.add(
                     n.pos,
                     &join(path, "timeout"),
-                    "core/sleep takes no timeout: its duration is its limit",
+                    format!("{} takes no timeout: its duration is its limit", timer.name),
                 );
                 return None;
             }
