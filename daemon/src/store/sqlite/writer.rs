@@ -54,6 +54,8 @@ fn retry_soon(tries: i32) -> bool {
     if PAUSE * tries.max(0) as u32 >= super::BUSY_TIMEOUT {
         return false;
     }
+    // SQLite calls this on the writer's own thread, inside a statement: it must block.
+    #[allow(clippy::disallowed_methods)]
     std::thread::sleep(PAUSE);
     true
 }
