@@ -12,8 +12,7 @@ use super::ExecutionStore;
 use super::shared::{
     ATTEMPT_COLUMNS, AttemptRow, AuditRow, DELIVERY_COLUMNS, DeliveryRow, EXECUTION_COLUMNS,
     EventRow, ExecutionRow, KEY_SELECT, KeyRow, SECRET_COLUMNS, SecretRow, TENANT_COLUMNS,
-    TenantRow, VERSION_COLUMNS, VersionRow, impl_definition_store, impl_delivery_shared,
-    impl_execution_shared, impl_secret_store, impl_tenant_store, into_page, map_err,
+    TenantRow, VERSION_COLUMNS, VersionRow, into_page, map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
 use crate::engine::model::{
@@ -23,6 +22,24 @@ use crate::engine::model::{
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
 
 mod writer;
+
+/// The store the shared implementations of `store/common/` are compiled for here.
+type ThisStore = PgStore;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/definitions.rs"]
+mod definitions;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/deliveries.rs"]
+mod deliveries;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/executions.rs"]
+mod executions;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/secrets.rs"]
+mod secrets;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/tenants.rs"]
+mod tenants;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -123,8 +140,6 @@ fn connect_failure(err: &sqlx::Error) -> (String, Option<&'static str>) {
     }
 }
 
-impl_tenant_store!(PgStore);
-
 impl PgStore {
     async fn take_rate_limit_backend(
         &self,
@@ -161,10 +176,6 @@ impl PgStore {
         Ok(decision)
     }
 }
-impl_definition_store!(PgStore);
-impl_execution_shared!(PgStore);
-impl_delivery_shared!(PgStore);
-impl_secret_store!(PgStore);
 
 #[async_trait::async_trait]
 impl ExecutionStore for PgStore {

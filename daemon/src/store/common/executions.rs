@@ -1,0 +1,551 @@
+//! Implements the parts of `ExecutionStore` whose SQL is the same on both backends, as
+//! inherent `*_shared` methods the backends' trait impls call.
+//!
+//! Compiled once per backend: `sqlite/mod.rs` and `postgres/mod.rs` include this file as a
+//! module of their own (`#[path]`), where `ThisStore` names the backend's store and the
+//! backend's imports are in scope. The SQL is the same on both.
+
+use super::*;
+
+impl ThisStore {
+    pub(super) async fn create_execution_shared(
+        &self,
+        e: &crate::engine::model::NewExecution,
+        lease_expires: DateTime<Utc>,
+    ) -> Result<crate::engine::model::Created> {
+        use crate::engine::model::{Created, Lease};
+        let lease = Lease {
+            execution_id: e.id,
+            epoch: 1,
+        };
+        // Nothing to check first: the insert shares the writers' group commit.
+        if let Some(row) = crate::store::NewRow::simple(e, lease_expires) {
+            self.writers
+                .submit(crate::store::Work::Create(Box::new(row)))
+                .await?;
+            return Ok(Created::New(lease));
+        }
+        let what = || format!("execution {}", e.id);
+        let mut tx = self.pool.begin().await.map_err(map_err(what))?;
+        if let Some(k) = &e.idempotency {
+            // Claims the key, or finds who has it; an expired claim is taken over.
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (tenant_id, key, request_hash, execution_id, \
+                 create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = excluded.request_hash, \
+                 execution_id = excluded.execution_id, create_time = excluded.create_time, \
+                 expire_time = excluded.expire_time WHERE idempotency_keys.expire_time < $5",
+            )
+            .bind(e.tenant_id)
+            .bind(&k.key)
+            .bind(&k.request_hash)
+            .bind(e.id)
+            .bind(e.now)
+            .bind(k.expire_time)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err(what))?;
+            if claimed.rows_affected() == 0 {
+                let (hash, existing): (String, Uuid) = sqlx::query_as(
+                    "SELECT request_hash, execution_id FROM idempotency_keys \
+                     WHERE tenant_id = $1 AND key = $2",
+                )
+                .bind(e.tenant_id)
+                .bind(&k.key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err(what))?;
+                tx.commit().await.map_err(map_err(what))?;
+                return if hash == k.request_hash {
+                    Ok(Created::Existing(existing))
+                } else {
+                    Err(Error::Conflict(format!(
+                        "idempotency key {:?} was already used with a different request \
+                         (another workflow, version or inputs); use a new key",
+                        k.key
+                    )))
+                };
+            }
+        }
+        let mut queued = false;
+        if let Some(c) = e.concurrency {
+            // Locks the tenant's row: starts and promotions of one tenant queue here,
+            // so the count stays true across daemons.
+            sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
+                .bind(e.tenant_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(what))?;
+            let (active, waiting): (i64, i64) = sqlx::query_as(
+                "SELECT COALESCE(SUM(CASE WHEN status IN ('pending', 'running') THEN 1 ELSE 0 END), 0), \
+                 COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0) \
+                 FROM executions WHERE tenant_id = $1 AND status IN ('pending', 'running', 'queued')",
+            )
+            .bind(e.tenant_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err(what))?;
+            // First come, first served: behind executions already queued, a start
+            // queues even when a slot is free (a promotion is about to take it).
+            if active >= i64::from(c.max_active) || waiting > 0 {
+                if let Some(max) = c.max_queued
+                    && waiting >= i64::from(max)
+                {
+                    return Err(Error::Exhausted(format!(
+                        "the tenant has {active} executions running and {waiting} queued, \
+                         its limits (max_concurrent_executions {}, max_queued_executions {max})",
+                        c.max_active
+                    )));
+                }
+                queued = true;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
+                 trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
+                 VALUES ($1, $2, $3, $4, CASE WHEN $11 THEN 'queued' ELSE 'pending' END, \
+                 $5, $6, $7, $8, CASE WHEN $11 THEN NULL ELSE $9 END, \
+                 CASE WHEN $11 THEN NULL ELSE $10 END, CASE WHEN $11 THEN 0 ELSE 1 END)",
+        )
+        .bind(e.id)
+        .bind(e.tenant_id)
+        .bind(&e.workflow)
+        .bind(e.version)
+        .bind(e.inputs.to_string())
+        .bind(e.trigger.to_string())
+        .bind(e.now)
+        .bind(e.deadline)
+        .bind(&e.owner)
+        .bind(lease_expires)
+        .bind(queued)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err(what))?;
+        tx.commit().await.map_err(map_err(what))?;
+        if queued {
+            return Ok(Created::Queued(e.id));
+        }
+        Ok(Created::New(lease))
+    }
+
+    pub(super) async fn promote_queued_shared(&self, global_max: Option<u32>) -> Result<u64> {
+        let what = || "queued executions".to_owned();
+        let tenants: Vec<Uuid> =
+            sqlx::query_scalar("SELECT DISTINCT tenant_id FROM executions WHERE status = 'queued'")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err(what))?;
+        let mut promoted = 0;
+        for tenant_id in tenants {
+            let mut tx = self.pool.begin().await.map_err(map_err(what))?;
+            sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
+                .bind(tenant_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(what))?;
+            let cap: Option<i32> =
+                sqlx::query_scalar("SELECT max_concurrent_executions FROM tenants WHERE id = $1")
+                    .bind(tenant_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err(what))?
+                    .flatten();
+            let cap = match (cap.map(|c| c.max(0) as u32), global_max) {
+                (Some(t), Some(g)) => Some(t.min(g)),
+                (t, g) => t.or(g),
+            };
+            let active: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM executions WHERE tenant_id = $1 AND status IN ('pending', 'running')",
+            )
+            .bind(tenant_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err(what))?;
+            let free = cap.map_or(i64::MAX, |c| i64::from(c) - active).max(0);
+            if free > 0 {
+                let done = sqlx::query(
+                    "UPDATE executions SET status = 'pending' WHERE id IN ( \
+                     SELECT id FROM executions WHERE tenant_id = $1 AND status = 'queued' \
+                     ORDER BY id LIMIT $2)",
+                )
+                .bind(tenant_id)
+                .bind(free.min(1000))
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(what))?;
+                promoted += done.rows_affected();
+            }
+            tx.commit().await.map_err(map_err(what))?;
+        }
+        Ok(promoted)
+    }
+
+    pub(super) async fn count_queued_shared(&self) -> Result<Vec<(Uuid, i64)>> {
+        sqlx::query_as(
+            "SELECT tenant_id, COUNT(*) FROM executions WHERE status = 'queued' \
+             GROUP BY tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err(|| "queued executions".to_owned()))
+    }
+
+    pub(super) async fn sweep_idempotency_keys_shared(&self, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE expire_time < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err(|| "idempotency keys".to_owned()))?;
+        Ok(done.rows_affected())
+    }
+
+    pub(super) async fn load_execution_shared(
+        &self,
+        id: Uuid,
+    ) -> Result<(
+        crate::engine::model::Execution,
+        Vec<crate::engine::model::StepAttempt>,
+        i64,
+    )> {
+        let what = || format!("execution {id}");
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1");
+        let execution = sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err(what))?
+            .try_into()?;
+        let sql = format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM step_attempts WHERE execution_id = $1 \
+             ORDER BY step_name, attempt"
+        );
+        let attempts = sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(what))?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect::<Result<Vec<_>>>()?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM execution_events WHERE execution_id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_err(what))?;
+        Ok((execution, attempts, last.unwrap_or(0)))
+    }
+
+    pub(super) async fn release_lease_shared(
+        &self,
+        lease: crate::engine::model::Lease,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE executions SET owner = NULL, lease_expires = NULL \
+             WHERE id = $1 AND lease_epoch = $2",
+        )
+        .bind(lease.execution_id)
+        .bind(lease.epoch)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err(|| format!("execution {}", lease.execution_id)))?;
+        Ok(())
+    }
+
+    pub(super) async fn request_cancel_shared(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> Result<crate::engine::model::Execution> {
+        // A queued execution has no driver yet: it becomes claimable with the
+        // cancellation requested, so a driver ends it like any other (its terminal
+        // event and webhook delivery written with the end) without running a step.
+        sqlx::query(
+            "UPDATE executions SET status = 'pending', owner = NULL, \
+             lease_expires = NULL, cancel_requested = TRUE \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'queued'",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err(|| format!("execution {id}")))?;
+        sqlx::query(
+            "UPDATE executions SET cancel_requested = TRUE, wake_time = NULL \
+             WHERE tenant_id = $1 AND id = $2 \
+             AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err(|| format!("execution {id}")))?;
+        self.get_execution_shared(tenant_id, id).await
+    }
+
+    pub(super) async fn retry_execution_shared(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        owner: &str,
+        lease_expires: DateTime<Utc>,
+    ) -> Result<crate::engine::model::Lease> {
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE executions SET status = 'pending', generation = generation + 1, \
+             error = NULL, end_time = NULL, cancel_requested = FALSE, wake_time = NULL, \
+             owner = $3, lease_expires = $4, lease_epoch = lease_epoch + 1 \
+             WHERE tenant_id = $1 AND id = $2 \
+             AND status IN ('failed', 'cancelled', 'timed_out') RETURNING lease_epoch",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(owner)
+        .bind(lease_expires)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err(|| format!("execution {id}")))?;
+        match epoch {
+            Some(epoch) => Ok(crate::engine::model::Lease {
+                execution_id: id,
+                epoch,
+            }),
+            None => {
+                // Tell "not there" from "not retryable".
+                let e = self.get_execution_shared(tenant_id, id).await?;
+                Err(Error::Conflict(format!(
+                    "execution {id} is {}; only failed, cancelled or timed-out executions can be retried",
+                    e.status
+                )))
+            }
+        }
+    }
+
+    pub(super) async fn get_execution_shared(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> Result<crate::engine::model::Execution> {
+        let sql =
+            format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE tenant_id = $1 AND id = $2");
+        sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err(|| format!("execution {id}")))?
+            .try_into()
+    }
+
+    pub(super) async fn list_executions_shared(
+        &self,
+        tenant_id: Uuid,
+        filter: &crate::engine::model::ExecutionFilter,
+        page: &PageRequest,
+        view: crate::tenancy::model::View,
+    ) -> Result<Page<crate::engine::model::Execution>> {
+        use crate::tenancy::model::{View, fitting};
+        let before: Option<Uuid> = match page.after.as_deref() {
+            None => None,
+            Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
+        };
+        let matching = "tenant_id = $1 AND ($2 IS NULL OR workflow = $2) \
+             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR create_time >= $4) \
+             AND ($5 IS NULL OR create_time < $5) AND ($6 IS NULL OR id < $6)";
+        // The sizes first, so that a page of large executions never loads more of
+        // them than it returns.
+        let (size, columns) = match view {
+            View::Full => (
+                "OCTET_LENGTH(inputs) + COALESCE(OCTET_LENGTH(outputs), 0) \
+                 + COALESCE(OCTET_LENGTH(error), 0) + OCTET_LENGTH(trigger_info)",
+                EXECUTION_COLUMNS,
+            ),
+            View::Basic => (
+                "COALESCE(OCTET_LENGTH(error), 0)",
+                crate::store::shared::EXECUTION_BASIC_COLUMNS,
+            ),
+        };
+        let sql = format!(
+            "SELECT id, CAST({size} AS BIGINT) FROM executions WHERE {matching} \
+             ORDER BY id DESC LIMIT $7"
+        );
+        let sizes: Vec<(Uuid, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(filter.workflow.as_deref())
+            .bind(filter.status.map(|s| s.as_str()))
+            .bind(filter.created_after)
+            .bind(filter.created_before)
+            .bind(before)
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(|| "executions".to_owned()))?;
+        // The fixed fields of an execution, as an upper bound.
+        let take = fitting(
+            sizes
+                .iter()
+                .map(|(_, n)| n.max(&0).unsigned_abs() as usize + 512),
+            page.limit as usize,
+        );
+        let Some((last, _)) = take.checked_sub(1).and_then(|i| sizes.get(i)) else {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        };
+        let sql = format!(
+            "SELECT {columns} FROM executions WHERE {matching} AND id >= $8 \
+             ORDER BY id DESC LIMIT $7"
+        );
+        let rows = sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(filter.workflow.as_deref())
+            .bind(filter.status.map(|s| s.as_str()))
+            .bind(filter.created_after)
+            .bind(filter.created_before)
+            .bind(before)
+            .bind(take as i64)
+            .bind(*last)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(|| "executions".to_owned()))?;
+        let items = rows
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect::<Result<Vec<crate::engine::model::Execution>>>()?;
+        let next_cursor = if sizes.len() > take {
+            items.last().map(|e| e.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    pub(super) async fn list_attempts_shared(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        page: &PageRequest,
+        view: crate::tenancy::model::View,
+    ) -> Result<Page<crate::engine::model::StepAttempt>> {
+        use crate::tenancy::model::{View, fitting};
+        self.get_execution_shared(tenant_id, id).await?;
+        let order = crate::store::shared::ATTEMPT_ORDER;
+        let after = page
+            .after
+            .as_deref()
+            .map(crate::store::shared::AttemptCursor::parse)
+            .transpose()?;
+        // Without a cursor, $4 is false and $5..$8 stand unused.
+        let (has_after, cursor) = match after {
+            Some(c) => (true, c),
+            None => (
+                false,
+                crate::store::shared::AttemptCursor {
+                    unstarted: false,
+                    start: crate::store::shared::AttemptCursor::epoch(),
+                    step: String::new(),
+                    attempt: 0,
+                },
+            ),
+        };
+        let matching = format!(
+            "tenant_id = $1 AND execution_id = $2 \
+             AND (NOT $4 OR ({order}) > ($5, $6, $7, $8))"
+        );
+        let (size, columns) = match view {
+            View::Full => (
+                "COALESCE(OCTET_LENGTH(output), 0) + COALESCE(OCTET_LENGTH(error), 0)",
+                ATTEMPT_COLUMNS,
+            ),
+            View::Basic => (
+                "COALESCE(OCTET_LENGTH(error), 0)",
+                crate::store::shared::ATTEMPT_BASIC_COLUMNS,
+            ),
+        };
+        // The sizes first, so that a page of large outputs never loads more of them
+        // than it returns.
+        let sql = format!(
+            "SELECT start_time, step_name, attempt, CAST({size} AS BIGINT) FROM step_attempts \
+             WHERE {matching} ORDER BY {order} LIMIT $9"
+        );
+        let sizes = sqlx::query_as::<_, (Option<DateTime<Utc>>, String, i32, i64)>(
+            sqlx::AssertSqlSafe(sql),
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(crate::store::shared::AttemptCursor::epoch())
+        .bind(has_after)
+        .bind(cursor.unstarted)
+        .bind(cursor.start)
+        .bind(&cursor.step)
+        .bind(cursor.attempt)
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err(|| format!("execution {id}")))?;
+        let take = fitting(
+            sizes
+                .iter()
+                .map(|s| s.3.max(0).unsigned_abs() as usize + 256),
+            page.limit as usize,
+        );
+        if take == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        let sql = format!(
+            "SELECT {columns} FROM step_attempts WHERE {matching} \
+             ORDER BY {order} LIMIT $9"
+        );
+        let items = sqlx::query_as::<_, AttemptRow>(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(id)
+            .bind(crate::store::shared::AttemptCursor::epoch())
+            .bind(has_after)
+            .bind(cursor.unstarted)
+            .bind(cursor.start)
+            .bind(&cursor.step)
+            .bind(cursor.attempt)
+            .bind(take as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(|| format!("execution {id}")))?
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect::<Result<Vec<crate::engine::model::StepAttempt>>>()?;
+        let next_cursor = if sizes.len() > take {
+            items
+                .last()
+                .map(|a| crate::store::shared::AttemptCursor::of(a).text())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    pub(super) async fn list_events_shared(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::engine::model::Event>> {
+        sqlx::query_as::<_, EventRow>(
+            "SELECT execution_id, seq, time, kind, step_name, attempt, status, message \
+             FROM execution_events WHERE tenant_id = $1 AND execution_id = $2 \
+             AND seq > $3 ORDER BY seq LIMIT $4",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err(|| format!("execution {id}")))?
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
+    }
+}
