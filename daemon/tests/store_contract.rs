@@ -109,31 +109,62 @@ macro_rules! checkpoint_rows {
     }};
 }
 
-#[tokio::test]
-async fn contract_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(&dir).await;
-    assert_eq!(store.backend(), Backend::Sqlite);
-    contract(store.clone()).await;
-    definitions_contract(store.clone()).await;
-    executions_contract(store.clone()).await;
-    group_commit_contract(store.clone()).await;
-    queued_order_contract(store.clone()).await;
-    listing_contract(store.clone()).await;
-    audit_filter_contract(store.clone()).await;
-    delivery_filter_contract(store.clone()).await;
-    let id = tenant_deletion_contract(store).await;
-    let mut conn = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("mantle.db").display()
-    ))
-    .await
-    .unwrap();
-    assert_eq!(checkpoint_rows!(&mut conn, id), (0, 0));
+/// The contract, one named test per case per backend (`sqlite::executions_contract`,
+/// `postgres::executions_contract`, ...), each on a fresh database: a failure names its
+/// case, and cases run in parallel.
+macro_rules! store_contract_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = super::sqlite_store(&dir).await;
+                    assert_eq!(store.backend(), super::Backend::Sqlite);
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(db) = super::PgDb::create().await else {
+                        return;
+                    };
+                    let store = super::pg_store(&db).await;
+                    assert_eq!(store.backend(), super::Backend::Postgres);
+                    super::$case(store.clone()).await;
+                    drop(store);
+                    db.drop_db().await;
+                }
+            )*
+        }
+    };
+}
+
+store_contract_suite!(
+    contract,
+    definitions_contract,
+    executions_contract,
+    group_commit_contract,
+    queued_order_contract,
+    listing_contract,
+    audit_filter_contract,
+    delivery_filter_contract,
+);
+
+/// A migrated store on a fresh PostgreSQL database.
+async fn pg_store(db: &PgDb) -> Arc<dyn Store> {
+    let store = store::open(&options(db.url.clone(), std::env::temp_dir()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
 }
 
 #[tokio::test]
-async fn contract_postgres() {
+async fn postgres_migrations_apply_once() {
     let Some(db) = PgDb::create().await else {
         return;
     };
@@ -151,15 +182,39 @@ async fn contract_postgres() {
     store.migrate().await.unwrap();
     // Migrating twice is a no-op.
     store.migrate().await.unwrap();
-    assert_eq!(store.backend(), Backend::Postgres);
-    contract(store.clone()).await;
-    definitions_contract(store.clone()).await;
-    executions_contract(store.clone()).await;
-    group_commit_contract(store.clone()).await;
-    queued_order_contract(store.clone()).await;
-    listing_contract(store.clone()).await;
-    audit_filter_contract(store.clone()).await;
-    delivery_filter_contract(store.clone()).await;
+    assert!(
+        store
+            .migration_status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.applied_at.is_some())
+    );
+    drop(store);
+    db.drop_db().await;
+}
+
+/// Deleting a tenant deletes its executions' checkpoints too (read behind the store's back).
+#[tokio::test]
+async fn sqlite_tenant_deletion_removes_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let id = tenant_deletion_contract(store).await;
+    let mut conn = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("mantle.db").display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(checkpoint_rows!(&mut conn, id), (0, 0));
+}
+
+#[tokio::test]
+async fn postgres_tenant_deletion_removes_checkpoints() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    let store = pg_store(&db).await;
     let id = tenant_deletion_contract(store.clone()).await;
     drop(store);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
