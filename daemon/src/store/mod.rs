@@ -348,33 +348,8 @@ pub trait ExecutionStore: Send + Sync {
     /// Moves queued executions to pending (claimable) while their tenant has free slots
     /// under its concurrency cap (bounded by `global_max`); returns how many.
     async fn promote_queued(&self, global_max: Option<u32>) -> Result<u64>;
-    /// Takes up to `limit` due webhook deliveries for `hold_ms` (another daemon will not
-    /// send them meanwhile).
-    async fn claim_deliveries(
-        &self,
-        claim: &crate::engine::model::DeliveryClaim,
-    ) -> Result<Vec<Delivery>>;
-    async fn finish_delivery(
-        &self,
-        id: uuid::Uuid,
-        attempts: i32,
-        outcome: &DeliveryOutcome,
-    ) -> Result<()>;
-    /// Deliveries `filter` matches, newest first; `tenant_id: None` lists every tenant's.
-    /// A page ends at [`MAX_PAGE_BYTES`], and a BASIC one has no payloads.
-    ///
-    /// [`MAX_PAGE_BYTES`]: crate::tenancy::model::MAX_PAGE_BYTES
-    async fn list_deliveries(
-        &self,
-        tenant_id: Option<uuid::Uuid>,
-        filter: &crate::webhooks::model::DeliveryFilter,
-        page: &PageRequest,
-        view: View,
-    ) -> Result<Page<Delivery>>;
     /// Queued executions per tenant, across every daemon (tenants with none are absent).
     async fn count_queued(&self) -> Result<Vec<(uuid::Uuid, i64)>>;
-    /// Deletes idempotency keys that expired before `now`; returns how many.
-    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
     /// Writes a transition in one transaction, if `lease` is still held.
     async fn write_transition(&self, lease: Lease, t: &Transition) -> Result<()> {
         self.queue_transition(lease, std::sync::Arc::new(t.clone()), Order::default())
@@ -484,6 +459,48 @@ pub trait SecretStore: Send + Sync {
         check: &Sealed,
         now: DateTime<Utc>,
     ) -> Result<()>;
+}
+
+/// Webhook deliveries: queued with an execution's end (in its transition), then claimed,
+/// sent and finished by the delivery loop of any daemon.
+#[async_trait::async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Takes up to `limit` due webhook deliveries for `hold_ms` (another daemon will not
+    /// send them meanwhile).
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::engine::model::DeliveryClaim,
+    ) -> Result<Vec<Delivery>>;
+    async fn finish_delivery(
+        &self,
+        id: uuid::Uuid,
+        attempts: i32,
+        outcome: &DeliveryOutcome,
+    ) -> Result<()>;
+    /// Deliveries `filter` matches, newest first; `tenant_id: None` lists every tenant's.
+    /// A page ends at [`MAX_PAGE_BYTES`], and a BASIC one has no payloads.
+    ///
+    /// [`MAX_PAGE_BYTES`]: crate::tenancy::model::MAX_PAGE_BYTES
+    async fn list_deliveries(
+        &self,
+        tenant_id: Option<uuid::Uuid>,
+        filter: &crate::webhooks::model::DeliveryFilter,
+        page: &PageRequest,
+        view: View,
+    ) -> Result<Page<Delivery>>;
+}
+
+/// The idempotency keys of `StartExecution`, claimed in [`ExecutionStore::create_execution`].
+#[async_trait::async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Deletes idempotency keys that expired before `now`; returns how many.
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
+}
+
+/// The audit log: who changed what, when, with which result.
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Records one event, through the writers' group commit (no commit of its own).
     async fn record_audit(&self, event: &AuditEvent) -> Result<()>;
     /// Events `filter` matches, newest first; `tenant_id: None` lists every tenant's and the
     /// installation's events.
@@ -497,7 +514,15 @@ pub trait SecretStore: Send + Sync {
 
 /// Everything the daemon stores.
 #[async_trait::async_trait]
-pub trait Store: TenantStore + DefinitionStore + ExecutionStore + SecretStore {
+pub trait Store:
+    TenantStore
+    + DefinitionStore
+    + ExecutionStore
+    + DeliveryStore
+    + IdempotencyStore
+    + SecretStore
+    + AuditStore
+{
     fn backend(&self) -> Backend;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;

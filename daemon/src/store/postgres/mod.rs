@@ -26,6 +26,9 @@ mod writer;
 /// The store the shared implementations of `store/common/` are compiled for here.
 type ThisStore = PgStore;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/audit.rs"]
+mod audit;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/definitions.rs"]
 mod definitions;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
@@ -183,59 +186,6 @@ impl ExecutionStore for PgStore {
         self.promote_queued_shared(global_max).await
     }
 
-    async fn claim_deliveries(
-        &self,
-        claim: &crate::engine::model::DeliveryClaim,
-    ) -> Result<Vec<Delivery>> {
-        // The outer conditions are checked again on each row once locked: a row another
-        // worker claimed meanwhile (its next attempt moved) is not claimed twice.
-        let sql = format!(
-            "UPDATE webhook_deliveries SET next_attempt = now() + $2 * interval '1 millisecond' \
-             WHERE status = 'pending' AND next_attempt <= now() AND id IN ( \
-             SELECT id FROM (SELECT id, next_attempt, ROW_NUMBER() OVER ( \
-             PARTITION BY tenant_id ORDER BY next_attempt) AS n FROM webhook_deliveries \
-             WHERE status = 'pending' AND next_attempt <= now() \
-             AND NOT (tenant_id = ANY($4))) due \
-             WHERE n <= $3 ORDER BY next_attempt LIMIT $1) \
-             RETURNING {DELIVERY_COLUMNS}"
-        );
-        Ok(sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(claim.limit))
-            .bind(claim.hold_ms as f64)
-            .bind(i64::from(claim.per_tenant))
-            .bind(&claim.skip)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err(|| "webhook deliveries".to_owned()))?
-            .into_iter()
-            .map(Into::into)
-            .collect())
-    }
-
-    async fn finish_delivery(
-        &self,
-        id: Uuid,
-        attempts: i32,
-        outcome: &DeliveryOutcome,
-    ) -> Result<()> {
-        self.finish_delivery_shared(id, attempts, outcome).await
-    }
-
-    async fn list_deliveries(
-        &self,
-        tenant_id: Option<Uuid>,
-        filter: &crate::webhooks::model::DeliveryFilter,
-        page: &PageRequest,
-        view: View,
-    ) -> Result<Page<Delivery>> {
-        self.list_deliveries_shared(tenant_id, filter, page, view)
-            .await
-    }
-
-    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
-        self.sweep_idempotency_keys_shared(now).await
-    }
-
     async fn count_queued(&self) -> Result<Vec<(Uuid, i64)>> {
         self.count_queued_shared().await
     }
@@ -377,6 +327,65 @@ impl ExecutionStore for PgStore {
         limit: u32,
     ) -> Result<Vec<Event>> {
         self.list_events_shared(tenant_id, id, after, limit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl super::DeliveryStore for PgStore {
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::engine::model::DeliveryClaim,
+    ) -> Result<Vec<Delivery>> {
+        // The outer conditions are checked again on each row once locked: a row another
+        // worker claimed meanwhile (its next attempt moved) is not claimed twice.
+        let sql = format!(
+            "UPDATE webhook_deliveries SET next_attempt = now() + $2 * interval '1 millisecond' \
+             WHERE status = 'pending' AND next_attempt <= now() AND id IN ( \
+             SELECT id FROM (SELECT id, next_attempt, ROW_NUMBER() OVER ( \
+             PARTITION BY tenant_id ORDER BY next_attempt) AS n FROM webhook_deliveries \
+             WHERE status = 'pending' AND next_attempt <= now() \
+             AND NOT (tenant_id = ANY($4))) due \
+             WHERE n <= $3 ORDER BY next_attempt LIMIT $1) \
+             RETURNING {DELIVERY_COLUMNS}"
+        );
+        Ok(sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(claim.limit))
+            .bind(claim.hold_ms as f64)
+            .bind(i64::from(claim.per_tenant))
+            .bind(&claim.skip)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(|| "webhook deliveries".to_owned()))?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: Uuid,
+        attempts: i32,
+        outcome: &DeliveryOutcome,
+    ) -> Result<()> {
+        self.finish_delivery_shared(id, attempts, outcome).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant_id: Option<Uuid>,
+        filter: &crate::webhooks::model::DeliveryFilter,
+        page: &PageRequest,
+        view: View,
+    ) -> Result<Page<Delivery>> {
+        self.list_deliveries_shared(tenant_id, filter, page, view)
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl super::IdempotencyStore for PgStore {
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.sweep_idempotency_keys_shared(now).await
     }
 }
 

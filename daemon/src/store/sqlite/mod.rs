@@ -28,6 +28,9 @@ mod writer;
 /// The store the shared implementations of `store/common/` are compiled for here.
 type ThisStore = SqliteStore;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/audit.rs"]
+mod audit;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/definitions.rs"]
 mod definitions;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
@@ -200,69 +203,6 @@ impl ExecutionStore for SqliteStore {
         self.promote_queued_shared(global_max).await
     }
 
-    async fn claim_deliveries(
-        &self,
-        claim: &crate::engine::model::DeliveryClaim,
-    ) -> Result<Vec<Delivery>> {
-        let now = Utc::now();
-        // One daemon per SQLite file: no other worker claims meanwhile.
-        let skip = (0..claim.skip.len())
-            .map(|i| format!("${}", i + 5))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let skip = if skip.is_empty() {
-            String::new()
-        } else {
-            format!("AND tenant_id NOT IN ({skip})")
-        };
-        let sql = format!(
-            "UPDATE webhook_deliveries SET next_attempt = $3 WHERE id IN ( \
-             SELECT id FROM (SELECT id, next_attempt, ROW_NUMBER() OVER ( \
-             PARTITION BY tenant_id ORDER BY next_attempt) AS n FROM webhook_deliveries \
-             WHERE status = 'pending' AND next_attempt <= $2 {skip}) due \
-             WHERE n <= $4 ORDER BY next_attempt LIMIT $1) RETURNING {DELIVERY_COLUMNS}"
-        );
-        let mut query = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
-            .bind(i64::from(claim.limit))
-            .bind(now)
-            .bind(now + chrono::Duration::milliseconds(claim.hold_ms as i64))
-            .bind(i64::from(claim.per_tenant));
-        for tenant in &claim.skip {
-            query = query.bind(*tenant);
-        }
-        Ok(query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err(|| "webhook deliveries".to_owned()))?
-            .into_iter()
-            .map(Into::into)
-            .collect())
-    }
-
-    async fn finish_delivery(
-        &self,
-        id: Uuid,
-        attempts: i32,
-        outcome: &DeliveryOutcome,
-    ) -> Result<()> {
-        self.finish_delivery_shared(id, attempts, outcome).await
-    }
-
-    async fn list_deliveries(
-        &self,
-        tenant_id: Option<Uuid>,
-        filter: &crate::webhooks::model::DeliveryFilter,
-        page: &PageRequest,
-        view: View,
-    ) -> Result<Page<Delivery>> {
-        self.list_deliveries_shared(tenant_id, filter, page, view)
-            .await
-    }
-
-    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
-        self.sweep_idempotency_keys_shared(now).await
-    }
-
     async fn count_queued(&self) -> Result<Vec<(Uuid, i64)>> {
         self.count_queued_shared().await
     }
@@ -428,6 +368,75 @@ impl ExecutionStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Event>> {
         self.list_events_shared(tenant_id, id, after, limit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl super::DeliveryStore for SqliteStore {
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::engine::model::DeliveryClaim,
+    ) -> Result<Vec<Delivery>> {
+        let now = Utc::now();
+        // One daemon per SQLite file: no other worker claims meanwhile.
+        let skip = (0..claim.skip.len())
+            .map(|i| format!("${}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let skip = if skip.is_empty() {
+            String::new()
+        } else {
+            format!("AND tenant_id NOT IN ({skip})")
+        };
+        let sql = format!(
+            "UPDATE webhook_deliveries SET next_attempt = $3 WHERE id IN ( \
+             SELECT id FROM (SELECT id, next_attempt, ROW_NUMBER() OVER ( \
+             PARTITION BY tenant_id ORDER BY next_attempt) AS n FROM webhook_deliveries \
+             WHERE status = 'pending' AND next_attempt <= $2 {skip}) due \
+             WHERE n <= $4 ORDER BY next_attempt LIMIT $1) RETURNING {DELIVERY_COLUMNS}"
+        );
+        let mut query = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(claim.limit))
+            .bind(now)
+            .bind(now + chrono::Duration::milliseconds(claim.hold_ms as i64))
+            .bind(i64::from(claim.per_tenant));
+        for tenant in &claim.skip {
+            query = query.bind(*tenant);
+        }
+        Ok(query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(|| "webhook deliveries".to_owned()))?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: Uuid,
+        attempts: i32,
+        outcome: &DeliveryOutcome,
+    ) -> Result<()> {
+        self.finish_delivery_shared(id, attempts, outcome).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant_id: Option<Uuid>,
+        filter: &crate::webhooks::model::DeliveryFilter,
+        page: &PageRequest,
+        view: View,
+    ) -> Result<Page<Delivery>> {
+        self.list_deliveries_shared(tenant_id, filter, page, view)
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl super::IdempotencyStore for SqliteStore {
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.sweep_idempotency_keys_shared(now).await
     }
 }
 
