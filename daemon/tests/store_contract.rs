@@ -13,8 +13,8 @@ use mantle_daemon::engine::model::{
     Created, Event, EventKind, ExecutionFilter, ExecutionStatus, ExecutionUpdate, IdempotencyKey,
     NewExecution, Order, StepAttempt, StepStatus, Ticket, Transition,
 };
-use mantle_daemon::secrets::model::{ActionMatch, AuditEvent, AuditFilter, ResultMatch};
 use mantle_daemon::store::{self, Backend, OpenOptions, Store};
+use mantle_daemon::tenancy::model::{ActionMatch, AuditEvent, AuditFilter, ResultMatch};
 use mantle_daemon::tenancy::model::{
     DEFAULT_TENANT_ID, MAX_PAGE_BYTES, NewApiKey, PageRequest, Tenant, TenantSettings,
     TenantUpdate, View,
@@ -1405,8 +1405,8 @@ async fn group_commit_contract(store: Arc<dyn Store>) {
         })
         .collect();
     // Audit records share the same batches.
-    let records: Vec<mantle_daemon::secrets::model::AuditEvent> = (0..10)
-        .map(|k| mantle_daemon::secrets::model::AuditEvent {
+    let records: Vec<mantle_daemon::tenancy::model::AuditEvent> = (0..10)
+        .map(|k| mantle_daemon::tenancy::model::AuditEvent {
             id: uuid::Uuid::now_v7(),
             tenant_id: Some(t.id),
             time: Utc::now(),

@@ -15,9 +15,10 @@ use zeroize::Zeroizing;
 use crate::auth::{self, Caller, Scope};
 use crate::connectors::Credential;
 use crate::store::{self, Store};
+use crate::tenancy::model::AuditEvent;
 use crate::tenancy::model::{Page, PageRequest, TenantRef};
 use crypto::{CryptoError, KeyRing};
-use model::{AuditEvent, SecretMeta, StoredSecret};
+use model::{SecretMeta, StoredSecret};
 
 /// Most fields a secret may have, and the longest value.
 const MAX_FIELDS: usize = 64;

@@ -17,8 +17,10 @@ use crate::engine::model::{
     Order, StepAttempt, Ticket, Transition,
 };
 use crate::secrets::crypto::Sealed;
-use crate::secrets::model::{AuditEvent, SecretMeta, StoredSecret};
-use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
+use crate::secrets::model::{SecretMeta, StoredSecret};
+use crate::tenancy::model::{
+    ApiKey, AuditEvent, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View,
+};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -507,7 +509,7 @@ pub trait AuditStore: Send + Sync {
     async fn list_audit(
         &self,
         tenant_id: Option<uuid::Uuid>,
-        filter: &crate::secrets::model::AuditFilter,
+        filter: &crate::tenancy::model::AuditFilter,
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>>;
 }

@@ -470,9 +470,9 @@ pub(super) struct AuditRow {
     detail: Option<String>,
 }
 
-impl From<AuditRow> for crate::secrets::model::AuditEvent {
+impl From<AuditRow> for crate::tenancy::model::AuditEvent {
     fn from(r: AuditRow) -> Self {
-        crate::secrets::model::AuditEvent {
+        crate::tenancy::model::AuditEvent {
             id: r.id,
             tenant_id: r.tenant_id,
             time: r.time,
@@ -502,8 +502,8 @@ pub(super) struct AuditBinds<'a> {
 }
 
 impl<'a> AuditBinds<'a> {
-    pub(super) fn of(f: &'a crate::secrets::model::AuditFilter) -> Self {
-        use crate::secrets::model::{ActionMatch, ResultMatch};
+    pub(super) fn of(f: &'a crate::tenancy::model::AuditFilter) -> Self {
+        use crate::tenancy::model::{ActionMatch, ResultMatch};
         let (action, prefix) = match &f.action {
             None => (None, None),
             Some(ActionMatch::Exact(a)) => (Some(a.as_str()), None),

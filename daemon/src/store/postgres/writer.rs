@@ -379,7 +379,7 @@ struct Columns<'a> {
     w_create: Vec<chrono::DateTime<chrono::Utc>>,
     w_expire: Vec<chrono::DateTime<chrono::Utc>>,
     creates: Vec<&'a NewRow>,
-    audits: Vec<&'a crate::secrets::model::AuditEvent>,
+    audits: Vec<&'a crate::tenancy::model::AuditEvent>,
 }
 
 impl<'a> Columns<'a> {

@@ -222,7 +222,7 @@ fn create(conn: &Connection, row: &NewRow) -> Result<()> {
     Ok(())
 }
 
-fn audit(conn: &Connection, e: &crate::secrets::model::AuditEvent) -> Result<()> {
+fn audit(conn: &Connection, e: &crate::tenancy::model::AuditEvent) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO audit_events (id, tenant_id, time, actor, action, resource, result, \
          detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
