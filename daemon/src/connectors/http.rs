@@ -18,11 +18,87 @@ use serde_json::{Map, Value};
 
 use super::net::NetworkPolicy;
 use super::status::StatusSet;
-use super::{ActionError, Credential, Invocation};
+use super::{
+    ActionError, ActionSpec, Credential, Effect, Invocation, ParamType, Run, Setup, param,
+};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_RESPONSE_BYTES: u64 = 10 * 1024 * 1024;
 const MAX_REDIRECTS: usize = 10;
+
+const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// `http/request`.
+pub const SPEC: ActionSpec = ActionSpec {
+    name: "http/request",
+    description: "Sends an HTTP request; outputs {status, headers, body, url} (body parsed when JSON), also when the status fails the step.",
+    params: &[
+        param(
+            "url",
+            ParamType::String,
+            true,
+            "absolute http:// or https:// URL",
+        ),
+        param(
+            "method",
+            ParamType::OneOf(HTTP_METHODS),
+            false,
+            "HTTP method (default GET)",
+        ),
+        param("headers", ParamType::Object, false, "request headers"),
+        param(
+            "query",
+            ParamType::Object,
+            false,
+            "query parameters added to the URL",
+        ),
+        param("body", ParamType::String, false, "raw request body"),
+        param("json", ParamType::Any, false, "a value sent as a JSON body"),
+        param(
+            "timeout",
+            ParamType::Duration,
+            false,
+            "request timeout (default 30s)",
+        ),
+        param(
+            "follow_redirects",
+            ParamType::Boolean,
+            false,
+            "follow redirects (default true, at most 10)",
+        ),
+        param(
+            "max_response_bytes",
+            ParamType::Integer,
+            false,
+            "response size cap (default 10 MiB)",
+        ),
+        param(
+            "ok_status",
+            ParamType::StatusList,
+            false,
+            "statuses that count as success, such as [200-299, 404] (default: below 400)",
+        ),
+    ],
+    open_params: false,
+    exclusive: &[&["body", "json"]],
+    credential_types: &["bearer", "basic", "header"],
+    logs: false,
+    run: Run::Effect(build),
+};
+
+fn build(setup: &Setup) -> Result<std::sync::Arc<dyn Effect>, String> {
+    Ok(std::sync::Arc::new(HttpConnector::new(
+        setup.outbound.clone(),
+        setup.max_buffered_bytes,
+    )?))
+}
+
+#[async_trait::async_trait]
+impl Effect for HttpConnector {
+    async fn run(&self, inv: Invocation) -> Result<Value, ActionError> {
+        HttpConnector::run(self, inv).await
+    }
+}
 
 /// Where outbound requests may go, and how.
 #[derive(Debug, Clone, Default)]

@@ -3,11 +3,13 @@
 //! through [`Connectors`]. Connectors never touch the store: they get params (templates
 //! already rendered) and a credential, and return an output or an error.
 
+pub mod core;
 pub mod http;
 pub mod net;
 pub mod status;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -102,45 +104,75 @@ pub enum ActionKind {
 
 /// Whether `action` does no I/O and finishes at once (see [`ActionKind::Pure`]).
 pub fn is_pure(action: &str) -> bool {
-    self::action(action).is_some_and(|a| a.kind == ActionKind::Pure)
+    self::action(action).is_some_and(|a| a.kind() == ActionKind::Pure)
 }
 
 /// Runs an action that does no I/O (see [`is_pure`]) at once; `None` for any other action.
-/// `core/fail`'s error may be retried, as the step's `retry` asks (its message may depend on
-/// what changes between attempts, such as the time).
 pub fn run_pure(
     action: &str,
     params: &serde_json::Map<String, Value>,
 ) -> Option<Result<Value, String>> {
-    Some(match action {
-        "core/log" => {
-            let message = match params.get("message") {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-                None => String::new(),
-            };
-            Ok(serde_json::json!({ "message": message }))
-        }
-        "core/set" => Ok(Value::Object(params.clone())),
-        "core/fail" => Err(match params.get("message") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-            None => "core/fail".to_owned(),
-        }),
-        _ => return None,
-    })
+    match self::action(action)?.run {
+        Run::Pure(run) => Some(run(params)),
+        Run::Effect(_) | Run::Timer => None,
+    }
 }
 
-/// Runs actions. `core/sleep` is not here: the engine keeps its timer durably.
+/// How an action runs, by its kind.
+#[derive(Clone, Copy)]
+pub enum Run {
+    /// At once, inside the driver.
+    Pure(fn(&serde_json::Map<String, Value>) -> Result<Value, String>),
+    /// As a task: `build` makes the runner once, when the daemon starts.
+    Effect(fn(&Setup) -> Result<Arc<dyn Effect>, String>),
+    /// Nothing runs: the engine keeps the timer.
+    Timer,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Run::Pure(_) => "Pure",
+            Run::Effect(_) => "Effect",
+            Run::Timer => "Timer",
+        })
+    }
+}
+
+/// What effect runners are built with: the daemon's outbound settings.
+pub struct Setup {
+    pub outbound: http::Outbound,
+    /// `MANTLE_HTTP_MAX_BUFFERED_BYTES`.
+    pub max_buffered_bytes: u64,
+}
+
+/// An action that talks to the world.
+#[async_trait::async_trait]
+pub trait Effect: Send + Sync {
+    /// Runs once; `Err` is the step's error and whether a retry may fix it.
+    async fn run(&self, inv: Invocation) -> Result<Value, ActionError>;
+}
+
+/// Runs actions: the pure ones at once, the effects with the runners built at start.
 pub struct Connectors {
-    http: http::HttpConnector,
+    effects: BTreeMap<&'static str, Arc<dyn Effect>>,
 }
 
 impl Connectors {
-    pub fn new(outbound: http::Outbound, max_buffered_bytes: u64) -> Result<Connectors, String> {
-        Ok(Connectors {
-            http: http::HttpConnector::new(outbound, max_buffered_bytes)?,
-        })
+    /// Builds the runner of every effect of [`BUILTIN`].
+    pub fn new(setup: &Setup) -> Result<Connectors, String> {
+        Self::with(BUILTIN, setup)
+    }
+
+    /// Builds the runners of `actions`' effects (tests register their own actions).
+    pub fn with(actions: &[&ActionSpec], setup: &Setup) -> Result<Connectors, String> {
+        let mut effects = BTreeMap::new();
+        for a in actions {
+            if let Run::Effect(build) = a.run {
+                effects.insert(a.name, build(setup)?);
+            }
+        }
+        Ok(Connectors { effects })
     }
 
     /// Runs the action; `Err` is the step's error and whether a retry may fix it.
@@ -148,9 +180,12 @@ impl Connectors {
         if let Some(result) = run_pure(&inv.action, &inv.params) {
             return result.map_err(ActionError::transient);
         }
-        match inv.action.as_str() {
-            "http/request" => self.http.run(inv).await,
-            other => Err(ActionError::permanent(format!("unknown action {other:?}"))),
+        match self.effects.get(inv.action.as_str()) {
+            Some(effect) => effect.run(inv).await,
+            None => Err(ActionError::permanent(format!(
+                "unknown action {:?}",
+                inv.action
+            ))),
         }
     }
 }
@@ -217,13 +252,24 @@ pub struct ActionSpec {
     pub exclusive: &'static [Exclusive],
     /// Credential types the action can use; empty when it takes no credential.
     pub credential_types: &'static [&'static str],
-    /// How the engine runs it.
-    pub kind: ActionKind,
     /// Its output's `message` is also a line of the execution's log (`core/log`).
     pub logs: bool,
+    /// How it runs; its [`ActionKind`] follows.
+    pub run: Run,
 }
 
-const fn param(
+impl ActionSpec {
+    /// How the engine runs it.
+    pub fn kind(&self) -> ActionKind {
+        match self.run {
+            Run::Pure(_) => ActionKind::Pure,
+            Run::Effect(_) => ActionKind::Effect,
+            Run::Timer => ActionKind::Timer,
+        }
+    }
+}
+
+pub(crate) const fn param(
     name: &'static str,
     ty: ParamType,
     required: bool,
@@ -237,124 +283,109 @@ const fn param(
     }
 }
 
-const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-
-/// Every built-in action.
-pub const BUILTIN: &[ActionSpec] = &[
-    ActionSpec {
-        name: "core/log",
-        description: "Writes a message to the execution's log; outputs {message}.",
-        params: &[param("message", ParamType::String, true, "the text to log")],
-        open_params: false,
-        exclusive: &[],
-        credential_types: &[],
-        kind: ActionKind::Pure,
-        logs: true,
-    },
-    ActionSpec {
-        name: "core/set",
-        description: "Outputs its params as they evaluate: every param becomes an output field.",
-        params: &[],
-        open_params: true,
-        exclusive: &[],
-        credential_types: &[],
-        kind: ActionKind::Pure,
-        logs: false,
-    },
-    ActionSpec {
-        name: "core/sleep",
-        description: "Waits durably for a duration; survives restarts without holding a task.",
-        params: &[param(
-            "duration",
-            ParamType::Duration,
-            true,
-            "how long to wait, such as 500ms, 2s, 5m",
-        )],
-        open_params: false,
-        exclusive: &[],
-        credential_types: &[],
-        kind: ActionKind::Timer,
-        logs: false,
-    },
-    ActionSpec {
-        name: "core/fail",
-        description: "Fails the step with a message.",
-        params: &[param(
-            "message",
-            ParamType::String,
-            true,
-            "the error message",
-        )],
-        open_params: false,
-        exclusive: &[],
-        credential_types: &[],
-        kind: ActionKind::Pure,
-        logs: false,
-    },
-    ActionSpec {
-        name: "http/request",
-        description: "Sends an HTTP request; outputs {status, headers, body, url} (body parsed when JSON), also when the status fails the step.",
-        params: &[
-            param(
-                "url",
-                ParamType::String,
-                true,
-                "absolute http:// or https:// URL",
-            ),
-            param(
-                "method",
-                ParamType::OneOf(HTTP_METHODS),
-                false,
-                "HTTP method (default GET)",
-            ),
-            param("headers", ParamType::Object, false, "request headers"),
-            param(
-                "query",
-                ParamType::Object,
-                false,
-                "query parameters added to the URL",
-            ),
-            param("body", ParamType::String, false, "raw request body"),
-            param("json", ParamType::Any, false, "a value sent as a JSON body"),
-            param(
-                "timeout",
-                ParamType::Duration,
-                false,
-                "request timeout (default 30s)",
-            ),
-            param(
-                "follow_redirects",
-                ParamType::Boolean,
-                false,
-                "follow redirects (default true, at most 10)",
-            ),
-            param(
-                "max_response_bytes",
-                ParamType::Integer,
-                false,
-                "response size cap (default 10 MiB)",
-            ),
-            param(
-                "ok_status",
-                ParamType::StatusList,
-                false,
-                "statuses that count as success, such as [200-299, 404] (default: below 400)",
-            ),
-        ],
-        open_params: false,
-        exclusive: &[&["body", "json"]],
-        credential_types: &["bearer", "basic", "header"],
-        kind: ActionKind::Effect,
-        logs: false,
-    },
+/// Every built-in action: registering one is one line here (its module declares its
+/// [`ActionSpec`], and how it runs in `run`).
+pub const BUILTIN: &[&ActionSpec] = &[
+    &core::LOG,
+    &core::SET,
+    &core::SLEEP,
+    &core::FAIL,
+    &http::SPEC,
 ];
 
 /// Looks an action up by name.
 pub fn action(name: &str) -> Option<&'static ActionSpec> {
-    BUILTIN.iter().find(|a| a.name == name)
+    BUILTIN.iter().copied().find(|a| a.name == name)
 }
 
 /// Every action name, for suggestions.
 pub fn action_names() -> impl Iterator<Item = &'static str> {
     BUILTIN.iter().map(|a| a.name)
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    /// An action of a test: its spec and its runner, registered by naming it in a list.
+    const ECHO: ActionSpec = ActionSpec {
+        name: "test/echo",
+        description: "Answers its params.",
+        params: &[param("say", ParamType::String, true, "what to answer")],
+        open_params: false,
+        exclusive: &[],
+        credential_types: &[],
+        logs: false,
+        run: Run::Effect(|_| Ok(Arc::new(Echo))),
+    };
+
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl Effect for Echo {
+        async fn run(&self, inv: Invocation) -> Result<Value, ActionError> {
+            Ok(Value::Object(inv.params))
+        }
+    }
+
+    fn invocation(action: &str, params: Value) -> Invocation {
+        Invocation {
+            action: action.to_owned(),
+            params: params.as_object().cloned().unwrap_or_default(),
+            credential: None,
+            cancel: tokio_util::sync::CancellationToken::new(),
+            allowed_domains: None,
+        }
+    }
+
+    fn setup() -> Setup {
+        Setup {
+            outbound: http::Outbound::default(),
+            max_buffered_bytes: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registered_action_runs_by_its_name() {
+        let connectors = Connectors::with(&[&ECHO, &core::SET], &setup()).unwrap();
+        let said = serde_json::json!({"say": "hi"});
+        let out = connectors
+            .invoke(invocation("test/echo", said.clone()))
+            .await;
+        assert_eq!(out, Ok(said.clone()));
+        assert_eq!(ECHO.kind(), ActionKind::Effect);
+        // Pure actions run from their spec, without a runner.
+        let out = connectors.invoke(invocation("core/set", said)).await;
+        assert_eq!(out, Ok(serde_json::json!({"say": "hi"})));
+        // Not registered: refused for good, naming it.
+        let err = Connectors::with(&[&core::SET], &setup())
+            .unwrap()
+            .invoke(invocation("test/echo", serde_json::json!({})))
+            .await
+            .unwrap_err();
+        assert_eq!(err.message, "unknown action \"test/echo\"");
+        assert!(!err.retryable);
+    }
+
+    #[test]
+    fn every_builtin_action_declares_how_it_runs() {
+        let kinds: Vec<(&str, ActionKind)> = BUILTIN.iter().map(|a| (a.name, a.kind())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("core/log", ActionKind::Pure),
+                ("core/set", ActionKind::Pure),
+                ("core/sleep", ActionKind::Timer),
+                ("core/fail", ActionKind::Pure),
+                ("http/request", ActionKind::Effect),
+            ]
+        );
+        assert!(
+            BUILTIN
+                .iter()
+                .filter(|a| a.logs)
+                .map(|a| a.name)
+                .eq(["core/log"])
+        );
+    }
 }

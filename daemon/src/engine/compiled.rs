@@ -254,7 +254,7 @@ impl CompiledWorkflow {
                 let action = crate::connectors::action(&s.action)
                     .ok_or_else(|| format!("step {}: unknown action {:?}", s.name, s.action))?;
                 steps.push(CompiledStep {
-                    kind: action.kind,
+                    kind: action.kind(),
                     logs: action.logs,
                     spec: s.clone(),
                     condition,

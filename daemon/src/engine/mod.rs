@@ -225,13 +225,13 @@ impl Engine {
         );
         Ok(Engine {
             inner: Arc::new(Inner {
-                connectors: Connectors::new(
-                    crate::connectors::http::Outbound {
+                connectors: Connectors::new(&crate::connectors::Setup {
+                    outbound: crate::connectors::http::Outbound {
                         policy: config.network,
                         proxy: config.proxy.clone(),
                     },
-                    config.max_buffered_bytes,
-                )?,
+                    max_buffered_bytes: config.max_buffered_bytes,
+                })?,
                 store,
                 node,
                 config,

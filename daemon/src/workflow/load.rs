@@ -1047,7 +1047,8 @@ impl Decoder<'_> {
 
         let retry = field("retry").and_then(|n| self.retry(n, &join(path, "retry")));
         let timeout_ms = field("timeout").and_then(|n| {
-            if let Some(timer) = spec_of_action.filter(|a| a.kind == connectors::ActionKind::Timer)
+            if let Some(timer) =
+                spec_of_action.filter(|a| a.kind() == connectors::ActionKind::Timer)
             {
                 self.add(
                     n.pos,
