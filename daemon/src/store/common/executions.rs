@@ -190,15 +190,6 @@ impl ThisStore {
         .map_err(map_err(|| "queued executions".to_owned()))
     }
 
-    pub(super) async fn sweep_idempotency_keys_shared(&self, now: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE expire_time < $1")
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err(|| "idempotency keys".to_owned()))?;
-        Ok(done.rows_affected())
-    }
-
     pub(super) async fn load_execution_shared(
         &self,
         id: Uuid,
@@ -547,5 +538,17 @@ impl ThisStore {
         .into_iter()
         .map(TryInto::try_into)
         .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::store::IdempotencyStore for ThisStore {
+    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE expire_time < $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err(|| "idempotency keys".to_owned()))?;
+        Ok(done.rows_affected())
     }
 }

@@ -383,13 +383,6 @@ impl super::DeliveryStore for PgStore {
 }
 
 #[async_trait::async_trait]
-impl super::IdempotencyStore for PgStore {
-    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
-        self.sweep_idempotency_keys_shared(now).await
-    }
-}
-
-#[async_trait::async_trait]
 impl Store for PgStore {
     fn backend(&self) -> Backend {
         Backend::Postgres

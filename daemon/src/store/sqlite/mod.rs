@@ -434,13 +434,6 @@ impl super::DeliveryStore for SqliteStore {
 }
 
 #[async_trait::async_trait]
-impl super::IdempotencyStore for SqliteStore {
-    async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {
-        self.sweep_idempotency_keys_shared(now).await
-    }
-}
-
-#[async_trait::async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> Backend {
         Backend::Sqlite
