@@ -169,6 +169,9 @@ pub enum Command {
     /// in and never come out: no command prints them.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// List the actions a step may name, or describe one's params.
+    #[command(subcommand)]
+    Actions(ActionsCommand),
     /// Read the audit log: who changed what, when, and with which result.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -407,6 +410,19 @@ pub struct FilesArgs {
     /// prints an object and several print a list.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+}
+
+/// `mantlectl actions …`.
+#[derive(Debug, Subcommand)]
+pub enum ActionsCommand {
+    /// List every action: name, kind (pure, effect, timer), credential types, description.
+    List,
+    /// Show an action's params (type, required, description) and credential types; with
+    /// -o json/yaml, its params as JSON Schema.
+    Describe {
+        /// Action name, such as http/request.
+        name: String,
+    },
 }
 
 /// `mantlectl workflows …`.

@@ -13,15 +13,16 @@ use mantle_proto::v1::system_service_client::SystemServiceClient;
 use mantle_proto::v1::tenant_service_client::TenantServiceClient;
 use mantle_proto::v1::webhook_service_client::WebhookServiceClient;
 use mantle_proto::v1::{
+    ActionInfo, AuditEvent, ListActionsRequest, ListAuditEventsRequest,
+    ListWebhookDeliveriesRequest, WebhookDelivery,
+};
+use mantle_proto::v1::{
     ApiKey, ApplyDefinitionRequest, ApplyDefinitionResponse, CreateApiKeyRequest,
     CreateApiKeyResponse, CreateTenantRequest, Definition, DefinitionSummary, DefinitionVersion,
     DeleteDefinitionRequest, DeleteTenantRequest, GetDefinitionRequest, GetServerInfoRequest,
     GetTenantRequest, ListApiKeysRequest, ListDefinitionVersionsRequest, ListDefinitionsRequest,
     ListTenantsRequest, Plan, PlanDefinitionRequest, RevokeApiKeyRequest, ServerInfo, Tenant,
     UpdateTenantRequest, ValidateDefinitionRequest, ValidateDefinitionResponse,
-};
-use mantle_proto::v1::{
-    AuditEvent, ListAuditEventsRequest, ListWebhookDeliveriesRequest, WebhookDelivery,
 };
 use mantle_proto::v1::{
     CancelExecutionRequest, Execution, ExecutionEvent, ExecutionStatus, GetExecutionRequest,
@@ -550,6 +551,18 @@ impl Client {
             async move { c.revoke_api_key(r).await }
         })
         .await
+    }
+
+    /// The actions a step may name, by name, each with its params' JSON Schema
+    /// (`params_schema_json`). Needs `definitions:read`.
+    pub async fn list_actions(&self) -> Result<Vec<ActionInfo>, Error> {
+        let response = self
+            .call(false, ListActionsRequest {}, |r| {
+                let mut c = self.definition_service();
+                async move { c.list_actions(r).await }
+            })
+            .await?;
+        Ok(response.actions)
     }
 
     /// Checks a workflow file without storing anything. `filename` (may be empty) names

@@ -978,3 +978,93 @@ steps:
         describe_output(&out)
     );
 }
+
+/// `ListActions` and `mantlectl actions list|describe`: every action with its params as
+/// JSON Schema, from the same declarations validation uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_are_listed_with_their_params_schema() {
+    let daemon = Daemon::start_ok(DaemonOptions::sqlite()).await;
+    let operator = daemon.operator_token();
+    let (_tenant, token) = tenant_with_key(&daemon, &operator, "acts", &["definitions:read"]).await;
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], token: &str| {
+        let mut cmd = mantlectl_command(home.path());
+        cmd.env("MANTLE_DATA_DIR", home.path().join("no-data"))
+            .arg("--address")
+            .arg(daemon.addr.to_string())
+            .arg("--token")
+            .arg(token)
+            .args(args);
+        run_with_timeout(cmd, Duration::from_secs(60))
+    };
+    let out = run(&["-o", "json", "actions", "list"], &token)
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "core/log",
+            "core/set",
+            "core/sleep",
+            "core/fail",
+            "http/request"
+        ]
+    );
+    let http = &list[4];
+    assert_eq!(http["kind"], "effect");
+    assert_eq!(
+        http["credential_types"],
+        serde_json::json!(["bearer", "basic", "header"])
+    );
+    assert_eq!(
+        http["params_schema"]["required"],
+        serde_json::json!(["url"])
+    );
+    assert_eq!(
+        http["params_schema"]["properties"]["ok_status"]["type"],
+        "array"
+    );
+    assert_eq!(list[2]["kind"], "timer");
+
+    let out = run(&["actions", "describe", "http/request"], &token)
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("http/request (effect): "), "{text}");
+    let url = text
+        .lines()
+        .find(|l| l.starts_with("url "))
+        .unwrap_or_else(|| panic!("no url row:\n{text}"));
+    assert!(url.contains("string") && url.contains("yes"), "{url}");
+
+    let out = run(&["actions", "describe", "htp/request"], &token)
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no action \"htp/request\"; the actions are core/log"),
+        "{}",
+        describe_output(&out)
+    );
+
+    // definitions:read is needed.
+    let (_other, no_scope) =
+        tenant_with_key(&daemon, &operator, "acts", &["executions:read"]).await;
+    let out = run(&["actions", "list"], &no_scope).await.unwrap();
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("definitions:read"),
+        "{}",
+        describe_output(&out)
+    );
+}

@@ -115,6 +115,8 @@ const RULES: &[(&str, Rule)] = &[
         NOT_FOUND_READ,
     ),
     ("mantle.v1.DefinitionService/DeleteDefinition", NOT_FOUND),
+    // The installation's actions: the same for every tenant, no tenant's data.
+    ("mantle.v1.DefinitionService/ListActions", OWN),
     // With A's idempotency key. The caller's tenant has no workflow `secret-wf` (phase 0):
     // NOT_FOUND. Once it has its own `secret-wf`, the same request (and the key sent as
     // metadata) must start the caller's own execution: idempotency keys are per tenant.

@@ -1,5 +1,6 @@
 //! One module per noun; each command prints its data to stdout and returns.
 
+pub mod actions;
 pub mod audit;
 pub mod definitions;
 pub mod executions;
@@ -146,6 +147,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Retry { id, waiting } => executions::retry(&ctx, &id, &waiting).await,
         Command::Executions(command) => executions::run(&ctx, command).await,
         Command::Secrets(command) => secrets::run(&ctx, command).await,
+        Command::Actions(command) => actions::run(&ctx, command).await,
         Command::Audit(command) => audit::run(&ctx, command).await,
         Command::Webhooks(command) => webhooks::run(&ctx, command).await,
     }

@@ -65,6 +65,31 @@ impl DefinitionService for DefinitionApi {
         }))
     }
 
+    async fn list_actions(
+        &self,
+        request: Request<pb::ListActionsRequest>,
+    ) -> Result<Response<pb::ListActionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let actions = self.definitions.actions(caller)?;
+        Ok(Response::new(pb::ListActionsResponse {
+            actions: actions
+                .iter()
+                .map(|a| pb::ActionInfo {
+                    name: a.name.to_owned(),
+                    description: a.description.to_owned(),
+                    kind: match a.kind() {
+                        crate::connectors::ActionKind::Pure => "pure",
+                        crate::connectors::ActionKind::Effect => "effect",
+                        crate::connectors::ActionKind::Timer => "timer",
+                    }
+                    .to_owned(),
+                    credential_types: a.credential_types.iter().map(|t| (*t).to_owned()).collect(),
+                    params_schema_json: a.params_schema().to_string(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_definition(
         &self,
         request: Request<pb::GetDefinitionRequest>,

@@ -41,6 +41,7 @@ pub const METHODS: &[(&str, Kind)] = &[
     ("/mantle.v1.DefinitionService/ListDefinitions", Read),
     ("/mantle.v1.DefinitionService/ListDefinitionVersions", Read),
     ("/mantle.v1.DefinitionService/DeleteDefinition", Write),
+    ("/mantle.v1.DefinitionService/ListActions", Read),
     ("/mantle.v1.ExecutionService/StartExecution", Write),
     ("/mantle.v1.ExecutionService/GetExecution", Read),
     ("/mantle.v1.ExecutionService/ListExecutions", Read),

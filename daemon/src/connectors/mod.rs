@@ -259,6 +259,62 @@ pub struct ActionSpec {
 }
 
 impl ActionSpec {
+    /// JSON Schema (draft 2020-12) of its params, from its declaration.
+    pub fn params_schema(&self) -> Value {
+        use serde_json::json;
+        let mut properties = serde_json::Map::new();
+        for p in self.params {
+            let mut schema = match p.ty {
+                ParamType::String => json!({"type": "string"}),
+                ParamType::Integer => json!({"type": "integer"}),
+                ParamType::Number => json!({"type": "number"}),
+                ParamType::Boolean => json!({"type": "boolean"}),
+                ParamType::Object => json!({"type": "object"}),
+                ParamType::Array => json!({"type": "array"}),
+                ParamType::Duration => json!({
+                    "type": "string",
+                    "pattern": "^\\s*([0-9]+(ms|s|m|h|d))+\\s*$",
+                }),
+                ParamType::OneOf(values) => json!({"type": "string", "enum": values}),
+                ParamType::StatusList => json!({
+                    "type": "array",
+                    "items": {"anyOf": [
+                        {"type": "integer", "minimum": 100, "maximum": 599},
+                        {"type": "string", "pattern": "^[1-5][0-9]{2}(-[1-5][0-9]{2})?$"},
+                    ]},
+                }),
+                ParamType::Any => json!({}),
+            };
+            schema["description"] = Value::from(p.description);
+            properties.insert(p.name.to_owned(), schema);
+        }
+        let required: Vec<&str> = self
+            .params
+            .iter()
+            .filter(|p| p.required)
+            .map(|p| p.name)
+            .collect();
+        let mut schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": self.name,
+            "description": self.description,
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": self.open_params,
+        });
+        if !self.exclusive.is_empty() {
+            // At most one of each group: not all of a group's params at once.
+            let groups: Vec<Value> = self
+                .exclusive
+                .iter()
+                .map(|group| json!({"not": {"required": group}}))
+                .collect();
+            schema["allOf"] = Value::from(groups);
+        }
+        schema
+    }
+
     /// How the engine runs it.
     pub fn kind(&self) -> ActionKind {
         match self.run {
@@ -365,6 +421,33 @@ mod registry_tests {
             .unwrap_err();
         assert_eq!(err.message, "unknown action \"test/echo\"");
         assert!(!err.retryable);
+    }
+
+    #[test]
+    fn params_schemas_come_from_the_declarations() {
+        let http = http::SPEC.params_schema();
+        assert_eq!(http["required"], serde_json::json!(["url"]));
+        assert_eq!(http["additionalProperties"], false);
+        assert_eq!(http["properties"]["method"]["enum"][0], "GET");
+        assert_eq!(http["properties"]["ok_status"]["type"], "array");
+        assert_eq!(http["properties"]["timeout"]["type"], "string");
+        assert_eq!(
+            http["allOf"],
+            serde_json::json!([{"not": {"required": ["body", "json"]}}])
+        );
+        // Every declared param is in the schema, described.
+        for p in http::SPEC.params {
+            assert!(
+                http["properties"][p.name]["description"].is_string(),
+                "{}",
+                p.name
+            );
+        }
+        assert_eq!(core::SET.params_schema()["additionalProperties"], true);
+        assert_eq!(
+            core::SLEEP.params_schema()["required"],
+            serde_json::json!(["duration"])
+        );
     }
 
     #[test]

@@ -236,6 +236,16 @@ impl Definitions {
             .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
     }
 
+    /// The actions a step may name (they are the installation's, the same for every
+    /// tenant). Needs `definitions:read`.
+    pub fn actions(
+        &self,
+        caller: &Caller,
+    ) -> Result<&'static [&'static crate::connectors::ActionSpec]> {
+        caller.require(Scope::DefinitionsRead)?;
+        Ok(crate::connectors::BUILTIN)
+    }
+
     pub async fn validate(&self, caller: &Caller, source: &str, filename: &str) -> Result<Checked> {
         let tenant = Self::tenant(caller, Scope::DefinitionsRead)?;
         let loaded = self.check(tenant, source, filename).await?;

@@ -661,3 +661,89 @@ class DeleteDefinitionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteDefinitionRequest: _TypeAlias = DeleteDefinitionRequest  # noqa: Y015
+
+@_typing.final
+class ListActionsRequest(_message.Message):
+    """Request of ListActions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActionsRequest: _TypeAlias = ListActionsRequest  # noqa: Y015
+
+@_typing.final
+class ListActionsResponse(_message.Message):
+    """Response of ListActions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActionInfo]:
+        """Every action, by name."""
+
+    def __init__(
+        self,
+        *,
+        actions: _abc.Iterable[Global___ActionInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActionsResponse: _TypeAlias = ListActionsResponse  # noqa: Y015
+
+@_typing.final
+class ActionInfo(_message.Message):
+    """An action a step may name in `action:`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_TYPES_FIELD_NUMBER: _builtins.int
+    PARAMS_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Such as `http/request`."""
+    description: _builtins.str
+    """What it does and outputs."""
+    kind: _builtins.str
+    """How the engine runs it: `pure` (no I/O, at once), `effect` (talks to the world, under
+    the step's timeout and retry policy) or `timer` (a durable wait).
+    """
+    params_schema_json: _builtins.str
+    """JSON Schema (draft 2020-12) of the step's `params`, as JSON text: each param's type,
+    description and whether it is required. A param written as a `{{ }}` template is
+    checked when the step runs.
+    """
+    @_builtins.property
+    def credential_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The secret types its `credential:` may name; empty when it takes none."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        credential_types: _abc.Iterable[_builtins.str] | None = ...,
+        params_schema_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_types", b"credential_types", "description", b"description", "kind", b"kind", "name", b"name", "params_schema_json", b"params_schema_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionInfo: _TypeAlias = ActionInfo  # noqa: Y015

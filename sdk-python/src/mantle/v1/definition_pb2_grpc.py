@@ -80,6 +80,11 @@ class DefinitionServiceStub:
                 request_serializer=mantle_dot_v1_dot_definition__pb2.DeleteDefinitionRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListActions = channel.unary_unary(
+                '/mantle.v1.DefinitionService/ListActions',
+                request_serializer=mantle_dot_v1_dot_definition__pb2.ListActionsRequest.SerializeToString,
+                response_deserializer=mantle_dot_v1_dot_definition__pb2.ListActionsResponse.FromString,
+                _registered_method=True)
 
 
 class DefinitionServiceServicer:
@@ -146,6 +151,14 @@ class DefinitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListActions(self, request, context):
+        """Lists the actions a step may name, each with its params as JSON Schema. Needs
+        `definitions:read`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DefinitionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +196,11 @@ def add_DefinitionServiceServicer_to_server(servicer, server):
                     servicer.DeleteDefinition,
                     request_deserializer=mantle_dot_v1_dot_definition__pb2.DeleteDefinitionRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActions,
+                    request_deserializer=mantle_dot_v1_dot_definition__pb2.ListActionsRequest.FromString,
+                    response_serializer=mantle_dot_v1_dot_definition__pb2.ListActionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -384,6 +402,33 @@ class DefinitionService:
             '/mantle.v1.DefinitionService/DeleteDefinition',
             mantle_dot_v1_dot_definition__pb2.DeleteDefinitionRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mantle.v1.DefinitionService/ListActions',
+            mantle_dot_v1_dot_definition__pb2.ListActionsRequest.SerializeToString,
+            mantle_dot_v1_dot_definition__pb2.ListActionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,10 @@ class DefinitionServiceStub:
     executions already running on one of its versions continue. Applying it again
     continues its version numbers.
     """
+    ListActions: _grpc.UnaryUnaryMultiCallable[_definition_pb2.ListActionsRequest, _definition_pb2.ListActionsResponse]
+    """Lists the actions a step may name, each with its params as JSON Schema. Needs
+    `definitions:read`.
+    """
 
 @_typing.type_check_only
 class DefinitionServiceAsyncStub(DefinitionServiceStub):
@@ -93,6 +97,10 @@ class DefinitionServiceAsyncStub(DefinitionServiceStub):
     """Deletes a workflow: it disappears from listings and cannot be started, while
     executions already running on one of its versions continue. Applying it again
     continues its version numbers.
+    """
+    ListActions: _aio.UnaryUnaryMultiCallable[_definition_pb2.ListActionsRequest, _definition_pb2.ListActionsResponse]  # type: ignore[assignment]
+    """Lists the actions a step may name, each with its params as JSON Schema. Needs
+    `definitions:read`.
     """
 
 class DefinitionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -165,6 +173,16 @@ class DefinitionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a workflow: it disappears from listings and cannot be started, while
         executions already running on one of its versions continue. Applying it again
         continues its version numbers.
+        """
+
+    @_abc_1.abstractmethod
+    def ListActions(
+        self,
+        request: _definition_pb2.ListActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_definition_pb2.ListActionsResponse, _abc.Awaitable[_definition_pb2.ListActionsResponse]]:
+        """Lists the actions a step may name, each with its params as JSON Schema. Needs
+        `definitions:read`.
         """
 
 def add_DefinitionServiceServicer_to_server(servicer: DefinitionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
