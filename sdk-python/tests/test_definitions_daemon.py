@@ -78,6 +78,17 @@ def test_validate_good_file(tc: mantle.Client) -> None:
     assert tc.list_definitions() == []
 
 
+def test_list_actions(tc: mantle.Client) -> None:
+    actions = {a.name: a for a in tc.list_actions()}
+    assert list(actions) == ["core/log", "core/set", "core/sleep", "core/fail", "http/request"]
+    http = actions["http/request"]
+    assert http.kind == "effect"
+    assert http.credential_types == ["bearer", "basic", "header"]
+    assert http.params_schema["required"] == ["url"]
+    assert http.params_schema["properties"]["ok_status"]["type"] == "array"
+    assert actions["core/sleep"].kind == "timer"
+
+
 def test_warnings_do_not_fail_a_file(tc: mantle.Client) -> None:
     source = (
         "name: warned\n"
@@ -312,6 +323,7 @@ async def test_aio_definitions(daemon: Daemon, op: mantle.Client, tenant: str, t
     path.write_text(hello("hello"))
     async with daemon.aio_client(tenant=tenant) as c:
         assert (await c.validate_file(path)).step_count == 1
+        assert "http/request" in [a.name for a in await c.list_actions()]
         assert (await c.plan_file(path)).current_version == 0
         first = await c.apply_file(path)
         assert first.created and first.definition.version == 1

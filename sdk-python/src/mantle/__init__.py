@@ -21,6 +21,7 @@ from mantle._version import __version__
 from mantle.client import Client
 from mantle.errors import MantleError
 from mantle.types import (
+    ActionInfo,
     ApiKey,
     ApplyResult,
     Caller,
@@ -43,6 +44,7 @@ from mantle.types import (
 )
 
 __all__ = [
+    "ActionInfo",
     "Address",
     "ApiKey",
     "ApplyResult",

@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mantle import _common
 from mantle._config import DEFAULT_ADDRESS, Address
 from mantle.types import (
+    ActionInfo,
     ApiKey,
     ApplyResult,
     CreatedApiKey,
@@ -252,6 +253,13 @@ class Client:
         return ApiKey.from_proto(await self._call(self._tenants.RevokeApiKey, req, read=False))
 
     # -- workflow definitions --------------------------------------------------------
+
+    async def list_actions(self) -> list[ActionInfo]:
+        """The actions a step may name, each with its params as JSON Schema (the same
+        declarations validation checks files against). Needs ``definitions:read``."""
+        req = definition_pb2.ListActionsRequest()
+        resp = await self._call(self._definitions.ListActions, req, read=True)
+        return [ActionInfo.from_proto(a) for a in resp.actions]
 
     async def validate(self, source: str, filename: str | None = None) -> ValidationResult:
         """Checks a workflow file's YAML text without storing anything; a file with

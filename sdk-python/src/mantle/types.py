@@ -234,6 +234,37 @@ class ValidationProblem:
         )
 
 
+ActionKind = Literal["pure", "effect", "timer"]
+"""How the engine runs an action: ``pure`` (no I/O, at once), ``effect`` (talks to the
+world, under the step's timeout and retry policy) or ``timer`` (a durable wait)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInfo:
+    """An action a step may name in ``action:``."""
+
+    name: str
+    """Such as ``http/request``."""
+    description: str
+    kind: str
+    """``pure``, ``effect`` or ``timer`` (see :data:`ActionKind`)."""
+    credential_types: list[str]
+    """The secret types its ``credential:`` may name; empty when it takes none."""
+    params_schema: dict[str, Any]
+    """JSON Schema (draft 2020-12) of the step's ``params``."""
+
+    @classmethod
+    def from_proto(cls, msg: definition_pb2.ActionInfo) -> ActionInfo:
+        schema = json.loads(msg.params_schema_json) if msg.params_schema_json else {}
+        return cls(
+            name=msg.name,
+            description=msg.description,
+            kind=msg.kind,
+            credential_types=list(msg.credential_types),
+            params_schema=schema if isinstance(schema, dict) else {},
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ValidationResult:
     """A workflow file that validated."""
