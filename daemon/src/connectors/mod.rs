@@ -102,12 +102,8 @@ pub enum ActionKind {
     Timer,
 }
 
-/// Whether `action` does no I/O and finishes at once (see [`ActionKind::Pure`]).
-pub fn is_pure(action: &str) -> bool {
-    self::action(action).is_some_and(|a| a.kind() == ActionKind::Pure)
-}
-
-/// Runs an action that does no I/O (see [`is_pure`]) at once; `None` for any other action.
+/// Runs an action that does no I/O ([`ActionKind::Pure`]) at once; `None` for any other
+/// action.
 pub fn run_pure(
     action: &str,
     params: &serde_json::Map<String, Value>,

@@ -1,4 +1,5 @@
-//! Webhook delivery queries that are the same on both backends.
+//! `DeliveryStore` for the backend that includes this file; claiming is each backend's own
+//! SQL (`claim_deliveries_here`).
 //!
 //! Compiled once per backend: `sqlite/mod.rs` and `postgres/mod.rs` include this file as a
 //! module of their own (`#[path]`), where `ThisStore` names the backend's store and the
@@ -6,8 +7,16 @@
 
 use super::*;
 
-impl ThisStore {
-    pub(super) async fn finish_delivery_shared(
+#[async_trait::async_trait]
+impl crate::store::DeliveryStore for ThisStore {
+    async fn claim_deliveries(
+        &self,
+        claim: &crate::engine::model::DeliveryClaim,
+    ) -> Result<Vec<Delivery>> {
+        self.claim_deliveries_here(claim).await
+    }
+
+    async fn finish_delivery(
         &self,
         id: Uuid,
         attempts: i32,
@@ -37,7 +46,7 @@ impl ThisStore {
         Ok(())
     }
 
-    pub(super) async fn list_deliveries_shared(
+    async fn list_deliveries(
         &self,
         tenant_id: Option<Uuid>,
         filter: &crate::webhooks::model::DeliveryFilter,

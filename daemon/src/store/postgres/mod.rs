@@ -16,8 +16,8 @@ use super::shared::{
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
 use crate::engine::model::{
-    Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
-    Order, StepAttempt, Transition,
+    Created, Delivery, Event, Execution, ExecutionFilter, Lease, NewExecution, Order, StepAttempt,
+    Transition,
 };
 use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
 
@@ -330,9 +330,9 @@ impl ExecutionStore for PgStore {
     }
 }
 
-#[async_trait::async_trait]
-impl super::DeliveryStore for PgStore {
-    async fn claim_deliveries(
+impl PgStore {
+    /// Claims due deliveries (this backend's SQL); see `DeliveryStore::claim_deliveries`.
+    async fn claim_deliveries_here(
         &self,
         claim: &crate::engine::model::DeliveryClaim,
     ) -> Result<Vec<Delivery>> {
@@ -359,26 +359,6 @@ impl super::DeliveryStore for PgStore {
             .into_iter()
             .map(Into::into)
             .collect())
-    }
-
-    async fn finish_delivery(
-        &self,
-        id: Uuid,
-        attempts: i32,
-        outcome: &DeliveryOutcome,
-    ) -> Result<()> {
-        self.finish_delivery_shared(id, attempts, outcome).await
-    }
-
-    async fn list_deliveries(
-        &self,
-        tenant_id: Option<Uuid>,
-        filter: &crate::webhooks::model::DeliveryFilter,
-        page: &PageRequest,
-        view: View,
-    ) -> Result<Page<Delivery>> {
-        self.list_deliveries_shared(tenant_id, filter, page, view)
-            .await
     }
 }
 
