@@ -106,6 +106,19 @@ async fn key_for(daemon: &Daemon, operator: &str, tenant: &str, scopes: &[&str])
     .token
 }
 
+/// `mantlectl ARGS` against `daemon` with `token`, from a home without a local operator
+/// token (`home`'s `no-data`).
+fn mantlectl(daemon: &Daemon, home: &Path, token: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = mantlectl_command(home);
+    cmd.env("MANTLE_DATA_DIR", home.join("no-data"))
+        .arg("--address")
+        .arg(daemon.addr.to_string())
+        .arg("--token")
+        .arg(token)
+        .args(args);
+    cmd
+}
+
 async fn apply(c: &mut Defs, source: &str) -> Result<pb::ApplyDefinitionResponse, tonic::Status> {
     c.apply_definition(pb::ApplyDefinitionRequest {
         source: source.to_owned(),
@@ -758,14 +771,8 @@ async fn definitions_through_mantlectl() {
     let home = tempfile::tempdir().unwrap();
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/workflows");
     let run = |args: &[&str]| {
-        let mut cmd = mantlectl_command(home.path());
-        cmd.current_dir(&fixtures)
-            .env("MANTLE_DATA_DIR", home.path().join("no-data"))
-            .arg("--address")
-            .arg(daemon.addr.to_string())
-            .arg("--token")
-            .arg(&token)
-            .args(args);
+        let mut cmd = mantlectl(&daemon, home.path(), &token, args);
+        cmd.current_dir(&fixtures);
         run_with_timeout(cmd, Duration::from_secs(60))
     };
 
@@ -948,14 +955,10 @@ steps:
     let file = home.path().join("warned.yaml");
     std::fs::write(&file, source).unwrap();
     let run = |args: &[&str]| {
-        let mut cmd = mantlectl_command(home.path());
-        cmd.env("MANTLE_DATA_DIR", home.path().join("no-data"))
-            .arg("--address")
-            .arg(daemon.addr.to_string())
-            .arg("--token")
-            .arg(&token)
-            .args(args);
-        run_with_timeout(cmd, Duration::from_secs(60))
+        run_with_timeout(
+            mantlectl(&daemon, home.path(), &token, args),
+            Duration::from_secs(60),
+        )
     };
     let path = file.to_str().unwrap();
     let out = run(&["validate", path]).await.unwrap();
@@ -988,14 +991,10 @@ async fn actions_are_listed_with_their_params_schema() {
     let (_tenant, token) = tenant_with_key(&daemon, &operator, "acts", &["definitions:read"]).await;
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str], token: &str| {
-        let mut cmd = mantlectl_command(home.path());
-        cmd.env("MANTLE_DATA_DIR", home.path().join("no-data"))
-            .arg("--address")
-            .arg(daemon.addr.to_string())
-            .arg("--token")
-            .arg(token)
-            .args(args);
-        run_with_timeout(cmd, Duration::from_secs(60))
+        run_with_timeout(
+            mantlectl(&daemon, home.path(), token, args),
+            Duration::from_secs(60),
+        )
     };
     let out = run(&["-o", "json", "actions", "list"], &token)
         .await
