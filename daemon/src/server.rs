@@ -117,11 +117,14 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
     let metrics = Metrics::install(cancel.child_token())?;
     let pool = crate::cpu::CpuPool::new(config.engine.cpu_threads);
+    // The actions this daemon runs: the engine runs them, definitions are checked against them.
+    let actions = Arc::new(crate::connectors::Registry::new(crate::connectors::BUILTIN));
     let engine = crate::engine::Engine::new(
         store.clone(),
         engine_config(&config),
         secrets.clone(),
         pool.clone(),
+        actions.clone(),
     )
     .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?;
     engine.run();
@@ -155,6 +158,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             store.clone(),
             config.engine.max_steps_per_workflow,
             pool.clone(),
+            actions,
         ),
         executions: crate::executions::Executions::new(store.clone(), engine.clone()),
         secrets,

@@ -75,15 +75,20 @@ impl DefinitionService for DefinitionApi {
             actions: actions
                 .iter()
                 .map(|a| pb::ActionInfo {
-                    name: a.name.to_owned(),
-                    description: a.description.to_owned(),
-                    kind: match a.kind() {
+                    name: a.spec.name.to_owned(),
+                    description: a.spec.description.to_owned(),
+                    kind: match a.spec.kind() {
                         crate::connectors::ActionKind::Pure => "pure",
                         crate::connectors::ActionKind::Effect => "effect",
                         crate::connectors::ActionKind::Timer => "timer",
                     }
                     .to_owned(),
-                    credential_types: a.credential_types.iter().map(|t| (*t).to_owned()).collect(),
+                    credential_types: a
+                        .spec
+                        .credential_types
+                        .iter()
+                        .map(|t| t.name.to_owned())
+                        .collect(),
                     params_schema_json: a.params_schema().to_string(),
                 })
                 .collect(),

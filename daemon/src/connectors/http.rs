@@ -7,6 +7,7 @@
 //! `MANTLE_HTTP_PROXY`; then each target host is resolved and checked here before the
 //! request goes to the proxy (which resolves it again).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +15,14 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::net::NetworkPolicy;
+use super::params::{self, StatusList, Text, inline_schema, schema_of};
 use super::status::StatusSet;
-use super::{
-    ActionError, ActionSpec, Credential, Effect, Invocation, ParamType, Run, Setup, param,
-};
+use super::{ActionError, ActionSpec, Credential, Effect, Invocation, Run, Setup, credentials};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_RESPONSE_BYTES: u64 = 10 * 1024 * 1024;
@@ -32,59 +34,73 @@ const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
 pub const SPEC: ActionSpec = ActionSpec {
     name: "http/request",
     description: "Sends an HTTP request; outputs {status, headers, body, url} (body parsed when JSON), also when the status fails the step.",
-    params: &[
-        param(
-            "url",
-            ParamType::String,
-            true,
-            "absolute http:// or https:// URL",
-        ),
-        param(
-            "method",
-            ParamType::OneOf(HTTP_METHODS),
-            false,
-            "HTTP method (default GET)",
-        ),
-        param("headers", ParamType::Object, false, "request headers"),
-        param(
-            "query",
-            ParamType::Object,
-            false,
-            "query parameters added to the URL",
-        ),
-        param("body", ParamType::String, false, "raw request body"),
-        param("json", ParamType::Any, false, "a value sent as a JSON body"),
-        param(
-            "timeout",
-            ParamType::Duration,
-            false,
-            "request timeout (default 30s)",
-        ),
-        param(
-            "follow_redirects",
-            ParamType::Boolean,
-            false,
-            "follow redirects (default true, at most 10)",
-        ),
-        param(
-            "max_response_bytes",
-            ParamType::Integer,
-            false,
-            "response size cap (default 10 MiB)",
-        ),
-        param(
-            "ok_status",
-            ParamType::StatusList,
-            false,
-            "statuses that count as success, such as [200-299, 404] (default: below 400)",
-        ),
+    params: schema_of::<Params>,
+    credential_types: &[
+        &credentials::BEARER,
+        &credentials::BASIC,
+        &credentials::HEADER,
     ],
-    open_params: false,
-    exclusive: &[&["body", "json"]],
-    credential_types: &["bearer", "basic", "header"],
     logs: false,
     run: Run::Effect(build),
 };
+
+/// `http/request`'s params.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("allOf" = [{"not": {"required": ["body", "json"]}}]))]
+struct Params {
+    /// absolute http:// or https:// URL
+    url: String,
+    /// HTTP method (default GET)
+    method: Option<Method>,
+    /// request headers
+    headers: Option<BTreeMap<String, Text>>,
+    /// query parameters added to the URL
+    query: Option<BTreeMap<String, Text>>,
+    /// raw request body
+    body: Option<Body>,
+    /// a value sent as a JSON body
+    json: Option<Value>,
+    /// request timeout (default 30s)
+    timeout: Option<params::Duration>,
+    /// follow redirects (default true, at most 10)
+    follow_redirects: Option<bool>,
+    /// response size cap (default 10 MiB)
+    max_response_bytes: Option<u64>,
+    /// statuses that count as success, such as [200-299, 404] (default: below 400)
+    ok_status: Option<StatusList>,
+}
+
+/// An HTTP method: one of [`HTTP_METHODS`] in a file; any method, in any case, from an
+/// expression.
+struct Method(reqwest::Method);
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Method, D::Error> {
+        let text = String::deserialize(d)?;
+        reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map(Method)
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not an HTTP method")))
+    }
+}
+
+inline_schema!(Method, {"type": "string", "enum": HTTP_METHODS});
+
+/// A raw body: text only.
+struct Body(String);
+
+impl<'de> Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Body, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Body(s)),
+            _ => Err(serde::de::Error::custom(
+                "expected a string; use json for structured bodies",
+            )),
+        }
+    }
+}
+
+inline_schema!(Body, {"type": "string"});
 
 fn build(setup: &Setup) -> Result<std::sync::Arc<dyn Effect>, String> {
     Ok(std::sync::Arc::new(HttpConnector::new(
@@ -377,88 +393,48 @@ struct Request {
 impl Request {
     /// Errors name the param (`params.url: ...`).
     fn parse(p: &Map<String, Value>) -> Result<Request, String> {
-        let url_text = p
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or("params.url: required string")?;
-        let mut url = reqwest::Url::parse(url_text)
+        let Params {
+            url: url_text,
+            method,
+            headers,
+            query,
+            body,
+            json,
+            timeout,
+            follow_redirects,
+            max_response_bytes,
+            ok_status,
+        } = params::parse(p)?;
+        let mut url = reqwest::Url::parse(&url_text)
             .map_err(|e| format!("params.url: {url_text:?} is not a URL: {e}"))?;
-        if let Some(query) = p.get("query") {
-            let query = query
-                .as_object()
-                .ok_or("params.query: expected a mapping")?;
+        if let Some(query) = query {
             let mut pairs = url.query_pairs_mut();
-            for (k, v) in query {
-                pairs.append_pair(
-                    k,
-                    &scalar_text(v).map_err(|e| format!("params.query.{k}: {e}"))?,
-                );
+            for (k, Text(v)) in &query {
+                pairs.append_pair(k, v);
             }
         }
-        let method_text = p.get("method").and_then(Value::as_str).unwrap_or("GET");
-        let method = reqwest::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
-            .map_err(|_| format!("params.method: {method_text:?} is not an HTTP method"))?;
-        let follow = match p.get("follow_redirects") {
-            None => true,
-            Some(v) => v
-                .as_bool()
-                .ok_or("params.follow_redirects: expected true or false")?,
-        };
-        let timeout = match p.get("timeout") {
-            None => DEFAULT_TIMEOUT,
-            Some(v) => {
-                crate::duration::parse(v.as_str().ok_or("params.timeout: expected a duration")?)
-                    .map_err(|e| format!("params.timeout: {e}"))?
-            }
-        };
-        let max_bytes = match p.get("max_response_bytes") {
-            None => DEFAULT_MAX_RESPONSE_BYTES,
-            Some(v) => v
-                .as_u64()
-                .ok_or("params.max_response_bytes: expected a positive integer")?,
-        };
-        let mut headers_out: Vec<(String, String)> = Vec::new();
-        if let Some(headers) = p.get("headers") {
-            let headers = headers
-                .as_object()
-                .ok_or("params.headers: expected a mapping")?;
-            for (k, v) in headers {
-                let text = scalar_text(v).map_err(|e| format!("params.headers.{k}: {e}"))?;
-                headers_out.push((k.clone(), text));
-            }
-        }
-        let body: Option<(Option<&'static str>, String)> = match (p.get("body"), p.get("json")) {
+        let headers_out: Vec<(String, String)> = headers
+            .into_iter()
+            .flatten()
+            .map(|(k, Text(v))| (k, v))
+            .collect();
+        let body = match (body, json) {
             (Some(_), Some(_)) => {
                 return Err("params: body and json are mutually exclusive".to_owned());
             }
-            (Some(body), None) => Some((
-                None,
-                body.as_str()
-                    .ok_or("params.body: expected a string; use json for structured bodies")?
-                    .to_owned(),
-            )),
+            (Some(Body(text)), None) => Some((None, text)),
             (None, Some(json)) => Some((Some("application/json"), json.to_string())),
             (None, None) => None,
         };
-        let ok_status = p
-            .get("ok_status")
-            .map(StatusSet::from_json)
-            .transpose()
-            .map_err(|e| {
-                format!(
-                    "params.ok_status{}{e}",
-                    if e.starts_with('[') { "" } else { ": " }
-                )
-            })?;
         Ok(Request {
             url,
-            method,
-            follow,
-            timeout,
-            max_bytes,
+            method: method.map_or(reqwest::Method::GET, |m| m.0),
+            follow: follow_redirects.unwrap_or(true),
+            timeout: timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
+            max_bytes: max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             headers_out,
             body,
-            ok_status,
+            ok_status: ok_status.map(|s| s.0),
         })
     }
 }
@@ -468,6 +444,9 @@ impl Request {
 /// proxy variables; with `outbound.proxy` every request goes through that proxy, and the
 /// caller checks each target with [`check_target`] first.
 pub fn guarded_client(outbound: &Outbound) -> Result<reqwest::Client, String> {
+    // The process's TLS provider, when nothing installed one before (`mantle` does at start;
+    // an engine built in a test does not).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver {
@@ -548,17 +527,6 @@ fn check_allowed(url: &reqwest::Url, allowed: Option<&[String]>) -> Result<(), S
         Err(format!(
             "host {host} is not in the tenant's allowed domains"
         ))
-    }
-}
-
-fn scalar_text(v: &Value) -> Result<String, String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        other => Err(format!(
-            "expected a string, number or boolean, found {other}"
-        )),
     }
 }
 

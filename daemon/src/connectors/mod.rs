@@ -4,17 +4,21 @@
 //! already rendered) and a credential, and return an output or an error.
 
 pub mod core;
+pub mod credentials;
 pub mod http;
 pub mod net;
+pub mod params;
 pub mod status;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+pub use credentials::CredentialType;
 pub use net::NetworkPolicy;
+pub use params::{Declared, ParamSpec, ParamType};
 
 /// A secret's fields, handed to an action only when it runs.
 #[derive(Clone)]
@@ -102,16 +106,13 @@ pub enum ActionKind {
     Timer,
 }
 
-/// Runs an action that does no I/O ([`ActionKind::Pure`]) at once; `None` for any other
-/// action.
+/// Runs a built-in action that does no I/O ([`ActionKind::Pure`]) at once; `None` for any
+/// other action.
 pub fn run_pure(
     action: &str,
     params: &serde_json::Map<String, Value>,
 ) -> Option<Result<Value, String>> {
-    match self::action(action)?.run {
-        Run::Pure(run) => Some(run(params)),
-        Run::Effect(_) | Run::Timer => None,
-    }
+    Registry::builtin().run_pure(action, params)
 }
 
 /// How an action runs, by its kind.
@@ -151,29 +152,30 @@ pub trait Effect: Send + Sync {
 
 /// Runs actions: the pure ones at once, the effects with the runners built at start.
 pub struct Connectors {
+    registry: Arc<Registry>,
     effects: BTreeMap<&'static str, Arc<dyn Effect>>,
 }
 
 impl Connectors {
-    /// Builds the runner of every effect of [`BUILTIN`].
-    pub fn new(setup: &Setup) -> Result<Connectors, String> {
-        Self::with(BUILTIN, setup)
-    }
-
-    /// Builds the runners of `actions`' effects (tests register their own actions).
-    pub fn with(actions: &[&ActionSpec], setup: &Setup) -> Result<Connectors, String> {
+    /// Builds the runner of every effect of `registry`.
+    pub fn new(registry: Arc<Registry>, setup: &Setup) -> Result<Connectors, String> {
         let mut effects = BTreeMap::new();
-        for a in actions {
-            if let Run::Effect(build) = a.run {
-                effects.insert(a.name, build(setup)?);
+        for a in registry.iter() {
+            if let Run::Effect(build) = a.spec.run {
+                effects.insert(a.spec.name, build(setup)?);
             }
         }
-        Ok(Connectors { effects })
+        Ok(Connectors { registry, effects })
+    }
+
+    /// The actions it runs.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// Runs the action; `Err` is the step's error and whether a retry may fix it.
     pub async fn invoke(&self, inv: Invocation) -> Result<Value, ActionError> {
-        if let Some(result) = run_pure(&inv.action, &inv.params) {
+        if let Some(result) = self.registry.run_pure(&inv.action, &inv.params) {
             return result.map_err(ActionError::transient);
         }
         match self.effects.get(inv.action.as_str()) {
@@ -186,68 +188,16 @@ impl Connectors {
     }
 }
 
-/// The type a param must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamType {
-    String,
-    Integer,
-    Number,
-    Boolean,
-    Object,
-    Array,
-    /// A duration string such as `500ms`, `2s`, `5m`, `1h`.
-    Duration,
-    /// A list of HTTP statuses and ranges, such as `[200-299, 404]`.
-    StatusList,
-    /// One of the listed strings.
-    OneOf(&'static [&'static str]),
-    /// Anything.
-    Any,
-}
-
-impl ParamType {
-    pub fn describe(self) -> String {
-        match self {
-            ParamType::String => "a string".into(),
-            ParamType::Integer => "an integer".into(),
-            ParamType::Number => "a number".into(),
-            ParamType::Boolean => "a boolean".into(),
-            ParamType::Object => "a mapping".into(),
-            ParamType::Array => "a list".into(),
-            ParamType::Duration => "a duration such as 500ms, 2s or 5m".into(),
-            ParamType::StatusList => {
-                "a list of HTTP statuses or ranges such as [200-299, 404]".into()
-            }
-            ParamType::OneOf(values) => format!("one of {}", values.join(", ")),
-            ParamType::Any => "any value".into(),
-        }
-    }
-}
-
-/// One declared param.
-#[derive(Debug, Clone, Copy)]
-pub struct ParamSpec {
-    pub name: &'static str,
-    pub ty: ParamType,
-    pub required: bool,
-    pub description: &'static str,
-}
-
-/// Params that exclude each other: at most one of them may be given.
-pub type Exclusive = &'static [&'static str];
-
-/// What an action accepts.
+/// What an action is: declared once, as a constant in its module.
 #[derive(Debug, Clone, Copy)]
 pub struct ActionSpec {
     pub name: &'static str,
     pub description: &'static str,
-    pub params: &'static [ParamSpec],
-    /// Whether params not declared are accepted (for actions such as `core/set`).
-    pub open_params: bool,
-    /// Groups of params of which at most one may be set.
-    pub exclusive: &'static [Exclusive],
+    /// The JSON Schema of its params, derived from its typed `Params`
+    /// ([`params::schema_of`]): validation, `ListActions` and the docs read it.
+    pub params: fn() -> Value,
     /// Credential types the action can use; empty when it takes no credential.
-    pub credential_types: &'static [&'static str],
+    pub credential_types: &'static [&'static CredentialType],
     /// Its output's `message` is also a line of the execution's log (`core/log`).
     pub logs: bool,
     /// How it runs; its [`ActionKind`] follows.
@@ -255,62 +205,6 @@ pub struct ActionSpec {
 }
 
 impl ActionSpec {
-    /// JSON Schema (draft 2020-12) of its params, from its declaration.
-    pub fn params_schema(&self) -> Value {
-        use serde_json::json;
-        let mut properties = serde_json::Map::new();
-        for p in self.params {
-            let mut schema = match p.ty {
-                ParamType::String => json!({"type": "string"}),
-                ParamType::Integer => json!({"type": "integer"}),
-                ParamType::Number => json!({"type": "number"}),
-                ParamType::Boolean => json!({"type": "boolean"}),
-                ParamType::Object => json!({"type": "object"}),
-                ParamType::Array => json!({"type": "array"}),
-                ParamType::Duration => json!({
-                    "type": "string",
-                    "pattern": "^\\s*([0-9]+(ms|s|m|h|d))+\\s*$",
-                }),
-                ParamType::OneOf(values) => json!({"type": "string", "enum": values}),
-                ParamType::StatusList => json!({
-                    "type": "array",
-                    "items": {"anyOf": [
-                        {"type": "integer", "minimum": 100, "maximum": 599},
-                        {"type": "string", "pattern": "^[1-5][0-9]{2}(-[1-5][0-9]{2})?$"},
-                    ]},
-                }),
-                ParamType::Any => json!({}),
-            };
-            schema["description"] = Value::from(p.description);
-            properties.insert(p.name.to_owned(), schema);
-        }
-        let required: Vec<&str> = self
-            .params
-            .iter()
-            .filter(|p| p.required)
-            .map(|p| p.name)
-            .collect();
-        let mut schema = json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": self.name,
-            "description": self.description,
-            "type": "object",
-            "properties": properties,
-            "required": required,
-            "additionalProperties": self.open_params,
-        });
-        if !self.exclusive.is_empty() {
-            // At most one of each group: not all of a group's params at once.
-            let groups: Vec<Value> = self
-                .exclusive
-                .iter()
-                .map(|group| json!({"not": {"required": group}}))
-                .collect();
-            schema["allOf"] = Value::from(groups);
-        }
-        schema
-    }
-
     /// How the engine runs it.
     pub fn kind(&self) -> ActionKind {
         match self.run {
@@ -321,17 +215,82 @@ impl ActionSpec {
     }
 }
 
-pub(crate) const fn param(
-    name: &'static str,
-    ty: ParamType,
-    required: bool,
-    description: &'static str,
-) -> ParamSpec {
-    ParamSpec {
-        name,
-        ty,
-        required,
-        description,
+/// A registered action, with what its declaration gives once derived.
+#[derive(Debug)]
+pub struct Action {
+    pub spec: &'static ActionSpec,
+    /// Its params as the loader checks them.
+    pub declared: Declared,
+}
+
+impl Action {
+    /// JSON Schema (draft 2020-12) of its params, titled and described.
+    pub fn params_schema(&self) -> Value {
+        let mut schema = self.declared.schema.clone();
+        if let Some(obj) = schema.as_object_mut() {
+            obj.insert("title".into(), Value::from(self.spec.name));
+            obj.insert("description".into(), Value::from(self.spec.description));
+        }
+        schema
+    }
+}
+
+/// The actions a daemon runs, by name.
+#[derive(Debug)]
+pub struct Registry {
+    actions: Vec<Action>,
+}
+
+impl Registry {
+    /// Registers `specs`, in order.
+    ///
+    /// # Panics
+    /// When two share a name: a mistake in the list, found by every test that builds it.
+    pub fn new<'a>(specs: impl IntoIterator<Item = &'a &'static ActionSpec>) -> Registry {
+        let mut actions: Vec<Action> = Vec::new();
+        for &spec in specs {
+            assert!(
+                actions.iter().all(|a| a.spec.name != spec.name),
+                "action {} is registered twice",
+                spec.name
+            );
+            actions.push(Action {
+                spec,
+                declared: Declared::from_schema((spec.params)()),
+            });
+        }
+        Registry { actions }
+    }
+
+    /// The built-in actions ([`BUILTIN`]).
+    pub fn builtin() -> &'static Registry {
+        static BUILTIN_REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry::new(BUILTIN));
+        &BUILTIN_REGISTRY
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Action> {
+        self.actions.iter().find(|a| a.spec.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Action> {
+        self.actions.iter()
+    }
+
+    /// Every action name, for suggestions.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.actions.iter().map(|a| a.spec.name)
+    }
+
+    /// Runs a pure action at once; `None` for any other action.
+    pub fn run_pure(
+        &self,
+        action: &str,
+        params: &serde_json::Map<String, Value>,
+    ) -> Option<Result<Value, String>> {
+        match self.get(action)?.spec.run {
+            Run::Pure(run) => Some(run(params)),
+            Run::Effect(_) | Run::Timer => None,
+        }
     }
 }
 
@@ -345,27 +304,23 @@ pub const BUILTIN: &[&ActionSpec] = &[
     &http::SPEC,
 ];
 
-/// Looks an action up by name.
-pub fn action(name: &str) -> Option<&'static ActionSpec> {
-    BUILTIN.iter().copied().find(|a| a.name == name)
-}
-
-/// Every action name, for suggestions.
-pub fn action_names() -> impl Iterator<Item = &'static str> {
-    BUILTIN.iter().map(|a| a.name)
-}
-
 #[cfg(test)]
 mod registry_tests {
     use super::*;
+
+    /// Params of a test action.
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct EchoParams {
+        /// what to answer
+        say: String,
+    }
 
     /// An action of a test: its spec and its runner, registered by naming it in a list.
     const ECHO: ActionSpec = ActionSpec {
         name: "test/echo",
         description: "Answers its params.",
-        params: &[param("say", ParamType::String, true, "what to answer")],
-        open_params: false,
-        exclusive: &[],
+        params: params::schema_of::<EchoParams>,
         credential_types: &[],
         logs: false,
         run: Run::Effect(|_| Ok(Arc::new(Echo))),
@@ -376,7 +331,8 @@ mod registry_tests {
     #[async_trait::async_trait]
     impl Effect for Echo {
         async fn run(&self, inv: Invocation) -> Result<Value, ActionError> {
-            Ok(Value::Object(inv.params))
+            let p: EchoParams = params::parse(&inv.params).map_err(ActionError::permanent)?;
+            Ok(serde_json::json!({ "said": p.say }))
         }
     }
 
@@ -397,21 +353,35 @@ mod registry_tests {
         }
     }
 
+    fn connectors(specs: &[&'static ActionSpec]) -> Connectors {
+        Connectors::new(Arc::new(Registry::new(specs)), &setup()).unwrap()
+    }
+
     #[tokio::test]
     async fn a_registered_action_runs_by_its_name() {
-        let connectors = Connectors::with(&[&ECHO, &core::SET], &setup()).unwrap();
-        let said = serde_json::json!({"say": "hi"});
+        let connectors = connectors(&[&ECHO, &core::SET]);
         let out = connectors
-            .invoke(invocation("test/echo", said.clone()))
+            .invoke(invocation("test/echo", serde_json::json!({"say": "hi"})))
             .await;
-        assert_eq!(out, Ok(said.clone()));
+        assert_eq!(out, Ok(serde_json::json!({"said": "hi"})));
         assert_eq!(ECHO.kind(), ActionKind::Effect);
+        // Its params are parsed into its type; a bad one is named, and never retried.
+        let err = connectors
+            .invoke(invocation("test/echo", serde_json::json!({"say": 3})))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.starts_with("params.say: invalid type"),
+            "{err:?}"
+        );
+        assert!(!err.retryable);
         // Pure actions run from their spec, without a runner.
-        let out = connectors.invoke(invocation("core/set", said)).await;
+        let out = connectors
+            .invoke(invocation("core/set", serde_json::json!({"say": "hi"})))
+            .await;
         assert_eq!(out, Ok(serde_json::json!({"say": "hi"})));
         // Not registered: refused for good, naming it.
-        let err = Connectors::with(&[&core::SET], &setup())
-            .unwrap()
+        let err = self::connectors(&[&core::SET])
             .invoke(invocation("test/echo", serde_json::json!({})))
             .await
             .unwrap_err();
@@ -420,8 +390,16 @@ mod registry_tests {
     }
 
     #[test]
-    fn params_schemas_come_from_the_declarations() {
-        let http = http::SPEC.params_schema();
+    #[should_panic(expected = "action core/set is registered twice")]
+    fn an_action_registered_twice_is_a_mistake() {
+        Registry::new(&[&core::SET, &core::SET]);
+    }
+
+    #[test]
+    fn params_schemas_come_from_the_params_types() {
+        let registry = Registry::builtin();
+        let http = registry.get("http/request").unwrap().params_schema();
+        assert_eq!(http["title"], "http/request");
         assert_eq!(http["required"], serde_json::json!(["url"]));
         assert_eq!(http["additionalProperties"], false);
         assert_eq!(http["properties"]["method"]["enum"][0], "GET");
@@ -431,19 +409,21 @@ mod registry_tests {
             http["allOf"],
             serde_json::json!([{"not": {"required": ["body", "json"]}}])
         );
-        // Every declared param is in the schema, described.
-        for p in http::SPEC.params {
-            assert!(
-                http["properties"][p.name]["description"].is_string(),
-                "{}",
-                p.name
-            );
+        // Every param is described, from its doc comment.
+        let declared = &registry.get("http/request").unwrap().declared;
+        assert_eq!(declared.params.len(), 10);
+        for p in &declared.params {
+            assert!(!p.description.is_empty(), "{}", p.name);
         }
-        assert_eq!(core::SET.params_schema()["additionalProperties"], true);
         assert_eq!(
-            core::SLEEP.params_schema()["required"],
-            serde_json::json!(["duration"])
+            declared.param("timeout").unwrap().description,
+            "request timeout (default 30s)"
         );
+        let set = &registry.get("core/set").unwrap().declared;
+        assert!(set.open && set.params.is_empty());
+        let sleep = registry.get("core/sleep").unwrap().params_schema();
+        assert_eq!(sleep["required"], serde_json::json!(["duration"]));
+        assert_eq!(sleep["additionalProperties"], false);
     }
 
     #[test]
@@ -466,5 +446,36 @@ mod registry_tests {
                 .map(|a| a.name)
                 .eq(["core/log"])
         );
+        // Credential types are the secrets' own.
+        for a in BUILTIN {
+            for t in a.credential_types {
+                assert!(credentials::find(t.name).is_some(), "{}", t.name);
+            }
+        }
+    }
+
+    /// The action table of docs/workflows.md names every built-in action, each of its
+    /// params and credential types, and nothing else.
+    #[test]
+    fn the_docs_action_table_matches_the_registry() {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/workflows.md"));
+        let rows: Vec<(&str, &str)> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once("` | "))
+            .filter(|(name, _)| name.contains('/'))
+            .collect();
+        let documented: Vec<&str> = rows.iter().map(|(n, _)| *n).collect();
+        let registered: Vec<&str> = Registry::builtin().names().collect();
+        assert_eq!(documented, registered);
+        for (name, row) in rows {
+            let action = Registry::builtin().get(name).unwrap();
+            for p in &action.declared.params {
+                assert!(row.contains(&format!("`{}`", p.name)), "{name}: {}", p.name);
+            }
+            for t in action.spec.credential_types {
+                assert!(row.contains(&format!("`{}`", t.name)), "{name}: {}", t.name);
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use crate::auth::{self, Caller, Scope};
+use crate::connectors::Registry;
 use crate::store::{self, Store};
 use crate::tenancy::model::{Page, PageRequest, TenantRef};
 use crate::workflow::plan::{Change, diff};
@@ -151,6 +152,8 @@ pub struct Definitions {
     pool: crate::cpu::CpuPool,
     /// Files being checked now, by tenant.
     checking: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, usize>>>,
+    /// The actions steps may name: the engine's.
+    actions: Arc<Registry>,
 }
 
 /// One file being checked for a tenant; counted until dropped.
@@ -172,12 +175,18 @@ impl Drop for Checking {
 }
 
 impl Definitions {
-    pub fn new(store: Arc<dyn Store>, max_steps: Option<u32>, pool: crate::cpu::CpuPool) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        max_steps: Option<u32>,
+        pool: crate::cpu::CpuPool,
+        actions: Arc<Registry>,
+    ) -> Self {
         Definitions {
             store,
             max_steps,
             pool,
             checking: Arc::default(),
+            actions,
         }
     }
 
@@ -203,9 +212,10 @@ impl Definitions {
         };
         let source = source.to_owned();
         let file = file_name(filename).to_owned();
+        let actions = self.actions.clone();
         self.pool
             .run(tenant.id, move || {
-                workflow::load::load_here(&source)
+                workflow::load::load_here(&source, &actions)
                     .map_err(|problems| Error::Invalid { file, problems })
             })
             .await
@@ -238,12 +248,9 @@ impl Definitions {
 
     /// The actions a step may name (they are the installation's, the same for every
     /// tenant). Needs `definitions:read`.
-    pub fn actions(
-        &self,
-        caller: &Caller,
-    ) -> Result<&'static [&'static crate::connectors::ActionSpec]> {
+    pub fn actions(&self, caller: &Caller) -> Result<&Registry> {
         caller.require(Scope::DefinitionsRead)?;
-        Ok(crate::connectors::BUILTIN)
+        Ok(&self.actions)
     }
 
     pub async fn validate(&self, caller: &Caller, source: &str, filename: &str) -> Result<Checked> {
@@ -274,13 +281,17 @@ impl Definitions {
                 None => format!(
                     "tenant {:?} has no secret {:?}: the step will fail until it is created \
                      (mantlectl secrets create {} --type {} ...)",
-                    tenant.name, c.name, c.name, c.types[0]
+                    tenant.name, c.name, c.name, c.types[0].name
                 ),
-                Some(kind) if !c.types.contains(&kind.as_str()) => format!(
+                Some(kind) if !c.types.iter().any(|t| t.name == kind) => format!(
                     "secret {:?} has type {kind}; {} takes {}",
                     c.name,
                     c.action,
-                    c.types.join(", ")
+                    c.types
+                        .iter()
+                        .map(|t| t.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 Some(_) => continue,
             };

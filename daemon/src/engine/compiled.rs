@@ -221,8 +221,16 @@ impl CompiledWorkflow {
     }
 
     /// [`CompiledWorkflow::compile`] on this thread, which must have a large stack (the CPU
-    /// pool's threads do).
+    /// pool's threads do), against the built-in actions.
     pub fn compile_here(spec: WorkflowSpec) -> Result<CompiledWorkflow, String> {
+        Self::compile_with(spec, crate::connectors::Registry::builtin())
+    }
+
+    /// [`CompiledWorkflow::compile_here`], finding the steps' actions in `actions`.
+    pub fn compile_with(
+        spec: WorkflowSpec,
+        actions: &crate::connectors::Registry,
+    ) -> Result<CompiledWorkflow, String> {
         {
             let mut steps = Vec::with_capacity(spec.steps.len());
             for s in &spec.steps {
@@ -251,11 +259,12 @@ impl CompiledWorkflow {
                     .unwrap_or_default();
                 let mut params_reads = Reads::default();
                 params.iter().for_each(|(_, p)| p.reads(&mut params_reads));
-                let action = crate::connectors::action(&s.action)
+                let action = actions
+                    .get(&s.action)
                     .ok_or_else(|| format!("step {}: unknown action {:?}", s.name, s.action))?;
                 steps.push(CompiledStep {
-                    kind: action.kind(),
-                    logs: action.logs,
+                    kind: action.spec.kind(),
+                    logs: action.spec.logs,
                     spec: s.clone(),
                     condition,
                     params,

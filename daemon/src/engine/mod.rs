@@ -214,6 +214,7 @@ impl Engine {
         config: EngineConfig,
         secrets: crate::secrets::Secrets,
         pool: crate::cpu::CpuPool,
+        actions: Arc<crate::connectors::Registry>,
     ) -> Result<Engine, String> {
         let watchers = watch::Watchers::new(config.max_watch_streams);
         let evaluator = eval::Evaluator::new(pool, config.expr_limits);
@@ -225,13 +226,16 @@ impl Engine {
         );
         Ok(Engine {
             inner: Arc::new(Inner {
-                connectors: Connectors::new(&crate::connectors::Setup {
-                    outbound: crate::connectors::http::Outbound {
-                        policy: config.network,
-                        proxy: config.proxy.clone(),
+                connectors: Connectors::new(
+                    actions,
+                    &crate::connectors::Setup {
+                        outbound: crate::connectors::http::Outbound {
+                            policy: config.network,
+                            proxy: config.proxy.clone(),
+                        },
+                        max_buffered_bytes: config.max_buffered_bytes,
                     },
-                    max_buffered_bytes: config.max_buffered_bytes,
-                })?,
+                )?,
                 store,
                 node,
                 config,
@@ -523,10 +527,13 @@ impl Inner {
         let spec = serde_json::from_str(&definition.spec_json)
             .map_err(|e| format!("stored spec of {name} version {version}: {e}"))?;
         // In the CPU pool: a version's expressions are a tenant's work.
+        let actions = self.connectors.registry().clone();
         let compiled = Arc::new(
             self.evaluator
                 .pool()
-                .run(tenant_id, move || CompiledWorkflow::compile_here(spec))
+                .run(tenant_id, move || {
+                    CompiledWorkflow::compile_with(spec, &actions)
+                })
                 .await
                 .map_err(|e| e.to_string())??,
         );

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::auth::{self, Caller, Scope};
-use crate::connectors::Credential;
+use crate::connectors::{Credential, credentials};
 use crate::store::{self, Store};
 use crate::tenancy::model::AuditEvent;
 use crate::tenancy::model::{Page, PageRequest, TenantRef};
@@ -23,17 +23,6 @@ use model::{SecretMeta, StoredSecret};
 /// Most fields a secret may have, and the longest value.
 const MAX_FIELDS: usize = 64;
 const MAX_VALUE_BYTES: usize = 64 * 1024;
-
-/// The secret types, with their required and optional fields.
-const TYPES: &[(&str, &[&str], &[&str])] = &[
-    ("generic", &[], &[]),
-    ("bearer", &["token"], &[]),
-    ("basic", &["username", "password"], &[]),
-    ("header", &["name", "value"], &[]),
-    ("openai", &["api_key"], &["organization", "base_url"]),
-    ("anthropic", &["api_key"], &["base_url"]),
-    ("postgres", &["url"], &[]),
-];
 
 /// Errors of secret management.
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +99,8 @@ fn aad(tenant_id: Uuid, name: &str) -> Vec<u8> {
 
 /// Checks a type and its fields.
 pub fn validate_fields(kind: &str, fields: &BTreeMap<String, String>) -> Result<()> {
-    let Some((_, required, optional)) = TYPES.iter().find(|(k, _, _)| *k == kind) else {
-        let names: Vec<&str> = TYPES.iter().map(|(k, _, _)| *k).collect();
+    let Some(ty) = credentials::find(kind) else {
+        let names: Vec<&str> = credentials::ALL.iter().map(|t| t.name).collect();
         let hint = crate::workflow::problem::suggestion(kind, names.iter().copied());
         return Err(invalid(
             "type",
@@ -145,11 +134,8 @@ pub fn validate_fields(kind: &str, fields: &BTreeMap<String, String>) -> Result<
                 format!("at most {MAX_VALUE_BYTES} bytes"),
             ));
         }
-        if kind != "generic"
-            && !required.contains(&name.as_str())
-            && !optional.contains(&name.as_str())
-        {
-            let known: Vec<&str> = required.iter().chain(optional.iter()).copied().collect();
+        if !ty.has_field(name) {
+            let known: Vec<&str> = ty.required.iter().chain(ty.optional).copied().collect();
             return Err(invalid(
                 format!("fields.{name}"),
                 format!(
@@ -159,7 +145,7 @@ pub fn validate_fields(kind: &str, fields: &BTreeMap<String, String>) -> Result<
             ));
         }
     }
-    for r in *required {
+    for r in ty.required {
         match fields.get(*r) {
             None => {
                 return Err(invalid(

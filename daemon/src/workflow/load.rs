@@ -11,7 +11,7 @@ use super::problem::{Problem, Problems, suggestion};
 use super::spec::{InputSpec, InputType, RetrySpec, StepSpec, TriggerSpec, WorkflowSpec};
 use super::yaml::{self, Key, Node, Pos, Value};
 use crate::connectors::status::StatusSet;
-use crate::connectors::{self, ActionSpec, ParamType};
+use crate::connectors::{self, Action, CredentialType, ParamType, Registry};
 
 /// Most steps one workflow may have.
 pub const MAX_STEPS: usize = 1000;
@@ -88,7 +88,7 @@ pub struct CredentialRef {
     pub path: String,
     /// The step's action, and the secret types it takes.
     pub action: String,
-    pub types: &'static [&'static str],
+    pub types: &'static [&'static CredentialType],
 }
 
 /// The warning of a stored trigger: nothing fires triggers yet.
@@ -113,14 +113,15 @@ pub fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// Parses and validates a workflow file, on a thread of its own with a large stack.
+/// Parses and validates a workflow file against the built-in actions, on a thread of its
+/// own with a large stack.
 pub fn load(source: &str) -> Result<Loaded, Vec<Problem>> {
-    with_big_stack(|| load_here(source))
+    with_big_stack(|| load_here(source, Registry::builtin()))
 }
 
-/// Parses and validates a workflow file on this thread, which must have a stack as large
-/// as [`with_big_stack`] gives (the CPU pool's threads do).
-pub fn load_here(source: &str) -> Result<Loaded, Vec<Problem>> {
+/// Parses and validates a workflow file against `actions` on this thread, which must have a
+/// stack as large as [`with_big_stack`] gives (the CPU pool's threads do).
+pub fn load_here(source: &str, actions: &Registry) -> Result<Loaded, Vec<Problem>> {
     let root = yaml::parse(source).map_err(|e| {
         vec![Problem {
             pos: e.pos,
@@ -130,6 +131,7 @@ pub fn load_here(source: &str) -> Result<Loaded, Vec<Problem>> {
     })?;
     let mut d = Decoder {
         source,
+        actions,
         problems: Problems::default(),
         warnings: Problems::default(),
         expressions: 0,
@@ -226,6 +228,8 @@ struct StepDraft {
 
 struct Decoder<'s> {
     source: &'s str,
+    /// The actions steps may name.
+    actions: &'s Registry,
     problems: Problems,
     warnings: Problems,
     /// Expressions met so far (see [`MAX_EXPRESSIONS`]).
@@ -954,8 +958,8 @@ impl Decoder<'_> {
             Some(n) => {
                 let p = join(path, "action");
                 self.string(n, &p).inspect(|a| {
-                    if connectors::action(a).is_none() {
-                        let hint = suggestion(a, connectors::action_names());
+                    if self.actions.get(a).is_none() {
+                        let hint = suggestion(a, self.actions.names());
                         self.add(n.pos, &p, format!("unknown action {a:?}{hint}"));
                     }
                 })
@@ -965,7 +969,8 @@ impl Decoder<'_> {
                 None
             }
         };
-        let spec_of_action = action.as_deref().and_then(connectors::action);
+        let actions = self.actions;
+        let spec_of_action = action.as_deref().and_then(|a| actions.get(a));
 
         let mut refs = Vec::new();
         let params = match field("params") {
@@ -975,11 +980,11 @@ impl Decoder<'_> {
         if field("params").is_none()
             && let Some(spec) = spec_of_action
         {
-            for p in spec.params.iter().filter(|p| p.required) {
+            for p in spec.declared.params.iter().filter(|p| p.required) {
                 self.add(
                     node.pos,
                     &join(path, "params"),
-                    format!("missing required param {:?} of {}", p.name, spec.name),
+                    format!("missing required param {:?} of {}", p.name, spec.spec.name),
                 );
             }
         }
@@ -987,7 +992,7 @@ impl Decoder<'_> {
         let credential = field("credential").and_then(|n| {
             let p = join(path, "credential");
             let c = self.string(n, &p)?;
-            if let Some(spec) = spec_of_action {
+            if let Some(Action { spec, .. }) = spec_of_action {
                 if spec.credential_types.is_empty() {
                     self.add(n.pos, &p, format!("{} takes no credential", spec.name));
                 } else {
@@ -1048,12 +1053,15 @@ impl Decoder<'_> {
         let retry = field("retry").and_then(|n| self.retry(n, &join(path, "retry")));
         let timeout_ms = field("timeout").and_then(|n| {
             if let Some(timer) =
-                spec_of_action.filter(|a| a.kind() == connectors::ActionKind::Timer)
+                spec_of_action.filter(|a| a.spec.kind() == connectors::ActionKind::Timer)
             {
                 self.add(
                     n.pos,
                     &join(path, "timeout"),
-                    format!("{} takes no timeout: its duration is its limit", timer.name),
+                    format!(
+                        "{} takes no timeout: its duration is its limit",
+                        timer.spec.name
+                    ),
                 );
                 return None;
             }
@@ -1209,7 +1217,7 @@ impl Decoder<'_> {
         &mut self,
         node: &Node,
         path: &str,
-        action: Option<&ActionSpec>,
+        action: Option<&Action>,
         refs: &mut Vec<(String, Pos, String)>,
     ) -> serde_json::Map<String, serde_json::Value> {
         let Some(entries) = self.map(node, path) else {
@@ -1221,14 +1229,15 @@ impl Decoder<'_> {
             self.templates(value, &p, refs);
             out.insert(key.name.clone(), value.to_json());
         }
-        let Some(spec) = action else {
+        let Some(Action { spec, declared }) = action else {
             return out;
         };
         for (key, value) in entries {
             let p = join(path, &key.name);
-            match spec.params.iter().find(|d| d.name == key.name) {
-                None if !spec.open_params => {
-                    let hint = suggestion(&key.name, spec.params.iter().map(|d| d.name));
+            match declared.param(&key.name) {
+                None if !declared.open => {
+                    let hint =
+                        suggestion(&key.name, declared.params.iter().map(|d| d.name.as_str()));
                     self.add(
                         key.pos,
                         &p,
@@ -1236,10 +1245,10 @@ impl Decoder<'_> {
                     );
                 }
                 None => {}
-                Some(decl) => self.check_param_type(value, &p, decl.ty),
+                Some(decl) => self.check_param_type(value, &p, &decl.ty),
             }
         }
-        for decl in spec.params.iter().filter(|d| d.required) {
+        for decl in declared.params.iter().filter(|d| d.required) {
             if !entries.iter().any(|(k, _)| k.name == decl.name) {
                 self.add(
                     node.pos,
@@ -1248,10 +1257,10 @@ impl Decoder<'_> {
                 );
             }
         }
-        for group in spec.exclusive {
+        for group in &declared.exclusive {
             let present: Vec<&(Key, Node)> = entries
                 .iter()
-                .filter(|(k, _)| group.contains(&k.name.as_str()))
+                .filter(|(k, _)| group.contains(&k.name))
                 .collect();
             if present.len() > 1 {
                 let (k, _) = present[1];
@@ -1303,7 +1312,7 @@ impl Decoder<'_> {
         }
     }
 
-    fn check_param_type(&mut self, node: &Node, path: &str, ty: ParamType) {
+    fn check_param_type(&mut self, node: &Node, path: &str, ty: &ParamType) {
         // A template may evaluate to anything; its value is checked when the step runs.
         if let Value::Str(s) = &node.value
             && s.contains("{{")
@@ -1330,10 +1339,10 @@ impl Decoder<'_> {
                 }
             },
             (Value::Str(s), ParamType::OneOf(values)) => {
-                if values.contains(&s.as_str()) {
+                if values.contains(s) {
                     true
                 } else {
-                    let hint = suggestion(s, values.iter().copied());
+                    let hint = suggestion(s, values.iter().map(String::as_str));
                     self.add(
                         node.pos,
                         path,

@@ -91,23 +91,12 @@ const KEYS: &[&str] = &[
     "timezone",
     "path",
     "secret",
-    "message",
-    "duration",
-    "url",
-    "method",
-    "body",
-    "json",
     "hooks",
     "a",
     "b-c",
 ];
 
 const SCALARS: &[&str] = &[
-    "core/log",
-    "core/set",
-    "core/sleep",
-    "core/fail",
-    "http/request",
     "a",
     "b-c",
     "{{ steps.a.output }}",
@@ -161,9 +150,23 @@ enum Tree {
     Map(Vec<(String, Tree)>),
 }
 
+/// The registered actions' names, and their params' names.
+fn action_words(params: bool) -> Vec<String> {
+    let actions = crate::connectors::Registry::builtin();
+    if params {
+        actions
+            .iter()
+            .flat_map(|a| a.declared.params.iter().map(|p| p.name.clone()))
+            .collect()
+    } else {
+        actions.names().map(str::to_owned).collect()
+    }
+}
+
 fn scalar() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => prop::sample::select(SCALARS).prop_map(str::to_owned),
+        2 => prop::sample::select(action_words(false)),
         1 => "[ -~]{0,16}",
         1 => any::<i64>().prop_map(|i| i.to_string()),
     ]
@@ -172,6 +175,7 @@ fn scalar() -> impl Strategy<Value = String> {
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         6 => prop::sample::select(KEYS).prop_map(str::to_owned),
+        2 => prop::sample::select(action_words(true)),
         1 => "[a-zA-Z_ -]{1,8}",
     ]
 }
