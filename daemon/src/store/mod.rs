@@ -195,40 +195,79 @@ impl Writers {
     }
 }
 
-/// A new execution's row, as the checkpoint writers insert it: pending, leased to its
-/// starter (epoch 1). Only for starts with nothing to check first (no idempotency key, no
-/// concurrency cap).
+/// A new execution's row: the one way one is written. Every insert (the checkpoint
+/// writers' group commit, and a start that claims an idempotency key or checks a
+/// concurrency cap first) writes [`NewRow::COLUMNS`] from it, in that order.
 struct NewRow {
     id: uuid::Uuid,
     tenant_id: uuid::Uuid,
     workflow: String,
     version: i64,
+    /// `pending`, or `queued` behind the tenant's concurrency cap.
+    status: &'static str,
     inputs: String,
     trigger: String,
     create_time: DateTime<Utc>,
     deadline: Option<DateTime<Utc>>,
-    owner: String,
-    lease_expires: DateTime<Utc>,
+    /// The starter's lease, which a queued execution does not have yet.
+    owner: Option<String>,
+    lease_expires: Option<DateTime<Utc>>,
+    lease_epoch: i32,
 }
 
 impl NewRow {
-    /// `None` when the start must check something first.
-    fn simple(e: &NewExecution, lease_expires: DateTime<Utc>) -> Option<NewRow> {
-        if e.idempotency.is_some() || e.concurrency.is_some() {
-            return None;
-        }
-        Some(NewRow {
+    /// The columns it fills, in the order every statement binds them.
+    const COLUMNS: &[&str] = &[
+        "id",
+        "tenant_id",
+        "workflow",
+        "version",
+        "status",
+        "inputs",
+        "trigger_info",
+        "create_time",
+        "deadline",
+        "owner",
+        "lease_expires",
+        "lease_epoch",
+    ];
+
+    /// Pending and leased to its starter (epoch 1), or queued without a lease.
+    fn new(e: &NewExecution, lease_expires: DateTime<Utc>, queued: bool) -> NewRow {
+        NewRow {
             id: e.id,
             tenant_id: e.tenant_id,
             workflow: e.workflow.clone(),
             version: e.version,
+            status: if queued { "queued" } else { "pending" },
             inputs: e.inputs.to_string(),
             trigger: e.trigger.to_string(),
             create_time: e.now,
             deadline: e.deadline,
-            owner: e.owner.clone(),
-            lease_expires,
-        })
+            owner: (!queued).then(|| e.owner.clone()),
+            lease_expires: (!queued).then_some(lease_expires),
+            lease_epoch: if queued { 0 } else { 1 },
+        }
+    }
+
+    /// The row of a start with nothing to check first (no idempotency key, no concurrency
+    /// cap), which the writers insert; `None` when the start must check something first.
+    fn simple(e: &NewExecution, lease_expires: DateTime<Utc>) -> Option<NewRow> {
+        if e.idempotency.is_some() || e.concurrency.is_some() {
+            return None;
+        }
+        Some(NewRow::new(e, lease_expires, false))
+    }
+
+    /// `INSERT INTO executions (COLUMNS) VALUES (...)`, `placeholder(k)` writing the k-th
+    /// value (from 1).
+    fn insert_sql(placeholder: impl Fn(usize) -> String) -> String {
+        let values: Vec<String> = (1..=Self::COLUMNS.len()).map(placeholder).collect();
+        format!(
+            "INSERT INTO executions ({}) VALUES ({})",
+            Self::COLUMNS.join(", "),
+            values.join(", ")
+        )
     }
 }
 

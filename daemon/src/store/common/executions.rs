@@ -100,24 +100,22 @@ impl ThisStore {
                 queued = true;
             }
         }
-        sqlx::query(
-            "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
-                 trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
-                 VALUES ($1, $2, $3, $4, CASE WHEN $11 THEN 'queued' ELSE 'pending' END, \
-                 $5, $6, $7, $8, CASE WHEN $11 THEN NULL ELSE $9 END, \
-                 CASE WHEN $11 THEN NULL ELSE $10 END, CASE WHEN $11 THEN 0 ELSE 1 END)",
-        )
-        .bind(e.id)
-        .bind(e.tenant_id)
-        .bind(&e.workflow)
-        .bind(e.version)
-        .bind(e.inputs.to_string())
-        .bind(e.trigger.to_string())
-        .bind(e.now)
-        .bind(e.deadline)
-        .bind(&e.owner)
-        .bind(lease_expires)
-        .bind(queued)
+        let row = crate::store::NewRow::new(e, lease_expires, queued);
+        sqlx::query(sqlx::AssertSqlSafe(crate::store::NewRow::insert_sql(|k| {
+            format!("${k}")
+        })))
+        .bind(row.id)
+        .bind(row.tenant_id)
+        .bind(&row.workflow)
+        .bind(row.version)
+        .bind(row.status)
+        .bind(&row.inputs)
+        .bind(&row.trigger)
+        .bind(row.create_time)
+        .bind(row.deadline)
+        .bind(&row.owner)
+        .bind(row.lease_expires)
+        .bind(row.lease_epoch)
         .execute(&mut *tx)
         .await
         .map_err(map_err(what))?;

@@ -285,6 +285,7 @@ fn batch_sql(shape: Shape) -> String {
         ));
     }
     if shape.creates {
+        // One array per column of `NewRow::COLUMNS`, in its order.
         let arrays = unnest(
             &mut next,
             &[
@@ -294,20 +295,18 @@ fn batch_sql(shape: Shape) -> String {
                 "bigint",
                 "text",
                 "text",
+                "text",
                 "timestamptz",
                 "timestamptz",
                 "text",
                 "timestamptz",
+                "int",
             ],
         );
+        let columns = NewRow::COLUMNS.join(", ");
         sql.push_str(&format!(
             ", cr AS ( \
-                INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
-                    trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
-                SELECT c.id, c.tenant_id, c.workflow, c.version, 'pending', c.inputs, \
-                    c.trigger_info, c.create_time, c.deadline, c.owner, c.lease_expires, 1 \
-                FROM {arrays} AS c(id, tenant_id, workflow, version, inputs, \
-                    trigger_info, create_time, deadline, owner, lease_expires) \
+                INSERT INTO executions ({columns}) SELECT * FROM {arrays} \
             )"
         ));
     }
@@ -558,32 +557,25 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
             .bind(w_expire);
     }
     if shape.creates {
+        let text = |f: fn(&NewRow) -> &str| creates.iter().map(|r| f(r)).collect::<Vec<&str>>();
         query = query
             .bind(creates.iter().map(|r| r.id).collect::<Vec<_>>())
             .bind(creates.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
-            .bind(
-                creates
-                    .iter()
-                    .map(|r| r.workflow.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(text(|r| &r.workflow))
             .bind(creates.iter().map(|r| r.version).collect::<Vec<_>>())
-            .bind(
-                creates
-                    .iter()
-                    .map(|r| r.inputs.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                creates
-                    .iter()
-                    .map(|r| r.trigger.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(text(|r| r.status))
+            .bind(text(|r| &r.inputs))
+            .bind(text(|r| &r.trigger))
             .bind(creates.iter().map(|r| r.create_time).collect::<Vec<_>>())
             .bind(creates.iter().map(|r| r.deadline).collect::<Vec<_>>())
-            .bind(creates.iter().map(|r| r.owner.as_str()).collect::<Vec<_>>())
-            .bind(creates.iter().map(|r| r.lease_expires).collect::<Vec<_>>());
+            .bind(
+                creates
+                    .iter()
+                    .map(|r| r.owner.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(creates.iter().map(|r| r.lease_expires).collect::<Vec<_>>())
+            .bind(creates.iter().map(|r| r.lease_epoch).collect::<Vec<_>>());
     }
     if shape.audits {
         query = query

@@ -199,26 +199,24 @@ fn store_err(id: uuid::Uuid) -> impl Fn(rusqlite::Error) -> Error {
 }
 
 fn create(conn: &Connection, row: &NewRow) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
-         trigger_info, create_time, deadline, owner, lease_expires, lease_epoch) \
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, ?10, 1)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            row.id.as_bytes(),
-            row.tenant_id.as_bytes(),
-            row.workflow,
-            row.version,
-            row.inputs,
-            row.trigger,
-            time(Some(row.create_time)),
-            time(row.deadline),
-            row.owner,
-            time(Some(row.lease_expires)),
-        ])
-    })
-    .map_err(store_err(row.id))?;
+    conn.prepare_cached(&NewRow::insert_sql(|k| format!("?{k}")))
+        .and_then(|mut s| {
+            s.execute(params![
+                row.id.as_bytes(),
+                row.tenant_id.as_bytes(),
+                row.workflow,
+                row.version,
+                row.status,
+                row.inputs,
+                row.trigger,
+                time(Some(row.create_time)),
+                time(row.deadline),
+                row.owner,
+                time(row.lease_expires),
+                row.lease_epoch,
+            ])
+        })
+        .map_err(store_err(row.id))?;
     Ok(())
 }
 
