@@ -350,7 +350,7 @@ impl HttpConnector {
         let redactor = inv
             .credential
             .as_ref()
-            .map(crate::secrets::redact::Redactor::for_credential)
+            .map(super::redact::Redactor::for_credential)
             .unwrap_or_default();
         let snippet = match &out["body"] {
             Value::String(s) if !s.is_empty() => {

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod http;
 pub mod net;
 pub mod params;
+pub mod redact;
 pub mod status;
 
 use std::collections::BTreeMap;

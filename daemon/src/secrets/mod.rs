@@ -3,7 +3,8 @@
 
 pub mod crypto;
 pub mod model;
-pub mod redact;
+/// Redaction moved to the connectors, next to the credentials it hides.
+pub use crate::connectors::redact;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::connectors::Credential;
+use super::Credential;
 
 /// Shortest value redacted; shorter ones would mangle ordinary text.
 pub const MIN_REDACTED_LEN: usize = 4;
