@@ -48,7 +48,8 @@ pub enum Error {
     PermissionDenied(String),
     #[error("x-mantle-tenant: tenant {0:?} not found")]
     TenantNotFound(String),
-    #[error(transparent)]
+    /// The store failed; its error is the cause.
+    #[error("{0}")]
     Store(#[from] store::Error),
 }
 
@@ -59,7 +60,12 @@ impl crate::error::ServiceError for Error {
             Error::Unauthenticated(_) => K::Unauthenticated,
             Error::PermissionDenied(_) => K::PermissionDenied,
             Error::TenantNotFound(_) => K::NotFound,
-            Error::Store(err) => crate::error::ServiceError::kind(err),
+            // Authentication tells a missing key or tenant apart before it fails: any other
+            // store failure is the daemon's, unless the database is away.
+            Error::Store(err) => match crate::error::ServiceError::kind(err) {
+                K::Unavailable => K::Unavailable,
+                _ => K::Internal,
+            },
         }
     }
 }

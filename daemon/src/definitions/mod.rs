@@ -41,6 +41,9 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The store failed; its error is the cause, and says the kind.
+    #[error("{}", crate::error::StoreMessage(.0))]
+    Store(#[from] store::Error),
 }
 
 impl crate::error::ServiceError for Error {
@@ -53,22 +56,7 @@ impl crate::error::ServiceError for Error {
             Error::ResourceExhausted(_) => K::ResourceExhausted,
             Error::Unavailable(_) => K::Unavailable,
             Error::Internal(_) => K::Internal,
-        }
-    }
-}
-
-impl From<store::Error> for Error {
-    fn from(err: store::Error) -> Self {
-        match err {
-            store::Error::NotFound(what) => Error::NotFound(what),
-            store::Error::Unavailable(msg) => Error::Unavailable(msg),
-            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
-            store::Error::AlreadyExists(msg)
-            | store::Error::Config(msg)
-            | store::Error::Internal(msg)
-            | store::Error::Conflict(msg)
-            | store::Error::Exhausted(msg) => Error::Internal(msg),
-            store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
+            Error::Store(err) => crate::error::ServiceError::kind(err),
         }
     }
 }

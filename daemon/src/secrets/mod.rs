@@ -42,16 +42,11 @@ pub enum Error {
     InvalidArgument { field: String, message: String },
     #[error("{0} not found")]
     NotFound(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
     #[error("{0}")]
     PermissionDenied(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
+    /// The store failed; its error is the cause, and says the kind.
+    #[error("{}", crate::error::StoreMessage(.0))]
+    Store(#[from] store::Error),
 }
 
 impl crate::error::ServiceError for Error {
@@ -60,25 +55,8 @@ impl crate::error::ServiceError for Error {
         match self {
             Error::InvalidArgument { .. } => K::InvalidArgument,
             Error::NotFound(_) => K::NotFound,
-            Error::AlreadyExists(_) => K::AlreadyExists,
             Error::PermissionDenied(_) => K::PermissionDenied,
-            Error::FailedPrecondition(_) => K::FailedPrecondition,
-            Error::Unavailable(_) => K::Unavailable,
-            Error::Internal(_) => K::Internal,
-        }
-    }
-}
-
-impl From<store::Error> for Error {
-    fn from(err: store::Error) -> Self {
-        match err {
-            store::Error::NotFound(w) => Error::NotFound(w),
-            store::Error::AlreadyExists(w) => Error::AlreadyExists(w),
-            store::Error::Unavailable(m) => Error::Unavailable(m),
-            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
-            store::Error::Conflict(m) | store::Error::Exhausted(m) => Error::FailedPrecondition(m),
-            store::Error::Config(m) | store::Error::Internal(m) => Error::Internal(m),
-            store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
+            Error::Store(err) => crate::error::ServiceError::kind(err),
         }
     }
 }
