@@ -597,7 +597,7 @@ fn validate_database_url(url: &str, from: &str) -> Result<(), Error> {
 }
 
 /// Parses a duration such as `500ms`, `30s`, `5m` or `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, crate::duration::Error> {
     crate::duration::parse(text)
 }
 
