@@ -515,7 +515,7 @@ pub fn build(
 
     let api_token = match env_get("MANTLE_API_TOKEN").or(api.token) {
         Some(token) => {
-            crate::auth::StaticToken::new(&token).map_err(Error)?;
+            crate::auth::StaticToken::new(&token).map_err(|e| Error(e.to_string()))?;
             Some(token)
         }
         None => None,

@@ -109,13 +109,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .as_deref()
         .map(StaticToken::new)
         .transpose()
-        .map_err(StartError::Config)?;
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let keys_file = config
         .tenant_keys_path
         .as_deref()
         .map(crate::auth::keys_file::KeysFile::load)
         .transpose()
-        .map_err(StartError::Config)?
+        .map_err(|e| StartError::Config(e.to_string()))?
         .map(Arc::new);
     bootstrap_operator_access(&config, store.as_ref(), &tenancy, address).await?;
     let ring = Arc::new(key_ring(&config, store.backend())?);

@@ -90,17 +90,38 @@ pub struct StaticToken {
     hash: [u8; 32],
 }
 
-impl StaticToken {
-    /// Validates `MANTLE_API_TOKEN`: printable ASCII without spaces, at least 16 characters.
-    pub fn new(token: &str) -> Result<Self, String> {
+/// Why a token an operator chose (`MANTLE_API_TOKEN`, a keys file's) cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("must be at least {MIN_STATIC_TOKEN_LEN} characters long")]
+    TooShort,
+    #[error("must be printable ASCII without spaces")]
+    NotPrintable,
+}
+
+impl TokenError {
+    /// Checks a chosen token: printable ASCII without spaces, at least
+    /// [`MIN_STATIC_TOKEN_LEN`] characters.
+    pub fn check(token: &str) -> Result<(), TokenError> {
         if token.len() < MIN_STATIC_TOKEN_LEN {
-            return Err(format!(
-                "MANTLE_API_TOKEN: must be at least {MIN_STATIC_TOKEN_LEN} characters long"
-            ));
+            Err(TokenError::TooShort)
+        } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            Err(TokenError::NotPrintable)
+        } else {
+            Ok(())
         }
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("MANTLE_API_TOKEN: must be printable ASCII without spaces".to_owned());
-        }
+    }
+}
+
+/// `MANTLE_API_TOKEN` cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("MANTLE_API_TOKEN: {0}")]
+pub struct ApiTokenError(#[source] pub TokenError);
+
+impl StaticToken {
+    /// Validates `MANTLE_API_TOKEN` (see [`TokenError::check`]).
+    pub fn new(token: &str) -> Result<Self, ApiTokenError> {
+        TokenError::check(token).map_err(ApiTokenError)?;
         Ok(StaticToken {
             hash: Sha256::digest(token.as_bytes()).into(),
         })
@@ -291,8 +312,19 @@ mod tests {
 
     #[test]
     fn static_token_rules() {
-        assert!(StaticToken::new("short").is_err());
-        assert!(StaticToken::new("has a space in it!!").is_err());
+        let err = StaticToken::new("short").err().unwrap();
+        assert_eq!(err, ApiTokenError(TokenError::TooShort));
+        assert_eq!(
+            err.to_string(),
+            "MANTLE_API_TOKEN: must be at least 16 characters long"
+        );
+        let err = StaticToken::new("has a space in it!!").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "MANTLE_API_TOKEN: must be printable ASCII without spaces"
+        );
+        let cause = std::error::Error::source(&err).and_then(|c| c.downcast_ref::<TokenError>());
+        assert_eq!(cause, Some(&TokenError::NotPrintable));
         let t = StaticToken::new("0123456789abcdef").unwrap();
         assert!(t.matches("0123456789abcdef"));
         assert!(!t.matches("0123456789abcdeF"));
