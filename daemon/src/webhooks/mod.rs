@@ -188,9 +188,9 @@ impl Webhooks {
         if let Some(name) = &d.secret_name {
             let credential = self
                 .secrets
-                .resolve(d.tenant_id, name)
+                .credential(d.tenant_id, name)
                 .await
-                .map_err(|e| (e, None))?;
+                .map_err(|e| (e.to_string(), None))?;
             let key = credential
                 .fields
                 .get("key")
