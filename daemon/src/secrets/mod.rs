@@ -541,16 +541,7 @@ mod tests {
     async fn a_credential_error_keeps_its_cause() {
         use crate::tenancy::model::DEFAULT_TENANT_ID;
         let dir = tempfile::tempdir().unwrap();
-        let store = store::open(&store::OpenOptions {
-            url: String::new(),
-            data_dir: dir.path().to_owned(),
-            max_connections: 1,
-            connect_timeout: std::time::Duration::from_secs(5),
-            exclusive: false,
-        })
-        .await
-        .unwrap();
-        store.migrate().await.unwrap();
+        let store = crate::testing::sqlite_store(dir.path()).await;
         let secrets = |key: &str| {
             Secrets::new(
                 store.clone(),
