@@ -375,6 +375,45 @@ mod tests {
         });
     }
 
+    /// Every domain tells a refused caller alike (one `From<auth::Error>`).
+    #[test]
+    fn each_domain_tells_a_refused_caller_alike() {
+        fn check<E>(domain: &str, make: impl Fn(auth::Error) -> E)
+        where
+            Status: From<E>,
+        {
+            let cases = [
+                (
+                    auth::Error::Unauthenticated("no token"),
+                    Code::PermissionDenied,
+                    "no token",
+                ),
+                (
+                    auth::Error::PermissionDenied("lacks a scope".to_owned()),
+                    Code::PermissionDenied,
+                    "lacks a scope",
+                ),
+                (
+                    auth::Error::TenantNotFound("acme".to_owned()),
+                    Code::NotFound,
+                    "tenant \"acme\" not found",
+                ),
+            ];
+            for (err, want, message) in cases {
+                let status = Status::from(make(err));
+                assert_eq!(
+                    (status.code(), status.message()),
+                    (want, message),
+                    "{domain}"
+                );
+            }
+        }
+        check("tenancy", tenancy::Error::from);
+        check("definitions", definitions::Error::from);
+        check("executions", executions::Error::from);
+        check("secrets", secrets::Error::from);
+    }
+
     /// Authentication keeps the store error as its cause too, but answers UNAVAILABLE or
     /// INTERNAL only: a missing key or tenant is told apart before the store fails.
     #[test]

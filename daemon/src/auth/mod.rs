@@ -70,6 +70,27 @@ impl crate::error::ServiceError for Error {
     }
 }
 
+/// Implements `From<auth::Error>` for a domain error with `PermissionDenied(String)`,
+/// `NotFound(String)` and `Store(store::Error)` variants, alike for every domain: a caller
+/// without valid credentials or the scope is refused, a tenant named in `x-mantle-tenant`
+/// that does not exist is not found, and a store failure stays the cause.
+macro_rules! impl_from_auth_error {
+    ($error:ident) => {
+        impl From<$crate::auth::Error> for $error {
+            fn from(err: $crate::auth::Error) -> Self {
+                use $crate::auth::Error as Auth;
+                match err {
+                    Auth::Unauthenticated(msg) => $error::PermissionDenied(msg.to_owned()),
+                    Auth::PermissionDenied(msg) => $error::PermissionDenied(msg),
+                    Auth::TenantNotFound(name) => $error::NotFound(format!("tenant {name:?}")),
+                    Auth::Store(err) => $error::Store(err),
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_from_auth_error;
+
 impl Caller {
     /// Succeeds when the caller holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), Error> {

@@ -61,16 +61,7 @@ impl crate::error::ServiceError for Error {
     }
 }
 
-impl From<auth::Error> for Error {
-    fn from(err: auth::Error) -> Self {
-        match err {
-            auth::Error::Unauthenticated(msg) => Error::PermissionDenied(msg.to_owned()),
-            auth::Error::PermissionDenied(msg) => Error::PermissionDenied(msg),
-            auth::Error::TenantNotFound(name) => Error::NotFound(format!("tenant {name:?}")),
-            auth::Error::Store(err) => err.into(),
-        }
-    }
-}
+auth::impl_from_auth_error!(Error);
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
