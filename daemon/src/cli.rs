@@ -260,8 +260,7 @@ async fn admin_key_create(config: &Config, name: &str) -> Result<(), StartError>
     store.migrate().await?;
     let created = Tenancy::new(store, crate::connectors::NetworkPolicy::default())
         .bootstrap_operator_key(name)
-        .await
-        .map_err(anyhow::Error::from)?;
+        .await?;
     println!("{}", created.token);
     eprintln!(
         "mantle: created operator key {}; the token above is shown only once",

@@ -515,7 +515,7 @@ pub fn build(
 
     let api_token = match env_get("MANTLE_API_TOKEN").or(api.token) {
         Some(token) => {
-            crate::auth::StaticToken::new(&token).map_err(Error)?;
+            crate::auth::StaticToken::new(&token).map_err(|e| Error(e.to_string()))?;
             Some(token)
         }
         None => None,
@@ -597,7 +597,7 @@ fn validate_database_url(url: &str, from: &str) -> Result<(), Error> {
 }
 
 /// Parses a duration such as `500ms`, `30s`, `5m` or `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, crate::duration::Error> {
     crate::duration::parse(text)
 }
 

@@ -2,12 +2,38 @@
 
 use std::time::Duration;
 
+/// Why a text is not a duration. The message names the text and says what to write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("empty duration; write e.g. 500ms, 30s, 5m or 1h")]
+    Empty,
+    /// It does not start with a number (or a unit follows a unit).
+    #[error("{text:?} is not a duration; write e.g. 500ms, 30s, 5m or 1h")]
+    NotADuration { text: String },
+    #[error("{text:?} is too large")]
+    TooLarge {
+        text: String,
+        source: std::num::ParseIntError,
+    },
+    #[error("{text:?} has no unit; write e.g. 500ms, 30s, 5m or 1h")]
+    NoUnit { text: String },
+    #[error("{text:?} has an unknown unit {unit:?}; use ms, s, m, h or d")]
+    UnknownUnit { text: String, unit: String },
+}
+
+/// The message alone, for a caller that relays it as a problem's text.
+impl From<Error> for String {
+    fn from(err: Error) -> String {
+        err.to_string()
+    }
+}
+
 /// Parses a sequence of whole numbers with units `ms`, `s`, `m`, `h`, `d`, such as `1h30m`.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, Error> {
     let original = text;
     let mut rest = text.trim();
     if rest.is_empty() {
-        return Err("empty duration; write e.g. 500ms, 30s, 5m or 1h".to_owned());
+        return Err(Error::Empty);
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
@@ -15,13 +41,14 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "{original:?} is not a duration; write e.g. 500ms, 30s, 5m or 1h"
-            ));
+            return Err(Error::NotADuration {
+                text: original.to_owned(),
+            });
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{original:?} is too large"))?;
+        let n: u64 = rest[..digits].parse().map_err(|source| Error::TooLarge {
+            text: original.to_owned(),
+            source,
+        })?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -35,14 +62,15 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
             "" => {
-                return Err(format!(
-                    "{original:?} has no unit; write e.g. 500ms, 30s, 5m or 1h"
-                ));
+                return Err(Error::NoUnit {
+                    text: original.to_owned(),
+                });
             }
             _ => {
-                return Err(format!(
-                    "{original:?} has an unknown unit {unit:?}; use ms, s, m, h or d"
-                ));
+                return Err(Error::UnknownUnit {
+                    text: original.to_owned(),
+                    unit: unit.to_owned(),
+                });
             }
         };
         total = total.saturating_add(part);
@@ -94,10 +122,34 @@ mod tests {
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse("1d"), Ok(Duration::from_secs(86_400)));
-        assert!(parse("5").unwrap_err().contains("no unit"));
-        assert!(parse("5x").unwrap_err().contains("unknown unit"));
-        assert!(parse("s").is_err());
-        assert!(parse("").is_err());
-        assert!(parse("1.5s").is_err());
+        assert!(matches!(parse("5"), Err(Error::NoUnit { .. })));
+        assert!(matches!(parse("5x"), Err(Error::UnknownUnit { unit, .. }) if unit == "x"));
+        assert!(matches!(parse("s"), Err(Error::NotADuration { .. })));
+        assert_eq!(parse(""), Err(Error::Empty));
+        assert!(matches!(parse("1.5s"), Err(Error::UnknownUnit { .. })));
+    }
+
+    /// The messages say what was written and what to write; an overflow keeps its cause.
+    #[test]
+    fn errors_name_the_text_and_keep_their_cause() {
+        for (text, message) in [
+            ("5", "\"5\" has no unit; write e.g. 500ms, 30s, 5m or 1h"),
+            (
+                "5x",
+                "\"5x\" has an unknown unit \"x\"; use ms, s, m, h or d",
+            ),
+            (
+                "s",
+                "\"s\" is not a duration; write e.g. 500ms, 30s, 5m or 1h",
+            ),
+            (" ", "empty duration; write e.g. 500ms, 30s, 5m or 1h"),
+        ] {
+            assert_eq!(parse(text).unwrap_err().to_string(), message);
+        }
+        let err = parse("99999999999999999999s").unwrap_err();
+        assert_eq!(err.to_string(), "\"99999999999999999999s\" is too large");
+        let cause = std::error::Error::source(&err).expect("the integer error");
+        assert!(cause.is::<std::num::ParseIntError>(), "{cause:?}");
+        assert_eq!(String::from(err.clone()), err.to_string());
     }
 }

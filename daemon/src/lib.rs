@@ -22,6 +22,8 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tenancy;
+#[cfg(test)]
+mod testing;
 pub mod webhooks;
 pub mod workflow;
 

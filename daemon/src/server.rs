@@ -23,9 +23,13 @@ pub enum StartError {
     /// Bad configuration (exit 64).
     #[error("{0}")]
     Config(String),
-    /// The database could not be reached (exit 69).
+    /// The database could not be opened or migrated: exit 64 when it is misconfigured, 69
+    /// when it cannot be reached, else 1.
+    #[error("{}", StoreStartMessage(.0))]
+    Store(#[from] store::Error),
+    /// Creating or checking the operator key failed (exit 1).
     #[error("{0}")]
-    Unavailable(String),
+    Tenancy(#[from] crate::tenancy::Error),
     /// Anything else (exit 1).
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
@@ -34,19 +38,24 @@ pub enum StartError {
 impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) => 64,
-            StartError::Unavailable(_) => 69,
-            StartError::Other(_) => 1,
+            StartError::Config(_) | StartError::Store(store::Error::Config(_)) => 64,
+            StartError::Store(store::Error::Unavailable(_)) => 69,
+            StartError::Store(_) | StartError::Tenancy(_) | StartError::Other(_) => 1,
         }
     }
 }
 
-impl From<store::Error> for StartError {
-    fn from(err: store::Error) -> Self {
-        match err {
-            store::Error::Config(msg) => StartError::Config(msg),
-            store::Error::Unavailable(msg) => StartError::Unavailable(msg),
-            other => StartError::Other(other.into()),
+/// A store error as a failed start tells it: a bad configuration or an unreachable database
+/// by its message alone, anything else in the store's words.
+struct StoreStartMessage<'a>(&'a store::Error);
+
+impl std::fmt::Display for StoreStartMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            store::Error::Config(message) | store::Error::Unavailable(message) => {
+                f.write_str(message)
+            }
+            other => std::fmt::Display::fmt(other, f),
         }
     }
 }
@@ -100,13 +109,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         .as_deref()
         .map(StaticToken::new)
         .transpose()
-        .map_err(StartError::Config)?;
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let keys_file = config
         .tenant_keys_path
         .as_deref()
         .map(crate::auth::keys_file::KeysFile::load)
         .transpose()
-        .map_err(StartError::Config)?
+        .map_err(|e| StartError::Config(e.to_string()))?
         .map(Arc::new);
     bootstrap_operator_access(&config, store.as_ref(), &tenancy, address).await?;
     let ring = Arc::new(key_ring(&config, store.backend())?);
@@ -334,11 +343,7 @@ async fn bootstrap_operator_access(
         return Ok(());
     }
     if store.backend() == Backend::Postgres {
-        if !tenancy
-            .has_operator_key()
-            .await
-            .map_err(anyhow::Error::from)?
-        {
+        if !tenancy.has_operator_key().await? {
             tracing::warn!(
                 "no operator key exists and MANTLE_API_TOKEN is not set; create one with `mantle admin-key create`"
             );
@@ -360,8 +365,7 @@ async fn bootstrap_operator_access(
     }
     let created = tenancy
         .bootstrap_operator_key("local operator (created at first start)")
-        .await
-        .map_err(anyhow::Error::from)?;
+        .await?;
     write_private_file(&path, &contents(&created.token))
         .map_err(|e| StartError::Config(format!("writing {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "created an operator token for local use; mantlectl finds it automatically");
@@ -393,4 +397,49 @@ pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     file.write_all(contents.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store error that ends a start stays its cause, picks the exit code, and is told as
+    /// it always was.
+    #[test]
+    fn a_store_error_stays_the_cause_of_a_failed_start() {
+        let cases = [
+            (store::Error::Config("bad url".to_owned()), 64, "bad url"),
+            (
+                store::Error::Unavailable("refused".to_owned()),
+                69,
+                "refused",
+            ),
+            (
+                store::Error::Internal("boom".to_owned()),
+                1,
+                "database error: boom",
+            ),
+        ];
+        for (store_err, exit_code, message) in cases {
+            let shown = format!("{store_err:?}");
+            let err = StartError::from(store_err);
+            let cause = std::error::Error::source(&err)
+                .and_then(|cause| cause.downcast_ref::<store::Error>())
+                .map(|cause| format!("{cause:?}"));
+            assert_eq!(cause.as_deref(), Some(shown.as_str()));
+            assert_eq!(err.exit_code(), exit_code, "{shown}");
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    /// A tenancy error that ends a start keeps its cause, and its message is told once.
+    #[test]
+    fn a_tenancy_error_ends_a_start_with_its_message() {
+        let err = StartError::from(crate::tenancy::Error::from(store::Error::Unavailable(
+            "refused".to_owned(),
+        )));
+        assert_eq!(err.to_string(), "refused");
+        assert_eq!(err.exit_code(), 1);
+        assert!(std::error::Error::source(&err).is_some());
+    }
 }

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tokio_util::sync::CancellationToken;
 
-use super::{MIN_STATIC_TOKEN_LEN, Scope, ScopeSet};
+use super::{MIN_STATIC_TOKEN_LEN, Scope, ScopeSet, TokenError, UnknownScope};
 
 /// How often the file is looked at for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -81,13 +81,10 @@ impl KeySet {
     /// for JSON errors and `keys[i]` for invalid entries; it never shows a token.
     pub fn parse(text: &str) -> Result<KeySet, ParseError> {
         let form: FileForm = serde_json::from_str(text).map_err(json_error)?;
-        Self::validate(form).map_err(|message| ParseError {
-            position: None,
-            message,
-        })
+        Ok(Self::validate(form)?)
     }
 
-    fn validate(form: FileForm) -> Result<KeySet, String> {
+    fn validate(form: FileForm) -> Result<KeySet, InvalidKey> {
         let mut keys = Vec::with_capacity(form.keys.len());
         let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(form.keys.len());
         let mut names = HashSet::new();
@@ -96,16 +93,15 @@ impl KeySet {
                 Some(name) => format!("keys[{index}] (name {name:?})"),
                 None => format!("keys[{index}]"),
             };
-            let key = validate_entry(index, entry).map_err(|e| format!("{at}: {e}"))?;
+            let key = match validate_entry(index, entry) {
+                Ok(key) => key,
+                Err(problem) => return Err(InvalidKey::Entry { at, problem }),
+            };
             if let Some(first) = hashes.iter().position(|h| *h == key.hash) {
-                return Err(format!(
-                    "{at}: token: the same token as keys[{first}]; every key needs its own token"
-                ));
+                return Err(InvalidKey::SameToken { at, first });
             }
             if !names.insert(key.key_id.clone()) {
-                return Err(format!(
-                    "{at}: name: another key has the same name; names must be unique"
-                ));
+                return Err(InvalidKey::SameName { at });
             }
             hashes.push(key.hash);
             keys.push(key);
@@ -140,40 +136,63 @@ impl KeySet {
     }
 }
 
-fn validate_entry(index: usize, entry: EntryForm) -> Result<FileKey, String> {
+/// What is wrong with one entry of the file, field first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("token: {0}")]
+    Token(#[source] TokenError),
+    #[error(
+        "tenant: {0:?} is not a valid tenant name: use 1 to 63 lowercase letters, digits and \
+         '-', starting with a letter and not ending with '-'"
+    )]
+    Tenant(String),
+    #[error("scopes: must name at least one scope; use [\"*\"] for every tenant scope")]
+    NoScopes,
+    #[error("scopes: {0}")]
+    UnknownScope(#[source] UnknownScope),
+    #[error("scopes: {:?} is for operator keys only; a keys file key acts only on its tenant", .0.as_str())]
+    OperatorScope(Scope),
+    #[error(
+        "name: {0:?} is not a valid key name: use 1 to {MAX_NAME_LEN} letters, digits, '-', \
+         '_' and '.', starting with a letter"
+    )]
+    Name(String),
+}
+
+/// A key of the file that cannot be used; `at` names it (`keys[i]`, and its name if any).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidKey {
+    #[error("{at}: {problem}")]
+    Entry {
+        at: String,
+        #[source]
+        problem: EntryError,
+    },
+    #[error("{at}: token: the same token as keys[{first}]; every key needs its own token")]
+    SameToken { at: String, first: usize },
+    #[error("{at}: name: another key has the same name; names must be unique")]
+    SameName { at: String },
+}
+
+fn validate_entry(index: usize, entry: EntryForm) -> Result<FileKey, EntryError> {
     let EntryForm {
         token,
         tenant,
         scopes,
         name,
     } = entry;
-    if token.len() < MIN_STATIC_TOKEN_LEN {
-        return Err(format!(
-            "token: must be at least {MIN_STATIC_TOKEN_LEN} characters long"
-        ));
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("token: must be printable ASCII without spaces".to_owned());
-    }
+    TokenError::check(&token).map_err(EntryError::Token)?;
     if crate::tenancy::validate_tenant_name(&tenant).is_err() {
-        return Err(format!(
-            "tenant: {tenant:?} is not a valid tenant name: use 1 to 63 lowercase letters, \
-             digits and '-', starting with a letter and not ending with '-'"
-        ));
+        return Err(EntryError::Tenant(tenant));
     }
     if scopes.is_empty() {
-        return Err(
-            "scopes: must name at least one scope; use [\"*\"] for every tenant scope".to_owned(),
-        );
+        return Err(EntryError::NoScopes);
     }
     let mut parsed = Vec::with_capacity(scopes.len());
     for s in &scopes {
-        let scope: Scope = s.parse().map_err(|e| format!("scopes: {e}"))?;
+        let scope: Scope = s.parse().map_err(EntryError::UnknownScope)?;
         if !scope.is_tenant_scope() {
-            return Err(format!(
-                "scopes: {:?} is for operator keys only; a keys file key acts only on its tenant",
-                scope.as_str()
-            ));
+            return Err(EntryError::OperatorScope(scope));
         }
         parsed.push(scope);
     }
@@ -186,10 +205,7 @@ fn validate_entry(index: usize, entry: EntryForm) -> Result<FileKey, String> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
             if !ok {
-                return Err(format!(
-                    "name: {name:?} is not a valid key name: use 1 to {MAX_NAME_LEN} letters, \
-                     digits, '-', '_' and '.', starting with a letter"
-                ));
+                return Err(EntryError::Name(name));
             }
             format!("file:{name}")
         }
@@ -202,32 +218,72 @@ fn validate_entry(index: usize, entry: EntryForm) -> Result<FileKey, String> {
     })
 }
 
-/// Why a keys file cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError {
-    /// `(line, column)` of a JSON error.
-    pub position: Option<(usize, usize)>,
-    pub message: String,
+/// Why a keys file's contents cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON of the file's form. Only serde's message is kept, with long literals
+    /// redacted: its error's text could show a token.
+    #[error("{}{message}", Position(.position))]
+    Json {
+        /// `(line, column)`, when known.
+        position: Option<(usize, usize)>,
+        message: String,
+    },
+    #[error("not UTF-8: {0}")]
+    NotUtf8(#[source] std::str::Utf8Error),
+    #[error("{0}")]
+    Invalid(#[from] InvalidKey),
 }
 
-impl std::fmt::Display for ParseError {
+/// `LINE:COLUMN: `, or nothing.
+struct Position<'a>(&'a Option<(usize, usize)>);
+
+impl std::fmt::Display for Position<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.position {
-            Some((line, column)) => write!(f, "{line}:{column}: {}", self.message),
-            None => f.write_str(&self.message),
+        match *self.0 {
+            Some((line, column)) => write!(f, "{line}:{column}: "),
+            None => Ok(()),
         }
     }
 }
 
 impl ParseError {
-    /// `PATH:LINE:COLUMN: message`, or `PATH: message`.
-    fn in_file(&self, path: &Path) -> String {
-        match self.position {
-            Some(_) => format!("{}:{self}", path.display()),
-            None => format!("{}: {self}", path.display()),
-        }
+    /// Whether the message starts with `LINE:COLUMN`.
+    fn has_position(&self) -> bool {
+        matches!(
+            self,
+            ParseError::Json {
+                position: Some(_),
+                ..
+            }
+        )
     }
 }
+
+/// Why the keys file cannot be used; the message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is readable by other users (mode {mode:04o}): it holds every tenant's tokens; make \
+         it private, e.g. chmod 600 (or 440 with a group), or defaultMode 0440 for a \
+         Kubernetes secret",
+        .path.display()
+    )]
+    NotPrivate { path: PathBuf, mode: u32 },
+    /// `PATH:LINE:COLUMN: message`, or `PATH: message`.
+    #[error("{}{}{source}", .path.display(), if .source.has_position() { ":" } else { ": " })]
+    Invalid { path: PathBuf, source: ParseError },
+}
+
+/// The keys file cannot be used at startup: a configuration error, naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{ENV_VAR}: {0}")]
+pub struct LoadError(#[from] pub FileError);
 
 /// A JSON error with its position, long quoted literals (which could be a token written
 /// in the wrong place) replaced by their length.
@@ -235,7 +291,7 @@ fn json_error(err: serde_json::Error) -> ParseError {
     let text = err.to_string();
     let suffix = format!(" at line {} column {}", err.line(), err.column());
     let message = text.strip_suffix(&suffix).unwrap_or(&text);
-    ParseError {
+    ParseError::Json {
         position: (err.line() > 0).then_some((err.line(), err.column())),
         message: redact_long_literals(message),
     }
@@ -307,11 +363,16 @@ impl std::fmt::Debug for KeysFile {
 impl KeysFile {
     /// Loads the file at startup. Any problem is a configuration error, naming the
     /// variable and the file.
-    pub fn load(path: &Path) -> Result<KeysFile, String> {
-        check_private(path).map_err(|e| format!("{ENV_VAR}: {e}"))?;
-        let bytes = std::fs::read(path)
-            .map_err(|e| format!("{ENV_VAR}: cannot read {}: {e}", path.display()))?;
-        let set = parse_bytes(&bytes).map_err(|e| format!("{ENV_VAR}: {}", e.in_file(path)))?;
+    pub fn load(path: &Path) -> Result<KeysFile, LoadError> {
+        check_private(path)?;
+        let bytes = std::fs::read(path).map_err(|source| FileError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+        let set = parse_bytes(&bytes).map_err(|source| FileError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
         tracing::info!(path = %path.display(), keys = set.len(), "loaded the tenant keys file");
         Ok(KeysFile {
             path: path.to_owned(),
@@ -350,9 +411,10 @@ impl KeysFile {
             }
             *last = Some(seen);
         }
+        let path = self.path.clone();
         let parsed = match read {
-            Ok(bytes) => parse_bytes(&bytes).map_err(|e| e.in_file(&self.path)),
-            Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
+            Ok(bytes) => parse_bytes(&bytes).map_err(|source| FileError::Invalid { path, source }),
+            Err(source) => Err(FileError::Unreadable { path, source }),
         };
         match parsed {
             Ok(set) => {
@@ -371,7 +433,9 @@ impl KeysFile {
                     keys_in_use = self.keys().len(),
                     "tenant keys file not reloaded; keeping the last good set of keys"
                 );
-                Reload::Failed { error }
+                Reload::Failed {
+                    error: error.to_string(),
+                }
             }
         }
     }
@@ -402,27 +466,24 @@ impl KeysFile {
 
 /// Refuses a keys file that other users may read (or write): it holds every tenant's
 /// tokens. Its owner and group may (a Kubernetes secret mounted with `defaultMode: 0440`).
-fn check_private(path: &Path) -> Result<(), String> {
+fn check_private(path: &Path) -> Result<(), FileError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|source| FileError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o007 != 0 {
-        return Err(format!(
-            "{} is readable by other users (mode {mode:04o}): it holds every tenant's tokens; \
-             make it private, e.g. chmod 600 (or 440 with a group), or defaultMode 0440 for a \
-             Kubernetes secret",
-            path.display()
-        ));
+        return Err(FileError::NotPrivate {
+            path: path.to_owned(),
+            mode,
+        });
     }
     Ok(())
 }
 
 fn parse_bytes(bytes: &[u8]) -> Result<KeySet, ParseError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| ParseError {
-        position: None,
-        message: format!("not UTF-8: {e}"),
-    })?;
+    let text = std::str::from_utf8(bytes).map_err(ParseError::NotUtf8)?;
     KeySet::parse(text)
 }
 
@@ -607,6 +668,56 @@ mod tests {
         assert!(KeySet::parse("{\"keys\": []}").unwrap().is_empty());
     }
 
+    /// An invalid entry is an error a caller can match on, whose causes go down to the
+    /// token or scope problem.
+    #[test]
+    fn keys_file_entry_errors_keep_their_cause() {
+        let err = KeySet::parse(&file(&[
+            (A, "acme", &["*"], None),
+            ("short", "acme", &["*"], None),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::Invalid(InvalidKey::Entry {
+                at: "keys[1]".to_owned(),
+                problem: EntryError::Token(TokenError::TooShort),
+            })
+        );
+        let mut causes = Vec::new();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            causes.push(c.to_string());
+            cause = c.source();
+        }
+        assert_eq!(
+            causes,
+            [
+                "keys[1]: token: must be at least 16 characters long",
+                "token: must be at least 16 characters long",
+                "must be at least 16 characters long",
+            ]
+        );
+        let err = KeySet::parse(&file(&[(A, "acme", &["executions:delete"], None)])).unwrap_err();
+        let ParseError::Invalid(InvalidKey::Entry {
+            problem: EntryError::UnknownScope(unknown),
+            ..
+        }) = err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(unknown, UnknownScope("executions:delete".to_owned()));
+        let err = KeySet::parse(&file(&[(A, "Acme", &["*"], None)])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "keys[0]: tenant: \"Acme\" is not a valid tenant name: use 1 to 63 lowercase \
+             letters, digits and '-', starting with a letter and not ending with '-'"
+        );
+        let err = parse_bytes(b"\xff").unwrap_err();
+        assert!(matches!(err, ParseError::NotUtf8(_)), "{err:?}");
+        assert!(err.to_string().starts_with("not UTF-8: "), "{err}");
+    }
+
     #[test]
     fn keys_file_reload_keeps_the_last_good_set() {
         let dir = tempfile::tempdir().unwrap();
@@ -665,12 +776,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent.json");
         let err = KeysFile::load(&path).unwrap_err();
+        let LoadError(FileError::Unreadable { source, .. }) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        let err = err.to_string();
         assert!(
             err.starts_with("MANTLE_TENANT_KEYS_PATH: cannot read "),
             "{err}"
         );
         write(&path, "{\"keys\": 1}");
         let err = KeysFile::load(&path).unwrap_err();
+        assert!(
+            matches!(
+                &err.0,
+                FileError::Invalid {
+                    source: ParseError::Json {
+                        position: Some((1, _)),
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(
             err.starts_with(&format!("MANTLE_TENANT_KEYS_PATH: {}:1:", path.display())),
             "{err}"
@@ -701,6 +831,11 @@ mod tests {
         }
         assert!(keys.keys().lookup(A).is_some());
         let err = KeysFile::load(&path).unwrap_err();
+        assert!(
+            matches!(err.0, FileError::NotPrivate { mode: 0o644, .. }),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(
             err.starts_with("MANTLE_TENANT_KEYS_PATH: ") && err.contains("chmod 600"),
             "{err}"

@@ -48,7 +48,8 @@ pub enum Error {
     PermissionDenied(String),
     #[error("x-mantle-tenant: tenant {0:?} not found")]
     TenantNotFound(String),
-    #[error(transparent)]
+    /// The store failed; its error is the cause.
+    #[error("{0}")]
     Store(#[from] store::Error),
 }
 
@@ -59,10 +60,36 @@ impl crate::error::ServiceError for Error {
             Error::Unauthenticated(_) => K::Unauthenticated,
             Error::PermissionDenied(_) => K::PermissionDenied,
             Error::TenantNotFound(_) => K::NotFound,
-            Error::Store(err) => crate::error::ServiceError::kind(err),
+            // Authentication tells a missing key or tenant apart before it fails: any other
+            // store failure is the daemon's, unless the database is away.
+            Error::Store(err) => match crate::error::ServiceError::kind(err) {
+                K::Unavailable => K::Unavailable,
+                _ => K::Internal,
+            },
         }
     }
 }
+
+/// Implements `From<auth::Error>` for a domain error with `PermissionDenied(String)`,
+/// `NotFound(String)` and `Store(store::Error)` variants, alike for every domain: a caller
+/// without valid credentials or the scope is refused, a tenant named in `x-mantle-tenant`
+/// that does not exist is not found, and a store failure stays the cause.
+macro_rules! impl_from_auth_error {
+    ($error:ident) => {
+        impl From<$crate::auth::Error> for $error {
+            fn from(err: $crate::auth::Error) -> Self {
+                use $crate::auth::Error as Auth;
+                match err {
+                    Auth::Unauthenticated(msg) => $error::PermissionDenied(msg.to_owned()),
+                    Auth::PermissionDenied(msg) => $error::PermissionDenied(msg),
+                    Auth::TenantNotFound(name) => $error::NotFound(format!("tenant {name:?}")),
+                    Auth::Store(err) => $error::Store(err),
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_from_auth_error;
 
 impl Caller {
     /// Succeeds when the caller holds `scope`.
@@ -84,17 +111,38 @@ pub struct StaticToken {
     hash: [u8; 32],
 }
 
-impl StaticToken {
-    /// Validates `MANTLE_API_TOKEN`: printable ASCII without spaces, at least 16 characters.
-    pub fn new(token: &str) -> Result<Self, String> {
+/// Why a token an operator chose (`MANTLE_API_TOKEN`, a keys file's) cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("must be at least {MIN_STATIC_TOKEN_LEN} characters long")]
+    TooShort,
+    #[error("must be printable ASCII without spaces")]
+    NotPrintable,
+}
+
+impl TokenError {
+    /// Checks a chosen token: printable ASCII without spaces, at least
+    /// [`MIN_STATIC_TOKEN_LEN`] characters.
+    pub fn check(token: &str) -> Result<(), TokenError> {
         if token.len() < MIN_STATIC_TOKEN_LEN {
-            return Err(format!(
-                "MANTLE_API_TOKEN: must be at least {MIN_STATIC_TOKEN_LEN} characters long"
-            ));
+            Err(TokenError::TooShort)
+        } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            Err(TokenError::NotPrintable)
+        } else {
+            Ok(())
         }
-        if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("MANTLE_API_TOKEN: must be printable ASCII without spaces".to_owned());
-        }
+    }
+}
+
+/// `MANTLE_API_TOKEN` cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("MANTLE_API_TOKEN: {0}")]
+pub struct ApiTokenError(#[source] pub TokenError);
+
+impl StaticToken {
+    /// Validates `MANTLE_API_TOKEN` (see [`TokenError::check`]).
+    pub fn new(token: &str) -> Result<Self, ApiTokenError> {
+        TokenError::check(token).map_err(ApiTokenError)?;
         Ok(StaticToken {
             hash: Sha256::digest(token.as_bytes()).into(),
         })
@@ -285,8 +333,19 @@ mod tests {
 
     #[test]
     fn static_token_rules() {
-        assert!(StaticToken::new("short").is_err());
-        assert!(StaticToken::new("has a space in it!!").is_err());
+        let err = StaticToken::new("short").err().unwrap();
+        assert_eq!(err, ApiTokenError(TokenError::TooShort));
+        assert_eq!(
+            err.to_string(),
+            "MANTLE_API_TOKEN: must be at least 16 characters long"
+        );
+        let err = StaticToken::new("has a space in it!!").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "MANTLE_API_TOKEN: must be printable ASCII without spaces"
+        );
+        let cause = std::error::Error::source(&err).and_then(|c| c.downcast_ref::<TokenError>());
+        assert_eq!(cause, Some(&TokenError::NotPrintable));
         let t = StaticToken::new("0123456789abcdef").unwrap();
         assert!(t.matches("0123456789abcdef"));
         assert!(!t.matches("0123456789abcdeF"));

@@ -42,6 +42,9 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The store failed; its error is the cause, and says the kind.
+    #[error("{}", crate::error::StoreMessage(.0))]
+    Store(#[from] store::Error),
 }
 
 impl crate::error::ServiceError for Error {
@@ -54,36 +57,12 @@ impl crate::error::ServiceError for Error {
             Error::ResourceExhausted(_) => K::ResourceExhausted,
             Error::Unavailable(_) => K::Unavailable,
             Error::Internal(_) => K::Internal,
+            Error::Store(err) => crate::error::ServiceError::kind(err),
         }
     }
 }
 
-impl From<store::Error> for Error {
-    fn from(err: store::Error) -> Self {
-        match err {
-            store::Error::NotFound(what) => Error::NotFound(what),
-            store::Error::Unavailable(msg) => Error::Unavailable(msg),
-            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
-            store::Error::AlreadyExists(msg)
-            | store::Error::Config(msg)
-            | store::Error::Internal(msg)
-            | store::Error::Conflict(msg)
-            | store::Error::Exhausted(msg) => Error::Internal(msg),
-            store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
-        }
-    }
-}
-
-impl From<auth::Error> for Error {
-    fn from(err: auth::Error) -> Self {
-        match err {
-            auth::Error::Unauthenticated(msg) => Error::PermissionDenied(msg.to_owned()),
-            auth::Error::PermissionDenied(msg) => Error::PermissionDenied(msg),
-            auth::Error::TenantNotFound(name) => Error::NotFound(format!("tenant {name:?}")),
-            auth::Error::Store(err) => err.into(),
-        }
-    }
-}
+auth::impl_from_auth_error!(Error);
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -131,12 +131,8 @@ impl Default for EngineConfig {
 /// Errors of starting and controlling executions.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0} not found")]
-    NotFound(String),
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
-    #[error("{0}")]
-    FailedPrecondition(String),
     /// A tenant or installation cap.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -144,22 +140,10 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
-}
-
-impl From<store::Error> for Error {
-    fn from(err: store::Error) -> Self {
-        match err {
-            store::Error::NotFound(what) => Error::NotFound(what),
-            store::Error::Unavailable(msg) => Error::Unavailable(msg),
-            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
-            store::Error::Conflict(msg) => Error::FailedPrecondition(msg),
-            store::Error::Exhausted(msg) => Error::ResourceExhausted(msg),
-            store::Error::AlreadyExists(msg)
-            | store::Error::Config(msg)
-            | store::Error::Internal(msg) => Error::Internal(msg),
-            store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
-        }
-    }
+    /// The store failed (a missing workflow, an execution that cannot be retried, a full
+    /// queue): its error is the cause, and says the kind.
+    #[error("{}", crate::error::StoreMessage(.0))]
+    Store(#[from] store::Error),
 }
 
 /// What a start asks for.

@@ -21,13 +21,14 @@ pub enum Error {
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The store failed; its error is the cause, and says the kind.
+    #[error("{}", crate::error::StoreMessage(.0))]
+    Store(#[from] store::Error),
 }
 
 impl crate::error::ServiceError for Error {
@@ -37,10 +38,10 @@ impl crate::error::ServiceError for Error {
             Error::InvalidArgument { .. } => K::InvalidArgument,
             Error::NotFound(_) => K::NotFound,
             Error::PermissionDenied(_) => K::PermissionDenied,
-            Error::FailedPrecondition(_) => K::FailedPrecondition,
             Error::ResourceExhausted(_) => K::ResourceExhausted,
             Error::Unavailable(_) => K::Unavailable,
             Error::Internal(_) => K::Internal,
+            Error::Store(err) => crate::error::ServiceError::kind(err),
         }
     }
 }
@@ -48,34 +49,18 @@ impl crate::error::ServiceError for Error {
 impl From<engine::Error> for Error {
     fn from(err: engine::Error) -> Self {
         match err {
-            engine::Error::NotFound(w) => Error::NotFound(w),
             engine::Error::InvalidArgument { field, message } => {
                 Error::InvalidArgument { field, message }
             }
-            engine::Error::FailedPrecondition(m) => Error::FailedPrecondition(m),
             engine::Error::ResourceExhausted(m) => Error::ResourceExhausted(m),
             engine::Error::Unavailable(m) => Error::Unavailable(m),
             engine::Error::Internal(m) => Error::Internal(m),
+            engine::Error::Store(err) => Error::Store(err),
         }
     }
 }
 
-impl From<store::Error> for Error {
-    fn from(err: store::Error) -> Self {
-        engine::Error::from(err).into()
-    }
-}
-
-impl From<auth::Error> for Error {
-    fn from(err: auth::Error) -> Self {
-        match err {
-            auth::Error::Unauthenticated(msg) => Error::PermissionDenied(msg.to_owned()),
-            auth::Error::PermissionDenied(msg) => Error::PermissionDenied(msg),
-            auth::Error::TenantNotFound(name) => Error::NotFound(format!("tenant {name:?}")),
-            auth::Error::Store(err) => err.into(),
-        }
-    }
-}
+auth::impl_from_auth_error!(Error);
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 

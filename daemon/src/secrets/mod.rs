@@ -32,16 +32,11 @@ pub enum Error {
     InvalidArgument { field: String, message: String },
     #[error("{0} not found")]
     NotFound(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
     #[error("{0}")]
     PermissionDenied(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
+    /// The store failed; its error is the cause, and says the kind.
+    #[error("{}", crate::error::StoreMessage(.0))]
+    Store(#[from] store::Error),
 }
 
 impl crate::error::ServiceError for Error {
@@ -50,41 +45,33 @@ impl crate::error::ServiceError for Error {
         match self {
             Error::InvalidArgument { .. } => K::InvalidArgument,
             Error::NotFound(_) => K::NotFound,
-            Error::AlreadyExists(_) => K::AlreadyExists,
             Error::PermissionDenied(_) => K::PermissionDenied,
-            Error::FailedPrecondition(_) => K::FailedPrecondition,
-            Error::Unavailable(_) => K::Unavailable,
-            Error::Internal(_) => K::Internal,
+            Error::Store(err) => crate::error::ServiceError::kind(err),
         }
     }
 }
 
-impl From<store::Error> for Error {
-    fn from(err: store::Error) -> Self {
-        match err {
-            store::Error::NotFound(w) => Error::NotFound(w),
-            store::Error::AlreadyExists(w) => Error::AlreadyExists(w),
-            store::Error::Unavailable(m) => Error::Unavailable(m),
-            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
-            store::Error::Conflict(m) | store::Error::Exhausted(m) => Error::FailedPrecondition(m),
-            store::Error::Config(m) | store::Error::Internal(m) => Error::Internal(m),
-            store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
-        }
-    }
-}
-
-impl From<auth::Error> for Error {
-    fn from(err: auth::Error) -> Self {
-        match err {
-            auth::Error::Unauthenticated(msg) => Error::PermissionDenied(msg.to_owned()),
-            auth::Error::PermissionDenied(msg) => Error::PermissionDenied(msg),
-            auth::Error::TenantNotFound(name) => Error::NotFound(format!("tenant {name:?}")),
-            auth::Error::Store(err) => err.into(),
-        }
-    }
-}
+auth::impl_from_auth_error!(Error);
 
 type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a running step (or a webhook delivery) cannot have its credential; the message
+/// names the credential.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("credential {name:?} not found")]
+    NotFound { name: String, source: store::Error },
+    #[error("credential {name:?}: {source}")]
+    Store { name: String, source: store::Error },
+    /// The sealed value cannot be opened with the keys at hand.
+    #[error("credential {name:?}: {source}")]
+    Sealed { name: String, source: CryptoError },
+    #[error("credential {name:?}: stored fields do not parse: {source}")]
+    Fields {
+        name: String,
+        source: serde_json::Error,
+    },
+}
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
     Error::InvalidArgument {
@@ -440,27 +427,43 @@ impl Secrets {
     }
 
     /// A secret's fields for a running step.
+    pub async fn credential(
+        &self,
+        tenant_id: Uuid,
+        name: &str,
+    ) -> std::result::Result<Credential, CredentialError> {
+        let name = name.to_owned();
+        let secret = match self.store.get_secret(tenant_id, &name).await {
+            Ok(s) => s,
+            Err(source @ store::Error::NotFound(_)) => {
+                return Err(CredentialError::NotFound { name, source });
+            }
+            Err(source) => return Err(CredentialError::Store { name, source }),
+        };
+        let plaintext = match self.ring.open(&secret.sealed, &aad(tenant_id, &name)) {
+            Ok(plaintext) => plaintext,
+            Err(source) => return Err(CredentialError::Sealed { name, source }),
+        };
+        match serde_json::from_slice(&plaintext) {
+            Ok(fields) => Ok(Credential {
+                name,
+                kind: secret.meta.kind,
+                fields,
+            }),
+            Err(source) => Err(CredentialError::Fields { name, source }),
+        }
+    }
+
+    /// [`Secrets::credential`] with its error as the message alone, for the engine, which
+    /// relays it as the step's error.
     pub async fn resolve(
         &self,
         tenant_id: Uuid,
         name: &str,
     ) -> std::result::Result<Credential, String> {
-        let secret = match self.store.get_secret(tenant_id, name).await {
-            Ok(s) => s,
-            Err(store::Error::NotFound(_)) => return Err(format!("credential {name:?} not found")),
-            Err(e) => return Err(format!("credential {name:?}: {e}")),
-        };
-        let plaintext = self
-            .ring
-            .open(&secret.sealed, &aad(tenant_id, name))
-            .map_err(|e: CryptoError| format!("credential {name:?}: {e}"))?;
-        let fields: BTreeMap<String, String> = serde_json::from_slice(&plaintext)
-            .map_err(|e| format!("credential {name:?}: stored fields do not parse: {e}"))?;
-        Ok(Credential {
-            name: name.to_owned(),
-            kind: secret.meta.kind,
-            fields,
-        })
+        self.credential(tenant_id, name)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     pub fn key_id(&self) -> &str {
@@ -508,5 +511,76 @@ mod tests {
         let t = Uuid::from_u128(7);
         assert_ne!(aad(t, "a"), aad(t, "b"));
         assert_ne!(aad(t, "a"), aad(Uuid::from_u128(8), "a"));
+    }
+
+    /// A credential that cannot be had says which, and keeps why: the store's error, or
+    /// the key ring's.
+    #[tokio::test]
+    async fn a_credential_error_keeps_its_cause() {
+        use crate::tenancy::model::DEFAULT_TENANT_ID;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::testing::sqlite_store(dir.path()).await;
+        let secrets = |key: &str| {
+            Secrets::new(
+                store.clone(),
+                Arc::new(KeyRing::from_hex(key, None).unwrap()),
+            )
+        };
+        let sealing = secrets(&"0a".repeat(32));
+        let caller = Caller {
+            key_id: "test".to_owned(),
+            tenant: Some(TenantRef {
+                id: DEFAULT_TENANT_ID,
+                name: "default".to_owned(),
+            }),
+            scopes: auth::ScopeSet::new([Scope::SecretsWrite]),
+            operator: false,
+        };
+        sealing
+            .create(&caller, "api", "bearer", &fields(&[("token", "t")]))
+            .await
+            .unwrap();
+        let found = sealing.credential(DEFAULT_TENANT_ID, "api").await.unwrap();
+        assert_eq!(found.fields, fields(&[("token", "t")]));
+
+        let err = sealing
+            .credential(DEFAULT_TENANT_ID, "nope")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                CredentialError::NotFound {
+                    source: store::Error::NotFound(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "credential \"nope\" not found");
+
+        let other_key = secrets(&"0b".repeat(32));
+        let err = other_key
+            .credential(DEFAULT_TENANT_ID, "api")
+            .await
+            .unwrap_err();
+        let CredentialError::Sealed {
+            source: cause @ CryptoError::UnknownKey(_),
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(err.to_string(), format!("credential \"api\": {cause}"));
+        let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<CryptoError>());
+        assert_eq!(source, Some(cause));
+        // The engine's form: the message alone.
+        assert_eq!(
+            other_key
+                .resolve(DEFAULT_TENANT_ID, "api")
+                .await
+                .unwrap_err(),
+            err.to_string()
+        );
     }
 }

@@ -34,16 +34,13 @@ pub enum Error {
     },
     #[error("{0} not found")]
     NotFound(String),
-    #[error("{0} already exists")]
-    AlreadyExists(String),
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
+    /// The store failed; its error is the cause, and says the kind.
+    #[error("{}", crate::error::StoreMessage(.0))]
+    Store(#[from] store::Error),
 }
 
 impl crate::error::ServiceError for Error {
@@ -52,41 +49,14 @@ impl crate::error::ServiceError for Error {
         match self {
             Error::InvalidArgument { .. } => K::InvalidArgument,
             Error::NotFound(_) => K::NotFound,
-            Error::AlreadyExists(_) => K::AlreadyExists,
             Error::PermissionDenied(_) => K::PermissionDenied,
             Error::FailedPrecondition(_) => K::FailedPrecondition,
-            Error::Unavailable(_) => K::Unavailable,
-            Error::Internal(_) => K::Internal,
+            Error::Store(err) => crate::error::ServiceError::kind(err),
         }
     }
 }
 
-impl From<store::Error> for Error {
-    fn from(err: store::Error) -> Self {
-        match err {
-            store::Error::NotFound(what) => Error::NotFound(what),
-            store::Error::AlreadyExists(what) => Error::AlreadyExists(what),
-            store::Error::Unavailable(msg) => Error::Unavailable(msg),
-            e @ store::Error::BehindAFailure => Error::Unavailable(e.to_string()),
-            store::Error::Config(msg)
-            | store::Error::Internal(msg)
-            | store::Error::Conflict(msg)
-            | store::Error::Exhausted(msg) => Error::Internal(msg),
-            store::Error::Fenced(id) => Error::Internal(format!("lease lost on execution {id}")),
-        }
-    }
-}
-
-impl From<auth::Error> for Error {
-    fn from(err: auth::Error) -> Self {
-        match err {
-            auth::Error::Unauthenticated(msg) => Error::PermissionDenied(msg.to_owned()),
-            auth::Error::PermissionDenied(msg) => Error::PermissionDenied(msg),
-            auth::Error::TenantNotFound(name) => Error::NotFound(format!("tenant {name:?}")),
-            auth::Error::Store(err) => err.into(),
-        }
-    }
-}
+auth::impl_from_auth_error!(Error);
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::store::Store;
+use crate::store::{self, Store};
 
 /// Where the limiter keeps its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl RateLimiter {
         self.state.lock().expect("rate state").remove(&tenant_id);
     }
 
-    async fn limit_of(&self, tenant_id: Uuid) -> Result<Option<u32>, String> {
+    async fn limit_of(&self, tenant_id: Uuid) -> Result<Option<u32>, store::Error> {
         if let Some((limit, at)) = self.settings.lock().expect("limit cache").get(&tenant_id)
             && at.elapsed() < SETTING_TTL
         {
@@ -113,8 +113,7 @@ impl RateLimiter {
         let limit = self
             .store
             .get_tenant_by_id(tenant_id)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .settings
             .rate_limit_per_minute;
         self.settings
@@ -124,8 +123,9 @@ impl RateLimiter {
         Ok(limit)
     }
 
-    /// Takes one request from the tenant's bucket; `None` when the tenant has no limit.
-    pub async fn check(&self, tenant_id: Uuid) -> Result<Option<Decision>, String> {
+    /// Takes one request from the tenant's bucket; `None` when the tenant has no limit. The
+    /// error is the store's, reading the tenant's limit or (PostgreSQL) its bucket.
+    pub async fn check(&self, tenant_id: Uuid) -> Result<Option<Decision>, store::Error> {
         let Some(limit) = self.limit_of(tenant_id).await? else {
             return Ok(None);
         };
@@ -138,11 +138,7 @@ impl RateLimiter {
                 }
                 decision
             }
-            Backend::Postgres => self
-                .store
-                .take_rate_limit(tenant_id, limit)
-                .await
-                .map_err(|e| e.to_string())?,
+            Backend::Postgres => self.store.take_rate_limit(tenant_id, limit).await?,
         };
         Ok(Some(decision))
     }
@@ -170,5 +166,18 @@ mod tests {
         let (d, _) = gcra(60, tat, t0 + chrono::Duration::seconds(1));
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
+    }
+
+    /// A check that cannot read the tenant's limit fails with the store's error, which a
+    /// caller can tell apart (the tenant is gone, the database is away).
+    #[tokio::test]
+    async fn a_failed_check_is_the_stores_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::testing::sqlite_store(dir.path()).await;
+        let limiter = RateLimiter::new(store, Backend::Memory);
+        let err = limiter.check(Uuid::from_u128(99)).await.unwrap_err();
+        assert!(matches!(err, store::Error::NotFound(_)), "{err:?}");
+        let default = crate::tenancy::model::DEFAULT_TENANT_ID;
+        assert_eq!(limiter.check(default).await.unwrap(), None);
     }
 }

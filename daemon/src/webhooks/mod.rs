@@ -50,6 +50,12 @@ fn backoff(attempts: i32) -> Duration {
     Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
 }
 
+/// The delivery worker cannot start: its HTTP client cannot be built (a proxy that is not
+/// a URL, the TLS setup). The message comes from the connectors' client builder.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(pub String);
+
 /// The delivery worker.
 #[derive(Clone)]
 pub struct Webhooks {
@@ -64,11 +70,11 @@ impl Webhooks {
         store: Arc<dyn Store>,
         secrets: Secrets,
         outbound: Outbound,
-    ) -> Result<Webhooks, String> {
+    ) -> Result<Webhooks, ClientError> {
         Ok(Webhooks {
             store,
             secrets,
-            client: guarded_client(&outbound)?,
+            client: guarded_client(&outbound).map_err(ClientError)?,
             outbound,
         })
     }
@@ -188,9 +194,9 @@ impl Webhooks {
         if let Some(name) = &d.secret_name {
             let credential = self
                 .secrets
-                .resolve(d.tenant_id, name)
+                .credential(d.tenant_id, name)
                 .await
-                .map_err(|e| (e, None))?;
+                .map_err(|e| (e.to_string(), None))?;
             let key = credential
                 .fields
                 .get("key")

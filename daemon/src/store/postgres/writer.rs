@@ -72,7 +72,7 @@ async fn write_batch(
         Some(c) => c,
         None => match writer_connection(connect).await {
             Ok(c) => conn.insert(c),
-            Err(why) => return unavailable(batch, why),
+            Err(why) => return unavailable(batch, why.to_string()),
         },
     };
     let jobs: Vec<&Job> = batch.iter().collect();
@@ -112,11 +112,19 @@ async fn write_batch(
     }
 }
 
-async fn writer_connection(connect: &PgConnectOptions) -> Result<PgConnection, String> {
+/// Why a writer has no connection.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connecting timed out")]
+    TimedOut,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+async fn writer_connection(connect: &PgConnectOptions) -> Result<PgConnection, ConnectError> {
     let mut c = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(connect))
         .await
-        .map_err(|_| "connecting timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| ConnectError::TimedOut)??;
     // A batch statement's plan does not depend on its parameters: plan each shape once per
     // connection instead of at every execution. Its statements reach rows only by key, but
     // a plan made while `executions` was small (a new database, or one whose statistics are
@@ -125,8 +133,7 @@ async fn writer_connection(connect: &PgConnectOptions) -> Result<PgConnection, S
     // statistics say.
     sqlx::raw_sql("SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off")
         .execute(&mut c)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(c)
 }
 
@@ -649,4 +656,25 @@ async fn write_step(
         .bind(e.message.as_deref())
         .fetch_all(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that cannot connect keeps the driver's error, and reports its text.
+    #[tokio::test]
+    async fn a_failed_connection_keeps_the_drivers_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let connect = PgConnectOptions::new().host("127.0.0.1").port(port);
+        let err = writer_connection(&connect).await.unwrap_err();
+        let ConnectError::Database(cause @ sqlx::Error::Io(_)) = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(err.to_string(), cause.to_string());
+        assert_eq!(ConnectError::TimedOut.to_string(), "connecting timed out");
+    }
 }
