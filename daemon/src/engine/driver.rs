@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,14 +18,14 @@ use super::Inner;
 use super::compiled::{CompiledWorkflow, Prepared};
 use super::eval::Deadline;
 use super::model::{
-    Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, Order, StepAttempt,
-    StepStatus, Ticket, Transition,
+    Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, StepAttempt, StepStatus,
+    Transition,
 };
+use super::pipeline::{Pipeline, Refused, Start, WINDOW};
 use super::scheduler::{
     INTERRUPTED, Outcome, Readiness, Record, State, StepRun, backoff, readiness, recover,
 };
 use crate::connectors::{ActionError, ActionKind, Invocation};
-use crate::store;
 use crate::workflow::expr::{Scope, Shared, StepView};
 
 /// A step's preparation, evaluated in the CPU pool; `prepared` is `None` when it was
@@ -43,60 +42,6 @@ struct AttemptDone {
     attempt: i32,
     result: Result<Value, ActionError>,
 }
-
-/// The store's answer to a queued transition.
-type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = store::Result<()>> + Send>>;
-
-/// A transition handed to the store whose outcome the driver has not taken yet.
-struct InFlight {
-    t: Arc<Transition>,
-    /// Resolved by the store with the outcome, for a transition queued behind this one.
-    ticket: Ticket,
-    write: WriteFuture,
-    /// The answer, once the driver has it (at once, when the store gave it at once).
-    early: Option<store::Result<()>>,
-    /// Attempts it records as running, to spawn once it is durable.
-    started: Vec<(usize, i32)>,
-}
-
-impl InFlight {
-    /// Hands `write` to the store: its first poll queues the transition. That poll leaves a
-    /// waker that does nothing: with the driver task's own, every commit would wake the
-    /// driver (a wake-up from the writer's thread, which costs the writer a system call and
-    /// the driver a pass), also while the driver waits for a later one. The driver's waker
-    /// goes in only once it waits for this answer ([`InFlight::answered`]).
-    fn start(
-        t: Arc<Transition>,
-        ticket: Ticket,
-        mut write: WriteFuture,
-        started: Vec<(usize, i32)>,
-    ) -> InFlight {
-        let detached = &mut std::task::Context::from_waker(std::task::Waker::noop());
-        let early = match write.as_mut().poll(detached) {
-            Poll::Ready(result) => Some(result),
-            Poll::Pending => None,
-        };
-        InFlight {
-            t,
-            ticket,
-            write,
-            early,
-            started,
-        }
-    }
-
-    /// Waits for the store's answer and keeps it.
-    async fn answered(&mut self) {
-        if self.early.is_none() {
-            self.early = Some(self.write.as_mut().await);
-        }
-    }
-}
-
-/// At most this many transitions of one execution are in flight at once; when the window is
-/// full, the driver waits until half of them are durable. Waiting for the next one to commit
-/// at every step would cost a wake-up per step; the writer commits them one by one anyway.
-const WINDOW: usize = 16;
 
 /// Why the driver stops before the execution is finished.
 #[derive(Debug)]
@@ -167,12 +112,11 @@ struct Driver {
     prepared_tx: mpsc::UnboundedSender<PreparedDone>,
     prepared_rx: mpsc::UnboundedReceiver<PreparedDone>,
     /// Attempts recorded as running in the pending transition, to spawn once it is durable.
-    to_spawn: Vec<(usize, i32)>,
+    to_spawn: Vec<Start>,
     running: usize,
     pending: Transition,
-    /// Transitions handed to the store and not yet known durable, oldest first, each
-    /// queued behind the one before it.
-    in_flight: std::collections::VecDeque<InFlight>,
+    /// Transitions handed to the store and not yet known durable.
+    pipeline: Pipeline,
     draining: bool,
     /// The tenant's allowed domains when the driver started.
     allowed_domains: Option<Arc<Vec<String>>>,
@@ -241,6 +185,7 @@ impl Driver {
             "version": execution.version,
             "started_at": execution.start_time.unwrap_or(execution.create_time).to_rfc3339(),
         }));
+        let pipeline = Pipeline::new(inner.store.clone(), lease, lost.clone());
         Ok(Some(Driver {
             inner,
             lease,
@@ -258,7 +203,7 @@ impl Driver {
             to_spawn: Vec::new(),
             running: 0,
             pending: Transition::default(),
-            in_flight: std::collections::VecDeque::new(),
+            pipeline,
             draining: false,
             allowed_domains,
             tenant,
@@ -344,42 +289,12 @@ impl Driver {
         self.settle_all().await
     }
 
-    /// Hands the pending transition to the store, queued behind the ones still in flight
-    /// (see [`Order`]): the store commits it in a later transaction than they are, and only
-    /// if they are written. `started` are the attempts it records as running: they are
-    /// spawned once it is durable.
-    async fn queue(&mut self, started: Vec<(usize, i32)>) {
-        let t = Arc::new(std::mem::take(&mut self.pending));
-        self.hand_over(t, started);
-        // Let the writer take it: woken from this thread, a writer task waits in this
-        // worker's next-task slot, which no other worker may take, until this task yields.
-        tokio::task::yield_now().await;
-    }
-
-    /// Queues `t` behind the newest transition in flight and adds it to them.
-    fn hand_over(&mut self, t: Arc<Transition>, started: Vec<(usize, i32)>) {
-        let ticket = Ticket::default();
-        let order = Order {
-            after: self.in_flight.back().map(|w| w.ticket.clone()),
-            ticket: Some(ticket.clone()),
-        };
-        let store = self.inner.store.clone();
-        let lease = self.lease;
-        let written = t.clone();
-        let write: WriteFuture =
-            Box::pin(async move { store.queue_transition(lease, written, order).await });
-        let w = InFlight::start(t, ticket, write, started);
-        self.in_flight.push_back(w);
-    }
-
-    /// Queues every transition in flight again, in order. After one of them was not written
-    /// (and written again on its own), each queued behind it is refused unwritten, and a new
-    /// one queued behind those would be too: they go again behind live tickets instead.
-    fn requeue_in_flight(&mut self) {
-        for w in std::mem::take(&mut self.in_flight) {
-            // Its first hand-over is answered unwritten, whenever it is: drop it.
-            self.hand_over(w.t, w.started);
-        }
+    /// Hands the pending transition to the pipeline: it commits while the driver goes on.
+    /// `started` are the attempts it records as running: they are spawned once it is
+    /// durable.
+    async fn queue(&mut self, started: Vec<Start>) {
+        let t = std::mem::take(&mut self.pending);
+        self.pipeline.submit(t, started).await;
     }
 
     /// Waits until every transition handed over is durable.
@@ -387,96 +302,26 @@ impl Driver {
         self.settle_until(0).await
     }
 
-    /// Waits until at most `left` transitions are in flight, then tells watchers here that
-    /// the event log grew (once, however many were settled).
+    /// Waits until at most `left` transitions are in flight and spawns the attempts that
+    /// became durable, then tells watchers here that the event log grew (once, however many
+    /// were settled).
     async fn settle_until(&mut self, left: usize) -> Result<(), Stop> {
-        if self.in_flight.len() <= left {
-            return Ok(());
-        }
-        // The newest of them first: the store answers an execution's transitions in order,
-        // so the driver wakes once for all of them, not at each one's commit.
-        let newest = self.in_flight.len() - left - 1;
-        self.in_flight[newest].answered().await;
-        while self.in_flight.len() > left {
-            self.settle_oldest().await?;
-        }
-        self.inner.watchers.notify(self.execution.id);
-        Ok(())
-    }
-
-    /// Waits for the oldest transition in flight to be durable, writing it again while the
-    /// database is unreachable (or the one it followed was not written), then spawns the
-    /// attempts it started.
-    async fn settle_oldest(&mut self) -> Result<(), Stop> {
-        let Some(InFlight {
-            t,
-            write,
-            early,
-            started,
-            ..
-        }) = self.in_flight.pop_front()
-        else {
-            return Ok(());
-        };
-        let mut result = match early {
-            Some(result) => result,
-            None => write.await,
-        };
-        let mut backoff = Duration::from_millis(100);
-        let mut retried = false;
-        let mut again = false;
-        loop {
-            match result {
-                Ok(()) => break,
-                Err(store::Error::Fenced(_)) => return Err(Stop::Lost),
-                // A retried write whose first try committed after all.
-                Err(store::Error::AlreadyExists(_)) if retried => break,
-                // Refused for good: trying again would loop.
-                Err(err) if !err.is_transient() => {
-                    return Err(Stop::Unwritable {
-                        error: err.to_string(),
-                        first_seq: t.events.first().map_or(self.next_seq, |e| e.seq),
-                    });
-                }
-                // Not tried: the one before it was not written. Those behind a failure are
-                // queued again once it is durable (below), so this should not happen; if it
-                // does, everything before it is durable (they settle in order): at once.
-                Err(err) if err.is_behind_a_failure() => {
-                    tracing::warn!(execution = %self.execution.id, "checkpoint was queued behind one that was not written; writing it again");
-                    again = true;
-                    result = self.write_again(&t).await;
-                }
-                Err(err) => {
-                    tracing::warn!(execution = %self.execution.id, error = %err, "checkpoint write failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = self.lost.cancelled() => return Err(Stop::Lost),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    retried = true;
-                    again = true;
-                    result = self.write_again(&t).await;
-                }
-            }
-        }
-        if again {
-            self.requeue_in_flight();
-        }
-        for (step, attempt) in started {
+        let settled = self.pipeline.settle_until(left).await;
+        for (step, attempt) in self.pipeline.take_durable() {
             self.spawn_attempt(step, attempt);
         }
+        match settled {
+            Ok(true) => self.inner.watchers.notify(self.execution.id),
+            Ok(false) => {}
+            Err(Refused::Lost) => return Err(Stop::Lost),
+            Err(Refused::Unwritable { error, first_seq }) => {
+                return Err(Stop::Unwritable {
+                    error,
+                    first_seq: first_seq.unwrap_or(self.next_seq),
+                });
+            }
+        }
         Ok(())
-    }
-
-    /// Writes the oldest transition in flight again, on its own: everything before it is
-    /// durable, so it follows nothing.
-    /// (The future holds no borrow of the driver, which is not `Sync`.)
-    fn write_again(
-        &self,
-        t: &Arc<Transition>,
-    ) -> impl std::future::Future<Output = store::Result<()>> + Send + 'static {
-        let (store, lease, t) = (self.inner.store.clone(), self.lease, t.clone());
-        async move { store.queue_transition(lease, t, Order::default()).await }
     }
 
     /// The values expressions read; `steps` holds every finished step.
@@ -605,11 +450,11 @@ impl Driver {
                 // Pure steps read outcomes just handed over: evaluate them now. They have no
                 // effects, and what they record is queued behind those outcomes, so it is
                 // committed after them, each step in a transaction of its own.
-                if self.in_flight.len() >= WINDOW {
+                if self.pipeline.len() >= WINDOW {
                     self.settle_until(WINDOW / 2).await?;
                 }
                 // Attempts to start wait for nothing else.
-                if self.in_flight.back().is_some_and(|w| !w.started.is_empty()) {
+                if self.pipeline.newest_starts_attempts() {
                     self.settle_all().await?;
                 }
                 continue;
@@ -1246,13 +1091,11 @@ impl Driver {
     /// behind it (the store refuses those unwritten), stops every attempt, and ends the
     /// execution as failed, saying why. Its event log goes on from the last stored event.
     async fn give_up(&mut self, error: &str, first_seq: i64) -> Result<(), Stop> {
-        let in_flight = std::mem::take(&mut self.in_flight);
+        let in_flight = self.pipeline.abandon();
         let pending = std::mem::take(&mut self.pending);
         self.next_seq = in_flight
-            .iter()
-            .flat_map(|w| w.t.events.first())
-            .chain(pending.events.first())
-            .map(|e| e.seq)
+            .into_iter()
+            .chain(pending.events.first().map(|e| e.seq))
             .fold(first_seq, i64::min);
         self.to_spawn.clear();
         let reason = format!("a checkpoint could not be stored: {error}");
@@ -1421,71 +1264,5 @@ fn humanize(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use super::*;
-
-    /// A waker that counts how often its task was woken.
-    struct Wakes(AtomicUsize);
-
-    impl std::task::Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn settling_transitions_in_flight_wakes_the_driver_once() {
-        // Eight transitions handed over, each answered through a channel, as the store does.
-        let mut answers = Vec::new();
-        let mut in_flight: Vec<InFlight> = (0..8)
-            .map(|_| {
-                let (tx, rx) = tokio::sync::oneshot::channel::<store::Result<()>>();
-                answers.push(tx);
-                let write: WriteFuture = Box::pin(async move {
-                    rx.await
-                        .unwrap_or_else(|_| Err(store::Error::Unavailable("gone".to_owned())))
-                });
-                InFlight::start(
-                    Arc::new(Transition::default()),
-                    Ticket::default(),
-                    write,
-                    Vec::new(),
-                )
-            })
-            .collect();
-        assert!(in_flight.iter().all(|w| w.early.is_none()));
-        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(wakes.clone());
-        let cx = &mut std::task::Context::from_waker(&waker);
-        {
-            // The driver waits for the newest of them.
-            let newest = in_flight.last_mut().expect("eight");
-            let mut wait = std::pin::pin!(newest.answered());
-            assert!(wait.as_mut().poll(cx).is_pending());
-            // The store answers them in order: the first seven wake nobody.
-            for tx in answers.drain(..7) {
-                tx.send(Ok(())).expect("answer");
-            }
-            assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
-            answers
-                .pop()
-                .expect("the eighth")
-                .send(Ok(()))
-                .expect("answer");
-            assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-            assert!(wait.as_mut().poll(cx).is_ready());
-        }
-        // The older ones are answered already: taking their answers waits for nothing.
-        for w in &mut in_flight {
-            assert!(std::pin::pin!(w.answered()).poll(cx).is_ready());
-            assert!(matches!(w.early, Some(Ok(()))));
-        }
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 }

@@ -11,6 +11,7 @@ pub mod compiled;
 mod driver;
 pub mod eval;
 pub mod model;
+mod pipeline;
 mod scheduler;
 pub mod watch;
 
