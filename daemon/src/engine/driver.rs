@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
+use super::attempt::{AttemptDone, Ended, Runner};
 use super::compiled::{CompiledWorkflow, Prepared};
 use super::eval::Deadline;
 use super::model::{
@@ -25,7 +26,7 @@ use super::pipeline::{Pipeline, Refused, Start, WINDOW};
 use super::scheduler::{
     INTERRUPTED, Outcome, Readiness, Record, State, StepRun, backoff, readiness, recover,
 };
-use crate::connectors::{ActionError, ActionKind, Invocation};
+use crate::connectors::{ActionError, ActionKind};
 use crate::workflow::expr::{Scope, Shared, StepView};
 
 /// A step's preparation, evaluated in the CPU pool; `prepared` is `None` when it was
@@ -34,13 +35,6 @@ struct PreparedDone {
     step: usize,
     attempt: Option<i32>,
     prepared: Option<Prepared>,
-}
-
-/// A finished attempt, reported by its task.
-struct AttemptDone {
-    step: usize,
-    attempt: i32,
-    result: Result<Value, ActionError>,
 }
 
 /// Why the driver stops before the execution is finished.
@@ -102,24 +96,19 @@ struct Driver {
     workflow: Arc<CompiledWorkflow>,
     steps: Vec<StepRun>,
     next_seq: i64,
-    /// Cancels every running attempt.
-    attempts_cancel: CancellationToken,
+    /// Runs the attempts with effects.
+    attempts: Runner,
     /// Fires when CancelExecution reaches this daemon.
     cancel: CancellationToken,
     lost: CancellationToken,
-    done_tx: mpsc::UnboundedSender<AttemptDone>,
-    done_rx: mpsc::UnboundedReceiver<AttemptDone>,
     prepared_tx: mpsc::UnboundedSender<PreparedDone>,
     prepared_rx: mpsc::UnboundedReceiver<PreparedDone>,
     /// Attempts recorded as running in the pending transition, to spawn once it is durable.
     to_spawn: Vec<Start>,
-    running: usize,
     pending: Transition,
     /// Transitions handed to the store and not yet known durable.
     pipeline: Pipeline,
     draining: bool,
-    /// The tenant's allowed domains when the driver started.
-    allowed_domains: Option<Arc<Vec<String>>>,
     /// The tenant as it was when the driver started (name, webhook settings).
     tenant: crate::tenancy::model::Tenant,
     /// What expressions read: `inputs`, `trigger`, `execution`, shared by every evaluation.
@@ -169,7 +158,6 @@ impl Driver {
                 .map_err(|e| e.to_string())?,
         };
         let allowed_domains = tenant.settings.allowed_domains.clone().map(Arc::new);
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (prepared_tx, prepared_rx) = mpsc::unbounded_channel();
         if execution.cancel_requested {
             cancel.cancel();
@@ -186,6 +174,7 @@ impl Driver {
             "started_at": execution.start_time.unwrap_or(execution.create_time).to_rfc3339(),
         }));
         let pipeline = Pipeline::new(inner.store.clone(), lease, lost.clone());
+        let attempts = Runner::new(inner.clone(), execution.tenant_id, allowed_domains);
         Ok(Some(Driver {
             inner,
             lease,
@@ -193,19 +182,15 @@ impl Driver {
             workflow,
             steps,
             next_seq: last_seq + 1,
-            attempts_cancel: CancellationToken::new(),
+            attempts,
             cancel,
             lost,
-            done_tx,
-            done_rx,
             prepared_tx,
             prepared_rx,
             to_spawn: Vec::new(),
-            running: 0,
             pending: Transition::default(),
             pipeline,
             draining: false,
-            allowed_domains,
             tenant,
             inputs,
             trigger,
@@ -430,7 +415,7 @@ impl Driver {
         self.interrupt_orphans();
         loop {
             if self.lost.is_cancelled() {
-                self.attempts_cancel.cancel();
+                self.attempts.cancel();
                 return Err(Stop::Lost);
             }
             if let Some((status, reason)) = self.ended_early() {
@@ -460,12 +445,12 @@ impl Driver {
                 continue;
             }
             self.settle_all().await?;
-            if self.draining && self.running == 0 && self.preparing() == 0 {
+            if self.draining && self.attempts.running() == 0 && self.preparing() == 0 {
                 let _ = self.inner.store.release_lease(self.lease).await;
                 return Err(Stop::Released);
             }
             let wake = self.next_wake();
-            if self.running == 0
+            if self.attempts.running() == 0
                 && self.preparing() == 0
                 && !self.draining
                 && let Some(at) = wake
@@ -650,7 +635,7 @@ impl Driver {
         self.steps[i].state = State::Preparing { attempt };
         let tx = self.prepared_tx.clone();
         let tenant = self.execution.tenant_id;
-        let cancel = self.attempts_cancel.child_token();
+        let cancel = self.attempts.child_token();
         tokio::spawn(async move {
             let work = workflow.clone();
             let prepared = evaluator
@@ -738,31 +723,13 @@ impl Driver {
         self.steps[i].last_attempt = self.steps[i].last_attempt.max(attempt);
         let params = move || params.unwrap_or_else(|| Err("params were not rendered".to_owned()));
         if self.is_inline(i) {
-            let step = &self.workflow.steps[i];
-            let result = params().and_then(|params| {
-                crate::connectors::run_pure(&step.spec.action, &params)
-                    .unwrap_or_else(|| Err(format!("{} is not a pure action", step.spec.action)))
-            });
+            let result = super::attempt::run_pure(&self.workflow.steps[i], params());
             // Started and finished in this one transition: its one event is the outcome.
-            self.complete(
-                i,
-                attempt,
-                now,
-                Utc::now(),
-                result.map_err(ActionError::from),
-            );
+            self.complete(i, attempt, now, Utc::now(), result);
             return None;
         }
         if self.workflow.steps[i].kind == ActionKind::Timer {
-            let duration = params().and_then(|p| {
-                let text = p
-                    .get("duration")
-                    .and_then(Value::as_str)
-                    .ok_or("params.duration: expected a duration string")?
-                    .to_owned();
-                crate::duration::parse(&text).map_err(|e| format!("params.duration: {e}"))
-            });
-            match duration {
+            match super::attempt::sleep_duration(params()) {
                 Ok(d) => {
                     let until =
                         now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
@@ -785,85 +752,12 @@ impl Driver {
         Some(attempt)
     }
 
+    /// Runs an attempt recorded as running, now that the record is durable.
     fn spawn_attempt(&mut self, i: usize, attempt: i32) {
-        let step = &self.workflow.steps[i];
         let scope = self.step_scope(i);
-        let weight = scope.weight(&step.params_reads);
         let deadline = self.step_deadline(i);
-        let workflow = self.workflow.clone();
-        let tx = self.done_tx.clone();
-        self.running += 1;
-        let inner = self.inner.clone();
-        let action = step.spec.action.clone();
-        let timeout = step.spec.timeout_ms.map(Duration::from_millis);
-        let credential = step.spec.credential.clone();
-        let cancel = self.attempts_cancel.child_token();
-        let tenant_id = self.execution.tenant_id;
-        let allowed_domains = self.allowed_domains.clone();
-        tokio::spawn(async move {
-            // Secret values never leave the attempt: its output and error are redacted here.
-            let mut redactor = crate::secrets::redact::Redactor::default();
-            let work = async {
-                // Rendered within the step's timeout: a costly template is the step's time.
-                let evaluator = inner.evaluator.clone();
-                let render = workflow.clone();
-                let params = evaluator
-                    .evaluate(
-                        tenant_id,
-                        &workflow.steps[i].heavy,
-                        weight,
-                        deadline,
-                        Some(&cancel),
-                        move |budget| render.steps[i].prepare_params(&scope, budget),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())??;
-                let credential = match credential {
-                    Some(name) => {
-                        let c = inner.credential(tenant_id, &name).await?;
-                        redactor = crate::secrets::redact::Redactor::for_credential(&c);
-                        Some(c)
-                    }
-                    None => None,
-                };
-                inner
-                    .connectors
-                    .invoke(Invocation {
-                        action,
-                        params,
-                        credential,
-                        cancel: cancel.clone(),
-                        allowed_domains,
-                    })
-                    .await
-            };
-            let result = match timeout {
-                Some(t) => match tokio::time::timeout(t, work).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        cancel.cancel();
-                        Err(ActionError::transient(format!(
-                            "timed out after {} (the step's timeout)",
-                            humanize(t)
-                        )))
-                    }
-                },
-                None => work.await,
-            };
-            let result = match result {
-                Ok(output) => Ok(redactor.value(output)),
-                Err(error) => Err(ActionError {
-                    message: redactor.text(&error.message),
-                    output: error.output.map(|o| redactor.value(o)),
-                    ..error
-                }),
-            };
-            let _ = tx.send(AttemptDone {
-                step: i,
-                attempt,
-                result,
-            });
-        });
+        self.attempts
+            .spawn(&self.workflow, i, attempt, scope, deadline);
     }
 
     /// Records an attempt's end: the output (the checkpoint), or a failure that may retry.
@@ -885,19 +779,8 @@ impl Driver {
             "result" => if result.is_ok() { "completed" } else { "failed" }
         )
         .record((ended - started).num_milliseconds().max(0) as f64 / 1000.0);
-        let max = self.inner.config.max_output_bytes;
-        let result = result.and_then(|output| {
-            let size = crate::workflow::expr::json_len(&output);
-            if size > max {
-                Err(ActionError::from(format!(
-                    "the step's output is {size} bytes, over the limit of {max} bytes"
-                )))
-            } else {
-                Ok((output, size))
-            }
-        });
-        match result {
-            Ok((output, size)) => {
+        match super::attempt::ended(result, self.inner.config.max_output_bytes) {
+            Ended::Completed { output, size } => {
                 if self.workflow.steps[i].logs
                     && let Some(message) = output.get("message").and_then(Value::as_str)
                 {
@@ -918,16 +801,7 @@ impl Driver {
                 self.steps[i].error = None;
                 self.steps[i].state = State::Done(Outcome::Completed);
             }
-            Err(mut error) => {
-                // What the action produced before failing (an HTTP response with an error
-                // status) is the step's output, within the same size limit.
-                let output = error.output.take().and_then(|o| {
-                    let size = crate::workflow::expr::json_len(&o);
-                    (size <= max).then_some(Shared {
-                        value: Arc::new(o),
-                        bytes: size,
-                    })
-                });
+            Ended::Failed { error, output } => {
                 self.write_attempt(
                     i,
                     attempt,
@@ -966,9 +840,14 @@ impl Driver {
     ) {
         self.steps[i].failures += 1;
         let retry = &self.workflow.steps[i].retry;
-        let retryable = error.retryable || error.status.is_some_and(|s| retry.on.contains(s));
+        let retried = super::attempt::retried(
+            retry,
+            &error,
+            self.steps[i].failures,
+            self.cancel.is_cancelled(),
+        );
         let error = error.message;
-        if retryable && self.steps[i].failures < retry.max_attempts && !self.cancel.is_cancelled() {
+        if retried {
             let delay = backoff(
                 retry.initial_backoff_ms,
                 retry.max_backoff_ms,
@@ -1017,12 +896,10 @@ impl Driver {
         };
         let shutdown = self.inner.shutdown.clone();
         tokio::select! {
-            Some(done) = self.done_rx.recv() => {
-                self.running -= 1;
+            Some(done) = self.attempts.finished() => {
                 self.handle_done(done);
                 // Drain whatever else finished meanwhile: one transition for all of them.
-                while let Ok(more) = self.done_rx.try_recv() {
-                    self.running -= 1;
+                while let Some(more) = self.attempts.finished_now() {
                     self.handle_done(more);
                 }
             }
@@ -1051,14 +928,7 @@ impl Driver {
 
     /// Cancellation or timeout: stop running attempts, record every unfinished step.
     async fn finish_early(&mut self, status: ExecutionStatus, reason: &str) -> Result<(), Stop> {
-        self.attempts_cancel.cancel();
-        // Let running attempts observe the cancellation (an HTTP request is aborted at once).
-        while self.running > 0 {
-            match tokio::time::timeout(Duration::from_secs(5), self.done_rx.recv()).await {
-                Ok(Some(_)) => self.running -= 1,
-                _ => break,
-            }
-        }
+        self.attempts.stop().await;
         let now = Utc::now();
         for i in 0..self.steps.len() {
             let (attempt, started) = match self.steps[i].state {
@@ -1256,13 +1126,5 @@ impl Driver {
         });
         self.commit().await?;
         Err(Stop::Released)
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    if d.as_millis().is_multiple_of(1000) {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
