@@ -23,9 +23,7 @@ use super::model::{
     Transition,
 };
 use super::pipeline::{Pipeline, Refused, Start, WINDOW};
-use super::scheduler::{
-    INTERRUPTED, Outcome, Readiness, Record, State, StepRun, backoff, readiness, recover,
-};
+use super::scheduler::{Outcome, Readiness, Record, State, StepRun, backoff, readiness, recover};
 use crate::connectors::{ActionError, ActionKind};
 use crate::workflow::expr::{Scope, Shared, StepView};
 
@@ -229,6 +227,7 @@ impl Driver {
             wake_time,
             start_time,
             end_time,
+            interrupted,
         } = record;
         let name = self.workflow.steps[step].spec.name.clone();
         let error = error.map(super::model::error_text);
@@ -262,6 +261,7 @@ impl Driver {
             wake_time,
             start_time,
             end_time,
+            interrupted,
         });
     }
 
@@ -512,11 +512,7 @@ impl Driver {
             })
             .collect();
         for (i, attempt, started) in orphans {
-            self.write_attempt(
-                i,
-                attempt,
-                Record::cancelled(INTERRUPTED.to_owned(), Some(started), now),
-            );
+            self.write_attempt(i, attempt, Record::interrupted(Some(started), now));
             self.steps[i].state = State::Waiting;
         }
     }
