@@ -4,6 +4,10 @@
 //! Every change is written as one [`Transition`] (one transaction) before anything acts on
 //! it: a step's output is durable before any dependent starts, and a completion is written
 //! together with the starts it makes possible, so a chain of steps costs one commit a step.
+//!
+//! The driver is the loop and the execution's state; it decides with the scheduler's
+//! functions (`scheduler.rs`), hands transitions to the commit pipeline (`pipeline.rs`),
+//! and runs attempts with effects through the attempt runner (`attempt.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! The scheduler's pure part: a step's state, and how it is rebuilt from the checkpoints
 //! after a restart or a takeover. Functions of state only (no store, no clock but the
 //! `now` they are given and the jitter of [`backoff`]), tested without a database. The
-//! driver (`driver.rs`) acts on these states: it writes transitions and runs attempts.
+//! driver (`driver.rs`) acts on these states: it writes transitions (through the commit
+//! pipeline, `pipeline.rs`) and runs attempts (through the attempt runner, `attempt.rs`).
 
 use std::collections::BTreeMap;
 
