@@ -1,4 +1,4 @@
-//! An action declared by a test: registered with one line, then checked by the workflow
+//! Actions declared by a test (an effect and a pure one): registered with one line, then checked by the workflow
 //! loader (through `Definitions`, as ApplyDefinition checks files) and run by the engine,
 //! in process, on a SQLite store.
 
@@ -51,6 +51,28 @@ impl Effect for Shout {
     }
 }
 
+/// A pure test action: it runs inside the driver, from the same registry.
+const COUNT: ActionSpec = ActionSpec {
+    name: "test/count",
+    description: "Counts the characters of its text.",
+    params: schema_of::<CountParams>,
+    credential_types: &[],
+    logs: false,
+    run: Run::Pure(count),
+};
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CountParams {
+    /// the text to count
+    text: String,
+}
+
+fn count(params: &serde_json::Map<String, Value>) -> Result<Value, String> {
+    let p: CountParams = parse(params)?;
+    Ok(json!({ "chars": p.text.chars().count() }))
+}
+
 const GOOD: &str = r#"
 name: shouting
 inputs:
@@ -61,12 +83,13 @@ steps:
     params:
       text: "hello {{ inputs.who }}"
       times: 3
-  - name: log
-    action: core/log
+  - name: count
+    action: test/count
     params:
-      message: "{{ steps.shout.output.shouted }}"
+      text: "{{ steps.shout.output.shouted }}"
 outputs:
   said: steps.shout.output.shouted
+  chars: steps.count.output.chars
 "#;
 
 const BAD: &str = r#"
@@ -138,8 +161,8 @@ fn problems(err: definitions::Error) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_registered_in_a_test_is_validated_and_run() {
-    // The one line that registers it.
-    let actions = Arc::new(Registry::new(BUILTIN.iter().chain(&[&SHOUT])));
+    // The one line that registers them.
+    let actions = Arc::new(Registry::new(BUILTIN.iter().chain(&[&SHOUT, &COUNT])));
 
     let w = world().await;
     let defs = Definitions::new(w.store.clone(), None, w.pool.clone(), actions.clone());
@@ -222,6 +245,6 @@ async fn an_action_registered_in_a_test_is_validated_and_run() {
         "{:?}",
         ended.error
     );
-    assert_eq!(ended.outputs, Some(json!({"said": "HELLO MANTLE!!!"})));
+    assert_eq!(ended.outputs, Some(json!({"said": "HELLO MANTLE!!!", "chars": 15})));
     engine.shutdown().await;
 }

@@ -80,10 +80,15 @@ impl PgDb {
     }
 }
 
-async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    let store = store::open(&options(String::new(), dir.path().to_owned()))
+/// A store on the SQLite database in `dir`, not migrated.
+async fn sqlite_store_unmigrated(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    store::open(&options(String::new(), dir.path().to_owned()))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    let store = sqlite_store_unmigrated(dir).await;
     store.migrate().await.unwrap();
     store
 }
@@ -149,16 +154,22 @@ store_contract_suite!(
     executions_contract,
     group_commit_contract,
     queued_order_contract,
+    interrupted_attempts_contract,
     listing_contract,
     audit_filter_contract,
     delivery_filter_contract,
 );
 
+/// A store on a fresh PostgreSQL database, not migrated.
+async fn pg_store_unmigrated(db: &PgDb) -> Arc<dyn Store> {
+    store::open(&options(db.url.clone(), std::env::temp_dir()))
+        .await
+        .unwrap()
+}
+
 /// A migrated store on a fresh PostgreSQL database.
 async fn pg_store(db: &PgDb) -> Arc<dyn Store> {
-    let store = store::open(&options(db.url.clone(), std::env::temp_dir()))
-        .await
-        .unwrap();
+    let store = pg_store_unmigrated(db).await;
     store.migrate().await.unwrap();
     store
 }
@@ -168,9 +179,7 @@ async fn postgres_migrations_apply_once() {
     let Some(db) = PgDb::create().await else {
         return;
     };
-    let store = store::open(&options(db.url.clone(), std::env::temp_dir()))
-        .await
-        .unwrap();
+    let store = pg_store_unmigrated(&db).await;
     assert!(
         store
             .migration_status()
@@ -220,6 +229,106 @@ async fn postgres_tenant_deletion_removes_checkpoints() {
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     assert_eq!(checkpoint_rows!(&mut conn, id), (0, 0));
     conn.close().await.unwrap();
+    db.drop_db().await;
+}
+
+/// Stores attempts as the engine recorded them before step attempts had `interrupted` (the
+/// migrations up to 0010 applied on `conn`, from the backend's directory `dir`), then
+/// migrates `store`: migration 0011 marks the attempts the engine had recorded as
+/// interrupted, by their message, and only those; what they say is unchanged.
+macro_rules! interrupted_attempts_upgrade {
+    ($store:expr, $conn:expr, $dir:literal) => {{
+        let store: Arc<dyn Store> = $store;
+        let migrations = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/",
+            $dir
+        )))
+        .await
+        .unwrap();
+        migrations.run_to(10, &mut *$conn).await.unwrap();
+        let t = tenant_with_workflow(&*store, "upgraded").await;
+        // The store's writers write the new schema: the old rows go in by hand.
+        let id = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
+             trigger_info, create_time) VALUES ($1, $2, 'wf', 1, 'running', '{}', '{}', $3)",
+        )
+        .bind(id)
+        .bind(t.id)
+        .bind(Utc::now())
+        .execute(&mut *$conn)
+        .await
+        .unwrap();
+        const MESSAGE: &str = "interrupted: the daemon running this attempt stopped";
+        for (step, status, error) in [
+            ("interrupted", "cancelled", MESSAGE),
+            ("cancelled", "cancelled", "the execution was cancelled"),
+            // An action's own failure in the same words was never an interruption.
+            ("failed", "failed", MESSAGE),
+        ] {
+            sqlx::query(
+                "INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, \
+                 generation, status, error) VALUES ($1, $2, 1, $3, 0, $4, $5)",
+            )
+            .bind(id)
+            .bind(step)
+            .bind(t.id)
+            .bind(status)
+            .bind(error)
+            .execute(&mut *$conn)
+            .await
+            .unwrap();
+        }
+        store.migrate().await.unwrap();
+        let (_, attempts, _) = store.load_execution(id).await.unwrap();
+        let mut marked: Vec<(&str, StepStatus, Option<&str>, bool)> = attempts
+            .iter()
+            .map(|a| {
+                let error = a.error.as_deref();
+                (a.step_name.as_str(), a.status, error, a.interrupted)
+            })
+            .collect();
+        marked.sort_by_key(|m| m.0);
+        assert_eq!(
+            marked,
+            [
+                (
+                    "cancelled",
+                    StepStatus::Cancelled,
+                    Some("the execution was cancelled"),
+                    false
+                ),
+                ("failed", StepStatus::Failed, Some(MESSAGE), false),
+                ("interrupted", StepStatus::Cancelled, Some(MESSAGE), true),
+            ]
+        );
+    }};
+}
+
+#[tokio::test]
+async fn sqlite_migration_marks_attempts_interrupted_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store_unmigrated(&dir).await;
+    let mut conn = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("mantle.db").display()
+    ))
+    .await
+    .unwrap();
+    interrupted_attempts_upgrade!(store, &mut conn, "sqlite");
+}
+
+#[tokio::test]
+async fn postgres_migration_marks_attempts_interrupted_before_it() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    let store = pg_store_unmigrated(&db).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    interrupted_attempts_upgrade!(store.clone(), &mut conn, "postgres");
+    conn.close().await.unwrap();
+    drop(store);
     db.drop_db().await;
 }
 
@@ -681,6 +790,28 @@ fn new_execution(tenant_id: uuid::Uuid, owner: &str, lease_ms: u64) -> NewExecut
     }
 }
 
+/// Tenant `name`, with the workflow `wf` its executions run.
+async fn tenant_with_workflow(store: &dyn Store, name: &str) -> Tenant {
+    let t = tenant(name);
+    store.create_tenant(&t).await.unwrap();
+    store
+        .apply_definition(&version(t.id, "wf", "h"))
+        .await
+        .unwrap();
+    t
+}
+
+/// A new execution of tenant `t`'s `wf`, leased by `owner`.
+async fn leased_execution(
+    store: &dyn Store,
+    t: &Tenant,
+    owner: &str,
+) -> (NewExecution, mantle_daemon::engine::model::Lease) {
+    let e = new_execution(t.id, owner, 60_000);
+    let lease = created(store.create_execution(&e).await.unwrap());
+    (e, lease)
+}
+
 fn created(c: Created) -> mantle_daemon::engine::model::Lease {
     match c {
         Created::New(lease) => lease,
@@ -702,6 +833,7 @@ fn attempt(id: uuid::Uuid, step: &str, n: i32, status: StepStatus) -> StepAttemp
         wake_time: None,
         start_time: Some(Utc::now()),
         end_time: None,
+        interrupted: false,
     }
 }
 
@@ -1177,8 +1309,7 @@ async fn listing_contract(store: Arc<dyn Store>) {
     );
 
     // Attempts page in the order they started; those not started yet come last.
-    let e = new_execution(t.id, "node-l", 60_000);
-    let lease = created(store.create_execution(&e).await.unwrap());
+    let (e, lease) = leased_execution(&*store, &t, "node-l").await;
     let now = Utc::now();
     let mut t1 = Transition::default();
     for (i, step) in ["c", "a", "d", "b"].into_iter().enumerate() {
@@ -1233,14 +1364,8 @@ async fn listing_contract(store: Arc<dyn Store>) {
 }
 
 async fn queued_order_contract(store: Arc<dyn Store>) {
-    let t = tenant("queued-order");
-    store.create_tenant(&t).await.unwrap();
-    store
-        .apply_definition(&version(t.id, "wf", "h"))
-        .await
-        .unwrap();
-    let e = new_execution(t.id, "node-q", 60_000);
-    let lease = created(store.create_execution(&e).await.unwrap());
+    let t = tenant_with_workflow(&*store, "queued-order").await;
+    let (e, lease) = leased_execution(&*store, &t, "node-q").await;
     let step = |seq: i64, name: &str| {
         let mut tr = Transition::default();
         tr.attempts
@@ -1309,14 +1434,71 @@ async fn queued_order_contract(store: Arc<dyn Store>) {
     store.delete_tenant("queued-order").await.unwrap();
 }
 
+/// An attempt's interruption (its daemon stopped) is stored as such, whichever statement
+/// writes it: a lone step's, a batch's, or an update of the running attempt.
+async fn interrupted_attempts_contract(store: Arc<dyn Store>) {
+    let t = tenant_with_workflow(&*store, "interrupted").await;
+    let (e, lease) = leased_execution(&*store, &t, "node-i").await;
+    let interrupted = |step: &str, n: i32| StepAttempt {
+        error: Some("interrupted: the daemon running this attempt stopped".to_owned()),
+        end_time: Some(Utc::now()),
+        interrupted: true,
+        ..attempt(e.id, step, n, StepStatus::Cancelled)
+    };
+    // One attempt and one event: PostgreSQL writes them with a statement of their own.
+    let lone = |a: StepAttempt, seq: i64, status: &str| Transition {
+        attempts: vec![a],
+        events: vec![event(e.id, seq, status)],
+        ..Transition::default()
+    };
+    // Running, then interrupted: the update marks it.
+    let running = lone(attempt(e.id, "lone", 1, StepStatus::Running), 1, "running");
+    store.write_transition(lease, &running).await.unwrap();
+    let stopped = lone(interrupted("lone", 1), 2, "cancelled");
+    store.write_transition(lease, &stopped).await.unwrap();
+    // In a batch, next to a cancelled attempt that was not interrupted.
+    let mut batch = Transition::default();
+    batch.attempts.push(interrupted("batched", 1));
+    batch.attempts.push(StepAttempt {
+        error: Some("the execution was cancelled".to_owned()),
+        ..attempt(e.id, "other", 1, StepStatus::Cancelled)
+    });
+    batch.events.push(event(e.id, 3, "cancelled"));
+    batch.events.push(event(e.id, 4, "cancelled"));
+    store.write_transition(lease, &batch).await.unwrap();
+    // The next attempt of an interrupted step starts unmarked.
+    let again = lone(attempt(e.id, "lone", 2, StepStatus::Running), 5, "running");
+    store.write_transition(lease, &again).await.unwrap();
+
+    let marks = |attempts: &[StepAttempt]| {
+        let mut marks: Vec<(String, i32, StepStatus, bool)> = attempts
+            .iter()
+            .map(|a| (a.step_name.clone(), a.attempt, a.status, a.interrupted))
+            .collect();
+        marks.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        marks
+    };
+    let want = vec![
+        ("batched".to_owned(), 1, StepStatus::Cancelled, true),
+        ("lone".to_owned(), 1, StepStatus::Cancelled, true),
+        ("lone".to_owned(), 2, StepStatus::Running, false),
+        ("other".to_owned(), 1, StepStatus::Cancelled, false),
+    ];
+    let (_, attempts, _) = store.load_execution(e.id).await.unwrap();
+    assert_eq!(marks(&attempts), want, "loaded");
+    for view in [View::Full, View::Basic] {
+        let listed = store
+            .list_attempts(t.id, e.id, &page(10, None), view)
+            .await
+            .unwrap();
+        assert_eq!(marks(&listed.items), want, "listed ({view:?})");
+    }
+    store.delete_tenant("interrupted").await.unwrap();
+}
+
 async fn group_commit_contract(store: Arc<dyn Store>) {
     use mantle_daemon::engine::model::NewDelivery;
-    let t = tenant("group-commit");
-    store.create_tenant(&t).await.unwrap();
-    store
-        .apply_definition(&version(t.id, "wf", "h"))
-        .await
-        .unwrap();
+    let t = tenant_with_workflow(&*store, "group-commit").await;
     const N: usize = 40;
     // Starts committed together too; one repeating an id fails alone.
     let mut starts: Vec<_> = (0..N)
@@ -1764,8 +1946,7 @@ async fn delivery_filter_contract(store: Arc<dyn Store>) {
     // Tenant a: executions 0 and 1, with a delivery each, and execution 2 with two (one per
     // transition). Tenant b: execution 3, with one.
     for (k, t) in [&a, &a, &a, &b].into_iter().enumerate() {
-        let e = new_execution(t.id, "node-w", 60_000);
-        let lease = created(store.create_execution(&e).await.unwrap());
+        let (e, lease) = leased_execution(&*store, t, "node-w").await;
         let count = if k == 2 { 2 } else { 1 };
         for n in 0..count {
             let id = uuid::Uuid::now_v7();
@@ -1882,18 +2063,8 @@ async fn delivery_filter_contract(store: Arc<dyn Store>) {
 /// Deleting a tenant deletes its executions with their attempts and events (the caller
 /// checks the tables for the returned execution's rows).
 async fn tenant_deletion_contract(store: Arc<dyn Store>) -> uuid::Uuid {
-    let t = tenant("doomed");
-    store.create_tenant(&t).await.unwrap();
-    store
-        .apply_definition(&version(t.id, "wf", "h"))
-        .await
-        .unwrap();
-    let lease = created(
-        store
-            .create_execution(&new_execution(t.id, "node-d", 60_000))
-            .await
-            .unwrap(),
-    );
+    let t = tenant_with_workflow(&*store, "doomed").await;
+    let (_, lease) = leased_execution(&*store, &t, "node-d").await;
     let id = lease.execution_id;
     let mut step = Transition::default();
     step.attempts
@@ -1918,18 +2089,9 @@ async fn postgres_checkpoints_do_not_scan_executions() {
     let Some(db) = PgDb::create().await else {
         return;
     };
-    let store = store::open(&options(db.url.clone(), std::env::temp_dir()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    let t = tenant("no-scan");
-    store.create_tenant(&t).await.unwrap();
-    store
-        .apply_definition(&version(t.id, "wf", "h"))
-        .await
-        .unwrap();
-    let e = new_execution(t.id, "node-s", 60_000);
-    let lease = created(store.create_execution(&e).await.unwrap());
+    let store = pg_store(&db).await;
+    let t = tenant_with_workflow(&*store, "no-scan").await;
+    let (e, lease) = leased_execution(&*store, &t, "node-s").await;
     let mut seq = 0;
     let mut checkpoint = |with_update: bool| {
         seq += 1;

@@ -107,15 +107,6 @@ pub enum ActionKind {
     Timer,
 }
 
-/// Runs a built-in action that does no I/O ([`ActionKind::Pure`]) at once; `None` for any
-/// other action.
-pub fn run_pure(
-    action: &str,
-    params: &serde_json::Map<String, Value>,
-) -> Option<Result<Value, String>> {
-    Registry::builtin().run_pure(action, params)
-}
-
 /// How an action runs, by its kind.
 #[derive(Clone, Copy)]
 pub enum Run {

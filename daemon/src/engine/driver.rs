@@ -4,10 +4,13 @@
 //! Every change is written as one [`Transition`] (one transaction) before anything acts on
 //! it: a step's output is durable before any dependent starts, and a completion is written
 //! together with the starts it makes possible, so a chain of steps costs one commit a step.
+//!
+//! The driver is the loop and the execution's state; it decides with the scheduler's
+//! functions (`scheduler.rs`), hands transitions to the commit pipeline (`pipeline.rs`),
+//! and runs attempts with effects through the attempt runner (`attempt.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,17 +19,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
+use super::attempt::{AttemptDone, Ended, Runner};
 use super::compiled::{CompiledWorkflow, Prepared};
 use super::eval::Deadline;
 use super::model::{
-    Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, Order, StepAttempt,
-    StepStatus, Ticket, Transition,
+    Event, EventKind, Execution, ExecutionStatus, ExecutionUpdate, Lease, StepAttempt, StepStatus,
+    Transition,
 };
-use super::scheduler::{
-    INTERRUPTED, Outcome, Readiness, Record, State, StepRun, backoff, readiness, recover,
-};
-use crate::connectors::{ActionError, ActionKind, Invocation};
-use crate::store;
+use super::pipeline::{Pipeline, Refused, Start, WINDOW};
+use super::scheduler::{Outcome, Readiness, Record, State, StepRun, backoff, readiness, recover};
+use crate::connectors::{ActionError, ActionKind};
 use crate::workflow::expr::{Scope, Shared, StepView};
 
 /// A step's preparation, evaluated in the CPU pool; `prepared` is `None` when it was
@@ -36,67 +38,6 @@ struct PreparedDone {
     attempt: Option<i32>,
     prepared: Option<Prepared>,
 }
-
-/// A finished attempt, reported by its task.
-struct AttemptDone {
-    step: usize,
-    attempt: i32,
-    result: Result<Value, ActionError>,
-}
-
-/// The store's answer to a queued transition.
-type WriteFuture = std::pin::Pin<Box<dyn std::future::Future<Output = store::Result<()>> + Send>>;
-
-/// A transition handed to the store whose outcome the driver has not taken yet.
-struct InFlight {
-    t: Arc<Transition>,
-    /// Resolved by the store with the outcome, for a transition queued behind this one.
-    ticket: Ticket,
-    write: WriteFuture,
-    /// The answer, once the driver has it (at once, when the store gave it at once).
-    early: Option<store::Result<()>>,
-    /// Attempts it records as running, to spawn once it is durable.
-    started: Vec<(usize, i32)>,
-}
-
-impl InFlight {
-    /// Hands `write` to the store: its first poll queues the transition. That poll leaves a
-    /// waker that does nothing: with the driver task's own, every commit would wake the
-    /// driver (a wake-up from the writer's thread, which costs the writer a system call and
-    /// the driver a pass), also while the driver waits for a later one. The driver's waker
-    /// goes in only once it waits for this answer ([`InFlight::answered`]).
-    fn start(
-        t: Arc<Transition>,
-        ticket: Ticket,
-        mut write: WriteFuture,
-        started: Vec<(usize, i32)>,
-    ) -> InFlight {
-        let detached = &mut std::task::Context::from_waker(std::task::Waker::noop());
-        let early = match write.as_mut().poll(detached) {
-            Poll::Ready(result) => Some(result),
-            Poll::Pending => None,
-        };
-        InFlight {
-            t,
-            ticket,
-            write,
-            early,
-            started,
-        }
-    }
-
-    /// Waits for the store's answer and keeps it.
-    async fn answered(&mut self) {
-        if self.early.is_none() {
-            self.early = Some(self.write.as_mut().await);
-        }
-    }
-}
-
-/// At most this many transitions of one execution are in flight at once; when the window is
-/// full, the driver waits until half of them are durable. Waiting for the next one to commit
-/// at every step would cost a wake-up per step; the writer commits them one by one anyway.
-const WINDOW: usize = 16;
 
 /// Why the driver stops before the execution is finished.
 #[derive(Debug)]
@@ -157,25 +98,19 @@ struct Driver {
     workflow: Arc<CompiledWorkflow>,
     steps: Vec<StepRun>,
     next_seq: i64,
-    /// Cancels every running attempt.
-    attempts_cancel: CancellationToken,
+    /// Runs the attempts with effects.
+    attempts: Runner,
     /// Fires when CancelExecution reaches this daemon.
     cancel: CancellationToken,
     lost: CancellationToken,
-    done_tx: mpsc::UnboundedSender<AttemptDone>,
-    done_rx: mpsc::UnboundedReceiver<AttemptDone>,
     prepared_tx: mpsc::UnboundedSender<PreparedDone>,
     prepared_rx: mpsc::UnboundedReceiver<PreparedDone>,
     /// Attempts recorded as running in the pending transition, to spawn once it is durable.
-    to_spawn: Vec<(usize, i32)>,
-    running: usize,
+    to_spawn: Vec<Start>,
     pending: Transition,
-    /// Transitions handed to the store and not yet known durable, oldest first, each
-    /// queued behind the one before it.
-    in_flight: std::collections::VecDeque<InFlight>,
+    /// Transitions handed to the store and not yet known durable.
+    pipeline: Pipeline,
     draining: bool,
-    /// The tenant's allowed domains when the driver started.
-    allowed_domains: Option<Arc<Vec<String>>>,
     /// The tenant as it was when the driver started (name, webhook settings).
     tenant: crate::tenancy::model::Tenant,
     /// What expressions read: `inputs`, `trigger`, `execution`, shared by every evaluation.
@@ -225,7 +160,6 @@ impl Driver {
                 .map_err(|e| e.to_string())?,
         };
         let allowed_domains = tenant.settings.allowed_domains.clone().map(Arc::new);
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (prepared_tx, prepared_rx) = mpsc::unbounded_channel();
         if execution.cancel_requested {
             cancel.cancel();
@@ -241,6 +175,8 @@ impl Driver {
             "version": execution.version,
             "started_at": execution.start_time.unwrap_or(execution.create_time).to_rfc3339(),
         }));
+        let pipeline = Pipeline::new(inner.store.clone(), lease, lost.clone());
+        let attempts = Runner::new(inner.clone(), execution.tenant_id, allowed_domains);
         Ok(Some(Driver {
             inner,
             lease,
@@ -248,19 +184,15 @@ impl Driver {
             workflow,
             steps,
             next_seq: last_seq + 1,
-            attempts_cancel: CancellationToken::new(),
+            attempts,
             cancel,
             lost,
-            done_tx,
-            done_rx,
             prepared_tx,
             prepared_rx,
             to_spawn: Vec::new(),
-            running: 0,
             pending: Transition::default(),
-            in_flight: std::collections::VecDeque::new(),
+            pipeline,
             draining: false,
-            allowed_domains,
             tenant,
             inputs,
             trigger,
@@ -299,6 +231,7 @@ impl Driver {
             wake_time,
             start_time,
             end_time,
+            interrupted,
         } = record;
         let name = self.workflow.steps[step].spec.name.clone();
         let error = error.map(super::model::error_text);
@@ -332,6 +265,7 @@ impl Driver {
             wake_time,
             start_time,
             end_time,
+            interrupted,
         });
     }
 
@@ -344,42 +278,12 @@ impl Driver {
         self.settle_all().await
     }
 
-    /// Hands the pending transition to the store, queued behind the ones still in flight
-    /// (see [`Order`]): the store commits it in a later transaction than they are, and only
-    /// if they are written. `started` are the attempts it records as running: they are
-    /// spawned once it is durable.
-    async fn queue(&mut self, started: Vec<(usize, i32)>) {
-        let t = Arc::new(std::mem::take(&mut self.pending));
-        self.hand_over(t, started);
-        // Let the writer take it: woken from this thread, a writer task waits in this
-        // worker's next-task slot, which no other worker may take, until this task yields.
-        tokio::task::yield_now().await;
-    }
-
-    /// Queues `t` behind the newest transition in flight and adds it to them.
-    fn hand_over(&mut self, t: Arc<Transition>, started: Vec<(usize, i32)>) {
-        let ticket = Ticket::default();
-        let order = Order {
-            after: self.in_flight.back().map(|w| w.ticket.clone()),
-            ticket: Some(ticket.clone()),
-        };
-        let store = self.inner.store.clone();
-        let lease = self.lease;
-        let written = t.clone();
-        let write: WriteFuture =
-            Box::pin(async move { store.queue_transition(lease, written, order).await });
-        let w = InFlight::start(t, ticket, write, started);
-        self.in_flight.push_back(w);
-    }
-
-    /// Queues every transition in flight again, in order. After one of them was not written
-    /// (and written again on its own), each queued behind it is refused unwritten, and a new
-    /// one queued behind those would be too: they go again behind live tickets instead.
-    fn requeue_in_flight(&mut self) {
-        for w in std::mem::take(&mut self.in_flight) {
-            // Its first hand-over is answered unwritten, whenever it is: drop it.
-            self.hand_over(w.t, w.started);
-        }
+    /// Hands the pending transition to the pipeline: it commits while the driver goes on.
+    /// `started` are the attempts it records as running: they are spawned once it is
+    /// durable.
+    async fn queue(&mut self, started: Vec<Start>) {
+        let t = std::mem::take(&mut self.pending);
+        self.pipeline.submit(t, started).await;
     }
 
     /// Waits until every transition handed over is durable.
@@ -387,96 +291,26 @@ impl Driver {
         self.settle_until(0).await
     }
 
-    /// Waits until at most `left` transitions are in flight, then tells watchers here that
-    /// the event log grew (once, however many were settled).
+    /// Waits until at most `left` transitions are in flight and spawns the attempts that
+    /// became durable, then tells watchers here that the event log grew (once, however many
+    /// were settled).
     async fn settle_until(&mut self, left: usize) -> Result<(), Stop> {
-        if self.in_flight.len() <= left {
-            return Ok(());
-        }
-        // The newest of them first: the store answers an execution's transitions in order,
-        // so the driver wakes once for all of them, not at each one's commit.
-        let newest = self.in_flight.len() - left - 1;
-        self.in_flight[newest].answered().await;
-        while self.in_flight.len() > left {
-            self.settle_oldest().await?;
-        }
-        self.inner.watchers.notify(self.execution.id);
-        Ok(())
-    }
-
-    /// Waits for the oldest transition in flight to be durable, writing it again while the
-    /// database is unreachable (or the one it followed was not written), then spawns the
-    /// attempts it started.
-    async fn settle_oldest(&mut self) -> Result<(), Stop> {
-        let Some(InFlight {
-            t,
-            write,
-            early,
-            started,
-            ..
-        }) = self.in_flight.pop_front()
-        else {
-            return Ok(());
-        };
-        let mut result = match early {
-            Some(result) => result,
-            None => write.await,
-        };
-        let mut backoff = Duration::from_millis(100);
-        let mut retried = false;
-        let mut again = false;
-        loop {
-            match result {
-                Ok(()) => break,
-                Err(store::Error::Fenced(_)) => return Err(Stop::Lost),
-                // A retried write whose first try committed after all.
-                Err(store::Error::AlreadyExists(_)) if retried => break,
-                // Refused for good: trying again would loop.
-                Err(err) if !err.is_transient() => {
-                    return Err(Stop::Unwritable {
-                        error: err.to_string(),
-                        first_seq: t.events.first().map_or(self.next_seq, |e| e.seq),
-                    });
-                }
-                // Not tried: the one before it was not written. Those behind a failure are
-                // queued again once it is durable (below), so this should not happen; if it
-                // does, everything before it is durable (they settle in order): at once.
-                Err(err) if err.is_behind_a_failure() => {
-                    tracing::warn!(execution = %self.execution.id, "checkpoint was queued behind one that was not written; writing it again");
-                    again = true;
-                    result = self.write_again(&t).await;
-                }
-                Err(err) => {
-                    tracing::warn!(execution = %self.execution.id, error = %err, "checkpoint write failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = self.lost.cancelled() => return Err(Stop::Lost),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    retried = true;
-                    again = true;
-                    result = self.write_again(&t).await;
-                }
-            }
-        }
-        if again {
-            self.requeue_in_flight();
-        }
-        for (step, attempt) in started {
+        let settled = self.pipeline.settle_until(left).await;
+        for (step, attempt) in self.pipeline.take_durable() {
             self.spawn_attempt(step, attempt);
         }
+        match settled {
+            Ok(true) => self.inner.watchers.notify(self.execution.id),
+            Ok(false) => {}
+            Err(Refused::Lost) => return Err(Stop::Lost),
+            Err(Refused::Unwritable { error, first_seq }) => {
+                return Err(Stop::Unwritable {
+                    error,
+                    first_seq: first_seq.unwrap_or(self.next_seq),
+                });
+            }
+        }
         Ok(())
-    }
-
-    /// Writes the oldest transition in flight again, on its own: everything before it is
-    /// durable, so it follows nothing.
-    /// (The future holds no borrow of the driver, which is not `Sync`.)
-    fn write_again(
-        &self,
-        t: &Arc<Transition>,
-    ) -> impl std::future::Future<Output = store::Result<()>> + Send + 'static {
-        let (store, lease, t) = (self.inner.store.clone(), self.lease, t.clone());
-        async move { store.queue_transition(lease, t, Order::default()).await }
     }
 
     /// The values expressions read; `steps` holds every finished step.
@@ -585,7 +419,7 @@ impl Driver {
         self.interrupt_orphans();
         loop {
             if self.lost.is_cancelled() {
-                self.attempts_cancel.cancel();
+                self.attempts.cancel();
                 return Err(Stop::Lost);
             }
             if let Some((status, reason)) = self.ended_early() {
@@ -605,22 +439,22 @@ impl Driver {
                 // Pure steps read outcomes just handed over: evaluate them now. They have no
                 // effects, and what they record is queued behind those outcomes, so it is
                 // committed after them, each step in a transaction of its own.
-                if self.in_flight.len() >= WINDOW {
+                if self.pipeline.len() >= WINDOW {
                     self.settle_until(WINDOW / 2).await?;
                 }
                 // Attempts to start wait for nothing else.
-                if self.in_flight.back().is_some_and(|w| !w.started.is_empty()) {
+                if self.pipeline.newest_starts_attempts() {
                     self.settle_all().await?;
                 }
                 continue;
             }
             self.settle_all().await?;
-            if self.draining && self.running == 0 && self.preparing() == 0 {
+            if self.draining && self.attempts.running() == 0 && self.preparing() == 0 {
                 let _ = self.inner.store.release_lease(self.lease).await;
                 return Err(Stop::Released);
             }
             let wake = self.next_wake();
-            if self.running == 0
+            if self.attempts.running() == 0
                 && self.preparing() == 0
                 && !self.draining
                 && let Some(at) = wake
@@ -682,11 +516,7 @@ impl Driver {
             })
             .collect();
         for (i, attempt, started) in orphans {
-            self.write_attempt(
-                i,
-                attempt,
-                Record::cancelled(INTERRUPTED.to_owned(), Some(started), now),
-            );
+            self.write_attempt(i, attempt, Record::interrupted(Some(started), now));
             self.steps[i].state = State::Waiting;
         }
     }
@@ -805,7 +635,7 @@ impl Driver {
         self.steps[i].state = State::Preparing { attempt };
         let tx = self.prepared_tx.clone();
         let tenant = self.execution.tenant_id;
-        let cancel = self.attempts_cancel.child_token();
+        let cancel = self.attempts.child_token();
         tokio::spawn(async move {
             let work = workflow.clone();
             let prepared = evaluator
@@ -893,31 +723,17 @@ impl Driver {
         self.steps[i].last_attempt = self.steps[i].last_attempt.max(attempt);
         let params = move || params.unwrap_or_else(|| Err("params were not rendered".to_owned()));
         if self.is_inline(i) {
-            let step = &self.workflow.steps[i];
-            let result = params().and_then(|params| {
-                crate::connectors::run_pure(&step.spec.action, &params)
-                    .unwrap_or_else(|| Err(format!("{} is not a pure action", step.spec.action)))
-            });
-            // Started and finished in this one transition: its one event is the outcome.
-            self.complete(
-                i,
-                attempt,
-                now,
-                Utc::now(),
-                result.map_err(ActionError::from),
+            let result = super::attempt::run_pure(
+                self.inner.connectors.registry(),
+                &self.workflow.steps[i],
+                params(),
             );
+            // Started and finished in this one transition: its one event is the outcome.
+            self.complete(i, attempt, now, Utc::now(), result);
             return None;
         }
         if self.workflow.steps[i].kind == ActionKind::Timer {
-            let duration = params().and_then(|p| {
-                let text = p
-                    .get("duration")
-                    .and_then(Value::as_str)
-                    .ok_or("params.duration: expected a duration string")?
-                    .to_owned();
-                crate::duration::parse(&text).map_err(|e| format!("params.duration: {e}"))
-            });
-            match duration {
+            match super::attempt::sleep_duration(params()) {
                 Ok(d) => {
                     let until =
                         now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
@@ -940,85 +756,12 @@ impl Driver {
         Some(attempt)
     }
 
+    /// Runs an attempt recorded as running, now that the record is durable.
     fn spawn_attempt(&mut self, i: usize, attempt: i32) {
-        let step = &self.workflow.steps[i];
         let scope = self.step_scope(i);
-        let weight = scope.weight(&step.params_reads);
         let deadline = self.step_deadline(i);
-        let workflow = self.workflow.clone();
-        let tx = self.done_tx.clone();
-        self.running += 1;
-        let inner = self.inner.clone();
-        let action = step.spec.action.clone();
-        let timeout = step.spec.timeout_ms.map(Duration::from_millis);
-        let credential = step.spec.credential.clone();
-        let cancel = self.attempts_cancel.child_token();
-        let tenant_id = self.execution.tenant_id;
-        let allowed_domains = self.allowed_domains.clone();
-        tokio::spawn(async move {
-            // Secret values never leave the attempt: its output and error are redacted here.
-            let mut redactor = crate::secrets::redact::Redactor::default();
-            let work = async {
-                // Rendered within the step's timeout: a costly template is the step's time.
-                let evaluator = inner.evaluator.clone();
-                let render = workflow.clone();
-                let params = evaluator
-                    .evaluate(
-                        tenant_id,
-                        &workflow.steps[i].heavy,
-                        weight,
-                        deadline,
-                        Some(&cancel),
-                        move |budget| render.steps[i].prepare_params(&scope, budget),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())??;
-                let credential = match credential {
-                    Some(name) => {
-                        let c = inner.credential(tenant_id, &name).await?;
-                        redactor = crate::secrets::redact::Redactor::for_credential(&c);
-                        Some(c)
-                    }
-                    None => None,
-                };
-                inner
-                    .connectors
-                    .invoke(Invocation {
-                        action,
-                        params,
-                        credential,
-                        cancel: cancel.clone(),
-                        allowed_domains,
-                    })
-                    .await
-            };
-            let result = match timeout {
-                Some(t) => match tokio::time::timeout(t, work).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        cancel.cancel();
-                        Err(ActionError::transient(format!(
-                            "timed out after {} (the step's timeout)",
-                            humanize(t)
-                        )))
-                    }
-                },
-                None => work.await,
-            };
-            let result = match result {
-                Ok(output) => Ok(redactor.value(output)),
-                Err(error) => Err(ActionError {
-                    message: redactor.text(&error.message),
-                    output: error.output.map(|o| redactor.value(o)),
-                    ..error
-                }),
-            };
-            let _ = tx.send(AttemptDone {
-                step: i,
-                attempt,
-                result,
-            });
-        });
+        self.attempts
+            .spawn(&self.workflow, i, attempt, scope, deadline);
     }
 
     /// Records an attempt's end: the output (the checkpoint), or a failure that may retry.
@@ -1040,19 +783,8 @@ impl Driver {
             "result" => if result.is_ok() { "completed" } else { "failed" }
         )
         .record((ended - started).num_milliseconds().max(0) as f64 / 1000.0);
-        let max = self.inner.config.max_output_bytes;
-        let result = result.and_then(|output| {
-            let size = crate::workflow::expr::json_len(&output);
-            if size > max {
-                Err(ActionError::from(format!(
-                    "the step's output is {size} bytes, over the limit of {max} bytes"
-                )))
-            } else {
-                Ok((output, size))
-            }
-        });
-        match result {
-            Ok((output, size)) => {
+        match super::attempt::ended(result, self.inner.config.max_output_bytes) {
+            Ended::Completed { output, size } => {
                 if self.workflow.steps[i].logs
                     && let Some(message) = output.get("message").and_then(Value::as_str)
                 {
@@ -1073,16 +805,7 @@ impl Driver {
                 self.steps[i].error = None;
                 self.steps[i].state = State::Done(Outcome::Completed);
             }
-            Err(mut error) => {
-                // What the action produced before failing (an HTTP response with an error
-                // status) is the step's output, within the same size limit.
-                let output = error.output.take().and_then(|o| {
-                    let size = crate::workflow::expr::json_len(&o);
-                    (size <= max).then_some(Shared {
-                        value: Arc::new(o),
-                        bytes: size,
-                    })
-                });
+            Ended::Failed { error, output } => {
                 self.write_attempt(
                     i,
                     attempt,
@@ -1121,9 +844,14 @@ impl Driver {
     ) {
         self.steps[i].failures += 1;
         let retry = &self.workflow.steps[i].retry;
-        let retryable = error.retryable || error.status.is_some_and(|s| retry.on.contains(s));
+        let retried = super::attempt::retried(
+            retry,
+            &error,
+            self.steps[i].failures,
+            self.cancel.is_cancelled(),
+        );
         let error = error.message;
-        if retryable && self.steps[i].failures < retry.max_attempts && !self.cancel.is_cancelled() {
+        if retried {
             let delay = backoff(
                 retry.initial_backoff_ms,
                 retry.max_backoff_ms,
@@ -1172,12 +900,10 @@ impl Driver {
         };
         let shutdown = self.inner.shutdown.clone();
         tokio::select! {
-            Some(done) = self.done_rx.recv() => {
-                self.running -= 1;
+            Some(done) = self.attempts.finished() => {
                 self.handle_done(done);
                 // Drain whatever else finished meanwhile: one transition for all of them.
-                while let Ok(more) = self.done_rx.try_recv() {
-                    self.running -= 1;
+                while let Some(more) = self.attempts.finished_now() {
                     self.handle_done(more);
                 }
             }
@@ -1206,14 +932,7 @@ impl Driver {
 
     /// Cancellation or timeout: stop running attempts, record every unfinished step.
     async fn finish_early(&mut self, status: ExecutionStatus, reason: &str) -> Result<(), Stop> {
-        self.attempts_cancel.cancel();
-        // Let running attempts observe the cancellation (an HTTP request is aborted at once).
-        while self.running > 0 {
-            match tokio::time::timeout(Duration::from_secs(5), self.done_rx.recv()).await {
-                Ok(Some(_)) => self.running -= 1,
-                _ => break,
-            }
-        }
+        self.attempts.stop().await;
         let now = Utc::now();
         for i in 0..self.steps.len() {
             let (attempt, started) = match self.steps[i].state {
@@ -1246,13 +965,11 @@ impl Driver {
     /// behind it (the store refuses those unwritten), stops every attempt, and ends the
     /// execution as failed, saying why. Its event log goes on from the last stored event.
     async fn give_up(&mut self, error: &str, first_seq: i64) -> Result<(), Stop> {
-        let in_flight = std::mem::take(&mut self.in_flight);
+        let in_flight = self.pipeline.abandon();
         let pending = std::mem::take(&mut self.pending);
         self.next_seq = in_flight
-            .iter()
-            .flat_map(|w| w.t.events.first())
-            .chain(pending.events.first())
-            .map(|e| e.seq)
+            .into_iter()
+            .chain(pending.events.first().map(|e| e.seq))
             .fold(first_seq, i64::min);
         self.to_spawn.clear();
         let reason = format!("a checkpoint could not be stored: {error}");
@@ -1413,79 +1130,5 @@ impl Driver {
         });
         self.commit().await?;
         Err(Stop::Released)
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    if d.as_millis().is_multiple_of(1000) {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use super::*;
-
-    /// A waker that counts how often its task was woken.
-    struct Wakes(AtomicUsize);
-
-    impl std::task::Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn settling_transitions_in_flight_wakes_the_driver_once() {
-        // Eight transitions handed over, each answered through a channel, as the store does.
-        let mut answers = Vec::new();
-        let mut in_flight: Vec<InFlight> = (0..8)
-            .map(|_| {
-                let (tx, rx) = tokio::sync::oneshot::channel::<store::Result<()>>();
-                answers.push(tx);
-                let write: WriteFuture = Box::pin(async move {
-                    rx.await
-                        .unwrap_or_else(|_| Err(store::Error::Unavailable("gone".to_owned())))
-                });
-                InFlight::start(
-                    Arc::new(Transition::default()),
-                    Ticket::default(),
-                    write,
-                    Vec::new(),
-                )
-            })
-            .collect();
-        assert!(in_flight.iter().all(|w| w.early.is_none()));
-        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(wakes.clone());
-        let cx = &mut std::task::Context::from_waker(&waker);
-        {
-            // The driver waits for the newest of them.
-            let newest = in_flight.last_mut().expect("eight");
-            let mut wait = std::pin::pin!(newest.answered());
-            assert!(wait.as_mut().poll(cx).is_pending());
-            // The store answers them in order: the first seven wake nobody.
-            for tx in answers.drain(..7) {
-                tx.send(Ok(())).expect("answer");
-            }
-            assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
-            answers
-                .pop()
-                .expect("the eighth")
-                .send(Ok(()))
-                .expect("answer");
-            assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-            assert!(wait.as_mut().poll(cx).is_ready());
-        }
-        // The older ones are answered already: taking their answers waits for nothing.
-        for w in &mut in_flight {
-            assert!(std::pin::pin!(w.answered()).poll(cx).is_ready());
-            assert!(matches!(w.early, Some(Ok(()))));
-        }
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 }

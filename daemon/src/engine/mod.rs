@@ -7,10 +7,12 @@
 //! daemon holds and carries cancellation requests from other replicas; a driver whose lease
 //! is gone stops writing (its writes are fenced by the lease epoch anyway).
 
+mod attempt;
 pub mod compiled;
 mod driver;
 pub mod eval;
 pub mod model;
+mod pipeline;
 mod scheduler;
 pub mod watch;
 

@@ -101,6 +101,9 @@ pub struct StepAttempt {
     pub wake_time: Option<DateTime<Utc>>,
     pub start_time: Option<DateTime<Utc>>,
     pub end_time: Option<DateTime<Utc>>,
+    /// Ended because the daemon running it stopped (its status is `cancelled`): not the
+    /// step's outcome, and the step gets a new attempt.
+    pub interrupted: bool,
 }
 
 /// One entry of an execution's event log; `seq` orders them from 1.

@@ -1,7 +1,8 @@
 //! The scheduler's pure part: a step's state, and how it is rebuilt from the checkpoints
 //! after a restart or a takeover. Functions of state only (no store, no clock but the
 //! `now` they are given and the jitter of [`backoff`]), tested without a database. The
-//! driver (`driver.rs`) acts on these states: it writes transitions and runs attempts.
+//! driver (`driver.rs`) acts on these states: it writes transitions (through the commit
+//! pipeline, `pipeline.rs`) and runs attempts (through the attempt runner, `attempt.rs`).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,9 @@ use super::model::{Execution, StepAttempt, StepStatus};
 use crate::connectors::ActionKind;
 use crate::workflow::expr::Shared;
 
-/// The error of an attempt whose daemon died while it ran; the step runs again.
+/// The error of an attempt whose daemon died while it ran; the step runs again. Only its
+/// message: recovery reads [`StepAttempt::interrupted`] (attempts recorded with this
+/// message before that column existed were marked by migration 0011).
 pub const INTERRUPTED: &str = "interrupted: the daemon running this attempt stopped";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,6 +75,8 @@ pub(super) struct Record {
     pub(super) wake_time: Option<DateTime<Utc>>,
     pub(super) start_time: Option<DateTime<Utc>>,
     pub(super) end_time: Option<DateTime<Utc>>,
+    /// Ended by its daemon's stop (see [`StepAttempt::interrupted`]).
+    pub(super) interrupted: bool,
 }
 
 impl Record {
@@ -83,6 +88,7 @@ impl Record {
             wake_time: None,
             start_time: None,
             end_time: None,
+            interrupted: false,
         }
     }
 
@@ -156,6 +162,15 @@ impl Record {
             start_time: started,
             end_time: Some(ended),
             ..Record::new(StepStatus::Cancelled)
+        }
+    }
+
+    /// Left running by a daemon that stopped, found at `ended`: cancelled, saying so
+    /// ([`INTERRUPTED`]), and not the step's outcome (the step gets a new attempt).
+    pub(super) fn interrupted(started: Option<DateTime<Utc>>, ended: DateTime<Utc>) -> Record {
+        Record {
+            interrupted: true,
+            ..Record::cancelled(INTERRUPTED.to_owned(), started, ended)
         }
     }
 }
@@ -247,9 +262,7 @@ pub(super) fn recover(
                 // An interrupted attempt is not an outcome: the step gets a new attempt (also
                 // when the transition that recorded the interruption started none, as when
                 // the daemon was draining).
-                StepStatus::Cancelled if latest.error.as_deref() == Some(INTERRUPTED) => {
-                    State::Waiting
-                }
+                StepStatus::Cancelled if latest.interrupted => State::Waiting,
                 StepStatus::Cancelled if current => State::Done(Outcome::Cancelled),
                 // A failed or cancelled step of an earlier generation runs again (RetryExecution).
                 StepStatus::Failed | StepStatus::Cancelled => State::Waiting,
@@ -357,6 +370,7 @@ steps:
             wake_time: None,
             start_time: Some(at(1)),
             end_time: None,
+            interrupted: false,
         }
     }
 
@@ -448,7 +462,69 @@ steps:
                 "interrupted and recorded so: gets a new attempt",
                 1,
                 vec![with(attempt("http", 1, 1, S::Cancelled), |a| {
+                    a.error = Some(INTERRUPTED.into());
+                    a.interrupted = true;
+                })],
+                "http",
+                State::Waiting,
+                0,
+                1,
+            ),
+            (
+                "interrupted, whatever its message says: gets a new attempt",
+                1,
+                vec![with(attempt("http", 1, 1, S::Cancelled), |a| {
+                    a.error = Some("stopped".into());
+                    a.interrupted = true;
+                })],
+                "http",
+                State::Waiting,
+                0,
+                1,
+            ),
+            (
+                "cancelled with the interruption's message, not marked: done (the message \
+                 decides nothing)",
+                1,
+                vec![with(attempt("http", 1, 1, S::Cancelled), |a| {
                     a.error = Some(INTERRUPTED.into())
+                })],
+                "http",
+                done(Outcome::Cancelled),
+                0,
+                1,
+            ),
+            (
+                "interrupted before it started (the daemon was draining): gets a new attempt",
+                1,
+                vec![with(attempt("http", 1, 1, S::Cancelled), |a| {
+                    a.start_time = None;
+                    a.interrupted = true;
+                })],
+                "http",
+                State::Waiting,
+                0,
+                1,
+            ),
+            (
+                "interrupted after failed attempts: a new attempt, the failures still counted",
+                1,
+                vec![
+                    attempt("http", 1, 1, S::Failed),
+                    with(attempt("http", 2, 1, S::Cancelled), |a| {
+                        a.interrupted = true
+                    }),
+                ],
+                "http",
+                State::Waiting,
+                1,
+                2,
+            ),
+            (
+                "interrupted in an earlier generation: runs again",
+                2,
+                vec![with(attempt("http", 1, 1, S::Cancelled), |a| {
+                    a.interrupted = true
                 })],
                 "http",
                 State::Waiting,
@@ -586,6 +662,40 @@ steps:
         let (state, _, _, _) =
             recovered(1, &[attempt("http", 1, 1, StepStatus::Completed)], "after");
         assert_eq!(state, State::Waiting);
+    }
+
+    #[test]
+    fn an_interruption_is_recorded_as_such_and_cancelled_with_its_message() {
+        let record = Record::interrupted(Some(at(1)), at(2));
+        assert_eq!(
+            record,
+            Record {
+                status: StepStatus::Cancelled,
+                output: None,
+                error: Some(INTERRUPTED.to_owned()),
+                wake_time: None,
+                start_time: Some(at(1)),
+                end_time: Some(at(2)),
+                interrupted: true,
+            }
+        );
+        assert!(!Record::cancelled(INTERRUPTED.to_owned(), None, at(2)).interrupted);
+    }
+
+    #[test]
+    fn the_migration_marks_attempts_interrupted_by_the_message_they_carry() {
+        // Attempts interrupted before the column existed carry only the message: migration
+        // 0011 marks them by it (the message as it was then, which is this one).
+        for sql in [
+            include_str!("../../migrations/sqlite/0011_interrupted_attempts.sql"),
+            include_str!("../../migrations/postgres/0011_interrupted_attempts.sql"),
+        ] {
+            assert!(
+                sql.contains(&format!("AND error = '{INTERRUPTED}'")),
+                "{sql}"
+            );
+            assert!(sql.contains("WHERE status = 'cancelled'"), "{sql}");
+        }
     }
 
     #[test]

@@ -3,8 +3,6 @@
 
 pub mod crypto;
 pub mod model;
-/// Redaction moved to the connectors, next to the credentials it hides.
-pub use crate::connectors::redact;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -398,10 +398,23 @@ pub trait ExecutionStore: Send + Sync {
     }
     /// Writes a transition like [`ExecutionStore::write_transition`], in the place `order`
     /// gives it: behind `order.after`, which may not be durable yet, it is committed in a
-    /// later transaction than that one, and not at all if that one was not written (then it
-    /// answers `Unavailable`). `order.ticket` is resolved with its outcome. So a driver can
-    /// hand over its next checkpoint while the previous one commits, and a writer that
-    /// commits in order (SQLite's) goes from one to the next without waiting for the driver.
+    /// later transaction than that one, and not at all if that one was not written.
+    /// `order.ticket` is resolved with its outcome. So a driver can hand over its next
+    /// checkpoint while the previous one commits, and a writer that commits in order
+    /// (SQLite's) goes from one to the next without waiting for the driver.
+    ///
+    /// The contract the driver's commit pipeline (`engine::pipeline`) relies on:
+    /// - The first poll of the returned future queues the transition: its place is fixed
+    ///   then, whoever polls it later (the pipeline polls it once with a waker that does
+    ///   nothing, and waits for the answer only when it needs it). Transitions each queued
+    ///   behind the one before are committed in the order of their first polls.
+    /// - The answers come in that order: a transition is answered when it is committed or
+    ///   refused, and one behind it is committed only after that, in a later transaction.
+    ///   So waiting for the newest answer waits for all of them, with one wake-up (the
+    ///   pipeline needs the order only for that: it takes every answer).
+    /// - A transition that is not written fails every transition queued behind it (and
+    ///   behind those) with [`Error::BehindAFailure`], unwritten, and resolves their tickets
+    ///   as not written; they may be queued again, behind live tickets, once it is written.
     async fn queue_transition(
         &self,
         lease: Lease,

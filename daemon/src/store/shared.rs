@@ -213,7 +213,7 @@ pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, workflow, version, st
      cancel_requested";
 
 pub(super) const ATTEMPT_COLUMNS: &str = "execution_id, step_name, attempt, generation, status, \
-     output, error, wake_time, start_time, end_time";
+     output, error, wake_time, start_time, end_time, interrupted";
 
 /// [`EXECUTION_COLUMNS`] without inputs, outputs and trigger (a BASIC listing).
 pub(super) const EXECUTION_BASIC_COLUMNS: &str = "id, tenant_id, workflow, version, status, \
@@ -222,7 +222,7 @@ pub(super) const EXECUTION_BASIC_COLUMNS: &str = "id, tenant_id, workflow, versi
 
 /// [`ATTEMPT_COLUMNS`] without the output (a BASIC listing).
 pub(super) const ATTEMPT_BASIC_COLUMNS: &str = "execution_id, step_name, attempt, generation, status, \
-     CAST(NULL AS TEXT) AS output, error, wake_time, start_time, end_time";
+     CAST(NULL AS TEXT) AS output, error, wake_time, start_time, end_time, interrupted";
 
 /// Where an attempt listing's page starts: after the attempt at this place in the order
 /// (not started yet, start time, step, attempt), written as a page cursor.
@@ -355,6 +355,7 @@ pub(super) struct AttemptRow {
     wake_time: Option<DateTime<Utc>>,
     start_time: Option<DateTime<Utc>>,
     end_time: Option<DateTime<Utc>>,
+    interrupted: bool,
 }
 
 impl TryFrom<AttemptRow> for crate::engine::model::StepAttempt {
@@ -382,6 +383,7 @@ impl TryFrom<AttemptRow> for crate::engine::model::StepAttempt {
             wake_time: r.wake_time,
             start_time: r.start_time,
             end_time: r.end_time,
+            interrupted: r.interrupted,
         })
     }
 }

@@ -170,7 +170,7 @@ impl Shape {
 }
 
 /// The batch statement, from typed arrays (`unnest`): `$1..$3` list the transitions'
-/// executions and fencing epochs, `$4..$13` the attempts, `$14..$21` the events, then the
+/// executions and fencing epochs, `$4..$14` the attempts, `$15..$22` the events, then the
 /// execution updates and webhook deliveries when the shape has them.
 ///
 /// The fence: `held` share-locks, in id order, the execution rows whose lease epoch is
@@ -192,7 +192,8 @@ fn unnest(next: &mut usize, types: &[&str]) -> String {
 /// An attempt is written again as it moves (running, then finished): the last write wins.
 const ON_ATTEMPT_CONFLICT: &str = "ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET \
     status = excluded.status, output = excluded.output, error = excluded.error, \
-    wake_time = excluded.wake_time, start_time = excluded.start_time, end_time = excluded.end_time";
+    wake_time = excluded.wake_time, start_time = excluded.start_time, end_time = excluded.end_time, \
+    interrupted = excluded.interrupted";
 
 fn batch_sql(shape: Shape) -> String {
     // How a row joins its transition: by index, or (one transition) to the only row.
@@ -215,27 +216,28 @@ fn batch_sql(shape: Shape) -> String {
     sql.push_str(&format!(
         ", att AS ( \
             INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, generation, \
-                status, output, error, wake_time, start_time, end_time) \
+                status, output, error, wake_time, start_time, end_time, interrupted) \
             SELECT h.id, a.step_name, a.attempt, h.tenant_id, a.generation, a.status, a.output, \
-                a.error, a.wake_time, a.start_time, a.end_time \
+                a.error, a.wake_time, a.start_time, a.end_time, a.interrupted \
             FROM unnest($4::int[], $5::text[], $6::int[], $7::int[], $8::text[], $9::text[], \
-                $10::text[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[]) \
+                $10::text[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], \
+                $14::bool[]) \
                 AS a(i, step_name, attempt, generation, status, output, error, wake_time, \
-                start_time, end_time) {} \
+                start_time, end_time, interrupted) {} \
             {ON_ATTEMPT_CONFLICT} \
         ), ev AS ( \
             INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, step_name, \
                 attempt, status, message) \
             SELECT h.id, v.seq, h.tenant_id, v.time, v.kind, v.step_name, v.attempt, v.status, \
                 v.message \
-            FROM unnest($14::int[], $15::bigint[], $16::timestamptz[], $17::text[], $18::text[], \
-                $19::int[], $20::text[], $21::text[]) \
+            FROM unnest($15::int[], $16::bigint[], $17::timestamptz[], $18::text[], $19::text[], \
+                $20::int[], $21::text[], $22::text[]) \
                 AS v(i, seq, time, kind, step_name, attempt, status, message) {} \
         )",
         on("a"),
         on("v")
     ));
-    let mut next = 22;
+    let mut next = 23;
     if shape.updates {
         let arrays = unnest(
             &mut next,
@@ -361,6 +363,7 @@ struct Columns<'a> {
     a_wake: Vec<Time>,
     a_start: Vec<Time>,
     a_end: Vec<Time>,
+    a_interrupted: Vec<bool>,
     v_i: Vec<i32>,
     v_seq: Vec<i64>,
     v_time: Vec<chrono::DateTime<chrono::Utc>>,
@@ -425,6 +428,7 @@ impl<'a> Columns<'a> {
                 c.a_wake.push(a.wake_time);
                 c.a_start.push(a.start_time);
                 c.a_end.push(a.end_time);
+                c.a_interrupted.push(a.interrupted);
             }
             for e in &t.events {
                 c.v_i.push(i);
@@ -494,6 +498,7 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         a_wake,
         a_start,
         a_end,
+        a_interrupted,
         v_i,
         v_seq,
         v_time,
@@ -534,6 +539,7 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         .bind(a_wake)
         .bind(a_start)
         .bind(a_end)
+        .bind(a_interrupted)
         .bind(v_i)
         .bind(v_seq)
         .bind(v_time)
@@ -618,13 +624,13 @@ static STEP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         SELECT id, tenant_id FROM executions WHERE id = $1 AND lease_epoch = $2 FOR SHARE \
     ), att AS ( \
         INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, generation, \
-            status, output, error, wake_time, start_time, end_time) \
-        SELECT h.id, $3, $4, h.tenant_id, $5, $6, $7, $8, $9, $10, $11 FROM held h \
+            status, output, error, wake_time, start_time, end_time, interrupted) \
+        SELECT h.id, $3, $4, h.tenant_id, $5, $6, $7, $8, $9, $10, $11, $12 FROM held h \
         {ON_ATTEMPT_CONFLICT} \
     ), ev AS ( \
         INSERT INTO execution_events (execution_id, seq, tenant_id, time, kind, step_name, \
             attempt, status, message) \
-        SELECT h.id, $12, h.tenant_id, $13, $14, $15, $16, $17, $18 FROM held h \
+        SELECT h.id, $13, h.tenant_id, $14, $15, $16, $17, $18, $19 FROM held h \
     ) SELECT 0::int FROM held"
     )
 });
@@ -647,6 +653,7 @@ async fn write_step(
         .bind(a.wake_time)
         .bind(a.start_time)
         .bind(a.end_time)
+        .bind(a.interrupted)
         .bind(e.seq)
         .bind(e.time)
         .bind(e.kind.as_str())

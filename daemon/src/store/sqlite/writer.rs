@@ -260,12 +260,13 @@ fn apply(conn: &Connection, lease: Lease, t: &Transition) -> Result<()> {
         let mut insert = conn
             .prepare_cached(
                 "INSERT INTO step_attempts (execution_id, step_name, attempt, tenant_id, \
-                 generation, status, output, error, wake_time, start_time, end_time) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                 generation, status, output, error, wake_time, start_time, end_time, \
+                 interrupted) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                  ON CONFLICT (execution_id, step_name, attempt) DO UPDATE SET \
                  status = excluded.status, output = excluded.output, error = excluded.error, \
                  wake_time = excluded.wake_time, start_time = excluded.start_time, \
-                 end_time = excluded.end_time",
+                 end_time = excluded.end_time, interrupted = excluded.interrupted",
             )
             .map_err(&err)?;
         for a in &t.attempts {
@@ -282,6 +283,7 @@ fn apply(conn: &Connection, lease: Lease, t: &Transition) -> Result<()> {
                     time(a.wake_time),
                     time(a.start_time),
                     time(a.end_time),
+                    a.interrupted,
                 ])
                 .map_err(&err)?;
         }

@@ -1,0 +1,8 @@
+-- An attempt that ended because its daemon stopped says so in a column of its own, which
+-- recovery reads (the step gets a new attempt), instead of by its error message. Attempts
+-- recorded so before carry only the message, the one the engine wrote then: they are
+-- marked here, once. (A constant default: adding the column rewrites no row.)
+ALTER TABLE step_attempts ADD COLUMN interrupted BOOLEAN NOT NULL DEFAULT FALSE;
+UPDATE step_attempts SET interrupted = TRUE
+    WHERE status = 'cancelled'
+    AND error = 'interrupted: the daemon running this attempt stopped';
