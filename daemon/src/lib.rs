@@ -17,6 +17,7 @@ pub mod error;
 pub mod executions;
 pub mod health;
 pub mod http;
+pub mod model;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -245,6 +245,9 @@ async fn an_action_registered_in_a_test_is_validated_and_run() {
         "{:?}",
         ended.error
     );
-    assert_eq!(ended.outputs, Some(json!({"said": "HELLO MANTLE!!!", "chars": 15})));
+    assert_eq!(
+        ended.outputs,
+        Some(json!({"said": "HELLO MANTLE!!!", "chars": 15}))
+    );
     engine.shutdown().await;
 }

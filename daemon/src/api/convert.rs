@@ -6,7 +6,7 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use crate::auth::Caller;
-use crate::tenancy::model::{ApiKey, Tenant};
+use crate::model::tenant::{ApiKey, Tenant};
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -52,8 +52,8 @@ impl From<Tenant> for pb::Tenant {
 }
 
 /// Requested settings: 0 and empty mean "no limit of the tenant's own".
-pub fn tenant_settings(s: pb::TenantSettings) -> crate::tenancy::model::TenantSettings {
-    crate::tenancy::model::TenantSettings {
+pub fn tenant_settings(s: pb::TenantSettings) -> crate::model::tenant::TenantSettings {
+    crate::model::tenant::TenantSettings {
         max_steps_per_workflow: (s.max_steps_per_workflow > 0)
             .then_some(s.max_steps_per_workflow as u32),
         max_runtime_minutes: (s.max_runtime_minutes > 0).then_some(s.max_runtime_minutes as u32),
@@ -99,8 +99,8 @@ impl From<&Caller> for pb::Caller {
     }
 }
 
-impl From<crate::definitions::model::Definition> for pb::Definition {
-    fn from(d: crate::definitions::model::Definition) -> Self {
+impl From<crate::model::definition::Definition> for pb::Definition {
+    fn from(d: crate::model::definition::Definition) -> Self {
         pb::Definition {
             name: d.name,
             version: d.version,
@@ -171,8 +171,8 @@ fn json_text(v: Option<serde_json::Value>) -> String {
     v.map(|v| v.to_string()).unwrap_or_default()
 }
 
-pub fn execution_status(s: crate::engine::model::ExecutionStatus) -> pb::ExecutionStatus {
-    use crate::engine::model::ExecutionStatus as S;
+pub fn execution_status(s: crate::model::execution::ExecutionStatus) -> pb::ExecutionStatus {
+    use crate::model::execution::ExecutionStatus as S;
     match s {
         S::Pending => pb::ExecutionStatus::Pending,
         S::Queued => pb::ExecutionStatus::Queued,
@@ -187,8 +187,8 @@ pub fn execution_status(s: crate::engine::model::ExecutionStatus) -> pb::Executi
 /// A filter status; UNSPECIFIED means none.
 pub fn execution_status_from_pb(
     value: i32,
-) -> Result<Option<crate::engine::model::ExecutionStatus>, Status> {
-    use crate::engine::model::ExecutionStatus as S;
+) -> Result<Option<crate::model::execution::ExecutionStatus>, Status> {
+    use crate::model::execution::ExecutionStatus as S;
     let status = pb::ExecutionStatus::try_from(value)
         .map_err(|_| Status::invalid_argument(format!("status: unknown value {value}")))?;
     Ok(match status {
@@ -204,8 +204,8 @@ pub fn execution_status_from_pb(
 }
 
 /// A listing's view; unspecified is BASIC.
-pub fn view_from_pb(value: i32) -> Result<crate::tenancy::model::View, Status> {
-    use crate::tenancy::model::View;
+pub fn view_from_pb(value: i32) -> Result<crate::model::tenant::View, Status> {
+    use crate::model::tenant::View;
     match pb::View::try_from(value) {
         Ok(pb::View::Unspecified | pb::View::Basic) => Ok(View::Basic),
         Ok(pb::View::Full) => Ok(View::Full),
@@ -216,7 +216,7 @@ pub fn view_from_pb(value: i32) -> Result<crate::tenancy::model::View, Status> {
 }
 
 /// An execution as a BASIC listing shows it: without inputs, outputs and trigger.
-pub fn basic_execution(e: crate::engine::model::Execution) -> pb::Execution {
+pub fn basic_execution(e: crate::model::execution::Execution) -> pb::Execution {
     pb::Execution {
         inputs_json: String::new(),
         outputs_json: String::new(),
@@ -225,8 +225,8 @@ pub fn basic_execution(e: crate::engine::model::Execution) -> pb::Execution {
     }
 }
 
-fn step_status(s: crate::engine::model::StepStatus) -> pb::StepStatus {
-    use crate::engine::model::StepStatus as S;
+fn step_status(s: crate::model::execution::StepStatus) -> pb::StepStatus {
+    use crate::model::execution::StepStatus as S;
     match s {
         S::Pending => pb::StepStatus::Pending,
         S::Running => pb::StepStatus::Running,
@@ -237,8 +237,8 @@ fn step_status(s: crate::engine::model::StepStatus) -> pb::StepStatus {
     }
 }
 
-impl From<crate::engine::model::Execution> for pb::Execution {
-    fn from(e: crate::engine::model::Execution) -> Self {
+impl From<crate::model::execution::Execution> for pb::Execution {
+    fn from(e: crate::model::execution::Execution) -> Self {
         pb::Execution {
             id: e.id.to_string(),
             workflow: e.workflow,
@@ -255,8 +255,8 @@ impl From<crate::engine::model::Execution> for pb::Execution {
     }
 }
 
-impl From<crate::engine::model::StepAttempt> for pb::StepAttempt {
-    fn from(a: crate::engine::model::StepAttempt) -> Self {
+impl From<crate::model::execution::StepAttempt> for pb::StepAttempt {
+    fn from(a: crate::model::execution::StepAttempt) -> Self {
         pb::StepAttempt {
             step_name: a.step_name,
             attempt: a.attempt,
@@ -270,9 +270,9 @@ impl From<crate::engine::model::StepAttempt> for pb::StepAttempt {
     }
 }
 
-impl From<crate::engine::model::Event> for pb::ExecutionEvent {
-    fn from(e: crate::engine::model::Event) -> Self {
-        use crate::engine::model::{EventKind, ExecutionStatus, StepStatus};
+impl From<crate::model::execution::Event> for pb::ExecutionEvent {
+    fn from(e: crate::model::execution::Event) -> Self {
+        use crate::model::execution::{EventKind, ExecutionStatus, StepStatus};
         let kind = match e.kind {
             EventKind::ExecutionStatus => pb::execution_event::Kind::ExecutionStatus,
             EventKind::StepStatus => pb::execution_event::Kind::StepStatus,

@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status};
 
 use super::caller;
 use super::convert::{basic_execution, execution_status_from_pb, from_timestamp, view_from_pb};
-use crate::engine::model::ExecutionFilter;
 use crate::executions::Executions;
-use crate::tenancy::model::View;
+use crate::model::execution::ExecutionFilter;
+use crate::model::tenant::View;
 use crate::tenancy::{page_request, page_token};
 
 pub struct ExecutionApi {

@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::caller;
 use super::convert::timestamp;
+use crate::model::secret::SecretMeta;
 use crate::secrets::Secrets;
-use crate::secrets::model::SecretMeta;
 use crate::tenancy::{page_request, page_token};
 
 /// Default number of secrets re-encrypted per batch.

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::caller;
 use super::convert::from_timestamp;
-use crate::tenancy::model::TenantUpdate;
+use crate::model::tenant::TenantUpdate;
 use crate::tenancy::{KeyRequest, Tenancy, page_request, page_token};
 
 pub struct TenantApi {

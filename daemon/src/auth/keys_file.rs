@@ -182,7 +182,7 @@ fn validate_entry(index: usize, entry: EntryForm) -> Result<FileKey, EntryError>
         name,
     } = entry;
     TokenError::check(&token).map_err(EntryError::Token)?;
-    if crate::tenancy::validate_tenant_name(&tenant).is_err() {
+    if !crate::model::tenant::is_valid_name(&tenant) {
         return Err(EntryError::Tenant(tenant));
     }
     if scopes.is_empty() {

@@ -7,7 +7,6 @@
 //! request and passed explicitly; nothing about it is process-global.
 
 pub mod keys_file;
-mod scope;
 pub mod token;
 
 use std::sync::Arc;
@@ -16,10 +15,10 @@ use chrono::{Duration, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::model::tenant::{DEFAULT_TENANT_ID, DEFAULT_TENANT_NAME, TenantRef};
 use crate::store::{self, Store};
-use crate::tenancy::model::{DEFAULT_TENANT_ID, DEFAULT_TENANT_NAME, TenantRef};
 
-pub use scope::{Scope, ScopeSet, UnknownScope};
+pub use crate::model::scope::{Scope, ScopeSet, UnknownScope};
 
 /// How often a key's `last_use_time` is written at most.
 const LAST_USE_RESOLUTION: Duration = Duration::seconds(60);

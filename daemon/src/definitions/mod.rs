@@ -3,7 +3,7 @@
 //! Every call is scoped to the caller's tenant; another tenant's workflow answers NOT_FOUND
 //! exactly as a missing one does.
 
-pub mod model;
+pub use crate::model::definition as model;
 
 use std::sync::Arc;
 
@@ -11,8 +11,8 @@ use chrono::Utc;
 
 use crate::auth::{self, Caller, Scope};
 use crate::connectors::Registry;
+use crate::model::tenant::{Page, PageRequest, TenantRef};
 use crate::store::{self, Store};
-use crate::tenancy::model::{Page, PageRequest, TenantRef};
 use crate::workflow::plan::{Change, diff};
 use crate::workflow::{self, Loaded, Problem, WorkflowSpec};
 use model::{Definition, DefinitionSummary, NewVersion, VersionInfo};

@@ -54,7 +54,7 @@ enum Stop {
 /// An execution this daemon has just created: its driver needs nothing from the database.
 pub(super) struct Fresh {
     pub execution: Execution,
-    pub tenant: crate::tenancy::model::Tenant,
+    pub tenant: crate::model::tenant::Tenant,
 }
 
 pub(super) async fn drive(
@@ -112,7 +112,7 @@ struct Driver {
     pipeline: Pipeline,
     draining: bool,
     /// The tenant as it was when the driver started (name, webhook settings).
-    tenant: crate::tenancy::model::Tenant,
+    tenant: crate::model::tenant::Tenant,
     /// What expressions read: `inputs`, `trigger`, `execution`, shared by every evaluation.
     inputs: Shared,
     trigger: Shared,

@@ -11,7 +11,7 @@ mod attempt;
 pub mod compiled;
 mod driver;
 pub mod eval;
-pub mod model;
+pub use crate::model::execution as model;
 mod pipeline;
 mod scheduler;
 pub mod watch;
@@ -97,7 +97,7 @@ impl Limits {
     /// Refuses a workflow with more steps than the effective cap.
     pub fn check_steps(
         &self,
-        settings: &crate::tenancy::model::TenantSettings,
+        settings: &crate::model::tenant::TenantSettings,
         steps: usize,
     ) -> Result<(), String> {
         match Limits::effective(self.max_steps_per_workflow, settings.max_steps_per_workflow) {

@@ -305,7 +305,7 @@ mod tests {
     use serde_json::json;
     use uuid::Uuid;
 
-    use crate::engine::model::ExecutionStatus;
+    use crate::model::execution::ExecutionStatus;
 
     /// `http` (an effect), `nap` (a durable sleep), `soft` (continues on error), `after`.
     const WORKFLOW: &str = "name: w

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::auth::{self, Caller, Scope};
-use crate::engine::model::{Event, Execution, ExecutionFilter, StepAttempt};
 use crate::engine::{self, Engine, StartRequest};
+use crate::model::execution::{Event, Execution, ExecutionFilter, StepAttempt};
+use crate::model::tenant::{Page, PageRequest, TenantRef, View};
 use crate::store::{self, Store};
-use crate::tenancy::model::{Page, PageRequest, TenantRef, View};
 
 /// Errors of execution management.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +73,11 @@ const FOLLOW_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether `event` is the execution's end.
 fn ends_execution(event: &Event) -> bool {
-    event.kind == crate::engine::model::EventKind::ExecutionStatus
+    event.kind == crate::model::execution::EventKind::ExecutionStatus
         && event
             .status
             .as_deref()
-            .and_then(crate::engine::model::ExecutionStatus::parse)
+            .and_then(crate::model::execution::ExecutionStatus::parse)
             .is_some_and(|s| s.is_terminal())
 }
 

@@ -1,18 +1,11 @@
 //! AES-256-GCM sealing with a key ring: every ciphertext names the key that sealed it, so a
 //! new key can take over while old ciphertexts are re-encrypted in the background.
 
+pub use crate::model::secret::Sealed;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
-
-/// A sealed value: which key, which nonce, and the ciphertext with its tag.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
-    pub key_id: String,
-    pub nonce: Vec<u8>,
-    pub ciphertext: Vec<u8>,
-}
 
 /// Errors of keys and sealing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! engine stores or streams.
 
 pub mod crypto;
-pub mod model;
+pub use crate::model::secret as model;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,9 +13,9 @@ use zeroize::Zeroizing;
 
 use crate::auth::{self, Caller, Scope};
 use crate::connectors::{Credential, credentials};
+use crate::model::tenant::AuditEvent;
+use crate::model::tenant::{Page, PageRequest, TenantRef};
 use crate::store::{self, Store};
-use crate::tenancy::model::AuditEvent;
-use crate::tenancy::model::{Page, PageRequest, TenantRef};
 use crypto::{CryptoError, KeyRing};
 use model::{SecretMeta, StoredSecret};
 
@@ -515,7 +515,7 @@ mod tests {
     /// the key ring's.
     #[tokio::test]
     async fn a_credential_error_keeps_its_cause() {
-        use crate::tenancy::model::DEFAULT_TENANT_ID;
+        use crate::model::tenant::DEFAULT_TENANT_ID;
         let dir = tempfile::tempdir().unwrap();
         let store = crate::testing::sqlite_store(dir.path()).await;
         let secrets = |key: &str| {

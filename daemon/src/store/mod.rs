@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::definitions::model::{Definition, DefinitionSummary, NewVersion, VersionInfo};
-use crate::engine::model::{
+use crate::model::definition::{Definition, DefinitionSummary, NewVersion, VersionInfo};
+use crate::model::execution::{
     Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
     Order, StepAttempt, Ticket, Transition,
 };
-use crate::secrets::crypto::Sealed;
-use crate::secrets::model::{SecretMeta, StoredSecret};
-use crate::tenancy::model::{
+use crate::model::secret::Sealed;
+use crate::model::secret::{SecretMeta, StoredSecret};
+use crate::model::tenant::{
     ApiKey, AuditEvent, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View,
 };
 
@@ -47,7 +47,7 @@ pub enum Error {
     #[error("lease lost: another daemon owns execution {0}")]
     Fenced(uuid::Uuid),
     /// A transition that was not tried: it was queued behind one of its execution's that
-    /// was not written (see [`Order`](crate::engine::model::Order)). Once that one is
+    /// was not written (see [`Order`](crate::model::execution::Order)). Once that one is
     /// written, it can go again at once.
     #[error("database unavailable: an earlier checkpoint of this execution was not written")]
     BehindAFailure,
@@ -308,7 +308,7 @@ pub trait TenantStore: Send + Sync {
         &self,
         tenant_id: uuid::Uuid,
         limit_per_minute: u32,
-    ) -> Result<crate::tenancy::ratelimit::Decision>;
+    ) -> Result<crate::model::rate::Decision>;
     async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>>;
     async fn update_tenant(
         &self,
@@ -453,7 +453,7 @@ pub trait ExecutionStore: Send + Sync {
     /// first, so no more are loaded than returned), and a BASIC one has no inputs, outputs
     /// or trigger.
     ///
-    /// [`MAX_PAGE_BYTES`]: crate::tenancy::model::MAX_PAGE_BYTES
+    /// [`MAX_PAGE_BYTES`]: crate::model::tenant::MAX_PAGE_BYTES
     async fn list_executions(
         &self,
         tenant_id: uuid::Uuid,
@@ -523,7 +523,7 @@ pub trait DeliveryStore: Send + Sync {
     /// send them meanwhile).
     async fn claim_deliveries(
         &self,
-        claim: &crate::engine::model::DeliveryClaim,
+        claim: &crate::model::execution::DeliveryClaim,
     ) -> Result<Vec<Delivery>>;
     async fn finish_delivery(
         &self,
@@ -534,11 +534,11 @@ pub trait DeliveryStore: Send + Sync {
     /// Deliveries `filter` matches, newest first; `tenant_id: None` lists every tenant's.
     /// A page ends at [`MAX_PAGE_BYTES`], and a BASIC one has no payloads.
     ///
-    /// [`MAX_PAGE_BYTES`]: crate::tenancy::model::MAX_PAGE_BYTES
+    /// [`MAX_PAGE_BYTES`]: crate::model::tenant::MAX_PAGE_BYTES
     async fn list_deliveries(
         &self,
         tenant_id: Option<uuid::Uuid>,
-        filter: &crate::webhooks::model::DeliveryFilter,
+        filter: &crate::model::delivery::DeliveryFilter,
         page: &PageRequest,
         view: View,
     ) -> Result<Page<Delivery>>;
@@ -561,7 +561,7 @@ pub trait AuditStore: Send + Sync {
     async fn list_audit(
         &self,
         tenant_id: Option<uuid::Uuid>,
-        filter: &crate::tenancy::model::AuditFilter,
+        filter: &crate::model::tenant::AuditFilter,
         page: &PageRequest,
     ) -> Result<Page<AuditEvent>>;
 }

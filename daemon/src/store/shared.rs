@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Error;
-use crate::auth::ScopeSet;
-use crate::tenancy::model::{ApiKey, Page, PageRequest, Tenant, TenantRef};
+use crate::model::scope::ScopeSet;
+use crate::model::tenant::{ApiKey, Page, PageRequest, Tenant, TenantRef};
 
 pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time, \
      max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, \
@@ -43,7 +43,7 @@ impl From<TenantRow> for Tenant {
             display_name: r.display_name,
             create_time: r.create_time,
             update_time: r.update_time,
-            settings: crate::tenancy::model::TenantSettings {
+            settings: crate::model::tenant::TenantSettings {
                 max_steps_per_workflow: r.max_steps_per_workflow.map(|n| n.max(0) as u32),
                 max_runtime_minutes: r.max_runtime_minutes.map(|n| n.max(0) as u32),
                 allowed_domains: r
@@ -175,9 +175,9 @@ pub(super) struct VersionRow {
     create_time: DateTime<Utc>,
 }
 
-impl From<VersionRow> for crate::definitions::model::Definition {
+impl From<VersionRow> for crate::model::definition::Definition {
     fn from(r: VersionRow) -> Self {
-        crate::definitions::model::Definition {
+        crate::model::definition::Definition {
             tenant_id: r.tenant_id,
             name: r.name,
             version: r.version,
@@ -240,7 +240,7 @@ impl AttemptCursor {
         DateTime::<Utc>::UNIX_EPOCH
     }
 
-    pub(super) fn of(a: &crate::engine::model::StepAttempt) -> AttemptCursor {
+    pub(super) fn of(a: &crate::model::execution::StepAttempt) -> AttemptCursor {
         AttemptCursor {
             unstarted: a.start_time.is_none(),
             start: a.start_time.unwrap_or_else(Self::epoch),
@@ -312,12 +312,12 @@ fn parse_json(what: &str, text: &str) -> Result<serde_json::Value, Error> {
         .map_err(|e| Error::Internal(format!("stored {what} is not JSON: {e}")))
 }
 
-impl TryFrom<ExecutionRow> for crate::engine::model::Execution {
+impl TryFrom<ExecutionRow> for crate::model::execution::Execution {
     type Error = Error;
 
     fn try_from(r: ExecutionRow) -> Result<Self, Error> {
-        use crate::engine::model::ExecutionStatus;
-        Ok(crate::engine::model::Execution {
+        use crate::model::execution::ExecutionStatus;
+        Ok(crate::model::execution::Execution {
             status: ExecutionStatus::parse(&r.status).ok_or_else(|| {
                 Error::Internal(format!("execution {}: unknown status {:?}", r.id, r.status))
             })?,
@@ -358,12 +358,12 @@ pub(super) struct AttemptRow {
     interrupted: bool,
 }
 
-impl TryFrom<AttemptRow> for crate::engine::model::StepAttempt {
+impl TryFrom<AttemptRow> for crate::model::execution::StepAttempt {
     type Error = Error;
 
     fn try_from(r: AttemptRow) -> Result<Self, Error> {
-        use crate::engine::model::StepStatus;
-        Ok(crate::engine::model::StepAttempt {
+        use crate::model::execution::StepStatus;
+        Ok(crate::model::execution::StepAttempt {
             status: StepStatus::parse(&r.status).ok_or_else(|| {
                 Error::Internal(format!(
                     "step {}: unknown status {:?}",
@@ -400,12 +400,12 @@ pub(super) struct EventRow {
     message: Option<String>,
 }
 
-impl TryFrom<EventRow> for crate::engine::model::Event {
+impl TryFrom<EventRow> for crate::model::execution::Event {
     type Error = Error;
 
     fn try_from(r: EventRow) -> Result<Self, Error> {
-        Ok(crate::engine::model::Event {
-            kind: crate::engine::model::EventKind::parse(&r.kind)
+        Ok(crate::model::execution::Event {
+            kind: crate::model::execution::EventKind::parse(&r.kind)
                 .ok_or_else(|| Error::Internal(format!("unknown event kind {:?}", r.kind)))?,
             execution_id: r.execution_id,
             seq: r.seq,
@@ -435,11 +435,11 @@ pub(super) struct SecretRow {
     update_time: DateTime<Utc>,
 }
 
-impl From<SecretRow> for crate::secrets::model::StoredSecret {
+impl From<SecretRow> for crate::model::secret::StoredSecret {
     fn from(r: SecretRow) -> Self {
-        crate::secrets::model::StoredSecret {
+        crate::model::secret::StoredSecret {
             tenant_id: r.tenant_id,
-            meta: crate::secrets::model::SecretMeta {
+            meta: crate::model::secret::SecretMeta {
                 name: r.name,
                 kind: r.kind,
                 field_names: r
@@ -451,7 +451,7 @@ impl From<SecretRow> for crate::secrets::model::StoredSecret {
                 create_time: r.create_time,
                 update_time: r.update_time,
             },
-            sealed: crate::secrets::crypto::Sealed {
+            sealed: crate::model::secret::Sealed {
                 key_id: r.key_id,
                 nonce: r.nonce,
                 ciphertext: r.ciphertext,
@@ -472,9 +472,9 @@ pub(super) struct AuditRow {
     detail: Option<String>,
 }
 
-impl From<AuditRow> for crate::tenancy::model::AuditEvent {
+impl From<AuditRow> for crate::model::tenant::AuditEvent {
     fn from(r: AuditRow) -> Self {
-        crate::tenancy::model::AuditEvent {
+        crate::model::tenant::AuditEvent {
             id: r.id,
             tenant_id: r.tenant_id,
             time: r.time,
@@ -504,8 +504,8 @@ pub(super) struct AuditBinds<'a> {
 }
 
 impl<'a> AuditBinds<'a> {
-    pub(super) fn of(f: &'a crate::tenancy::model::AuditFilter) -> Self {
-        use crate::tenancy::model::{ActionMatch, ResultMatch};
+    pub(super) fn of(f: &'a crate::model::tenant::AuditFilter) -> Self {
+        use crate::model::tenant::{ActionMatch, ResultMatch};
         let (action, prefix) = match &f.action {
             None => (None, None),
             Some(ActionMatch::Exact(a)) => (Some(a.as_str()), None),
@@ -556,9 +556,9 @@ pub(super) struct DeliveryRow {
     expire_time: DateTime<Utc>,
 }
 
-impl From<DeliveryRow> for crate::engine::model::Delivery {
+impl From<DeliveryRow> for crate::model::execution::Delivery {
     fn from(r: DeliveryRow) -> Self {
-        crate::engine::model::Delivery {
+        crate::model::execution::Delivery {
             id: r.id,
             tenant_id: r.tenant_id,
             execution_id: r.execution_id,

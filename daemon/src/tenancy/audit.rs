@@ -8,9 +8,9 @@ use uuid::Uuid;
 
 use super::{Error, invalid, validate_tenant_name};
 use crate::auth::{Caller, Scope};
+use crate::model::tenant::{ActionMatch, AuditEvent, AuditFilter, ResultMatch};
+use crate::model::tenant::{Page, PageRequest};
 use crate::store::Store;
-use crate::tenancy::model::{ActionMatch, AuditEvent, AuditFilter, ResultMatch};
-use crate::tenancy::model::{Page, PageRequest};
 
 /// The tenant a listing covers: a tenant key its own (naming another is NOT_FOUND); an
 /// operator the named tenant, or every tenant (`None`).

@@ -5,7 +5,7 @@
 //! other, exactly as if it did not exist.
 
 pub mod audit;
-pub mod model;
+pub use crate::model::tenant as model;
 pub mod ratelimit;
 
 use std::sync::Arc;
@@ -70,13 +70,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Error {
 /// Checks a tenant name: a DNS label (1–63 of `a-z0-9-`, starting with a letter, not
 /// ending with `-`).
 pub fn validate_tenant_name(name: &str) -> Result<()> {
-    let ok = (1..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+    if crate::model::tenant::is_valid_name(name) {
         Ok(())
     } else if name.is_empty() {
         Err(invalid("name", "required"))

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use crate::model::rate::{Decision, gcra};
 use crate::store::{self, Store};
 
 /// Where the limiter keeps its state.
@@ -17,55 +18,6 @@ use crate::store::{self, Store};
 pub enum Backend {
     Memory,
     Postgres,
-}
-
-/// What a check decided, with what the client is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    /// Requests per minute.
-    pub limit: u32,
-    /// Requests left right now.
-    pub remaining: u32,
-    /// Until the bucket is full again.
-    pub reset: Duration,
-    /// When refused: until the next request is allowed.
-    pub retry_after: Duration,
-}
-
-/// The GCRA step: given the stored theoretical arrival time, decide at `now`.
-/// Returns the decision and the new TAT when allowed.
-pub fn gcra(
-    limit: u32,
-    tat: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> (Decision, Option<DateTime<Utc>>) {
-    let period = chrono::Duration::milliseconds(60_000 / i64::from(limit.max(1)));
-    let burst = period * (limit.max(1) as i32 - 1);
-    let tat = tat.map_or(now, |t| t.max(now));
-    let new_tat = tat + period;
-    let allow_at = new_tat - period - burst;
-    let millis = |d: chrono::Duration| Duration::from_millis(d.num_milliseconds().max(0) as u64);
-    if allow_at > now {
-        let decision = Decision {
-            allowed: false,
-            limit,
-            remaining: 0,
-            reset: millis(tat - now),
-            retry_after: millis(allow_at - now),
-        };
-        return (decision, None);
-    }
-    let used = ((new_tat - now).num_milliseconds() + period.num_milliseconds() - 1)
-        / period.num_milliseconds().max(1);
-    let decision = Decision {
-        allowed: true,
-        limit,
-        remaining: (i64::from(limit) - used).max(0) as u32,
-        reset: millis(new_tat - now),
-        retry_after: Duration::ZERO,
-    };
-    (decision, Some(new_tat))
 }
 
 /// A tenant's limit and when it was read.
@@ -177,7 +129,7 @@ mod tests {
         let limiter = RateLimiter::new(store, Backend::Memory);
         let err = limiter.check(Uuid::from_u128(99)).await.unwrap_err();
         assert!(matches!(err, store::Error::NotFound(_)), "{err:?}");
-        let default = crate::tenancy::model::DEFAULT_TENANT_ID;
+        let default = crate::model::tenant::DEFAULT_TENANT_ID;
         assert_eq!(limiter.check(default).await.unwrap(), None);
     }
 }

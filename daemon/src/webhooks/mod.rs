@@ -6,7 +6,7 @@
 //! one tenant's: a tenant whose endpoint hangs holds its own slots until they time out, and
 //! another tenant's deliveries are taken and sent meanwhile.
 
-pub mod model;
+pub use crate::model::delivery as model;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use hmac::{KeyInit, Mac};
 use tokio_util::sync::CancellationToken;
 
 use crate::connectors::http::{Outbound, check_target, check_url, guarded_client};
-use crate::engine::model::{Delivery, DeliveryClaim, DeliveryOutcome};
+use crate::model::execution::{Delivery, DeliveryClaim, DeliveryOutcome};
 use crate::secrets::Secrets;
 use crate::store::Store;
 use crate::tenancy::audit;
@@ -150,7 +150,7 @@ impl Webhooks {
         let outcome = match self.send(&d).await {
             Ok(status) => DeliveryOutcome::Delivered { status },
             Err((error, status)) => {
-                let error = crate::engine::model::error_text(error);
+                let error = crate::model::execution::error_text(error);
                 let at =
                     Utc::now() + chrono::Duration::from_std(backoff(attempts)).unwrap_or_default();
                 if at > d.expire_time {
@@ -265,13 +265,13 @@ pub async fn list(
     caller: &crate::auth::Caller,
     tenant: &str,
     filter: &model::DeliveryFilter,
-    page: &crate::tenancy::model::PageRequest,
-    view: crate::tenancy::model::View,
-) -> Result<crate::tenancy::model::Page<Listed>, crate::tenancy::Error> {
+    page: &crate::model::tenant::PageRequest,
+    view: crate::model::tenant::View,
+) -> Result<crate::model::tenant::Page<Listed>, crate::tenancy::Error> {
     let tenant_id = audit::visible_tenant(store, caller, tenant).await?;
     audit::check_uuid_cursor(page)?;
     let deliveries = store.list_deliveries(tenant_id, filter, page, view).await?;
-    Ok(crate::tenancy::model::Page {
+    Ok(crate::model::tenant::Page {
         items: audit::with_tenant_names(store, deliveries.items, |d| Some(d.tenant_id)).await,
         next_cursor: deliveries.next_cursor,
     })

@@ -8,7 +8,7 @@ use super::*;
 
 #[async_trait::async_trait]
 impl crate::store::AuditStore for ThisStore {
-    async fn record_audit(&self, e: &crate::tenancy::model::AuditEvent) -> Result<()> {
+    async fn record_audit(&self, e: &crate::model::tenant::AuditEvent) -> Result<()> {
         // Through the store's writers: a record shares their group commit instead
         // of costing a commit (and, on SQLite, a turn at the write lock) of its own.
         self.writers
@@ -19,9 +19,9 @@ impl crate::store::AuditStore for ThisStore {
     async fn list_audit(
         &self,
         tenant_id: Option<Uuid>,
-        filter: &crate::tenancy::model::AuditFilter,
+        filter: &crate::model::tenant::AuditFilter,
         page: &PageRequest,
-    ) -> Result<Page<crate::tenancy::model::AuditEvent>> {
+    ) -> Result<Page<crate::model::tenant::AuditEvent>> {
         let before: Option<Uuid> = match page.after.as_deref() {
             None => None,
             Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
@@ -49,7 +49,7 @@ impl crate::store::AuditStore for ThisStore {
         Ok(into_page(
             items,
             page,
-            |e: &crate::tenancy::model::AuditEvent| e.id.to_string(),
+            |e: &crate::model::tenant::AuditEvent| e.id.to_string(),
         ))
     }
 }

@@ -10,9 +10,9 @@ use super::*;
 impl crate::store::DefinitionStore for ThisStore {
     async fn apply_definition(
         &self,
-        v: &crate::definitions::model::NewVersion,
-    ) -> Result<(crate::definitions::model::Definition, bool)> {
-        use crate::definitions::model::Definition;
+        v: &crate::model::definition::NewVersion,
+    ) -> Result<(crate::model::definition::Definition, bool)> {
+        use crate::model::definition::Definition;
         let what = || format!("workflow {:?}", v.name);
         let mut tx = self.pool.begin().await.map_err(map_err(what))?;
         // Creating the row if needed, then touching it, takes the row's write lock:
@@ -105,7 +105,7 @@ impl crate::store::DefinitionStore for ThisStore {
         tenant_id: Uuid,
         name: &str,
         version: Option<i64>,
-    ) -> Result<crate::definitions::model::Definition> {
+    ) -> Result<crate::model::definition::Definition> {
         let sql = "SELECT v.tenant_id, v.name, v.version, v.content_hash, v.description, \
              v.spec, v.source, v.create_time FROM workflow_versions v JOIN workflows w \
              ON w.tenant_id = v.tenant_id AND w.name = v.name \
@@ -130,7 +130,7 @@ impl crate::store::DefinitionStore for ThisStore {
         tenant_id: Uuid,
         name: &str,
         version: i64,
-    ) -> Result<crate::definitions::model::Definition> {
+    ) -> Result<crate::model::definition::Definition> {
         let sql = format!(
             "SELECT {VERSION_COLUMNS} FROM workflow_versions \
              WHERE tenant_id = $1 AND name = $2 AND version = $3"
@@ -149,8 +149,8 @@ impl crate::store::DefinitionStore for ThisStore {
         &self,
         tenant_id: Uuid,
         page: &PageRequest,
-    ) -> Result<Page<crate::definitions::model::DefinitionSummary>> {
-        use crate::definitions::model::DefinitionSummary;
+    ) -> Result<Page<crate::model::definition::DefinitionSummary>> {
+        use crate::model::definition::DefinitionSummary;
         let rows: Vec<(String, i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT name, latest_version, description, create_time, update_time \
              FROM workflows WHERE tenant_id = $1 AND delete_time IS NULL \
@@ -184,8 +184,8 @@ impl crate::store::DefinitionStore for ThisStore {
         tenant_id: Uuid,
         name: &str,
         page: &PageRequest,
-    ) -> Result<Page<crate::definitions::model::VersionInfo>> {
-        use crate::definitions::model::VersionInfo;
+    ) -> Result<Page<crate::model::definition::VersionInfo>> {
+        use crate::model::definition::VersionInfo;
         let live: Option<i64> = sqlx::query_scalar(
             "SELECT latest_version FROM workflows \
              WHERE tenant_id = $1 AND name = $2 AND delete_time IS NULL",

@@ -11,7 +11,7 @@ use super::*;
 impl crate::store::DeliveryStore for ThisStore {
     async fn claim_deliveries(
         &self,
-        claim: &crate::engine::model::DeliveryClaim,
+        claim: &crate::model::execution::DeliveryClaim,
     ) -> Result<Vec<Delivery>> {
         self.claim_deliveries_here(claim).await
     }
@@ -20,9 +20,9 @@ impl crate::store::DeliveryStore for ThisStore {
         &self,
         id: Uuid,
         attempts: i32,
-        outcome: &crate::engine::model::DeliveryOutcome,
+        outcome: &crate::model::execution::DeliveryOutcome,
     ) -> Result<()> {
-        use crate::engine::model::DeliveryOutcome as O;
+        use crate::model::execution::DeliveryOutcome as O;
         let now = Utc::now();
         let (status, next, error, code, delivered) = match outcome {
             O::Delivered { status } => ("delivered", now, None, Some(*status), Some(now)),
@@ -49,11 +49,11 @@ impl crate::store::DeliveryStore for ThisStore {
     async fn list_deliveries(
         &self,
         tenant_id: Option<Uuid>,
-        filter: &crate::webhooks::model::DeliveryFilter,
+        filter: &crate::model::delivery::DeliveryFilter,
         page: &PageRequest,
-        view: crate::tenancy::model::View,
-    ) -> Result<Page<crate::engine::model::Delivery>> {
-        use crate::tenancy::model::{View, fitting};
+        view: crate::model::tenant::View,
+    ) -> Result<Page<crate::model::execution::Delivery>> {
+        use crate::model::tenant::{View, fitting};
         let before: Option<Uuid> = match page.after.as_deref() {
             None => None,
             Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
@@ -111,7 +111,8 @@ impl crate::store::DeliveryStore for ThisStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err(|| "webhook deliveries".to_owned()))?;
-        let items: Vec<crate::engine::model::Delivery> = rows.into_iter().map(Into::into).collect();
+        let items: Vec<crate::model::execution::Delivery> =
+            rows.into_iter().map(Into::into).collect();
         let next_cursor = if sizes.len() > take {
             items.last().map(|d| d.id.to_string())
         } else {

@@ -10,10 +10,10 @@ use super::*;
 impl ThisStore {
     pub(super) async fn create_execution_shared(
         &self,
-        e: &crate::engine::model::NewExecution,
+        e: &crate::model::execution::NewExecution,
         lease_expires: DateTime<Utc>,
-    ) -> Result<crate::engine::model::Created> {
-        use crate::engine::model::{Created, Lease};
+    ) -> Result<crate::model::execution::Created> {
+        use crate::model::execution::{Created, Lease};
         let lease = Lease {
             execution_id: e.id,
             epoch: 1,
@@ -192,8 +192,8 @@ impl ThisStore {
         &self,
         id: Uuid,
     ) -> Result<(
-        crate::engine::model::Execution,
-        Vec<crate::engine::model::StepAttempt>,
+        crate::model::execution::Execution,
+        Vec<crate::model::execution::StepAttempt>,
         i64,
     )> {
         let what = || format!("execution {id}");
@@ -227,7 +227,7 @@ impl ThisStore {
 
     pub(super) async fn release_lease_shared(
         &self,
-        lease: crate::engine::model::Lease,
+        lease: crate::model::execution::Lease,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE executions SET owner = NULL, lease_expires = NULL \
@@ -245,7 +245,7 @@ impl ThisStore {
         &self,
         tenant_id: Uuid,
         id: Uuid,
-    ) -> Result<crate::engine::model::Execution> {
+    ) -> Result<crate::model::execution::Execution> {
         // A queued execution has no driver yet: it becomes claimable with the
         // cancellation requested, so a driver ends it like any other (its terminal
         // event and webhook delivery written with the end) without running a step.
@@ -278,7 +278,7 @@ impl ThisStore {
         id: Uuid,
         owner: &str,
         lease_expires: DateTime<Utc>,
-    ) -> Result<crate::engine::model::Lease> {
+    ) -> Result<crate::model::execution::Lease> {
         let epoch: Option<i64> = sqlx::query_scalar(
             "UPDATE executions SET status = 'pending', generation = generation + 1, \
              error = NULL, end_time = NULL, cancel_requested = FALSE, wake_time = NULL, \
@@ -294,7 +294,7 @@ impl ThisStore {
         .await
         .map_err(map_err(|| format!("execution {id}")))?;
         match epoch {
-            Some(epoch) => Ok(crate::engine::model::Lease {
+            Some(epoch) => Ok(crate::model::execution::Lease {
                 execution_id: id,
                 epoch,
             }),
@@ -313,7 +313,7 @@ impl ThisStore {
         &self,
         tenant_id: Uuid,
         id: Uuid,
-    ) -> Result<crate::engine::model::Execution> {
+    ) -> Result<crate::model::execution::Execution> {
         let sql =
             format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE tenant_id = $1 AND id = $2");
         sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
@@ -328,11 +328,11 @@ impl ThisStore {
     pub(super) async fn list_executions_shared(
         &self,
         tenant_id: Uuid,
-        filter: &crate::engine::model::ExecutionFilter,
+        filter: &crate::model::execution::ExecutionFilter,
         page: &PageRequest,
-        view: crate::tenancy::model::View,
-    ) -> Result<Page<crate::engine::model::Execution>> {
-        use crate::tenancy::model::{View, fitting};
+        view: crate::model::tenant::View,
+    ) -> Result<Page<crate::model::execution::Execution>> {
+        use crate::model::tenant::{View, fitting};
         let before: Option<Uuid> = match page.after.as_deref() {
             None => None,
             Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
@@ -400,7 +400,7 @@ impl ThisStore {
         let items = rows
             .into_iter()
             .map(TryInto::try_into)
-            .collect::<Result<Vec<crate::engine::model::Execution>>>()?;
+            .collect::<Result<Vec<crate::model::execution::Execution>>>()?;
         let next_cursor = if sizes.len() > take {
             items.last().map(|e| e.id.to_string())
         } else {
@@ -414,9 +414,9 @@ impl ThisStore {
         tenant_id: Uuid,
         id: Uuid,
         page: &PageRequest,
-        view: crate::tenancy::model::View,
-    ) -> Result<Page<crate::engine::model::StepAttempt>> {
-        use crate::tenancy::model::{View, fitting};
+        view: crate::model::tenant::View,
+    ) -> Result<Page<crate::model::execution::StepAttempt>> {
+        use crate::model::tenant::{View, fitting};
         self.get_execution_shared(tenant_id, id).await?;
         let order = crate::store::shared::ATTEMPT_ORDER;
         let after = page
@@ -503,7 +503,7 @@ impl ThisStore {
             .map_err(map_err(|| format!("execution {id}")))?
             .into_iter()
             .map(TryInto::try_into)
-            .collect::<Result<Vec<crate::engine::model::StepAttempt>>>()?;
+            .collect::<Result<Vec<crate::model::execution::StepAttempt>>>()?;
         let next_cursor = if sizes.len() > take {
             items
                 .last()
@@ -520,7 +520,7 @@ impl ThisStore {
         id: Uuid,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<crate::engine::model::Event>> {
+    ) -> Result<Vec<crate::model::execution::Event>> {
         sqlx::query_as::<_, EventRow>(
             "SELECT execution_id, seq, time, kind, step_name, attempt, status, message \
              FROM execution_events WHERE tenant_id = $1 AND execution_id = $2 \

@@ -8,7 +8,7 @@ use super::*;
 
 #[async_trait::async_trait]
 impl crate::store::SecretStore for ThisStore {
-    async fn create_secret(&self, s: &crate::secrets::model::StoredSecret) -> Result<()> {
+    async fn create_secret(&self, s: &crate::model::secret::StoredSecret) -> Result<()> {
         sqlx::query(
             "INSERT INTO secrets (tenant_id, name, type, field_names, key_id, nonce, \
              ciphertext, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -28,7 +28,7 @@ impl crate::store::SecretStore for ThisStore {
         Ok(())
     }
 
-    async fn update_secret(&self, s: &crate::secrets::model::StoredSecret) -> Result<()> {
+    async fn update_secret(&self, s: &crate::model::secret::StoredSecret) -> Result<()> {
         let done = sqlx::query(
             "UPDATE secrets SET field_names = $3, key_id = $4, nonce = $5, ciphertext = $6, \
              update_time = $7 WHERE tenant_id = $1 AND name = $2",
@@ -53,7 +53,7 @@ impl crate::store::SecretStore for ThisStore {
         &self,
         tenant_id: Uuid,
         name: &str,
-    ) -> Result<crate::secrets::model::StoredSecret> {
+    ) -> Result<crate::model::secret::StoredSecret> {
         let sql =
             format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE tenant_id = $1 AND name = $2");
         sqlx::query_as::<_, SecretRow>(sqlx::AssertSqlSafe(sql))
@@ -69,7 +69,7 @@ impl crate::store::SecretStore for ThisStore {
         &self,
         tenant_id: Uuid,
         page: &PageRequest,
-    ) -> Result<Page<crate::secrets::model::SecretMeta>> {
+    ) -> Result<Page<crate::model::secret::SecretMeta>> {
         let sql = format!(
             "SELECT {SECRET_COLUMNS} FROM secrets WHERE tenant_id = $1 \
              AND ($2 IS NULL OR name > $2) ORDER BY name LIMIT $3"
@@ -83,12 +83,12 @@ impl crate::store::SecretStore for ThisStore {
             .map_err(map_err(|| "secrets".to_owned()))?;
         let items = rows
             .into_iter()
-            .map(|r| crate::secrets::model::StoredSecret::from(r).meta)
+            .map(|r| crate::model::secret::StoredSecret::from(r).meta)
             .collect();
         Ok(into_page(
             items,
             page,
-            |m: &crate::secrets::model::SecretMeta| m.name.clone(),
+            |m: &crate::model::secret::SecretMeta| m.name.clone(),
         ))
     }
 
@@ -109,7 +109,7 @@ impl crate::store::SecretStore for ThisStore {
         &self,
         key_id: &str,
         limit: u32,
-    ) -> Result<Vec<crate::secrets::model::StoredSecret>> {
+    ) -> Result<Vec<crate::model::secret::StoredSecret>> {
         let sql = format!(
             "SELECT {SECRET_COLUMNS} FROM secrets WHERE key_id <> $1 \
              ORDER BY tenant_id, name LIMIT $2"
@@ -127,7 +127,7 @@ impl crate::store::SecretStore for ThisStore {
 
     async fn reseal_secret(
         &self,
-        s: &crate::secrets::model::StoredSecret,
+        s: &crate::model::secret::StoredSecret,
         old_key_id: &str,
     ) -> Result<bool> {
         let done = sqlx::query(
@@ -163,7 +163,7 @@ impl crate::store::SecretStore for ThisStore {
 
     async fn encryption_keys(
         &self,
-    ) -> Result<Vec<(String, crate::secrets::crypto::Sealed, DateTime<Utc>)>> {
+    ) -> Result<Vec<(String, crate::model::secret::Sealed, DateTime<Utc>)>> {
         let rows: Vec<(String, Vec<u8>, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT key_id, nonce, check_value, create_time FROM encryption_keys \
              ORDER BY create_time DESC",
@@ -176,7 +176,7 @@ impl crate::store::SecretStore for ThisStore {
             .map(|(key_id, nonce, ciphertext, at)| {
                 (
                     key_id.clone(),
-                    crate::secrets::crypto::Sealed {
+                    crate::model::secret::Sealed {
                         key_id,
                         nonce,
                         ciphertext,
@@ -190,7 +190,7 @@ impl crate::store::SecretStore for ThisStore {
     async fn record_encryption_key(
         &self,
         key_id: &str,
-        check: &crate::secrets::crypto::Sealed,
+        check: &crate::model::secret::Sealed,
         now: DateTime<Utc>,
     ) -> Result<()> {
         sqlx::query(

@@ -49,7 +49,7 @@ impl crate::store::TenantStore for ThisStore {
         &self,
         tenant_id: Uuid,
         limit: u32,
-    ) -> Result<crate::tenancy::ratelimit::Decision> {
+    ) -> Result<crate::model::rate::Decision> {
         self.take_rate_limit_backend(tenant_id, limit).await
     }
 

@@ -15,11 +15,11 @@ use super::shared::{
     TenantRow, VERSION_COLUMNS, VersionRow, into_page, map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store, redact_url};
-use crate::engine::model::{
+use crate::model::execution::{
     Created, Delivery, Event, Execution, ExecutionFilter, Lease, NewExecution, Order, StepAttempt,
     Transition,
 };
-use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
+use crate::model::tenant::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
 
 mod writer;
 
@@ -148,7 +148,7 @@ impl PgStore {
         &self,
         tenant_id: Uuid,
         limit: u32,
-    ) -> Result<crate::tenancy::ratelimit::Decision> {
+    ) -> Result<crate::model::rate::Decision> {
         let what = || format!("rate limit of tenant {tenant_id}");
         let mut tx = self.pool.begin().await.map_err(map_err(what))?;
         sqlx::query(
@@ -166,7 +166,7 @@ impl PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err(what))?;
-        let (decision, new_tat) = crate::tenancy::ratelimit::gcra(limit, Some(tat), now);
+        let (decision, new_tat) = crate::model::rate::gcra(limit, Some(tat), now);
         if let Some(new_tat) = new_tat {
             sqlx::query("UPDATE rate_limits SET tat = $2 WHERE tenant_id = $1")
                 .bind(tenant_id)
@@ -334,7 +334,7 @@ impl PgStore {
     /// Claims due deliveries (this backend's SQL); see `DeliveryStore::claim_deliveries`.
     async fn claim_deliveries_here(
         &self,
-        claim: &crate::engine::model::DeliveryClaim,
+        claim: &crate::model::execution::DeliveryClaim,
     ) -> Result<Vec<Delivery>> {
         // The outer conditions are checked again on each row once locked: a row another
         // worker claimed meanwhile (its next attempt moved) is not claimed twice.

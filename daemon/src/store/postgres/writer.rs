@@ -388,7 +388,7 @@ struct Columns<'a> {
     w_create: Vec<chrono::DateTime<chrono::Utc>>,
     w_expire: Vec<chrono::DateTime<chrono::Utc>>,
     creates: Vec<&'a NewRow>,
-    audits: Vec<&'a crate::tenancy::model::AuditEvent>,
+    audits: Vec<&'a crate::model::tenant::AuditEvent>,
 }
 
 impl<'a> Columns<'a> {
@@ -637,9 +637,9 @@ static STEP_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 async fn write_step(
     conn: &mut PgConnection,
-    lease: crate::engine::model::Lease,
-    a: &crate::engine::model::StepAttempt,
-    e: &crate::engine::model::Event,
+    lease: crate::model::execution::Lease,
+    a: &crate::model::execution::StepAttempt,
+    e: &crate::model::execution::Event,
 ) -> Result<Vec<i32>, sqlx::Error> {
     sqlx::query_scalar(STEP_SQL.as_str())
         .bind(lease.execution_id)

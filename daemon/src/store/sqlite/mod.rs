@@ -17,11 +17,11 @@ use super::shared::{
     TenantRow, VERSION_COLUMNS, VersionRow, into_page, map_err,
 };
 use super::{Backend, Error, MigrationStatus, OpenOptions, Result, Store};
-use crate::engine::model::{
+use crate::model::execution::{
     Created, Delivery, Event, Execution, ExecutionFilter, Lease, NewExecution, Order, StepAttempt,
     Transition,
 };
-use crate::tenancy::model::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
+use crate::model::tenant::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
 
 mod writer;
 
@@ -190,7 +190,7 @@ impl SqliteStore {
         &self,
         _tenant_id: Uuid,
         _limit: u32,
-    ) -> Result<crate::tenancy::ratelimit::Decision> {
+    ) -> Result<crate::model::rate::Decision> {
         Err(Error::Config(
             "MANTLE_RATE_LIMIT_BACKEND=postgres needs the PostgreSQL store".to_owned(),
         ))
@@ -375,7 +375,7 @@ impl SqliteStore {
     /// Claims due deliveries (this backend's SQL); see `DeliveryStore::claim_deliveries`.
     async fn claim_deliveries_here(
         &self,
-        claim: &crate::engine::model::DeliveryClaim,
+        claim: &crate::model::execution::DeliveryClaim,
     ) -> Result<Vec<Delivery>> {
         let now = Utc::now();
         // One daemon per SQLite file: no other worker claims meanwhile.

@@ -14,7 +14,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, params};
 use tokio::sync::mpsc;
 
 use super::super::{Error, Job, NewRow, Result, Work};
-use crate::engine::model::{Lease, Transition};
+use crate::model::execution::{Lease, Transition};
 
 /// Largest number of transitions committed together.
 const MAX_BATCH: usize = 256;
@@ -220,7 +220,7 @@ fn create(conn: &Connection, row: &NewRow) -> Result<()> {
     Ok(())
 }
 
-fn audit(conn: &Connection, e: &crate::tenancy::model::AuditEvent) -> Result<()> {
+fn audit(conn: &Connection, e: &crate::model::tenant::AuditEvent) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO audit_events (id, tenant_id, time, actor, action, resource, result, \
          detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -361,7 +361,7 @@ fn apply(conn: &Connection, lease: Lease, t: &Transition) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::{Order, Ticket};
+    use crate::model::execution::{Order, Ticket};
 
     fn job(id: u128, order: Order) -> Job {
         Job {

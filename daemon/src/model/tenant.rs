@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::auth::ScopeSet;
+use super::scope::ScopeSet;
 
 /// Identifier of the tenant `default`, created by the first migration.
 pub const DEFAULT_TENANT_ID: Uuid = Uuid::from_u128(1);
@@ -199,6 +199,17 @@ pub enum ResultMatch {
     Refused,
     /// Exactly this gRPC status code name (`PERMISSION_DENIED`).
     Code(String),
+}
+
+/// Whether `name` is a valid tenant name: 1 to 63 lowercase letters, digits and `-`,
+/// starting with a letter, not ending with `-`.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::crypto::Sealed;
-
 /// A secret's metadata: never its values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretMeta {
@@ -22,4 +20,12 @@ pub struct StoredSecret {
     pub tenant_id: Uuid,
     pub meta: SecretMeta,
     pub sealed: Sealed,
+}
+
+/// A sealed value: which key, which nonce, and the ciphertext with its tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
 }
