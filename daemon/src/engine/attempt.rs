@@ -148,7 +148,13 @@ impl Runner {
                     .map_err(|e| e.to_string())??;
                 let credential = match credential {
                     Some(name) => {
-                        let c = inner.credential(tenant_id, &name).await?;
+                        // Its error is the step's: no secret value in it, retried as the
+                        // step's `retry` asks (the secret may be created meanwhile).
+                        let c = inner
+                            .secrets
+                            .credential(tenant_id, &name)
+                            .await
+                            .map_err(|e| ActionError::transient(e.to_string()))?;
                         redactor = crate::connectors::redact::Redactor::for_credential(&c);
                         Some(c)
                     }

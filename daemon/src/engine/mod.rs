@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::connectors::{Connectors, Credential, NetworkPolicy};
+use crate::connectors::{Connectors, NetworkPolicy};
 use crate::store::{self, Store};
 use compiled::{CompiledWorkflow, resolve_inputs};
 use model::{Execution, ExecutionStatus, Lease, NewExecution};
@@ -529,11 +529,6 @@ impl Inner {
         }
         cache.insert(key, compiled.clone());
         Ok(compiled)
-    }
-
-    /// Resolves a step's credential, decrypted, for the attempt about to run.
-    async fn credential(&self, tenant_id: Uuid, name: &str) -> Result<Credential, String> {
-        self.secrets.resolve(tenant_id, name).await
     }
 
     /// `capped`: a concurrency cap applies to the execution's tenant, so its end may free a

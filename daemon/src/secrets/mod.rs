@@ -452,18 +452,6 @@ impl Secrets {
         }
     }
 
-    /// [`Secrets::credential`] with its error as the message alone, for the engine, which
-    /// relays it as the step's error.
-    pub async fn resolve(
-        &self,
-        tenant_id: Uuid,
-        name: &str,
-    ) -> std::result::Result<Credential, String> {
-        self.credential(tenant_id, name)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
     pub fn key_id(&self) -> &str {
         self.ring.current_id()
     }
@@ -572,13 +560,5 @@ mod tests {
         assert_eq!(err.to_string(), format!("credential \"api\": {cause}"));
         let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<CryptoError>());
         assert_eq!(source, Some(cause));
-        // The engine's form: the message alone.
-        assert_eq!(
-            other_key
-                .resolve(DEFAULT_TENANT_ID, "api")
-                .await
-                .unwrap_err(),
-            err.to_string()
-        );
     }
 }
