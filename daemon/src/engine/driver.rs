@@ -149,7 +149,8 @@ impl Driver {
         }
         let workflow = inner
             .workflow(execution.tenant_id, &execution.workflow, execution.version)
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         let steps = recover(&workflow, &execution, &attempts);
         let tenant = match tenant {
             Some(t) => t,

@@ -272,8 +272,7 @@ impl Engine {
         let workflow = self
             .inner
             .workflow(req.tenant_id, &definition.name, definition.version)
-            .await
-            .map_err(Error::Internal)?;
+            .await?;
         let limits = self.inner.config.limits;
         limits
             .check_steps(&tenant.settings, workflow.spec.steps.len())
@@ -500,18 +499,19 @@ impl Inner {
         tenant_id: Uuid,
         name: &str,
         version: i64,
-    ) -> Result<Arc<CompiledWorkflow>, String> {
+    ) -> Result<Arc<CompiledWorkflow>, Error> {
         let key = (tenant_id, name.to_owned(), version);
         if let Some(w) = self.specs.lock().expect("spec cache").get(&key) {
             return Ok(w.clone());
         }
+        // A store that is away answers UNAVAILABLE, not INTERNAL: the cause is kept.
         let definition = self
             .store
             .get_pinned_version(tenant_id, name, version)
-            .await
-            .map_err(|e| e.to_string())?;
-        let spec = serde_json::from_str(&definition.spec_json)
-            .map_err(|e| format!("stored spec of {name} version {version}: {e}"))?;
+            .await?;
+        let spec = serde_json::from_str(&definition.spec_json).map_err(|e| {
+            Error::Internal(format!("stored spec of {name} version {version}: {e}"))
+        })?;
         // In the CPU pool: a version's expressions are a tenant's work.
         let actions = self.connectors.registry().clone();
         let compiled = Arc::new(
@@ -521,7 +521,8 @@ impl Inner {
                     CompiledWorkflow::compile_with(spec, &actions)
                 })
                 .await
-                .map_err(|e| e.to_string())??,
+                .map_err(|e| Error::Unavailable(e.to_string()))?
+                .map_err(Error::Internal)?,
         );
         let mut cache = self.specs.lock().expect("spec cache");
         if cache.len() > 1000 {
