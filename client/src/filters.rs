@@ -24,48 +24,8 @@ pub struct AuditFilter {
     pub since: Option<DateTime<Utc>>,
 }
 
-/// A webhook delivery's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeliveryStatus {
-    /// Waiting for its next attempt.
-    Pending,
-    /// The endpoint accepted it.
-    Delivered,
-    /// Given up on after 24 hours of retries.
-    Failed,
-}
-
-impl DeliveryStatus {
-    /// Every status, in the order above.
-    pub const ALL: [DeliveryStatus; 3] = [
-        DeliveryStatus::Pending,
-        DeliveryStatus::Delivered,
-        DeliveryStatus::Failed,
-    ];
-
-    /// The name the API uses: `pending`, `delivered` or `failed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Failed => "failed",
-        }
-    }
-
-    /// Parses [`DeliveryStatus::as_str`]'s names; case does not matter.
-    pub fn parse(name: &str) -> Option<DeliveryStatus> {
-        let name = name.trim();
-        Self::ALL
-            .into_iter()
-            .find(|s| s.as_str().eq_ignore_ascii_case(name))
-    }
-}
-
-impl std::fmt::Display for DeliveryStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A delivery's state: the daemon's own type.
+pub use mantle_model::delivery::DeliveryStatus;
 
 /// Which deliveries
 /// [`Client::list_webhook_deliveries`](crate::Client::list_webhook_deliveries) returns:

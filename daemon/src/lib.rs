@@ -17,7 +17,8 @@ pub mod error;
 pub mod executions;
 pub mod health;
 pub mod http;
-pub mod model;
+/// The passive types, a crate of their own (`mantle-model`).
+pub use mantle_model as model;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -6,6 +6,13 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use crate::auth::Caller;
+
+/// Converts a domain value into its protobuf message. The API layer's own trait: the
+/// domain types live in `mantle-model` and the messages in `mantle-proto`, so `From`
+/// cannot be implemented between them here.
+pub trait IntoProto<T> {
+    fn into_proto(self) -> T;
+}
 use crate::model::tenant::{ApiKey, Tenant};
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
@@ -26,26 +33,29 @@ pub fn from_timestamp(field: &str, t: Option<Timestamp>) -> Result<Option<DateTi
     .transpose()
 }
 
-impl From<Tenant> for pb::Tenant {
-    fn from(t: Tenant) -> Self {
+impl IntoProto<pb::Tenant> for Tenant {
+    fn into_proto(self) -> pb::Tenant {
         pb::Tenant {
-            name: t.name,
-            id: t.id.to_string(),
-            display_name: t.display_name,
-            create_time: Some(timestamp(t.create_time)),
-            update_time: Some(timestamp(t.update_time)),
+            name: self.name,
+            id: self.id.to_string(),
+            display_name: self.display_name,
+            create_time: Some(timestamp(self.create_time)),
+            update_time: Some(timestamp(self.update_time)),
             settings: Some(pb::TenantSettings {
-                max_steps_per_workflow: t.settings.max_steps_per_workflow.map_or(0, |n| n as i32),
-                max_runtime_minutes: t.settings.max_runtime_minutes.map_or(0, |n| n as i32),
-                allowed_domains: t.settings.allowed_domains.unwrap_or_default(),
-                rate_limit_per_minute: t.settings.rate_limit_per_minute.map_or(0, |n| n as i32),
-                max_concurrent_executions: t
+                max_steps_per_workflow: self
+                    .settings
+                    .max_steps_per_workflow
+                    .map_or(0, |n| n as i32),
+                max_runtime_minutes: self.settings.max_runtime_minutes.map_or(0, |n| n as i32),
+                allowed_domains: self.settings.allowed_domains.unwrap_or_default(),
+                rate_limit_per_minute: self.settings.rate_limit_per_minute.map_or(0, |n| n as i32),
+                max_concurrent_executions: self
                     .settings
                     .max_concurrent_executions
                     .map_or(0, |n| n as i32),
-                max_queued_executions: t.settings.max_queued_executions.map_or(0, |n| n as i32),
-                webhook_url: t.settings.webhook_url.unwrap_or_default(),
-                webhook_secret: t.settings.webhook_secret.unwrap_or_default(),
+                max_queued_executions: self.settings.max_queued_executions.map_or(0, |n| n as i32),
+                webhook_url: self.settings.webhook_url.unwrap_or_default(),
+                webhook_secret: self.settings.webhook_secret.unwrap_or_default(),
             }),
         }
     }
@@ -69,17 +79,17 @@ pub fn tenant_settings(s: pb::TenantSettings) -> crate::model::tenant::TenantSet
     }
 }
 
-impl From<ApiKey> for pb::ApiKey {
-    fn from(k: ApiKey) -> Self {
+impl IntoProto<pb::ApiKey> for ApiKey {
+    fn into_proto(self) -> pb::ApiKey {
         pb::ApiKey {
-            id: k.id,
-            tenant: k.tenant.map(|t| t.name).unwrap_or_default(),
-            name: k.name,
-            scopes: k.scopes.names(),
-            create_time: Some(timestamp(k.create_time)),
-            expire_time: k.expire_time.map(timestamp),
-            revoke_time: k.revoke_time.map(timestamp),
-            last_use_time: k.last_use_time.map(timestamp),
+            id: self.id,
+            tenant: self.tenant.map(|t| t.name).unwrap_or_default(),
+            name: self.name,
+            scopes: self.scopes.names(),
+            create_time: Some(timestamp(self.create_time)),
+            expire_time: self.expire_time.map(timestamp),
+            revoke_time: self.revoke_time.map(timestamp),
+            last_use_time: self.last_use_time.map(timestamp),
         }
     }
 }
@@ -99,16 +109,16 @@ impl From<&Caller> for pb::Caller {
     }
 }
 
-impl From<crate::model::definition::Definition> for pb::Definition {
-    fn from(d: crate::model::definition::Definition) -> Self {
+impl IntoProto<pb::Definition> for crate::model::definition::Definition {
+    fn into_proto(self) -> pb::Definition {
         pb::Definition {
-            name: d.name,
-            version: d.version,
-            content_hash: d.content_hash,
-            description: d.description,
-            source: d.source,
-            spec_json: d.spec_json,
-            create_time: Some(timestamp(d.create_time)),
+            name: self.name,
+            version: self.version,
+            content_hash: self.content_hash,
+            description: self.description,
+            source: self.source,
+            spec_json: self.spec_json,
+            create_time: Some(timestamp(self.create_time)),
         }
     }
 }
@@ -221,7 +231,7 @@ pub fn basic_execution(e: crate::model::execution::Execution) -> pb::Execution {
         inputs_json: String::new(),
         outputs_json: String::new(),
         trigger_json: String::new(),
-        ..e.into()
+        ..e.into_proto()
     }
 }
 
@@ -237,67 +247,67 @@ fn step_status(s: crate::model::execution::StepStatus) -> pb::StepStatus {
     }
 }
 
-impl From<crate::model::execution::Execution> for pb::Execution {
-    fn from(e: crate::model::execution::Execution) -> Self {
+impl IntoProto<pb::Execution> for crate::model::execution::Execution {
+    fn into_proto(self) -> pb::Execution {
         pb::Execution {
-            id: e.id.to_string(),
-            workflow: e.workflow,
-            version: e.version,
-            status: execution_status(e.status) as i32,
-            inputs_json: e.inputs.to_string(),
-            outputs_json: json_text(e.outputs),
-            error: e.error.unwrap_or_default(),
-            create_time: Some(timestamp(e.create_time)),
-            start_time: e.start_time.map(timestamp),
-            end_time: e.end_time.map(timestamp),
-            trigger_json: e.trigger.to_string(),
+            id: self.id.to_string(),
+            workflow: self.workflow,
+            version: self.version,
+            status: execution_status(self.status) as i32,
+            inputs_json: self.inputs.to_string(),
+            outputs_json: json_text(self.outputs),
+            error: self.error.unwrap_or_default(),
+            create_time: Some(timestamp(self.create_time)),
+            start_time: self.start_time.map(timestamp),
+            end_time: self.end_time.map(timestamp),
+            trigger_json: self.trigger.to_string(),
         }
     }
 }
 
-impl From<crate::model::execution::StepAttempt> for pb::StepAttempt {
-    fn from(a: crate::model::execution::StepAttempt) -> Self {
+impl IntoProto<pb::StepAttempt> for crate::model::execution::StepAttempt {
+    fn into_proto(self) -> pb::StepAttempt {
         pb::StepAttempt {
-            step_name: a.step_name,
-            attempt: a.attempt,
-            status: step_status(a.status) as i32,
-            output_json: json_text(a.output),
-            error: a.error.unwrap_or_default(),
-            start_time: a.start_time.map(timestamp),
-            end_time: a.end_time.map(timestamp),
-            wake_time: a.wake_time.map(timestamp),
+            step_name: self.step_name,
+            attempt: self.attempt,
+            status: step_status(self.status) as i32,
+            output_json: json_text(self.output),
+            error: self.error.unwrap_or_default(),
+            start_time: self.start_time.map(timestamp),
+            end_time: self.end_time.map(timestamp),
+            wake_time: self.wake_time.map(timestamp),
         }
     }
 }
 
-impl From<crate::model::execution::Event> for pb::ExecutionEvent {
-    fn from(e: crate::model::execution::Event) -> Self {
+impl IntoProto<pb::ExecutionEvent> for crate::model::execution::Event {
+    fn into_proto(self) -> pb::ExecutionEvent {
         use crate::model::execution::{EventKind, ExecutionStatus, StepStatus};
-        let kind = match e.kind {
+        let kind = match self.kind {
             EventKind::ExecutionStatus => pb::execution_event::Kind::ExecutionStatus,
             EventKind::StepStatus => pb::execution_event::Kind::StepStatus,
             EventKind::Log => pb::execution_event::Kind::Log,
         };
-        let status = e.status.as_deref();
+        let status = self.status.as_deref();
         pb::ExecutionEvent {
-            seq: e.seq,
-            time: Some(timestamp(e.time)),
+            seq: self.seq,
+            time: Some(timestamp(self.time)),
             kind: kind as i32,
-            execution_status: match e.kind {
+            execution_status: match self.kind {
                 EventKind::ExecutionStatus => status
                     .and_then(ExecutionStatus::parse)
                     .map_or(0, |s| execution_status(s) as i32),
                 _ => 0,
             },
-            step_name: e.step_name.unwrap_or_default(),
-            attempt: e.attempt.unwrap_or_default(),
-            step_status: match e.kind {
+            step_name: self.step_name.unwrap_or_default(),
+            attempt: self.attempt.unwrap_or_default(),
+            step_status: match self.kind {
                 EventKind::StepStatus => status
                     .and_then(StepStatus::parse)
                     .map_or(0, |s| step_status(s) as i32),
                 _ => 0,
             },
-            message: e.message.unwrap_or_default(),
+            message: self.message.unwrap_or_default(),
         }
     }
 }

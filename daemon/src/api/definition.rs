@@ -5,7 +5,7 @@ use mantle_proto::v1::definition_service_server::DefinitionService;
 use tonic::{Request, Response, Status};
 
 use super::caller;
-use super::convert::{plan, problems, timestamp};
+use super::convert::{IntoProto, plan, problems, timestamp};
 use crate::definitions::Definitions;
 use crate::definitions::file_name;
 use crate::tenancy::{page_request, page_token};
@@ -59,7 +59,7 @@ impl DefinitionService for DefinitionApi {
             .await?;
         Ok(Response::new(pb::ApplyDefinitionResponse {
             warnings: problems(file_name(&req.filename), &applied.warnings),
-            definition: Some(applied.definition.into()),
+            definition: Some(applied.definition.into_proto()),
             created: applied.created,
             changes: applied.changes.into_iter().map(Into::into).collect(),
         }))
@@ -102,7 +102,7 @@ impl DefinitionService for DefinitionApi {
         let caller = caller(&request)?;
         let req = request.get_ref();
         let definition = self.definitions.get(caller, &req.name, req.version).await?;
-        Ok(Response::new(definition.into()))
+        Ok(Response::new(definition.into_proto()))
     }
 
     async fn list_definitions(

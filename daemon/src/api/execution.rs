@@ -9,7 +9,9 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::caller;
-use super::convert::{basic_execution, execution_status_from_pb, from_timestamp, view_from_pb};
+use super::convert::{
+    IntoProto, basic_execution, execution_status_from_pb, from_timestamp, view_from_pb,
+};
 use crate::executions::Executions;
 use crate::model::execution::ExecutionFilter;
 use crate::model::tenant::View;
@@ -53,7 +55,7 @@ impl ExecutionService for ExecutionApi {
             .executions
             .start(caller, &req.workflow, req.version, &req.inputs_json, key)
             .await?;
-        Ok(Response::new(execution.into()))
+        Ok(Response::new(execution.into_proto()))
     }
 
     async fn get_execution(
@@ -62,7 +64,7 @@ impl ExecutionService for ExecutionApi {
     ) -> Result<Response<pb::Execution>, Status> {
         let caller = caller(&request)?;
         let execution = self.executions.get(caller, &request.get_ref().id).await?;
-        Ok(Response::new(execution.into()))
+        Ok(Response::new(execution.into_proto()))
     }
 
     async fn list_executions(
@@ -86,7 +88,7 @@ impl ExecutionService for ExecutionApi {
                 .items
                 .into_iter()
                 .map(|e| match view {
-                    View::Full => e.into(),
+                    View::Full => e.into_proto(),
                     View::Basic => basic_execution(e),
                 })
                 .collect(),
@@ -102,7 +104,7 @@ impl ExecutionService for ExecutionApi {
             .executions
             .cancel(caller, &request.get_ref().id)
             .await?;
-        Ok(Response::new(execution.into()))
+        Ok(Response::new(execution.into_proto()))
     }
 
     async fn retry_execution(
@@ -111,7 +113,7 @@ impl ExecutionService for ExecutionApi {
     ) -> Result<Response<pb::Execution>, Status> {
         let caller = caller(&request)?;
         let execution = self.executions.retry(caller, &request.get_ref().id).await?;
-        Ok(Response::new(execution.into()))
+        Ok(Response::new(execution.into_proto()))
     }
 
     async fn list_step_attempts(
@@ -127,7 +129,7 @@ impl ExecutionService for ExecutionApi {
             .attempts(caller, &req.id, &page, view)
             .await?;
         Ok(Response::new(pb::ListStepAttemptsResponse {
-            attempts: page.items.into_iter().map(Into::into).collect(),
+            attempts: page.items.into_iter().map(IntoProto::into_proto).collect(),
             next_page_token: page_token(page.next_cursor.as_deref()),
         }))
     }
@@ -144,8 +146,8 @@ impl ExecutionService for ExecutionApi {
             .executions
             .follow(caller, &req.id, req.after_seq, self.shutdown.clone())
             .await?;
-        let stream =
-            ReceiverStream::new(events).map(|event| event.map(Into::into).map_err(Status::from));
+        let stream = ReceiverStream::new(events)
+            .map(|event| event.map(IntoProto::into_proto).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -5,7 +5,7 @@ use mantle_proto::v1::tenant_service_server::TenantService;
 use tonic::{Request, Response, Status};
 
 use super::caller;
-use super::convert::from_timestamp;
+use super::convert::{IntoProto, from_timestamp};
 use crate::model::tenant::TenantUpdate;
 use crate::tenancy::{KeyRequest, Tenancy, page_request, page_token};
 
@@ -32,7 +32,7 @@ impl TenantService for TenantApi {
             .tenancy
             .create_tenant(caller, &req.name, &req.display_name, settings)
             .await?;
-        Ok(Response::new(tenant.into()))
+        Ok(Response::new(tenant.into_proto()))
     }
 
     async fn get_tenant(
@@ -44,7 +44,7 @@ impl TenantService for TenantApi {
             .tenancy
             .get_tenant(caller, &request.get_ref().name)
             .await?;
-        Ok(Response::new(tenant.into()))
+        Ok(Response::new(tenant.into_proto()))
     }
 
     async fn list_tenants(
@@ -57,7 +57,7 @@ impl TenantService for TenantApi {
         let page = self.tenancy.list_tenants(caller, &page).await?;
         Ok(Response::new(pb::ListTenantsResponse {
             next_page_token: page_token(page.next_cursor.as_deref()),
-            tenants: page.items.into_iter().map(Into::into).collect(),
+            tenants: page.items.into_iter().map(IntoProto::into_proto).collect(),
         }))
     }
 
@@ -136,7 +136,7 @@ impl TenantService for TenantApi {
             .update_tenant(caller, &req.name, &update)
             .await?;
         self.limiter.forget(tenant.id);
-        Ok(Response::new(tenant.into()))
+        Ok(Response::new(tenant.into_proto()))
     }
 
     async fn delete_tenant(
@@ -169,7 +169,7 @@ impl TenantService for TenantApi {
             )
             .await?;
         Ok(Response::new(pb::CreateApiKeyResponse {
-            api_key: Some(created.key.into()),
+            api_key: Some(created.key.into_proto()),
             token: created.token,
         }))
     }
@@ -187,7 +187,7 @@ impl TenantService for TenantApi {
             .await?;
         Ok(Response::new(pb::ListApiKeysResponse {
             next_page_token: page_token(page.next_cursor.as_deref()),
-            api_keys: page.items.into_iter().map(Into::into).collect(),
+            api_keys: page.items.into_iter().map(IntoProto::into_proto).collect(),
         }))
     }
 
@@ -200,6 +200,6 @@ impl TenantService for TenantApi {
             .tenancy
             .revoke_api_key(caller, &request.get_ref().id)
             .await?;
-        Ok(Response::new(key.into()))
+        Ok(Response::new(key.into_proto()))
     }
 }

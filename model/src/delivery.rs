@@ -9,8 +9,14 @@ pub enum DeliveryStatus {
     Pending,
     /// The endpoint accepted it.
     Delivered,
-    /// Given up on after 24 hours.
+    /// Given up on after 24 hours of retries.
     Failed,
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl DeliveryStatus {
@@ -29,8 +35,9 @@ impl DeliveryStatus {
         }
     }
 
-    /// By its name, in any case.
+    /// By its name, in any case, around spaces.
     pub fn parse(name: &str) -> Option<DeliveryStatus> {
+        let name = name.trim();
         Self::ALL
             .into_iter()
             .find(|s| s.as_str().eq_ignore_ascii_case(name))
