@@ -35,10 +35,25 @@ const SHOUT: ActionSpec = ActionSpec {
     name: "test/shout",
     description: "Answers its text in capitals.",
     params: schema_of::<ShoutParams>,
+    output: schema_of::<ShoutOutput>,
     credential_types: &[],
     logs: false,
     run: Run::Effect(|_| Ok(Arc::new(Shout))),
 };
+
+/// What `test/shout` outputs.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct ShoutOutput {
+    /// the text in capitals
+    shouted: String,
+}
+
+/// What `test/count` outputs.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct CountOutput {
+    /// how many characters
+    chars: usize,
+}
 
 struct Shout;
 
@@ -47,7 +62,8 @@ impl Effect for Shout {
     async fn run(&self, inv: Invocation) -> Result<Value, ActionError> {
         let p: ShoutParams = parse(&inv.params).map_err(ActionError::permanent)?;
         let marks = "!".repeat(p.times.unwrap_or(1) as usize);
-        Ok(json!({ "shouted": format!("{}{marks}", p.text.to_uppercase()) }))
+        let shouted = format!("{}{marks}", p.text.to_uppercase());
+        Ok(serde_json::to_value(ShoutOutput { shouted }).expect("an output serializes"))
     }
 }
 
@@ -56,6 +72,7 @@ const COUNT: ActionSpec = ActionSpec {
     name: "test/count",
     description: "Counts the characters of its text.",
     params: schema_of::<CountParams>,
+    output: schema_of::<CountOutput>,
     credential_types: &[],
     logs: false,
     run: Run::Pure(count),
@@ -70,7 +87,10 @@ struct CountParams {
 
 fn count(params: &serde_json::Map<String, Value>) -> Result<Value, String> {
     let p: CountParams = parse(params)?;
-    Ok(json!({ "chars": p.text.chars().count() }))
+    Ok(serde_json::to_value(CountOutput {
+        chars: p.text.chars().count(),
+    })
+    .expect("serializes"))
 }
 
 const GOOD: &str = r#"
@@ -203,6 +223,9 @@ async fn an_action_registered_in_a_test_is_validated_and_run() {
         schema["properties"]["times"]["description"],
         "how many exclamation marks (default 1)"
     );
+    let output = listed.output_schema();
+    assert_eq!(output["properties"]["shouted"]["type"], "string");
+    assert_eq!(output["required"], json!(["shouted"]));
 
     // Run by the engine of a daemon that registered it.
     let secrets = Secrets::new(

@@ -86,6 +86,7 @@ def test_list_actions(tc: mantle.Client) -> None:
     assert http.credential_types == ["bearer", "basic", "header"]
     assert http.params_schema["required"] == ["url"]
     assert http.params_schema["properties"]["ok_status"]["type"] == "array"
+    assert sorted(http.output_schema["properties"]) == ["body", "headers", "status", "url"]
     assert actions["core/sleep"].kind == "timer"
 
 

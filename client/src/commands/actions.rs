@@ -18,12 +18,14 @@ struct ActionView {
     kind: String,
     credential_types: Vec<String>,
     params_schema: Value,
+    output_schema: Value,
 }
 
 impl From<ActionInfo> for ActionView {
     fn from(a: ActionInfo) -> Self {
         ActionView {
             params_schema: serde_json::from_str(&a.params_schema_json).unwrap_or(Value::Null),
+            output_schema: serde_json::from_str(&a.output_schema_json).unwrap_or(Value::Null),
             name: a.name,
             description: a.description,
             kind: a.kind,
@@ -58,6 +60,20 @@ impl ActionView {
             .collect()
     }
 
+    /// The output's fields, as `{status, headers, body, url}`; `any` for an open output.
+    fn output(&self) -> String {
+        match self.output_schema["properties"].as_object() {
+            Some(fields) if !fields.is_empty() => {
+                let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+                format!("{{{}}}", names.join(", "))
+            }
+            _ if self.output_schema["additionalProperties"] == Value::Bool(false) => {
+                "{}".to_owned()
+            }
+            _ => "any fields".to_owned(),
+        }
+    }
+
     fn credentials(&self) -> String {
         if self.credential_types.is_empty() {
             "-".to_owned()
@@ -73,15 +89,11 @@ fn type_text(schema: &Value) -> String {
         let values: Vec<&str> = values.iter().filter_map(Value::as_str).collect();
         return format!("one of {}", values.join(", "));
     }
-    match (
-        schema["type"].as_str(),
-        schema.get("pattern"),
-        schema.get("items"),
-    ) {
-        (Some("string"), Some(_), _) => "duration".to_owned(),
-        (Some("array"), _, Some(_)) => "status list".to_owned(),
-        (Some(t), _, _) => t.to_owned(),
-        (None, _, _) => "any".to_owned(),
+    match (schema["type"].as_str(), schema["format"].as_str()) {
+        (_, Some("duration")) => "duration".to_owned(),
+        (_, Some("http-statuses")) => "status list".to_owned(),
+        (Some(t), _) => t.to_owned(),
+        (None, _) => "any".to_owned(),
     }
 }
 
@@ -109,11 +121,12 @@ impl Render for ActionView {
     /// The description, the credentials, then a table of params.
     fn table(&self) -> String {
         let mut out = format!(
-            "{} ({}): {}\ncredentials: {}\n",
+            "{} ({}): {}\ncredentials: {}\noutput: {}\n",
             self.name,
             self.kind,
             self.description,
-            self.credentials()
+            self.credentials(),
+            self.output()
         );
         let params = self.params();
         if params.is_empty() {
@@ -175,11 +188,16 @@ mod tests {
                 "properties": {
                     "url": {"type": "string", "description": "absolute URL"},
                     "method": {"type": "string", "enum": ["GET", "POST"], "description": "verb"},
-                    "timeout": {"type": "string", "pattern": "^x$", "description": "limit"},
-                    "ok_status": {"type": "array", "items": {}, "description": "ok"},
+                    "timeout": {"type": "string", "format": "duration", "description": "limit"},
+                    "ok_status": {"type": "array", "format": "http-statuses", "description": "ok"},
+                    "tags": {"type": "array", "items": {"type": "string"}, "description": "t"},
                     "json": {"description": "a body"},
                 },
                 "required": ["url"],
+            }),
+            output_schema: serde_json::json!({
+                "type": "object",
+                "properties": {"status": {"type": "integer"}, "body": true},
             }),
         }
     }
@@ -189,7 +207,8 @@ mod tests {
         let text = http().table();
         assert!(
             text.starts_with(
-                "http/request (effect): Sends an HTTP request.\ncredentials: bearer, basic\n"
+                "http/request (effect): Sends an HTTP request.\ncredentials: bearer, basic\n\
+                 output: {body, status}\n"
             ),
             "{text}"
         );
@@ -206,5 +225,6 @@ mod tests {
         assert_eq!(row("timeout"), "timeout duration no limit");
         assert_eq!(row("ok_status"), "ok_status status list no ok");
         assert_eq!(row("json"), "json any no a body");
+        assert_eq!(row("tags"), "tags array no t");
     }
 }

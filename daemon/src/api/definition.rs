@@ -90,6 +90,7 @@ impl DefinitionService for DefinitionApi {
                         .map(|t| t.name.to_owned())
                         .collect(),
                     params_schema_json: a.params_schema().to_string(),
+                    output_schema_json: a.output_schema().to_string(),
                 })
                 .collect(),
         }))

@@ -1,7 +1,7 @@
 //! The `core/*` actions: pure ones (no I/O, run inside the driver) and the durable timer.
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::params::{self, Duration, inline_schema, parse, schema_of};
@@ -12,6 +12,7 @@ pub const LOG: ActionSpec = ActionSpec {
     name: "core/log",
     description: "Writes a message to the execution's log; outputs {message}.",
     params: schema_of::<LogParams>,
+    output: schema_of::<LogOutput>,
     credential_types: &[],
     logs: true,
     run: Run::Pure(log),
@@ -24,11 +25,24 @@ struct LogParams {
     message: Message,
 }
 
+/// `core/log`'s output.
+#[derive(Serialize, JsonSchema)]
+struct LogOutput {
+    /// the text logged
+    message: String,
+}
+
+/// The output of an action that outputs nothing: `{}`.
+#[derive(Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Nothing {}
+
 /// `core/set`.
 pub const SET: ActionSpec = ActionSpec {
     name: "core/set",
     description: "Outputs its params as they evaluate: every param becomes an output field.",
     params: schema_of::<Map<String, Value>>,
+    output: schema_of::<Map<String, Value>>,
     credential_types: &[],
     logs: false,
     run: Run::Pure(set),
@@ -39,6 +53,7 @@ pub const SLEEP: ActionSpec = ActionSpec {
     name: "core/sleep",
     description: "Waits durably for a duration; survives restarts without holding a task.",
     params: schema_of::<SleepParams>,
+    output: schema_of::<Nothing>,
     credential_types: &[],
     logs: false,
     run: Run::Timer,
@@ -64,6 +79,7 @@ pub const FAIL: ActionSpec = ActionSpec {
     name: "core/fail",
     description: "Fails the step with a message.",
     params: schema_of::<FailParams>,
+    output: schema_of::<Nothing>,
     credential_types: &[],
     logs: false,
     run: Run::Pure(fail),
@@ -92,7 +108,7 @@ inline_schema!(Message, {"type": "string"});
 
 fn log(p: &Map<String, Value>) -> Result<Value, String> {
     let LogParams { message } = params::parse(p)?;
-    Ok(serde_json::json!({ "message": message.0 }))
+    Ok(serde_json::to_value(LogOutput { message: message.0 }).expect("an output serializes"))
 }
 
 fn set(params: &Map<String, Value>) -> Result<Value, String> {

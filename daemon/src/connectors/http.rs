@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::net::NetworkPolicy;
@@ -35,6 +35,7 @@ pub const SPEC: ActionSpec = ActionSpec {
     name: "http/request",
     description: "Sends an HTTP request; outputs {status, headers, body, url} (body parsed when JSON), also when the status fails the step.",
     params: schema_of::<Params>,
+    output: schema_of::<Output>,
     credential_types: &[
         &credentials::BEARER,
         &credentials::BASIC,
@@ -69,6 +70,19 @@ struct Params {
     max_response_bytes: Option<u64>,
     /// statuses that count as success, such as [200-299, 404] (default: below 400)
     ok_status: Option<StatusList>,
+}
+
+/// `http/request`'s output, also when the status fails the step.
+#[derive(Serialize, JsonSchema)]
+struct Output {
+    /// the response's status
+    status: u16,
+    /// the response's headers, names in lower case (repeated ones joined by ", ")
+    headers: BTreeMap<String, String>,
+    /// the body: parsed when it is JSON, else text
+    body: Value,
+    /// the URL that answered, after redirects, credentials removed
+    url: String,
 }
 
 /// An HTTP method: one of [`HTTP_METHODS`] in a file; any method, in any case, from an
@@ -309,22 +323,19 @@ impl HttpConnector {
         };
         let status = response.status();
         let final_url = response.url().clone();
-        let mut headers = Map::new();
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in response.headers() {
-            let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            match headers.get_mut(name.as_str()) {
-                Some(Value::String(existing)) => {
+            let v = String::from_utf8_lossy(value.as_bytes());
+            headers
+                .entry(name.as_str().to_owned())
+                .and_modify(|existing| {
                     existing.push_str(", ");
                     existing.push_str(&v);
-                }
-                _ => {
-                    headers.insert(name.as_str().to_owned(), Value::String(v));
-                }
-            }
+                })
+                .or_insert_with(|| v.clone().into_owned());
         }
         let is_json = headers
             .get("content-type")
-            .and_then(Value::as_str)
             .is_some_and(|ct| ct.contains("json"));
         // A body over the cap stays over it; running out of buffer room may pass.
         let (body, _held) = self.read_capped(response, max_bytes).await?;
@@ -334,11 +345,15 @@ impl HttpConnector {
         } else {
             Value::String(String::from_utf8_lossy(&body).into_owned())
         };
-        let mut out = Map::new();
-        out.insert("status".to_owned(), Value::from(status.as_u16()));
-        out.insert("headers".to_owned(), Value::Object(headers));
-        out.insert("body".to_owned(), body);
-        out.insert("url".to_owned(), Value::from(redact_url(&final_url)));
+        let out = Output {
+            status: status.as_u16(),
+            headers,
+            body,
+            url: redact_url(&final_url),
+        };
+        let Value::Object(out) = serde_json::to_value(out).expect("an output serializes") else {
+            unreachable!("a struct serializes to an object")
+        };
         let ok = match &ok_status {
             Some(set) => set.contains(status.as_u16()),
             None => status.as_u16() < 400,

@@ -188,6 +188,9 @@ pub struct ActionSpec {
     /// The JSON Schema of its params, derived from its typed `Params`
     /// ([`params::schema_of`]): validation, `ListActions` and the docs read it.
     pub params: fn() -> Value,
+    /// The JSON Schema of its output, derived from its output type: what later steps read
+    /// as `steps.NAME.output`.
+    pub output: fn() -> Value,
     /// Credential types the action can use; empty when it takes no credential.
     pub credential_types: &'static [&'static CredentialType],
     /// Its output's `message` is also a line of the execution's log (`core/log`).
@@ -216,6 +219,11 @@ pub struct Action {
 }
 
 impl Action {
+    /// JSON Schema (draft 2020-12) of its output.
+    pub fn output_schema(&self) -> Value {
+        (self.spec.output)()
+    }
+
     /// JSON Schema (draft 2020-12) of its params, titled and described.
     pub fn params_schema(&self) -> Value {
         let mut schema = self.declared.schema.clone();
@@ -313,10 +321,17 @@ mod registry_tests {
         name: "test/echo",
         description: "Answers its params.",
         params: params::schema_of::<EchoParams>,
+        output: params::schema_of::<EchoOutput>,
         credential_types: &[],
         logs: false,
         run: Run::Effect(|_| Ok(Arc::new(Echo))),
     };
+
+    #[derive(serde::Serialize, schemars::JsonSchema)]
+    struct EchoOutput {
+        /// what it was asked to say
+        said: String,
+    }
 
     struct Echo;
 
@@ -324,7 +339,7 @@ mod registry_tests {
     impl Effect for Echo {
         async fn run(&self, inv: Invocation) -> Result<Value, ActionError> {
             let p: EchoParams = params::parse(&inv.params).map_err(ActionError::permanent)?;
-            Ok(serde_json::json!({ "said": p.say }))
+            Ok(serde_json::to_value(EchoOutput { said: p.say }).expect("an output serializes"))
         }
     }
 
@@ -379,6 +394,32 @@ mod registry_tests {
             .unwrap_err();
         assert_eq!(err.message, "unknown action \"test/echo\"");
         assert!(!err.retryable);
+    }
+
+    #[test]
+    fn outputs_have_the_fields_their_schemas_declare() {
+        let registry = Registry::builtin();
+        let fields = |name: &str| -> Vec<String> {
+            let schema = registry.get(name).unwrap().output_schema();
+            schema["properties"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let params = |v: Value| v.as_object().cloned().unwrap();
+        let logged = registry
+            .run_pure("core/log", &params(serde_json::json!({"message": 3})))
+            .unwrap()
+            .unwrap();
+        let keys: Vec<String> = logged.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, fields("core/log"));
+        assert_eq!(logged["message"], "3");
+        assert_eq!(fields("http/request"), ["body", "headers", "status", "url"]);
+        let sleep = registry.get("core/sleep").unwrap().output_schema();
+        assert_eq!(sleep["additionalProperties"], false);
+        let set = registry.get("core/set").unwrap().output_schema();
+        assert_eq!(set["type"], "object");
+        assert!(set.get("properties").is_none());
     }
 
     #[test]
@@ -467,6 +508,16 @@ mod registry_tests {
             }
             for t in action.spec.credential_types {
                 assert!(row.contains(&format!("`{}`", t.name)), "{name}: {}", t.name);
+            }
+            // The output column names the output's fields.
+            let output = row.rsplit(" | ").next().unwrap_or_default();
+            for field in action.output_schema()["properties"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(f, _)| f)
+            {
+                assert!(output.contains(field.as_str()), "{name}: output {field}");
             }
         }
     }

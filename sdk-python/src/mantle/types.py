@@ -252,16 +252,22 @@ class ActionInfo:
     """The secret types its ``credential:`` may name; empty when it takes none."""
     params_schema: dict[str, Any]
     """JSON Schema (draft 2020-12) of the step's ``params``."""
+    output_schema: dict[str, Any]
+    """JSON Schema (draft 2020-12) of the step's output (``steps.NAME.output``)."""
 
     @classmethod
     def from_proto(cls, msg: definition_pb2.ActionInfo) -> ActionInfo:
-        schema = json.loads(msg.params_schema_json) if msg.params_schema_json else {}
+        def schema(text: str) -> dict[str, Any]:
+            value = json.loads(text) if text else {}
+            return value if isinstance(value, dict) else {}
+
         return cls(
             name=msg.name,
             description=msg.description,
             kind=msg.kind,
             credential_types=list(msg.credential_types),
-            params_schema=schema if isinstance(schema, dict) else {},
+            params_schema=schema(msg.params_schema_json),
+            output_schema=schema(msg.output_schema_json),
         )
 
 

@@ -714,6 +714,7 @@ class ActionInfo(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CREDENTIAL_TYPES_FIELD_NUMBER: _builtins.int
     PARAMS_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    OUTPUT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Such as `http/request`."""
     description: _builtins.str
@@ -727,6 +728,10 @@ class ActionInfo(_message.Message):
     description and whether it is required. A param written as a `{{ }}` template is
     checked when the step runs.
     """
+    output_schema_json: _builtins.str
+    """JSON Schema (draft 2020-12) of the step's output, as JSON text: what later steps read
+    as `steps.NAME.output`.
+    """
     @_builtins.property
     def credential_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The secret types its `credential:` may name; empty when it takes none."""
@@ -739,10 +744,11 @@ class ActionInfo(_message.Message):
         kind: _builtins.str = ...,
         credential_types: _abc.Iterable[_builtins.str] | None = ...,
         params_schema_json: _builtins.str = ...,
+        output_schema_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_types", b"credential_types", "description", b"description", "kind", b"kind", "name", b"name", "params_schema_json", b"params_schema_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_types", b"credential_types", "description", b"description", "kind", b"kind", "name", b"name", "output_schema_json", b"output_schema_json", "params_schema_json", b"params_schema_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
