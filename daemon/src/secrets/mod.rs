@@ -64,7 +64,13 @@ pub enum CredentialError {
     /// The sealed value cannot be opened with the keys at hand.
     #[error("credential {name:?}: {source}")]
     Sealed { name: String, source: CryptoError },
-    #[error("credential {name:?}: stored fields do not parse: {source}")]
+    /// Says where the text breaks, never what it holds: serde's own message may quote a
+    /// decrypted value (it stays the `source`, for the code that handles it).
+    #[error(
+        "credential {name:?}: stored fields do not parse (at line {}, column {})",
+        .source.line(),
+        .source.column()
+    )]
     Fields {
         name: String,
         source: serde_json::Error,
@@ -560,5 +566,21 @@ mod tests {
         assert_eq!(err.to_string(), format!("credential \"api\": {cause}"));
         let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<CryptoError>());
         assert_eq!(source, Some(cause));
+    }
+
+    #[test]
+    fn a_credential_that_does_not_parse_is_not_quoted() {
+        let source =
+            serde_json::from_str::<BTreeMap<String, String>>(r#"{"token": 98765432}"#).unwrap_err();
+        assert!(source.to_string().contains("98765432"), "{source}");
+        let err = CredentialError::Fields {
+            name: "api".into(),
+            source,
+        };
+        assert_eq!(
+            err.to_string(),
+            "credential \"api\": stored fields do not parse (at line 1, column 18)"
+        );
+        assert!(std::error::Error::source(&err).is_some());
     }
 }
