@@ -100,25 +100,25 @@ impl ThisStore {
                 queued = true;
             }
         }
+        static INSERT: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| crate::store::NewRow::insert_sql(|k| format!("${k}")));
         let row = crate::store::NewRow::new(e, lease_expires, queued);
-        sqlx::query(sqlx::AssertSqlSafe(crate::store::NewRow::insert_sql(|k| {
-            format!("${k}")
-        })))
-        .bind(row.id)
-        .bind(row.tenant_id)
-        .bind(&row.workflow)
-        .bind(row.version)
-        .bind(row.status)
-        .bind(&row.inputs)
-        .bind(&row.trigger)
-        .bind(row.create_time)
-        .bind(row.deadline)
-        .bind(&row.owner)
-        .bind(row.lease_expires)
-        .bind(row.lease_epoch)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err(what))?;
+        sqlx::query(sqlx::AssertSqlSafe(INSERT.as_str()))
+            .bind(row.id)
+            .bind(row.tenant_id)
+            .bind(&row.workflow)
+            .bind(row.version)
+            .bind(row.status)
+            .bind(&row.inputs)
+            .bind(&row.trigger)
+            .bind(row.create_time)
+            .bind(row.deadline)
+            .bind(&row.owner)
+            .bind(row.lease_expires)
+            .bind(row.lease_epoch)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err(what))?;
         tx.commit().await.map_err(map_err(what))?;
         if queued {
             return Ok(Created::Queued(e.id));

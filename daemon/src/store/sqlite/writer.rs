@@ -199,7 +199,10 @@ fn store_err(id: uuid::Uuid) -> impl Fn(rusqlite::Error) -> Error {
 }
 
 fn create(conn: &Connection, row: &NewRow) -> Result<()> {
-    conn.prepare_cached(&NewRow::insert_sql(|k| format!("?{k}")))
+    // Built once: a start's insert is on the writer's hot path.
+    static INSERT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| NewRow::insert_sql(|k| format!("?{k}")));
+    conn.prepare_cached(&INSERT)
         .and_then(|mut s| {
             s.execute(params![
                 row.id.as_bytes(),
