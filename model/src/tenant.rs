@@ -132,6 +132,28 @@ pub enum View {
     Full,
 }
 
+impl<T> Page<T> {
+    /// A page with nothing on it, and nothing after it.
+    pub fn empty() -> Page<T> {
+        Page {
+            items: Vec::new(),
+            next_cursor: None,
+        }
+    }
+}
+
+/// How many rows a page of at most `limit` takes ([`fitting`]), from their payload sizes as
+/// the database measured them (`bytes`, in order), each plus `fixed` bytes for the fields
+/// of known size.
+pub fn rows_fitting(bytes: impl IntoIterator<Item = i64>, fixed: usize, limit: u32) -> usize {
+    fitting(
+        bytes
+            .into_iter()
+            .map(|n| n.max(0).unsigned_abs() as usize + fixed),
+        limit as usize,
+    )
+}
+
 /// A page of a listing ends once its items reach this many bytes (it holds at least one),
 /// so that an answer fits a gRPC client's default limit of 4 MiB.
 pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;

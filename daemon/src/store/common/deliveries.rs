@@ -53,7 +53,7 @@ impl crate::store::DeliveryStore for ThisStore {
         page: &PageRequest,
         view: crate::model::tenant::View,
     ) -> Result<Page<crate::model::execution::Delivery>> {
-        use crate::model::tenant::{View, fitting};
+        use crate::model::tenant::{View, rows_fitting};
         let before: Option<Uuid> = match page.after.as_deref() {
             None => None,
             Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
@@ -85,17 +85,9 @@ impl crate::store::DeliveryStore for ThisStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err(|| "webhook deliveries".to_owned()))?;
-        let take = fitting(
-            sizes
-                .iter()
-                .map(|(_, n)| n.max(&0).unsigned_abs() as usize + 256),
-            page.limit as usize,
-        );
+        let take = rows_fitting(sizes.iter().map(|(_, n)| *n), 256, page.limit);
         let Some((last, _)) = take.checked_sub(1).and_then(|i| sizes.get(i)) else {
-            return Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            });
+            return Ok(Page::empty());
         };
         let sql = format!(
             "SELECT {columns} FROM webhook_deliveries WHERE {matching} AND id >= $6 \

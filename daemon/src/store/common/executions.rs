@@ -332,7 +332,7 @@ impl ThisStore {
         page: &PageRequest,
         view: crate::model::tenant::View,
     ) -> Result<Page<crate::model::execution::Execution>> {
-        use crate::model::tenant::{View, fitting};
+        use crate::model::tenant::{View, rows_fitting};
         let before: Option<Uuid> = match page.after.as_deref() {
             None => None,
             Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
@@ -368,18 +368,10 @@ impl ThisStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err(|| "executions".to_owned()))?;
-        // The fixed fields of an execution, as an upper bound.
-        let take = fitting(
-            sizes
-                .iter()
-                .map(|(_, n)| n.max(&0).unsigned_abs() as usize + 512),
-            page.limit as usize,
-        );
+        // 512: the fixed fields of an execution, as an upper bound.
+        let take = rows_fitting(sizes.iter().map(|(_, n)| *n), 512, page.limit);
         let Some((last, _)) = take.checked_sub(1).and_then(|i| sizes.get(i)) else {
-            return Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            });
+            return Ok(Page::empty());
         };
         let sql = format!(
             "SELECT {columns} FROM executions WHERE {matching} AND id >= $8 \
@@ -416,7 +408,7 @@ impl ThisStore {
         page: &PageRequest,
         view: crate::model::tenant::View,
     ) -> Result<Page<crate::model::execution::StepAttempt>> {
-        use crate::model::tenant::{View, fitting};
+        use crate::model::tenant::{View, rows_fitting};
         self.get_execution_shared(tenant_id, id).await?;
         let order = crate::store::shared::ATTEMPT_ORDER;
         let after = page
@@ -472,17 +464,9 @@ impl ThisStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err(|| format!("execution {id}")))?;
-        let take = fitting(
-            sizes
-                .iter()
-                .map(|s| s.3.max(0).unsigned_abs() as usize + 256),
-            page.limit as usize,
-        );
+        let take = rows_fitting(sizes.iter().map(|s| s.3), 256, page.limit);
         if take == 0 {
-            return Ok(Page {
-                items: Vec::new(),
-                next_cursor: None,
-            });
+            return Ok(Page::empty());
         }
         let sql = format!(
             "SELECT {columns} FROM step_attempts WHERE {matching} \
