@@ -216,7 +216,7 @@ fn drop_null(p: &mut Value) {
 /// Deserializes rendered params into `P`; the error names the param, as
 /// `params.timeout: ...`.
 pub fn parse<P: DeserializeOwned>(params: &Map<String, Value>) -> Result<P, String> {
-    serde_path_to_error::deserialize(Value::Object(params.clone())).map_err(|e| {
+    serde_path_to_error::deserialize(params).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         // serde_json appends the position in the text, which a value has none of.
