@@ -3,6 +3,7 @@
 //! through [`Connectors`]. Connectors never touch the store: they get params (templates
 //! already rendered) and a credential, and return an output or an error.
 
+pub mod ai;
 pub mod core;
 pub mod credentials;
 pub mod http;

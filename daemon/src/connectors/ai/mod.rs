@@ -1,0 +1,4 @@
+//! `ai/completion`: a model call with durable tool use, on the OpenAI and Anthropic wire
+//! formats.
+
+pub mod wire;
