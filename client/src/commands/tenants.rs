@@ -110,6 +110,7 @@ fn settings_of(limits: &TenantLimits) -> mantle_client::proto::TenantSettings {
         max_queued_executions: limits.max_queued_executions.unwrap_or(0),
         webhook_url: limits.webhook_url.clone().unwrap_or_default(),
         webhook_secret: limits.webhook_secret.clone().unwrap_or_default(),
+        ..Default::default()
     }
 }
 
