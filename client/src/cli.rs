@@ -490,6 +490,24 @@ pub struct TenantLimits {
     /// Name of the tenant's secret whose `key` field signs webhook deliveries ("" unsigned).
     #[arg(long, value_name = "SECRET", group = "changes")]
     pub webhook_secret: Option<String>,
+    /// Most an execution may spend on model calls (ai/completion), in US dollars, e.g. 2.5
+    /// (0: no cap).
+    #[arg(long, value_name = "USD", group = "changes", value_parser = parse_usd)]
+    pub max_cost_usd_per_execution: Option<f64>,
+    /// Model tokens (input + output) the tenant may use per UTC day, across all executions
+    /// (0: no cap).
+    #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i64).range(0..))]
+    pub max_tokens_per_day: Option<i64>,
+    /// The secret an ai/completion step uses when it names no credential, for a provider
+    /// (openai or anthropic); repeat for several. On update it changes only the providers
+    /// named; PROVIDER= (no secret) removes one. The secret need not exist yet.
+    #[arg(
+        long = "default-credential",
+        value_name = "PROVIDER=SECRET",
+        group = "changes",
+        value_parser = parse_key_value
+    )]
+    pub default_credentials: Vec<(String, String)>,
 }
 
 /// `mantlectl tenants …`.
@@ -525,6 +543,9 @@ pub enum TenantsCommand {
         /// Allow any public host again.
         #[arg(long, group = "changes", conflicts_with = "allowed_domains")]
         clear_allowed_domains: bool,
+        /// Remove every default credential.
+        #[arg(long, group = "changes", conflicts_with = "default_credentials")]
+        clear_default_credentials: bool,
     },
     /// Delete a tenant and revoke its API keys.
     Delete {
@@ -624,6 +645,14 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
             Ok((key.trim().to_owned(), value.to_owned()))
         }
         _ => Err("expected KEY=VALUE".to_owned()),
+    }
+}
+
+/// An amount of US dollars: a finite number, not negative.
+fn parse_usd(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(usd) if usd.is_finite() && usd >= 0.0 => Ok(usd),
+        _ => Err("expected an amount of US dollars, such as 2.5 (0: no cap)".to_owned()),
     }
 }
 
@@ -753,6 +782,56 @@ mod tests {
             panic!("wrong command");
         };
         assert_eq!(display_name.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn tenant_ai_settings_flags() {
+        let cli = parse(&[
+            "tenants",
+            "update",
+            "acme",
+            "--max-cost-usd-per-execution",
+            "2.5",
+            "--max-tokens-per-day",
+            "100000",
+            "--default-credential",
+            "openai=my-openai-key",
+            "--default-credential",
+            "anthropic=",
+        ])
+        .unwrap();
+        let Command::Tenants(TenantsCommand::Update { limits, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(limits.max_cost_usd_per_execution, Some(2.5));
+        assert_eq!(limits.max_tokens_per_day, Some(100_000));
+        assert_eq!(
+            limits.default_credentials,
+            [
+                ("openai".to_owned(), "my-openai-key".to_owned()),
+                ("anthropic".to_owned(), String::new()),
+            ]
+        );
+        for bad in [
+            &["--max-cost-usd-per-execution", "-1"][..],
+            &["--max-cost-usd-per-execution", "NaN"],
+            &["--max-cost-usd-per-execution", "inf"],
+            &["--max-tokens-per-day", "-1"],
+            &["--default-credential", "openai"],
+            &[
+                "--default-credential",
+                "openai=k",
+                "--clear-default-credentials",
+            ],
+        ] {
+            let args: Vec<&str> = ["tenants", "update", "acme"]
+                .into_iter()
+                .chain(bad.iter().copied())
+                .collect();
+            let err = parse(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+        assert!(parse(&["tenants", "update", "acme", "--clear-default-credentials"]).is_ok());
     }
 
     fn conflicts(args: &[&str]) -> Result<(), clap::Error> {

@@ -460,7 +460,7 @@ impl Client {
     }
 
     /// Changes a tenant's display name and the settings named in `mask`
-    /// (`max_steps_per_workflow`, `max_runtime_minutes`, `allowed_domains`).
+    /// (see `UpdateTenantRequest.settings_mask`; a named field set to 0 or empty clears it).
     pub async fn update_tenant_settings(
         &self,
         name: &str,

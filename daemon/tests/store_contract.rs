@@ -247,7 +247,22 @@ macro_rules! interrupted_attempts_upgrade {
         .await
         .unwrap();
         migrations.run_to(10, &mut *$conn).await.unwrap();
-        let t = tenant_with_workflow(&*store, "upgraded").await;
+        // The store writes the newest tenant columns: the tenant goes in by hand too.
+        let t = tenant("upgraded");
+        sqlx::query(
+            "INSERT INTO tenants (id, name, display_name, create_time, update_time) \
+             VALUES ($1, $2, '', $3, $3)",
+        )
+        .bind(t.id)
+        .bind(&t.name)
+        .bind(t.create_time)
+        .execute(&mut *$conn)
+        .await
+        .unwrap();
+        store
+            .apply_definition(&version(t.id, "wf", "h"))
+            .await
+            .unwrap();
         // The store's writers write the new schema: the old rows go in by hand.
         let id = uuid::Uuid::now_v7();
         sqlx::query(
@@ -281,6 +296,11 @@ macro_rules! interrupted_attempts_upgrade {
             .unwrap();
         }
         store.migrate().await.unwrap();
+        // A tenant stored before 0012 has none of the settings it adds.
+        assert_eq!(
+            store.get_tenant("upgraded").await.unwrap().settings,
+            TenantSettings::default()
+        );
         let (_, attempts, _) = store.load_execution(id).await.unwrap();
         let mut marked: Vec<(&str, StepStatus, Option<&str>, bool)> = attempts
             .iter()
@@ -484,6 +504,13 @@ async fn contract(store: Arc<dyn Store>) {
         max_runtime_minutes: None,
         allowed_domains: Some(vec!["api.example.com".into(), "*.corp.example".into()]),
         rate_limit_per_minute: Some(120),
+        max_cost_usd_per_execution: Some(2.5),
+        max_tokens_per_day: Some(100_000),
+        default_credentials: [
+            ("anthropic".to_owned(), "claude".to_owned()),
+            ("openai".to_owned(), "my-openai-key".to_owned()),
+        ]
+        .into(),
         ..TenantSettings::default()
     };
     store.create_tenant(&limited).await.unwrap();
@@ -497,6 +524,8 @@ async fn contract(store: Arc<dyn Store>) {
             &TenantUpdate {
                 max_runtime_minutes: Some(Some(5)),
                 allowed_domains: Some(None),
+                max_tokens_per_day: Some(Some(u64::MAX)),
+                default_credentials: Some([("openai".to_owned(), "other-key".to_owned())].into()),
                 ..TenantUpdate::default()
             },
             later,
@@ -510,8 +539,38 @@ async fn contract(store: Arc<dyn Store>) {
             max_runtime_minutes: Some(5),
             allowed_domains: None,
             rate_limit_per_minute: Some(120),
+            max_cost_usd_per_execution: Some(2.5),
+            // Stored as a BIGINT: the API takes no more than i64::MAX.
+            max_tokens_per_day: Some(i64::MAX as u64),
+            default_credentials: [("openai".to_owned(), "other-key".to_owned())].into(),
             ..TenantSettings::default()
         }
+    );
+    assert_eq!(
+        store.get_tenant("limited").await.unwrap().settings,
+        updated.settings
+    );
+    let cleared = store
+        .update_tenant(
+            "limited",
+            &TenantUpdate {
+                max_cost_usd_per_execution: Some(None),
+                max_tokens_per_day: Some(None),
+                default_credentials: Some(Default::default()),
+                ..TenantUpdate::default()
+            },
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            cleared.settings.max_cost_usd_per_execution,
+            cleared.settings.max_tokens_per_day,
+            cleared.settings.default_credentials.len(),
+            cleared.settings.max_steps_per_workflow,
+        ),
+        (None, None, 0, Some(10))
     );
     store.delete_tenant("limited").await.unwrap();
 

@@ -1,5 +1,6 @@
 //! Tenant settings enforced: steps per workflow (at apply and at start), run time, and the
-//! allowed domains of http/request — redirects included — plus the installation's caps.
+//! allowed domains of http/request — redirects included — plus the installation's caps; and
+//! the settings of ai/completion set, read and cleared through gRPC and mantlectl.
 
 use std::time::Duration;
 
@@ -250,4 +251,249 @@ async fn global_caps_bound_every_tenant() {
         .expect_err("3 steps over the global cap of 2");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     assert!(err.message().contains("at most 2"), "{}", err.message());
+}
+
+/// `mantlectl --address <daemon> --token <token> <args> -o json`, which must succeed.
+async fn mantlectl_json(daemon: &Daemon, token: &str, args: &[&str]) -> serde_json::Value {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = mantlectl_command(home.path());
+    cmd.arg("--address")
+        .arg(daemon.addr.to_string())
+        .arg("--token")
+        .arg(token)
+        .env("MANTLE_DATA_DIR", home.path().join("no-data"))
+        .args(args)
+        .args(["-o", "json"]);
+    let output = run_with_timeout(cmd, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|err| panic!("mantlectl {args:?}: {err:#}"));
+    assert!(
+        output.status.success(),
+        "mantlectl {args:?} failed\n{}",
+        describe_output(&output)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "mantlectl {args:?}: stdout is not JSON ({err})\n{}",
+            describe_output(&output)
+        )
+    })
+}
+
+/// The settings of tenant `name`, read through gRPC.
+async fn settings_of(daemon: &Daemon, operator: &str, name: &str) -> pb::TenantSettings {
+    daemon
+        .tenants(Some(operator))
+        .await
+        .get_tenant(pb::GetTenantRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .expect("get tenant")
+        .into_inner()
+        .settings
+        .expect("settings")
+}
+
+fn credentials(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The settings of ai/completion (a cost cap per execution, a daily token cap, default
+/// credentials by provider) are set, read and cleared through gRPC and mantlectl; a bad
+/// one is refused naming the field; a secret named need not exist.
+async fn ai_settings_round_trip(daemon: &Daemon, operator: &str) {
+    let name = random_name("ai");
+    let mut tenants = daemon.tenants(Some(operator)).await;
+
+    // gRPC: set at creation (no secret `my-openai-key` exists), read back.
+    tenants
+        .create_tenant(pb::CreateTenantRequest {
+            name: name.clone(),
+            settings: Some(pb::TenantSettings {
+                max_cost_usd_per_execution: 2.5,
+                max_tokens_per_day: 100_000,
+                default_credentials: credentials(&[("openai", "my-openai-key")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("create tenant");
+    let s = settings_of(daemon, operator, &name).await;
+    assert_eq!(
+        (
+            s.max_cost_usd_per_execution,
+            s.max_tokens_per_day,
+            s.default_credentials
+        ),
+        (2.5, 100_000, credentials(&[("openai", "my-openai-key")]))
+    );
+
+    // Bad values are refused, naming the field.
+    for (settings, path, message) in [
+        (
+            pb::TenantSettings {
+                default_credentials: credentials(&[("x", "key")]),
+                ..Default::default()
+            },
+            "default_credentials",
+            "settings.default_credentials: unknown provider \"x\"; expected openai or anthropic",
+        ),
+        (
+            pb::TenantSettings {
+                default_credentials: credentials(&[("openai", "Bad Name")]),
+                ..Default::default()
+            },
+            "default_credentials",
+            "settings.default_credentials: openai: \"Bad Name\" is not a valid secret name",
+        ),
+        (
+            pb::TenantSettings {
+                max_cost_usd_per_execution: -1.0,
+                ..Default::default()
+            },
+            "max_cost_usd_per_execution",
+            "settings.max_cost_usd_per_execution:",
+        ),
+    ] {
+        let err = tenants
+            .update_tenant(pb::UpdateTenantRequest {
+                name: name.clone(),
+                settings: Some(settings),
+                settings_mask: Some(prost_types::FieldMask {
+                    paths: vec![path.into()],
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect_err(message);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(message), "{}", err.message());
+    }
+
+    // mantlectl: change the token cap and the credentials of each provider (one added,
+    // one removed); the cost cap is left as it is.
+    let updated = mantlectl_json(
+        daemon,
+        operator,
+        &[
+            "tenants",
+            "update",
+            &name,
+            "--max-tokens-per-day",
+            "5000",
+            "--default-credential",
+            "anthropic=claude-key",
+            "--default-credential",
+            "openai=",
+        ],
+    )
+    .await;
+    assert_eq!(updated["max_cost_usd_per_execution"], 2.5, "{updated}");
+    assert_eq!(updated["max_tokens_per_day"], 5000, "{updated}");
+    assert_eq!(
+        updated["default_credentials"],
+        serde_json::json!({"anthropic": "claude-key"}),
+        "{updated}"
+    );
+    let shown = mantlectl_json(daemon, operator, &["tenants", "get", &name]).await;
+    assert_eq!(shown, updated);
+    let s = settings_of(daemon, operator, &name).await;
+    assert_eq!(
+        (
+            s.max_cost_usd_per_execution,
+            s.max_tokens_per_day,
+            s.default_credentials
+        ),
+        (2.5, 5000, credentials(&[("anthropic", "claude-key")]))
+    );
+
+    // mantlectl clears them: 0 and --clear-default-credentials.
+    let cleared = mantlectl_json(
+        daemon,
+        operator,
+        &[
+            "tenants",
+            "update",
+            &name,
+            "--max-cost-usd-per-execution",
+            "0",
+            "--max-tokens-per-day",
+            "0",
+            "--clear-default-credentials",
+        ],
+    )
+    .await;
+    assert_eq!(cleared["max_cost_usd_per_execution"], 0.0, "{cleared}");
+    assert_eq!(cleared["max_tokens_per_day"], 0, "{cleared}");
+    assert_eq!(
+        cleared["default_credentials"],
+        serde_json::json!({}),
+        "{cleared}"
+    );
+    assert_eq!(
+        settings_of(daemon, operator, &name).await,
+        pb::TenantSettings::default()
+    );
+
+    // Set by mantlectl, cleared by gRPC (0 and an empty map named in the mask).
+    mantlectl_json(
+        daemon,
+        operator,
+        &[
+            "tenants",
+            "update",
+            &name,
+            "--max-cost-usd-per-execution",
+            "0.75",
+            "--max-tokens-per-day",
+            "1",
+            "--default-credential",
+            "openai=my-openai-key",
+        ],
+    )
+    .await;
+    let s = settings_of(daemon, operator, &name).await;
+    assert_eq!(
+        (s.max_cost_usd_per_execution, s.max_tokens_per_day),
+        (0.75, 1)
+    );
+    let cleared = tenants
+        .update_tenant(pb::UpdateTenantRequest {
+            name: name.clone(),
+            settings: Some(pb::TenantSettings::default()),
+            settings_mask: Some(prost_types::FieldMask {
+                paths: vec![
+                    "max_cost_usd_per_execution".into(),
+                    "max_tokens_per_day".into(),
+                    "default_credentials".into(),
+                ],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("clear")
+        .into_inner();
+    assert_eq!(cleared.settings.unwrap(), pb::TenantSettings::default());
+}
+
+#[tokio::test]
+async fn ai_settings_round_trip_sqlite() {
+    let daemon = Daemon::start_ok(DaemonOptions::sqlite()).await;
+    let operator = daemon.operator_token();
+    ai_settings_round_trip(&daemon, &operator).await;
+}
+
+#[tokio::test]
+async fn ai_settings_round_trip_postgres() {
+    let Some(db) = PgDatabase::create("ai_settings_round_trip_postgres").await else {
+        return;
+    };
+    let daemon = Daemon::start_ok(DaemonOptions::postgres(db.url.clone())).await;
+    let operator = admin_key_create(&db.url, "ai-operator").await;
+    ai_settings_round_trip(&daemon, &operator).await;
 }

@@ -1,5 +1,7 @@
 //! Domain types of tenants and API keys, shared by the tenancy service, auth and the store.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -11,7 +13,7 @@ pub const DEFAULT_TENANT_ID: Uuid = Uuid::from_u128(1);
 pub const DEFAULT_TENANT_NAME: &str = "default";
 
 /// A tenant: an isolated namespace for definitions, executions and secrets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tenant {
     pub id: Uuid,
     pub name: String,
@@ -22,7 +24,7 @@ pub struct Tenant {
 }
 
 /// A tenant's limits. `None` leaves only the installation's global caps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TenantSettings {
     /// Most steps a workflow of the tenant may have (checked at apply and at start).
     pub max_steps_per_workflow: Option<u32>,
@@ -40,7 +42,19 @@ pub struct TenantSettings {
     pub webhook_url: Option<String>,
     /// The tenant's secret whose `key` field signs webhook deliveries.
     pub webhook_secret: Option<String>,
+    /// Most an execution may spend on model calls (`ai/completion`), in US dollars: finite
+    /// and positive.
+    pub max_cost_usd_per_execution: Option<f64>,
+    /// Model tokens (input and output) the tenant may use per UTC day, across all
+    /// executions and daemons.
+    pub max_tokens_per_day: Option<u64>,
+    /// The secret an `ai/completion` step uses when it names no `credential`, by provider
+    /// (one of [`AI_PROVIDERS`]). The secret need not exist yet.
+    pub default_credentials: BTreeMap<String, String>,
 }
+
+/// The model providers `default_credentials` may name.
+pub const AI_PROVIDERS: &[&str] = &["openai", "anthropic"];
 
 /// The id and name of a tenant, as carried by callers and keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +107,7 @@ pub struct NewApiKey {
 }
 
 /// The changes an update applies; `None` leaves a field as it is, `Some(None)` clears a
-/// setting.
+/// setting (`Some` of an empty map clears `default_credentials`: the map is replaced whole).
 #[derive(Debug, Clone, Default)]
 pub struct TenantUpdate {
     pub display_name: Option<String>,
@@ -105,6 +119,9 @@ pub struct TenantUpdate {
     pub max_queued_executions: Option<Option<u32>>,
     pub webhook_url: Option<Option<String>>,
     pub webhook_secret: Option<Option<String>>,
+    pub max_cost_usd_per_execution: Option<Option<f64>>,
+    pub max_tokens_per_day: Option<Option<u64>>,
+    pub default_credentials: Option<BTreeMap<String, String>>,
 }
 
 /// One page of a listing.

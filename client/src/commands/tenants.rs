@@ -1,5 +1,7 @@
 //! `mantlectl tenants create|get|list|update|delete`.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, Utc};
 use mantle_client::proto::Tenant;
 use mantle_client::timestamp_to_datetime;
@@ -28,6 +30,11 @@ struct TenantView {
     max_queued_executions: i32,
     webhook_url: String,
     webhook_secret: String,
+    /// US dollars; 0: no cap.
+    max_cost_usd_per_execution: f64,
+    max_tokens_per_day: i64,
+    /// Provider → secret name.
+    default_credentials: BTreeMap<String, String>,
 }
 
 impl From<Tenant> for TenantView {
@@ -42,6 +49,9 @@ impl From<Tenant> for TenantView {
             max_queued_executions: settings.max_queued_executions,
             webhook_url: settings.webhook_url,
             webhook_secret: settings.webhook_secret,
+            max_cost_usd_per_execution: settings.max_cost_usd_per_execution,
+            max_tokens_per_day: settings.max_tokens_per_day,
+            default_credentials: settings.default_credentials.into_iter().collect(),
             create_time: t.create_time.as_ref().and_then(timestamp_to_datetime),
             update_time: t.update_time.as_ref().and_then(timestamp_to_datetime),
             name: t.name,
@@ -75,6 +85,20 @@ fn tenant_table<'a>(tenants: impl IntoIterator<Item = &'a TenantView>) -> String
         if !t.allowed_domains.is_empty() {
             limits.push(format!("domains={}", t.allowed_domains.join(",")));
         }
+        if t.max_cost_usd_per_execution > 0.0 {
+            limits.push(format!("cost≤${}/execution", t.max_cost_usd_per_execution));
+        }
+        if t.max_tokens_per_day > 0 {
+            limits.push(format!("tokens≤{}/day", t.max_tokens_per_day));
+        }
+        if !t.default_credentials.is_empty() {
+            let credentials: Vec<String> = t
+                .default_credentials
+                .iter()
+                .map(|(provider, secret)| format!("{provider}:{secret}"))
+                .collect();
+            limits.push(format!("credentials={}", credentials.join(",")));
+        }
         table.row(vec![
             t.name.clone(),
             text_cell(&t.display_name),
@@ -99,8 +123,12 @@ impl Render for TenantList {
     }
 }
 
-/// The settings the flags give; flags not given are 0 or empty (see the update mask).
-fn settings_of(limits: &TenantLimits) -> mantle_client::proto::TenantSettings {
+/// The settings the flags give; flags not given are 0 or empty (see the update mask). The
+/// default credentials are `current` (the tenant's, on update) changed by the flags.
+fn settings_of(
+    limits: &TenantLimits,
+    current: HashMap<String, String>,
+) -> mantle_client::proto::TenantSettings {
     mantle_client::proto::TenantSettings {
         max_steps_per_workflow: limits.max_steps_per_workflow.unwrap_or(0),
         max_runtime_minutes: limits.max_runtime_minutes.unwrap_or(0),
@@ -110,7 +138,26 @@ fn settings_of(limits: &TenantLimits) -> mantle_client::proto::TenantSettings {
         max_queued_executions: limits.max_queued_executions.unwrap_or(0),
         webhook_url: limits.webhook_url.clone().unwrap_or_default(),
         webhook_secret: limits.webhook_secret.clone().unwrap_or_default(),
+        max_cost_usd_per_execution: limits.max_cost_usd_per_execution.unwrap_or(0.0),
+        max_tokens_per_day: limits.max_tokens_per_day.unwrap_or(0),
+        default_credentials: with_credentials(current, &limits.default_credentials),
     }
+}
+
+/// `credentials` changed by `--default-credential PROVIDER=SECRET` flags: each sets its
+/// provider's secret, or removes it when SECRET is empty.
+fn with_credentials(
+    mut credentials: HashMap<String, String>,
+    changes: &[(String, String)],
+) -> HashMap<String, String> {
+    for (provider, secret) in changes {
+        if secret.is_empty() {
+            credentials.remove(provider);
+        } else {
+            credentials.insert(provider.clone(), secret.clone());
+        }
+    }
+    credentials
 }
 
 /// Runs a `tenants` subcommand. The tenant is named in the request, so no
@@ -123,7 +170,7 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             display_name,
             limits,
         } => {
-            let settings = settings_of(&limits);
+            let settings = settings_of(&limits, HashMap::new());
             let tenant = client
                 .create_tenant_with_settings(
                     &name,
@@ -149,6 +196,7 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             display_name,
             limits,
             clear_allowed_domains,
+            clear_default_credentials,
         } => {
             let mut mask = Vec::new();
             if limits.max_steps_per_workflow.is_some() {
@@ -175,7 +223,24 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             if !limits.allowed_domains.is_empty() || clear_allowed_domains {
                 mask.push("allowed_domains".to_owned());
             }
-            let settings = settings_of(&limits);
+            if limits.max_cost_usd_per_execution.is_some() {
+                mask.push("max_cost_usd_per_execution".to_owned());
+            }
+            if limits.max_tokens_per_day.is_some() {
+                mask.push("max_tokens_per_day".to_owned());
+            }
+            // The map is replaced whole: the flags change the tenant's current one. (Two
+            // updates of its credentials at once may lose one of them.)
+            let current = if limits.default_credentials.is_empty() {
+                HashMap::new()
+            } else {
+                let tenant = client.get_tenant(&name).await?;
+                tenant.settings.unwrap_or_default().default_credentials
+            };
+            if !limits.default_credentials.is_empty() || clear_default_credentials {
+                mask.push("default_credentials".to_owned());
+            }
+            let settings = settings_of(&limits, current);
             let tenant = client
                 .update_tenant_settings(&name, display_name.as_deref(), settings, mask)
                 .await?;
@@ -234,6 +299,56 @@ mod tests {
         assert_eq!(value["display_name"], "");
         assert_eq!(value["create_time"], "2023-11-14T22:13:20Z");
         assert!(value["update_time"].is_null());
+    }
+
+    #[test]
+    fn ai_settings_render() {
+        let mut t = tenant("acme", "");
+        t.settings = Some(mantle_client::proto::TenantSettings {
+            max_cost_usd_per_execution: 2.5,
+            max_tokens_per_day: 100_000,
+            default_credentials: [
+                ("openai".to_owned(), "my-openai-key".to_owned()),
+                ("anthropic".to_owned(), "claude".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        let view = TenantView::from(t);
+        let table = render(OutputFormat::Table, &view).unwrap();
+        assert!(
+            table.contains(
+                "cost≤$2.5/execution tokens≤100000/day credentials=anthropic:claude,openai:my-openai-key"
+            ),
+            "{table}"
+        );
+        let json = render(OutputFormat::Json, &view).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["max_cost_usd_per_execution"], 2.5);
+        assert_eq!(value["max_tokens_per_day"], 100_000);
+        assert_eq!(
+            value["default_credentials"],
+            serde_json::json!({"anthropic": "claude", "openai": "my-openai-key"})
+        );
+    }
+
+    #[test]
+    fn credential_flags_change_the_current_map() {
+        let current: HashMap<String, String> = [
+            ("openai".to_owned(), "old".to_owned()),
+            ("anthropic".to_owned(), "claude".to_owned()),
+        ]
+        .into();
+        let changes = [
+            ("openai".to_owned(), "new".to_owned()),
+            ("anthropic".to_owned(), String::new()),
+        ];
+        assert_eq!(
+            with_credentials(current, &changes),
+            HashMap::from([("openai".to_owned(), "new".to_owned())])
+        );
+        // Removing from nothing (as on create) leaves nothing.
+        assert!(with_credentials(HashMap::new(), &changes[1..]).is_empty());
     }
 
     #[test]

@@ -56,12 +56,22 @@ impl IntoProto<pb::Tenant> for Tenant {
                 max_queued_executions: self.settings.max_queued_executions.map_or(0, |n| n as i32),
                 webhook_url: self.settings.webhook_url.unwrap_or_default(),
                 webhook_secret: self.settings.webhook_secret.unwrap_or_default(),
+                max_cost_usd_per_execution: self
+                    .settings
+                    .max_cost_usd_per_execution
+                    .unwrap_or_default(),
+                max_tokens_per_day: self
+                    .settings
+                    .max_tokens_per_day
+                    .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+                default_credentials: self.settings.default_credentials.into_iter().collect(),
             }),
         }
     }
 }
 
-/// Requested settings: 0 and empty mean "no limit of the tenant's own".
+/// Requested settings: 0 and empty mean "no limit of the tenant's own". A cost that is not
+/// 0 is kept as it is, for the domain to refuse a negative or non-finite one.
 pub fn tenant_settings(s: pb::TenantSettings) -> crate::model::tenant::TenantSettings {
     crate::model::tenant::TenantSettings {
         max_steps_per_workflow: (s.max_steps_per_workflow > 0)
@@ -76,7 +86,20 @@ pub fn tenant_settings(s: pb::TenantSettings) -> crate::model::tenant::TenantSet
             .then_some(s.max_queued_executions as u32),
         webhook_url: (!s.webhook_url.is_empty()).then_some(s.webhook_url),
         webhook_secret: (!s.webhook_secret.is_empty()).then_some(s.webhook_secret),
+        max_cost_usd_per_execution: cost_cap(s.max_cost_usd_per_execution),
+        max_tokens_per_day: token_cap(s.max_tokens_per_day),
+        default_credentials: s.default_credentials.into_iter().collect(),
     }
+}
+
+/// A requested cost cap: 0 is none; anything else is kept for the domain to check.
+pub fn cost_cap(usd: f64) -> Option<f64> {
+    (usd != 0.0).then_some(usd)
+}
+
+/// A requested daily token cap: 0 (or a negative number, refused before) is none.
+pub fn token_cap(tokens: i64) -> Option<u64> {
+    u64::try_from(tokens).ok().filter(|n| *n > 0)
 }
 
 impl IntoProto<pb::ApiKey> for ApiKey {

@@ -5,7 +5,7 @@ use mantle_proto::v1::tenant_service_server::TenantService;
 use tonic::{Request, Response, Status};
 
 use super::caller;
-use super::convert::{IntoProto, from_timestamp};
+use super::convert::{IntoProto, cost_cap, from_timestamp, token_cap};
 use crate::model::tenant::TenantUpdate;
 use crate::tenancy::{KeyRequest, Tenancy, page_request, page_token};
 
@@ -23,6 +23,15 @@ impl TenantService for TenantApi {
     ) -> Result<Response<pb::Tenant>, Status> {
         let caller = caller(&request)?;
         let req = request.get_ref();
+        if req
+            .settings
+            .as_ref()
+            .is_some_and(|s| s.max_tokens_per_day < 0)
+        {
+            return Err(Status::invalid_argument(
+                "settings.max_tokens_per_day: must not be negative",
+            ));
+        }
         let settings = req
             .settings
             .clone()
@@ -108,22 +117,48 @@ impl TenantService for TenantApi {
                             .then(|| settings.allowed_domains.clone()),
                     );
                 }
+                "max_cost_usd_per_execution" => {
+                    update.max_cost_usd_per_execution =
+                        Some(cost_cap(settings.max_cost_usd_per_execution))
+                }
+                "max_tokens_per_day" => {
+                    update.max_tokens_per_day = Some(token_cap(settings.max_tokens_per_day))
+                }
+                "default_credentials" => {
+                    update.default_credentials = Some(
+                        settings
+                            .default_credentials
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    )
+                }
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, max_concurrent_executions, max_queued_executions, webhook_url or webhook_secret"
+                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, max_concurrent_executions, max_queued_executions, webhook_url, webhook_secret, max_cost_usd_per_execution, max_tokens_per_day or default_credentials"
                     )));
                 }
             }
         }
         for (field, n) in [
-            ("max_steps_per_workflow", settings.max_steps_per_workflow),
-            ("rate_limit_per_minute", settings.rate_limit_per_minute),
+            (
+                "max_steps_per_workflow",
+                settings.max_steps_per_workflow.into(),
+            ),
+            (
+                "rate_limit_per_minute",
+                settings.rate_limit_per_minute.into(),
+            ),
             (
                 "max_concurrent_executions",
-                settings.max_concurrent_executions,
+                settings.max_concurrent_executions.into(),
             ),
-            ("max_queued_executions", settings.max_queued_executions),
-            ("max_runtime_minutes", settings.max_runtime_minutes),
+            (
+                "max_queued_executions",
+                settings.max_queued_executions.into(),
+            ),
+            ("max_runtime_minutes", settings.max_runtime_minutes.into()),
+            ("max_tokens_per_day", settings.max_tokens_per_day),
         ] {
             if n < 0 {
                 return Err(Status::invalid_argument(format!(
@@ -201,5 +236,222 @@ impl TenantService for TenantApi {
             .revoke_api_key(caller, &request.get_ref().id)
             .await?;
         Ok(Response::new(key.into_proto()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Caller, Scope, ScopeSet};
+
+    async fn api(dir: &std::path::Path) -> TenantApi {
+        let store = crate::testing::sqlite_store(dir).await;
+        TenantApi {
+            tenancy: Tenancy::new(store.clone(), crate::connectors::NetworkPolicy::default()),
+            limiter: crate::tenancy::ratelimit::RateLimiter::new(
+                store,
+                crate::tenancy::ratelimit::Backend::Memory,
+            ),
+        }
+    }
+
+    fn operator<T>(message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(Caller {
+            key_id: "test".to_owned(),
+            tenant: None,
+            scopes: ScopeSet::new([Scope::TenantsAdmin]),
+            operator: true,
+        });
+        request
+    }
+
+    fn update(name: &str, settings: pb::TenantSettings, paths: &[&str]) -> pb::UpdateTenantRequest {
+        pb::UpdateTenantRequest {
+            name: name.to_owned(),
+            display_name: None,
+            settings: Some(settings),
+            settings_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+        }
+    }
+
+    fn credentials(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The settings of ai/completion are set when the tenant is created, changed by the
+    /// mask, read back, and cleared by 0 and an empty map.
+    #[tokio::test]
+    async fn tenant_ai_settings_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path()).await;
+        let created = api
+            .create_tenant(operator(pb::CreateTenantRequest {
+                name: "acme".to_owned(),
+                display_name: String::new(),
+                settings: Some(pb::TenantSettings {
+                    max_cost_usd_per_execution: 2.5,
+                    max_tokens_per_day: 100_000,
+                    default_credentials: credentials(&[("openai", "my-openai-key")]),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let s = created.settings.unwrap();
+        assert_eq!(s.max_cost_usd_per_execution, 2.5);
+        assert_eq!(s.max_tokens_per_day, 100_000);
+        assert_eq!(
+            s.default_credentials,
+            credentials(&[("openai", "my-openai-key")])
+        );
+
+        // Only what the mask names changes; a named map is replaced whole.
+        let changed = api
+            .update_tenant(operator(update(
+                "acme",
+                pb::TenantSettings {
+                    max_tokens_per_day: 5,
+                    default_credentials: credentials(&[("anthropic", "claude")]),
+                    ..Default::default()
+                },
+                &["settings.max_tokens_per_day", "default_credentials"],
+            )))
+            .await
+            .unwrap()
+            .into_inner()
+            .settings
+            .unwrap();
+        assert_eq!(changed.max_cost_usd_per_execution, 2.5);
+        assert_eq!(changed.max_tokens_per_day, 5);
+        assert_eq!(
+            changed.default_credentials,
+            credentials(&[("anthropic", "claude")])
+        );
+        let got = api
+            .get_tenant(operator(pb::GetTenantRequest {
+                name: "acme".to_owned(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .settings
+            .unwrap();
+        assert_eq!(got, changed);
+
+        let cleared = api
+            .update_tenant(operator(update(
+                "acme",
+                pb::TenantSettings::default(),
+                &[
+                    "max_cost_usd_per_execution",
+                    "max_tokens_per_day",
+                    "default_credentials",
+                ],
+            )))
+            .await
+            .unwrap()
+            .into_inner()
+            .settings
+            .unwrap();
+        assert_eq!(cleared, pb::TenantSettings::default());
+    }
+
+    /// Bad values are refused with INVALID_ARGUMENT naming the field, on create and on
+    /// update, and nothing is changed.
+    #[tokio::test]
+    async fn tenant_ai_settings_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path()).await;
+        let cases: &[(pb::TenantSettings, &str, &str)] = &[
+            (
+                pb::TenantSettings {
+                    default_credentials: credentials(&[("x", "key")]),
+                    ..Default::default()
+                },
+                "default_credentials",
+                "settings.default_credentials: unknown provider \"x\"; expected openai or anthropic",
+            ),
+            (
+                pb::TenantSettings {
+                    default_credentials: credentials(&[("openai", "Not A Name")]),
+                    ..Default::default()
+                },
+                "default_credentials",
+                "settings.default_credentials: openai: \"Not A Name\" is not a valid secret name",
+            ),
+            (
+                pb::TenantSettings {
+                    default_credentials: credentials(&[("anthropic", "")]),
+                    ..Default::default()
+                },
+                "default_credentials",
+                "settings.default_credentials: anthropic: a secret name is required",
+            ),
+            (
+                pb::TenantSettings {
+                    max_cost_usd_per_execution: -1.0,
+                    ..Default::default()
+                },
+                "max_cost_usd_per_execution",
+                "settings.max_cost_usd_per_execution: -1 is not a number of US dollars",
+            ),
+            (
+                pb::TenantSettings {
+                    max_cost_usd_per_execution: f64::NAN,
+                    ..Default::default()
+                },
+                "max_cost_usd_per_execution",
+                "settings.max_cost_usd_per_execution: NaN is not a number of US dollars",
+            ),
+            (
+                pb::TenantSettings {
+                    max_cost_usd_per_execution: f64::INFINITY,
+                    ..Default::default()
+                },
+                "max_cost_usd_per_execution",
+                "settings.max_cost_usd_per_execution: inf is not a number of US dollars",
+            ),
+            (
+                pb::TenantSettings {
+                    max_tokens_per_day: -1,
+                    ..Default::default()
+                },
+                "max_tokens_per_day",
+                "settings.max_tokens_per_day: must not be negative",
+            ),
+        ];
+        for (i, (settings, path, message)) in cases.iter().enumerate() {
+            let err = api
+                .create_tenant(operator(pb::CreateTenantRequest {
+                    name: format!("bad{i}"),
+                    display_name: String::new(),
+                    settings: Some(settings.clone()),
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+            assert!(err.message().starts_with(message), "{}", err.message());
+            let err = api
+                .update_tenant(operator(update("default", settings.clone(), &[path])))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+            assert!(err.message().starts_with(message), "{}", err.message());
+        }
+        let default = api
+            .get_tenant(operator(pb::GetTenantRequest {
+                name: "default".to_owned(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(default.settings.unwrap(), pb::TenantSettings::default());
     }
 }

@@ -12,7 +12,8 @@ use crate::model::tenant::{ApiKey, Page, PageRequest, Tenant, TenantRef};
 
 pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time, \
      max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, \
-     max_concurrent_executions, max_queued_executions, webhook_url, webhook_secret";
+     max_concurrent_executions, max_queued_executions, webhook_url, webhook_secret, \
+     max_cost_usd_per_execution, max_tokens_per_day, default_credentials";
 
 pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, \
      k.scopes, k.token_hash, k.create_time, k.expire_time, k.revoke_time, k.last_use_time \
@@ -33,11 +34,34 @@ pub(super) struct TenantRow {
     max_queued_executions: Option<i32>,
     webhook_url: Option<String>,
     webhook_secret: Option<String>,
+    max_cost_usd_per_execution: Option<f64>,
+    max_tokens_per_day: Option<i64>,
+    /// A JSON object of provider to secret name ([`default_credentials_text`]).
+    default_credentials: Option<String>,
 }
 
-impl From<TenantRow> for Tenant {
-    fn from(r: TenantRow) -> Self {
-        Tenant {
+/// A tenant's default credentials as stored: a JSON object, or NULL when there are none.
+pub(super) fn default_credentials_text(
+    credentials: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    (!credentials.is_empty())
+        .then(|| serde_json::to_string(credentials).expect("a map of strings serializes to JSON"))
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = Error;
+
+    fn try_from(r: TenantRow) -> Result<Self, Error> {
+        let default_credentials = match r.default_credentials.as_deref() {
+            None => Default::default(),
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                Error::Internal(format!(
+                    "tenant {}: stored default_credentials are not a JSON object of strings: {e}",
+                    r.name
+                ))
+            })?,
+        };
+        Ok(Tenant {
             id: r.id,
             name: r.name,
             display_name: r.display_name,
@@ -54,8 +78,11 @@ impl From<TenantRow> for Tenant {
                 max_queued_executions: r.max_queued_executions.map(|n| n.max(0) as u32),
                 webhook_url: r.webhook_url,
                 webhook_secret: r.webhook_secret,
+                max_cost_usd_per_execution: r.max_cost_usd_per_execution,
+                max_tokens_per_day: r.max_tokens_per_day.map(|n| n.max(0).unsigned_abs()),
+                default_credentials,
             },
-        }
+        })
     }
 }
 

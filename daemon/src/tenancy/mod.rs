@@ -8,6 +8,7 @@ pub mod audit;
 pub use crate::model::tenant as model;
 pub mod ratelimit;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -140,6 +141,51 @@ fn validate_webhook(url: Option<&str>, secret: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Checks the settings of `ai/completion`: a cost cap that is a finite number of dollars,
+/// not negative; default credentials of known providers naming valid secret names (by the
+/// rule every secret name follows; whether the secret exists is not checked, since it may
+/// be created later).
+pub fn validate_ai_settings(
+    max_cost_usd_per_execution: Option<f64>,
+    default_credentials: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
+    if let Some(cost) = max_cost_usd_per_execution
+        && !(cost.is_finite() && cost >= 0.0)
+    {
+        return Err(invalid(
+            "settings.max_cost_usd_per_execution",
+            format!("{cost} is not a number of US dollars: use a finite number, not negative"),
+        ));
+    }
+    for (provider, secret) in default_credentials.into_iter().flatten() {
+        if !model::AI_PROVIDERS.contains(&provider.as_str()) {
+            return Err(invalid(
+                "settings.default_credentials",
+                format!(
+                    "unknown provider {provider:?}; expected {}",
+                    model::AI_PROVIDERS.join(" or ")
+                ),
+            ));
+        }
+        // The rule the secrets module checks every secret name by.
+        if !crate::workflow::load::is_valid_name(secret) {
+            let why = if secret.is_empty() {
+                "a secret name is required".to_owned()
+            } else {
+                format!(
+                    "{secret:?} is not a valid secret name: use 1 to 63 lowercase letters, \
+                     digits, '-' and '_', starting with a letter and not ending with '-'"
+                )
+            };
+            return Err(invalid(
+                "settings.default_credentials",
+                format!("{provider}: {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate_label(field: &'static str, value: &str) -> Result<()> {
     if value.chars().count() > MAX_LABEL_LEN {
         return Err(invalid(
@@ -267,6 +313,10 @@ impl Tenancy {
             settings.webhook_url.as_deref(),
             settings.webhook_secret.as_deref(),
         )?;
+        validate_ai_settings(
+            settings.max_cost_usd_per_execution,
+            Some(&settings.default_credentials),
+        )?;
         self.check_webhook_target(settings.webhook_url.as_deref())
             .await?;
         let now = Utc::now();
@@ -315,6 +365,10 @@ impl Tenancy {
         validate_webhook(
             update.webhook_url.as_ref().and_then(|u| u.as_deref()),
             update.webhook_secret.as_ref().and_then(|s| s.as_deref()),
+        )?;
+        validate_ai_settings(
+            update.max_cost_usd_per_execution.flatten(),
+            update.default_credentials.as_ref(),
         )?;
         self.check_webhook_target(update.webhook_url.as_ref().and_then(|u| u.as_deref()))
             .await?;
@@ -495,6 +549,51 @@ mod tests {
         ] {
             let err = validate_tenant_name(bad).unwrap_err();
             assert!(err.to_string().starts_with("name: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn ai_settings() {
+        let creds = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(validate_ai_settings(None, None).is_ok());
+        assert!(
+            validate_ai_settings(
+                Some(2.5),
+                Some(&creds(&[
+                    ("openai", "my-openai-key"),
+                    ("anthropic", "claude_1")
+                ]))
+            )
+            .is_ok()
+        );
+        assert!(validate_ai_settings(Some(0.0), Some(&BTreeMap::new())).is_ok());
+        for cost in [-0.01, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = validate_ai_settings(Some(cost), None).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with("settings.max_cost_usd_per_execution: "),
+                "{err}"
+            );
+        }
+        let err = validate_ai_settings(None, Some(&creds(&[("x", "key")]))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "settings.default_credentials: unknown provider \"x\"; expected openai or anthropic"
+        );
+        for bad in ["", "My-Key", "1key", "key-", "a b", &"k".repeat(64)] {
+            let err = validate_ai_settings(None, Some(&creds(&[("anthropic", bad)]))).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with("settings.default_credentials: anthropic: "),
+                "{err}"
+            );
         }
     }
 

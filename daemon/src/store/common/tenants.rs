@@ -5,6 +5,12 @@
 //! backend's imports are in scope. The SQL is the same on both.
 
 use super::*;
+use crate::store::shared::default_credentials_text;
+
+/// A daily token cap as stored (BIGINT): the API takes no more than `i64::MAX`.
+fn tokens(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
 
 #[async_trait::async_trait]
 impl crate::store::TenantStore for ThisStore {
@@ -13,8 +19,9 @@ impl crate::store::TenantStore for ThisStore {
             "INSERT INTO tenants (id, name, display_name, create_time, update_time, \
              max_steps_per_workflow, max_runtime_minutes, allowed_domains, \
              rate_limit_per_minute, max_concurrent_executions, max_queued_executions, \
-             webhook_url, webhook_secret) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             webhook_url, webhook_secret, max_cost_usd_per_execution, max_tokens_per_day, \
+             default_credentials) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(t.id)
         .bind(&t.name)
@@ -29,6 +36,9 @@ impl crate::store::TenantStore for ThisStore {
         .bind(t.settings.max_queued_executions.map(|n| n as i32))
         .bind(t.settings.webhook_url.as_deref())
         .bind(t.settings.webhook_secret.as_deref())
+        .bind(t.settings.max_cost_usd_per_execution)
+        .bind(t.settings.max_tokens_per_day.map(tokens))
+        .bind(default_credentials_text(&t.settings.default_credentials))
         .execute(&self.pool)
         .await
         .map_err(map_err(|| format!("tenant {:?}", t.name)))?;
@@ -41,8 +51,8 @@ impl crate::store::TenantStore for ThisStore {
             .bind(name)
             .fetch_one(&self.pool)
             .await
-            .map(Tenant::from)
-            .map_err(map_err(|| format!("tenant {name:?}")))
+            .map_err(map_err(|| format!("tenant {name:?}")))?
+            .try_into()
     }
 
     async fn take_rate_limit(
@@ -59,8 +69,8 @@ impl crate::store::TenantStore for ThisStore {
             .bind(id)
             .fetch_one(&self.pool)
             .await
-            .map(Tenant::from)
-            .map_err(map_err(|| format!("tenant {id}")))
+            .map_err(map_err(|| format!("tenant {id}")))?
+            .try_into()
     }
 
     async fn list_tenants(&self, page: &PageRequest) -> Result<Page<Tenant>> {
@@ -74,7 +84,10 @@ impl crate::store::TenantStore for ThisStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err(|| "tenants".to_owned()))?;
-        let tenants = rows.into_iter().map(Tenant::from).collect();
+        let tenants = rows
+            .into_iter()
+            .map(Tenant::try_from)
+            .collect::<Result<Vec<_>>>()?;
         Ok(into_page(tenants, page, |t: &Tenant| t.name.clone()))
     }
 
@@ -94,7 +107,11 @@ impl crate::store::TenantStore for ThisStore {
              max_concurrent_executions = CASE WHEN $12 THEN $13 ELSE max_concurrent_executions END, \
              max_queued_executions = CASE WHEN $14 THEN $15 ELSE max_queued_executions END, \
              webhook_url = CASE WHEN $16 THEN $17 ELSE webhook_url END, \
-             webhook_secret = CASE WHEN $18 THEN $19 ELSE webhook_secret END \
+             webhook_secret = CASE WHEN $18 THEN $19 ELSE webhook_secret END, \
+             max_cost_usd_per_execution = \
+                 CASE WHEN $20 THEN $21 ELSE max_cost_usd_per_execution END, \
+             max_tokens_per_day = CASE WHEN $22 THEN $23 ELSE max_tokens_per_day END, \
+             default_credentials = CASE WHEN $24 THEN $25 ELSE default_credentials END \
              WHERE name = $1 RETURNING {TENANT_COLUMNS}"
         );
         sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
@@ -122,10 +139,21 @@ impl crate::store::TenantStore for ThisStore {
             .bind(update.webhook_url.clone().flatten())
             .bind(update.webhook_secret.is_some())
             .bind(update.webhook_secret.clone().flatten())
+            .bind(update.max_cost_usd_per_execution.is_some())
+            .bind(update.max_cost_usd_per_execution.flatten())
+            .bind(update.max_tokens_per_day.is_some())
+            .bind(update.max_tokens_per_day.flatten().map(tokens))
+            .bind(update.default_credentials.is_some())
+            .bind(
+                update
+                    .default_credentials
+                    .as_ref()
+                    .and_then(default_credentials_text),
+            )
             .fetch_one(&self.pool)
             .await
-            .map(Tenant::from)
-            .map_err(map_err(|| format!("tenant {name:?}")))
+            .map_err(map_err(|| format!("tenant {name:?}")))?
+            .try_into()
     }
 
     async fn delete_tenant(&self, name: &str) -> Result<()> {

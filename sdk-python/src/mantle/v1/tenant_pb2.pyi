@@ -72,12 +72,32 @@ Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
 
 @_typing.final
 class TenantSettings(_message.Message):
-    """A tenant's limits. 0 (or an empty list) sets no limit of the tenant's own; the
+    """A tenant's limits. 0 (or an empty list or map) sets no limit of the tenant's own; the
     installation's global caps (MANTLE_MAX_STEPS_PER_WORKFLOW, MANTLE_MAX_RUNTIME_MINUTES)
     apply in any case, and the smaller limit wins.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DefaultCredentialsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     MAX_STEPS_PER_WORKFLOW_FIELD_NUMBER: _builtins.int
     MAX_RUNTIME_MINUTES_FIELD_NUMBER: _builtins.int
@@ -87,6 +107,9 @@ class TenantSettings(_message.Message):
     MAX_QUEUED_EXECUTIONS_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_PER_EXECUTION_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
+    DEFAULT_CREDENTIALS_FIELD_NUMBER: _builtins.int
     max_steps_per_workflow: _builtins.int
     """Most steps a workflow may have: checked when a workflow is applied and when it starts
     (RESOURCE_EXHAUSTED).
@@ -116,11 +139,27 @@ class TenantSettings(_message.Message):
     """
     webhook_secret: _builtins.str
     """Name of the tenant's secret whose `key` field signs the deliveries (HMAC-SHA256)."""
+    max_cost_usd_per_execution: _builtins.float
+    """Most an execution may spend on model calls (`ai/completion`), in US dollars, checked
+    before every model call. Must be finite and not negative.
+    """
+    max_tokens_per_day: _builtins.int
+    """Model tokens (input and output) the tenant may use per UTC day, across all executions
+    and daemons, checked before every model call of `ai/completion`. Must not be negative.
+    """
     @_builtins.property
     def allowed_domains(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Hosts `http/request` may reach, checked before every request and every redirect: exact
         host names, or `*.example.com` for every subdomain of example.com (example.com itself is
         not matched by it). Empty allows any public host. At most 100 entries.
+        """
+
+    @_builtins.property
+    def default_credentials(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The secret an `ai/completion` step uses when it names no `credential`, by provider
+        (`openai` or `anthropic`): each tenant's calls go to its own provider account. Values
+        are secret names of the tenant; the secret is not checked to exist (it may be created
+        later), and a step using a missing one fails.
         """
 
     def __init__(
@@ -134,10 +173,13 @@ class TenantSettings(_message.Message):
         max_queued_executions: _builtins.int = ...,
         webhook_url: _builtins.str = ...,
         webhook_secret: _builtins.str = ...,
+        max_cost_usd_per_execution: _builtins.float = ...,
+        max_tokens_per_day: _builtins.int = ...,
+        default_credentials: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "max_concurrent_executions", b"max_concurrent_executions", "max_queued_executions", b"max_queued_executions", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow", "rate_limit_per_minute", b"rate_limit_per_minute", "webhook_secret", b"webhook_secret", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "default_credentials", b"default_credentials", "max_concurrent_executions", b"max_concurrent_executions", "max_cost_usd_per_execution", b"max_cost_usd_per_execution", "max_queued_executions", b"max_queued_executions", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow", "max_tokens_per_day", b"max_tokens_per_day", "rate_limit_per_minute", b"rate_limit_per_minute", "webhook_secret", b"webhook_secret", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,9 +315,9 @@ class UpdateTenantRequest(_message.Message):
     def settings_mask(self) -> _field_mask_pb2.FieldMask:
         """Which fields of `settings` to change, by name (`max_steps_per_workflow`,
         `max_runtime_minutes`, `allowed_domains`, `rate_limit_per_minute`,
-        `max_concurrent_executions`, `max_queued_executions`, `webhook_url`, `webhook_secret`);
-        a named field set
-        to 0 or empty clears it.
+        `max_concurrent_executions`, `max_queued_executions`, `webhook_url`, `webhook_secret`,
+        `max_cost_usd_per_execution`, `max_tokens_per_day`, `default_credentials`); a named
+        field set to 0 or empty clears it. A named list or map is replaced whole.
         """
 
     def __init__(

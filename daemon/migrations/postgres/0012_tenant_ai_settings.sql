@@ -1,0 +1,6 @@
+-- Per-tenant settings of ai/completion; NULL means no cap of the tenant's own. The default
+-- credentials are a JSON object of provider to secret name (NULL when there are none), as
+-- text like the other settings, so that both stores run the same SQL.
+ALTER TABLE tenants ADD COLUMN max_cost_usd_per_execution DOUBLE PRECISION;
+ALTER TABLE tenants ADD COLUMN max_tokens_per_day BIGINT;
+ALTER TABLE tenants ADD COLUMN default_credentials TEXT;
