@@ -106,6 +106,48 @@ pub struct StepAttempt {
     pub interrupted: bool,
 }
 
+/// One piece of a running attempt's progress, kept so that a later attempt (after a crash,
+/// or a retry) goes on from it instead of doing it again: an `ai/completion` step's model
+/// answers and tool results. Numbered by `seq` from 1 per step and generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub step_name: String,
+    pub generation: i32,
+    pub seq: i32,
+    /// The attempt that made it.
+    pub attempt: i32,
+    pub time: DateTime<Utc>,
+    /// What it records (`model`, `tool`), for the action that reads it back.
+    pub kind: String,
+    /// A model call's model and usage: what budgets and usage reports add up.
+    pub usage: Option<ModelUsage>,
+    pub body: Value,
+}
+
+/// What one model call used.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelUsage {
+    pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// In USD, by the price table; 0 when the model has no price.
+    pub cost_usd: f64,
+}
+
+/// Model usage added up (an execution's, a tenant's day).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UsageTotal {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
+impl UsageTotal {
+    pub fn tokens(&self) -> i64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
 /// One entry of an execution's event log; `seq` orders them from 1.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -208,12 +250,16 @@ pub struct Transition {
     pub execution: Option<ExecutionUpdate>,
     /// A webhook delivery announcing the execution's end, queued in the same transaction.
     pub webhook: Option<NewDelivery>,
+    /// Progress of running attempts (a model's answer, a tool's result), each durable
+    /// before the attempt goes on.
+    pub checkpoints: Vec<Checkpoint>,
 }
 
 impl Transition {
     pub fn is_empty(&self) -> bool {
         self.attempts.is_empty()
             && self.events.is_empty()
+            && self.checkpoints.is_empty()
             && self.execution.is_none()
             && self.webhook.is_none()
     }

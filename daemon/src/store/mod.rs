@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 
 use crate::model::definition::{Definition, DefinitionSummary, NewVersion, VersionInfo};
 use crate::model::execution::{
-    Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease, NewExecution,
-    Order, StepAttempt, Ticket, Transition,
+    Checkpoint, Created, Delivery, DeliveryOutcome, Event, Execution, ExecutionFilter, Lease,
+    NewExecution, Order, StepAttempt, Ticket, Transition, UsageTotal,
 };
 use crate::model::secret::Sealed;
 use crate::model::secret::{SecretMeta, StoredSecret};
@@ -473,6 +473,22 @@ pub trait ExecutionStore: Send + Sync {
     /// The last event number of each of `ids` that has events (any tenant's: for telling
     /// this daemon's watch streams that a log grew, never answered to a caller).
     async fn last_event_seqs(&self, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, i64)>>;
+    /// The checkpoints of an execution's step in `generation`, in order (every one: an
+    /// attempt reads them all to go on from them; a step makes a bounded number).
+    async fn list_checkpoints(
+        &self,
+        id: uuid::Uuid,
+        step_name: &str,
+        generation: i32,
+    ) -> Result<Vec<Checkpoint>>;
+    /// The model usage an execution's checkpoints record, every generation's.
+    async fn execution_usage(&self, id: uuid::Uuid) -> Result<UsageTotal>;
+    /// The model usage a tenant's checkpoints record since `since`.
+    async fn tenant_usage_since(
+        &self,
+        tenant_id: uuid::Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<UsageTotal>;
     /// Events with `seq > after`, in order, at most `limit`.
     async fn list_events(
         &self,

@@ -445,6 +445,44 @@ impl TryFrom<EventRow> for crate::model::execution::Event {
     }
 }
 
+#[derive(sqlx::FromRow)]
+pub(super) struct CheckpointRow {
+    step_name: String,
+    generation: i32,
+    seq: i32,
+    attempt: i32,
+    time: DateTime<Utc>,
+    kind: String,
+    model: Option<String>,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_usd: f64,
+    body: String,
+}
+
+impl TryFrom<CheckpointRow> for crate::model::execution::Checkpoint {
+    type Error = Error;
+
+    fn try_from(r: CheckpointRow) -> Result<Self, Error> {
+        Ok(crate::model::execution::Checkpoint {
+            body: serde_json::from_str(&r.body)
+                .map_err(|e| Error::Internal(format!("checkpoint {}: {e}", r.seq)))?,
+            usage: r.model.map(|model| crate::model::execution::ModelUsage {
+                model,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_usd: r.cost_usd,
+            }),
+            step_name: r.step_name,
+            generation: r.generation,
+            seq: r.seq,
+            attempt: r.attempt,
+            time: r.time,
+            kind: r.kind,
+        })
+    }
+}
+
 pub(super) const SECRET_COLUMNS: &str =
     "tenant_id, name, type, field_names, key_id, nonce, ciphertext, create_time, update_time";
 

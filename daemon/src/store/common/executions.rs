@@ -523,6 +523,77 @@ impl ThisStore {
     }
 }
 
+impl ThisStore {
+    pub(super) async fn list_checkpoints_shared(
+        &self,
+        id: Uuid,
+        step_name: &str,
+        generation: i32,
+    ) -> Result<Vec<crate::model::execution::Checkpoint>> {
+        sqlx::query_as::<_, crate::store::shared::CheckpointRow>(
+            "SELECT step_name, generation, seq, attempt, time, kind, model, input_tokens, \
+             output_tokens, cost_usd, body FROM step_checkpoints \
+             WHERE execution_id = $1 AND step_name = $2 AND generation = $3 ORDER BY seq",
+        )
+        .bind(id)
+        .bind(step_name)
+        .bind(generation)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err(|| format!("execution {id}")))?
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
+    }
+
+    pub(super) async fn execution_usage_shared(
+        &self,
+        id: Uuid,
+    ) -> Result<crate::model::execution::UsageTotal> {
+        self.usage("WHERE execution_id = $1 AND model IS NOT NULL", id, None)
+            .await
+            .map_err(map_err(|| format!("execution {id}")))
+    }
+
+    pub(super) async fn tenant_usage_since_shared(
+        &self,
+        tenant_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<crate::model::execution::UsageTotal> {
+        self.usage(
+            "WHERE tenant_id = $1 AND time >= $2 AND model IS NOT NULL",
+            tenant_id,
+            Some(since),
+        )
+        .await
+        .map_err(map_err(|| format!("tenant {tenant_id}")))
+    }
+
+    /// Model usage of the checkpoints `filter` selects (by `$1`, and `$2` when `since`).
+    async fn usage(
+        &self,
+        filter: &'static str,
+        id: Uuid,
+        since: Option<DateTime<Utc>>,
+    ) -> std::result::Result<crate::model::execution::UsageTotal, sqlx::Error> {
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION) FROM step_checkpoints {filter}"
+        );
+        let mut query = sqlx::query_as::<_, (i64, i64, f64)>(sqlx::AssertSqlSafe(sql)).bind(id);
+        if let Some(since) = since {
+            query = query.bind(since);
+        }
+        let (input_tokens, output_tokens, cost_usd) = query.fetch_one(&self.pool).await?;
+        Ok(crate::model::execution::UsageTotal {
+            input_tokens,
+            output_tokens,
+            cost_usd,
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl crate::store::IdempotencyStore for ThisStore {
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64> {

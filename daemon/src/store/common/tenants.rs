@@ -159,10 +159,10 @@ impl crate::store::TenantStore for ThisStore {
     async fn delete_tenant(&self, name: &str) -> Result<()> {
         let err = || map_err(|| format!("tenant {name:?}"));
         let mut tx = self.pool.begin().await.map_err(err())?;
-        // Attempts and events have no foreign key to their execution (the
+        // Attempts, events and checkpoints have no foreign key to their execution (the
         // checkpoint fence stands for it): they go first, explicitly. The rest
         // follows the tenant by cascade.
-        for table in ["step_attempts", "execution_events"] {
+        for table in ["step_attempts", "execution_events", "step_checkpoints"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE execution_id IN (SELECT e.id FROM \
                  executions e JOIN tenants t ON t.id = e.tenant_id WHERE t.name = $1)"

@@ -154,17 +154,19 @@ struct Shape {
     webhooks: bool,
     creates: bool,
     audits: bool,
+    checkpoints: bool,
 }
 
 impl Shape {
     /// The statement of this shape, built on first use.
     fn sql(self) -> &'static str {
-        static SQL: [std::sync::OnceLock<String>; 32] = [const { std::sync::OnceLock::new() }; 32];
+        static SQL: [std::sync::OnceLock<String>; 64] = [const { std::sync::OnceLock::new() }; 64];
         let key = usize::from(self.several)
             | usize::from(self.updates) << 1
             | usize::from(self.webhooks) << 2
             | usize::from(self.creates) << 3
-            | usize::from(self.audits) << 4;
+            | usize::from(self.audits) << 4
+            | usize::from(self.checkpoints) << 5;
         SQL[key].get_or_init(|| batch_sql(self))
     }
 }
@@ -341,6 +343,39 @@ fn batch_sql(shape: Shape) -> String {
             )"
         ));
     }
+    if shape.checkpoints {
+        let arrays = unnest(
+            &mut next,
+            &[
+                "int",
+                "text",
+                "int",
+                "int",
+                "int",
+                "timestamptz",
+                "text",
+                "text",
+                "bigint",
+                "bigint",
+                "float8",
+                "text",
+            ],
+        );
+        sql.push_str(&format!(
+            ", ck AS ( \
+                INSERT INTO step_checkpoints (execution_id, step_name, generation, seq, \
+                    tenant_id, attempt, time, kind, model, input_tokens, output_tokens, \
+                    cost_usd, body) \
+                SELECT h.id, k.step_name, k.generation, k.seq, h.tenant_id, k.attempt, k.time, \
+                    k.kind, k.model, k.input_tokens, k.output_tokens, k.cost_usd, k.body \
+                FROM {arrays} \
+                    AS k(i, step_name, generation, seq, attempt, time, kind, model, \
+                    input_tokens, output_tokens, cost_usd, body) {} \
+                ON CONFLICT DO NOTHING \
+            )",
+            on("k")
+        ));
+    }
     sql.push_str(" SELECT i FROM held");
     sql
 }
@@ -389,6 +424,18 @@ struct Columns<'a> {
     w_expire: Vec<chrono::DateTime<chrono::Utc>>,
     creates: Vec<&'a NewRow>,
     audits: Vec<&'a crate::model::tenant::AuditEvent>,
+    k_i: Vec<i32>,
+    k_step: Vec<&'a str>,
+    k_generation: Vec<i32>,
+    k_seq: Vec<i32>,
+    k_attempt: Vec<i32>,
+    k_time: Vec<chrono::DateTime<chrono::Utc>>,
+    k_kind: Vec<&'a str>,
+    k_model: Vec<Option<&'a str>>,
+    k_input: Vec<i64>,
+    k_output: Vec<i64>,
+    k_cost: Vec<f64>,
+    k_body: Vec<String>,
 }
 
 impl<'a> Columns<'a> {
@@ -450,6 +497,21 @@ impl<'a> Columns<'a> {
                 c.u_wake.push(u.wake_time);
                 c.u_release.push(u.release);
             }
+            for k in &t.checkpoints {
+                let usage = k.usage.as_ref();
+                c.k_i.push(i);
+                c.k_step.push(&k.step_name);
+                c.k_generation.push(k.generation);
+                c.k_seq.push(k.seq);
+                c.k_attempt.push(k.attempt);
+                c.k_time.push(k.time);
+                c.k_kind.push(&k.kind);
+                c.k_model.push(usage.map(|u| u.model.as_str()));
+                c.k_input.push(usage.map_or(0, |u| u.input_tokens));
+                c.k_output.push(usage.map_or(0, |u| u.output_tokens));
+                c.k_cost.push(usage.map_or(0.0, |u| u.cost_usd));
+                c.k_body.push(k.body.to_string());
+            }
             if let Some(w) = &t.webhook {
                 c.w_i.push(i);
                 c.w_id.push(w.id);
@@ -470,6 +532,7 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
     if let [job] = jobs
         && let Work::Transition(lease, t) = &job.work
         && let ([a], [e], None, None) = (&t.attempts[..], &t.events[..], &t.execution, &t.webhook)
+        && t.checkpoints.is_empty()
     {
         return write_step(conn, *lease, a, e).await;
     }
@@ -483,6 +546,8 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         webhooks: several || !c.w_i.is_empty(),
         creates: several || !c.creates.is_empty(),
         audits: several || !c.audits.is_empty(),
+        // Rare (an ai/completion step's progress): not in every batch's plan.
+        checkpoints: !c.k_i.is_empty(),
     };
     let Columns {
         t_i,
@@ -524,6 +589,18 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
         w_expire,
         creates,
         audits,
+        k_i,
+        k_step,
+        k_generation,
+        k_seq,
+        k_attempt,
+        k_time,
+        k_kind,
+        k_model,
+        k_input,
+        k_output,
+        k_cost,
+        k_body,
     } = c;
     let mut query = sqlx::query_scalar(shape.sql())
         .bind(t_i)
@@ -610,6 +687,21 @@ async fn write(conn: &mut PgConnection, jobs: &[&Job]) -> Result<Vec<i32>, sqlx:
                     .map(|e| e.detail.as_deref())
                     .collect::<Vec<_>>(),
             );
+    }
+    if shape.checkpoints {
+        query = query
+            .bind(k_i)
+            .bind(k_step)
+            .bind(k_generation)
+            .bind(k_seq)
+            .bind(k_attempt)
+            .bind(k_time)
+            .bind(k_kind)
+            .bind(k_model)
+            .bind(k_input)
+            .bind(k_output)
+            .bind(k_cost)
+            .bind(k_body);
     }
     query.fetch_all(conn).await
 }

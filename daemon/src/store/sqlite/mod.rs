@@ -369,6 +369,28 @@ impl ExecutionStore for SqliteStore {
     ) -> Result<Vec<Event>> {
         self.list_events_shared(tenant_id, id, after, limit).await
     }
+
+    async fn list_checkpoints(
+        &self,
+        id: Uuid,
+        step_name: &str,
+        generation: i32,
+    ) -> Result<Vec<crate::model::execution::Checkpoint>> {
+        self.list_checkpoints_shared(id, step_name, generation)
+            .await
+    }
+
+    async fn execution_usage(&self, id: Uuid) -> Result<crate::model::execution::UsageTotal> {
+        self.execution_usage_shared(id).await
+    }
+
+    async fn tenant_usage_since(
+        &self,
+        tenant_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<crate::model::execution::UsageTotal> {
+        self.tenant_usage_since_shared(tenant_id, since).await
+    }
 }
 
 impl SqliteStore {

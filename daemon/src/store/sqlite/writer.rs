@@ -244,6 +244,13 @@ fn audit(conn: &Connection, e: &crate::model::tenant::AuditEvent) -> Result<()> 
     Ok(())
 }
 
+/// A checkpoint of a running attempt. Written again (a transition resent after its commit
+/// was not known), it stays as first written.
+const CHECKPOINT_SQL: &str = "INSERT INTO step_checkpoints (execution_id, step_name, \
+    generation, seq, tenant_id, attempt, time, kind, model, input_tokens, output_tokens, \
+    cost_usd, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+    ON CONFLICT DO NOTHING";
+
 /// The statements of one transition. The fence comes first: inside the write transaction
 /// nobody else can move the lease, so when it holds, everything after may be written.
 fn apply(conn: &Connection, lease: Lease, t: &Transition) -> Result<()> {
@@ -311,6 +318,29 @@ fn apply(conn: &Connection, lease: Lease, t: &Transition) -> Result<()> {
                     ev.attempt,
                     ev.status,
                     ev.message,
+                ])
+                .map_err(&err)?;
+        }
+    }
+    if !t.checkpoints.is_empty() {
+        let mut insert = conn.prepare_cached(CHECKPOINT_SQL).map_err(&err)?;
+        for c in &t.checkpoints {
+            let usage = c.usage.as_ref();
+            insert
+                .execute(params![
+                    id.as_bytes(),
+                    c.step_name,
+                    c.generation,
+                    c.seq,
+                    tenant,
+                    c.attempt,
+                    time(Some(c.time)),
+                    c.kind,
+                    usage.map(|u| u.model.as_str()),
+                    usage.map_or(0, |u| u.input_tokens),
+                    usage.map_or(0, |u| u.output_tokens),
+                    usage.map_or(0.0, |u| u.cost_usd),
+                    c.body.to_string(),
                 ])
                 .map_err(&err)?;
         }
