@@ -18,7 +18,9 @@ use super::functions;
 use super::problem::did_you_mean;
 
 /// The variables an expression may read.
-pub const VARIABLES: [&str; 5] = ["inputs", "steps", "trigger", "env", "execution"];
+/// `tool` is set only in the params of an `ai/completion` tool (`tool.input`: the model's
+/// arguments); the loader refuses it anywhere else.
+pub const VARIABLES: [&str; 6] = ["inputs", "steps", "trigger", "env", "execution", "tool"];
 
 /// A compiled expression and what it reads.
 #[derive(Debug)]
@@ -80,13 +82,21 @@ impl Read {
 /// (for `steps`, the step names) or all of it. Only that is bound when they are evaluated,
 /// so an expression reading `inputs.name` does not pay for the rest of a large input.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reads([Read; 5]);
+pub struct Reads([Read; 6]);
 
 impl Reads {
     pub fn merge(&mut self, other: &Reads) {
         for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
             mine.merge(theirs);
         }
+    }
+
+    /// Whether anything of variable `name` is read.
+    pub fn reads_var(&self, name: &str) -> bool {
+        VARIABLES
+            .iter()
+            .position(|v| *v == name)
+            .is_some_and(|i| self.0[i] != Read::Nothing)
     }
 
     fn var(&mut self, name: &str) -> Option<&mut Read> {
@@ -634,22 +644,7 @@ impl Default for Shared {
     }
 }
 
-/// The length of `value` as JSON text, without writing it out.
-pub fn json_len(value: &serde_json::Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
-}
+pub use crate::model::json_len;
 
 /// What expressions see of a finished step: `steps.NAME.output`, `.error`, `.status`.
 #[derive(Debug, Clone)]
@@ -668,6 +663,8 @@ pub struct Scope {
     pub trigger: Shared,
     pub env: Shared,
     pub execution: Shared,
+    /// In a tool's params only: `{name, input}`.
+    pub tool: Shared,
 }
 
 impl Scope {
@@ -700,6 +697,7 @@ impl Scope {
             2 => Some(&self.trigger),
             3 => Some(&self.env),
             4 => Some(&self.execution),
+            5 => Some(&self.tool),
             _ => None,
         }
     }

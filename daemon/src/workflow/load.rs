@@ -33,6 +33,16 @@ const TOP_FIELDS: &[&str] = &[
     "outputs",
     "timeout",
     "triggers",
+    "token_budget",
+];
+const TOOL_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "input_schema",
+    "action",
+    "params",
+    "credential",
+    "timeout",
 ];
 const STEP_FIELDS: &[&str] = &[
     "name",
@@ -55,12 +65,7 @@ const RETRY_FIELDS: &[&str] = &[
     "on",
 ];
 /// Fields of the original Mantle that this version does not implement.
-const UNSUPPORTED: &[&str] = &[
-    "token_budget",
-    "max_parallel_executions",
-    "on_limit",
-    "hooks",
-];
+const UNSUPPORTED: &[&str] = &["max_parallel_executions", "on_limit", "hooks"];
 const UNSUPPORTED_STEP: &[&str] = &["registry_credential", "max_parallel", "artifacts"];
 
 /// A validated workflow with its normalized form.
@@ -175,6 +180,13 @@ pub fn is_valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Whether `path` is inside a tool's params (`steps[0].params.tools[1].params.url`), where
+/// `tool` is set.
+fn is_tool_params(path: &str) -> bool {
+    path.split_once(".params.tools[")
+        .is_some_and(|(_, rest)| rest.contains("].params"))
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -434,6 +446,28 @@ impl Decoder<'_> {
             .and_then(|n| self.string(n, "description"))
             .unwrap_or_default();
         let timeout_ms = field("timeout").and_then(|n| self.duration_ms(n, "timeout"));
+        let token_budget = field("token_budget").and_then(|n| match n.value {
+            Value::Int(i) if i > 0 => Some(i as u64),
+            Value::Int(i) => {
+                self.add(
+                    n.pos,
+                    "token_budget",
+                    format!("must be a positive number of tokens, got {i}"),
+                );
+                None
+            }
+            _ => {
+                self.add(
+                    n.pos,
+                    "token_budget",
+                    format!(
+                        "expected a positive integer (tokens), found {}",
+                        n.value.kind()
+                    ),
+                );
+                None
+            }
+        });
         let inputs = field("inputs").map(|n| self.inputs(n)).unwrap_or_default();
         let triggers = field("triggers")
             .map(|n| self.triggers(n))
@@ -467,6 +501,7 @@ impl Decoder<'_> {
             outputs,
             timeout_ms,
             triggers,
+            token_budget,
         })
     }
 
@@ -769,7 +804,18 @@ impl Decoder<'_> {
         base: usize,
         path: &str,
     ) {
+        let in_tool = is_tool_params(path);
+        if c.reads().reads_var("tool") && !in_tool {
+            self.add(
+                node.pos,
+                path,
+                "`tool` is set only in the params of an ai/completion tool",
+            );
+        }
         for (name, offset) in &c.input_refs {
+            if in_tool && name == "tool_input" {
+                continue;
+            }
             let pos = self.pos_in(node, text, base + offset);
             self.input_refs.push((name.clone(), pos, path.to_owned()));
         }
@@ -1229,9 +1275,22 @@ impl Decoder<'_> {
             self.templates(value, &p, refs);
             out.insert(key.name.clone(), value.to_json());
         }
-        let Some(Action { spec, declared }) = action else {
-            return out;
-        };
+        if let Some(action) = action {
+            self.declared_params(node, entries, path, action, refs);
+        }
+        out
+    }
+
+    /// Checks params (templates checked already) against what `action` declares.
+    fn declared_params(
+        &mut self,
+        node: &Node,
+        entries: &[(Key, Node)],
+        path: &str,
+        action: &Action,
+        refs: &mut Vec<(String, Pos, String)>,
+    ) {
+        let Action { spec, declared } = action;
         for (key, value) in entries {
             let p = join(path, &key.name);
             match declared.param(&key.name) {
@@ -1245,7 +1304,12 @@ impl Decoder<'_> {
                     );
                 }
                 None => {}
-                Some(decl) => self.check_param_type(value, &p, &decl.ty),
+                Some(decl) => {
+                    self.check_param_type(value, &p, &decl.ty);
+                    if spec.tools && key.name == "tools" {
+                        self.tools(value, &p, refs);
+                    }
+                }
             }
         }
         for decl in declared.params.iter().filter(|d| d.required) {
@@ -1274,7 +1338,142 @@ impl Decoder<'_> {
                 );
             }
         }
-        out
+    }
+
+    /// The `tools` of an action that calls others: each names a registered action that may
+    /// be a tool, its params fit that action, its credential one of its types, its
+    /// `input_schema` is a JSON Schema; only its params hold templates.
+    fn tools(&mut self, node: &Node, path: &str, refs: &mut Vec<(String, Pos, String)>) {
+        let Value::Seq(items) = &node.value else {
+            return;
+        };
+        let mut names: Vec<String> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let Some(entries) = self.map(item, &p) else {
+                continue;
+            };
+            self.check_keys(entries, &p, TOOL_FIELDS, &[]);
+            let field = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
+            for (k, v) in entries.iter().filter(|(k, _)| k.name != "params") {
+                if let Value::Str(text) = &v.value
+                    && text.contains("{{")
+                {
+                    self.add(
+                        v.pos,
+                        &join(&p, &k.name),
+                        "templates are allowed only in a tool's params",
+                    );
+                }
+            }
+            match field("name") {
+                Some(n) => {
+                    if let Some(name) = self.string(n, &join(&p, "name")) {
+                        let valid = !name.is_empty()
+                            && name.len() <= 64
+                            && name
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                        if !valid {
+                            self.add(
+                                n.pos,
+                                &join(&p, "name"),
+                                format!(
+                                    "{name:?} is not a valid tool name: use 1 to 64 letters, \
+                                     digits, '_' and '-'"
+                                ),
+                            );
+                        } else if names.contains(&name) {
+                            self.add(
+                                n.pos,
+                                &join(&p, "name"),
+                                format!("tool {name:?} is declared twice"),
+                            );
+                        }
+                        names.push(name);
+                    }
+                }
+                None => self.add(item.pos, &join(&p, "name"), "required field is missing"),
+            }
+            if let Some(n) = field("description") {
+                self.string(n, &join(&p, "description"));
+            }
+            if let Some(n) = field("input_schema") {
+                let json = n.to_json();
+                if let Err(e) = crate::connectors::ai::compile_schema(&json) {
+                    self.add(n.pos, &join(&p, "input_schema"), e);
+                }
+            }
+            if let Some(n) = field("timeout") {
+                self.duration_ms(n, &join(&p, "timeout"));
+            }
+            let actions = self.actions;
+            let action = match field("action") {
+                Some(n) => {
+                    let ap = join(&p, "action");
+                    self.string(n, &ap).and_then(|a| match actions.get(&a) {
+                        None => {
+                            let hint = suggestion(&a, actions.names());
+                            self.add(n.pos, &ap, format!("unknown action {a:?}{hint}"));
+                            None
+                        }
+                        Some(found) if found.spec.tools => {
+                            self.add(n.pos, &ap, format!("{a} cannot be a tool"));
+                            None
+                        }
+                        Some(found) if found.spec.kind() == connectors::ActionKind::Timer => {
+                            self.add(
+                                n.pos,
+                                &ap,
+                                format!("{a} cannot be a tool: a tool answers at once"),
+                            );
+                            None
+                        }
+                        Some(found) => Some(found),
+                    })
+                }
+                None => {
+                    self.add(item.pos, &join(&p, "action"), "required field is missing");
+                    None
+                }
+            };
+            match field("params") {
+                Some(n) => {
+                    if let (Some(a), Some(entries)) = (action, self.map(n, &join(&p, "params"))) {
+                        self.declared_params(n, entries, &join(&p, "params"), a, refs);
+                    }
+                }
+                None => {
+                    if let Some(a) = action {
+                        for d in a.declared.params.iter().filter(|d| d.required) {
+                            self.add(
+                                item.pos,
+                                &join(&p, "params"),
+                                format!("missing required param {:?} of {}", d.name, a.spec.name),
+                            );
+                        }
+                    }
+                }
+            }
+            if let Some(n) = field("credential") {
+                let cp = join(&p, "credential");
+                if let Some(c) = self.string(n, &cp)
+                    && let Some(a) = action
+                {
+                    if a.spec.credential_types.is_empty() {
+                        self.add(n.pos, &cp, format!("{} takes no credential", a.spec.name));
+                    } else {
+                        self.credentials.push(CredentialRef {
+                            name: c,
+                            pos: n.pos,
+                            path: cp,
+                            action: a.spec.name.to_owned(),
+                            types: a.spec.credential_types,
+                        });
+                    }
+                }
+            }
+        }
     }
 
     fn templates(&mut self, node: &Node, path: &str, refs: &mut Vec<(String, Pos, String)>) {
@@ -1509,6 +1708,102 @@ triggers:
   - type: webhook
     path: /hooks/report
 "#;
+
+    /// The tools of an `ai/completion` step are checked like steps: their actions, their
+    /// params against those actions, their schemas and credentials; `tool` is read only in
+    /// their params, where `inputs.tool_input` is no undeclared input.
+    #[test]
+    fn ai_tools_are_checked_where_they_are_written() {
+        let good = r#"
+name: agent
+token_budget: 1000
+steps:
+  - name: fetch
+    action: http/request
+    params: {url: "https://example.com"}
+  - name: agent
+    action: ai/completion
+    credential: key
+    params:
+      provider: openai
+      model: gpt-4o
+      prompt: hi
+      max_rounds: 3
+      tools:
+        - name: lookup
+          input_schema: {type: object, properties: {q: {type: string}}}
+          action: http/request
+          credential: token
+          timeout: 5s
+          params:
+            url: "https://example.com/{{ tool.input.q }}/{{ inputs.tool_input.q }}"
+            headers: {x: "{{ steps.fetch.output.status }}"}
+        - name: note
+          action: core/set
+          params: {fact: "{{ tool.input.fact }}"}
+"#;
+        let loaded = load(good).unwrap();
+        assert_eq!(loaded.spec.token_budget, Some(1000));
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        // A tool's step references are the step's dependencies.
+        assert_eq!(loaded.spec.steps[1].needs, ["fetch"]);
+        let creds: Vec<(&str, &str)> = loaded
+            .credentials
+            .iter()
+            .map(|c| (c.name.as_str(), c.path.as_str()))
+            .collect();
+        assert_eq!(
+            creds,
+            [
+                ("token", "steps[1].params.tools[0].credential"),
+                ("key", "steps[1].credential")
+            ]
+        );
+        let bad = r#"
+name: agent
+token_budget: -1
+steps:
+  - name: agent
+    action: ai/completion
+    params:
+      provider: openai
+      model: gpt-4o
+      prompt: "{{ tool.input }}"
+      tools:
+        - name: lookup
+          description: "{{ inputs.x }}"
+          input_schema: {type: 12}
+          action: http/request
+          params: {uri: "https://example.com/{{ tool.input.q }}"}
+        - name: lookup
+          action: ai/completion
+        - name: "bad name"
+          action: core/sleep
+        - name: late
+          action: core/log
+          credential: key
+          params: {message: hi, extra: 1}
+          colour: red
+"#;
+        assert_eq!(
+            problems(bad),
+            [
+                "w.yaml:3:15: token_budget: must be a positive number of tokens, got -1",
+                "w.yaml:10:15: steps[0].params.prompt: `tool` is set only in the params of an ai/completion tool",
+                "w.yaml:13:24: steps[0].params.tools[0].description: templates are allowed only in a tool's params",
+                "w.yaml:14:25: steps[0].params.tools[0].input_schema: not a valid JSON Schema: 12 is not valid under any of the schemas listed in the 'anyOf' keyword",
+                "w.yaml:16:19: steps[0].params.tools[0].params: missing required param \"url\" of http/request",
+                "w.yaml:16:20: steps[0].params.tools[0].params.uri: unknown param \"uri\" of http/request; did you mean \"url\"?",
+                "w.yaml:17:17: steps[0].params.tools[1].name: tool \"lookup\" is declared twice",
+                "w.yaml:18:19: steps[0].params.tools[1].action: ai/completion cannot be a tool",
+                "w.yaml:19:17: steps[0].params.tools[2].name: \"bad name\" is not a valid tool name: use 1 to 64 letters, digits, '_' and '-'",
+                "w.yaml:20:19: steps[0].params.tools[2].action: core/sleep cannot be a tool: a tool answers at once",
+                "w.yaml:23:23: steps[0].params.tools[3].credential: core/log takes no credential",
+                "w.yaml:24:33: steps[0].params.tools[3].params.extra: unknown param \"extra\" of core/log",
+                "w.yaml:25:11: steps[0].params.tools[3].colour: unknown field \"colour\"",
+            ]
+        );
+    }
 
     #[test]
     fn a_valid_workflow_loads_with_dependencies() {

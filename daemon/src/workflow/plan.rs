@@ -41,6 +41,7 @@ pub fn diff(old: Option<&WorkflowSpec>, new: &WorkflowSpec) -> Vec<Change> {
         outputs: Default::default(),
         timeout_ms: None,
         triggers: Vec::new(),
+        token_budget: None,
     };
     let is_new = old.is_none();
     let old = old.unwrap_or(&empty);
@@ -60,6 +61,11 @@ pub fn diff(old: Option<&WorkflowSpec>, new: &WorkflowSpec) -> Vec<Change> {
                 "timeout",
                 old.timeout_ms.map(duration_text),
                 new.timeout_ms.map(duration_text),
+            ),
+            (
+                "token_budget",
+                old.token_budget.map(serde_json::Value::from),
+                new.token_budget.map(serde_json::Value::from),
             ),
         ]
     } {
