@@ -262,7 +262,7 @@ pub enum SecretsCommand {
     /// Store a new secret and print its metadata.
     ///
     /// Types and their fields: bearer {token}; basic {username, password}; header {name,
-    /// value}; openai {api_key, optional organization, base_url}; anthropic {api_key,
+    /// value}; openai {api_key, optional org_id, base_url}; anthropic {api_key,
     /// optional base_url}; postgres {url}; generic: any fields.
     Create {
         /// Secret name: 1 to 63 lowercase letters, digits, '-' and '_', starting with a

@@ -71,6 +71,11 @@ pub struct EngineSettings {
     pub cpu_threads: usize,
     /// `MANTLE_MAX_WATCH_STREAMS`: WatchExecution streams one tenant may hold at once.
     pub max_watch_streams: usize,
+    /// `MANTLE_AI_ALLOWED_BASE_URLS`, `MANTLE_AI_PRICES_FILE`,
+    /// `MANTLE_AI_MAX_TOOL_RESULT_BYTES`, `MANTLE_AI_MAX_CONVERSATION_BYTES`.
+    pub ai: crate::connectors::ai::Settings,
+    /// `MANTLE_MAX_COST_USD`: what one execution may spend on model calls.
+    pub max_cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -483,6 +488,61 @@ pub fn build(
     )?
     .min(256) as usize;
     let max_watch_streams = positive("MANTLE_MAX_WATCH_STREAMS", None, "", 100)? as usize;
+    let ai_defaults = crate::connectors::ai::Settings::default();
+    let prices = match env_get("MANTLE_AI_PRICES_FILE") {
+        None => crate::connectors::ai::Prices::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error(format!("MANTLE_AI_PRICES_FILE: {path}: {e}")))?;
+            crate::connectors::ai::Prices::with_file(&text)
+                .map_err(|e| Error(format!("MANTLE_AI_PRICES_FILE: {path}: {e}")))?
+        }
+    };
+    let mut allowed_base_urls = Vec::new();
+    for u in env_get("MANTLE_AI_ALLOWED_BASE_URLS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        match url::Url::parse(u) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                allowed_base_urls.push(u.trim_end_matches('/').to_owned());
+            }
+            _ => {
+                return Err(Error(format!(
+                    "MANTLE_AI_ALLOWED_BASE_URLS: {u:?} is not an http(s) URL"
+                )));
+            }
+        }
+    }
+    let ai = crate::connectors::ai::Settings {
+        allowed_base_urls,
+        prices,
+        max_tool_result_bytes: positive(
+            "MANTLE_AI_MAX_TOOL_RESULT_BYTES",
+            None,
+            "",
+            ai_defaults.max_tool_result_bytes as u64,
+        )? as usize,
+        max_conversation_bytes: positive(
+            "MANTLE_AI_MAX_CONVERSATION_BYTES",
+            None,
+            "",
+            ai_defaults.max_conversation_bytes as u64,
+        )? as usize,
+    };
+    let max_cost_usd = match env_get("MANTLE_MAX_COST_USD") {
+        None => None,
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(c) if c.is_finite() && c > 0.0 => Some(c),
+            _ => {
+                return Err(Error(format!(
+                    "MANTLE_MAX_COST_USD: expected a positive number of US dollars, got {v:?}"
+                )));
+            }
+        },
+    };
     let max_steps_per_workflow = cap("MANTLE_MAX_STEPS_PER_WORKFLOW")?;
     let max_runtime_minutes = cap("MANTLE_MAX_RUNTIME_MINUTES")?;
     let max_concurrent_executions = cap("MANTLE_MAX_CONCURRENT_EXECUTIONS")?;
@@ -555,6 +615,8 @@ pub fn build(
             expr_limits,
             cpu_threads,
             max_watch_streams,
+            ai,
+            max_cost_usd,
         },
     })
 }

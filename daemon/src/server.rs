@@ -278,6 +278,8 @@ fn engine_config(config: &Config) -> crate::engine::EngineConfig {
         idempotency_ttl: e.idempotency_ttl,
         expr_limits: e.expr_limits,
         max_watch_streams: e.max_watch_streams,
+        ai: std::sync::Arc::new(e.ai.clone()),
+        max_cost_usd: e.max_cost_usd,
         limits: crate::engine::Limits {
             max_steps_per_workflow: e.max_steps_per_workflow,
             max_runtime_minutes: e.max_runtime_minutes,

@@ -38,6 +38,7 @@ const SHOUT: ActionSpec = ActionSpec {
     output: schema_of::<ShoutOutput>,
     credential_types: &[],
     logs: false,
+    tools: false,
     run: Run::Effect(|_| Ok(Arc::new(Shout))),
 };
 
@@ -75,6 +76,7 @@ const COUNT: ActionSpec = ActionSpec {
     output: schema_of::<CountOutput>,
     credential_types: &[],
     logs: false,
+    tools: false,
     run: Run::Pure(count),
 };
 

@@ -1014,9 +1014,17 @@ async fn actions_are_listed_with_their_params_schema() {
             "core/set",
             "core/sleep",
             "core/fail",
-            "http/request"
+            "http/request",
+            "ai/completion"
         ]
     );
+    let ai = &list[5];
+    assert_eq!(ai["kind"], "effect");
+    assert_eq!(
+        ai["credential_types"],
+        serde_json::json!(["openai", "anthropic"])
+    );
+    assert_eq!(ai["params_schema"]["properties"]["tools"]["type"], "array");
     let http = &list[4];
     assert_eq!(http["kind"], "effect");
     assert_eq!(

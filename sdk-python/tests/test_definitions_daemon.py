@@ -80,7 +80,25 @@ def test_validate_good_file(tc: mantle.Client) -> None:
 
 def test_list_actions(tc: mantle.Client) -> None:
     actions = {a.name: a for a in tc.list_actions()}
-    assert list(actions) == ["core/log", "core/set", "core/sleep", "core/fail", "http/request"]
+    assert list(actions) == [
+        "core/log",
+        "core/set",
+        "core/sleep",
+        "core/fail",
+        "http/request",
+        "ai/completion",
+    ]
+    ai = actions["ai/completion"]
+    assert ai.credential_types == ["openai", "anthropic"]
+    assert sorted(ai.output_schema["properties"]) == [
+        "finish_reason",
+        "json",
+        "model",
+        "rounds",
+        "text",
+        "tool_calls",
+        "usage",
+    ]
     http = actions["http/request"]
     assert http.kind == "effect"
     assert http.credential_types == ["bearer", "basic", "header"]

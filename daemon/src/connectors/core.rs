@@ -15,6 +15,7 @@ pub const LOG: ActionSpec = ActionSpec {
     output: schema_of::<LogOutput>,
     credential_types: &[],
     logs: true,
+    tools: false,
     run: Run::Pure(log),
 };
 
@@ -45,6 +46,7 @@ pub const SET: ActionSpec = ActionSpec {
     output: schema_of::<Map<String, Value>>,
     credential_types: &[],
     logs: false,
+    tools: false,
     run: Run::Pure(set),
 };
 
@@ -56,6 +58,7 @@ pub const SLEEP: ActionSpec = ActionSpec {
     output: schema_of::<Nothing>,
     credential_types: &[],
     logs: false,
+    tools: false,
     run: Run::Timer,
 };
 
@@ -82,6 +85,7 @@ pub const FAIL: ActionSpec = ActionSpec {
     output: schema_of::<Nothing>,
     credential_types: &[],
     logs: false,
+    tools: false,
     run: Run::Pure(fail),
 };
 

@@ -44,8 +44,11 @@ pub const BASIC: CredentialType = CredentialType::new("basic", &["username", "pa
 /// One header, named and valued.
 pub const HEADER: CredentialType = CredentialType::new("header", &["name", "value"], &[]);
 /// An OpenAI-compatible API.
-pub const OPENAI: CredentialType =
-    CredentialType::new("openai", &["api_key"], &["organization", "base_url"]);
+pub const OPENAI: CredentialType = CredentialType::new(
+    "openai",
+    &["api_key"],
+    &["org_id", "organization", "base_url"],
+);
 /// The Anthropic API.
 pub const ANTHROPIC: CredentialType = CredentialType::new("anthropic", &["api_key"], &["base_url"]);
 /// A PostgreSQL connection URL.

@@ -42,6 +42,7 @@ pub const SPEC: ActionSpec = ActionSpec {
         &credentials::HEADER,
     ],
     logs: false,
+    tools: false,
     run: Run::Effect(build),
 };
 
@@ -645,7 +646,7 @@ impl HttpConnector {
 
 /// A failed send: retryable (a timeout, a refused connection, DNS, TLS), unless the
 /// network policy refused the address the name resolved to.
-fn describe_send_error(
+pub(super) fn describe_send_error(
     method: &reqwest::Method,
     url: &reqwest::Url,
     e: &reqwest::Error,
@@ -673,7 +674,7 @@ fn describe_send_error(
 }
 
 /// A URL without its userinfo.
-fn redact_url(url: &reqwest::Url) -> String {
+pub(super) fn redact_url(url: &reqwest::Url) -> String {
     let mut u = url.clone();
     let _ = u.set_username("");
     let _ = u.set_password(None);

@@ -50,6 +50,65 @@ pub struct Invocation {
     pub cancel: CancellationToken,
     /// The tenant's allowed domains for outbound requests; `None` allows any public host.
     pub allowed_domains: Option<std::sync::Arc<Vec<String>>>,
+    /// What the engine offers an action that keeps its progress and calls other actions
+    /// (`ai/completion`); `None` where there is none (a tool's own run, a test).
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+/// A piece of an attempt's progress, to be made durable: an `ai/completion` step's model
+/// answer or tool result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    /// What it records (`model`, `tool`): the action's own word.
+    pub kind: &'static str,
+    pub body: Value,
+    /// A model call's usage.
+    pub usage: Option<Usage>,
+    /// A line for the execution's log (secrets redacted by the engine).
+    pub log: String,
+}
+
+/// A checkpoint read back: what an earlier attempt of the step made durable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    pub kind: String,
+    pub body: Value,
+    pub usage: Option<Usage>,
+}
+
+/// What one model call used.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Usage {
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// In USD by the price table; `None` when the model has no price.
+    pub cost_usd: Option<f64>,
+}
+
+/// What the next model call is expected to use, for the caps checked before it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Estimate {
+    pub tokens: u64,
+    /// `None` when the model has no price.
+    pub cost_usd: Option<f64>,
+}
+
+/// The engine's side of an attempt that keeps its progress: checkpoints, budgets, tools.
+#[async_trait::async_trait]
+pub trait Progress: Send + Sync {
+    /// What earlier attempts of the step made durable, in order.
+    async fn saved(&self) -> Result<Vec<Saved>, ActionError>;
+    /// Makes `checkpoint` durable: when this returns it survives a crash.
+    async fn checkpoint(&self, checkpoint: Checkpoint) -> Result<(), ActionError>;
+    /// Checks every cap of the workflow, the tenant and the installation before a model
+    /// call; the error names the cap.
+    async fn check_budget(&self, next: Estimate) -> Result<(), ActionError>;
+    /// Runs the step's tool `name` with the model's `input` (checked against its schema
+    /// already): its output, or the error's message (secrets redacted).
+    async fn call_tool(&self, name: &str, input: Value) -> Result<Value, String>;
+    /// The secret the tenant names for `provider` when a step names none.
+    async fn default_credential(&self, provider: &str) -> Result<Option<Credential>, ActionError>;
 }
 
 /// Why an action failed, and whether running it again may help.
@@ -134,6 +193,8 @@ pub struct Setup {
     pub outbound: http::Outbound,
     /// `MANTLE_HTTP_MAX_BUFFERED_BYTES`.
     pub max_buffered_bytes: u64,
+    /// `MANTLE_AI_*`.
+    pub ai: Arc<ai::Settings>,
 }
 
 /// An action that talks to the world.
@@ -196,6 +257,9 @@ pub struct ActionSpec {
     pub credential_types: &'static [&'static CredentialType],
     /// Its output's `message` is also a line of the execution's log (`core/log`).
     pub logs: bool,
+    /// Its `tools` param lists actions it calls (`ai/completion`): each tool's `params` are
+    /// templates rendered per call with `tool.input`, not with the step's params.
+    pub tools: bool,
     /// How it runs; its [`ActionKind`] follows.
     pub run: Run,
 }
@@ -303,6 +367,7 @@ pub const BUILTIN: &[&ActionSpec] = &[
     &core::SLEEP,
     &core::FAIL,
     &http::SPEC,
+    &ai::SPEC,
 ];
 
 #[cfg(test)]
@@ -325,6 +390,7 @@ mod registry_tests {
         output: params::schema_of::<EchoOutput>,
         credential_types: &[],
         logs: false,
+        tools: false,
         run: Run::Effect(|_| Ok(Arc::new(Echo))),
     };
 
@@ -351,6 +417,7 @@ mod registry_tests {
             credential: None,
             cancel: tokio_util::sync::CancellationToken::new(),
             allowed_domains: None,
+            progress: None,
         }
     }
 
@@ -358,6 +425,7 @@ mod registry_tests {
         Setup {
             outbound: http::Outbound::default(),
             max_buffered_bytes: 1 << 20,
+            ai: Arc::default(),
         }
     }
 
@@ -471,6 +539,7 @@ mod registry_tests {
                 ("core/sleep", ActionKind::Timer),
                 ("core/fail", ActionKind::Pure),
                 ("http/request", ActionKind::Effect),
+                ("ai/completion", ActionKind::Effect),
             ]
         );
         assert!(

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::Inner;
 use super::compiled::{CompiledStep, CompiledWorkflow};
 use super::eval::Deadline;
+use super::progress::{ProgressMsg, StepProgress};
 use crate::connectors::{ActionError, Invocation};
 use crate::workflow::expr::{Scope, Shared};
 use crate::workflow::spec::RetrySpec;
@@ -37,26 +38,46 @@ pub(super) struct Runner {
     cancel: CancellationToken,
     done_tx: mpsc::UnboundedSender<AttemptDone>,
     done_rx: mpsc::UnboundedReceiver<AttemptDone>,
+    /// Checkpoints of running attempts, for the driver to write.
+    progress_tx: mpsc::UnboundedSender<ProgressMsg>,
+    progress_rx: Option<mpsc::UnboundedReceiver<ProgressMsg>>,
     /// Attempts spawned whose results were not taken yet.
     running: usize,
+    execution_id: uuid::Uuid,
+    generation: i32,
+    tenant: Arc<crate::model::tenant::Tenant>,
 }
 
 impl Runner {
     pub(super) fn new(
         inner: Arc<Inner>,
-        tenant_id: uuid::Uuid,
-        allowed_domains: Option<Arc<Vec<String>>>,
+        tenant: Arc<crate::model::tenant::Tenant>,
+        execution_id: uuid::Uuid,
+        generation: i32,
     ) -> Runner {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         Runner {
             inner,
-            tenant_id,
-            allowed_domains,
+            tenant_id: tenant.id,
+            allowed_domains: tenant.settings.allowed_domains.clone().map(Arc::new),
             cancel: CancellationToken::new(),
             done_tx,
             done_rx,
+            progress_tx,
+            progress_rx: Some(progress_rx),
             running: 0,
+            execution_id,
+            generation,
+            tenant,
         }
+    }
+
+    /// Where the checkpoints of running attempts come, for the driver (once).
+    pub(super) fn take_progress(&mut self) -> mpsc::UnboundedReceiver<ProgressMsg> {
+        self.progress_rx
+            .take()
+            .expect("the progress receiver is taken once")
     }
 
     /// Attempts running (spawned, their results not taken yet).
@@ -128,6 +149,24 @@ impl Runner {
         let cancel = self.cancel.child_token();
         let tenant_id = self.tenant_id;
         let allowed_domains = self.allowed_domains.clone();
+        let progress: Option<Arc<dyn crate::connectors::Progress>> =
+            step.keeps_progress.then(|| {
+                Arc::new(StepProgress {
+                    inner: self.inner.clone(),
+                    workflow: workflow.clone(),
+                    step: i,
+                    attempt,
+                    execution_id: self.execution_id,
+                    generation: self.generation,
+                    tenant: self.tenant.clone(),
+                    scope: scope.clone(),
+                    deadline,
+                    allowed_domains: allowed_domains.clone(),
+                    cancel: cancel.clone(),
+                    tx: self.progress_tx.clone(),
+                    next_seq: std::sync::atomic::AtomicI32::new(1),
+                }) as Arc<dyn crate::connectors::Progress>
+            });
         tokio::spawn(async move {
             // Secret values never leave the attempt: its output and error are redacted here.
             let mut redactor = crate::connectors::redact::Redactor::default();
@@ -168,6 +207,7 @@ impl Runner {
                         credential,
                         cancel: cancel.clone(),
                         allowed_domains,
+                        progress,
                     })
                     .await
             };

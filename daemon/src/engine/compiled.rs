@@ -1,6 +1,7 @@
 //! A workflow version prepared for running: every expression and template compiled once.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
@@ -77,6 +78,109 @@ impl ParamTree {
     }
 }
 
+/// A tool of an `ai/completion` step, ready to run: its params are rendered per call, with
+/// `tool.input` (and `inputs.tool_input`) set to the model's arguments.
+#[derive(Debug)]
+pub struct CompiledTool {
+    pub name: String,
+    pub action: String,
+    pub kind: crate::connectors::ActionKind,
+    pub credential: Option<String>,
+    /// The action's timeout.
+    pub timeout: std::time::Duration,
+    pub params: Vec<(String, ParamTree)>,
+    pub params_reads: Reads,
+    /// As [`CompiledStep::heavy`].
+    pub heavy: AtomicBool,
+}
+
+/// A tool's action runs this long at most when it gives no `timeout`.
+pub const DEFAULT_TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl CompiledTool {
+    /// Renders the tool's params under `budget` on this thread.
+    pub fn prepare_params(
+        &self,
+        scope: &Scope,
+        budget: Budget,
+    ) -> (
+        Result<serde_json::Map<String, Value>, String>,
+        Option<Exceeded>,
+    ) {
+        let ctx = scope.context(&self.params_reads);
+        let (params, _, exceeded) = budget::metered(budget, || {
+            self.params
+                .iter()
+                .map(|(k, p)| {
+                    Ok((
+                        k.clone(),
+                        p.render(&ctx, &format!("tools.{}.params.{k}", self.name))?,
+                    ))
+                })
+                .collect()
+        });
+        (params, exceeded)
+    }
+}
+
+/// Takes the tools out of an `ai/completion` step's params: each tool's `params` compiled
+/// for rendering per call; the rest of each tool stays in the step's params.
+fn take_tools(
+    step: &str,
+    params: &mut serde_json::Map<String, Value>,
+    actions: &crate::connectors::Registry,
+) -> Result<Vec<CompiledTool>, String> {
+    let Some(Value::Array(tools)) = params.get_mut("tools") else {
+        return Ok(Vec::new());
+    };
+    let mut compiled = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter_mut().enumerate() {
+        let at = format!("step {step}: params.tools[{i}]");
+        let Some(tool) = tool.as_object_mut() else {
+            return Err(format!("{at}: not a map"));
+        };
+        let text = |k: &str| tool.get(k).and_then(Value::as_str).map(str::to_owned);
+        let name = text("name").ok_or_else(|| format!("{at}.name: missing"))?;
+        let action = text("action").ok_or_else(|| format!("{at}.action: missing"))?;
+        let kind = actions
+            .get(&action)
+            .ok_or_else(|| format!("{at}.action: unknown action {action:?}"))?
+            .spec
+            .kind();
+        let timeout = match text("timeout") {
+            Some(t) => crate::duration::parse(&t).map_err(|e| format!("{at}.timeout: {e}"))?,
+            None => DEFAULT_TOOL_TIMEOUT,
+        };
+        let credential = text("credential");
+        let params = match tool.remove("params") {
+            Some(Value::Object(map)) => map
+                .iter()
+                .map(|(k, v)| {
+                    Ok((
+                        k.clone(),
+                        ParamTree::compile(v).map_err(|e| format!("{at}.params.{k}: {e}"))?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+            None => Vec::new(),
+            Some(_) => return Err(format!("{at}.params: not a map")),
+        };
+        let mut params_reads = Reads::default();
+        params.iter().for_each(|(_, p)| p.reads(&mut params_reads));
+        compiled.push(CompiledTool {
+            name,
+            action,
+            kind,
+            credential,
+            timeout,
+            params,
+            params_reads,
+            heavy: AtomicBool::new(false),
+        });
+    }
+    Ok(compiled)
+}
+
 /// One step, ready to run.
 #[derive(Debug)]
 pub struct CompiledStep {
@@ -87,6 +191,11 @@ pub struct CompiledStep {
     pub logs: bool,
     pub condition: Option<Compiled>,
     pub params: Vec<(String, ParamTree)>,
+    /// Its action keeps its progress and calls others (`ai/completion`): its attempts get a
+    /// [`crate::connectors::Progress`].
+    pub keeps_progress: bool,
+    /// The tools of such an action.
+    pub tools: Arc<Vec<CompiledTool>>,
     pub retry: RetrySpec,
     /// The steps it depends on (`spec.needs`), by index.
     pub needs: Vec<usize>,
@@ -242,8 +351,16 @@ impl CompiledWorkflow {
                             .map_err(|e| format!("step {}: if: {}", s.name, e[0].message))
                     })
                     .transpose()?;
-                let params = s
-                    .params
+                let action = actions
+                    .get(&s.action)
+                    .ok_or_else(|| format!("step {}: unknown action {:?}", s.name, s.action))?;
+                let mut step_params = s.params.clone();
+                let tools = if action.spec.tools {
+                    take_tools(&s.name, &mut step_params, actions)?
+                } else {
+                    Vec::new()
+                };
+                let params = step_params
                     .iter()
                     .map(|(k, v)| {
                         Ok((
@@ -259,10 +376,9 @@ impl CompiledWorkflow {
                     .unwrap_or_default();
                 let mut params_reads = Reads::default();
                 params.iter().for_each(|(_, p)| p.reads(&mut params_reads));
-                let action = actions
-                    .get(&s.action)
-                    .ok_or_else(|| format!("step {}: unknown action {:?}", s.name, s.action))?;
                 steps.push(CompiledStep {
+                    keeps_progress: action.spec.tools,
+                    tools: Arc::new(tools),
                     kind: action.spec.kind(),
                     logs: action.spec.logs,
                     spec: s.clone(),

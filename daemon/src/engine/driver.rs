@@ -110,6 +110,10 @@ struct Driver {
     pending: Transition,
     /// Transitions handed to the store and not yet known durable.
     pipeline: Pipeline,
+    /// Attempts waiting for their checkpoints to be durable: answered at the next settle.
+    acks: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Checkpoints of running attempts.
+    progress_rx: mpsc::UnboundedReceiver<super::progress::ProgressMsg>,
     draining: bool,
     /// The tenant as it was when the driver started (name, webhook settings).
     tenant: crate::model::tenant::Tenant,
@@ -160,7 +164,6 @@ impl Driver {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let allowed_domains = tenant.settings.allowed_domains.clone().map(Arc::new);
         let (prepared_tx, prepared_rx) = mpsc::unbounded_channel();
         if execution.cancel_requested {
             cancel.cancel();
@@ -177,7 +180,13 @@ impl Driver {
             "started_at": execution.start_time.unwrap_or(execution.create_time).to_rfc3339(),
         }));
         let pipeline = Pipeline::new(inner.store.clone(), lease, lost.clone());
-        let attempts = Runner::new(inner.clone(), execution.tenant_id, allowed_domains);
+        let mut attempts = Runner::new(
+            inner.clone(),
+            Arc::new(tenant.clone()),
+            execution.id,
+            execution.generation,
+        );
+        let progress_rx = attempts.take_progress();
         Ok(Some(Driver {
             inner,
             lease,
@@ -193,6 +202,8 @@ impl Driver {
             to_spawn: Vec::new(),
             pending: Transition::default(),
             pipeline,
+            acks: Vec::new(),
+            progress_rx,
             draining: false,
             tenant,
             inputs,
@@ -300,6 +311,12 @@ impl Driver {
         for (step, attempt) in self.pipeline.take_durable() {
             self.spawn_attempt(step, attempt);
         }
+        if left == 0 && settled.is_ok() {
+            // Everything handed over is durable: the checkpoints too.
+            for ack in self.acks.drain(..) {
+                let _ = ack.send(());
+            }
+        }
         match settled {
             Ok(true) => self.inner.watchers.notify(self.execution.id),
             Ok(false) => {}
@@ -356,6 +373,7 @@ impl Driver {
             trigger: self.trigger.clone(),
             env: self.inner.workflow_env.clone(),
             execution: self.execution_info.clone(),
+            tool: Shared::default(),
         }
     }
 
@@ -908,6 +926,12 @@ impl Driver {
                     self.handle_done(more);
                 }
             }
+            Some(msg) = self.progress_rx.recv() => {
+                self.handle_progress(msg);
+                while let Ok(more) = self.progress_rx.try_recv() {
+                    self.handle_progress(more);
+                }
+            }
             Some(done) = self.prepared_rx.recv() => {
                 self.handle_prepared(done);
                 while let Ok(more) = self.prepared_rx.try_recv() {
@@ -920,6 +944,25 @@ impl Driver {
             () = shutdown.cancelled(), if !self.draining => {}
         }
         Ok(())
+    }
+
+    /// A running attempt's checkpoint: written with its log line in the next transition,
+    /// answered once durable. One of an attempt no longer running is dropped unanswered.
+    fn handle_progress(&mut self, msg: super::progress::ProgressMsg) {
+        match self.steps[msg.step].state {
+            State::Running { attempt, .. } if attempt == msg.attempt => {}
+            _ => return,
+        }
+        let name = self.workflow.steps[msg.step].spec.name.clone();
+        self.event(
+            EventKind::Log,
+            Some(&name),
+            Some(msg.attempt),
+            None,
+            Some(msg.log),
+        );
+        self.pending.checkpoints.push(msg.checkpoint);
+        self.acks.push(msg.ack);
     }
 
     fn handle_done(&mut self, done: AttemptDone) {

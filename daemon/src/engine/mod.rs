@@ -13,6 +13,7 @@ mod driver;
 pub mod eval;
 pub use crate::model::execution as model;
 mod pipeline;
+mod progress;
 mod scheduler;
 pub mod watch;
 
@@ -74,6 +75,10 @@ pub struct EngineConfig {
     pub expr_limits: crate::workflow::budget::ExprLimits,
     /// `MANTLE_MAX_WATCH_STREAMS`: WatchExecution streams one tenant may hold at once.
     pub max_watch_streams: usize,
+    /// `MANTLE_AI_*`: what `ai/completion` may reach, its prices and size limits.
+    pub ai: Arc<crate::connectors::ai::Settings>,
+    /// `MANTLE_MAX_COST_USD`: what one execution may spend on model calls at most.
+    pub max_cost_usd: Option<f64>,
 }
 
 /// Installation-wide caps (`MANTLE_MAX_*`).
@@ -126,6 +131,8 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             expr_limits: crate::workflow::budget::ExprLimits::default(),
             max_watch_streams: 100,
+            ai: Arc::default(),
+            max_cost_usd: None,
         }
     }
 }
@@ -220,6 +227,7 @@ impl Engine {
                             proxy: config.proxy.clone(),
                         },
                         max_buffered_bytes: config.max_buffered_bytes,
+                        ai: config.ai.clone(),
                     },
                 )?,
                 store,

@@ -128,7 +128,7 @@ impl Reply {
 }
 
 /// A provider's wire format: the body and headers of a call, and how to read its answer.
-pub trait WireFormat {
+pub trait WireFormat: Send + Sync {
     /// The path appended to the base URL (`/chat/completions`, `/v1/messages`).
     fn path(&self) -> &'static str;
     /// The request headers besides `Content-Type`, credentials included: `api_key` and, for
