@@ -90,6 +90,21 @@ def test_execution_defaults_for_unset_fields() -> None:
     assert running.outputs is None  # not an object
 
 
+def test_execution_model_usage() -> None:
+    e = Execution.from_proto(
+        E.Execution(
+            id="x",
+            model_usage=E.ModelUsage(input_tokens=1200, output_tokens=300, cost_usd=0.0045),
+        )
+    )
+    assert e.model_usage is not None
+    assert (e.model_usage.input_tokens, e.model_usage.output_tokens) == (1200, 300)
+    assert e.model_usage.total_tokens == 1500
+    assert e.model_usage.cost_usd == 0.0045
+    # No model call: nothing, not zeros.
+    assert Execution.from_proto(E.Execution(id="y")).model_usage is None
+
+
 def test_execution_of_a_basic_listing_has_no_inputs_outputs_or_trigger() -> None:
     full = E.Execution(
         id="x",

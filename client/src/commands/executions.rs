@@ -78,6 +78,9 @@ pub struct ExecutionView {
     pub end_time: Option<DateTime<Utc>>,
     /// `trigger_json`, parsed.
     pub trigger: serde_json::Value,
+    /// What its model calls used (GetExecution only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_usage: Option<serde_json::Value>,
     #[serde(skip)]
     raw_status: i32,
 }
@@ -90,6 +93,13 @@ impl From<Execution> for ExecutionView {
             inputs: parse_json(&e.inputs_json),
             outputs: parse_json(&e.outputs_json),
             trigger: parse_json(&e.trigger_json),
+            model_usage: e.model_usage.map(|u| {
+                serde_json::json!({
+                    "input_tokens": u.input_tokens,
+                    "output_tokens": u.output_tokens,
+                    "cost_usd": u.cost_usd,
+                })
+            }),
             create_time: e.create_time.as_ref().and_then(timestamp_to_datetime),
             start_time: e.start_time.as_ref().and_then(timestamp_to_datetime),
             end_time: e.end_time.as_ref().and_then(timestamp_to_datetime),
@@ -114,7 +124,7 @@ impl ExecutionView {
 
 impl Render for ExecutionView {
     fn table(&self) -> String {
-        key_values(&[
+        let mut rows = vec![
             ("id", self.id.clone()),
             ("workflow", format!("{}@{}", self.workflow, self.version)),
             ("status", self.status.to_owned()),
@@ -123,7 +133,19 @@ impl Render for ExecutionView {
             ("error", text_cell(&self.error)),
             ("inputs", json_cell(&self.inputs)),
             ("outputs", json_cell(&self.outputs)),
-        ])
+        ];
+        if let Some(u) = &self.model_usage {
+            rows.push((
+                "model usage",
+                format!(
+                    "{} tokens in, {} out, ${:.6}",
+                    u["input_tokens"],
+                    u["output_tokens"],
+                    u["cost_usd"].as_f64().unwrap_or_default()
+                ),
+            ));
+        }
+        key_values(&rows)
     }
 }
 
@@ -479,7 +501,37 @@ mod tests {
             start_time: at(1_700_000_000, 500_000_000),
             end_time: at(1_700_000_002, 0),
             trigger_json: r#"{"type":"api"}"#.into(),
+            model_usage: None,
         }
+    }
+
+    #[test]
+    fn model_usage_is_shown_when_there_is_some() {
+        let plain = ExecutionView::from(execution(ExecutionStatus::Completed));
+        assert!(!plain.table().contains("model usage"));
+        assert!(
+            serde_json::to_value(&plain)
+                .unwrap()
+                .get("model_usage")
+                .is_none()
+        );
+        let mut e = execution(ExecutionStatus::Completed);
+        e.model_usage = Some(mantle_client::proto::ModelUsage {
+            input_tokens: 1200,
+            output_tokens: 300,
+            cost_usd: 0.0045,
+        });
+        let view = ExecutionView::from(e);
+        assert!(
+            view.table()
+                .contains("model usage:  1200 tokens in, 300 out, $0.004500"),
+            "{}",
+            view.table()
+        );
+        assert_eq!(
+            serde_json::to_value(&view).unwrap()["model_usage"]["output_tokens"],
+            300
+        );
     }
 
     fn event(kind: Kind) -> ExecutionEvent {

@@ -284,6 +284,17 @@ impl IntoProto<pb::Execution> for crate::model::execution::Execution {
             start_time: self.start_time.map(timestamp),
             end_time: self.end_time.map(timestamp),
             trigger_json: self.trigger.to_string(),
+            model_usage: None,
+        }
+    }
+}
+
+impl IntoProto<pb::ModelUsage> for crate::model::execution::UsageTotal {
+    fn into_proto(self) -> pb::ModelUsage {
+        pb::ModelUsage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cost_usd: self.cost_usd,
         }
     }
 }

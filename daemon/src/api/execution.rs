@@ -63,8 +63,15 @@ impl ExecutionService for ExecutionApi {
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         let caller = caller(&request)?;
-        let execution = self.executions.get(caller, &request.get_ref().id).await?;
-        Ok(Response::new(execution.into_proto()))
+        let (execution, usage) = self
+            .executions
+            .get_with_usage(caller, &request.get_ref().id)
+            .await?;
+        let mut execution = execution.into_proto();
+        if usage.tokens() > 0 {
+            execution.model_usage = Some(usage.into_proto());
+        }
+        Ok(Response::new(execution))
     }
 
     async fn list_executions(

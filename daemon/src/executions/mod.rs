@@ -185,6 +185,20 @@ impl Executions {
         Ok(self.store.get_execution(tenant.id, parse_id(id)?).await?)
     }
 
+    /// The execution with what its model calls used so far.
+    pub async fn get_with_usage(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(Execution, crate::model::execution::UsageTotal)> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsRead)?;
+        let id = parse_id(id)?;
+        // The execution first: it is the tenant's, or the answer is NOT_FOUND.
+        let execution = self.store.get_execution(tenant.id, id).await?;
+        let usage = self.store.execution_usage(id).await?;
+        Ok((execution, usage))
+    }
+
     pub async fn list(
         &self,
         caller: &Caller,

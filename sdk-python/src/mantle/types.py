@@ -43,6 +43,7 @@ __all__ = [
     "EventKind",
     "TERMINAL_STATUSES",
     "Execution",
+    "ModelUsage",
     "StepAttempt",
     "ExecutionEvent",
     "Secret",
@@ -585,6 +586,9 @@ class Execution:
     trigger: dict[str, Any] | None
     """What started it, such as ``{"type": "api"}``; None when the server left it out
     (``view="basic"`` listings)."""
+    model_usage: ModelUsage | None = None
+    """What its ``ai/completion`` steps used so far; set by ``get_execution`` when there
+    was a model call, None otherwise and in listings."""
 
     @property
     def finished(self) -> bool:
@@ -620,6 +624,33 @@ class Execution:
             start_time=_time(msg, "start_time"),
             end_time=_time(msg, "end_time"),
             trigger=trigger if isinstance(trigger, dict) else None,
+            model_usage=ModelUsage.from_proto(msg.model_usage)
+            if msg.HasField("model_usage")
+            else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """Tokens and cost of model calls."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    """In US dollars, by the daemon's price table (models without a price count 0)."""
+
+    @property
+    def total_tokens(self) -> int:
+        """Input and output tokens together."""
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def from_proto(cls, msg: execution_pb2.ModelUsage) -> ModelUsage:
+        """Converts the protobuf message."""
+        return cls(
+            input_tokens=msg.input_tokens,
+            output_tokens=msg.output_tokens,
+            cost_usd=msg.cost_usd,
         )
 
 
