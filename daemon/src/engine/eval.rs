@@ -215,8 +215,16 @@ mod tests {
     async fn small_evaluations_run_inline_and_large_ones_in_the_pool() {
         let e = evaluator();
         let heavy = AtomicBool::new(false);
-        let small = e.inline(&heavy, 0, None, work("inputs.l.size()", scope(10)));
-        assert_eq!(small, Some(Ok(json!(10))));
+        // The small budget has a time limit too: a thread preempted on a loaded machine may
+        // overrun it once, so a few tries are allowed.
+        let small_work = work("inputs.l.size()", scope(10));
+        let small = (0..5)
+            .find_map(|_| {
+                heavy.store(false, Ordering::Relaxed);
+                e.inline(&heavy, 0, None, &small_work)
+            })
+            .expect("a small evaluation runs inline");
+        assert_eq!(small, Ok(json!(10)));
         assert!(!heavy.load(Ordering::Relaxed));
 
         // 10 000 iterations do not fit the small budget: the pool gives the answer, and the
