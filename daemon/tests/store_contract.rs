@@ -158,6 +158,7 @@ store_contract_suite!(
     listing_contract,
     audit_filter_contract,
     delivery_filter_contract,
+    triggers_contract,
 );
 
 /// A store on a fresh PostgreSQL database, not migrated.
@@ -259,11 +260,30 @@ macro_rules! interrupted_attempts_upgrade {
         .execute(&mut *$conn)
         .await
         .unwrap();
-        store
-            .apply_definition(&version(t.id, "wf", "h"))
-            .await
-            .unwrap();
-        // The store's writers write the new schema: the old rows go in by hand.
+        // The store writes the new schema (triggers, checkpoints): the old rows go in by
+        // hand.
+        let v = version(t.id, "wf", "h");
+        sqlx::query(
+            "INSERT INTO workflows (tenant_id, name, latest_version, description, \
+             create_time, update_time) VALUES ($1, 'wf', 1, '', $2, $2)",
+        )
+        .bind(t.id)
+        .bind(v.now)
+        .execute(&mut *$conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO workflow_versions (tenant_id, name, version, content_hash, \
+             description, spec, source, create_time) VALUES ($1, 'wf', 1, $2, '', $3, $4, $5)",
+        )
+        .bind(t.id)
+        .bind(&v.content_hash)
+        .bind(&v.spec_json)
+        .bind(&v.source)
+        .bind(v.now)
+        .execute(&mut *$conn)
+        .await
+        .unwrap();
         let id = uuid::Uuid::now_v7();
         sqlx::query(
             "INSERT INTO executions (id, tenant_id, workflow, version, status, inputs, \
@@ -675,6 +695,7 @@ fn version(tenant_id: uuid::Uuid, name: &str, hash: &str) -> NewVersion {
         spec_json: format!("{{\"name\":\"{name}\",\"h\":\"{hash}\"}}"),
         source: format!("name: {name}\n# {hash}\n"),
         now: Utc::now(),
+        triggers: Vec::new(),
     }
 }
 
@@ -846,6 +867,7 @@ fn new_execution(tenant_id: uuid::Uuid, owner: &str, lease_ms: u64) -> NewExecut
         now: Utc::now(),
         idempotency: None,
         concurrency: None,
+        fire: None,
     }
 }
 
@@ -2225,4 +2247,172 @@ async fn postgres_checkpoints_do_not_scan_executions() {
     );
     conn.close().await.unwrap();
     db.drop_db().await;
+}
+
+fn cron_trigger(schedule: &str) -> mantle_daemon::model::trigger::NewTrigger {
+    mantle_daemon::model::trigger::NewTrigger {
+        key: format!("cron {schedule}"),
+        kind: "cron".to_owned(),
+        spec: serde_json::json!({"type": "cron", "schedule": schedule}),
+        webhook_path: None,
+    }
+}
+
+fn webhook_trigger(path: &str) -> mantle_daemon::model::trigger::NewTrigger {
+    mantle_daemon::model::trigger::NewTrigger {
+        key: format!("webhook {path}"),
+        kind: "webhook".to_owned(),
+        spec: serde_json::json!({"type": "webhook", "path": path}),
+        webhook_path: Some(path.to_owned()),
+    }
+}
+
+/// Apply registers a version's triggers (a kept key keeps its id and pause), deleting the
+/// workflow removes them, a webhook path is the tenant's once, and a trigger's scheduled
+/// time starts one execution however many starts present it.
+async fn triggers_contract(store: Arc<dyn Store>) {
+    use mantle_daemon::model::execution::Created;
+    use mantle_daemon::model::trigger::{Fire, LastFire};
+    let t = tenant("trig-a");
+    let other = tenant("trig-b");
+    store.create_tenant(&t).await.unwrap();
+    store.create_tenant(&other).await.unwrap();
+    let mut v1 = version(t.id, "wf", "h1");
+    v1.triggers = vec![cron_trigger("* * * * *"), webhook_trigger("/hooks/gh")];
+    store.apply_definition(&v1).await.unwrap();
+    let listed = store.list_triggers(t.id, None).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        store
+            .list_triggers(other.id, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let cron = listed.iter().find(|x| x.kind == "cron").unwrap().clone();
+    assert_eq!(cron.version, 1);
+    let paused = store
+        .set_trigger_paused(t.id, cron.id, true, Utc::now())
+        .await
+        .unwrap();
+    assert!(paused.paused);
+    // Another tenant cannot see or pause it.
+    assert!(matches!(
+        store.get_trigger(other.id, cron.id).await,
+        Err(store::Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store
+            .set_trigger_paused(other.id, cron.id, false, Utc::now())
+            .await,
+        Err(store::Error::NotFound(_))
+    ));
+    assert!(store.active_triggers("cron").await.unwrap().is_empty());
+    assert_eq!(store.active_triggers("webhook").await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .find_webhook_trigger(t.id, "/hooks/gh")
+            .await
+            .unwrap()
+            .workflow,
+        "wf"
+    );
+    // Version 2 keeps the cron trigger (same id, still paused) and drops the webhook.
+    let mut v2 = version(t.id, "wf", "h2");
+    v2.triggers = vec![cron_trigger("* * * * *"), cron_trigger("0 8 * * *")];
+    store.apply_definition(&v2).await.unwrap();
+    let listed = store.list_triggers(t.id, Some("wf")).await.unwrap();
+    let keys: Vec<&str> = listed.iter().map(|x| x.key.as_str()).collect();
+    assert_eq!(keys, ["cron * * * * *", "cron 0 8 * * *"]);
+    assert_eq!(listed[0].id, cron.id);
+    assert!(listed[0].paused);
+    assert_eq!(listed[0].version, 2);
+    assert!(store.find_webhook_trigger(t.id, "/hooks/gh").await.is_err());
+    // A webhook path is the tenant's once.
+    let mut w1 = version(t.id, "hooked", "h1");
+    w1.triggers = vec![webhook_trigger("/hooks/x")];
+    store.apply_definition(&w1).await.unwrap();
+    let mut w2 = version(t.id, "hooked-too", "h1");
+    w2.triggers = vec![webhook_trigger("/hooks/x")];
+    assert!(matches!(
+        store.apply_definition(&w2).await,
+        Err(store::Error::Conflict(_))
+    ));
+    // Nothing of the refused apply was stored.
+    assert!(matches!(
+        store.get_definition(t.id, "hooked-too", None).await,
+        Err(store::Error::NotFound(_))
+    ));
+    let mut w3 = version(other.id, "hooked", "h1");
+    w3.triggers = vec![webhook_trigger("/hooks/x")];
+    store.apply_definition(&w3).await.unwrap();
+
+    // One execution per scheduled time.
+    let scheduled_time = Utc::now();
+    let fire = Fire {
+        trigger_id: cron.id,
+        scheduled_time,
+    };
+    let mut first = new_execution(t.id, "node-a", 30_000);
+    first.fire = Some(fire);
+    let mut second = new_execution(t.id, "node-b", 30_000);
+    second.fire = Some(fire);
+    assert!(matches!(
+        store.create_execution(&first).await.unwrap(),
+        Created::New(_)
+    ));
+    assert_eq!(
+        store.create_execution(&second).await.unwrap(),
+        Created::Existing(first.id)
+    );
+    let mut later = new_execution(t.id, "node-b", 30_000);
+    later.fire = Some(Fire {
+        trigger_id: cron.id,
+        scheduled_time: scheduled_time + chrono::Duration::seconds(1),
+    });
+    assert!(matches!(
+        store.create_execution(&later).await.unwrap(),
+        Created::New(_)
+    ));
+    // The last fire noted is the latest scheduled time.
+    let note = |at, result: &str| LastFire {
+        scheduled_time: at,
+        fire_time: Utc::now(),
+        execution_id: Some(first.id),
+        result: result.to_owned(),
+    };
+    store
+        .note_fire(
+            cron.id,
+            &note(scheduled_time + chrono::Duration::seconds(1), "started"),
+        )
+        .await
+        .unwrap();
+    store
+        .note_fire(cron.id, &note(scheduled_time, "late"))
+        .await
+        .unwrap();
+    let noted = store.get_trigger(t.id, cron.id).await.unwrap();
+    let last = noted.last_fire.unwrap();
+    assert_eq!(last.result, "started");
+    assert_eq!(
+        last.scheduled_time.timestamp_micros(),
+        (scheduled_time + chrono::Duration::seconds(1)).timestamp_micros()
+    );
+
+    // Deleting the workflow removes its triggers.
+    store
+        .delete_definition(t.id, "wf", Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .list_triggers(t.id, Some("wf"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Deleting the tenant removes the rest.
+    store.delete_tenant("trig-a").await.unwrap();
+    assert_eq!(store.list_triggers(other.id, None).await.unwrap().len(), 1);
 }

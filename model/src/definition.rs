@@ -46,4 +46,7 @@ pub struct NewVersion {
     pub spec_json: String,
     pub source: String,
     pub now: DateTime<Utc>,
+    /// The version's triggers: a new version replaces the workflow's registered triggers
+    /// with these (a trigger of the same key keeps its id, pause and last fire).
+    pub triggers: Vec<crate::trigger::NewTrigger>,
 }

@@ -189,6 +189,9 @@ pub struct NewExecution {
     pub idempotency: Option<IdempotencyKey>,
     /// The tenant's concurrency caps, when it has any.
     pub concurrency: Option<Concurrency>,
+    /// The trigger fire it records: the start is refused as [`Created::Existing`] when
+    /// that time of that trigger already started an execution.
+    pub fire: Option<crate::trigger::Fire>,
 }
 
 /// A tenant's concurrency caps as they apply to one start.

@@ -10,6 +10,7 @@ pub mod rate;
 pub mod scope;
 pub mod secret;
 pub mod tenant;
+pub mod trigger;
 
 /// The length of `value` as JSON text, without writing it out.
 pub fn json_len(value: &serde_json::Value) -> usize {

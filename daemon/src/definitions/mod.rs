@@ -324,6 +324,7 @@ impl Definitions {
                 spec_json: loaded.normalized.clone(),
                 source: source.to_owned(),
                 now: Utc::now(),
+                triggers: loaded.spec.triggers.iter().map(new_trigger).collect(),
             })
             .await?;
         let changes = if created {
@@ -434,4 +435,19 @@ fn parse_spec(d: &Definition) -> Result<WorkflowSpec> {
             d.name, d.version
         ))
     })
+}
+
+/// A trigger of a file as registered by apply.
+fn new_trigger(t: &crate::workflow::spec::TriggerSpec) -> crate::model::trigger::NewTrigger {
+    use crate::workflow::spec::TriggerSpec;
+    let (kind, webhook_path) = match t {
+        TriggerSpec::Cron { .. } => ("cron", None),
+        TriggerSpec::Webhook { path, .. } => ("webhook", Some(path.clone())),
+    };
+    crate::model::trigger::NewTrigger {
+        key: t.key(),
+        kind: kind.to_owned(),
+        spec: serde_json::to_value(t).unwrap_or_default(),
+        webhook_path,
+    }
 }

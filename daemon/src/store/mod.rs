@@ -253,7 +253,7 @@ impl NewRow {
     /// The row of a start with nothing to check first (no idempotency key, no concurrency
     /// cap), which the writers insert; `None` when the start must check something first.
     fn simple(e: &NewExecution, lease_expires: DateTime<Utc>) -> Option<NewRow> {
-        if e.idempotency.is_some() || e.concurrency.is_some() {
+        if e.idempotency.is_some() || e.concurrency.is_some() || e.fire.is_some() {
             return None;
         }
         Some(NewRow::new(e, lease_expires, false))
@@ -582,6 +582,48 @@ pub trait AuditStore: Send + Sync {
     ) -> Result<Page<AuditEvent>>;
 }
 
+/// Registered triggers (apply writes them with the version, in
+/// [`DefinitionStore::apply_definition`]) and what their fires did. Fires themselves are
+/// recorded by [`ExecutionStore::create_execution`] with the execution they start.
+#[async_trait::async_trait]
+pub trait TriggerStore: Send + Sync {
+    /// The tenant's triggers (of one workflow when given), by workflow and key.
+    async fn list_triggers(
+        &self,
+        tenant_id: uuid::Uuid,
+        workflow: Option<&str>,
+    ) -> Result<Vec<crate::model::trigger::Trigger>>;
+    async fn get_trigger(
+        &self,
+        tenant_id: uuid::Uuid,
+        id: uuid::Uuid,
+    ) -> Result<crate::model::trigger::Trigger>;
+    /// The tenant's webhook trigger of `path`.
+    async fn find_webhook_trigger(
+        &self,
+        tenant_id: uuid::Uuid,
+        path: &str,
+    ) -> Result<crate::model::trigger::Trigger>;
+    async fn set_trigger_paused(
+        &self,
+        tenant_id: uuid::Uuid,
+        id: uuid::Uuid,
+        paused: bool,
+        now: DateTime<Utc>,
+    ) -> Result<crate::model::trigger::Trigger>;
+    /// Every tenant's triggers of `kind` that are not paused: what a scheduler fires.
+    async fn active_triggers(&self, kind: &str) -> Result<Vec<crate::model::trigger::Trigger>>;
+    /// How many triggers of `kind` there are and their latest update: changes when one is
+    /// registered, changed, paused, resumed or removed. Cheap: a scheduler asks every second.
+    async fn trigger_changes(&self, kind: &str) -> Result<(i64, Option<DateTime<Utc>>)>;
+    /// Notes what a fire did, unless a later scheduled time was noted already.
+    async fn note_fire(
+        &self,
+        trigger_id: uuid::Uuid,
+        fire: &crate::model::trigger::LastFire,
+    ) -> Result<()>;
+}
+
 /// Everything the daemon stores.
 #[async_trait::async_trait]
 pub trait Store:
@@ -592,6 +634,7 @@ pub trait Store:
     + IdempotencyStore
     + SecretStore
     + AuditStore
+    + TriggerStore
 {
     fn backend(&self) -> Backend;
     /// A cheap round trip, for readiness.

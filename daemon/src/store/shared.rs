@@ -644,3 +644,56 @@ impl From<DeliveryRow> for crate::model::execution::Delivery {
 
 pub(super) const DELIVERY_COLUMNS: &str = "id, tenant_id, execution_id, url, secret_name, payload, \
      status, attempts, next_attempt, last_error, last_status, create_time, delivered_time, expire_time";
+
+/// The columns [`TriggerRow`] reads.
+pub(super) const TRIGGER_COLUMNS: &str = "id, tenant_id, workflow, key, kind, spec, version, \
+     paused, last_scheduled_time, last_fire_time, last_execution_id, last_result, \
+     create_time, update_time";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TriggerRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    workflow: String,
+    key: String,
+    kind: String,
+    spec: String,
+    version: i64,
+    paused: bool,
+    last_scheduled_time: Option<DateTime<Utc>>,
+    last_fire_time: Option<DateTime<Utc>>,
+    last_execution_id: Option<Uuid>,
+    last_result: Option<String>,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+}
+
+impl TryFrom<TriggerRow> for crate::model::trigger::Trigger {
+    type Error = Error;
+
+    fn try_from(r: TriggerRow) -> Result<Self, Error> {
+        use crate::model::trigger::LastFire;
+        let last_fire = match (r.last_scheduled_time, r.last_fire_time) {
+            (Some(scheduled_time), Some(fire_time)) => Some(LastFire {
+                scheduled_time,
+                fire_time,
+                execution_id: r.last_execution_id,
+                result: r.last_result.unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        Ok(crate::model::trigger::Trigger {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            workflow: r.workflow,
+            key: r.key,
+            kind: r.kind,
+            spec: parse_json("spec", &r.spec)?,
+            version: r.version,
+            paused: r.paused,
+            last_fire,
+            create_time: r.create_time,
+            update_time: r.update_time,
+        })
+    }
+}

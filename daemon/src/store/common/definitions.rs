@@ -84,6 +84,8 @@ impl crate::store::DefinitionStore for ThisStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err(what))?;
+        super::triggers::reconcile(&mut tx, v.tenant_id, &v.name, version, &v.triggers, v.now)
+            .await?;
         tx.commit().await.map_err(map_err(what))?;
         Ok((
             Definition {
@@ -233,6 +235,8 @@ impl crate::store::DefinitionStore for ThisStore {
         name: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let what = || format!("workflow {name:?}");
+        let mut tx = self.pool.begin().await.map_err(map_err(what))?;
         let done = sqlx::query(
             "UPDATE workflows SET delete_time = $3 \
              WHERE tenant_id = $1 AND name = $2 AND delete_time IS NULL",
@@ -240,12 +244,15 @@ impl crate::store::DefinitionStore for ThisStore {
         .bind(tenant_id)
         .bind(name)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(map_err(|| format!("workflow {name:?}")))?;
+        .map_err(map_err(what))?;
         if done.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("workflow {name:?}")));
+            return Err(Error::NotFound(what()));
         }
+        // Its triggers go with it: a deleted workflow starts nothing.
+        super::triggers::remove(&mut tx, tenant_id, name).await?;
+        tx.commit().await.map_err(map_err(what))?;
         Ok(())
     }
 }

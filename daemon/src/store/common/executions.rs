@@ -27,6 +27,36 @@ impl ThisStore {
         }
         let what = || format!("execution {}", e.id);
         let mut tx = self.pool.begin().await.map_err(map_err(what))?;
+        if let Some(fire) = &e.fire {
+            // One execution per trigger and scheduled time, across daemons: the first
+            // transaction to insert the fire wins; the others find its execution.
+            let inserted = sqlx::query(
+                "INSERT INTO trigger_fires (trigger_id, scheduled_time, tenant_id, \
+                 execution_id, fire_time) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (trigger_id, scheduled_time) DO NOTHING",
+            )
+            .bind(fire.trigger_id)
+            .bind(fire.scheduled_time)
+            .bind(e.tenant_id)
+            .bind(e.id)
+            .bind(e.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err(what))?;
+            if inserted.rows_affected() == 0 {
+                let (existing,): (Uuid,) = sqlx::query_as(
+                    "SELECT execution_id FROM trigger_fires \
+                     WHERE trigger_id = $1 AND scheduled_time = $2",
+                )
+                .bind(fire.trigger_id)
+                .bind(fire.scheduled_time)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err(what))?;
+                tx.commit().await.map_err(map_err(what))?;
+                return Ok(Created::Existing(existing));
+            }
+        }
         if let Some(k) = &e.idempotency {
             // Claims the key, or finds who has it; an expired claim is taken over.
             let claimed = sqlx::query(

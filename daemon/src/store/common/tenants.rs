@@ -172,6 +172,13 @@ impl crate::store::TenantStore for ThisStore {
             .await
             .map_err(err())?;
         }
+        sqlx::query(
+            "DELETE FROM trigger_fires WHERE tenant_id IN (SELECT id FROM tenants WHERE name = $1)",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(err())?;
         let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)

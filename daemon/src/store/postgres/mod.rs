@@ -25,6 +25,8 @@ mod writer;
 
 /// The store the shared implementations of `store/common/` are compiled for here.
 type ThisStore = PgStore;
+/// Its database, for the shared functions that take a connection.
+type Db = sqlx::Postgres;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/audit.rs"]
 mod audit;
@@ -43,6 +45,9 @@ mod secrets;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/tenants.rs"]
 mod tenants;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/triggers.rs"]
+mod triggers;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

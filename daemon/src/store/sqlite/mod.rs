@@ -27,6 +27,8 @@ mod writer;
 
 /// The store the shared implementations of `store/common/` are compiled for here.
 type ThisStore = SqliteStore;
+/// Its database, for the shared functions that take a connection.
+type Db = sqlx::Sqlite;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/audit.rs"]
 mod audit;
@@ -45,6 +47,9 @@ mod secrets;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/tenants.rs"]
 mod tenants;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/triggers.rs"]
+mod triggers;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
