@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use super::dag;
 use super::expr::{self, ExprError};
 use super::problem::{Problem, Problems, suggestion};
-use super::spec::{InputSpec, InputType, RetrySpec, StepSpec, TriggerSpec, WorkflowSpec};
+use super::spec::{Catchup, InputSpec, InputType, RetrySpec, StepSpec, TriggerSpec, WorkflowSpec};
 use super::yaml::{self, Key, Node, Pos, Value};
 use crate::connectors::status::StatusSet;
 use crate::connectors::{self, Action, CredentialType, ParamType, Registry};
@@ -96,10 +96,9 @@ pub struct CredentialRef {
     pub types: &'static [&'static CredentialType],
 }
 
-/// The warning of a stored trigger: nothing fires triggers yet.
-const NOT_FIRED: &str = "{kind} triggers are stored but not fired by this version of Mantle: \
-     nothing starts an execution from this trigger; start runs with `mantlectl run` or \
-     StartExecution";
+/// The warning of a webhook trigger without a secret.
+const NO_SECRET: &str = "a webhook trigger without `secret` refuses every request (401): name \
+     a stored secret with a `token` field (type bearer) that senders sign with";
 
 /// Stack for validation: the YAML deserializer and the CEL parser recurse per nesting level.
 const STACK_BYTES: usize = 64 * 1024 * 1024;
@@ -735,7 +734,12 @@ impl Decoder<'_> {
             };
             match ty.as_str() {
                 "cron" => {
-                    self.check_keys(entries, &path, &["type", "schedule", "timezone"], &[]);
+                    self.check_keys(
+                        entries,
+                        &path,
+                        &["type", "schedule", "timezone", "catchup", "inputs"],
+                        &[],
+                    );
                     let schedule = match field("schedule") {
                         Some(n) => self.cron(n, &join(&path, "schedule")),
                         None => {
@@ -756,10 +760,40 @@ impl Decoder<'_> {
                         }
                         Some(tz)
                     });
+                    let catchup = field("catchup").and_then(|n| {
+                        let p = join(&path, "catchup");
+                        let text = self.string(n, &p)?;
+                        let c = Catchup::parse(&text);
+                        if c.is_none() {
+                            self.add(
+                                n.pos,
+                                &p,
+                                format!("unknown catchup {text:?}; use none, latest or all"),
+                            );
+                        }
+                        c
+                    });
+                    let inputs = match field("inputs") {
+                        Some(n) => match n.to_json() {
+                            serde_json::Value::Object(map) => map,
+                            _ => {
+                                self.add(
+                                    n.pos,
+                                    &join(&path, "inputs"),
+                                    format!("expected a map of inputs, found {}", n.value.kind()),
+                                );
+                                serde_json::Map::new()
+                            }
+                        },
+                        None => serde_json::Map::new(),
+                    };
                     if let Some(schedule) = schedule {
-                        self.warnings
-                            .add(item.pos, &path, NOT_FIRED.replace("{kind}", "cron"));
-                        out.push(TriggerSpec::Cron { schedule, timezone });
+                        out.push(TriggerSpec::Cron {
+                            schedule,
+                            timezone,
+                            catchup,
+                            inputs,
+                        });
                     }
                 }
                 "webhook" => {
@@ -774,8 +808,9 @@ impl Decoder<'_> {
                     let secret =
                         field("secret").and_then(|n| self.string(n, &join(&path, "secret")));
                     if let Some(p) = hook_path {
-                        self.warnings
-                            .add(item.pos, &path, NOT_FIRED.replace("{kind}", "webhook"));
+                        if secret.is_none() {
+                            self.warnings.add(item.pos, &path, NO_SECRET);
+                        }
                         out.push(TriggerSpec::Webhook { path: p, secret });
                     }
                 }
@@ -846,14 +881,11 @@ impl Decoder<'_> {
 
     fn cron(&mut self, node: &Node, path: &str) -> Option<String> {
         let text = self.string(node, path)?;
-        let parser = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Disallowed)
-            .build();
         let fields = text.split_whitespace().count();
         let alias = text.trim_start().starts_with('@');
-        if !alias && fields != 5 {
-            let extra = if fields > 5 {
-                " (seconds and years are not supported)"
+        if !alias && fields != 5 && fields != 6 {
+            let extra = if fields > 6 {
+                " (years are not supported)"
             } else {
                 ""
             };
@@ -862,12 +894,12 @@ impl Decoder<'_> {
                 path,
                 format!(
                     "invalid cron schedule {text:?}: expected five fields, minute hour day-of-month \
-                     month day-of-week, found {fields}{extra}"
+                     month day-of-week (or six, with seconds first), found {fields}{extra}"
                 ),
             );
             return None;
         }
-        match parser.parse(&text) {
+        match crate::workflow::cron::parse(&text) {
             Ok(_) => Some(text),
             Err(e) => {
                 let reason = e.to_string();
@@ -1876,16 +1908,14 @@ steps:
     }
 
     #[test]
-    fn warnings_name_unfired_triggers_and_undeclared_inputs() {
+    fn warnings_name_open_webhooks_and_undeclared_inputs() {
         let src = "name: x\ninputs:\n  user_id: {type: integer}\ntriggers:\n  - type: cron\n    schedule: \"0 8 * * 1-5\"\n  - {type: webhook, path: /hooks/x}\nsteps:\n  - name: a\n    action: core/log\n    if: has(inputs.usr_id)\n    params:\n      message: \"{{ inputs.user_id }} {{ inputs['region'] }}\"\noutputs:\n  o: inputs.user_id + inputs.extra\n";
         let loaded = load(src).expect("warnings do not fail a file");
         let got: Vec<String> = loaded.warnings.iter().map(|w| w.render("w.yaml")).collect();
-        let not_fired = |kind: &str| NOT_FIRED.replace("{kind}", kind);
         assert_eq!(
             got,
             [
-                format!("w.yaml:5:5: triggers[0]: {}", not_fired("cron")),
-                format!("w.yaml:7:5: triggers[1]: {}", not_fired("webhook")),
+                format!("w.yaml:7:5: triggers[1]: {NO_SECRET}"),
                 "w.yaml:11:13: steps[0].if: the workflow declares no input \"usr_id\", so inputs.usr_id is never set (a start refuses undeclared inputs); did you mean \"user_id\"?".to_owned(),
                 "w.yaml:13:41: steps[0].params.message: the workflow declares no input \"region\", so inputs.region is never set (a start refuses undeclared inputs); declared: user_id".to_owned(),
                 "w.yaml:15:23: outputs.o: the workflow declares no input \"extra\", so inputs.extra is never set (a start refuses undeclared inputs); declared: user_id".to_owned(),

@@ -2,6 +2,7 @@
 //! normalization and plans.
 
 pub mod budget;
+pub mod cron;
 pub mod dag;
 pub mod expr;
 pub mod functions;

@@ -149,8 +149,15 @@ impl Default for RetrySpec {
 pub enum TriggerSpec {
     Cron {
         schedule: String,
+        /// An IANA time zone; UTC when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timezone: Option<String>,
+        /// Which missed times fire after downtime; `latest` when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        catchup: Option<Catchup>,
+        /// The inputs of the executions it starts.
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        inputs: serde_json::Map<String, serde_json::Value>,
     },
     Webhook {
         path: String,
@@ -158,6 +165,32 @@ pub enum TriggerSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret: Option<String>,
     },
+}
+
+/// Which of the times a cron trigger missed (the daemons were down) fire when it is
+/// scheduled again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Catchup {
+    /// None: the next time to come fires.
+    None,
+    /// The most recent missed time fires once.
+    Latest,
+    /// Every missed time fires, at most [`Catchup::MAX_ALL`] of them (the latest).
+    All,
+}
+
+impl Catchup {
+    pub const MAX_ALL: usize = 100;
+
+    pub fn parse(s: &str) -> Option<Catchup> {
+        match s {
+            "none" => Some(Catchup::None),
+            "latest" => Some(Catchup::Latest),
+            "all" => Some(Catchup::All),
+            _ => None,
+        }
+    }
 }
 
 impl TriggerSpec {
