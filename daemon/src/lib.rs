@@ -26,6 +26,7 @@ pub mod telemetry;
 pub mod tenancy;
 #[cfg(test)]
 mod testing;
+pub mod triggers;
 pub mod webhooks;
 pub mod workflow;
 

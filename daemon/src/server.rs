@@ -147,6 +147,16 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     )
     .map_err(|e| StartError::Other(anyhow::anyhow!(e)))?
     .spawn(cancel.child_token());
+    // One limiter: gRPC requests and webhook requests draw on the same tenant bucket.
+    let limiter =
+        crate::tenancy::ratelimit::RateLimiter::new(store.clone(), config.rate_limit_backend);
+    let triggers = crate::triggers::Triggers::new(
+        store.clone(),
+        engine.clone(),
+        secrets.clone(),
+        Some(limiter.clone()),
+    );
+    triggers.clone().spawn_scheduler(cancel.child_token());
     let readiness = health::spawn_monitor(store.clone(), cancel.child_token());
     let mut authenticator = Authenticator::new(store.clone(), static_token);
     if let Some(keys_file) = keys_file {
@@ -154,12 +164,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         authenticator = authenticator.with_keys_file(keys_file);
     }
 
+    let ctx_triggers = triggers.clone();
     let ctx = crate::api::ApiContext {
         authenticator,
-        limiter: crate::tenancy::ratelimit::RateLimiter::new(
-            store.clone(),
-            config.rate_limit_backend,
-        ),
+        limiter,
         audit: crate::tenancy::audit::Audit::new(store.clone()),
         store: store.clone(),
         tenancy,
@@ -170,11 +178,17 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             actions,
         ),
         executions: crate::executions::Executions::new(store.clone(), engine.clone()),
+        triggers: triggers.clone(),
         secrets,
         shutdown: cancel.clone(),
         backend: store.backend(),
         readiness: readiness.clone(),
-        http: crate::http::router(readiness, metrics),
+        http: crate::http::router(
+            readiness,
+            metrics,
+            ctx_triggers,
+            config.engine.max_input_bytes,
+        ),
     };
 
     tracing::info!(%address, database = store.backend().as_str(), version = crate::VERSION, "mantle serving");

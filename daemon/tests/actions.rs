@@ -252,6 +252,8 @@ async fn an_action_registered_in_a_test_is_validated_and_run() {
             inputs: json!({"who": "mantle"}).as_object().unwrap().clone(),
             trigger: json!({}),
             idempotency_key: None,
+            fire: None,
+            fingerprint: None,
         })
         .await
         .unwrap();

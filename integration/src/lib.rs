@@ -630,6 +630,35 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
         .with_context(|| format!("GET {path}"))
 }
 
+/// POSTs `body` to `path` over plain HTTP/1.1 with `headers` (name, value).
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse> {
+    let fut = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_http_response(&raw)
+    };
+    tokio::time::timeout(Duration::from_secs(15), fut)
+        .await
+        .with_context(|| format!("POST {path} timed out"))?
+        .with_context(|| format!("POST {path}"))
+}
+
 fn parse_http_response(raw: &[u8]) -> Result<HttpResponse> {
     let split = raw
         .windows(4)

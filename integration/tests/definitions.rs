@@ -855,8 +855,8 @@ async fn definitions_warn_about_credentials_triggers_and_inputs() {
     .await;
     let source = "name: warned
 triggers:
-  - type: cron
-    schedule: \"0 8 * * 1-5\"
+  - type: webhook
+    path: /hooks/warned
 steps:
   - name: call
     action: http/request
@@ -886,7 +886,7 @@ steps:
     let got = warnings(&validated.warnings);
     assert_eq!(got.len(), 3, "{got:#?}");
     assert!(
-        got[0].starts_with("warned.yaml:3:5: triggers[0]: cron triggers are stored but not fired"),
+        got[0].starts_with("warned.yaml:3:5: triggers[0]: a webhook trigger without `secret`"),
         "{got:#?}"
     );
     assert!(
@@ -966,7 +966,7 @@ steps:
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "warning: {path}:3:5: triggers[0]: cron triggers are stored but not fired"
+            "warning: {path}:3:5: triggers[0]: a webhook trigger without `secret`"
         )),
         "{}",
         describe_output(&out)

@@ -2,8 +2,8 @@
 //!
 //! Every method of every `mantle.v1` service found in `mantle_proto::FILE_DESCRIPTOR_SET` is
 //! called with another tenant's key, with a request that names tenant A's resources (a
-//! workflow `secret-wf`, a finished execution of it, a secret `a-secret`, tenant `a` itself
-//! and its API key). Requests are encoded generically from the request message's descriptor
+//! workflow `secret-wf` and its cron trigger, a finished execution of it, a secret
+//! `a-secret`, tenant `a` itself and its API key). Requests are encoded generically from the request message's descriptor
 //! and a table of field values ([`field_value`]); calls go through tonic's `Grpc` client with a
 //! raw-bytes codec, unary and server-streaming alike.
 //!
@@ -36,6 +36,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 
 use pb::secret_service_client::SecretServiceClient;
+use pb::trigger_service_client::TriggerServiceClient;
 
 const PACKAGE: &str = "mantle.v1";
 const WORKFLOW: &str = "secret-wf";
@@ -95,6 +96,7 @@ const fn rule(expect: Expect, phase: u8, control: bool) -> Rule {
 
 const NOT_FOUND: Rule = rule(Expect::NotFound, 0, false);
 const NOT_FOUND_READ: Rule = rule(Expect::NotFound, 0, true);
+const OWN_READ: Rule = rule(Expect::Own, 0, true);
 const DENIED: Rule = rule(Expect::Denied, 0, false);
 const OWN: Rule = rule(Expect::Own, 0, false);
 const OWN_CREATE: Rule = rule(Expect::Own, 1, false);
@@ -146,6 +148,13 @@ const RULES: &[(&str, Rule)] = &[
     ("mantle.v1.SecretService/DeleteSecret", NOT_FOUND),
     ("mantle.v1.SecretService/RotateEncryptionKey", DENIED),
     ("mantle.v1.SystemService/GetServerInfo", OWN),
+    // Naming A's workflow: the caller's own triggers of that name (none); A's own key
+    // lists A's trigger.
+    ("mantle.v1.TriggerService/ListTriggers", OWN_READ),
+    // Naming A's trigger by its id.
+    ("mantle.v1.TriggerService/PauseTrigger", NOT_FOUND),
+    ("mantle.v1.TriggerService/ResumeTrigger", NOT_FOUND),
+    ("mantle.v1.TriggerService/FireTrigger", NOT_FOUND),
     ("mantle.v1.TenantService/CreateTenant", DENIED),
     ("mantle.v1.TenantService/GetTenant", NOT_FOUND_READ),
     ("mantle.v1.TenantService/ListTenants", DENIED),
@@ -174,6 +183,8 @@ struct TenantA {
     idempotency_key: String,
     secret_field: String,
     secret_value: String,
+    /// The id of the trigger A's workflow declares.
+    trigger_id: String,
 }
 
 impl TenantA {
@@ -199,6 +210,7 @@ impl TenantA {
             ("A's secret field name", self.secret_field.clone(), false),
             ("A's secret VALUE", self.secret_value.clone(), false),
             ("A's token", self.token.clone(), false),
+            ("A's trigger id", self.trigger_id.clone(), false),
         ]
     }
 }
@@ -207,6 +219,10 @@ fn workflow_source(description_marker: &str, output_marker: &str) -> String {
     format!(
         "name: {WORKFLOW}
 description: isolation {description_marker}
+triggers:
+  # Midnight of February 29th: it does not fire while the test runs.
+  - type: cron
+    schedule: \"0 0 29 2 *\"
 steps:
   - name: leak
     action: core/set
@@ -256,6 +272,7 @@ fn field_value(a: &TenantA, service: &str, field: &str) -> Option<FieldValue> {
         ("DefinitionService", "name") => Str(WORKFLOW.to_owned()),
         ("ExecutionService", "id") => Str(a.execution_id.clone()),
         ("ExecutionService", "idempotency_key") => Str(a.idempotency_key.clone()),
+        ("TriggerService", "id") => Str(a.trigger_id.clone()),
         ("SecretService", "name") => Str(SECRET.to_owned()),
         ("SecretService", "type") => Str("generic".to_owned()),
         // The caller's own field name, so A's field name stays a marker.
@@ -671,6 +688,12 @@ fn check_own_success(method: &str, caller_tenant: &str, bytes: &[u8]) -> Result<
                 return Err(format!("lists executions: {:?}", r.executions));
             }
         }
+        "mantle.v1.TriggerService/ListTriggers" => {
+            let r = pb::ListTriggersResponse::decode(bytes).map_err(decoded)?;
+            if !r.triggers.is_empty() {
+                return Err(format!("lists triggers: {:?}", r.triggers));
+            }
+        }
         "mantle.v1.SecretService/ListSecrets" => {
             let r = pb::ListSecretsResponse::decode(bytes).map_err(decoded)?;
             if !r.secrets.is_empty() {
@@ -726,6 +749,24 @@ async fn new_key(
     (r.token, r.api_key.expect("api_key").id)
 }
 
+fn triggers_client(
+    channel: tonic::transport::Channel,
+    token: &str,
+) -> TriggerServiceClient<AuthChannel> {
+    TriggerServiceClient::with_interceptor(channel, Auth::new(Some(token)))
+}
+
+/// A's triggers, as A lists them.
+async fn triggers_of_a(daemon: &Daemon, token: &str) -> Vec<pb::Trigger> {
+    expect_ok(
+        triggers_client(daemon.channel().await, token)
+            .list_triggers(pb::ListTriggersRequest::default())
+            .await,
+        "A: ListTriggers",
+    )
+    .triggers
+}
+
 fn secrets_client(
     channel: tonic::transport::Channel,
     token: &str,
@@ -754,6 +795,9 @@ async fn setup_tenant_a(daemon: &Daemon, operator: &str) -> TenantA {
     let mut a = Mantle::connect(daemon, &token).await;
     let definition = a.apply(&source).await;
     assert_eq!(definition.version, 1, "A's workflow version");
+    let triggers = triggers_of_a(daemon, &token).await;
+    assert_eq!(triggers.len(), 1, "A's triggers: {triggers:?}");
+    let trigger_id = triggers[0].id.clone();
     let idempotency_key = random_name("a-idem");
     let started = expect_ok(
         a.execs
@@ -802,6 +846,7 @@ async fn setup_tenant_a(daemon: &Daemon, operator: &str) -> TenantA {
         idempotency_key,
         secret_field,
         secret_value,
+        trigger_id,
     }
 }
 
@@ -820,6 +865,7 @@ struct Snapshot {
     tenants: Vec<String>,
     /// A's keys, without `last_use_time` (A's own control calls update it).
     keys: Vec<pb::ApiKey>,
+    triggers: Vec<pb::Trigger>,
 }
 
 async fn snapshot(daemon: &Daemon, operator: &str, a: &TenantA) -> Snapshot {
@@ -916,7 +962,9 @@ async fn snapshot(daemon: &Daemon, operator: &str, a: &TenantA) -> Snapshot {
         ..k
     })
     .collect();
+    let triggers = triggers_of_a(daemon, &a.token).await;
     Snapshot {
+        triggers,
         execution,
         attempts,
         executions,
@@ -1260,6 +1308,7 @@ fn isolation_rules_cover_every_method() {
         idempotency_key: "k".into(),
         secret_field: "f".into(),
         secret_value: "v".into(),
+        trigger_id: "tr".into(),
     };
     let mut problems = Vec::new();
     let planned = plan_methods(&d, &a, &mut problems);

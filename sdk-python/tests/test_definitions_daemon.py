@@ -111,14 +111,14 @@ def test_list_actions(tc: mantle.Client) -> None:
 def test_warnings_do_not_fail_a_file(tc: mantle.Client) -> None:
     source = (
         "name: warned\n"
-        "triggers:\n  - {type: cron, schedule: '0 8 * * 1-5'}\n"
+        "triggers:\n  - {type: webhook, path: /hooks/warned}\n"
         "steps:\n  - name: a\n    action: core/log\n"
         "    params: {message: \"{{ inputs.who }}\"}\n"
     )
     result = tc.validate(source, "warned.yaml")
     assert result.step_count == 1
     rendered = [str(w) for w in result.warnings]
-    assert rendered[0].startswith("warned.yaml:3:5: triggers[0]: cron triggers are stored")
+    assert rendered[0].startswith("warned.yaml:3:5: triggers[0]: a webhook trigger without")
     assert "no input \"who\"" in rendered[1]
     assert [str(w) for w in tc.plan(source, "warned.yaml").warnings] == rendered
     assert tc.apply(source, "warned.yaml").warnings[1].path == "steps[0].params.message"

@@ -345,3 +345,191 @@ impl IntoProto<pb::ExecutionEvent> for crate::model::execution::Event {
         }
     }
 }
+
+impl IntoProto<pb::Trigger> for crate::triggers::TriggerInfo {
+    fn into_proto(self) -> pb::Trigger {
+        trigger(self.trigger, self.next_fire_time)
+    }
+}
+
+/// A registered trigger as the API shows it: its spec's fields spread out (a cron
+/// trigger's defaults filled in), the name of a webhook's secret and never more of it.
+pub fn trigger(
+    t: crate::model::trigger::Trigger,
+    next_fire_time: Option<DateTime<Utc>>,
+) -> pb::Trigger {
+    let text = |name: &str| {
+        t.spec
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let cron = t.kind == "cron";
+    let or_default = |value: Option<String>, default: &str| match value {
+        Some(v) => v,
+        None if cron => default.to_owned(),
+        None => String::new(),
+    };
+    let inputs_json = match t.spec.get("inputs") {
+        Some(serde_json::Value::Object(map)) if !map.is_empty() => {
+            serde_json::Value::Object(map.clone()).to_string()
+        }
+        _ => String::new(),
+    };
+    pb::Trigger {
+        id: t.id.to_string(),
+        workflow: t.workflow,
+        key: t.key,
+        schedule: text("schedule").unwrap_or_default(),
+        timezone: or_default(text("timezone"), "UTC"),
+        catchup: or_default(text("catchup"), "latest"),
+        path: text("path").unwrap_or_default(),
+        secret_name: text("secret").unwrap_or_default(),
+        inputs_json,
+        r#type: t.kind,
+        version: t.version,
+        paused: t.paused,
+        next_fire_time: next_fire_time.map(timestamp),
+        last_fire: t.last_fire.map(|f| pb::TriggerFire {
+            scheduled_time: Some(timestamp(f.scheduled_time)),
+            fire_time: Some(timestamp(f.fire_time)),
+            execution_id: f.execution_id.map(|id| id.to_string()).unwrap_or_default(),
+            result: f.result,
+        }),
+        create_time: Some(timestamp(t.create_time)),
+        update_time: Some(timestamp(t.update_time)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::model::trigger::{LastFire, Trigger};
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(seconds, 0).unwrap()
+    }
+
+    fn stored(kind: &str, key: &str, spec: serde_json::Value) -> Trigger {
+        Trigger {
+            id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+            tenant_id: Uuid::from_u128(7),
+            workflow: "report".into(),
+            key: key.into(),
+            kind: kind.into(),
+            spec,
+            version: 3,
+            paused: false,
+            last_fire: None,
+            create_time: at(1_700_000_000),
+            update_time: at(1_700_000_100),
+        }
+    }
+
+    #[test]
+    fn convert_cron_trigger_spreads_its_spec() {
+        let mut t = stored(
+            "cron",
+            "cron 0 8 * * 1-5",
+            json!({
+                "type": "cron",
+                "schedule": "0 8 * * 1-5",
+                "timezone": "Europe/Berlin",
+                "catchup": "all",
+                "inputs": {"who": "team", "n": 2}
+            }),
+        );
+        t.paused = true;
+        t.last_fire = Some(LastFire {
+            scheduled_time: at(1_700_000_200),
+            fire_time: at(1_700_000_201),
+            execution_id: Some(Uuid::from_u128(9)),
+            result: "started".into(),
+        });
+        let p = trigger(t, Some(at(1_700_086_400)));
+        assert_eq!(p.id, "01900000-0000-7000-8000-000000000001");
+        assert_eq!(
+            (p.workflow.as_str(), p.r#type.as_str(), p.key.as_str()),
+            ("report", "cron", "cron 0 8 * * 1-5")
+        );
+        assert_eq!(
+            (p.schedule.as_str(), p.timezone.as_str(), p.catchup.as_str()),
+            ("0 8 * * 1-5", "Europe/Berlin", "all")
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&p.inputs_json).unwrap(),
+            json!({"who": "team", "n": 2})
+        );
+        assert_eq!((p.path.as_str(), p.secret_name.as_str()), ("", ""));
+        assert_eq!((p.version, p.paused), (3, true));
+        assert_eq!(p.next_fire_time, Some(timestamp(at(1_700_086_400))));
+        let fire = p.last_fire.expect("last fire");
+        assert_eq!(fire.scheduled_time, Some(timestamp(at(1_700_000_200))));
+        assert_eq!(fire.fire_time, Some(timestamp(at(1_700_000_201))));
+        assert_eq!(fire.execution_id, Uuid::from_u128(9).to_string());
+        assert_eq!(fire.result, "started");
+        assert_eq!(p.create_time, Some(timestamp(at(1_700_000_000))));
+        assert_eq!(p.update_time, Some(timestamp(at(1_700_000_100))));
+    }
+
+    #[test]
+    fn convert_cron_trigger_fills_in_the_defaults() {
+        let t = stored(
+            "cron",
+            "cron @hourly",
+            json!({"type": "cron", "schedule": "@hourly", "inputs": {}}),
+        );
+        let p = trigger(t, None);
+        assert_eq!(
+            (
+                p.timezone.as_str(),
+                p.catchup.as_str(),
+                p.inputs_json.as_str()
+            ),
+            ("UTC", "latest", "")
+        );
+        assert_eq!((p.next_fire_time, p.last_fire), (None, None));
+    }
+
+    #[test]
+    fn convert_webhook_trigger_names_its_secret_only() {
+        let mut t = stored(
+            "webhook",
+            "webhook /github",
+            json!({"type": "webhook", "path": "/github", "secret": "gh-hook"}),
+        );
+        t.last_fire = Some(LastFire {
+            scheduled_time: at(5),
+            fire_time: at(5),
+            execution_id: None,
+            result: "not started: tenant over its concurrency cap".into(),
+        });
+        let p = trigger(t, None);
+        assert_eq!(
+            (p.r#type.as_str(), p.path.as_str(), p.secret_name.as_str()),
+            ("webhook", "/github", "gh-hook")
+        );
+        assert_eq!(
+            (p.schedule.as_str(), p.timezone.as_str(), p.catchup.as_str()),
+            ("", "", "")
+        );
+        assert_eq!(p.inputs_json, "");
+        assert!(p.next_fire_time.is_none());
+        let fire = p.last_fire.expect("last fire");
+        assert_eq!(fire.execution_id, "");
+        assert_eq!(fire.result, "not started: tenant over its concurrency cap");
+        let unsigned = trigger(
+            stored(
+                "webhook",
+                "webhook /open",
+                json!({"type": "webhook", "path": "/open"}),
+            ),
+            None,
+        );
+        assert_eq!(unsigned.secret_name, "");
+    }
+}

@@ -76,6 +76,10 @@ pub const METHODS: &[(&str, Kind)] = &[
     ("/mantle.v1.TenantService/CreateApiKey", Write),
     ("/mantle.v1.TenantService/ListApiKeys", Read),
     ("/mantle.v1.TenantService/RevokeApiKey", Write),
+    ("/mantle.v1.TriggerService/ListTriggers", Read),
+    ("/mantle.v1.TriggerService/PauseTrigger", Write),
+    ("/mantle.v1.TriggerService/ResumeTrigger", Write),
+    ("/mantle.v1.TriggerService/FireTrigger", Write),
     ("/mantle.v1.WebhookService/ListWebhookDeliveries", Read),
 ];
 
@@ -128,6 +132,39 @@ mod tests {
             stale.is_empty(),
             "declared but not in the protos: {stale:?}"
         );
+    }
+
+    #[test]
+    fn every_service_reports_its_health() {
+        let set = prost_types::FileDescriptorSet::decode(mantle_proto::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set decodes");
+        let services: BTreeSet<String> = set
+            .file
+            .iter()
+            .flat_map(|f| {
+                f.service
+                    .iter()
+                    .map(move |s| format!("{}.{}", f.package(), s.name()))
+            })
+            .collect();
+        let reported: BTreeSet<String> = crate::api::SERVICE_NAMES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        assert_eq!(reported, services, "api::SERVICE_NAMES against the protos");
+    }
+
+    #[test]
+    fn trigger_methods_are_declared_by_what_they_do() {
+        assert_eq!(
+            lookup("/mantle.v1.TriggerService/ListTriggers"),
+            Some(("mantle.v1.TriggerService/ListTriggers", Kind::Read))
+        );
+        for method in ["PauseTrigger", "ResumeTrigger", "FireTrigger"] {
+            let path = format!("/mantle.v1.TriggerService/{method}");
+            let (_, kind) = lookup(&path).expect("declared");
+            assert!(kind.rate_limited() && kind.audited_here(), "{method}");
+        }
     }
 
     #[test]

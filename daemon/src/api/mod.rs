@@ -12,6 +12,7 @@ mod methods;
 mod secret;
 mod system;
 mod tenant;
+mod trigger;
 mod webhook;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use mantle_proto::v1::execution_service_server::ExecutionServiceServer;
 use mantle_proto::v1::secret_service_server::SecretServiceServer;
 use mantle_proto::v1::system_service_server::SystemServiceServer;
 use mantle_proto::v1::tenant_service_server::TenantServiceServer;
+use mantle_proto::v1::trigger_service_server::TriggerServiceServer;
 use mantle_proto::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -37,7 +39,7 @@ use crate::store::Backend;
 use crate::tenancy::Tenancy;
 
 /// gRPC service names reported by `grpc.health.v1.Health`.
-pub const SERVICE_NAMES: [&str; 7] = [
+pub const SERVICE_NAMES: [&str; 8] = [
     "mantle.v1.TenantService",
     "mantle.v1.SystemService",
     "mantle.v1.DefinitionService",
@@ -45,6 +47,7 @@ pub const SERVICE_NAMES: [&str; 7] = [
     "mantle.v1.SecretService",
     "mantle.v1.AuditService",
     "mantle.v1.WebhookService",
+    "mantle.v1.TriggerService",
 ];
 
 /// What the API serves.
@@ -58,6 +61,7 @@ pub struct ApiContext {
     pub definitions: Definitions,
     pub executions: Executions,
     pub secrets: crate::secrets::Secrets,
+    pub triggers: crate::triggers::Triggers,
     pub backend: Backend,
     pub readiness: Readiness,
     /// The plain HTTP routes served on the same port.
@@ -110,6 +114,9 @@ pub async fn serve(
         }))
         .add_service(SecretServiceServer::new(secret::SecretApi {
             secrets: ctx.secrets,
+        }))
+        .add_service(TriggerServiceServer::new(trigger::TriggerApi {
+            triggers: ctx.triggers,
         }))
         .add_service(WebhookServiceServer::new(webhook::WebhookApi {
             store: ctx.store.clone(),

@@ -165,6 +165,11 @@ pub struct StartRequest {
     pub inputs: serde_json::Map<String, Value>,
     pub trigger: Value,
     pub idempotency_key: Option<String>,
+    /// The trigger fire this start is: at most one execution per fire.
+    pub fire: Option<crate::model::trigger::Fire>,
+    /// What a reuse of the idempotency key must match, when not the request itself
+    /// (workflow, version, inputs): a webhook delivery's body.
+    pub fingerprint: Option<Value>,
 }
 
 struct Running {
@@ -269,6 +274,12 @@ impl Engine {
 
     /// Stores a new execution of a workflow version and starts driving it here.
     pub async fn start(&self, req: StartRequest) -> Result<Execution, Error> {
+        Ok(self.start_new(req).await?.0)
+    }
+
+    /// [`Engine::start`], saying whether the execution is new (false: the idempotency key
+    /// or the trigger fire had started it before).
+    pub async fn start_new(&self, req: StartRequest) -> Result<(Execution, bool), Error> {
         // Both reads at once: a start waits for one round trip, not two.
         let (definition, tenant) = tokio::join!(
             self.inner
@@ -300,10 +311,12 @@ impl Engine {
         let now = Utc::now();
         let idempotency = req.idempotency_key.as_ref().map(|key| {
             // The request as asked for: the version requested (not resolved) and the inputs given.
-            let fingerprint = serde_json::json!({
-                "workflow": req.workflow,
-                "version": req.version,
-                "inputs": req.inputs,
+            let fingerprint = req.fingerprint.clone().unwrap_or_else(|| {
+                serde_json::json!({
+                    "workflow": req.workflow,
+                    "version": req.version,
+                    "inputs": req.inputs,
+                })
             });
             model::IdempotencyKey {
                 key: key.clone(),
@@ -349,6 +362,7 @@ impl Engine {
             lease_ms: self.inner.config.lease.as_millis() as u64,
             now,
             idempotency,
+            fire: req.fire,
             concurrency: Limits::effective(
                 limits.max_concurrent_executions,
                 tenant.settings.max_concurrent_executions,
@@ -365,7 +379,10 @@ impl Engine {
         let lease = match created? {
             model::Created::New(lease) => lease,
             model::Created::Existing(id) => {
-                return Ok(self.inner.store.get_execution(req.tenant_id, id).await?);
+                return Ok((
+                    self.inner.store.get_execution(req.tenant_id, id).await?,
+                    false,
+                ));
             }
             model::Created::Queued(id) => {
                 let tenant_label = req.tenant_id.to_string();
@@ -374,7 +391,10 @@ impl Engine {
                     .increment(1);
                 // It may have queued behind others with a slot free: promote now.
                 self.inner.claim_now.notify_one();
-                return Ok(self.inner.store.get_execution(req.tenant_id, id).await?);
+                return Ok((
+                    self.inner.store.get_execution(req.tenant_id, id).await?,
+                    true,
+                ));
             }
         };
         let execution = Execution {
@@ -403,7 +423,7 @@ impl Engine {
             }),
         );
         metrics::counter!("mantle_executions_started_total", "tenant_id" => req.tenant_id.to_string()).increment(1);
-        Ok(execution)
+        Ok((execution, true))
     }
 
     /// Requests cancellation; running steps are stopped within about a second. Returns the

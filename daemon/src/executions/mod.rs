@@ -174,6 +174,8 @@ impl Executions {
                 inputs,
                 trigger: serde_json::json!({"type": "api"}),
                 idempotency_key: idempotency_key.map(str::to_owned),
+                fire: None,
+                fingerprint: None,
             })
             .await?;
         tracing::info!(execution = %execution.id, tenant = %tenant.name, workflow = %execution.workflow, version = execution.version, key_id = %caller.key_id, "execution started");
