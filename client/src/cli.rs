@@ -20,7 +20,7 @@ its source.
 
 Tenant: --tenant (or MANTLE_TENANT) names the tenant you work with. It is sent as
 x-mantle-tenant metadata on tenant-scoped calls (whoami, validate, plan, apply, workflows, run,
-status, logs, cancel, retry, executions, secrets), so an operator key acts on that tenant
+status, logs, cancel, retry, executions, secrets, triggers), so an operator key acts on that tenant
 instead of `default`. `keys create` and `keys list` manage that tenant's API keys;
 without a tenant they manage operator keys (--operator forces this when MANTLE_TENANT is set).
 `audit list` and `webhooks deliveries` list that tenant's events and deliveries; without a
@@ -34,11 +34,12 @@ lines (run --follow, logs) start with the time of day in UTC. Statuses are lower
 Exit codes:
   0  success
   1  error: the server refused the request, or a local problem (e.g. unreadable token file);
-     run/retry --wait/--follow: the execution ended other than completed
+     run/retry/triggers fire --wait/--follow: the execution ended other than completed
   2  invalid command line
   3  the server could not be reached (connection failed or UNAVAILABLE)
   4  health: the server or service is not SERVING
-  5  run/retry --wait/--follow: --timeout passed before the execution ended (it goes on)";
+  5  run/retry/triggers fire --wait/--follow: --timeout passed before the execution ended
+     (it goes on)";
 
 /// Command-line client for the Mantle workflow engine daemon.
 #[derive(Debug, Parser)]
@@ -178,6 +179,42 @@ pub enum Command {
     /// Watch webhook deliveries: the announcements of finished executions.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// List, pause, resume and fire the triggers workflow files declare (cron schedules,
+    /// webhooks).
+    #[command(subcommand)]
+    Triggers(TriggersCommand),
+}
+
+/// `mantlectl triggers …`.
+#[derive(Debug, Subcommand)]
+pub enum TriggersCommand {
+    /// List the tenant's triggers, by workflow: id, workflow, type, schedule and time zone
+    /// (cron) or path (webhook), paused, next fire, and the last fire with its result.
+    List {
+        /// Only the triggers of this workflow.
+        #[arg(long, value_name = "NAME")]
+        workflow: Option<String>,
+    },
+    /// Pause a trigger: it starts no execution until resumed. Prints the trigger.
+    Pause {
+        /// Trigger id (from `triggers list`).
+        id: String,
+    },
+    /// Resume a paused trigger. Prints the trigger.
+    Resume {
+        /// Trigger id (from `triggers list`).
+        id: String,
+    },
+    /// Start one execution now, as the trigger would.
+    ///
+    /// Without --wait/--follow, prints the execution id (-o json/yaml: the execution).
+    /// --wait and --follow print the final execution and exit 0 only if it completed.
+    Fire {
+        /// Trigger id (from `triggers list`).
+        id: String,
+        #[command(flatten)]
+        waiting: WaitArgs,
+    },
 }
 
 /// `mantlectl audit …`.
@@ -355,7 +392,7 @@ pub struct RunArgs {
     pub idempotency_key: Option<String>,
 }
 
-/// `--wait`, `--follow` and `--timeout` of `run` and `retry`.
+/// `--wait`, `--follow` and `--timeout` of `run`, `retry` and `triggers fire`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct WaitArgs {
     /// Wait for the execution to end and print it; exit 1 unless it completed.
@@ -613,6 +650,7 @@ pub fn check_conflicts(cli: &Cli, matches: &ArgMatches) -> Result<(), clap::Erro
     let waiting = match &cli.command {
         Command::Run(args) => Some(&args.waiting),
         Command::Retry { waiting, .. } => Some(waiting),
+        Command::Triggers(TriggersCommand::Fire { waiting, .. }) => Some(waiting),
         _ => None,
     };
     if waiting.is_some_and(|w| w.timeout.is_some() && !w.waits()) {
@@ -1070,6 +1108,39 @@ mod tests {
         let err = parse(&["webhooks", "deliveries", "--status", "sent"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("--status"), "{err}");
+    }
+
+    #[test]
+    fn triggers_take_ids_and_fire_waits_like_run() {
+        let cli = parse(&["triggers", "list", "--workflow", "report"]).unwrap();
+        let Command::Triggers(TriggersCommand::List { workflow }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(workflow.as_deref(), Some("report"));
+        let cli = parse(&["triggers", "list"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Triggers(TriggersCommand::List { workflow: None })
+        ));
+        let cli = parse(&["triggers", "pause", "0190"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Triggers(TriggersCommand::Pause { id }) if id == "0190"
+        ));
+        let err = parse(&["triggers", "resume"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let cli = parse(&["triggers", "fire", "0190", "--follow", "--timeout", "1m"]).unwrap();
+        let Command::Triggers(TriggersCommand::Fire { id, waiting }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(id, "0190");
+        assert!(waiting.follow && !waiting.wait);
+        assert_eq!(waiting.timeout, Some(Duration::from_secs(60)));
+        let err = parse(&["triggers", "fire", "0190", "--wait", "--follow"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = conflicts(&["triggers", "fire", "0190", "--timeout", "10s"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(conflicts(&["triggers", "fire", "0190", "--wait", "--timeout", "10s"]).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use mantle_proto::v1::execution_service_client::ExecutionServiceClient;
 use mantle_proto::v1::secret_service_client::SecretServiceClient;
 use mantle_proto::v1::system_service_client::SystemServiceClient;
 use mantle_proto::v1::tenant_service_client::TenantServiceClient;
+use mantle_proto::v1::trigger_service_client::TriggerServiceClient;
 use mantle_proto::v1::webhook_service_client::WebhookServiceClient;
 use mantle_proto::v1::{
     ActionInfo, AuditEvent, ListActionsRequest, ListAuditEventsRequest,
@@ -32,6 +33,9 @@ use mantle_proto::v1::{
 use mantle_proto::v1::{
     CreateSecretRequest, DeleteSecretRequest, GetSecretRequest, ListSecretsRequest,
     RotateEncryptionKeyRequest, RotateEncryptionKeyResponse, Secret, UpdateSecretRequest,
+};
+use mantle_proto::v1::{
+    FireTriggerRequest, ListTriggersRequest, PauseTriggerRequest, ResumeTriggerRequest, Trigger,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -315,6 +319,11 @@ impl Client {
     /// The generated AuditService client, with credentials attached.
     pub fn audit_service(&self) -> AuditServiceClient<AuthChannel> {
         AuditServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
+    }
+
+    /// The generated TriggerService client, with credentials attached.
+    pub fn trigger_service(&self) -> TriggerServiceClient<AuthChannel> {
+        TriggerServiceClient::with_interceptor(self.channel.clone(), self.interceptor.clone())
     }
 
     /// The generated WebhookService client, with credentials attached.
@@ -969,6 +978,58 @@ impl Client {
                 return Ok(deliveries);
             }
         }
+    }
+
+    /// Lists the tenant's triggers (of `workflow` only, when given), ordered by workflow,
+    /// then by key (`cron <schedule>`, `webhook <path>`). Needs `definitions:read`.
+    pub async fn list_triggers(&self, workflow: Option<&str>) -> Result<Vec<Trigger>, Error> {
+        let request = ListTriggersRequest {
+            workflow: workflow.unwrap_or_default().to_owned(),
+        };
+        let response = self
+            .call(true, request, |r| {
+                let mut c = self.trigger_service();
+                async move { c.list_triggers(r).await }
+            })
+            .await?;
+        Ok(response.triggers)
+    }
+
+    /// Pauses a trigger (by its id): it starts no execution until resumed. Returns the
+    /// trigger. Needs `definitions:write`.
+    pub async fn pause_trigger(&self, id: &str) -> Result<Trigger, Error> {
+        let request = PauseTriggerRequest { id: id.to_owned() };
+        self.call(false, request, |r| {
+            let mut c = self.trigger_service();
+            async move { c.pause_trigger(r).await }
+        })
+        .await
+    }
+
+    /// Resumes a paused trigger (by its id) and returns it. Needs `definitions:write`.
+    pub async fn resume_trigger(&self, id: &str) -> Result<Trigger, Error> {
+        let request = ResumeTriggerRequest { id: id.to_owned() };
+        self.call(false, request, |r| {
+            let mut c = self.trigger_service();
+            async move { c.resume_trigger(r).await }
+        })
+        .await
+    }
+
+    /// Starts one execution of a trigger's workflow now, as the trigger would, and returns
+    /// it at once; it runs in the background (see [`Client::wait_execution`]). Needs
+    /// `executions:write`.
+    pub async fn fire_trigger(&self, id: &str) -> Result<Execution, Error> {
+        let request = FireTriggerRequest { id: id.to_owned() };
+        let response = self
+            .call(false, request, |r| {
+                let mut c = self.trigger_service();
+                async move { c.fire_trigger(r).await }
+            })
+            .await?;
+        response
+            .execution
+            .ok_or_else(|| Error::InvalidResponse("FireTrigger returned no execution".to_owned()))
     }
 
     /// Cancels an execution: running steps are stopped and it ends as CANCELLED; a

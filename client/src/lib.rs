@@ -28,6 +28,9 @@
 //! [`ExecutionFilter`], [`Client::list_audit_events`] with an [`AuditFilter`] and
 //! [`Client::list_webhook_deliveries`] with a [`DeliveryFilter`].
 //!
+//! Triggers: [`Client::list_triggers`], [`Client::pause_trigger`],
+//! [`Client::resume_trigger`], and [`Client::fire_trigger`], which starts an execution now.
+//!
 //! A workflow file the daemon refuses (Validate/Plan/ApplyDefinition answering
 //! INVALID_ARGUMENT with `mantle.v1.ValidationProblems` in the status details) is
 //! [`Error::Invalid`]; [`Error::problems`] lists each problem with its line and column.

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod run;
 pub mod secrets;
 pub mod tenants;
+pub mod triggers;
 pub mod version;
 pub mod webhooks;
 pub mod whoami;
@@ -28,7 +29,8 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 3;
 /// Exit code of `health` when the answer is not SERVING.
 pub const EXIT_NOT_SERVING: u8 = 4;
-/// Exit code of `run`/`retry --wait|--follow` when `--timeout` passed first.
+/// Exit code of `run`/`retry`/`triggers fire --wait|--follow` when `--timeout` passed
+/// first.
 pub const EXIT_WAIT_TIMEOUT: u8 = 5;
 
 /// Ends mantlectl with an exit code, printing nothing more: the command has already
@@ -150,6 +152,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Actions(command) => actions::run(&ctx, command).await,
         Command::Audit(command) => audit::run(&ctx, command).await,
         Command::Webhooks(command) => webhooks::run(&ctx, command).await,
+        Command::Triggers(command) => triggers::run(&ctx, command).await,
     }
 }
 

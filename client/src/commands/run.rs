@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use mantle_client::Client;
+use mantle_client::proto::Execution;
 use serde_json::{Map, Value};
 
 use super::definitions::{ApplyView, refused, report_refused};
 use super::executions::{ExecutionView, conclude, parse_json};
 use super::follow::{Show, wait_for};
 use super::{Context, EXIT_ERROR, Exit};
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, WaitArgs};
 use crate::output::{self, OutputFormat};
 
 /// Whether `run`'s argument names a workflow file rather than a stored workflow: it ends
@@ -159,7 +160,19 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
     let execution = client
         .start_execution(&workflow, version, &inputs, args.idempotency_key.as_deref())
         .await?;
-    if !args.waiting.waits() {
+    report_started(ctx, &client, execution, &args.waiting).await
+}
+
+/// Reports an execution just started (by `run` or `triggers fire`): without
+/// --wait/--follow its id (-o json/yaml: the execution); with them, the final execution,
+/// ending mantlectl with exit code 1 unless it completed.
+pub async fn report_started(
+    ctx: &Context,
+    client: &Client,
+    execution: Execution,
+    waiting: &WaitArgs,
+) -> anyhow::Result<()> {
+    if !waiting.waits() {
         if ctx.output == OutputFormat::Table {
             println!("{}", execution.id);
             return Ok(());
@@ -167,13 +180,13 @@ pub async fn run(ctx: &Context, args: &RunArgs) -> anyhow::Result<()> {
         return output::print(ctx.output, &ExecutionView::from(execution));
     }
     let id = execution.id;
-    let show = if args.waiting.follow {
+    let show = if waiting.follow {
         eprintln!("execution {id} started");
         Show::Progress
     } else {
         Show::Nothing
     };
-    let finished = wait_for(&client, &id, 0, args.waiting.timeout, show).await?;
+    let finished = wait_for(client, &id, 0, waiting.timeout, show).await?;
     let view = ExecutionView::from(finished);
     output::print(ctx.output, &view)?;
     conclude(&view)

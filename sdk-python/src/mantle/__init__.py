@@ -40,6 +40,8 @@ from mantle.types import (
     ServerInfo,
     StepAttempt,
     Tenant,
+    Trigger,
+    TriggerFire,
     ValidationProblem,
     ValidationResult,
 )
@@ -67,6 +69,8 @@ __all__ = [
     "ServerInfo",
     "StepAttempt",
     "Tenant",
+    "Trigger",
+    "TriggerFire",
     "ValidationProblem",
     "ValidationResult",
     "__version__",

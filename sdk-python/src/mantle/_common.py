@@ -17,7 +17,21 @@ import grpc
 
 from mantle import _config, errors
 from mantle.types import Execution, execution_status_value, to_timestamp
-from mantle.v1 import common_pb2, definition_pb2, execution_pb2, secret_pb2, tenant_pb2
+from mantle.v1 import (
+    common_pb2,
+    definition_pb2,
+    execution_pb2,
+    secret_pb2,
+    tenant_pb2,
+    trigger_pb2,
+)
+
+_TriggerRequest = TypeVar(
+    "_TriggerRequest",
+    trigger_pb2.PauseTriggerRequest,
+    trigger_pb2.ResumeTriggerRequest,
+    trigger_pb2.FireTriggerRequest,
+)
 
 _SourceRequest = TypeVar(
     "_SourceRequest",
@@ -579,3 +593,21 @@ def rotate_request(batch_size: int) -> secret_pb2.RotateEncryptionKeyRequest:
             f"batch_size: must be a non-negative integer (0: the server default), got {batch_size!r}"
         )
     return secret_pb2.RotateEncryptionKeyRequest(batch_size=batch_size)
+
+
+# -- triggers -----------------------------------------------------------------------------
+
+
+def list_triggers_request(workflow: str | None) -> trigger_pb2.ListTriggersRequest:
+    if workflow is not None and not isinstance(workflow, str):
+        raise TypeError(f"workflow: expected a workflow name or None, got {type(workflow).__name__}")
+    return trigger_pb2.ListTriggersRequest(workflow=workflow or "")
+
+
+def trigger_request(cls: type[_TriggerRequest], id: str) -> _TriggerRequest:
+    """A request naming one trigger by its id (a non-empty string)."""
+    if not isinstance(id, str):
+        raise TypeError(f"id: expected a trigger id (str), got {type(id).__name__}")
+    if not id:
+        raise ValueError("id: a trigger id is required (see list_triggers)")
+    return cls(id=id)

@@ -44,6 +44,7 @@ from mantle.types import (
     ServerInfo,
     StepAttempt,
     Tenant,
+    Trigger,
     ValidationResult,
 )
 from mantle.v1 import (
@@ -57,6 +58,8 @@ from mantle.v1 import (
     system_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
+    trigger_pb2,
+    trigger_pb2_grpc,
 )
 
 __all__ = ["Client"]
@@ -93,6 +96,7 @@ class Client:
         self._definitions = definition_pb2_grpc.DefinitionServiceStub(self._channel)
         self._executions = execution_pb2_grpc.ExecutionServiceStub(self._channel)
         self._secrets = secret_pb2_grpc.SecretServiceStub(self._channel)
+        self._triggers = trigger_pb2_grpc.TriggerServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -395,6 +399,36 @@ class Client:
         ``tenants:admin``."""
         req = _common.rotate_request(batch_size)
         return Rotation.from_proto(await self._call(self._secrets.RotateEncryptionKey, req, read=False))
+
+    # -- triggers --------------------------------------------------------------------
+
+    async def list_triggers(self, workflow: str | None = None) -> list[Trigger]:
+        """Returns the tenant's triggers (of ``workflow`` only, when given), ordered by
+        workflow, then by key. Needs ``definitions:read``. See
+        :meth:`mantle.Client.list_triggers`."""
+        req = _common.list_triggers_request(workflow)
+        resp = await self._call(self._triggers.ListTriggers, req, read=True)
+        return [Trigger.from_proto(t) for t in resp.triggers]
+
+    async def pause_trigger(self, id: str) -> Trigger:
+        """Pauses a trigger: it starts no execution until resumed. Returns the trigger.
+        Needs ``definitions:write``; an unknown id raises :class:`errors.NotFound`."""
+        req = _common.trigger_request(trigger_pb2.PauseTriggerRequest, id)
+        return Trigger.from_proto(await self._call(self._triggers.PauseTrigger, req, read=False))
+
+    async def resume_trigger(self, id: str) -> Trigger:
+        """Resumes a paused trigger and returns it. Needs ``definitions:write``; an unknown
+        id raises :class:`errors.NotFound`."""
+        req = _common.trigger_request(trigger_pb2.ResumeTriggerRequest, id)
+        return Trigger.from_proto(await self._call(self._triggers.ResumeTrigger, req, read=False))
+
+    async def fire_trigger(self, id: str) -> Execution:
+        """Starts one execution of the trigger's workflow now, paused or not, as the
+        trigger would, and returns it at once (see :meth:`mantle.Client.fire_trigger`). Needs
+        ``executions:write``."""
+        req = _common.trigger_request(trigger_pb2.FireTriggerRequest, id)
+        resp = await self._call(self._triggers.FireTrigger, req, read=False)
+        return Execution.from_proto(resp.execution)
 
     # -- executions ------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from mantle.types import (
     ServerInfo,
     StepAttempt,
     Tenant,
+    Trigger,
     ValidationResult,
 )
 from mantle.v1 import (
@@ -43,6 +44,8 @@ from mantle.v1 import (
     system_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
+    trigger_pb2,
+    trigger_pb2_grpc,
 )
 
 __all__ = ["Client"]
@@ -98,6 +101,7 @@ class Client:
         self._definitions = definition_pb2_grpc.DefinitionServiceStub(self._channel)
         self._executions = execution_pb2_grpc.ExecutionServiceStub(self._channel)
         self._secrets = secret_pb2_grpc.SecretServiceStub(self._channel)
+        self._triggers = trigger_pb2_grpc.TriggerServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -442,6 +446,56 @@ class Client:
         ``tenants:admin``."""
         req = _common.rotate_request(batch_size)
         return Rotation.from_proto(self._call(self._secrets.RotateEncryptionKey, req, read=False))
+
+    # -- triggers --------------------------------------------------------------------
+
+    def list_triggers(self, workflow: str | None = None) -> list[Trigger]:
+        """Returns the tenant's triggers (of ``workflow`` only, when given), ordered by
+        workflow, then by key (``cron <schedule>``, ``webhook <path>``). Needs
+        ``definitions:read``.
+
+        Triggers are declared in workflow files (``triggers:``) and registered by
+        :meth:`apply`; a trigger keeps its id while its workflow's file keeps it.
+        """
+        req = _common.list_triggers_request(workflow)
+        resp = self._call(self._triggers.ListTriggers, req, read=True)
+        return [Trigger.from_proto(t) for t in resp.triggers]
+
+    def pause_trigger(self, id: str) -> Trigger:
+        """Pauses a trigger: it starts no execution until :meth:`resume_trigger` (and a
+        cron trigger does not catch up on the times it missed while paused). Returns the
+        trigger (``paused`` is True). Needs ``definitions:write``.
+
+        Raises:
+            errors.NotFound: no such trigger (or another tenant's).
+        """
+        req = _common.trigger_request(trigger_pb2.PauseTriggerRequest, id)
+        return Trigger.from_proto(self._call(self._triggers.PauseTrigger, req, read=False))
+
+    def resume_trigger(self, id: str) -> Trigger:
+        """Resumes a paused trigger and returns it. Needs ``definitions:write``.
+
+        Raises:
+            errors.NotFound: no such trigger (or another tenant's).
+        """
+        req = _common.trigger_request(trigger_pb2.ResumeTriggerRequest, id)
+        return Trigger.from_proto(self._call(self._triggers.ResumeTrigger, req, read=False))
+
+    def fire_trigger(self, id: str) -> Execution:
+        """Starts one execution of the trigger's workflow now, paused or not, as the
+        trigger would (a cron trigger's ``inputs`` included), and returns it at once; it
+        runs in the background (see :meth:`wait` and :meth:`follow`). Its
+        :attr:`Execution.trigger` is what the trigger's own fire gives it (``type``,
+        ``trigger_id``, ...) with ``"manual": True``. Needs ``executions:write``.
+
+        Raises:
+            errors.NotFound: no such trigger (or another tenant's).
+            errors.ResourceExhausted: refused as :meth:`start_execution` would be (the
+                tenant's concurrency cap, say).
+        """
+        req = _common.trigger_request(trigger_pb2.FireTriggerRequest, id)
+        resp = self._call(self._triggers.FireTrigger, req, read=False)
+        return Execution.from_proto(resp.execution)
 
     # -- executions ------------------------------------------------------------------
 

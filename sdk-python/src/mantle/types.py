@@ -20,6 +20,7 @@ from mantle.v1 import (
     secret_pb2,
     system_pb2,
     tenant_pb2,
+    trigger_pb2,
 )
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "ExecutionEvent",
     "Secret",
     "Rotation",
+    "Trigger",
+    "TriggerFire",
 ]
 
 
@@ -777,3 +780,101 @@ class Rotation:
     @classmethod
     def from_proto(cls, msg: secret_pb2.RotateEncryptionKeyResponse) -> Rotation:
         return cls(key_id=msg.key_id, rotated=msg.rotated, remaining=msg.remaining)
+
+
+# -- triggers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerFire:
+    """What the last fire of a trigger did."""
+
+    scheduled_time: datetime | None
+    """When it was due (cron), or when it was received (webhook) or asked for
+    (``fire_trigger``)."""
+    fire_time: datetime | None
+    """When it fired."""
+    execution_id: str | None
+    """The execution it started; None when it started none."""
+    result: str
+    """``"started"``, or ``"not started: "`` and why (the refusal's message)."""
+
+    @property
+    def started(self) -> bool:
+        """True when the fire started an execution."""
+        return self.execution_id is not None
+
+    @classmethod
+    def from_proto(cls, msg: trigger_pb2.TriggerFire) -> TriggerFire:
+        return cls(
+            scheduled_time=_time(msg, "scheduled_time"),
+            fire_time=_time(msg, "fire_time"),
+            execution_id=msg.execution_id or None,
+            result=msg.result,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A trigger a workflow file declares (``triggers:``), registered when the file was
+    applied: a ``cron`` schedule or a ``webhook`` path that starts executions of the
+    workflow. The fields of the other type are empty."""
+
+    id: str
+    """Server-assigned UUID; what ``pause_trigger``, ``resume_trigger`` and
+    ``fire_trigger`` take."""
+    workflow: str
+    """The workflow it starts."""
+    type: str
+    """``cron`` or ``webhook``."""
+    key: str
+    """Its identity within the workflow: ``cron <schedule>`` or ``webhook <path>``."""
+    schedule: str
+    """Cron: the schedule, such as ``0 8 * * 1-5``; empty for webhooks."""
+    timezone: str
+    """Cron: the IANA time zone the schedule is read in (``UTC`` unless the file names
+    one); empty for webhooks."""
+    catchup: str
+    """Cron: which times missed while no daemon ran fire afterwards: ``none``, ``latest``
+    or ``all``; empty for webhooks."""
+    path: str
+    """Webhook: the path its POSTs go to; empty for cron triggers."""
+    secret_name: str
+    """Webhook: the name of the secret that signs its POSTs (never the key itself); empty
+    when none is named."""
+    inputs: dict[str, Any]
+    """Cron: the inputs of the executions it starts; empty when none."""
+    version: int
+    """The workflow version whose apply registered it or last changed it."""
+    paused: bool
+    """True while paused (``pause_trigger``)."""
+    next_fire_time: datetime | None
+    """Cron: when it fires next; None while paused, and for webhooks."""
+    last_fire: TriggerFire | None
+    """What its last fire did; None when it never fired."""
+    create_time: datetime | None
+    """When it was registered."""
+    update_time: datetime | None
+    """When it last changed."""
+
+    @classmethod
+    def from_proto(cls, msg: trigger_pb2.Trigger) -> Trigger:
+        inputs = _json(msg.inputs_json)
+        return cls(
+            id=msg.id,
+            workflow=msg.workflow,
+            type=msg.type,
+            key=msg.key,
+            schedule=msg.schedule,
+            timezone=msg.timezone,
+            catchup=msg.catchup,
+            path=msg.path,
+            secret_name=msg.secret_name,
+            inputs=inputs if isinstance(inputs, dict) else {},
+            version=msg.version,
+            paused=msg.paused,
+            next_fire_time=_time(msg, "next_fire_time"),
+            last_fire=TriggerFire.from_proto(msg.last_fire) if msg.HasField("last_fire") else None,
+            create_time=_time(msg, "create_time"),
+            update_time=_time(msg, "update_time"),
+        )
