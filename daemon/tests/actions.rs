@@ -254,6 +254,7 @@ async fn an_action_registered_in_a_test_is_validated_and_run() {
             idempotency_key: None,
             fire: None,
             fingerprint: None,
+            trigger_input: false,
         })
         .await
         .unwrap();

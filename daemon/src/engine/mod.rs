@@ -167,6 +167,8 @@ pub struct StartRequest {
     pub idempotency_key: Option<String>,
     /// The trigger fire this start is: at most one execution per fire.
     pub fire: Option<crate::model::trigger::Fire>,
+    /// Also set `inputs.trigger` to the trigger (a webhook's or an email's start).
+    pub trigger_input: bool,
     /// What a reuse of the idempotency key must match, when not the request itself
     /// (workflow, version, inputs): a webhook delivery's body.
     pub fingerprint: Option<Value>,
@@ -328,7 +330,13 @@ impl Engine {
                         .unwrap_or(chrono::Duration::days(1)),
             }
         });
-        let inputs = resolve_inputs(&workflow.spec, req.inputs).map_err(|message| {
+        let mut given = req.inputs;
+        if req.trigger_input && workflow.spec.inputs.contains_key("trigger") {
+            given
+                .entry("trigger")
+                .or_insert_with(|| req.trigger.clone());
+        }
+        let mut inputs = resolve_inputs(&workflow.spec, given).map_err(|message| {
             let (field, message) = message
                 .split_once(": ")
                 .map_or(("inputs".to_owned(), message.clone()), |(f, m)| {
@@ -336,6 +344,13 @@ impl Engine {
                 });
             Error::InvalidArgument { field, message }
         })?;
+        // Files written for the Go original read a webhook's or an email's request as
+        // `inputs.trigger`, declared or not.
+        if req.trigger_input
+            && let Value::Object(map) = &mut inputs
+        {
+            map.entry("trigger").or_insert_with(|| req.trigger.clone());
+        }
         let size = crate::workflow::expr::json_len(&inputs);
         let max = self.inner.config.max_input_bytes;
         if size > max {

@@ -176,6 +176,7 @@ impl Executions {
                 idempotency_key: idempotency_key.map(str::to_owned),
                 fire: None,
                 fingerprint: None,
+                trigger_input: false,
             })
             .await?;
         tracing::info!(execution = %execution.id, tenant = %tenant.name, workflow = %execution.workflow, version = execution.version, key_id = %caller.key_id, "execution started");

@@ -286,13 +286,10 @@ impl Triggers {
                 json!({"body_sha256": body_hash}),
             )
         });
-        // Files written for the Go original read the request as `inputs.trigger`: set
-        // when the workflow declares that input.
-        let mut inputs = serde_json::Map::new();
-        if self.declares_trigger_input(&t).await {
-            inputs.insert("trigger".to_owned(), trigger.clone());
-        }
-        match self.start(&t, None, idempotency, trigger, inputs).await {
+        match self
+            .start(&t, None, idempotency, trigger, Default::default())
+            .await
+        {
             Ok(Fired::Started(e)) => {
                 audit("OK", &format!("started execution {}", e.id));
                 Ok(Accepted {
@@ -306,22 +303,6 @@ impl Triggers {
             }),
             Err(e) => Err(Refused::Start(e)),
         }
-    }
-}
-
-impl Triggers {
-    async fn declares_trigger_input(&self, t: &crate::model::trigger::Trigger) -> bool {
-        let Ok(d) = self
-            .store
-            .get_definition(t.tenant_id, &t.workflow, None)
-            .await
-        else {
-            return false;
-        };
-        serde_json::from_str::<Value>(&d.spec_json)
-            .ok()
-            .and_then(|s| s.get("inputs").and_then(|i| i.get("trigger")).cloned())
-            .is_some()
     }
 }
 
