@@ -300,7 +300,8 @@ pub enum SecretsCommand {
     ///
     /// Types and their fields: bearer {token}; basic {username, password}; header {name,
     /// value}; openai {api_key, optional org_id, base_url}; anthropic {api_key,
-    /// optional base_url}; postgres {url}; generic: any fields.
+    /// optional base_url}; postgres {url}; imap {host, username, password, optional port,
+    /// tls}; generic: any fields.
     Create {
         /// Secret name: 1 to 63 lowercase letters, digits, '-' and '_', starting with a
         /// letter.

@@ -155,8 +155,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         engine.clone(),
         secrets.clone(),
         Some(limiter.clone()),
+        engine_config(&config).network,
     );
     triggers.clone().spawn_scheduler(cancel.child_token());
+    triggers.clone().spawn_email_poller(cancel.child_token());
     let readiness = health::spawn_monitor(store.clone(), cancel.child_token());
     let mut authenticator = Authenticator::new(store.clone(), static_token);
     if let Some(keys_file) = keys_file {

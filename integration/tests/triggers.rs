@@ -292,9 +292,8 @@ async fn cron_triggers_pause_resume_fire_and_catch_up() {
     assert_eq!(executions_of(&mut m, "ticker").await.len(), stopped);
 }
 
+// Reads the request as the Go original did too (`inputs.trigger`, undeclared).
 const HOOKED: &str = "name: hooked
-inputs:
-  trigger: {type: object}
 triggers:
   - type: webhook
     path: /hooks/github/push
@@ -542,4 +541,170 @@ async fn webhooks_start_executions_only_when_signed() {
     let r = post(h(&[("X-Hub-Signature-256", &hub)]), body.to_vec()).await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(executions_of(&mut m, "hooked").await.len(), 5);
+}
+
+fn email(n: u32) -> String {
+    format!(
+        "From: Ada <ada@example.com>\r\nTo: ops@example.com\r\nSubject: report {n}\r\n\
+         Date: Fri, 4 Dec 2026 10:0{n}:00 +0000\r\nMessage-ID: <m{n}@example.com>\r\n\r\n\
+         body of message {n}\r\n"
+    )
+}
+
+const MAILED: &str = "name: mailed
+triggers:
+  - type: email
+    mailbox: mail
+    poll_interval: 5s
+steps:
+  - name: note
+    action: core/log
+    params:
+      message: \"{{ trigger.subject }}\"
+outputs:
+  subject: trigger.subject
+  from: trigger.from
+  uid: trigger.uid
+  body: trigger.body
+  message_id: trigger.message_id
+";
+
+/// Three new messages start three executions, once each, whichever of the daemons polls.
+async fn email_trigger_once_per_message(database: Option<PgDatabase>, daemons: usize) {
+    let fake = mantle_integration::fake_imap::FakeImap::start("ada", "pw-1").await;
+    let opts = reliability_options(database.as_ref().map(|d| d.url.as_str()), "2s", "200ms");
+    let mut running = Vec::new();
+    for _ in 0..daemons {
+        running.push(Daemon::start_ok(opts.clone()).await);
+    }
+    let daemon = &running[0];
+    let mut m = Mantle::connect(daemon, RELIABILITY_TOKEN).await;
+    let mut secrets = pb::secret_service_client::SecretServiceClient::with_interceptor(
+        daemon.channel().await,
+        Auth::new(Some(RELIABILITY_TOKEN)),
+    );
+    let port = fake.addr().port().to_string();
+    secrets
+        .create_secret(pb::CreateSecretRequest {
+            name: "mail".into(),
+            r#type: "imap".into(),
+            fields: [
+                ("host", "127.0.0.1"),
+                ("port", port.as_str()),
+                ("username", "ada"),
+                ("password", "pw-1"),
+                ("tls", "false"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        })
+        .await
+        .unwrap();
+    m.apply(MAILED).await;
+    let uids: Vec<u32> = (1..=3).map(|n| fake.deliver(&email(n))).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while executions_of(&mut m, "mailed").await.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "three messages did not start three executions; logins: {}",
+            fake.logins()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Two more polls: nothing more starts.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let executions = executions_of(&mut m, "mailed").await;
+    assert_eq!(executions.len(), 3);
+    let mut subjects = Vec::new();
+    for e in &executions {
+        let done = m.wait_terminal(&e.id, Duration::from_secs(30)).await;
+        assert_eq!(
+            done.status,
+            pb::ExecutionStatus::Completed as i32,
+            "{done:?}"
+        );
+        let out = json(&done.outputs_json);
+        assert_eq!(out["from"], "Ada <ada@example.com>");
+        let uid = out["uid"].as_u64().unwrap() as u32;
+        assert_eq!(out["subject"], format!("report {uid}"));
+        assert_eq!(out["message_id"], format!("<m{uid}@example.com>"));
+        assert!(
+            out["body"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("body of message {uid}"))
+        );
+        subjects.push(out["subject"].as_str().unwrap().to_owned());
+    }
+    subjects.sort();
+    assert_eq!(subjects, ["report 1", "report 2", "report 3"]);
+    for uid in uids {
+        assert!(fake.seen(uid), "message {uid} not marked seen");
+    }
+    drop(running);
+    if let Some(db) = database {
+        drop(db);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_trigger_starts_one_execution_per_message_sqlite() {
+    email_trigger_once_per_message(None, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_trigger_starts_one_execution_per_message_on_two_postgres_daemons() {
+    let Some(db) = PgDatabase::create("email_trigger_once_two_daemons").await else {
+        return;
+    };
+    email_trigger_once_per_message(Some(db), 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_may_pin_the_version_it_starts() {
+    let daemon = Daemon::start_ok(reliability_options(None, "2s", "200ms")).await;
+    let mut m = Mantle::connect(&daemon, RELIABILITY_TOKEN).await;
+    let v1 = m.apply(NO_TRIGGER).await;
+    // Version 2 brings a trigger that starts version 1; a yearly schedule never fires here.
+    let pinned = TICKER.replace("* * * * * *", "0 0 1 1 *").replace(
+        "    inputs: {who: cron}",
+        &format!("    inputs: {{who: cron}}\n    version: {}", v1.version),
+    );
+    let v2 = m.apply(&pinned).await;
+    assert_eq!(v2.version, v1.version + 1);
+    let mut t = triggers(&daemon).await;
+    let listed = t
+        .list_triggers(pb::ListTriggersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .triggers;
+    assert_eq!(listed[0].pinned_version, v1.version);
+    let fired = t
+        .fire_trigger(pb::FireTriggerRequest {
+            id: listed[0].id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .execution
+        .unwrap();
+    assert_eq!(fired.version, v1.version);
+    // A version that is not a number is refused where it is written.
+    let bad = pinned.replace(&format!("version: {}", v1.version), "version: latest");
+    let status = m
+        .defs
+        .apply_definition(pb::ApplyDefinitionRequest {
+            source: bad,
+            filename: "ticker.yaml".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("triggers[0].version: expected a version number"),
+        "{status:?}"
+    );
 }

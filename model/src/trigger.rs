@@ -21,6 +21,8 @@ pub struct Trigger {
     pub version: i64,
     pub paused: bool,
     pub last_fire: Option<LastFire>,
+    /// How far an email trigger read its folder (`{uid_validity, last_uid}`); null before.
+    pub state: Value,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
 }

@@ -398,6 +398,20 @@ pub fn trigger(
         }),
         create_time: Some(timestamp(t.create_time)),
         update_time: Some(timestamp(t.update_time)),
+        mailbox: text("mailbox").unwrap_or_default(),
+        folder: text("folder").unwrap_or_default(),
+        filter: text("filter").unwrap_or_default(),
+        pinned_version: t
+            .spec
+            .get("version")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or_default(),
+        poll_interval: t
+            .spec
+            .get("poll_interval_ms")
+            .and_then(serde_json::Value::as_u64)
+            .map(|ms| crate::duration::format(std::time::Duration::from_millis(ms)))
+            .unwrap_or_default(),
     }
 }
 
@@ -425,6 +439,7 @@ mod tests {
             version: 3,
             paused: false,
             last_fire: None,
+            state: serde_json::Value::Null,
             create_time: at(1_700_000_000),
             update_time: at(1_700_000_100),
         }

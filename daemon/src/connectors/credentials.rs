@@ -54,9 +54,14 @@ pub const ANTHROPIC: CredentialType = CredentialType::new("anthropic", &["api_ke
 /// A PostgreSQL connection URL.
 pub const POSTGRES: CredentialType = CredentialType::new("postgres", &["url"], &[]);
 
+/// An IMAP mailbox, for email triggers: `port` defaults to 993 (993 with `tls` true,
+/// the default; 143 without), `tls` is `true` or `false`.
+pub const IMAP: CredentialType =
+    CredentialType::new("imap", &["host", "username", "password"], &["port", "tls"]);
+
 /// Every credential type a secret may have.
 pub const ALL: &[&CredentialType] = &[
-    &GENERIC, &BEARER, &BASIC, &HEADER, &OPENAI, &ANTHROPIC, &POSTGRES,
+    &GENERIC, &BEARER, &BASIC, &HEADER, &OPENAI, &ANTHROPIC, &POSTGRES, &IMAP,
 ];
 
 /// Looks a type up by name.

@@ -443,6 +443,7 @@ fn new_trigger(t: &crate::workflow::spec::TriggerSpec) -> crate::model::trigger:
     let (kind, webhook_path) = match t {
         TriggerSpec::Cron { .. } => ("cron", None),
         TriggerSpec::Webhook { path, .. } => ("webhook", Some(path.clone())),
+        TriggerSpec::Email { .. } => ("email", None),
     };
     crate::model::trigger::NewTrigger {
         key: t.key(),

@@ -616,6 +616,16 @@ pub trait TriggerStore: Send + Sync {
     /// How many triggers of `kind` there are and their latest update: changes when one is
     /// registered, changed, paused, resumed or removed. Cheap: a scheduler asks every second.
     async fn trigger_changes(&self, kind: &str) -> Result<(i64, Option<DateTime<Utc>>)>;
+    /// Takes the polling of trigger `id` until `until`, unless another daemon holds it past
+    /// `now`; whether it was taken.
+    async fn claim_trigger_poll(
+        &self,
+        id: uuid::Uuid,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Stores how far the trigger read (email: its folder's UIDVALIDITY and last UID).
+    async fn set_trigger_state(&self, id: uuid::Uuid, state: &serde_json::Value) -> Result<()>;
     /// Notes what a fire did, unless a later scheduled time was noted already.
     async fn note_fire(
         &self,

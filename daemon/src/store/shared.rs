@@ -647,7 +647,7 @@ pub(super) const DELIVERY_COLUMNS: &str = "id, tenant_id, execution_id, url, sec
 
 /// The columns [`TriggerRow`] reads.
 pub(super) const TRIGGER_COLUMNS: &str = "id, tenant_id, workflow, key, kind, spec, version, \
-     paused, last_scheduled_time, last_fire_time, last_execution_id, last_result, \
+     paused, last_scheduled_time, last_fire_time, last_execution_id, last_result, state, \
      create_time, update_time";
 
 #[derive(sqlx::FromRow)]
@@ -664,6 +664,7 @@ pub(super) struct TriggerRow {
     last_fire_time: Option<DateTime<Utc>>,
     last_execution_id: Option<Uuid>,
     last_result: Option<String>,
+    state: Option<String>,
     create_time: DateTime<Utc>,
     update_time: DateTime<Utc>,
 }
@@ -692,6 +693,10 @@ impl TryFrom<TriggerRow> for crate::model::trigger::Trigger {
             version: r.version,
             paused: r.paused,
             last_fire,
+            state: match r.state {
+                Some(text) => parse_json("trigger state", &text)?,
+                None => serde_json::Value::Null,
+            },
             create_time: r.create_time,
             update_time: r.update_time,
         })

@@ -7,6 +7,8 @@
 //! scheduled time) that the store writes in the execution's own transaction; the daemons
 //! that come second find the record and start nothing.
 
+pub mod email;
+pub mod imap;
 pub mod scheduler;
 pub mod webhook;
 
@@ -54,6 +56,8 @@ pub struct Triggers {
     secrets: crate::secrets::Secrets,
     /// The tenants' rate limits, which webhook requests count against.
     limiter: Option<crate::tenancy::ratelimit::RateLimiter>,
+    /// Which addresses mailboxes may have.
+    network: crate::connectors::NetworkPolicy,
 }
 
 /// The spec of a stored trigger.
@@ -68,7 +72,7 @@ pub fn schedule(spec: &TriggerSpec) -> Option<Result<Schedule>> {
         TriggerSpec::Cron {
             schedule, timezone, ..
         } => Some(Schedule::new(schedule, timezone.as_deref()).map_err(Error::Internal)),
-        TriggerSpec::Webhook { .. } => None,
+        TriggerSpec::Webhook { .. } | TriggerSpec::Email { .. } => None,
     }
 }
 
@@ -91,12 +95,14 @@ impl Triggers {
         engine: Engine,
         secrets: crate::secrets::Secrets,
         limiter: Option<crate::tenancy::ratelimit::RateLimiter>,
+        network: crate::connectors::NetworkPolicy,
     ) -> Self {
         Triggers {
             store,
             engine,
             secrets,
             limiter,
+            network,
         }
     }
 
@@ -189,8 +195,10 @@ impl Triggers {
         extra_inputs: Map,
     ) -> Result<Fired> {
         let (idempotency_key, fingerprint) = idempotency.unzip();
-        let mut inputs = match spec(t)? {
-            TriggerSpec::Cron { inputs, .. } => inputs,
+        let spec = spec(t)?;
+        let version = spec.version();
+        let mut inputs = match spec {
+            TriggerSpec::Cron { inputs, .. } | TriggerSpec::Email { inputs, .. } => inputs,
             TriggerSpec::Webhook { .. } => Map::new(),
         };
         inputs.extend(extra_inputs);
@@ -199,11 +207,12 @@ impl Triggers {
             .start_new(StartRequest {
                 tenant_id: t.tenant_id,
                 workflow: t.workflow.clone(),
-                version: None,
+                version,
                 inputs,
                 trigger,
                 idempotency_key,
                 fingerprint,
+                trigger_input: t.kind != "cron",
                 fire: fire_at.map(|scheduled_time| model::Fire {
                     trigger_id: t.id,
                     scheduled_time,
@@ -266,6 +275,15 @@ pub fn trigger_value(
             "type": "webhook",
             "trigger_id": t.id.to_string(),
             "path": path,
+            "received_time": time,
+        }),
+        TriggerSpec::Email {
+            mailbox, folder, ..
+        } => json!({
+            "type": "email",
+            "trigger_id": t.id.to_string(),
+            "mailbox": mailbox,
+            "folder": folder,
             "received_time": time,
         }),
     }

@@ -257,6 +257,7 @@ mod tests {
             version: 1,
             paused: false,
             last_fire: None,
+            state: serde_json::Value::Null,
             create_time: utc(updated),
             update_time: utc(updated),
         }

@@ -8,7 +8,10 @@ use sha2::{Digest, Sha256};
 use super::dag;
 use super::expr::{self, ExprError};
 use super::problem::{Problem, Problems, suggestion};
-use super::spec::{Catchup, InputSpec, InputType, RetrySpec, StepSpec, TriggerSpec, WorkflowSpec};
+use super::spec::{
+    Catchup, EmailFilter, InputSpec, InputType, MIN_POLL_INTERVAL_MS, RetrySpec, StepSpec,
+    TriggerSpec, WorkflowSpec,
+};
 use super::yaml::{self, Key, Node, Pos, Value};
 use crate::connectors::status::StatusSet;
 use crate::connectors::{self, Action, CredentialType, ParamType, Registry};
@@ -704,6 +707,26 @@ impl Decoder<'_> {
         false
     }
 
+    /// A trigger's `inputs`: a map, as JSON.
+    fn trigger_inputs(
+        &mut self,
+        node: Option<&Node>,
+        path: &str,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        match node.map(|n| (n, n.to_json())) {
+            Some((_, serde_json::Value::Object(map))) => map,
+            Some((n, _)) => {
+                self.add(
+                    n.pos,
+                    &join(path, "inputs"),
+                    format!("expected a map of inputs, found {}", n.value.kind()),
+                );
+                serde_json::Map::new()
+            }
+            None => serde_json::Map::new(),
+        }
+    }
+
     fn triggers(&mut self, node: &Node) -> Vec<TriggerSpec> {
         let mut out = Vec::new();
         let Value::Seq(items) = &node.value else {
@@ -725,19 +748,31 @@ impl Decoder<'_> {
                 self.add(
                     item.pos,
                     &join(&path, "type"),
-                    "required field is missing: use cron or webhook",
+                    "required field is missing: use cron, webhook or email",
                 );
                 continue;
             };
             let Some(ty) = self.string(ty_node, &join(&path, "type")) else {
                 continue;
             };
+            let version = field("version").and_then(|n| {
+                let p = join(&path, "version");
+                match &n.value {
+                    Value::Int(v) if *v > 0 => Some(*v),
+                    _ => {
+                        self.add(n.pos, &p, "expected a version number (1 or more)");
+                        None
+                    }
+                }
+            });
             match ty.as_str() {
                 "cron" => {
                     self.check_keys(
                         entries,
                         &path,
-                        &["type", "schedule", "timezone", "catchup", "inputs"],
+                        &[
+                            "type", "schedule", "timezone", "catchup", "inputs", "version",
+                        ],
                         &[],
                     );
                     let schedule = match field("schedule") {
@@ -773,31 +808,19 @@ impl Decoder<'_> {
                         }
                         c
                     });
-                    let inputs = match field("inputs") {
-                        Some(n) => match n.to_json() {
-                            serde_json::Value::Object(map) => map,
-                            _ => {
-                                self.add(
-                                    n.pos,
-                                    &join(&path, "inputs"),
-                                    format!("expected a map of inputs, found {}", n.value.kind()),
-                                );
-                                serde_json::Map::new()
-                            }
-                        },
-                        None => serde_json::Map::new(),
-                    };
+                    let inputs = self.trigger_inputs(field("inputs"), &path);
                     if let Some(schedule) = schedule {
                         out.push(TriggerSpec::Cron {
                             schedule,
                             timezone,
                             catchup,
                             inputs,
+                            version,
                         });
                     }
                 }
                 "webhook" => {
-                    self.check_keys(entries, &path, &["type", "path", "secret"], &[]);
+                    self.check_keys(entries, &path, &["type", "path", "secret", "version"], &[]);
                     let hook_path = match field("path") {
                         Some(n) => self.webhook_path(n, &join(&path, "path"), &mut paths),
                         None => {
@@ -811,13 +834,93 @@ impl Decoder<'_> {
                         if secret.is_none() {
                             self.warnings.add(item.pos, &path, NO_SECRET);
                         }
-                        out.push(TriggerSpec::Webhook { path: p, secret });
+                        out.push(TriggerSpec::Webhook {
+                            path: p,
+                            secret,
+                            version,
+                        });
+                    }
+                }
+                "email" => {
+                    self.check_keys(
+                        entries,
+                        &path,
+                        &[
+                            "type",
+                            "mailbox",
+                            "folder",
+                            "filter",
+                            "poll_interval",
+                            "inputs",
+                        ],
+                        &[],
+                    );
+                    let mailbox = match field("mailbox") {
+                        Some(n) => self.string(n, &join(&path, "mailbox")),
+                        None => {
+                            self.add(
+                                item.pos,
+                                &join(&path, "mailbox"),
+                                "required field is missing: the name of an imap secret",
+                            );
+                            None
+                        }
+                    };
+                    let folder = field("folder")
+                        .and_then(|n| self.string(n, &join(&path, "folder")))
+                        .unwrap_or_else(|| "INBOX".to_owned());
+                    let filter = match field("filter") {
+                        Some(n) => {
+                            let p = join(&path, "filter");
+                            self.string(n, &p).and_then(|text| {
+                                let f = EmailFilter::parse(&text);
+                                if f.is_none() {
+                                    self.add(
+                                        n.pos,
+                                        &p,
+                                        format!(
+                                            "unknown filter {text:?}; use {}",
+                                            EmailFilter::NAMES.join(", ")
+                                        ),
+                                    );
+                                }
+                                f
+                            })
+                        }
+                        None => Some(EmailFilter::Unseen),
+                    };
+                    let poll_interval_ms = match field("poll_interval") {
+                        Some(n) => {
+                            let p = join(&path, "poll_interval");
+                            self.duration_ms(n, &p).and_then(|ms| {
+                                if ms < MIN_POLL_INTERVAL_MS {
+                                    self.add(n.pos, &p, "at least 5s");
+                                    None
+                                } else {
+                                    Some(ms)
+                                }
+                            })
+                        }
+                        None => Some(60_000),
+                    };
+                    let inputs = self.trigger_inputs(field("inputs"), &path);
+                    if let (Some(mailbox), Some(filter), Some(poll_interval_ms)) =
+                        (mailbox, filter, poll_interval_ms)
+                    {
+                        out.push(TriggerSpec::Email {
+                            mailbox,
+                            folder,
+                            filter,
+                            poll_interval_ms,
+                            inputs,
+                            version,
+                        });
                     }
                 }
                 other => {
-                    let mut hint = suggestion(other, ["cron", "webhook"]);
+                    let mut hint = suggestion(other, ["cron", "webhook", "email"]);
                     if hint.is_empty() {
-                        hint = "; use cron or webhook".to_owned();
+                        hint = "; use cron, webhook or email".to_owned();
                     }
                     self.add(
                         ty_node.pos,
@@ -859,8 +962,13 @@ impl Decoder<'_> {
     /// Warns about every read of an input the workflow does not declare: starts refuse
     /// undeclared inputs, so it is always absent.
     fn warn_undeclared_inputs(&mut self, spec: &WorkflowSpec) {
+        // A webhook's or an email's start sets `inputs.trigger` (the Go original's spelling).
+        let trigger_input = spec
+            .triggers
+            .iter()
+            .any(|t| !matches!(t, TriggerSpec::Cron { .. }));
         for (name, pos, path) in std::mem::take(&mut self.input_refs) {
-            if spec.inputs.contains_key(&name) {
+            if spec.inputs.contains_key(&name) || (trigger_input && name == "trigger") {
                 continue;
             }
             let mut hint = suggestion(&name, spec.inputs.keys().map(String::as_str));
@@ -1924,6 +2032,33 @@ steps:
         // Declared inputs and no triggers: nothing to say.
         let quiet = &GOOD[..GOOD.find("triggers:").unwrap()];
         assert_eq!(load(quiet).unwrap().warnings, []);
+    }
+
+    #[test]
+    fn email_triggers_take_defaults_and_name_bad_fields() {
+        let src = "name: x\ntriggers:\n  - {type: email, mailbox: inbox}\nsteps:\n  - name: a\n    action: core/log\n    params: {message: hi}\n";
+        let loaded = load(src).unwrap();
+        assert_eq!(
+            loaded.spec.triggers,
+            [TriggerSpec::Email {
+                mailbox: "inbox".into(),
+                folder: "INBOX".into(),
+                filter: EmailFilter::Unseen,
+                poll_interval_ms: 60_000,
+                inputs: serde_json::Map::new(),
+                version: None,
+            }]
+        );
+        assert_eq!(loaded.spec.triggers[0].key(), "email inbox/INBOX");
+        let bad = "name: x\ntriggers:\n  - type: email\n    filter: unread\n    poll_interval: 1s\nsteps:\n  - name: a\n    action: core/log\n    params: {message: hi}\n";
+        assert_eq!(
+            problems(bad),
+            [
+                "w.yaml:3:5: triggers[0].mailbox: required field is missing: the name of an imap secret",
+                "w.yaml:4:13: triggers[0].filter: unknown filter \"unread\"; use unseen, all, flagged, recent",
+                "w.yaml:5:20: triggers[0].poll_interval: at least 5s",
+            ]
+        );
     }
 
     #[test]

@@ -158,12 +158,32 @@ pub enum TriggerSpec {
         /// The inputs of the executions it starts.
         #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
         inputs: serde_json::Map<String, serde_json::Value>,
+        /// The version it starts; the latest when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<i64>,
+    },
+    /// New messages of an IMAP folder.
+    Email {
+        /// The name of the `imap` secret of the mailbox.
+        mailbox: String,
+        #[serde(default = "default_folder")]
+        folder: String,
+        #[serde(default)]
+        filter: EmailFilter,
+        #[serde(default = "default_poll_interval_ms")]
+        poll_interval_ms: u64,
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        inputs: serde_json::Map<String, serde_json::Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<i64>,
     },
     Webhook {
         path: String,
         /// Name of the secret holding the HMAC key.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<i64>,
     },
 }
 
@@ -193,12 +213,71 @@ impl Catchup {
     }
 }
 
+fn default_folder() -> String {
+    "INBOX".to_owned()
+}
+
+fn default_poll_interval_ms() -> u64 {
+    60_000
+}
+
+/// Which messages of its folder an email trigger starts executions for (among those that
+/// arrived after it was registered).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailFilter {
+    #[default]
+    Unseen,
+    All,
+    Flagged,
+    Recent,
+}
+
+impl EmailFilter {
+    pub const NAMES: [&'static str; 4] = ["unseen", "all", "flagged", "recent"];
+
+    pub fn parse(s: &str) -> Option<EmailFilter> {
+        match s {
+            "unseen" => Some(EmailFilter::Unseen),
+            "all" => Some(EmailFilter::All),
+            "flagged" => Some(EmailFilter::Flagged),
+            "recent" => Some(EmailFilter::Recent),
+            _ => None,
+        }
+    }
+
+    /// The IMAP SEARCH criterion.
+    pub fn criterion(self) -> &'static str {
+        match self {
+            EmailFilter::Unseen => "UNSEEN",
+            EmailFilter::All => "ALL",
+            EmailFilter::Flagged => "FLAGGED",
+            EmailFilter::Recent => "RECENT",
+        }
+    }
+}
+
+/// The shortest poll interval of an email trigger.
+pub const MIN_POLL_INTERVAL_MS: u64 = 5_000;
+
 impl TriggerSpec {
+    /// The version it starts, when the file pins one (`version:`); else the latest.
+    pub fn version(&self) -> Option<i64> {
+        match self {
+            TriggerSpec::Cron { version, .. }
+            | TriggerSpec::Webhook { version, .. }
+            | TriggerSpec::Email { version, .. } => *version,
+        }
+    }
+
     /// A stable identity for plans: `cron <schedule>` or `webhook <path>`.
     pub fn key(&self) -> String {
         match self {
             TriggerSpec::Cron { schedule, .. } => format!("cron {schedule}"),
             TriggerSpec::Webhook { path, .. } => format!("webhook {path}"),
+            TriggerSpec::Email {
+                mailbox, folder, ..
+            } => format!("email {mailbox}/{folder}"),
         }
     }
 }

@@ -347,8 +347,9 @@ class Client:
             name: 1 to 63 lowercase letters, digits, '-' and '_', starting with a letter.
             type: ``generic`` (any fields), ``bearer`` {token}, ``basic`` {username,
                 password}, ``header`` {name, value}, ``openai`` {api_key, optional
-                org_id, base_url}, ``anthropic`` {api_key, optional base_url} or
-                ``postgres`` {url}.
+                org_id, base_url}, ``anthropic`` {api_key, optional base_url},
+                ``postgres`` {url} or ``imap`` {host, username, password, optional port,
+                tls}.
             fields: Field names to string values; at most 64 fields of at most 64 KiB.
 
         Raises:

@@ -826,9 +826,10 @@ class Trigger:
     workflow: str
     """The workflow it starts."""
     type: str
-    """``cron`` or ``webhook``."""
+    """``cron``, ``webhook`` or ``email``."""
     key: str
-    """Its identity within the workflow: ``cron <schedule>`` or ``webhook <path>``."""
+    """Its identity within the workflow: ``cron <schedule>``, ``webhook <path>`` or
+    ``email <mailbox>/<folder>``."""
     schedule: str
     """Cron: the schedule, such as ``0 8 * * 1-5``; empty for webhooks."""
     timezone: str
@@ -856,6 +857,17 @@ class Trigger:
     """When it was registered."""
     update_time: datetime | None
     """When it last changed."""
+    mailbox: str = ""
+    """Email: the name of the ``imap`` secret of the mailbox; empty for other triggers."""
+    folder: str = ""
+    """Email: the folder read (``INBOX`` by default)."""
+    filter: str = ""
+    """Email: which new messages start executions: ``unseen``, ``all``, ``flagged`` or
+    ``recent``."""
+    poll_interval: str = ""
+    """Email: how often the folder is read, such as ``60s``."""
+    pinned_version: int = 0
+    """The version it starts when the file pins one (``version:``); 0 for the latest."""
 
     @classmethod
     def from_proto(cls, msg: trigger_pb2.Trigger) -> Trigger:
@@ -877,4 +889,9 @@ class Trigger:
             last_fire=TriggerFire.from_proto(msg.last_fire) if msg.HasField("last_fire") else None,
             create_time=_time(msg, "create_time"),
             update_time=_time(msg, "update_time"),
+            mailbox=msg.mailbox,
+            folder=msg.folder,
+            filter=msg.filter,
+            poll_interval=msg.poll_interval,
+            pinned_version=msg.pinned_version,
         )

@@ -166,6 +166,35 @@ impl crate::store::TriggerStore for ThisStore {
             .map_err(map_err(|| "triggers".to_owned()))
     }
 
+    async fn claim_trigger_poll(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE triggers SET poll_until = $3 \
+             WHERE id = $1 AND (poll_until IS NULL OR poll_until <= $2)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(until)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err(|| format!("trigger {id}")))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_trigger_state(&self, id: Uuid, state: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE triggers SET state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(state.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err(|| format!("trigger {id}")))?;
+        Ok(())
+    }
+
     async fn note_fire(&self, trigger_id: Uuid, fire: &LastFire) -> Result<()> {
         sqlx::query(
             "UPDATE triggers SET last_scheduled_time = $2, last_fire_time = $3, \

@@ -36,7 +36,9 @@ class Secret(_message.Message):
     letter. Immutable.
     """
     type: _builtins.str
-    """The type: generic, bearer, basic, header, openai, anthropic or postgres. Immutable."""
+    """The type: generic, bearer, basic, header, openai, anthropic, postgres or imap.
+    Immutable.
+    """
     key_id: _builtins.str
     """Id of the encryption key its values are sealed with."""
     @_builtins.property
@@ -102,8 +104,9 @@ class CreateSecretRequest(_message.Message):
     """Name of the new secret. Required."""
     type: _builtins.str
     """Its type. Required. Each type needs its fields: bearer {token}; basic {username,
-    password}; header {name, value}; openai {api_key, optional organization};
-    anthropic {api_key}; postgres {url}; generic: any non-empty set.
+    password}; header {name, value}; openai {api_key, optional org_id, base_url};
+    anthropic {api_key, optional base_url}; postgres {url}; imap {host, username,
+    password, optional port, tls}; generic: any non-empty set.
     """
     @_builtins.property
     def fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:

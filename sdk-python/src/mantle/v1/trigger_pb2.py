@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mantle.v1 import execution_pb2 as mantle_dot_v1_dot_execution__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mantle/v1/trigger.proto\x12\tmantle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mantle/v1/execution.proto\"\x91\x03\n\x07Trigger\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x10\n\x08schedule\x18\x05 \x01(\t\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61tchup\x18\x07 \x01(\t\x12\x0c\n\x04path\x18\x08 \x01(\t\x12\x13\n\x0bsecret_name\x18\t \x01(\t\x12\x13\n\x0binputs_json\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12\x32\n\x0enext_fire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\tlast_fire\x18\x0e \x01(\x0b\x32\x16.mantle.v1.TriggerFire\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x01\n\x0bTriggerFire\x12\x32\n\x0escheduled_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\t\"\'\n\x13ListTriggersRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\"<\n\x14ListTriggersResponse\x12$\n\x08triggers\x18\x01 \x03(\x0b\x32\x12.mantle.v1.Trigger\"!\n\x13PauseTriggerRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14ResumeTriggerRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x12\x46ireTriggerRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13\x46ireTriggerResponse\x12\'\n\texecution\x18\x01 \x01(\x0b\x32\x14.mantle.v1.Execution2\xb9\x02\n\x0eTriggerService\x12O\n\x0cListTriggers\x12\x1e.mantle.v1.ListTriggersRequest\x1a\x1f.mantle.v1.ListTriggersResponse\x12\x42\n\x0cPauseTrigger\x12\x1e.mantle.v1.PauseTriggerRequest\x1a\x12.mantle.v1.Trigger\x12\x44\n\rResumeTrigger\x12\x1f.mantle.v1.ResumeTriggerRequest\x1a\x12.mantle.v1.Trigger\x12L\n\x0b\x46ireTrigger\x12\x1d.mantle.v1.FireTriggerRequest\x1a\x1e.mantle.v1.FireTriggerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mantle/v1/trigger.proto\x12\tmantle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19mantle/v1/execution.proto\"\xf1\x03\n\x07Trigger\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x10\n\x08schedule\x18\x05 \x01(\t\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61tchup\x18\x07 \x01(\t\x12\x0c\n\x04path\x18\x08 \x01(\t\x12\x13\n\x0bsecret_name\x18\t \x01(\t\x12\x13\n\x0binputs_json\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\x03\x12\x0e\n\x06paused\x18\x0c \x01(\x08\x12\x32\n\x0enext_fire_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\tlast_fire\x18\x0e \x01(\x0b\x32\x16.mantle.v1.TriggerFire\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07mailbox\x18\x11 \x01(\t\x12\x0e\n\x06\x66older\x18\x12 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x13 \x01(\t\x12\x15\n\rpoll_interval\x18\x14 \x01(\t\x12\x16\n\x0epinned_version\x18\x15 \x01(\x03\"\x96\x01\n\x0bTriggerFire\x12\x32\n\x0escheduled_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tfire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x65xecution_id\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\t\"\'\n\x13ListTriggersRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\"<\n\x14ListTriggersResponse\x12$\n\x08triggers\x18\x01 \x03(\x0b\x32\x12.mantle.v1.Trigger\"!\n\x13PauseTriggerRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\"\n\x14ResumeTriggerRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x12\x46ireTriggerRequest\x12\n\n\x02id\x18\x01 \x01(\t\">\n\x13\x46ireTriggerResponse\x12\'\n\texecution\x18\x01 \x01(\x0b\x32\x14.mantle.v1.Execution2\xb9\x02\n\x0eTriggerService\x12O\n\x0cListTriggers\x12\x1e.mantle.v1.ListTriggersRequest\x1a\x1f.mantle.v1.ListTriggersResponse\x12\x42\n\x0cPauseTrigger\x12\x1e.mantle.v1.PauseTriggerRequest\x1a\x12.mantle.v1.Trigger\x12\x44\n\rResumeTrigger\x12\x1f.mantle.v1.ResumeTriggerRequest\x1a\x12.mantle.v1.Trigger\x12L\n\x0b\x46ireTrigger\x12\x1d.mantle.v1.FireTriggerRequest\x1a\x1e.mantle.v1.FireTriggerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mantle.v1.trigger_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRIGGER']._serialized_start=99
-  _globals['_TRIGGER']._serialized_end=500
-  _globals['_TRIGGERFIRE']._serialized_start=503
-  _globals['_TRIGGERFIRE']._serialized_end=653
-  _globals['_LISTTRIGGERSREQUEST']._serialized_start=655
-  _globals['_LISTTRIGGERSREQUEST']._serialized_end=694
-  _globals['_LISTTRIGGERSRESPONSE']._serialized_start=696
-  _globals['_LISTTRIGGERSRESPONSE']._serialized_end=756
-  _globals['_PAUSETRIGGERREQUEST']._serialized_start=758
-  _globals['_PAUSETRIGGERREQUEST']._serialized_end=791
-  _globals['_RESUMETRIGGERREQUEST']._serialized_start=793
-  _globals['_RESUMETRIGGERREQUEST']._serialized_end=827
-  _globals['_FIRETRIGGERREQUEST']._serialized_start=829
-  _globals['_FIRETRIGGERREQUEST']._serialized_end=861
-  _globals['_FIRETRIGGERRESPONSE']._serialized_start=863
-  _globals['_FIRETRIGGERRESPONSE']._serialized_end=925
-  _globals['_TRIGGERSERVICE']._serialized_start=928
-  _globals['_TRIGGERSERVICE']._serialized_end=1241
+  _globals['_TRIGGER']._serialized_end=596
+  _globals['_TRIGGERFIRE']._serialized_start=599
+  _globals['_TRIGGERFIRE']._serialized_end=749
+  _globals['_LISTTRIGGERSREQUEST']._serialized_start=751
+  _globals['_LISTTRIGGERSREQUEST']._serialized_end=790
+  _globals['_LISTTRIGGERSRESPONSE']._serialized_start=792
+  _globals['_LISTTRIGGERSRESPONSE']._serialized_end=852
+  _globals['_PAUSETRIGGERREQUEST']._serialized_start=854
+  _globals['_PAUSETRIGGERREQUEST']._serialized_end=887
+  _globals['_RESUMETRIGGERREQUEST']._serialized_start=889
+  _globals['_RESUMETRIGGERREQUEST']._serialized_end=923
+  _globals['_FIRETRIGGERREQUEST']._serialized_start=925
+  _globals['_FIRETRIGGERREQUEST']._serialized_end=957
+  _globals['_FIRETRIGGERRESPONSE']._serialized_start=959
+  _globals['_FIRETRIGGERRESPONSE']._serialized_end=1021
+  _globals['_TRIGGERSERVICE']._serialized_start=1024
+  _globals['_TRIGGERSERVICE']._serialized_end=1337
 # @@protoc_insertion_point(module_scope)

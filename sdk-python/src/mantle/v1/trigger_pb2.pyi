@@ -42,6 +42,11 @@ class Trigger(_message.Message):
     LAST_FIRE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    MAILBOX_FIELD_NUMBER: _builtins.int
+    FOLDER_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    POLL_INTERVAL_FIELD_NUMBER: _builtins.int
+    PINNED_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned identifier (a UUID); what PauseTrigger, ResumeTrigger and FireTrigger
     take.
@@ -49,9 +54,11 @@ class Trigger(_message.Message):
     workflow: _builtins.str
     """The workflow it starts."""
     type: _builtins.str
-    """`cron` or `webhook`."""
+    """`cron`, `webhook` or `email`."""
     key: _builtins.str
-    """Its identity within the workflow: `cron <schedule>` or `webhook <path>`."""
+    """Its identity within the workflow: `cron <schedule>`, `webhook <path>` or
+    `email <mailbox>/<folder>`.
+    """
     schedule: _builtins.str
     """Cron triggers: the schedule, five fields (minute hour day-of-month month day-of-week)
     or six (seconds first), or an alias such as `@daily`. Empty for webhook triggers.
@@ -71,13 +78,27 @@ class Trigger(_message.Message):
     key itself); empty when the file names none.
     """
     inputs_json: _builtins.str
-    """Cron triggers: the inputs of the executions it starts, as a JSON object; empty for
-    none.
+    """Cron and email triggers: the inputs of the executions it starts, as a JSON object;
+    empty for none.
     """
     version: _builtins.int
     """The workflow version whose apply registered it or last changed it."""
     paused: _builtins.bool
     """Whether it is paused (PauseTrigger)."""
+    mailbox: _builtins.str
+    """Email triggers: the name of the tenant's `imap` secret of the mailbox (never its
+    fields). Empty for other triggers.
+    """
+    folder: _builtins.str
+    """Email triggers: the folder read (`INBOX` when the file names none)."""
+    filter: _builtins.str
+    """Email triggers: which new messages start executions: `unseen` (the default), `all`,
+    `flagged` or `recent`.
+    """
+    poll_interval: _builtins.str
+    """Email triggers: how often the folder is read, such as `60s`."""
+    pinned_version: _builtins.int
+    """The version it starts when the file pins one (`version:`); 0: the latest."""
     @_builtins.property
     def next_fire_time(self) -> _timestamp_pb2.Timestamp:
         """Cron triggers: when it fires next; unset while paused, and for webhook triggers."""
@@ -113,10 +134,15 @@ class Trigger(_message.Message):
         last_fire: Global___TriggerFire | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        mailbox: _builtins.str = ...,
+        folder: _builtins.str = ...,
+        filter: _builtins.str = ...,
+        poll_interval: _builtins.str = ...,
+        pinned_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_fire", b"last_fire", "next_fire_time", b"next_fire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catchup", b"catchup", "create_time", b"create_time", "id", b"id", "inputs_json", b"inputs_json", "key", b"key", "last_fire", b"last_fire", "next_fire_time", b"next_fire_time", "path", b"path", "paused", b"paused", "schedule", b"schedule", "secret_name", b"secret_name", "timezone", b"timezone", "type", b"type", "update_time", b"update_time", "version", b"version", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catchup", b"catchup", "create_time", b"create_time", "filter", b"filter", "folder", b"folder", "id", b"id", "inputs_json", b"inputs_json", "key", b"key", "last_fire", b"last_fire", "mailbox", b"mailbox", "next_fire_time", b"next_fire_time", "path", b"path", "paused", b"paused", "pinned_version", b"pinned_version", "poll_interval", b"poll_interval", "schedule", b"schedule", "secret_name", b"secret_name", "timezone", b"timezone", "type", b"type", "update_time", b"update_time", "version", b"version", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
