@@ -137,6 +137,17 @@ async fn cron_fires_each_time_once_across_three_daemons_and_a_kill() {
         "fired after its removal: {}",
         times.last().unwrap()
     );
+    // Each fired within a second of its time (the execution's creation).
+    let late: Vec<i64> = executions
+        .iter()
+        .zip(scheduled_times(&executions))
+        .map(|(e, at)| ts_ms(&e.create_time).unwrap() - at.timestamp_millis())
+        .collect();
+    let within = late.iter().filter(|ms| **ms < 1000).count();
+    assert!(
+        within * 100 >= late.len() * 95,
+        "fewer than 95% of the fires within a second: {late:?}"
+    );
     // Each came with the trigger's inputs and completed.
     for e in &executions {
         assert_eq!(json(&e.inputs_json)["who"], "cron");
@@ -535,12 +546,54 @@ async fn webhooks_start_executions_only_when_signed() {
         .triggers[0]
         .id
         .clone();
-    t.pause_trigger(pb::PauseTriggerRequest { id })
+    t.pause_trigger(pb::PauseTriggerRequest { id: id.clone() })
         .await
         .unwrap();
     let r = post(h(&[("X-Hub-Signature-256", &hub)]), body.to_vec()).await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(executions_of(&mut m, "hooked").await.len(), 5);
+    t.resume_trigger(pb::ResumeTriggerRequest { id })
+        .await
+        .unwrap();
+
+    // The tenant's rate limit applies: its bucket is the API's.
+    daemon
+        .tenants(Some(RELIABILITY_TOKEN))
+        .await
+        .update_tenant(pb::UpdateTenantRequest {
+            name: "default".into(),
+            settings: Some(pb::TenantSettings {
+                rate_limit_per_minute: 2,
+                ..Default::default()
+            }),
+            settings_mask: Some(prost_types::FieldMask {
+                paths: vec!["rate_limit_per_minute".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut limited = None;
+    let mut accepted = 0;
+    for _ in 0..6 {
+        let r = post(h(&[("X-Hub-Signature-256", &hub)]), body.to_vec()).await;
+        match r.status {
+            202 => accepted += 1,
+            429 => {
+                limited = Some(r);
+                break;
+            }
+            other => panic!("{other}: {}", r.body),
+        }
+    }
+    let limited = limited.expect("a request over the tenant's rate limit");
+    assert!(
+        limited.headers.contains_key("retry-after"),
+        "{:?}",
+        limited.headers
+    );
+    assert!(limited.body.contains("rate limit"), "{}", limited.body);
+    assert_eq!(executions_of(&mut m, "hooked").await.len(), 5 + accepted);
 }
 
 fn email(n: u32) -> String {
