@@ -25,6 +25,9 @@ use super::imap::{self, Session};
 use super::{Fired, Triggers, model, spec};
 use crate::workflow::spec::{EmailFilter, TriggerSpec};
 
+/// Email polls one daemon runs at once (each holds a message of at most
+/// [`MAX_MESSAGE_BYTES`]); the others wait for a slot.
+pub const POLLS: usize = 8;
 /// How often a daemon looks for email triggers to poll.
 const TICK: Duration = Duration::from_secs(1);
 /// Messages one poll starts at most; the rest wait for the next poll.
@@ -139,6 +142,9 @@ impl Triggers {
     }
 
     async fn poll_if_mine(&self, t: model::Trigger, interval: Duration) {
+        let Ok(_slot) = self.polls.clone().acquire_owned().await else {
+            return;
+        };
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(interval).unwrap_or_default();
         match self.store.claim_trigger_poll(t.id, now, until).await {
@@ -294,7 +300,12 @@ impl Triggers {
         for uid in uids.into_iter().filter(|u| *u > after).take(PER_POLL) {
             match timed(session.fetch(uid, MAX_MESSAGE_BYTES)).await {
                 Ok(message) => {
-                    let parsed = imap::parse(&message.raw, MAX_BODY_BYTES);
+                    // Decoding a message of up to 4 MiB is CPU work: off the async runtime.
+                    let parsed = tokio::task::spawn_blocking(move || {
+                        imap::parse(&message.raw, MAX_BODY_BYTES)
+                    })
+                    .await
+                    .map_err(|e| PollError::Setup(format!("parsing message {uid}: {e}")))?;
                     let trigger = json!({
                         "type": "email",
                         "trigger_id": t.id.to_string(),

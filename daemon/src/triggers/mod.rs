@@ -58,6 +58,10 @@ pub struct Triggers {
     limiter: Option<crate::tenancy::ratelimit::RateLimiter>,
     /// Which addresses mailboxes may have.
     network: crate::connectors::NetworkPolicy,
+    /// How many refused webhook requests each trigger had audited lately.
+    refusals: Arc<webhook::RefusalAudits>,
+    /// Email polls running at once on this daemon.
+    polls: Arc<tokio::sync::Semaphore>,
 }
 
 /// The spec of a stored trigger.
@@ -103,6 +107,8 @@ impl Triggers {
             secrets,
             limiter,
             network,
+            refusals: Default::default(),
+            polls: Arc::new(tokio::sync::Semaphore::new(email::POLLS)),
         }
     }
 

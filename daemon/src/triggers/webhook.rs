@@ -7,7 +7,8 @@
 //! most [`TOLERANCE`] old), `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(token, body)>`
 //! (GitHub and the Go original), or `Authorization: Bearer <token>`. Every comparison is in
 //! constant time. A refusal starts nothing, is counted in
-//! `mantle_webhook_refusals_total{reason}` and audited.
+//! `mantle_webhook_refusals_total{reason}` and audited (at most
+//! [`AUDITED_REFUSALS_PER_MINUTE`] records a trigger a minute).
 
 use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
@@ -33,6 +34,41 @@ const HIDDEN: &[&str] = &[
 ];
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Refused requests of one trigger audited a minute at most: anyone may send refused
+/// requests, and they must not fill the audit log. The rest are counted (metric) and the
+/// next record says how many were not written.
+const AUDITED_REFUSALS_PER_MINUTE: u32 = 10;
+
+/// Per trigger: the minute's start, its records written, and the refusals left unwritten.
+#[derive(Default)]
+pub(super) struct RefusalAudits(
+    std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (std::time::Instant, u32, u64)>>,
+);
+
+impl RefusalAudits {
+    /// Whether to write this refusal's record, and how many went unwritten before it.
+    fn admit(&self, trigger: uuid::Uuid) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut map = self.0.lock().expect("refusal audits");
+        // Forget triggers quiet for a minute: the map holds the noisy ones only.
+        if map.len() > 1024 {
+            map.retain(|_, (start, _, _)| now.duration_since(*start).as_secs() < 60);
+        }
+        let entry = map.entry(trigger).or_insert((now, 0, 0));
+        if now.duration_since(entry.0).as_secs() >= 60 {
+            entry.0 = now;
+            entry.1 = 0;
+        }
+        if entry.1 < AUDITED_REFUSALS_PER_MINUTE {
+            entry.1 += 1;
+            Some(std::mem::take(&mut entry.2))
+        } else {
+            entry.2 += 1;
+            None
+        }
+    }
+}
 
 /// A request to a webhook trigger.
 pub struct Request<'a> {
@@ -213,6 +249,15 @@ impl Triggers {
             return Err(Refused::NotFound);
         };
         let audit = |result: &str, detail: &str| {
+            let detail = if result == "OK" {
+                detail.to_owned()
+            } else {
+                match self.refusals.admit(t.id) {
+                    None => return,
+                    Some(0) => detail.to_owned(),
+                    Some(n) => format!("{detail} ({n} more refused before, not recorded)"),
+                }
+            };
             let event = AuditEvent {
                 id: uuid::Uuid::now_v7(),
                 tenant_id: Some(tenant.id),
@@ -221,7 +266,7 @@ impl Triggers {
                 action: "webhook.receive".to_owned(),
                 resource: format!("triggers/{}", t.id),
                 result: result.to_owned(),
-                detail: Some(detail.to_owned()),
+                detail: Some(detail),
             };
             let store = self.store.clone();
             tokio::spawn(async move {
@@ -397,6 +442,23 @@ mod tests {
                 .unwrap_err()
                 .starts_with("no signature")
         );
+    }
+
+    #[test]
+    fn refusals_are_audited_ten_a_minute_per_trigger() {
+        let audits = RefusalAudits::default();
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        for _ in 0..10 {
+            assert_eq!(audits.admit(a), Some(0));
+        }
+        assert_eq!(audits.admit(a), None);
+        assert_eq!(audits.admit(a), None);
+        // Another trigger has its own allowance.
+        assert_eq!(audits.admit(b), Some(0));
+        // A minute later, the first record says how many were left out.
+        audits.0.lock().unwrap().get_mut(&a).unwrap().0 -= std::time::Duration::from_secs(61);
+        assert_eq!(audits.admit(a), Some(2));
+        assert_eq!(audits.admit(a), Some(0));
     }
 
     #[test]
