@@ -102,6 +102,14 @@ impl Caller {
             )))
         }
     }
+
+    /// The tenant the caller acts on, once it holds `scope`.
+    pub fn acting_tenant(&self, scope: Scope) -> Result<&TenantRef, Error> {
+        self.require(scope)?;
+        self.tenant
+            .as_ref()
+            .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
+    }
 }
 
 /// The static token of single-tenant mode, kept only as a hash.

@@ -218,11 +218,7 @@ impl Definitions {
     }
 
     fn tenant(caller: &Caller, scope: Scope) -> Result<&TenantRef> {
-        caller.require(scope)?;
-        caller
-            .tenant
-            .as_ref()
-            .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
+        Ok(caller.acting_tenant(scope)?)
     }
 
     /// The actions a step may name (they are the installation's, the same for every

@@ -108,11 +108,7 @@ impl Executions {
     }
 
     fn tenant(caller: &Caller, scope: Scope) -> Result<&TenantRef> {
-        caller.require(scope)?;
-        caller
-            .tenant
-            .as_ref()
-            .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
+        Ok(caller.acting_tenant(scope)?)
     }
 
     pub async fn start(

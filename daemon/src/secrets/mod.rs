@@ -242,11 +242,7 @@ impl Secrets {
     }
 
     fn tenant(caller: &Caller, scope: Scope) -> Result<&TenantRef> {
-        caller.require(scope)?;
-        caller
-            .tenant
-            .as_ref()
-            .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
+        Ok(caller.acting_tenant(scope)?)
     }
 
     async fn audit(

@@ -113,11 +113,7 @@ impl Triggers {
     }
 
     fn tenant(caller: &Caller, scope: Scope) -> Result<&TenantRef> {
-        caller.require(scope)?;
-        caller
-            .tenant
-            .as_ref()
-            .ok_or_else(|| Error::PermissionDenied("this token acts on no tenant".to_owned()))
+        Ok(caller.acting_tenant(scope)?)
     }
 
     fn info(t: model::Trigger, now: DateTime<Utc>) -> TriggerInfo {

@@ -467,78 +467,7 @@ fn make_nullable(property: &mut Value) {
 mod tests {
     use super::*;
     use crate::connectors::ai::wire::ToolDef;
-
-    fn call(id: &str, arguments: Value) -> Block {
-        Block::ToolCall {
-            id: id.into(),
-            name: "weather".into(),
-            arguments,
-        }
-    }
-
-    fn result(id: &str, content: &str, is_error: bool) -> Block {
-        Block::ToolResult {
-            id: id.into(),
-            name: "weather".into(),
-            content: content.into(),
-            is_error,
-        }
-    }
-
-    fn text(text: &str) -> Block {
-        Block::Text { text: text.into() }
-    }
-
-    fn message(role: Role, content: Vec<Block>) -> Message {
-        Message { role, content }
-    }
-
-    /// A conversation of two tool rounds, one call's arguments not JSON, one result an
-    /// error, the last user message mixing a result and text, and one more user message.
-    fn conversation() -> Vec<Message> {
-        vec![
-            Message::user_text("Weather in Paris and Rome?"),
-            message(
-                Role::Assistant,
-                vec![
-                    text("Checking both."),
-                    call("call_1", json!({"city": "Paris"})),
-                    call("call_2", Value::String("{\"city\": Rome".into())),
-                ],
-            ),
-            message(
-                Role::User,
-                vec![
-                    result("call_1", "{\"temp_c\":21}", false),
-                    result("call_2", "the arguments are not JSON", true),
-                ],
-            ),
-            message(
-                Role::Assistant,
-                vec![call("call_3", json!({"city": "Rome"}))],
-            ),
-            message(
-                Role::User,
-                vec![
-                    text("Answer in one line."),
-                    result("call_3", "{\"temp_c\":24}", false),
-                ],
-            ),
-            Message::user_text("In Celsius."),
-        ]
-    }
-
-    fn weather_tool() -> ToolDef {
-        ToolDef {
-            name: "weather".into(),
-            description: "Current weather of a city.".into(),
-            input_schema: json!({
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            }),
-        }
-    }
+    use crate::connectors::ai::wire::fixtures::*;
 
     fn request<'a>(messages: &'a [Message], tools: &'a [ToolDef]) -> Request<'a> {
         Request {
@@ -555,7 +484,7 @@ mod tests {
 
     #[test]
     fn a_full_conversation_has_its_exact_body() {
-        let messages = conversation();
+        let messages = conversation("call");
         let tools = [weather_tool()];
         let body = OpenAi.body(&Request {
             system: Some("Be brief."),

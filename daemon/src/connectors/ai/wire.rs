@@ -144,3 +144,87 @@ pub trait WireFormat: Send + Sync {
     /// The provider's error message in an error answer's body, if it has one.
     fn error_message(&self, body: &Value) -> Option<String>;
 }
+
+/// The conversation and tool the wire formats' tests encode.
+#[cfg(test)]
+pub mod fixtures {
+    use serde_json::{Value, json};
+
+    use super::{Block, Message, Role, ToolDef};
+
+    pub fn call(id: &str, arguments: Value) -> Block {
+        Block::ToolCall {
+            id: id.into(),
+            name: "weather".into(),
+            arguments,
+        }
+    }
+
+    pub fn result(id: &str, content: &str, is_error: bool) -> Block {
+        Block::ToolResult {
+            id: id.into(),
+            name: "weather".into(),
+            content: content.into(),
+            is_error,
+        }
+    }
+
+    pub fn text(text: &str) -> Block {
+        Block::Text { text: text.into() }
+    }
+
+    pub fn message(role: Role, content: Vec<Block>) -> Message {
+        Message { role, content }
+    }
+
+    /// A conversation of two tool rounds, one call's arguments not JSON, one result an
+    /// error, the last user message mixing text and a result, and one more user message;
+    /// tool call ids are `<prefix>_1` to `<prefix>_3`.
+    pub fn conversation(prefix: &str) -> Vec<Message> {
+        vec![
+            Message::user_text("Weather in Paris and Rome?"),
+            message(
+                Role::Assistant,
+                vec![
+                    text("Checking both."),
+                    call(&format!("{prefix}_1"), json!({"city": "Paris"})),
+                    call(
+                        &format!("{prefix}_2"),
+                        Value::String("{\"city\": Rome".into()),
+                    ),
+                ],
+            ),
+            message(
+                Role::User,
+                vec![
+                    result(&format!("{prefix}_1"), "{\"temp_c\":21}", false),
+                    result(&format!("{prefix}_2"), "the arguments are not JSON", true),
+                ],
+            ),
+            message(
+                Role::Assistant,
+                vec![call(&format!("{prefix}_3"), json!({"city": "Rome"}))],
+            ),
+            message(
+                Role::User,
+                vec![
+                    text("Answer in one line."),
+                    result(&format!("{prefix}_3"), "{\"temp_c\":24}", false),
+                ],
+            ),
+            Message::user_text("In Celsius."),
+        ]
+    }
+
+    pub fn weather_tool() -> ToolDef {
+        ToolDef {
+            name: "weather".into(),
+            description: "Current weather of a city.".into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            }),
+        }
+    }
+}
