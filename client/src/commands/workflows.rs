@@ -201,6 +201,13 @@ pub async fn run(ctx: &Context, command: WorkflowsCommand) -> anyhow::Result<()>
             eprintln!("deleted workflow {name}");
             Ok(())
         }
+        WorkflowsCommand::Rollback { name, to_version } => {
+            let response = client.rollback_definition(&name, to_version).await?;
+            output::print(
+                ctx.output,
+                &crate::commands::definitions::ApplyView::from(response),
+            )
+        }
     }
 }
 

@@ -57,12 +57,21 @@ impl DefinitionService for DefinitionApi {
             .definitions
             .apply(caller, &req.source, &req.filename)
             .await?;
-        Ok(Response::new(pb::ApplyDefinitionResponse {
-            warnings: problems(file_name(&req.filename), &applied.warnings),
-            definition: Some(applied.definition.into_proto()),
-            created: applied.created,
-            changes: applied.changes.into_iter().map(Into::into).collect(),
-        }))
+        Ok(Response::new(applied_response(&req.filename, applied)))
+    }
+
+    async fn rollback_definition(
+        &self,
+        request: Request<pb::RollbackDefinitionRequest>,
+    ) -> Result<Response<pb::ApplyDefinitionResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let applied = self
+            .definitions
+            .rollback(caller, &req.name, req.to_version)
+            .await?;
+        let filename = format!("{}@v{}", req.name, req.to_version);
+        Ok(Response::new(applied_response(&filename, applied)))
     }
 
     async fn list_actions(
@@ -161,5 +170,18 @@ impl DefinitionService for DefinitionApi {
             .delete(caller, &request.get_ref().name)
             .await?;
         Ok(Response::new(()))
+    }
+}
+
+/// The answer of ApplyDefinition and RollbackDefinition.
+fn applied_response(
+    filename: &str,
+    applied: crate::definitions::ApplyResult,
+) -> pb::ApplyDefinitionResponse {
+    pb::ApplyDefinitionResponse {
+        warnings: problems(file_name(filename), &applied.warnings),
+        definition: Some(applied.definition.into_proto()),
+        created: applied.created,
+        changes: applied.changes.into_iter().map(Into::into).collect(),
     }
 }

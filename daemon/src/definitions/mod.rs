@@ -345,6 +345,41 @@ impl Definitions {
         })
     }
 
+    /// Applies version `to_version`'s YAML again as a new version.
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        name: &str,
+        to_version: i64,
+    ) -> Result<ApplyResult> {
+        let tenant = Self::tenant(caller, Scope::DefinitionsWrite)?;
+        check_name(name)?;
+        if to_version < 1 {
+            return Err(Error::InvalidArgument {
+                field: "to_version",
+                message: "must be a positive version number".to_owned(),
+            });
+        }
+        let old = self
+            .store
+            .get_definition(tenant.id, name, Some(to_version))
+            .await?;
+        let applied = self
+            .apply(caller, &old.source, &format!("{name}@v{to_version}"))
+            .await?;
+        if applied.created {
+            tracing::info!(
+                tenant = %tenant.name,
+                workflow = %name,
+                from = to_version,
+                version = applied.definition.version,
+                key_id = %caller.key_id,
+                "workflow rolled back"
+            );
+        }
+        Ok(applied)
+    }
+
     async fn latest(&self, tenant: &TenantRef, name: &str) -> Result<Option<Definition>> {
         match self.store.get_definition(tenant.id, name, None).await {
             Ok(d) => Ok(Some(d)),
