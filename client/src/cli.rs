@@ -439,6 +439,34 @@ pub enum ExecutionsCommand {
         #[arg(long)]
         full: bool,
     },
+    /// Cancel every unfinished execution of a workflow and/or in a state, at once; prints
+    /// how many were asked to stop (each ends as cancelled as its daemon stops it).
+    /// `mantlectl cancel ID` cancels one.
+    #[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
+    Cancel {
+        /// Only executions of this workflow.
+        #[arg(long, value_name = "NAME", group = "which")]
+        workflow: Option<String>,
+        /// Only executions in this state: pending, queued or running.
+        #[arg(long, value_name = "STATUS", value_parser = parse_status, group = "which")]
+        status: Option<ExecutionStatus>,
+    },
+    /// Delete a finished execution, or every finished execution that ended before a time
+    /// (of one workflow with --workflow), with their step attempts, events and webhook
+    /// deliveries. Unfinished executions are never deleted: cancel them first.
+    #[command(group = clap::ArgGroup::new("what").required(true))]
+    Delete {
+        /// Execution id.
+        #[arg(group = "what")]
+        id: Option<String>,
+        /// Delete those that ended before BEFORE: an RFC 3339 time (2025-01-31T00:00:00Z)
+        /// or a duration ago (30d).
+        #[arg(long, value_name = "BEFORE", value_parser = parse_since, group = "what")]
+        before: Option<DateTime<Utc>>,
+        /// With --before: only executions of this workflow.
+        #[arg(long, value_name = "NAME", requires = "before")]
+        workflow: Option<String>,
+    },
 }
 
 /// `mantlectl validate|plan|apply FILE…`.
@@ -490,6 +518,15 @@ pub enum WorkflowsCommand {
         /// Workflow name.
         name: String,
     },
+    /// Make an earlier version's YAML the latest again, as a new version; new executions
+    /// run it, running ones keep theirs. Prints what changed, as apply does.
+    Rollback {
+        /// Workflow name.
+        name: String,
+        /// The version to go back to.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
+        to_version: i64,
+    },
 }
 
 /// `mantlectl health`.
@@ -536,6 +573,10 @@ pub struct TenantLimits {
     /// (0: no cap).
     #[arg(long, value_name = "N", group = "changes", value_parser = clap::value_parser!(i64).range(0..))]
     pub max_tokens_per_day: Option<i64>,
+    /// How long finished executions are kept after they end, e.g. 30d or 12h; then they
+    /// are deleted (0: the installation's MANTLE_RETENTION_DAYS).
+    #[arg(long, value_name = "DURATION", group = "changes", value_parser = parse_retention)]
+    pub retention: Option<std::time::Duration>,
     /// The secret an ai/completion step uses when it names no credential, for a provider
     /// (openai or anthropic); repeat for several. On update it changes only the providers
     /// named; PROVIDER= (no secret) removes one. The secret need not exist yet.
@@ -707,6 +748,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_delivery_status(s: &str) -> Result<DeliveryStatus, String> {
     DeliveryStatus::parse(s).ok_or_else(|| "expected pending, delivered or failed".to_owned())
+}
+
+/// A retention: a duration in whole seconds, or 0.
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let d = mantle_client::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.subsec_nanos() != 0 {
+        return Err("whole seconds only (e.g. 30d, 12h, 90s)".to_owned());
+    }
+    Ok(d)
 }
 
 /// An RFC 3339 time, or a duration before now (`1h`: an hour ago).

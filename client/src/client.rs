@@ -22,11 +22,13 @@ use mantle_proto::v1::{
     CreateApiKeyResponse, CreateTenantRequest, Definition, DefinitionSummary, DefinitionVersion,
     DeleteDefinitionRequest, DeleteTenantRequest, GetDefinitionRequest, GetServerInfoRequest,
     GetTenantRequest, ListApiKeysRequest, ListDefinitionVersionsRequest, ListDefinitionsRequest,
-    ListTenantsRequest, Plan, PlanDefinitionRequest, RevokeApiKeyRequest, ServerInfo, Tenant,
-    UpdateTenantRequest, ValidateDefinitionRequest, ValidateDefinitionResponse,
+    ListTenantsRequest, Plan, PlanDefinitionRequest, RevokeApiKeyRequest,
+    RollbackDefinitionRequest, ServerInfo, Tenant, UpdateTenantRequest, ValidateDefinitionRequest,
+    ValidateDefinitionResponse,
 };
 use mantle_proto::v1::{
-    CancelExecutionRequest, Execution, ExecutionEvent, ExecutionStatus, GetExecutionRequest,
+    CancelExecutionRequest, CancelExecutionsRequest, DeleteExecutionRequest,
+    DeleteExecutionsRequest, Execution, ExecutionEvent, ExecutionStatus, GetExecutionRequest,
     ListExecutionsRequest, ListStepAttemptsRequest, RetryExecutionRequest, StartExecutionRequest,
     StepAttempt, View, WatchExecutionRequest,
 };
@@ -633,6 +635,31 @@ impl Client {
         Ok(response)
     }
 
+    /// Applies version `to_version` of workflow `name` again as a new version (nothing is
+    /// stored when it is the latest already). Needs `definitions:write`.
+    pub async fn rollback_definition(
+        &self,
+        name: &str,
+        to_version: i64,
+    ) -> Result<ApplyDefinitionResponse, Error> {
+        let request = RollbackDefinitionRequest {
+            name: name.to_owned(),
+            to_version,
+        };
+        let response = self
+            .call(false, request, |r| {
+                let mut c = self.definition_service();
+                async move { c.rollback_definition(r).await }
+            })
+            .await?;
+        if response.definition.is_none() {
+            return Err(Error::InvalidResponse(
+                "RollbackDefinition returned no definition".to_owned(),
+            ));
+        }
+        Ok(response)
+    }
+
     /// One stored version of a workflow; `version` 0 means the latest. Needs
     /// `definitions:read`.
     pub async fn get_definition(&self, name: &str, version: i64) -> Result<Definition, Error> {
@@ -1041,6 +1068,55 @@ impl Client {
             async move { c.cancel_execution(r).await }
         })
         .await
+    }
+
+    /// Requests the cancellation of every unfinished execution `filter` matches (at least one
+    /// filter); returns how many, at once. Needs `executions:write`.
+    pub async fn cancel_executions(&self, filter: &ExecutionFilter) -> Result<i64, Error> {
+        let request = CancelExecutionsRequest {
+            workflow: filter.workflow.clone().unwrap_or_default(),
+            status: filter.status.unwrap_or_default() as i32,
+            created_after: filter.created_after.map(datetime_to_timestamp),
+            created_before: filter.created_before.map(datetime_to_timestamp),
+        };
+        let response = self
+            .call(true, request, |r| {
+                let mut c = self.execution_service();
+                async move { c.cancel_executions(r).await }
+            })
+            .await?;
+        Ok(response.cancel_requested)
+    }
+
+    /// Deletes a finished execution with its attempts, events and deliveries. Needs
+    /// `executions:write`.
+    pub async fn delete_execution(&self, id: &str) -> Result<(), Error> {
+        let request = DeleteExecutionRequest { id: id.to_owned() };
+        self.call(false, request, |r| {
+            let mut c = self.execution_service();
+            async move { c.delete_execution(r).await }
+        })
+        .await
+    }
+
+    /// Deletes the finished executions that ended before `ended_before`, of `workflow` if
+    /// given; returns how many. Needs `executions:write`.
+    pub async fn delete_executions(
+        &self,
+        ended_before: DateTime<Utc>,
+        workflow: Option<&str>,
+    ) -> Result<i64, Error> {
+        let request = DeleteExecutionsRequest {
+            ended_before: Some(datetime_to_timestamp(ended_before)),
+            workflow: workflow.unwrap_or_default().to_owned(),
+        };
+        let response = self
+            .call(true, request, |r| {
+                let mut c = self.execution_service();
+                async move { c.delete_executions(r).await }
+            })
+            .await?;
+        Ok(response.deleted)
     }
 
     /// Continues a failed, cancelled or timed-out execution: completed steps keep their

@@ -34,6 +34,7 @@ pub struct Config {
     pub encryption_key_previous: Option<String>,
     /// `MANTLE_RATE_LIMIT_BACKEND`: `memory` (per daemon) or `postgres` (shared by replicas).
     pub rate_limit_backend: crate::tenancy::ratelimit::Backend,
+    pub retention: crate::retention::RetentionSettings,
 }
 
 /// Engine settings.
@@ -546,6 +547,22 @@ pub fn build(
     let max_steps_per_workflow = cap("MANTLE_MAX_STEPS_PER_WORKFLOW")?;
     let max_runtime_minutes = cap("MANTLE_MAX_RUNTIME_MINUTES")?;
     let max_concurrent_executions = cap("MANTLE_MAX_CONCURRENT_EXECUTIONS")?;
+    let days = |n: u32| Duration::from_secs(u64::from(n) * 24 * 3600);
+    let retention = crate::retention::RetentionSettings {
+        executions: cap("MANTLE_RETENTION_DAYS")?.map(days),
+        audit: cap("MANTLE_AUDIT_RETENTION_DAYS")?.map(days),
+        interval: duration(
+            "MANTLE_RETENTION_INTERVAL",
+            None,
+            "",
+            Duration::from_secs(60),
+        )?,
+    };
+    if retention.interval.is_zero() {
+        return Err(Error(
+            "MANTLE_RETENTION_INTERVAL: must be more than 0".to_owned(),
+        ));
+    }
     let mut workflow_env = file_config.env.unwrap_or_default();
     for (k, v) in env {
         if let Some(key) = k.strip_prefix("MANTLE_ENV_")
@@ -597,6 +614,7 @@ pub fn build(
         tenant_keys_path,
         shutdown_grace_period,
         rate_limit_backend,
+        retention,
         encryption_key: env_get("MANTLE_ENCRYPTION_KEY"),
         encryption_key_previous: env_get("MANTLE_ENCRYPTION_KEY_PREVIOUS"),
         engine: EngineSettings {

@@ -19,6 +19,7 @@ pub mod health;
 pub mod http;
 /// The passive types, a crate of their own (`mantle-model`).
 pub use mantle_model as model;
+pub mod retention;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -159,6 +159,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     );
     triggers.clone().spawn_scheduler(cancel.child_token());
     triggers.clone().spawn_email_poller(cancel.child_token());
+    crate::retention::Janitor::new(
+        store.clone(),
+        config.retention.clone(),
+        engine.node().to_owned(),
+    )
+    .spawn(cancel.child_token());
     let readiness = health::spawn_monitor(store.clone(), cancel.child_token());
     let mut authenticator = Authenticator::new(store.clone(), static_token);
     if let Some(keys_file) = keys_file {

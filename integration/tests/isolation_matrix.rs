@@ -110,6 +110,8 @@ const RULES: &[(&str, Rule)] = &[
     ("mantle.v1.DefinitionService/ValidateDefinition", OWN),
     ("mantle.v1.DefinitionService/PlanDefinition", OWN),
     ("mantle.v1.DefinitionService/ApplyDefinition", OWN_CREATE),
+    // Naming A's workflow and its version 1.
+    ("mantle.v1.DefinitionService/RollbackDefinition", NOT_FOUND),
     ("mantle.v1.DefinitionService/GetDefinition", NOT_FOUND_READ),
     ("mantle.v1.DefinitionService/ListDefinitions", OWN),
     (
@@ -135,6 +137,12 @@ const RULES: &[(&str, Rule)] = &[
     ("mantle.v1.ExecutionService/GetExecution", NOT_FOUND_READ),
     ("mantle.v1.ExecutionService/ListExecutions", OWN),
     ("mantle.v1.ExecutionService/CancelExecution", NOT_FOUND),
+    // Naming A's workflow: cancels the caller's own executions of that name only (A's
+    // execution is checked untouched afterwards).
+    ("mantle.v1.ExecutionService/CancelExecutions", OWN),
+    ("mantle.v1.ExecutionService/DeleteExecution", NOT_FOUND),
+    // Everything finished before 2100, of A's workflow: the caller's own only.
+    ("mantle.v1.ExecutionService/DeleteExecutions", OWN),
     ("mantle.v1.ExecutionService/RetryExecution", NOT_FOUND),
     (
         "mantle.v1.ExecutionService/ListStepAttempts",
@@ -272,6 +280,8 @@ fn field_value(a: &TenantA, service: &str, field: &str) -> Option<FieldValue> {
         ("DefinitionService", "name") => Str(WORKFLOW.to_owned()),
         ("ExecutionService", "id") => Str(a.execution_id.clone()),
         ("ExecutionService", "idempotency_key") => Str(a.idempotency_key.clone()),
+        ("ExecutionService", "ended_before") => Msg(vec![("seconds", Int(4_102_444_800))]),
+        ("DefinitionService", "to_version") => Int(1),
         ("TriggerService", "id") => Str(a.trigger_id.clone()),
         ("SecretService", "name") => Str(SECRET.to_owned()),
         ("SecretService", "type") => Str("generic".to_owned()),

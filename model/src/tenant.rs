@@ -51,6 +51,9 @@ pub struct TenantSettings {
     /// The secret an `ai/completion` step uses when it names no `credential`, by provider
     /// (one of [`AI_PROVIDERS`]). The secret need not exist yet.
     pub default_credentials: BTreeMap<String, String>,
+    /// How long finished executions are kept, from their end; `None`: the installation's
+    /// default.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// The model providers `default_credentials` may name.
@@ -122,6 +125,7 @@ pub struct TenantUpdate {
     pub max_cost_usd_per_execution: Option<Option<f64>>,
     pub max_tokens_per_day: Option<Option<u64>>,
     pub default_credentials: Option<BTreeMap<String, String>>,
+    pub retention: Option<Option<std::time::Duration>>,
 }
 
 /// One page of a listing.

@@ -475,6 +475,36 @@ pub async fn run(ctx: &Context, command: ExecutionsCommand) -> anyhow::Result<()
                 &ExecutionList(executions.into_iter().map(ExecutionView::from).collect()),
             )
         }
+        ExecutionsCommand::Cancel { workflow, status } => {
+            let filter = ExecutionFilter {
+                workflow: workflow.filter(|w| !w.is_empty()),
+                status,
+                ..Default::default()
+            };
+            let n = client.cancel_executions(&filter).await?;
+            println!("cancellation requested for {n} executions");
+            Ok(())
+        }
+        ExecutionsCommand::Delete {
+            id,
+            before,
+            workflow,
+        } => {
+            if let Some(id) = id {
+                client.delete_execution(&id).await?;
+                println!("execution {id} deleted");
+                return Ok(());
+            }
+            let before = before.expect("clap requires an id or --before");
+            let n = client
+                .delete_executions(before, workflow.as_deref())
+                .await?;
+            println!(
+                "deleted {n} executions that ended before {}",
+                before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            Ok(())
+        }
     }
 }
 

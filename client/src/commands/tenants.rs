@@ -35,6 +35,8 @@ struct TenantView {
     max_tokens_per_day: i64,
     /// Provider → secret name.
     default_credentials: BTreeMap<String, String>,
+    /// How long finished executions are kept, in seconds; 0: the installation's default.
+    retention_seconds: i64,
 }
 
 impl From<Tenant> for TenantView {
@@ -52,6 +54,7 @@ impl From<Tenant> for TenantView {
             max_cost_usd_per_execution: settings.max_cost_usd_per_execution,
             max_tokens_per_day: settings.max_tokens_per_day,
             default_credentials: settings.default_credentials.into_iter().collect(),
+            retention_seconds: settings.retention.map_or(0, |d| d.seconds),
             create_time: t.create_time.as_ref().and_then(timestamp_to_datetime),
             update_time: t.update_time.as_ref().and_then(timestamp_to_datetime),
             name: t.name,
@@ -90,6 +93,14 @@ fn tenant_table<'a>(tenants: impl IntoIterator<Item = &'a TenantView>) -> String
         }
         if t.max_tokens_per_day > 0 {
             limits.push(format!("tokens≤{}/day", t.max_tokens_per_day));
+        }
+        if t.retention_seconds > 0 {
+            limits.push(format!(
+                "retention={}",
+                mantle_client::format_duration(std::time::Duration::from_secs(
+                    t.retention_seconds.unsigned_abs()
+                ))
+            ));
         }
         if !t.default_credentials.is_empty() {
             let credentials: Vec<String> = t
@@ -141,6 +152,10 @@ fn settings_of(
         max_cost_usd_per_execution: limits.max_cost_usd_per_execution.unwrap_or(0.0),
         max_tokens_per_day: limits.max_tokens_per_day.unwrap_or(0),
         default_credentials: with_credentials(current, &limits.default_credentials),
+        retention: limits.retention.map(|d| prost_types::Duration {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
     }
 }
 
@@ -228,6 +243,9 @@ pub async fn run(ctx: &Context, command: TenantsCommand) -> anyhow::Result<()> {
             }
             if limits.max_tokens_per_day.is_some() {
                 mask.push("max_tokens_per_day".to_owned());
+            }
+            if limits.retention.is_some() {
+                mask.push("retention".to_owned());
             }
             // The map is replaced whole: the flags change the tenant's current one. (Two
             // updates of its credentials at once may lose one of them.)

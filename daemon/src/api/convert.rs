@@ -65,6 +65,10 @@ impl IntoProto<pb::Tenant> for Tenant {
                     .max_tokens_per_day
                     .map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX)),
                 default_credentials: self.settings.default_credentials.into_iter().collect(),
+                retention: self.settings.retention.map(|d| prost_types::Duration {
+                    seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                    nanos: 0,
+                }),
             }),
         }
     }
@@ -89,6 +93,27 @@ pub fn tenant_settings(s: pb::TenantSettings) -> crate::model::tenant::TenantSet
         max_cost_usd_per_execution: cost_cap(s.max_cost_usd_per_execution),
         max_tokens_per_day: token_cap(s.max_tokens_per_day),
         default_credentials: s.default_credentials.into_iter().collect(),
+        retention: retention(s.retention.as_ref()),
+    }
+}
+
+/// A requested retention: unset or 0 is the installation's default. One that is not whole
+/// positive seconds was refused before ([`check_retention`]).
+pub fn retention(d: Option<&prost_types::Duration>) -> Option<std::time::Duration> {
+    d.filter(|d| d.seconds > 0)
+        .map(|d| std::time::Duration::from_secs(d.seconds.unsigned_abs()))
+}
+
+/// Refuses a retention that is negative or not whole seconds.
+pub fn check_retention(d: Option<&prost_types::Duration>) -> Result<(), tonic::Status> {
+    match d {
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(tonic::Status::invalid_argument(
+            "settings.retention: must not be negative",
+        )),
+        Some(d) if d.nanos != 0 => Err(tonic::Status::invalid_argument(
+            "settings.retention: whole seconds only",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -22,6 +22,21 @@ pub struct ExecutionApi {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
+/// The filter of ListExecutions and CancelExecutions.
+fn filter(
+    workflow: &str,
+    status: i32,
+    created_after: Option<prost_types::Timestamp>,
+    created_before: Option<prost_types::Timestamp>,
+) -> Result<ExecutionFilter, Status> {
+    Ok(ExecutionFilter {
+        workflow: (!workflow.is_empty()).then(|| workflow.to_owned()),
+        status: execution_status_from_pb(status)?,
+        created_after: from_timestamp("created_after", created_after)?,
+        created_before: from_timestamp("created_before", created_before)?,
+    })
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -81,12 +96,12 @@ impl ExecutionService for ExecutionApi {
         let caller = caller(&request)?;
         let req = request.get_ref();
         let page = page_request(req.page_size, &req.page_token)?;
-        let filter = ExecutionFilter {
-            workflow: (!req.workflow.is_empty()).then(|| req.workflow.clone()),
-            status: execution_status_from_pb(req.status)?,
-            created_after: from_timestamp("created_after", req.created_after)?,
-            created_before: from_timestamp("created_before", req.created_before)?,
-        };
+        let filter = filter(
+            &req.workflow,
+            req.status,
+            req.created_after,
+            req.created_before,
+        )?;
         let view = view_from_pb(req.view)?;
         let page = self.executions.list(caller, &filter, &page, view).await?;
         Ok(Response::new(pb::ListExecutionsResponse {
@@ -112,6 +127,53 @@ impl ExecutionService for ExecutionApi {
             .cancel(caller, &request.get_ref().id)
             .await?;
         Ok(Response::new(execution.into_proto()))
+    }
+
+    async fn cancel_executions(
+        &self,
+        request: Request<pb::CancelExecutionsRequest>,
+    ) -> Result<Response<pb::CancelExecutionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let filter = filter(
+            &req.workflow,
+            req.status,
+            req.created_after,
+            req.created_before,
+        )?;
+        let n = self.executions.cancel_matching(caller, &filter).await?;
+        Ok(Response::new(pb::CancelExecutionsResponse {
+            cancel_requested: i64::try_from(n).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn delete_execution(
+        &self,
+        request: Request<pb::DeleteExecutionRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = caller(&request)?;
+        self.executions
+            .delete(caller, &request.get_ref().id)
+            .await?;
+        Ok(Response::new(()))
+    }
+
+    async fn delete_executions(
+        &self,
+        request: Request<pb::DeleteExecutionsRequest>,
+    ) -> Result<Response<pb::DeleteExecutionsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let ended_before = from_timestamp("ended_before", req.ended_before)?
+            .ok_or_else(|| Status::invalid_argument("ended_before: required"))?;
+        let workflow = (!req.workflow.is_empty()).then_some(req.workflow.as_str());
+        let n = self
+            .executions
+            .delete_finished(caller, ended_before, workflow)
+            .await?;
+        Ok(Response::new(pb::DeleteExecutionsResponse {
+            deleted: i64::try_from(n).unwrap_or(i64::MAX),
+        }))
     }
 
     async fn retry_execution(

@@ -32,6 +32,7 @@ impl TenantService for TenantApi {
                 "settings.max_tokens_per_day: must not be negative",
             ));
         }
+        super::convert::check_retention(req.settings.as_ref().and_then(|s| s.retention.as_ref()))?;
         let settings = req
             .settings
             .clone()
@@ -133,9 +134,13 @@ impl TenantService for TenantApi {
                             .collect(),
                     )
                 }
+                "retention" => {
+                    super::convert::check_retention(settings.retention.as_ref())?;
+                    update.retention = Some(super::convert::retention(settings.retention.as_ref()))
+                }
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, max_concurrent_executions, max_queued_executions, webhook_url, webhook_secret, max_cost_usd_per_execution, max_tokens_per_day or default_credentials"
+                        "settings_mask: unknown field {other:?}; use max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, max_concurrent_executions, max_queued_executions, webhook_url, webhook_secret, max_cost_usd_per_execution, max_tokens_per_day, default_credentials or retention"
                     )));
                 }
             }

@@ -44,6 +44,9 @@ pub const DEFAULT_MAX_INPUT_BYTES: usize = 3 * 1024 * 1024 + 512 * 1024;
 /// How long CancelExecution waits for the execution to reach `cancelled` before answering.
 pub const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
+/// Executions whose cancellation one statement of a bulk cancel requests.
+pub const CANCEL_BATCH: u32 = 500;
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -442,22 +445,56 @@ impl Engine {
     }
 
     /// Requests cancellation; running steps are stopped within about a second. Returns the
-    /// execution once it is cancelled, or as it is after [`CANCEL_WAIT`].
+    /// execution once it is cancelled, or as it is after [`CANCEL_WAIT`] (at once when the
+    /// tenant holds as many watch streams as it may). The wait reads the execution only
+    /// when told its events grew, as `WatchExecution` does: no polling.
     pub async fn cancel(&self, tenant_id: Uuid, id: Uuid) -> Result<Execution, Error> {
+        // Registered before the request, so that no notice of the end is missed.
+        let mut watch = self.inner.watchers.subscribe(tenant_id, id).ok();
         let mut execution = self.inner.store.request_cancel(tenant_id, id).await?;
         if execution.status.is_terminal() {
             return Ok(execution);
         }
-        if let Some(r) = self.inner.running.lock().expect("running map").get(&id) {
-            r.cancel.cancel();
-        }
-        self.inner.claim_now.notify_one();
+        self.inner.stop_local(&[id]);
+        let Some(watch) = watch.as_mut() else {
+            return Ok(execution);
+        };
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
-        while !execution.status.is_terminal() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        while tokio::time::timeout_at(deadline, watch.changed())
+            .await
+            .is_ok()
+        {
+            watch.mark_seen();
             execution = self.inner.store.get_execution(tenant_id, id).await?;
+            if execution.status.is_terminal() {
+                break;
+            }
         }
         Ok(execution)
+    }
+
+    /// Requests the cancellation of every unfinished execution of the tenant that `filter`
+    /// matches, in batches of [`CANCEL_BATCH`] (each one statement); returns how many. It
+    /// does not wait: each ends as CANCELLED as its driver stops it (those of this daemon at
+    /// once; sleeping and queued ones when claimed, which starts now).
+    pub async fn cancel_matching(
+        &self,
+        tenant_id: Uuid,
+        filter: &crate::model::execution::ExecutionFilter,
+    ) -> Result<u64, Error> {
+        let mut total = 0;
+        loop {
+            let ids = self
+                .inner
+                .store
+                .request_cancel_matching(tenant_id, filter, CANCEL_BATCH)
+                .await?;
+            total += ids.len() as u64;
+            self.inner.stop_local(&ids);
+            if ids.len() < CANCEL_BATCH as usize {
+                return Ok(total);
+            }
+        }
     }
 
     /// Continues a failed, cancelled or timed-out execution from its unfinished steps.
@@ -484,6 +521,20 @@ impl Engine {
 }
 
 impl Inner {
+    /// Stops the drivers of `ids` that run here (their cancellation was requested), and
+    /// wakes the claim loop for those that wait to be claimed.
+    fn stop_local(&self, ids: &[Uuid]) {
+        {
+            let running = self.running.lock().expect("running map");
+            for id in ids {
+                if let Some(r) = running.get(id) {
+                    r.cancel.cancel();
+                }
+            }
+        }
+        self.claim_now.notify_one();
+    }
+
     /// Drives the execution of `lease` here. A lease of a newer epoch than the one a driver
     /// here holds (this daemon claimed the execution again after its lease ran out, say
     /// after a stall) supersedes that driver: the old one is told its lease is lost, and the

@@ -227,6 +227,69 @@ impl Executions {
         Ok(execution)
     }
 
+    /// Requests the cancellation of every unfinished execution `filter` matches; returns
+    /// how many. At least one filter is needed, so that no request cancels everything by
+    /// omission.
+    pub async fn cancel_matching(&self, caller: &Caller, filter: &ExecutionFilter) -> Result<u64> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsWrite)?;
+        if filter.workflow.is_none()
+            && filter.status.is_none()
+            && filter.created_after.is_none()
+            && filter.created_before.is_none()
+        {
+            return Err(Error::InvalidArgument {
+                field: "workflow".to_owned(),
+                message: "set at least one of workflow, status, created_after and created_before"
+                    .to_owned(),
+            });
+        }
+        if let Some(status) = filter.status.filter(|s| s.is_terminal()) {
+            return Err(Error::InvalidArgument {
+                field: "status".to_owned(),
+                message: format!(
+                    "{} executions have finished; only pending, queued or running ones can be cancelled",
+                    status.as_str()
+                ),
+            });
+        }
+        let n = self.engine.cancel_matching(tenant.id, filter).await?;
+        tracing::info!(tenant = %tenant.name, count = n, key_id = %caller.key_id, "bulk cancellation requested");
+        Ok(n)
+    }
+
+    /// Deletes a finished execution with everything that belongs to it.
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<()> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsWrite)?;
+        let id = parse_id(id)?;
+        let deleted = self.store.delete_execution(tenant.id, id).await?;
+        crate::retention::record(deleted);
+        tracing::info!(execution = %id, key_id = %caller.key_id, "execution deleted");
+        Ok(())
+    }
+
+    /// Deletes the finished executions that ended before `ended_before` (of `workflow` if
+    /// set), in batches; returns how many.
+    pub async fn delete_finished(
+        &self,
+        caller: &Caller,
+        ended_before: chrono::DateTime<chrono::Utc>,
+        workflow: Option<&str>,
+    ) -> Result<u64> {
+        let tenant = Self::tenant(caller, Scope::ExecutionsWrite)?;
+        let deleted = crate::retention::delete_in_batches(
+            self.store.as_ref(),
+            tenant.id,
+            store::Doomed::Finished {
+                ended_before,
+                workflow,
+            },
+            None,
+        )
+        .await?;
+        tracing::info!(tenant = %tenant.name, executions = deleted.executions, key_id = %caller.key_id, "finished executions deleted");
+        Ok(deleted.executions)
+    }
+
     pub async fn retry(&self, caller: &Caller, id: &str) -> Result<Execution> {
         let tenant = Self::tenant(caller, Scope::ExecutionsWrite)?;
         let execution = self.engine.retry(tenant.id, parse_id(id)?).await?;

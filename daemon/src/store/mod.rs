@@ -436,8 +436,17 @@ pub trait ExecutionStore: Send + Sync {
     ) -> Result<Vec<(uuid::Uuid, bool)>>;
     /// Gives up one lease so another daemon can take the execution at once.
     async fn release_lease(&self, lease: Lease) -> Result<()>;
-    /// Sets the cancel flag of a non-terminal execution; returns the execution.
+    /// Sets the cancel flag of a non-terminal execution (one statement); returns the
+    /// execution.
     async fn request_cancel(&self, tenant_id: uuid::Uuid, id: uuid::Uuid) -> Result<Execution>;
+    /// Sets the cancel flag of at most `limit` unfinished executions `filter` matches whose
+    /// flag is not set yet, in one statement; returns their ids.
+    async fn request_cancel_matching(
+        &self,
+        tenant_id: uuid::Uuid,
+        filter: &ExecutionFilter,
+        limit: u32,
+    ) -> Result<Vec<uuid::Uuid>>;
     /// Makes a failed, cancelled or timed-out execution runnable again in a new generation,
     /// leased by `owner`.
     async fn retry_execution(
@@ -567,6 +576,71 @@ pub trait IdempotencyStore: Send + Sync {
     async fn sweep_idempotency_keys(&self, now: DateTime<Utc>) -> Result<u64>;
 }
 
+/// What one deletion removed: executions, and every row (theirs included) that went with
+/// them: step attempts, events, checkpoints, webhook deliveries, idempotency keys and
+/// trigger fires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub executions: u64,
+    pub rows: u64,
+}
+
+impl std::ops::AddAssign for Deleted {
+    fn add_assign(&mut self, other: Deleted) {
+        self.executions += other.executions;
+        self.rows += other.rows;
+    }
+}
+
+/// Which of a tenant's executions a batched deletion takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Doomed<'a> {
+    /// Finished before `ended_before`, of `workflow` if set.
+    Finished {
+        ended_before: DateTime<Utc>,
+        workflow: Option<&'a str>,
+    },
+    /// Every one, finished or not (the tenant is being deleted).
+    All,
+}
+
+/// Deleting old data in small batches (retention, manual deletion, tenant deletion), and
+/// the lease that lets one daemon at a time do it.
+#[async_trait::async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Deletes at most `limit` of the tenant's executions that `doomed` names, oldest first,
+    /// with everything that belongs to them, in one short transaction.
+    async fn delete_executions(
+        &self,
+        tenant_id: uuid::Uuid,
+        doomed: Doomed<'_>,
+        limit: u32,
+    ) -> Result<Deleted>;
+    /// Deletes one finished execution with everything that belongs to them. NotFound when
+    /// the tenant has no such execution, Conflict when it has not finished.
+    async fn delete_execution(&self, tenant_id: uuid::Uuid, id: uuid::Uuid) -> Result<Deleted>;
+    /// How many of the tenant's executions finished before `ended_before`.
+    async fn count_finished_before(
+        &self,
+        tenant_id: uuid::Uuid,
+        ended_before: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// Deletes at most `limit` audit events older than `before`, oldest first.
+    async fn delete_audit_before(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
+    /// Gives back to the file system at most `max_pages` pages that deletions freed (SQLite's
+    /// incremental vacuum); returns how many. PostgreSQL's autovacuum does this itself: 0.
+    async fn reclaim_space(&self, max_pages: u32) -> Result<u64>;
+    /// Takes or renews the installation-wide lease `name` for `owner` until `expires`,
+    /// unless another owner holds it past `now`. Whether `owner` holds it.
+    async fn take_singleton_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        expires: DateTime<Utc>,
+    ) -> Result<bool>;
+}
+
 /// The audit log: who changed what, when, with which result.
 #[async_trait::async_trait]
 pub trait AuditStore: Send + Sync {
@@ -645,6 +719,7 @@ pub trait Store:
     + SecretStore
     + AuditStore
     + TriggerStore
+    + RetentionStore
 {
     fn backend(&self) -> Backend;
     /// A cheap round trip, for readiness.

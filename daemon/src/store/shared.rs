@@ -13,7 +13,7 @@ use crate::model::tenant::{ApiKey, Page, PageRequest, Tenant, TenantRef};
 pub(super) const TENANT_COLUMNS: &str = "id, name, display_name, create_time, update_time, \
      max_steps_per_workflow, max_runtime_minutes, allowed_domains, rate_limit_per_minute, \
      max_concurrent_executions, max_queued_executions, webhook_url, webhook_secret, \
-     max_cost_usd_per_execution, max_tokens_per_day, default_credentials";
+     max_cost_usd_per_execution, max_tokens_per_day, default_credentials, retention_seconds";
 
 pub(super) const KEY_SELECT: &str = "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, \
      k.scopes, k.token_hash, k.create_time, k.expire_time, k.revoke_time, k.last_use_time \
@@ -38,6 +38,7 @@ pub(super) struct TenantRow {
     max_tokens_per_day: Option<i64>,
     /// A JSON object of provider to secret name ([`default_credentials_text`]).
     default_credentials: Option<String>,
+    retention_seconds: Option<i64>,
 }
 
 /// A tenant's default credentials as stored: a JSON object, or NULL when there are none.
@@ -81,6 +82,10 @@ impl TryFrom<TenantRow> for Tenant {
                 max_cost_usd_per_execution: r.max_cost_usd_per_execution,
                 max_tokens_per_day: r.max_tokens_per_day.map(|n| n.max(0).unsigned_abs()),
                 default_credentials,
+                retention: r
+                    .retention_seconds
+                    .filter(|n| *n > 0)
+                    .map(|n| std::time::Duration::from_secs(n.unsigned_abs())),
             },
         })
     }
@@ -127,6 +132,13 @@ impl TryFrom<KeyRow> for ApiKey {
             last_use_time: r.last_use_time,
         })
     }
+}
+
+/// The smallest UUIDv7 of the millisecond `t` (or of 1970 for an earlier time): every id
+/// taken at `t` or later sorts at or after it, every id taken before sorts before it.
+pub(super) fn first_id_of(t: DateTime<Utc>) -> Uuid {
+    let ms = u128::try_from(t.timestamp_millis()).unwrap_or(0) & ((1 << 48) - 1);
+    Uuid::from_u128(ms << 80)
 }
 
 /// Translates a driver error; `what` names the resource for NotFound/AlreadyExists.

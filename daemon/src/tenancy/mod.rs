@@ -383,8 +383,18 @@ impl Tenancy {
                 "name: the tenant \"default\" cannot be deleted".to_owned(),
             ));
         }
+        // Its executions first, in the batches of retention, so that a large tenant's
+        // deletion never holds the database for long; the rest goes in one transaction.
+        let tenant = self.store.get_tenant(name).await?;
+        let deleted = crate::retention::delete_in_batches(
+            self.store.as_ref(),
+            tenant.id,
+            crate::store::Doomed::All,
+            None,
+        )
+        .await?;
         self.store.delete_tenant(name).await?;
-        tracing::info!(tenant = %name, key_id = %caller.key_id, "tenant deleted");
+        tracing::info!(tenant = %name, executions = deleted.executions, key_id = %caller.key_id, "tenant deleted");
         Ok(())
     }
 

@@ -7,6 +7,64 @@
 
 use super::*;
 
+/// The terminal statuses, as an SQL list.
+const TERMINAL: &str = "('completed', 'failed', 'cancelled', 'timed_out')";
+
+/// Requests cancellation, to be followed by `WHERE`. A queued execution has no driver
+/// yet: it becomes claimable with the cancellation requested, so a driver ends it like any
+/// other (its terminal event and webhook delivery written with the end) without running a
+/// step; a sleeping one is woken. (Every right-hand side reads the row as it was.)
+const CANCEL: &str = "UPDATE executions SET cancel_requested = TRUE, wake_time = NULL, \
+     owner = CASE WHEN status = 'queued' THEN NULL ELSE owner END, \
+     lease_expires = CASE WHEN status = 'queued' THEN NULL ELSE lease_expires END, \
+     status = CASE WHEN status = 'queued' THEN 'pending' ELSE status END";
+
+/// `{select} FROM executions WHERE` the tenant's executions that `filter` matches: only
+/// the conditions that are set, so that the database takes the index that fits (a workflow,
+/// a status, or both, each in id order). Ids are UUIDv7, ordered by creation: a creation
+/// time range also bounds the ids (by a second more, for the clock between taking the id
+/// and the time), so any of those indexes is walked from the range's start.
+fn matching(
+    select: &str,
+    tenant_id: Uuid,
+    filter: &crate::model::execution::ExecutionFilter,
+) -> sqlx::QueryBuilder<Db> {
+    let mut q = sqlx::QueryBuilder::new(format!("{select} FROM executions WHERE "));
+    push_matching(&mut q, tenant_id, filter);
+    q
+}
+
+/// The conditions of [`matching`], pushed onto `q`.
+fn push_matching(
+    q: &mut sqlx::QueryBuilder<Db>,
+    tenant_id: Uuid,
+    filter: &crate::model::execution::ExecutionFilter,
+) {
+    q.push("tenant_id = ").push_bind(tenant_id);
+    if let Some(workflow) = &filter.workflow {
+        q.push(" AND workflow = ").push_bind(workflow.clone());
+    }
+    if let Some(status) = filter.status {
+        q.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(after) = filter.created_after {
+        q.push(" AND create_time >= ")
+            .push_bind(after)
+            .push(" AND id >= ")
+            .push_bind(crate::store::shared::first_id_of(
+                after - chrono::Duration::seconds(1),
+            ));
+    }
+    if let Some(before) = filter.created_before {
+        q.push(" AND create_time < ")
+            .push_bind(before)
+            .push(" AND id < ")
+            .push_bind(crate::store::shared::first_id_of(
+                before + chrono::Duration::seconds(1),
+            ));
+    }
+}
+
 impl ThisStore {
     pub(super) async fn create_execution_shared(
         &self,
@@ -276,30 +334,48 @@ impl ThisStore {
         tenant_id: Uuid,
         id: Uuid,
     ) -> Result<crate::model::execution::Execution> {
-        // A queued execution has no driver yet: it becomes claimable with the
-        // cancellation requested, so a driver ends it like any other (its terminal
-        // event and webhook delivery written with the end) without running a step.
-        sqlx::query(
-            "UPDATE executions SET status = 'pending', owner = NULL, \
-             lease_expires = NULL, cancel_requested = TRUE \
-             WHERE tenant_id = $1 AND id = $2 AND status = 'queued'",
-        )
-        .bind(tenant_id)
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err(|| format!("execution {id}")))?;
-        sqlx::query(
-            "UPDATE executions SET cancel_requested = TRUE, wake_time = NULL \
-             WHERE tenant_id = $1 AND id = $2 \
-             AND status NOT IN ('completed', 'failed', 'cancelled', 'timed_out')",
-        )
-        .bind(tenant_id)
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err(|| format!("execution {id}")))?;
-        self.get_execution_shared(tenant_id, id).await
+        let mut q = sqlx::QueryBuilder::new(format!("{CANCEL} WHERE tenant_id = "));
+        q.push_bind(tenant_id)
+            .push(" AND id = ")
+            .push_bind(id)
+            .push(format!(
+                " AND status NOT IN {TERMINAL} RETURNING {EXECUTION_COLUMNS}"
+            ));
+        let row: Option<ExecutionRow> = q
+            .build_query_as()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err(|| format!("execution {id}")))?;
+        match row {
+            Some(row) => row.try_into(),
+            // Finished already, or not the tenant's.
+            None => self.get_execution_shared(tenant_id, id).await,
+        }
+    }
+
+    /// Requests the cancellation of at most `limit` of the tenant's unfinished executions
+    /// that `filter` matches and that are not being cancelled yet, oldest first, in one
+    /// statement; returns their ids. Called again until it returns fewer than `limit`, it
+    /// cancels every match, each batch a short write.
+    pub(super) async fn request_cancel_matching_shared(
+        &self,
+        tenant_id: Uuid,
+        filter: &crate::model::execution::ExecutionFilter,
+        limit: u32,
+    ) -> Result<Vec<Uuid>> {
+        let mut q = sqlx::QueryBuilder::new(format!(
+            "{CANCEL} WHERE id IN (SELECT id FROM executions WHERE "
+        ));
+        push_matching(&mut q, tenant_id, filter);
+        q.push(format!(
+            " AND status NOT IN {TERMINAL} AND cancel_requested = FALSE ORDER BY id LIMIT "
+        ))
+        .push_bind(i64::from(limit))
+        .push(") RETURNING id");
+        q.build_query_scalar()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err(|| "executions".to_owned()))
     }
 
     pub(super) async fn retry_execution_shared(
@@ -367,9 +443,6 @@ impl ThisStore {
             None => None,
             Some(c) => Some(c.parse().map_err(|_| Error::NotFound("page".to_owned()))?),
         };
-        let matching = "tenant_id = $1 AND ($2 IS NULL OR workflow = $2) \
-             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR create_time >= $4) \
-             AND ($5 IS NULL OR create_time < $5) AND ($6 IS NULL OR id < $6)";
         // The sizes first, so that a page of large executions never loads more of
         // them than it returns.
         let (size, columns) = match view {
@@ -383,18 +456,18 @@ impl ThisStore {
                 crate::store::shared::EXECUTION_BASIC_COLUMNS,
             ),
         };
-        let sql = format!(
-            "SELECT id, CAST({size} AS BIGINT) FROM executions WHERE {matching} \
-             ORDER BY id DESC LIMIT $7"
+        let limit = i64::from(page.limit) + 1;
+        let mut q = matching(
+            &format!("SELECT id, CAST({size} AS BIGINT)"),
+            tenant_id,
+            filter,
         );
-        let sizes: Vec<(Uuid, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(tenant_id)
-            .bind(filter.workflow.as_deref())
-            .bind(filter.status.map(|s| s.as_str()))
-            .bind(filter.created_after)
-            .bind(filter.created_before)
-            .bind(before)
-            .bind(i64::from(page.limit) + 1)
+        if let Some(before) = before {
+            q.push(" AND id < ").push_bind(before);
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        let sizes: Vec<(Uuid, i64)> = q
+            .build_query_as()
             .fetch_all(&self.pool)
             .await
             .map_err(map_err(|| "executions".to_owned()))?;
@@ -403,19 +476,16 @@ impl ThisStore {
         let Some((last, _)) = take.checked_sub(1).and_then(|i| sizes.get(i)) else {
             return Ok(Page::empty());
         };
-        let sql = format!(
-            "SELECT {columns} FROM executions WHERE {matching} AND id >= $8 \
-             ORDER BY id DESC LIMIT $7"
-        );
-        let rows = sqlx::query_as::<_, ExecutionRow>(sqlx::AssertSqlSafe(sql))
-            .bind(tenant_id)
-            .bind(filter.workflow.as_deref())
-            .bind(filter.status.map(|s| s.as_str()))
-            .bind(filter.created_after)
-            .bind(filter.created_before)
-            .bind(before)
-            .bind(take as i64)
-            .bind(*last)
+        let mut q = matching(&format!("SELECT {columns}"), tenant_id, filter);
+        if let Some(before) = before {
+            q.push(" AND id < ").push_bind(before);
+        }
+        q.push(" AND id >= ")
+            .push_bind(*last)
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(take as i64);
+        let rows: Vec<ExecutionRow> = q
+            .build_query_as()
             .fetch_all(&self.pool)
             .await
             .map_err(map_err(|| "executions".to_owned()))?;

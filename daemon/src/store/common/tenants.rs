@@ -12,6 +12,11 @@ fn tokens(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A retention as stored: whole seconds.
+fn seconds(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 #[async_trait::async_trait]
 impl crate::store::TenantStore for ThisStore {
     async fn create_tenant(&self, t: &Tenant) -> Result<()> {
@@ -20,8 +25,8 @@ impl crate::store::TenantStore for ThisStore {
              max_steps_per_workflow, max_runtime_minutes, allowed_domains, \
              rate_limit_per_minute, max_concurrent_executions, max_queued_executions, \
              webhook_url, webhook_secret, max_cost_usd_per_execution, max_tokens_per_day, \
-             default_credentials) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             default_credentials, retention_seconds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(t.id)
         .bind(&t.name)
@@ -39,6 +44,7 @@ impl crate::store::TenantStore for ThisStore {
         .bind(t.settings.max_cost_usd_per_execution)
         .bind(t.settings.max_tokens_per_day.map(tokens))
         .bind(default_credentials_text(&t.settings.default_credentials))
+        .bind(t.settings.retention.map(seconds))
         .execute(&self.pool)
         .await
         .map_err(map_err(|| format!("tenant {:?}", t.name)))?;
@@ -111,7 +117,8 @@ impl crate::store::TenantStore for ThisStore {
              max_cost_usd_per_execution = \
                  CASE WHEN $20 THEN $21 ELSE max_cost_usd_per_execution END, \
              max_tokens_per_day = CASE WHEN $22 THEN $23 ELSE max_tokens_per_day END, \
-             default_credentials = CASE WHEN $24 THEN $25 ELSE default_credentials END \
+             default_credentials = CASE WHEN $24 THEN $25 ELSE default_credentials END, \
+             retention_seconds = CASE WHEN $26 THEN $27 ELSE retention_seconds END \
              WHERE name = $1 RETURNING {TENANT_COLUMNS}"
         );
         sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(sql))
@@ -150,6 +157,8 @@ impl crate::store::TenantStore for ThisStore {
                     .as_ref()
                     .and_then(default_credentials_text),
             )
+            .bind(update.retention.is_some())
+            .bind(update.retention.flatten().map(seconds))
             .fetch_one(&self.pool)
             .await
             .map_err(map_err(|| format!("tenant {name:?}")))?

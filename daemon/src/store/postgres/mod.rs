@@ -40,6 +40,9 @@ mod deliveries;
 #[path = "../common/executions.rs"]
 mod executions;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/retention.rs"]
+mod retention;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/secrets.rs"]
 mod secrets;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
@@ -48,6 +51,11 @@ mod tenants;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/triggers.rs"]
 mod triggers;
+
+/// A transaction (see `common/retention.rs`).
+const BEGIN_WRITE: &str = "BEGIN";
+/// Locks the rows a `SELECT` read until the transaction ends.
+const LOCK_ROWS: &str = " FOR UPDATE";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -149,6 +157,11 @@ fn connect_failure(err: &sqlx::Error) -> (String, Option<&'static str>) {
 }
 
 impl PgStore {
+    /// PostgreSQL's autovacuum reuses and returns the space of deleted rows itself.
+    async fn reclaim_space_backend(&self, _max_pages: u32) -> Result<u64> {
+        Ok(0)
+    }
+
     async fn take_rate_limit_backend(
         &self,
         tenant_id: Uuid,
@@ -274,6 +287,16 @@ impl ExecutionStore for PgStore {
 
     async fn request_cancel(&self, tenant_id: Uuid, id: Uuid) -> Result<Execution> {
         self.request_cancel_shared(tenant_id, id).await
+    }
+
+    async fn request_cancel_matching(
+        &self,
+        tenant_id: Uuid,
+        filter: &ExecutionFilter,
+        limit: u32,
+    ) -> Result<Vec<Uuid>> {
+        self.request_cancel_matching_shared(tenant_id, filter, limit)
+            .await
     }
 
     async fn retry_execution(

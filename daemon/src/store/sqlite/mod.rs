@@ -42,6 +42,9 @@ mod deliveries;
 #[path = "../common/executions.rs"]
 mod executions;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
+#[path = "../common/retention.rs"]
+mod retention;
+#[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/secrets.rs"]
 mod secrets;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
@@ -50,6 +53,11 @@ mod tenants;
 #[allow(clippy::duplicate_mod)] // once per backend, by design
 #[path = "../common/triggers.rs"]
 mod triggers;
+
+/// A transaction that holds the write lock from its start (see `common/retention.rs`).
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+/// Rows a `SELECT` read need no lock of their own: the transaction holds the file's.
+const LOCK_ROWS: &str = "";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -93,6 +101,8 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deletions free pages that `reclaim_space` gives back to the file system.
+            .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
@@ -191,6 +201,34 @@ fn lock_database(path: &std::path::Path) -> Result<File> {
 }
 
 impl SqliteStore {
+    /// Moves at most `max_pages` free pages to the end of the file and truncates them
+    /// (`auto_vacuum = INCREMENTAL`), then folds the log into the file so that it shrinks
+    /// on disk now. Each call holds the write lock for a bounded time.
+    async fn reclaim_space_backend(&self, max_pages: u32) -> Result<u64> {
+        let err = || map_err(|| "reclaiming free pages".to_owned());
+        let free = |pool| async move {
+            sqlx::query_scalar::<_, i64>("PRAGMA freelist_count")
+                .fetch_one(pool)
+                .await
+        };
+        let before = free(&self.pool).await.map_err(err())?;
+        if before == 0 {
+            return Ok(0);
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA incremental_vacuum({max_pages})"
+        )))
+        .execute(&self.pool)
+        .await
+        .map_err(err())?;
+        sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&self.pool)
+            .await
+            .map_err(err())?;
+        let after = free(&self.pool).await.map_err(err())?;
+        Ok((before - after).max(0).unsigned_abs())
+    }
+
     async fn take_rate_limit_backend(
         &self,
         _tenant_id: Uuid,
@@ -300,6 +338,16 @@ impl ExecutionStore for SqliteStore {
 
     async fn request_cancel(&self, tenant_id: Uuid, id: Uuid) -> Result<Execution> {
         self.request_cancel_shared(tenant_id, id).await
+    }
+
+    async fn request_cancel_matching(
+        &self,
+        tenant_id: Uuid,
+        filter: &ExecutionFilter,
+        limit: u32,
+    ) -> Result<Vec<Uuid>> {
+        self.request_cancel_matching_shared(tenant_id, filter, limit)
+            .await
     }
 
     async fn retry_execution(
@@ -482,6 +530,20 @@ impl Store for SqliteStore {
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| Error::Internal(format!("migrating the sqlite database: {e}")))
+            .map_err(|e| Error::Internal(format!("migrating the sqlite database: {e}")))?;
+        // A database made before incremental vacuum: rewritten once to take it up (a new
+        // one has it from its first table).
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err(|| "auto_vacuum".to_owned()))?;
+        if mode != 2 {
+            tracing::info!("rewriting the sqlite database once for incremental vacuum");
+            sqlx::query("VACUUM")
+                .execute(&self.pool)
+                .await
+                .map_err(|e| Error::Internal(format!("vacuuming the sqlite database: {e}")))?;
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,224 @@
+//! Retention: finished executions past their tenant's retention (or the installation's
+//! `MANTLE_RETENTION_DAYS`) are deleted with everything that belongs to them, and audit
+//! events past `MANTLE_AUDIT_RETENTION_DAYS`, by a janitor that runs on one daemon of an
+//! installation at a time (an installation-wide lease in the database).
+//!
+//! Every deletion, the janitor's, `DeleteExecutions`' and `DeleteTenant`'s, goes in batches
+//! of [`BATCH`] executions, each one short transaction, and pauses after each batch as long
+//! as the batch took: other tenants' writes keep at least half of the database's time, and
+//! none waits behind more than one batch. On SQLite the janitor then gives the freed pages
+//! back to the file system, a bounded number at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::model::tenant::PageRequest;
+use crate::store::{self, Deleted, Doomed, Store};
+
+/// Executions one batch deletes. With ten steps each, a batch is a few thousand rows:
+/// milliseconds of the database's time.
+pub const BATCH: u32 = 100;
+/// Audit events one batch deletes.
+const AUDIT_BATCH: u32 = 1000;
+/// Free pages one step of SQLite's incremental vacuum returns (4 MiB of 4 KiB pages).
+const RECLAIM_PAGES: u32 = 1024;
+/// The installation-wide lease the janitor holds while it works.
+const LEASE: &str = "retention";
+
+/// Deletes, in batches, the executions of `tenant_id` that `doomed` names; stops between
+/// batches once `stop` fires. Returns what it deleted.
+pub async fn delete_in_batches(
+    store: &dyn Store,
+    tenant_id: Uuid,
+    doomed: Doomed<'_>,
+    stop: Option<&CancellationToken>,
+) -> store::Result<Deleted> {
+    let mut total = Deleted::default();
+    loop {
+        let started = tokio::time::Instant::now();
+        let deleted = store.delete_executions(tenant_id, doomed, BATCH).await?;
+        record(deleted);
+        total += deleted;
+        if deleted.executions < u64::from(BATCH) {
+            return Ok(total);
+        }
+        if pause(started.elapsed(), stop).await {
+            return Ok(total);
+        }
+    }
+}
+
+/// Counts what a deletion removed.
+pub fn record(deleted: Deleted) {
+    if deleted.executions > 0 {
+        metrics::counter!("mantle_retention_deleted_executions_total")
+            .increment(deleted.executions);
+        metrics::counter!("mantle_retention_deleted_rows_total").increment(deleted.rows);
+    }
+}
+
+/// Sleeps `took` (what the last batch cost the database), at least a millisecond; true when
+/// `stop` fired meanwhile.
+async fn pause(took: Duration, stop: Option<&CancellationToken>) -> bool {
+    let sleep = tokio::time::sleep(took.max(Duration::from_millis(1)));
+    match stop {
+        Some(stop) => tokio::select! {
+            () = stop.cancelled() => true,
+            () = sleep => false,
+        },
+        None => {
+            sleep.await;
+            false
+        }
+    }
+}
+
+/// What the retention janitor deletes, and how often it looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// `MANTLE_RETENTION_DAYS`: how long finished executions are kept when their tenant sets
+    /// no `retention`; `None` keeps them.
+    pub executions: Option<Duration>,
+    /// `MANTLE_AUDIT_RETENTION_DAYS`: how long audit events are kept; `None` keeps them.
+    pub audit: Option<Duration>,
+    /// `MANTLE_RETENTION_INTERVAL`: the pause between the janitor's passes.
+    pub interval: Duration,
+}
+
+/// The janitor of one daemon.
+pub struct Janitor {
+    store: Arc<dyn Store>,
+    settings: RetentionSettings,
+    /// Who holds the lease: this daemon.
+    owner: String,
+}
+
+impl Janitor {
+    /// `owner` names this daemon, as its leases of executions do.
+    pub fn new(store: Arc<dyn Store>, settings: RetentionSettings, owner: String) -> Janitor {
+        Janitor {
+            store,
+            settings,
+            owner,
+        }
+    }
+
+    /// Runs a pass every `MANTLE_RETENTION_INTERVAL` (the first soon after start) until
+    /// `stop` fires.
+    pub fn spawn(self, stop: CancellationToken) {
+        tokio::spawn(async move {
+            let mut wait = self.settings.interval.min(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = self.settings.interval;
+                if let Err(err) = self.pass(&stop).await {
+                    tracing::warn!(error = %err, "retention pass failed; the next one tries again");
+                }
+            }
+        });
+    }
+
+    /// Takes or renews the lease for a while longer than a pass's pause.
+    async fn hold_lease(&self) -> store::Result<bool> {
+        let now = Utc::now();
+        let hold = chrono::Duration::from_std(self.settings.interval * 3 + Duration::from_secs(60))
+            .unwrap_or(chrono::Duration::hours(1));
+        self.store
+            .take_singleton_lease(LEASE, &self.owner, now, now + hold)
+            .await
+    }
+
+    /// One pass: every tenant's expired executions, then expired audit events, then (SQLite)
+    /// the freed pages. Does nothing while another daemon holds the lease.
+    pub async fn pass(&self, stop: &CancellationToken) -> store::Result<()> {
+        if !self.hold_lease().await? {
+            return Ok(());
+        }
+        let mut page = PageRequest {
+            limit: 100,
+            after: None,
+        };
+        loop {
+            let tenants = self.store.list_tenants(&page).await?;
+            for tenant in &tenants.items {
+                if stop.is_cancelled() || !self.hold_lease().await? {
+                    return Ok(());
+                }
+                self.tenant_pass(tenant.id, tenant.settings.retention, stop)
+                    .await?;
+            }
+            match tenants.next_cursor {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+        if let Some(keep) = self.settings.audit {
+            let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+            loop {
+                let started = tokio::time::Instant::now();
+                let n = self.store.delete_audit_before(before, AUDIT_BATCH).await?;
+                if n > 0 {
+                    metrics::counter!("mantle_retention_deleted_audit_events_total").increment(n);
+                }
+                if n < u64::from(AUDIT_BATCH) || pause(started.elapsed(), Some(stop)).await {
+                    break;
+                }
+            }
+        }
+        loop {
+            let started = tokio::time::Instant::now();
+            let pages = self.store.reclaim_space(RECLAIM_PAGES).await?;
+            if pages > 0 {
+                metrics::counter!("mantle_retention_reclaimed_pages_total").increment(pages);
+            }
+            if pages < u64::from(RECLAIM_PAGES) || pause(started.elapsed(), Some(stop)).await {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn tenant_pass(
+        &self,
+        tenant_id: Uuid,
+        own: Option<Duration>,
+        stop: &CancellationToken,
+    ) -> store::Result<()> {
+        let backlog =
+            metrics::gauge!("mantle_retention_backlog", "tenant_id" => tenant_id.to_string());
+        let Some(keep) = own.or(self.settings.executions) else {
+            backlog.set(0.0);
+            return Ok(());
+        };
+        let ended_before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+        let expired = self
+            .store
+            .count_finished_before(tenant_id, ended_before)
+            .await?;
+        backlog.set(expired as f64);
+        if expired == 0 {
+            return Ok(());
+        }
+        let deleted = delete_in_batches(
+            self.store.as_ref(),
+            tenant_id,
+            Doomed::Finished {
+                ended_before,
+                workflow: None,
+            },
+            Some(stop),
+        )
+        .await?;
+        backlog.set(expired.saturating_sub(deleted.executions) as f64);
+        if deleted.executions > 0 {
+            tracing::info!(tenant = %tenant_id, executions = deleted.executions, rows = deleted.rows, "deleted executions past retention");
+        }
+        Ok(())
+    }
+}
