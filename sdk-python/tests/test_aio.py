@@ -35,7 +35,13 @@ async def test_aio_tenant_crud(daemon: Daemon, unique: str) -> None:
         assert created.create_time is not None and created.create_time.utcoffset() == timedelta(0)
         assert await c.get_tenant(name) == created
         updated = await c.update_tenant(name, display_name="Async 2")
-        assert updated.display_name == "Async 2"
+        assert updated.display_name == "Async 2" and updated.retention is None
+        kept = await c.update_tenant(name, retention=timedelta(days=3))
+        assert kept.retention == timedelta(days=3)
+        assert (await c.get_tenant(name)).retention == timedelta(days=3)
+        with pytest.raises(ValueError, match="whole seconds"):
+            await c.update_tenant(name, retention=timedelta(seconds=0.5))
+        assert (await c.update_tenant(name, retention=timedelta(0))).retention is None
         with pytest.raises(errors.AlreadyExists):
             await c.create_tenant(name)
         await c.delete_tenant(name)

@@ -98,6 +98,36 @@ def test_tenant_crud_round_trip(op: mantle.Client, unique: str) -> None:
     assert name not in [t.name for t in op.list_tenants()]
 
 
+def test_tenant_retention_round_trip(op: mantle.Client, unique: str) -> None:
+    name = f"ret-{unique}"
+    created = op.create_tenant(name, retention=timedelta(days=7))
+    assert created.retention == timedelta(days=7)
+    assert op.get_tenant(name).retention == timedelta(days=7)
+    assert {t.name: t.retention for t in op.list_tenants()}[name] == timedelta(days=7)
+
+    updated = op.update_tenant(name, retention=timedelta(hours=1, seconds=30))
+    assert updated.retention == timedelta(seconds=3630)
+    assert op.get_tenant(name).retention == timedelta(seconds=3630)
+    # Changing another field leaves it alone; timedelta(0) clears it (the default).
+    assert op.update_tenant(name, display_name="Kept").retention == timedelta(seconds=3630)
+    cleared = op.update_tenant(name, retention=timedelta(0))
+    assert cleared.retention is None and cleared.display_name == "Kept"
+    assert op.get_tenant(name).retention is None
+
+    # Fractional and negative retentions are refused before anything is sent.
+    with pytest.raises(ValueError, match="whole seconds"):
+        op.update_tenant(name, retention=timedelta(seconds=1.5))
+    with pytest.raises(ValueError, match="negative"):
+        op.update_tenant(name, retention=timedelta(days=-1))
+    with pytest.raises(ValueError, match="whole seconds"):
+        op.create_tenant(f"ret-frac-{unique}", retention=timedelta(milliseconds=10))
+    with pytest.raises(errors.NotFound):
+        op.get_tenant(f"ret-frac-{unique}")
+    assert op.get_tenant(name).retention is None
+    # A tenant created without one has none.
+    assert op.create_tenant(f"ret-none-{unique}").retention is None
+
+
 def test_create_duplicate_already_exists(op: mantle.Client, unique: str) -> None:
     name = f"dup-{unique}"
     op.create_tenant(name)

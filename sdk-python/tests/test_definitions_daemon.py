@@ -1,5 +1,6 @@
 """Workflow definitions against the real `mantle` daemon (see conftest.daemon): validate,
-plan, apply, read, list, delete, tenant isolation and scopes, sync and asyncio."""
+plan, apply, roll back, read, list, delete, tenant isolation and scopes, sync and
+asyncio."""
 
 from __future__ import annotations
 
@@ -286,6 +287,39 @@ def test_delete_then_get_is_not_found(tc: mantle.Client) -> None:
     assert again.created and again.definition.version == 3
 
 
+def test_rollback_definition_stores_the_old_source_again(tc: mantle.Client) -> None:
+    v1 = tc.apply(hello("hello"), "hello.yaml").definition
+    # A comment survives in the source, which the rollback must copy byte for byte.
+    v2 = tc.apply("# second\n" + hello("hello", greeting="hi"), "hello.yaml").definition
+    assert (v1.version, v2.version) == (1, 2)
+
+    back = tc.rollback_definition("hello", 1)
+    assert back.created is True
+    assert back.definition.version == 3
+    assert back.definition.source == v1.source == hello("hello")
+    assert back.definition.content_hash == v1.content_hash != v2.content_hash
+    assert [(c.kind, c.section, c.name) for c in back.changes] == [("changed", "step", "greet")]
+    assert tc.get_definition("hello").source == tc.get_definition("hello", 1).source
+    assert [v.version for v in tc.list_definition_versions("hello")] == [3, 2, 1]
+
+    # Rolling back to the content of the latest version stores nothing.
+    again = tc.rollback_definition("hello", 1)
+    assert (again.created, again.definition.version, again.changes) == (False, 3, [])
+    assert tc.rollback_definition("hello", 3).created is False
+
+    to_v2 = tc.rollback_definition("hello", 2)
+    assert to_v2.created and to_v2.definition.version == 4
+    assert to_v2.definition.source == v2.source
+
+    with pytest.raises(errors.NotFound):
+        tc.rollback_definition("hello", 9)
+    with pytest.raises(errors.NotFound):
+        tc.rollback_definition("no-such-workflow", 1)
+    with pytest.raises(ValueError, match="to_version"):
+        tc.rollback_definition("hello", 0)
+    assert [v.version for v in tc.list_definition_versions("hello")] == [4, 3, 2, 1]
+
+
 # -- tenants and scopes -------------------------------------------------------------------
 
 
@@ -355,6 +389,12 @@ async def test_aio_definitions(daemon: Daemon, op: mantle.Client, tenant: str, t
         with pytest.raises(errors.InvalidArgument) as exc:
             await c.validate(BAD.format(name="broken"), "broken.yaml")
         assert any(p.path == "steps[1].action" for p in exc.value.problems)
+        back = await c.rollback_definition("hello", 1)
+        assert back.created and back.definition.version == 3
+        assert back.definition.source == hello("hello")
+        assert (await c.rollback_definition("hello", 1)).created is False
+        with pytest.raises(errors.NotFound):
+            await c.rollback_definition("hello", 7)
         await c.delete_definition("hello")
         with pytest.raises(errors.NotFound):
             await c.get_definition("hello")

@@ -300,6 +300,81 @@ def test_source_requests() -> None:
     assert _common.check_version(0) == 0
 
 
+def test_rollback_request() -> None:
+    req = _common.rollback_request("hello", 2)
+    assert isinstance(req, definition_pb2.RollbackDefinitionRequest)
+    assert (req.name, req.to_version) == ("hello", 2)
+    bad: Any
+    for bad in (0, -1, 1.0, True, "2", None):
+        with pytest.raises(ValueError, match="^to_version: must be a positive version number"):
+            _common.rollback_request("hello", bad)
+
+
+class _Rollbacks(definition_pb2_grpc.DefinitionServiceServicer):
+    """``hello`` has versions 1 to 3; a rollback to 3 (the latest) stores nothing, one to
+    an older version stores version 4 with that version's source."""
+
+    def __init__(self) -> None:
+        self.requests: list[definition_pb2.RollbackDefinitionRequest] = []
+
+    def RollbackDefinition(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.requests.append(request)
+        if request.name != "hello" or not 1 <= request.to_version <= 3:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{request.name} v{request.to_version} not found")
+        latest = request.to_version == 3
+        return definition_pb2.ApplyDefinitionResponse(
+            definition=definition_pb2.Definition(
+                name="hello",
+                version=3 if latest else 4,
+                source=f"name: hello  # v{request.to_version}\n",
+            ),
+            created=not latest,
+            changes=[] if latest else [
+                definition_pb2.Change(kind=definition_pb2.Change.CHANGED, section="step", name="greet")
+            ],
+        )
+
+
+@pytest.fixture
+def rollbacks() -> Iterator[tuple[str, _Rollbacks]]:
+    fake = _Rollbacks()  # type: ignore[abstract]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    definition_pb2_grpc.add_DefinitionServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", fake
+    server.stop(grace=None)
+
+
+def test_rollback_definition(rollbacks: tuple[str, _Rollbacks]) -> None:
+    address, fake = rollbacks
+    with mantle.Client(address, token="tok") as c:
+        r = c.rollback_definition("hello", 1)
+        assert isinstance(r, ApplyResult)
+        assert (r.created, r.definition.version, r.definition.source) == (True, 4, "name: hello  # v1\n")
+        assert r.changes == [Change("changed", "step", "greet", [])]
+        same = c.rollback_definition("hello", 3)
+        assert (same.created, same.definition.version, same.changes) == (False, 3, [])
+        with pytest.raises(errors.NotFound):
+            c.rollback_definition("hello", 9)
+        with pytest.raises(ValueError, match="to_version"):
+            c.rollback_definition("hello", 0)
+    assert [(r.name, r.to_version) for r in fake.requests] == [("hello", 1), ("hello", 3), ("hello", 9)]
+
+
+@pytest.mark.asyncio
+async def test_aio_rollback_definition(rollbacks: tuple[str, _Rollbacks]) -> None:
+    address, fake = rollbacks
+    async with mantle.aio.Client(address, token="tok") as c:
+        r = await c.rollback_definition("hello", 2)
+        assert (r.created, r.definition.version, r.definition.source) == (True, 4, "name: hello  # v2\n")
+        with pytest.raises(errors.NotFound):
+            await c.rollback_definition("other", 1)
+        with pytest.raises(ValueError, match="to_version"):
+            await c.rollback_definition("hello", -3)
+    assert [(r.name, r.to_version) for r in fake.requests] == [("hello", 2), ("other", 1)]
+
+
 def test_read_source_file(tmp_path: Path) -> None:
     path = tmp_path / "hello.yaml"
     path.write_text("name: héllo\n", encoding="utf-8")
@@ -313,6 +388,7 @@ def test_definition_methods_exist_on_both_clients() -> None:
     names = {
         "validate", "validate_file", "plan", "plan_file", "apply", "apply_file",
         "get_definition", "list_definitions", "list_definition_versions", "delete_definition",
+        "rollback_definition",
     }
     assert names <= set(vars(mantle.Client))
     assert names <= set(vars(mantle.aio.Client))

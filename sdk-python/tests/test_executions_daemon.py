@@ -1,7 +1,7 @@
 """Executions against the real `mantle` daemon (see conftest.daemon): start with inputs,
-wait, watch and resume a watch, failure, cancel, retry, input checks, tenant isolation,
-list filters and views, paged step attempts, scopes, asyncio, and `mantlectl run` driven
-as a subprocess."""
+wait, watch and resume a watch, failure, cancel, bulk cancel, delete one and in bulk,
+retry, input checks, tenant isolation, list filters and views, paged step attempts,
+scopes, asyncio, and `mantlectl run` driven as a subprocess."""
 
 from __future__ import annotations
 
@@ -226,6 +226,120 @@ def test_cancel_stops_a_sleeping_step_within_2_seconds(tc: mantle.Client) -> Non
     assert attempt.status == "cancelled"
     # Cancelling a finished execution changes nothing.
     assert tc.cancel_execution(execution.id) == done
+
+
+def _wait_until_sleeping(c: mantle.Client, execution_id: str) -> None:
+    """Waits until the execution's ``core/sleep`` step is running."""
+    deadline = time.monotonic() + 10
+    while not any(a.status == "running" for a in c.list_step_attempts(execution_id)):
+        assert time.monotonic() < deadline, "the sleep step never started"
+        time.sleep(0.05)
+
+
+def test_cancel_executions_cancels_what_the_filter_matches(tc: mantle.Client) -> None:
+    _apply(tc, SLEEPY, "sleepy")
+    _apply(tc, SLEEPY, "other")
+    ids = [tc.start_execution("sleepy").id for _ in range(3)]
+    bystander = tc.start_execution("other").id
+    for execution_id in [*ids, bystander]:
+        _wait_until_sleeping(tc, execution_id)
+
+    started = time.monotonic()
+    assert tc.cancel_executions(workflow="sleepy") == 3
+    assert time.monotonic() - started < 5  # it does not wait for them to end
+    for execution_id in ids:
+        done = tc.wait(execution_id, timeout=10)
+        assert done.status == "cancelled", done
+        assert [a.status for a in tc.list_step_attempts(execution_id)] == ["cancelled"]
+    # The other workflow's execution was not matched.
+    assert tc.get_execution(bystander).status == "running"
+    # Finished ones are not counted again.
+    assert tc.cancel_executions(workflow="sleepy") == 0
+
+    # Status and time filters: the bystander is the only running execution left.
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    assert tc.cancel_executions(status="running", created_after=future) == 0
+    assert tc.cancel_executions(status="running", created_before=future) == 1
+    assert tc.wait(bystander, timeout=10).status == "cancelled"
+
+
+def test_cancel_executions_needs_a_filter(tc: mantle.Client) -> None:
+    _apply(tc, SLEEPY, "sleepy")
+    execution = tc.start_execution("sleepy")
+    _wait_until_sleeping(tc, execution.id)
+    with pytest.raises(errors.InvalidArgument) as exc:
+        tc.cancel_executions()
+    assert "at least one" in exc.value.message
+    with pytest.raises(errors.InvalidArgument) as exc:
+        tc.cancel_executions(status="completed")
+    assert "status" in exc.value.message
+    # Nothing was cancelled by the refused requests.
+    time.sleep(0.3)
+    assert tc.get_execution(execution.id).status == "running"
+    tc.cancel_execution(execution.id)
+    assert tc.wait(execution.id, timeout=5).status == "cancelled"
+
+
+def test_delete_execution(tc: mantle.Client) -> None:
+    _apply(tc, SLEEPY, "sleepy")
+    _apply(tc, HELLO, "hello")
+    running = tc.start_execution("sleepy")
+    _wait_until_sleeping(tc, running.id)
+    with pytest.raises(errors.FailedPrecondition):
+        tc.delete_execution(running.id)
+    assert tc.get_execution(running.id).status == "running"  # still there
+
+    done = tc.wait(tc.start_execution("hello").id, timeout=WAIT)
+    assert done.status == "completed", done.error
+    tc.delete_execution(done.id)
+    with pytest.raises(errors.NotFound):
+        tc.get_execution(done.id)
+    with pytest.raises(errors.NotFound):
+        tc.list_step_attempts(done.id)
+    with pytest.raises(errors.NotFound):
+        tc.delete_execution(done.id)
+    assert [e.id for e in tc.list_executions()] == [running.id]
+
+    # Once cancelled (finished), the sleeping one can be deleted too.
+    tc.cancel_execution(running.id)
+    assert tc.wait(running.id, timeout=5).status == "cancelled"
+    tc.delete_execution(running.id)
+    with pytest.raises(errors.NotFound):
+        tc.get_execution(running.id)
+    assert tc.list_executions() == []
+
+
+def test_delete_executions_deletes_finished_ones_only(tc: mantle.Client) -> None:
+    _apply(tc, HELLO, "hello")
+    _apply(tc, FAILING, "failing")
+    _apply(tc, SLEEPY, "sleepy")
+    started = datetime.now(timezone.utc)
+    hellos = [tc.wait(tc.start_execution("hello").id, timeout=WAIT) for _ in range(2)]
+    failed = tc.wait(tc.start_execution("failing").id, timeout=WAIT)
+    assert [e.status for e in (*hellos, failed)] == ["completed", "completed", "failed"]
+    sleeping = tc.start_execution("sleepy")
+    _wait_until_sleeping(tc, sleeping.id)
+
+    # Nothing ended before the test started.
+    assert tc.delete_executions(ended_before=started - timedelta(minutes=1)) == 0
+    assert len(tc.list_executions()) == 4
+
+    now = datetime.now(timezone.utc)
+    assert tc.delete_executions(ended_before=now, workflow="failing") == 1
+    with pytest.raises(errors.NotFound):
+        tc.get_execution(failed.id)
+    assert tc.get_execution(hellos[0].id).status == "completed"
+
+    assert tc.delete_executions(ended_before=datetime.now(timezone.utc)) == 2
+    # The unfinished one is never deleted.
+    assert [e.id for e in tc.list_executions()] == [sleeping.id]
+    assert tc.get_execution(sleeping.id).status == "running"
+    assert tc.delete_executions(ended_before=datetime.now(timezone.utc)) == 0
+
+    with pytest.raises(ValueError, match="naive"):
+        tc.delete_executions(ended_before=datetime.now())
+    tc.cancel_execution(sleeping.id)
+    assert tc.wait(sleeping.id, timeout=5).status == "cancelled"
 
 
 class _FlakyHandler(BaseHTTPRequestHandler):
@@ -493,6 +607,27 @@ async def test_aio_executions(daemon: Daemon, tc: mantle.Client, tenant: str) ->
         assert cancelled.status == "cancelled"
         with pytest.raises(errors.InvalidArgument):
             await c.start_execution("hello", {"bogus": True})
+
+
+@pytest.mark.asyncio
+async def test_aio_bulk_cancel_and_delete(daemon: Daemon, tc: mantle.Client, tenant: str) -> None:
+    _apply(tc, SLEEPY, "sleepy")
+    async with daemon.aio_client(tenant=tenant) as c:
+        ids = [(await c.start_execution("sleepy")).id for _ in range(2)]
+        for execution_id in ids:
+            _wait_until_sleeping(tc, execution_id)
+        with pytest.raises(errors.FailedPrecondition):
+            await c.delete_execution(ids[0])
+        with pytest.raises(errors.InvalidArgument):
+            await c.cancel_executions()
+        assert await c.cancel_executions(workflow="sleepy", status="running") == 2
+        for execution_id in ids:
+            assert (await c.wait(execution_id, timeout=10)).status == "cancelled"
+        await c.delete_execution(ids[0])
+        with pytest.raises(errors.NotFound):
+            await c.get_execution(ids[0])
+        assert await c.delete_executions(ended_before=datetime.now(timezone.utc), workflow="sleepy") == 1
+        assert await c.list_executions() == []
 
 
 def test_sync_wait_times_out(tc: mantle.Client) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import mantle
@@ -263,6 +264,41 @@ def test_list_request_view() -> None:
         _common.list_executions_request(None, None, None, None, 0, "", "everything")
 
 
+def test_cancel_executions_request_filters() -> None:
+    after = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    before = datetime(2024, 1, 2, 3, 0, tzinfo=timezone(timedelta(hours=2)))
+    req = _common.cancel_executions_request("hello", "Running", after, before)
+    assert isinstance(req, E.CancelExecutionsRequest)
+    assert req.workflow == "hello" and req.status == E.EXECUTION_STATUS_RUNNING
+    assert req.created_after.ToDatetime(tzinfo=timezone.utc) == after
+    assert req.created_before.ToDatetime(tzinfo=timezone.utc) == before
+    assert _common.cancel_executions_request(None, E.EXECUTION_STATUS_QUEUED, None, None).status == (
+        E.EXECUTION_STATUS_QUEUED
+    )
+    # No filter is sent as no filter: the server refuses it (INVALID_ARGUMENT).
+    empty = _common.cancel_executions_request(None, None, None, None)
+    assert empty == E.CancelExecutionsRequest()
+    assert not empty.HasField("created_after") and not empty.HasField("created_before")
+    with pytest.raises(ValueError, match="status"):
+        _common.cancel_executions_request(None, "done", None, None)
+    with pytest.raises(ValueError, match="naive"):
+        _common.cancel_executions_request(None, None, None, datetime(2024, 1, 1))
+
+
+def test_delete_executions_request() -> None:
+    when = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+    req = _common.delete_executions_request(when, None)
+    assert req.HasField("ended_before") and req.workflow == ""
+    assert req.ended_before.ToDatetime(tzinfo=timezone.utc) == when
+    assert _common.delete_executions_request(when, "hello").workflow == "hello"
+    with pytest.raises(ValueError, match="^ended_before: naive"):
+        _common.delete_executions_request(datetime(2024, 5, 1), None)
+    bad: Any
+    for bad in (None, timedelta(days=-1), "2024-05-01", 1_700_000_000):
+        with pytest.raises(TypeError, match="^ended_before: expected an aware datetime"):
+            _common.delete_executions_request(bad, None)
+
+
 def test_list_step_attempts_request() -> None:
     first = _common.list_step_attempts_request("ex-1", "")
     assert (first.id, first.page_size, first.page_token, first.view) == (
@@ -317,6 +353,8 @@ class _FakeExecutions(execution_pb2_grpc.ExecutionServiceServicer):
         self.gets = 0
         self.list_requests: list[execution_pb2.ListExecutionsRequest] = []
         self.attempt_requests: list[execution_pb2.ListStepAttemptsRequest] = []
+        self.cancel_requests: list[execution_pb2.CancelExecutionsRequest] = []
+        self.delete_requests: list[Any] = []
         self.lock = threading.Lock()
 
     def _execution(self, status: Any) -> execution_pb2.Execution:
@@ -390,6 +428,31 @@ class _FakeExecutions(execution_pb2_grpc.ExecutionServiceServicer):
         if end < 7:
             resp.next_page_token = str(end)
         return resp
+
+    def CancelExecutions(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Like the daemon: refuses a request without a filter; else asks 3 to cancel."""
+        self.cancel_requests.append(request)
+        if request == E.CancelExecutionsRequest():
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "set at least one of workflow, status, created_after and created_before",
+            )
+        return E.CancelExecutionsResponse(cancel_requested=3)
+
+    def DeleteExecution(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """``ex-1`` has finished and is deleted; ``running-1`` has not; nothing else exists."""
+        self.delete_requests.append(request)
+        if request.id == "running-1":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "execution running-1 has not finished")
+        if request.id != "ex-1":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"execution {request.id} not found")
+        return empty_pb2.Empty()
+
+    def DeleteExecutions(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.delete_requests.append(request)
+        if not request.HasField("ended_before"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ended_before: required")
+        return E.DeleteExecutionsResponse(deleted=5 if request.workflow else 7)
 
     def _unimplemented(self, request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
@@ -532,6 +595,61 @@ def test_list_step_attempts_follows_pages(steady: tuple[str, _FakeExecutions]) -
             c.list_step_attempts("nope")
 
 
+def test_cancel_and_delete_executions(steady: tuple[str, _FakeExecutions]) -> None:
+    address, fake = steady
+    after = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    with mantle.Client(address, token="tok") as c:
+        assert c.cancel_executions(workflow="hello", status="queued", created_after=after) == 3
+        [sent] = fake.cancel_requests
+        assert (sent.workflow, sent.status) == ("hello", E.EXECUTION_STATUS_QUEUED)
+        assert sent.created_after.ToDatetime(tzinfo=timezone.utc) == after
+        assert not sent.HasField("created_before")
+        with pytest.raises(errors.InvalidArgument, match="at least one"):
+            c.cancel_executions()
+        with pytest.raises(ValueError, match="status"):
+            c.cancel_executions(status="finished")
+        assert len(fake.cancel_requests) == 2  # the bad status was not sent
+
+        c.delete_execution("ex-1")
+        with pytest.raises(errors.FailedPrecondition):
+            c.delete_execution("running-1")
+        with pytest.raises(errors.NotFound):
+            c.delete_execution("nope")
+        assert [r.id for r in fake.delete_requests] == ["ex-1", "running-1", "nope"]
+        fake.delete_requests.clear()
+
+        assert c.delete_executions(ended_before=after) == 7
+        assert c.delete_executions(ended_before=after, workflow="hello") == 5
+        assert [(r.ended_before.ToDatetime(tzinfo=timezone.utc), r.workflow) for r in fake.delete_requests] == [
+            (after, ""), (after, "hello"),
+        ]
+        with pytest.raises(ValueError, match="naive"):
+            c.delete_executions(ended_before=datetime(2024, 1, 1))
+        assert len(fake.delete_requests) == 2
+
+
+@pytest.mark.asyncio
+async def test_aio_cancel_and_delete_executions(steady: tuple[str, _FakeExecutions]) -> None:
+    address, fake = steady
+    before = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    async with mantle.aio.Client(address, token="tok") as c:
+        assert await c.cancel_executions(created_before=before) == 3
+        assert fake.cancel_requests[0].created_before.ToDatetime(tzinfo=timezone.utc) == before
+        with pytest.raises(errors.InvalidArgument):
+            await c.cancel_executions()
+        await c.delete_execution("ex-1")
+        with pytest.raises(errors.FailedPrecondition):
+            await c.delete_execution("running-1")
+        with pytest.raises(errors.NotFound):
+            await c.delete_execution("nope")
+        assert await c.delete_executions(ended_before=before, workflow="w") == 5
+        with pytest.raises(TypeError, match="ended_before"):
+            await c.delete_executions(ended_before=None)  # type: ignore[arg-type]
+    assert [getattr(r, "id", None) or r.workflow for r in fake.delete_requests] == [
+        "ex-1", "running-1", "nope", "w",
+    ]
+
+
 @pytest.mark.asyncio
 async def test_aio_watch_and_wait(flaky: tuple[str, _FakeExecutions]) -> None:
     address, fake = flaky
@@ -579,8 +697,8 @@ async def test_aio_wait_times_out() -> None:
 def test_sync_and_aio_expose_the_same_execution_methods() -> None:
     names = {
         "start_execution", "get_execution", "list_executions", "iter_executions",
-        "cancel_execution", "retry_execution", "list_step_attempts", "watch", "wait",
-        "follow",
+        "cancel_execution", "cancel_executions", "delete_execution", "delete_executions",
+        "retry_execution", "list_step_attempts", "watch", "wait", "follow",
     }
     assert names <= set(vars(mantle.Client))
     assert names <= set(vars(mantle.aio.Client))
@@ -596,3 +714,11 @@ def test_sync_and_aio_expose_the_same_execution_methods() -> None:
     assert inspect.signature(mantle.Client.list_executions).parameters["view"].default == "basic"
     assert inspect.signature(mantle.Client.iter_executions).parameters["view"].default == "basic"
     assert inspect.signature(mantle.Client.list_step_attempts).parameters["view"].default == "full"
+    # The bulk calls take keywords only, and ended_before has no default.
+    for name in ("cancel_executions", "delete_executions"):
+        params = inspect.signature(getattr(mantle.Client, name)).parameters
+        assert all(
+            p.kind is inspect.Parameter.KEYWORD_ONLY for n, p in params.items() if n != "self"
+        ), name
+    ended_before = inspect.signature(mantle.Client.delete_executions).parameters["ended_before"]
+    assert ended_before.default is inspect.Parameter.empty

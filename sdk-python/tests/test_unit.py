@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Iterator
+from concurrent import futures
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import mantle
 import mantle.aio
 from mantle import _common, _config, errors
 from mantle.types import ApiKey, CreatedApiKey, ServerInfo, Tenant, to_timestamp
-from mantle.v1 import common_pb2, system_pb2, tenant_pb2
+from mantle.v1 import common_pb2, system_pb2, tenant_pb2, tenant_pb2_grpc
 
 
 # -- address parsing --------------------------------------------------------------------
@@ -540,8 +543,116 @@ def test_tenant_from_proto() -> None:
     assert t.create_time == datetime(2023, 11, 14, 22, 13, 20, 500_000, tzinfo=timezone.utc)
     assert t.create_time.tzinfo is not None and t.create_time.utcoffset() == timedelta(0)
     assert t.update_time is None
+    assert t.retention is None  # no settings: the installation's default
     with pytest.raises(AttributeError):
         t.name = "x"  # type: ignore[misc]
+
+
+def test_tenant_retention_from_proto() -> None:
+    def tenant(**settings: Any) -> Tenant:
+        return Tenant.from_proto(
+            tenant_pb2.Tenant(name="acme", settings=tenant_pb2.TenantSettings(**settings))
+        )
+
+    assert tenant(retention=Duration(seconds=7 * 86_400)).retention == timedelta(days=7)
+    assert tenant(retention=Duration(seconds=90)).retention == timedelta(seconds=90)
+    # Unset or 0: the installation's default, None either way.
+    assert tenant().retention is None
+    assert tenant(retention=Duration(seconds=0)).retention is None
+    assert tenant(max_steps_per_workflow=3).retention is None
+
+
+def test_retention_requests() -> None:
+    create = _common.create_tenant_request("acme", None, timedelta(days=30))
+    assert create.settings.HasField("retention")
+    assert create.settings.retention == Duration(seconds=30 * 86_400)
+    plain = _common.create_tenant_request("acme", "ACME")
+    assert not plain.HasField("settings") and plain.display_name == "ACME"
+
+    upd = _common.update_tenant_request("acme", None, timedelta(hours=1, seconds=5))
+    assert list(upd.settings_mask.paths) == ["retention"]
+    assert upd.settings.retention == Duration(seconds=3605)
+    assert not upd.HasField("display_name")
+    # timedelta(0) is sent, named in the mask: it clears the tenant's retention.
+    cleared = _common.update_tenant_request("acme", None, timedelta(0))
+    assert list(cleared.settings_mask.paths) == ["retention"]
+    assert cleared.settings.HasField("retention") and cleared.settings.retention.seconds == 0
+    untouched = _common.update_tenant_request("acme", "x")
+    assert not untouched.HasField("settings") and not untouched.HasField("settings_mask")
+
+    for fractional in (timedelta(seconds=1.5), timedelta(days=1, microseconds=1)):
+        with pytest.raises(ValueError, match="^retention: whole seconds only"):
+            _common.create_tenant_request("acme", None, fractional)
+        with pytest.raises(ValueError, match="^retention: whole seconds only"):
+            _common.update_tenant_request("acme", None, fractional)
+    with pytest.raises(ValueError, match="^retention: must not be negative"):
+        _common.update_tenant_request("acme", None, timedelta(seconds=-60))
+    bad: Any
+    for bad in (3600, 1.0, "7d"):
+        with pytest.raises(TypeError, match="^retention: expected a datetime.timedelta"):
+            _common.create_tenant_request("acme", None, bad)
+
+
+class _Tenants(tenant_pb2_grpc.TenantServiceServicer):
+    """Answers CreateTenant and UpdateTenant with the settings they were sent, as the
+    daemon does for retention; records the requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    def CreateTenant(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.requests.append(request)
+        return tenant_pb2.Tenant(name=request.name, settings=request.settings)
+
+    def UpdateTenant(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.requests.append(request)
+        settings = tenant_pb2.TenantSettings()
+        if "retention" in request.settings_mask.paths and request.settings.retention.seconds:
+            settings.retention.CopyFrom(request.settings.retention)
+        return tenant_pb2.Tenant(name=request.name, settings=settings)
+
+
+@pytest.fixture
+def tenants_server() -> Iterator[tuple[str, _Tenants]]:
+    fake = _Tenants()  # type: ignore[abstract]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    tenant_pb2_grpc.add_TenantServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", fake
+    server.stop(grace=None)
+
+
+def test_tenant_retention_on_the_wire(tenants_server: tuple[str, _Tenants]) -> None:
+    address, fake = tenants_server
+    with mantle.Client(address, token="tok") as c:
+        assert c.create_tenant("acme", retention=timedelta(days=2)).retention == timedelta(days=2)
+        assert c.create_tenant("plain").retention is None
+        assert c.update_tenant("acme", retention=timedelta(minutes=5)).retention == timedelta(minutes=5)
+        assert c.update_tenant("acme", retention=timedelta(0)).retention is None
+        with pytest.raises(ValueError, match="whole seconds"):
+            c.update_tenant("acme", retention=timedelta(milliseconds=1500))
+        with pytest.raises(ValueError, match="whole seconds"):
+            c.create_tenant("frac", retention=timedelta(seconds=0.25))
+    # The fractional ones were refused before anything was sent.
+    assert [(r.name, r.settings.retention.seconds) for r in fake.requests] == [
+        ("acme", 172_800), ("plain", 0), ("acme", 300), ("acme", 0),
+    ]
+    assert [list(r.settings_mask.paths) for r in fake.requests[2:]] == [["retention"]] * 2
+
+
+@pytest.mark.asyncio
+async def test_aio_tenant_retention_on_the_wire(tenants_server: tuple[str, _Tenants]) -> None:
+    address, fake = tenants_server
+    async with mantle.aio.Client(address, token="tok") as c:
+        created = await c.create_tenant("acme", "ACME", retention=timedelta(hours=12))
+        assert created.retention == timedelta(hours=12)
+        updated = await c.update_tenant("acme", retention=timedelta(seconds=61))
+        assert updated.retention == timedelta(seconds=61)
+        with pytest.raises(ValueError, match="whole seconds"):
+            await c.update_tenant("acme", retention=timedelta(seconds=61.5))
+    assert len(fake.requests) == 2
+    assert list(fake.requests[1].settings_mask.paths) == ["retention"]
 
 
 def test_api_key_from_proto() -> None:
@@ -601,4 +712,11 @@ def test_public_api() -> None:
     sync_methods = {n for n in vars(mantle.Client) if not n.startswith("_")}
     aio_methods = {n for n in vars(mantle.aio.Client) if not n.startswith("_")}
     assert sync_methods == aio_methods
+    assert {
+        "cancel_executions", "delete_execution", "delete_executions", "rollback_definition",
+    } <= sync_methods
+    for name in ("create_tenant", "update_tenant"):
+        for cls in (mantle.Client, mantle.aio.Client):
+            retention = inspect.signature(getattr(cls, name)).parameters["retention"]
+            assert retention.kind is inspect.Parameter.KEYWORD_ONLY and retention.default is None
     assert Path(mantle.__file__).with_name("py.typed").is_file()

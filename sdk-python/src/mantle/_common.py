@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 from mantle import _config, errors
 from mantle.types import Execution, execution_status_value, to_timestamp
@@ -125,14 +126,39 @@ class Settings:
         )
 
 
-def create_tenant_request(name: str, display_name: str | None) -> tenant_pb2.CreateTenantRequest:
-    return tenant_pb2.CreateTenantRequest(name=name, display_name=display_name or "")
+def retention_duration(retention: timedelta) -> Duration:
+    """The ``Duration`` of a tenant's retention: a ``timedelta`` of whole seconds, not
+    negative (``timedelta(0)``: the installation's default). Anything else raises before
+    a request is sent."""
+    if not isinstance(retention, timedelta):
+        raise TypeError(
+            f"retention: expected a datetime.timedelta or None, got {type(retention).__name__}"
+        )
+    if retention < timedelta(0):
+        raise ValueError(f"retention: must not be negative, got {retention!r}")
+    if retention.microseconds:
+        raise ValueError(f"retention: whole seconds only, got {retention!r}")
+    return Duration(seconds=retention.days * 86_400 + retention.seconds)
 
 
-def update_tenant_request(name: str, display_name: str | None) -> tenant_pb2.UpdateTenantRequest:
+def create_tenant_request(
+    name: str, display_name: str | None, retention: timedelta | None = None
+) -> tenant_pb2.CreateTenantRequest:
+    req = tenant_pb2.CreateTenantRequest(name=name, display_name=display_name or "")
+    if retention is not None:
+        req.settings.retention.CopyFrom(retention_duration(retention))
+    return req
+
+
+def update_tenant_request(
+    name: str, display_name: str | None, retention: timedelta | None = None
+) -> tenant_pb2.UpdateTenantRequest:
     req = tenant_pb2.UpdateTenantRequest(name=name)
     if display_name is not None:
         req.display_name = display_name
+    if retention is not None:
+        req.settings.retention.CopyFrom(retention_duration(retention))
+        req.settings_mask.paths.append("retention")
     return req
 
 
@@ -193,6 +219,12 @@ def check_version(version: int) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ValueError(f"version: must be a non-negative integer (0: latest), got {version!r}")
     return version
+
+
+def rollback_request(name: str, to_version: int) -> definition_pb2.RollbackDefinitionRequest:
+    if isinstance(to_version, bool) or not isinstance(to_version, int) or to_version < 1:
+        raise ValueError(f"to_version: must be a positive version number, got {to_version!r}")
+    return definition_pb2.RollbackDefinitionRequest(name=name, to_version=to_version)
 
 
 # -- executions ---------------------------------------------------------------------------
@@ -275,6 +307,43 @@ def list_executions_request(
         req.created_after.CopyFrom(to_timestamp(created_after))
     if created_before is not None:
         req.created_before.CopyFrom(to_timestamp(created_before))
+    return req
+
+
+def cancel_executions_request(
+    workflow: str | None,
+    status: str | int | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> execution_pb2.CancelExecutionsRequest:
+    """The filter of a bulk cancel. It is sent as given: the server refuses one that sets
+    none of them (INVALID_ARGUMENT), and a finished status."""
+    req = execution_pb2.CancelExecutionsRequest(
+        workflow=workflow or "",
+        status=execution_pb2.ExecutionStatus.ValueType(
+            execution_status_value(status) if status is not None else 0
+        ),
+    )
+    if created_after is not None:
+        req.created_after.CopyFrom(to_timestamp(created_after))
+    if created_before is not None:
+        req.created_before.CopyFrom(to_timestamp(created_before))
+    return req
+
+
+def delete_executions_request(
+    ended_before: datetime, workflow: str | None
+) -> execution_pb2.DeleteExecutionsRequest:
+    if not isinstance(ended_before, datetime):
+        raise TypeError(
+            f"ended_before: expected an aware datetime, got {type(ended_before).__name__}"
+        )
+    try:
+        ts = to_timestamp(ended_before)
+    except ValueError as e:
+        raise ValueError(f"ended_before: {e}") from e
+    req = execution_pb2.DeleteExecutionsRequest(workflow=workflow or "")
+    req.ended_before.CopyFrom(ts)
     return req
 
 

@@ -176,10 +176,19 @@ class Client:
 
     # -- tenants ---------------------------------------------------------------------
 
-    async def create_tenant(self, name: str, display_name: str | None = None) -> Tenant:
+    async def create_tenant(
+        self,
+        name: str,
+        display_name: str | None = None,
+        *,
+        retention: timedelta | None = None,
+    ) -> Tenant:
         """Creates a tenant (``tenants:admin``). Raises :class:`errors.AlreadyExists` for a
-        taken name and :class:`errors.InvalidArgument` for an invalid one."""
-        req = _common.create_tenant_request(name, display_name)
+        taken name and :class:`errors.InvalidArgument` for an invalid one. ``retention``
+        (whole seconds; None or ``timedelta(0)``: the installation's default) is how long
+        its finished executions are kept; a negative or fractional one raises
+        ``ValueError`` before anything is sent."""
+        req = _common.create_tenant_request(name, display_name, retention)
         return Tenant.from_proto(await self._call(self._tenants.CreateTenant, req, read=False))
 
     async def get_tenant(self, name: str) -> Tenant:
@@ -206,9 +215,16 @@ class Client:
             if not token:
                 return
 
-    async def update_tenant(self, name: str, *, display_name: str | None = None) -> Tenant:
-        """Changes a tenant; None leaves a field unchanged, ``""`` clears it."""
-        req = _common.update_tenant_request(name, display_name)
+    async def update_tenant(
+        self,
+        name: str,
+        *,
+        display_name: str | None = None,
+        retention: timedelta | None = None,
+    ) -> Tenant:
+        """Changes a tenant; None leaves a field unchanged, ``""`` clears the display name
+        and ``timedelta(0)`` the retention (see :meth:`mantle.Client.update_tenant`)."""
+        req = _common.update_tenant_request(name, display_name, retention)
         return Tenant.from_proto(await self._call(self._tenants.UpdateTenant, req, read=False))
 
     async def delete_tenant(self, name: str) -> None:
@@ -295,6 +311,15 @@ class Client:
     async def apply_file(self, path: str | os.PathLike[str]) -> ApplyResult:
         """Reads a workflow file and applies it, named by ``path`` in problem reports."""
         return await self.apply(*await asyncio.to_thread(_common.read_source_file, path))
+
+    async def rollback_definition(self, name: str, to_version: int) -> ApplyResult:
+        """Stores the YAML of an earlier version again as a new latest version
+        (``created`` is False when it is the latest's content already). Needs
+        ``definitions:write``; an unknown workflow or version raises
+        :class:`errors.NotFound`, a ``to_version`` below 1 ``ValueError``."""
+        req = _common.rollback_request(name, to_version)
+        resp = await self._call(self._definitions.RollbackDefinition, req, read=False)
+        return ApplyResult.from_proto(resp)
 
     async def get_definition(self, name: str, version: int = 0) -> Definition:
         """Returns one stored version of a workflow (``version=0``: the latest)."""
@@ -509,6 +534,38 @@ class Client:
         req = execution_pb2.CancelExecutionRequest(id=id)
         resp = await self._call(self._executions.CancelExecution, req, read=False)
         return Execution.from_proto(resp)
+
+    async def cancel_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> int:
+        """Requests the cancellation of every unfinished execution the filter matches and
+        returns how many, without waiting for them to end. At least one filter is
+        required (:class:`errors.InvalidArgument` otherwise). See
+        :meth:`mantle.Client.cancel_executions`."""
+        req = _common.cancel_executions_request(workflow, status, created_after, created_before)
+        resp = await self._call(self._executions.CancelExecutions, req, read=False)
+        return resp.cancel_requested
+
+    async def delete_execution(self, id: str) -> None:
+        """Deletes a finished execution and everything that belongs to it. An unfinished
+        one raises :class:`errors.FailedPrecondition`, an unknown id
+        :class:`errors.NotFound`."""
+        req = execution_pb2.DeleteExecutionRequest(id=id)
+        await self._call(self._executions.DeleteExecution, req, read=False)
+
+    async def delete_executions(
+        self, *, ended_before: datetime, workflow: str | None = None
+    ) -> int:
+        """Deletes the finished executions that ended before ``ended_before`` (an aware
+        datetime), of ``workflow`` only when given, and returns how many."""
+        req = _common.delete_executions_request(ended_before, workflow)
+        resp = await self._call(self._executions.DeleteExecutions, req, read=False)
+        return resp.deleted
 
     async def retry_execution(self, id: str) -> Execution:
         """Continues a failed, cancelled or timed-out execution; completed steps are not

@@ -184,16 +184,29 @@ class Client:
 
     # -- tenants ---------------------------------------------------------------------
 
-    def create_tenant(self, name: str, display_name: str | None = None) -> Tenant:
+    def create_tenant(
+        self,
+        name: str,
+        display_name: str | None = None,
+        *,
+        retention: timedelta | None = None,
+    ) -> Tenant:
         """Creates a tenant. Needs ``tenants:admin``.
+
+        Args:
+            retention: How long the tenant's finished executions are kept, counted from
+                their end, in whole seconds (then they are deleted with their step
+                attempts, events and checkpoints). None or ``timedelta(0)``: the
+                installation's default (``MANTLE_RETENTION_DAYS``).
 
         Raises:
             errors.AlreadyExists: the name is taken.
             errors.InvalidArgument: the name is not a DNS label (1-63 characters of
                 lowercase letters, digits and '-', starting with a letter, not ending
                 with '-') or the display name is too long.
+            ValueError: ``retention`` is negative or not whole seconds (nothing is sent).
         """
-        req = _common.create_tenant_request(name, display_name)
+        req = _common.create_tenant_request(name, display_name, retention)
         return Tenant.from_proto(self._call(self._tenants.CreateTenant, req, read=False))
 
     def get_tenant(self, name: str) -> Tenant:
@@ -223,10 +236,21 @@ class Client:
             if not token:
                 return
 
-    def update_tenant(self, name: str, *, display_name: str | None = None) -> Tenant:
+    def update_tenant(
+        self,
+        name: str,
+        *,
+        display_name: str | None = None,
+        retention: timedelta | None = None,
+    ) -> Tenant:
         """Changes a tenant and returns it. Fields left as None are unchanged;
-        ``display_name=""`` clears the display name. Needs ``tenants:admin``."""
-        req = _common.update_tenant_request(name, display_name)
+        ``display_name=""`` clears the display name and ``retention=timedelta(0)`` the
+        retention (back to the installation's default). Needs ``tenants:admin``.
+
+        Raises:
+            ValueError: ``retention`` is negative or not whole seconds (nothing is sent).
+        """
+        req = _common.update_tenant_request(name, display_name, retention)
         return Tenant.from_proto(self._call(self._tenants.UpdateTenant, req, read=False))
 
     def delete_tenant(self, name: str) -> None:
@@ -336,6 +360,19 @@ class Client:
     def apply_file(self, path: str | os.PathLike[str]) -> ApplyResult:
         """Reads a workflow file and applies it, named by ``path`` in problem reports."""
         return self.apply(*_common.read_source_file(path))
+
+    def rollback_definition(self, name: str, to_version: int) -> ApplyResult:
+        """Stores the YAML of an earlier version of a workflow again, as a new latest
+        version (``created`` is False, and nothing changes, when that version's content is
+        the latest's already). Needs ``definitions:write``.
+
+        Raises:
+            ValueError: ``to_version`` is not a positive integer (nothing is sent).
+            errors.NotFound: no such workflow or version.
+        """
+        req = _common.rollback_request(name, to_version)
+        resp = self._call(self._definitions.RollbackDefinition, req, read=False)
+        return ApplyResult.from_proto(resp)
 
     def get_definition(self, name: str, version: int = 0) -> Definition:
         """Returns one stored version of a workflow; ``version=0`` means the latest.
@@ -610,6 +647,59 @@ class Client:
         A finished execution is returned unchanged. Needs ``executions:write``."""
         req = execution_pb2.CancelExecutionRequest(id=id)
         return Execution.from_proto(self._call(self._executions.CancelExecution, req, read=False))
+
+    def cancel_executions(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> int:
+        """Requests the cancellation of every unfinished execution the filter matches and
+        returns how many (those already being cancelled are not counted again). It does
+        not wait: each ends as ``cancelled`` as its driver stops it, normally within
+        seconds (see :meth:`wait`). Needs ``executions:write``.
+
+        Args:
+            workflow: Only executions of this workflow.
+            status: Only executions in this state: ``"pending"``, ``"queued"`` or
+                ``"running"``.
+            created_after: Only executions started at or after this (aware) time.
+            created_before: Only executions started before this (aware) time.
+
+        Raises:
+            errors.InvalidArgument: no filter was given (at least one is required, so
+                that nothing cancels every execution by accident), or a finished status.
+            ValueError: an unknown status or a naive datetime (nothing is sent).
+        """
+        req = _common.cancel_executions_request(workflow, status, created_after, created_before)
+        resp = self._call(self._executions.CancelExecutions, req, read=False)
+        return resp.cancel_requested
+
+    def delete_execution(self, id: str) -> None:
+        """Deletes a finished execution with its step attempts, events, checkpoints,
+        webhook deliveries and idempotency key. Needs ``executions:write``.
+
+        Raises:
+            errors.FailedPrecondition: it has not finished (cancel it first).
+            errors.NotFound: no such execution (or another tenant's).
+        """
+        req = execution_pb2.DeleteExecutionRequest(id=id)
+        self._call(self._executions.DeleteExecution, req, read=False)
+
+    def delete_executions(self, *, ended_before: datetime, workflow: str | None = None) -> int:
+        """Deletes the finished executions that ended before ``ended_before`` (of
+        ``workflow`` only, when given), with everything that belongs to them, and returns
+        how many. Unfinished executions are never deleted. Needs ``executions:write``.
+
+        Raises:
+            TypeError: ``ended_before`` is not a ``datetime`` (nothing is sent).
+            ValueError: ``ended_before`` is a naive datetime (nothing is sent).
+        """
+        req = _common.delete_executions_request(ended_before, workflow)
+        resp = self._call(self._executions.DeleteExecutions, req, read=False)
+        return resp.deleted
 
     def retry_execution(self, id: str) -> Execution:
         """Continues a failed, cancelled or timed-out execution: completed steps keep

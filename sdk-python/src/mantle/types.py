@@ -89,6 +89,10 @@ class Tenant:
     """Human-readable name; empty when unset."""
     create_time: datetime | None
     update_time: datetime | None
+    retention: timedelta | None = None
+    """How long the tenant's finished executions are kept, counted from their end (then
+    they are deleted); None when the tenant sets none: the installation's default
+    (``MANTLE_RETENTION_DAYS``) applies."""
 
     @classmethod
     def from_proto(cls, msg: tenant_pb2.Tenant) -> Tenant:
@@ -98,7 +102,18 @@ class Tenant:
             display_name=msg.display_name,
             create_time=_time(msg, "create_time"),
             update_time=_time(msg, "update_time"),
+            retention=_retention(msg),
         )
+
+
+def _retention(msg: tenant_pb2.Tenant) -> timedelta | None:
+    """A tenant's retention; None when unset or 0 (the installation's default)."""
+    if not msg.HasField("settings") or not msg.settings.HasField("retention"):
+        return None
+    d = msg.settings.retention
+    if d.seconds <= 0 and d.nanos <= 0:
+        return None
+    return timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amantle/v1/definition.proto\x12\tmantle.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x11ValidationProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\r\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"D\n\x12ValidationProblems\x12.\n\x08problems\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"=\n\x19ValidateDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\x84\x01\n\x1aValidateDefinitionResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x12\n\nstep_count\x18\x03 \x01(\r\x12.\n\x08warnings\x18\x04 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"9\n\x15PlanDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\xa8\x01\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\"\n\x07\x63hanges\x18\x05 \x03(\x0b\x32\x11.mantle.v1.Change\x12.\n\x08warnings\x18\x06 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"\xb8\x01\n\x06\x43hange\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.mantle.v1.Change.Kind\x12\x0f\n\x07section\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.mantle.v1.FieldChange\"A\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x01\x12\x0b\n\x07REMOVED\x10\x02\x12\x0b\n\x07\x43HANGED\x10\x03\":\n\x0b\x46ieldChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\":\n\x16\x41pplyDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\xa9\x01\n\x17\x41pplyDefinitionResponse\x12)\n\ndefinition\x18\x01 \x01(\x0b\x32\x15.mantle.v1.Definition\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\"\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x11.mantle.v1.Change\x12.\n\x08warnings\x18\x04 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"\xaa\x01\n\nDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x11\n\tspec_json\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x14GetDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"?\n\x16ListDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xb0\x01\n\x11\x44\x65\x66initionSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x17ListDefinitionsResponse\x12\x31\n\x0b\x64\x65\x66initions\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.DefinitionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x1dListDefinitionVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x11\x44\x65\x66initionVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x1eListDefinitionVersionsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.DefinitionVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListActionsRequest\"=\n\x13ListActionsResponse\x12&\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x15.mantle.v1.ActionInfo\"\x8f\x01\n\nActionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x18\n\x10\x63redential_types\x18\x04 \x03(\t\x12\x1a\n\x12params_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t2\xc5\x05\n\x11\x44\x65\x66initionService\x12\x61\n\x12ValidateDefinition\x12$.mantle.v1.ValidateDefinitionRequest\x1a%.mantle.v1.ValidateDefinitionResponse\x12\x43\n\x0ePlanDefinition\x12 .mantle.v1.PlanDefinitionRequest\x1a\x0f.mantle.v1.Plan\x12X\n\x0f\x41pplyDefinition\x12!.mantle.v1.ApplyDefinitionRequest\x1a\".mantle.v1.ApplyDefinitionResponse\x12G\n\rGetDefinition\x12\x1f.mantle.v1.GetDefinitionRequest\x1a\x15.mantle.v1.Definition\x12X\n\x0fListDefinitions\x12!.mantle.v1.ListDefinitionsRequest\x1a\".mantle.v1.ListDefinitionsResponse\x12m\n\x16ListDefinitionVersions\x12(.mantle.v1.ListDefinitionVersionsRequest\x1a).mantle.v1.ListDefinitionVersionsResponse\x12N\n\x10\x44\x65leteDefinition\x12\".mantle.v1.DeleteDefinitionRequest\x1a\x16.google.protobuf.Empty\x12L\n\x0bListActions\x12\x1d.mantle.v1.ListActionsRequest\x1a\x1e.mantle.v1.ListActionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amantle/v1/definition.proto\x12\tmantle.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x11ValidationProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\r\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"D\n\x12ValidationProblems\x12.\n\x08problems\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"=\n\x19ValidateDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\x84\x01\n\x1aValidateDefinitionResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x12\n\nstep_count\x18\x03 \x01(\r\x12.\n\x08warnings\x18\x04 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"9\n\x15PlanDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"\xa8\x01\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\"\n\x07\x63hanges\x18\x05 \x03(\x0b\x32\x11.mantle.v1.Change\x12.\n\x08warnings\x18\x06 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"\xb8\x01\n\x06\x43hange\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.mantle.v1.Change.Kind\x12\x0f\n\x07section\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12&\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x16.mantle.v1.FieldChange\"A\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x01\x12\x0b\n\x07REMOVED\x10\x02\x12\x0b\n\x07\x43HANGED\x10\x03\":\n\x0b\x46ieldChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06\x62\x65\x66ore\x18\x02 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\":\n\x16\x41pplyDefinitionRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"=\n\x19RollbackDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nto_version\x18\x02 \x01(\x03\"\xa9\x01\n\x17\x41pplyDefinitionResponse\x12)\n\ndefinition\x18\x01 \x01(\x0b\x32\x15.mantle.v1.Definition\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\"\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x11.mantle.v1.Change\x12.\n\x08warnings\x18\x04 \x03(\x0b\x32\x1c.mantle.v1.ValidationProblem\"\xaa\x01\n\nDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x11\n\tspec_json\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x14GetDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"?\n\x16ListDefinitionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xb0\x01\n\x11\x44\x65\x66initionSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x17ListDefinitionsResponse\x12\x31\n\x0b\x64\x65\x66initions\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.DefinitionSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x1dListDefinitionVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x11\x44\x65\x66initionVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x1eListDefinitionVersionsResponse\x12.\n\x08versions\x18\x01 \x03(\x0b\x32\x1c.mantle.v1.DefinitionVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteDefinitionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12ListActionsRequest\"=\n\x13ListActionsResponse\x12&\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x15.mantle.v1.ActionInfo\"\x8f\x01\n\nActionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x18\n\x10\x63redential_types\x18\x04 \x03(\t\x12\x1a\n\x12params_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t2\xa5\x06\n\x11\x44\x65\x66initionService\x12\x61\n\x12ValidateDefinition\x12$.mantle.v1.ValidateDefinitionRequest\x1a%.mantle.v1.ValidateDefinitionResponse\x12\x43\n\x0ePlanDefinition\x12 .mantle.v1.PlanDefinitionRequest\x1a\x0f.mantle.v1.Plan\x12X\n\x0f\x41pplyDefinition\x12!.mantle.v1.ApplyDefinitionRequest\x1a\".mantle.v1.ApplyDefinitionResponse\x12^\n\x12RollbackDefinition\x12$.mantle.v1.RollbackDefinitionRequest\x1a\".mantle.v1.ApplyDefinitionResponse\x12G\n\rGetDefinition\x12\x1f.mantle.v1.GetDefinitionRequest\x1a\x15.mantle.v1.Definition\x12X\n\x0fListDefinitions\x12!.mantle.v1.ListDefinitionsRequest\x1a\".mantle.v1.ListDefinitionsResponse\x12m\n\x16ListDefinitionVersions\x12(.mantle.v1.ListDefinitionVersionsRequest\x1a).mantle.v1.ListDefinitionVersionsResponse\x12N\n\x10\x44\x65leteDefinition\x12\".mantle.v1.DeleteDefinitionRequest\x1a\x16.google.protobuf.Empty\x12L\n\x0bListActions\x12\x1d.mantle.v1.ListActionsRequest\x1a\x1e.mantle.v1.ListActionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,32 +53,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIELDCHANGE']._serialized_end=942
   _globals['_APPLYDEFINITIONREQUEST']._serialized_start=944
   _globals['_APPLYDEFINITIONREQUEST']._serialized_end=1002
-  _globals['_APPLYDEFINITIONRESPONSE']._serialized_start=1005
-  _globals['_APPLYDEFINITIONRESPONSE']._serialized_end=1174
-  _globals['_DEFINITION']._serialized_start=1177
-  _globals['_DEFINITION']._serialized_end=1347
-  _globals['_GETDEFINITIONREQUEST']._serialized_start=1349
-  _globals['_GETDEFINITIONREQUEST']._serialized_end=1402
-  _globals['_LISTDEFINITIONSREQUEST']._serialized_start=1404
-  _globals['_LISTDEFINITIONSREQUEST']._serialized_end=1467
-  _globals['_DEFINITIONSUMMARY']._serialized_start=1470
-  _globals['_DEFINITIONSUMMARY']._serialized_end=1646
-  _globals['_LISTDEFINITIONSRESPONSE']._serialized_start=1648
-  _globals['_LISTDEFINITIONSRESPONSE']._serialized_end=1749
-  _globals['_LISTDEFINITIONVERSIONSREQUEST']._serialized_start=1751
-  _globals['_LISTDEFINITIONVERSIONSREQUEST']._serialized_end=1835
-  _globals['_DEFINITIONVERSION']._serialized_start=1837
-  _globals['_DEFINITIONVERSION']._serialized_end=1944
-  _globals['_LISTDEFINITIONVERSIONSRESPONSE']._serialized_start=1946
-  _globals['_LISTDEFINITIONVERSIONSRESPONSE']._serialized_end=2051
-  _globals['_DELETEDEFINITIONREQUEST']._serialized_start=2053
-  _globals['_DELETEDEFINITIONREQUEST']._serialized_end=2092
-  _globals['_LISTACTIONSREQUEST']._serialized_start=2094
-  _globals['_LISTACTIONSREQUEST']._serialized_end=2114
-  _globals['_LISTACTIONSRESPONSE']._serialized_start=2116
-  _globals['_LISTACTIONSRESPONSE']._serialized_end=2177
-  _globals['_ACTIONINFO']._serialized_start=2180
-  _globals['_ACTIONINFO']._serialized_end=2323
-  _globals['_DEFINITIONSERVICE']._serialized_start=2326
-  _globals['_DEFINITIONSERVICE']._serialized_end=3035
+  _globals['_ROLLBACKDEFINITIONREQUEST']._serialized_start=1004
+  _globals['_ROLLBACKDEFINITIONREQUEST']._serialized_end=1065
+  _globals['_APPLYDEFINITIONRESPONSE']._serialized_start=1068
+  _globals['_APPLYDEFINITIONRESPONSE']._serialized_end=1237
+  _globals['_DEFINITION']._serialized_start=1240
+  _globals['_DEFINITION']._serialized_end=1410
+  _globals['_GETDEFINITIONREQUEST']._serialized_start=1412
+  _globals['_GETDEFINITIONREQUEST']._serialized_end=1465
+  _globals['_LISTDEFINITIONSREQUEST']._serialized_start=1467
+  _globals['_LISTDEFINITIONSREQUEST']._serialized_end=1530
+  _globals['_DEFINITIONSUMMARY']._serialized_start=1533
+  _globals['_DEFINITIONSUMMARY']._serialized_end=1709
+  _globals['_LISTDEFINITIONSRESPONSE']._serialized_start=1711
+  _globals['_LISTDEFINITIONSRESPONSE']._serialized_end=1812
+  _globals['_LISTDEFINITIONVERSIONSREQUEST']._serialized_start=1814
+  _globals['_LISTDEFINITIONVERSIONSREQUEST']._serialized_end=1898
+  _globals['_DEFINITIONVERSION']._serialized_start=1900
+  _globals['_DEFINITIONVERSION']._serialized_end=2007
+  _globals['_LISTDEFINITIONVERSIONSRESPONSE']._serialized_start=2009
+  _globals['_LISTDEFINITIONVERSIONSRESPONSE']._serialized_end=2114
+  _globals['_DELETEDEFINITIONREQUEST']._serialized_start=2116
+  _globals['_DELETEDEFINITIONREQUEST']._serialized_end=2155
+  _globals['_LISTACTIONSREQUEST']._serialized_start=2157
+  _globals['_LISTACTIONSREQUEST']._serialized_end=2177
+  _globals['_LISTACTIONSRESPONSE']._serialized_start=2179
+  _globals['_LISTACTIONSRESPONSE']._serialized_end=2240
+  _globals['_ACTIONINFO']._serialized_start=2243
+  _globals['_ACTIONINFO']._serialized_end=2386
+  _globals['_DEFINITIONSERVICE']._serialized_start=2389
+  _globals['_DEFINITIONSERVICE']._serialized_end=3194
 # @@protoc_insertion_point(module_scope)

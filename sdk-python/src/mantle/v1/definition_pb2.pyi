@@ -341,6 +341,32 @@ class ApplyDefinitionRequest(_message.Message):
 Global___ApplyDefinitionRequest: _TypeAlias = ApplyDefinitionRequest  # noqa: Y015
 
 @_typing.final
+class RollbackDefinitionRequest(_message.Message):
+    """Request of RollbackDefinition."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The workflow's name. Required."""
+    to_version: _builtins.int
+    """The version whose YAML becomes the new latest version. Required."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        to_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackDefinitionRequest: _TypeAlias = RollbackDefinitionRequest  # noqa: Y015
+
+@_typing.final
 class ApplyDefinitionResponse(_message.Message):
     """Response of ApplyDefinition."""
 

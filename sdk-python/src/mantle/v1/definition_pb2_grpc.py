@@ -60,6 +60,11 @@ class DefinitionServiceStub:
                 request_serializer=mantle_dot_v1_dot_definition__pb2.ApplyDefinitionRequest.SerializeToString,
                 response_deserializer=mantle_dot_v1_dot_definition__pb2.ApplyDefinitionResponse.FromString,
                 _registered_method=True)
+        self.RollbackDefinition = channel.unary_unary(
+                '/mantle.v1.DefinitionService/RollbackDefinition',
+                request_serializer=mantle_dot_v1_dot_definition__pb2.RollbackDefinitionRequest.SerializeToString,
+                response_deserializer=mantle_dot_v1_dot_definition__pb2.ApplyDefinitionResponse.FromString,
+                _registered_method=True)
         self.GetDefinition = channel.unary_unary(
                 '/mantle.v1.DefinitionService/GetDefinition',
                 request_serializer=mantle_dot_v1_dot_definition__pb2.GetDefinitionRequest.SerializeToString,
@@ -121,6 +126,15 @@ class DefinitionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RollbackDefinition(self, request, context):
+        """Applies an earlier version's YAML again, as a new version (checked as ApplyDefinition
+        checks it); new executions run it, running ones keep theirs. Nothing is stored when
+        it is the latest already. Needs `definitions:write`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDefinition(self, request, context):
         """Returns one version of a workflow (the latest by default).
         """
@@ -175,6 +189,11 @@ def add_DefinitionServiceServicer_to_server(servicer, server):
             'ApplyDefinition': grpc.unary_unary_rpc_method_handler(
                     servicer.ApplyDefinition,
                     request_deserializer=mantle_dot_v1_dot_definition__pb2.ApplyDefinitionRequest.FromString,
+                    response_serializer=mantle_dot_v1_dot_definition__pb2.ApplyDefinitionResponse.SerializeToString,
+            ),
+            'RollbackDefinition': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackDefinition,
+                    request_deserializer=mantle_dot_v1_dot_definition__pb2.RollbackDefinitionRequest.FromString,
                     response_serializer=mantle_dot_v1_dot_definition__pb2.ApplyDefinitionResponse.SerializeToString,
             ),
             'GetDefinition': grpc.unary_unary_rpc_method_handler(
@@ -293,6 +312,33 @@ class DefinitionService:
             target,
             '/mantle.v1.DefinitionService/ApplyDefinition',
             mantle_dot_v1_dot_definition__pb2.ApplyDefinitionRequest.SerializeToString,
+            mantle_dot_v1_dot_definition__pb2.ApplyDefinitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackDefinition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mantle.v1.DefinitionService/RollbackDefinition',
+            mantle_dot_v1_dot_definition__pb2.RollbackDefinitionRequest.SerializeToString,
             mantle_dot_v1_dot_definition__pb2.ApplyDefinitionResponse.FromString,
             options,
             channel_credentials,

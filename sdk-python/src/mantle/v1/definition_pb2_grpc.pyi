@@ -50,6 +50,11 @@ class DefinitionServiceStub:
     """Compares a workflow file with the latest stored version of the same workflow."""
     ApplyDefinition: _grpc.UnaryUnaryMultiCallable[_definition_pb2.ApplyDefinitionRequest, _definition_pb2.ApplyDefinitionResponse]
     """Stores a workflow file as a new version if its content changed."""
+    RollbackDefinition: _grpc.UnaryUnaryMultiCallable[_definition_pb2.RollbackDefinitionRequest, _definition_pb2.ApplyDefinitionResponse]
+    """Applies an earlier version's YAML again, as a new version (checked as ApplyDefinition
+    checks it); new executions run it, running ones keep theirs. Nothing is stored when
+    it is the latest already. Needs `definitions:write`.
+    """
     GetDefinition: _grpc.UnaryUnaryMultiCallable[_definition_pb2.GetDefinitionRequest, _definition_pb2.Definition]
     """Returns one version of a workflow (the latest by default)."""
     ListDefinitions: _grpc.UnaryUnaryMultiCallable[_definition_pb2.ListDefinitionsRequest, _definition_pb2.ListDefinitionsResponse]
@@ -87,6 +92,11 @@ class DefinitionServiceAsyncStub(DefinitionServiceStub):
     """Compares a workflow file with the latest stored version of the same workflow."""
     ApplyDefinition: _aio.UnaryUnaryMultiCallable[_definition_pb2.ApplyDefinitionRequest, _definition_pb2.ApplyDefinitionResponse]  # type: ignore[assignment]
     """Stores a workflow file as a new version if its content changed."""
+    RollbackDefinition: _aio.UnaryUnaryMultiCallable[_definition_pb2.RollbackDefinitionRequest, _definition_pb2.ApplyDefinitionResponse]  # type: ignore[assignment]
+    """Applies an earlier version's YAML again, as a new version (checked as ApplyDefinition
+    checks it); new executions run it, running ones keep theirs. Nothing is stored when
+    it is the latest already. Needs `definitions:write`.
+    """
     GetDefinition: _aio.UnaryUnaryMultiCallable[_definition_pb2.GetDefinitionRequest, _definition_pb2.Definition]  # type: ignore[assignment]
     """Returns one version of a workflow (the latest by default)."""
     ListDefinitions: _aio.UnaryUnaryMultiCallable[_definition_pb2.ListDefinitionsRequest, _definition_pb2.ListDefinitionsResponse]  # type: ignore[assignment]
@@ -139,6 +149,17 @@ class DefinitionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_definition_pb2.ApplyDefinitionResponse, _abc.Awaitable[_definition_pb2.ApplyDefinitionResponse]]:
         """Stores a workflow file as a new version if its content changed."""
+
+    @_abc_1.abstractmethod
+    def RollbackDefinition(
+        self,
+        request: _definition_pb2.RollbackDefinitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_definition_pb2.ApplyDefinitionResponse, _abc.Awaitable[_definition_pb2.ApplyDefinitionResponse]]:
+        """Applies an earlier version's YAML again, as a new version (checked as ApplyDefinition
+        checks it); new executions run it, running ones keep theirs. Nothing is stored when
+        it is the latest already. Needs `definitions:write`.
+        """
 
     @_abc_1.abstractmethod
     def GetDefinition(

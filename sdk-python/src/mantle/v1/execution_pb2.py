@@ -22,49 +22,60 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mantle.v1 import common_pb2 as mantle_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mantle/v1/execution.proto\x12\tmantle.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mantle/v1/common.proto\"\xf1\x02\n\tExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.mantle.v1.ExecutionStatus\x12\x13\n\x0binputs_json\x18\x05 \x01(\t\x12\x14\n\x0coutputs_json\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrigger_json\x18\x0b \x01(\t\x12*\n\x0bmodel_usage\x18\x0c \x01(\x0b\x32\x15.mantle.v1.ModelUsage\"K\n\nModelUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\"h\n\x15StartExecutionRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0binputs_json\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"!\n\x13GetExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x82\x02\n\x15ListExecutionsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.mantle.v1.ExecutionStatus\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x1d\n\x04view\x18\x07 \x01(\x0e\x32\x0f.mantle.v1.View\"[\n\x16ListExecutionsResponse\x12(\n\nexecutions\x18\x01 \x03(\x0b\x32\x14.mantle.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x16\x43\x61ncelExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"#\n\x15RetryExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"k\n\x17ListStepAttemptsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1d\n\x04view\x18\x04 \x01(\x0e\x32\x0f.mantle.v1.View\"\x89\x02\n\x0bStepAttempt\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.mantle.v1.StepStatus\x12\x13\n\x0boutput_json\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\twake_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x18ListStepAttemptsResponse\x12(\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x16.mantle.v1.StepAttempt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x15WatchExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\xda\x02\n\x0e\x45xecutionEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.mantle.v1.ExecutionEvent.Kind\x12\x34\n\x10\x65xecution_status\x18\x04 \x01(\x0e\x32\x1a.mantle.v1.ExecutionStatus\x12\x11\n\tstep_name\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12*\n\x0bstep_status\x18\x07 \x01(\x0e\x32\x15.mantle.v1.StepStatus\x12\x0f\n\x07message\x18\x08 \x01(\t\"L\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45XECUTION_STATUS\x10\x01\x12\x0f\n\x0bSTEP_STATUS\x10\x02\x12\x07\n\x03LOG\x10\x03*\x89\x02\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XECUTION_STATUS_PENDING\x10\x01\x12\x1b\n\x17\x45XECUTION_STATUS_QUEUED\x10\x02\x12\x1c\n\x18\x45XECUTION_STATUS_RUNNING\x10\x03\x12\x1e\n\x1a\x45XECUTION_STATUS_COMPLETED\x10\x04\x12\x1b\n\x17\x45XECUTION_STATUS_FAILED\x10\x05\x12\x1e\n\x1a\x45XECUTION_STATUS_CANCELLED\x10\x06\x12\x1e\n\x1a\x45XECUTION_STATUS_TIMED_OUT\x10\x07*\xc2\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x17\n\x13STEP_STATUS_SKIPPED\x10\x05\x12\x19\n\x15STEP_STATUS_CANCELLED\x10\x06\x32\xbd\x04\n\x10\x45xecutionService\x12H\n\x0eStartExecution\x12 .mantle.v1.StartExecutionRequest\x1a\x14.mantle.v1.Execution\x12\x44\n\x0cGetExecution\x12\x1e.mantle.v1.GetExecutionRequest\x1a\x14.mantle.v1.Execution\x12U\n\x0eListExecutions\x12 .mantle.v1.ListExecutionsRequest\x1a!.mantle.v1.ListExecutionsResponse\x12J\n\x0f\x43\x61ncelExecution\x12!.mantle.v1.CancelExecutionRequest\x1a\x14.mantle.v1.Execution\x12H\n\x0eRetryExecution\x12 .mantle.v1.RetryExecutionRequest\x1a\x14.mantle.v1.Execution\x12[\n\x10ListStepAttempts\x12\".mantle.v1.ListStepAttemptsRequest\x1a#.mantle.v1.ListStepAttemptsResponse\x12O\n\x0eWatchExecution\x12 .mantle.v1.WatchExecutionRequest\x1a\x19.mantle.v1.ExecutionEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mantle/v1/execution.proto\x12\tmantle.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16mantle/v1/common.proto\"\xf1\x02\n\tExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.mantle.v1.ExecutionStatus\x12\x13\n\x0binputs_json\x18\x05 \x01(\t\x12\x14\n\x0coutputs_json\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrigger_json\x18\x0b \x01(\t\x12*\n\x0bmodel_usage\x18\x0c \x01(\x0b\x32\x15.mantle.v1.ModelUsage\"K\n\nModelUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\"h\n\x15StartExecutionRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0binputs_json\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"!\n\x13GetExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x82\x02\n\x15ListExecutionsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.mantle.v1.ExecutionStatus\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x1d\n\x04view\x18\x07 \x01(\x0e\x32\x0f.mantle.v1.View\"[\n\x16ListExecutionsResponse\x12(\n\nexecutions\x18\x01 \x03(\x0b\x32\x14.mantle.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x16\x43\x61ncelExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xbe\x01\n\x17\x43\x61ncelExecutionsRequest\x12\x10\n\x08workflow\x18\x01 \x01(\t\x12*\n\x06status\x18\x02 \x01(\x0e\x32\x1a.mantle.v1.ExecutionStatus\x12\x31\n\rcreated_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x18\x43\x61ncelExecutionsResponse\x12\x18\n\x10\x63\x61ncel_requested\x18\x01 \x01(\x03\"$\n\x16\x44\x65leteExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"]\n\x17\x44\x65leteExecutionsRequest\x12\x30\n\x0c\x65nded_before\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08workflow\x18\x02 \x01(\t\"+\n\x18\x44\x65leteExecutionsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"#\n\x15RetryExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"k\n\x17ListStepAttemptsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1d\n\x04view\x18\x04 \x01(\x0e\x32\x0f.mantle.v1.View\"\x89\x02\n\x0bStepAttempt\x12\x11\n\tstep_name\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.mantle.v1.StepStatus\x12\x13\n\x0boutput_json\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\twake_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x18ListStepAttemptsResponse\x12(\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x16.mantle.v1.StepAttempt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x15WatchExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\xda\x02\n\x0e\x45xecutionEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.mantle.v1.ExecutionEvent.Kind\x12\x34\n\x10\x65xecution_status\x18\x04 \x01(\x0e\x32\x1a.mantle.v1.ExecutionStatus\x12\x11\n\tstep_name\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12*\n\x0bstep_status\x18\x07 \x01(\x0e\x32\x15.mantle.v1.StepStatus\x12\x0f\n\x07message\x18\x08 \x01(\t\"L\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45XECUTION_STATUS\x10\x01\x12\x0f\n\x0bSTEP_STATUS\x10\x02\x12\x07\n\x03LOG\x10\x03*\x89\x02\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XECUTION_STATUS_PENDING\x10\x01\x12\x1b\n\x17\x45XECUTION_STATUS_QUEUED\x10\x02\x12\x1c\n\x18\x45XECUTION_STATUS_RUNNING\x10\x03\x12\x1e\n\x1a\x45XECUTION_STATUS_COMPLETED\x10\x04\x12\x1b\n\x17\x45XECUTION_STATUS_FAILED\x10\x05\x12\x1e\n\x1a\x45XECUTION_STATUS_CANCELLED\x10\x06\x12\x1e\n\x1a\x45XECUTION_STATUS_TIMED_OUT\x10\x07*\xc2\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x03\x12\x16\n\x12STEP_STATUS_FAILED\x10\x04\x12\x17\n\x13STEP_STATUS_SKIPPED\x10\x05\x12\x19\n\x15STEP_STATUS_CANCELLED\x10\x06\x32\xc5\x06\n\x10\x45xecutionService\x12H\n\x0eStartExecution\x12 .mantle.v1.StartExecutionRequest\x1a\x14.mantle.v1.Execution\x12\x44\n\x0cGetExecution\x12\x1e.mantle.v1.GetExecutionRequest\x1a\x14.mantle.v1.Execution\x12U\n\x0eListExecutions\x12 .mantle.v1.ListExecutionsRequest\x1a!.mantle.v1.ListExecutionsResponse\x12J\n\x0f\x43\x61ncelExecution\x12!.mantle.v1.CancelExecutionRequest\x1a\x14.mantle.v1.Execution\x12[\n\x10\x43\x61ncelExecutions\x12\".mantle.v1.CancelExecutionsRequest\x1a#.mantle.v1.CancelExecutionsResponse\x12L\n\x0f\x44\x65leteExecution\x12!.mantle.v1.DeleteExecutionRequest\x1a\x16.google.protobuf.Empty\x12[\n\x10\x44\x65leteExecutions\x12\".mantle.v1.DeleteExecutionsRequest\x1a#.mantle.v1.DeleteExecutionsResponse\x12H\n\x0eRetryExecution\x12 .mantle.v1.RetryExecutionRequest\x1a\x14.mantle.v1.Execution\x12[\n\x10ListStepAttempts\x12\".mantle.v1.ListStepAttemptsRequest\x1a#.mantle.v1.ListStepAttemptsResponse\x12O\n\x0eWatchExecution\x12 .mantle.v1.WatchExecutionRequest\x1a\x19.mantle.v1.ExecutionEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mantle.v1.execution_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXECUTIONSTATUS']._serialized_start=1994
-  _globals['_EXECUTIONSTATUS']._serialized_end=2259
-  _globals['_STEPSTATUS']._serialized_start=2262
-  _globals['_STEPSTATUS']._serialized_end=2456
-  _globals['_EXECUTION']._serialized_start=98
-  _globals['_EXECUTION']._serialized_end=467
-  _globals['_MODELUSAGE']._serialized_start=469
-  _globals['_MODELUSAGE']._serialized_end=544
-  _globals['_STARTEXECUTIONREQUEST']._serialized_start=546
-  _globals['_STARTEXECUTIONREQUEST']._serialized_end=650
-  _globals['_GETEXECUTIONREQUEST']._serialized_start=652
-  _globals['_GETEXECUTIONREQUEST']._serialized_end=685
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=688
-  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=946
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=948
-  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=1039
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=1041
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=1077
-  _globals['_RETRYEXECUTIONREQUEST']._serialized_start=1079
-  _globals['_RETRYEXECUTIONREQUEST']._serialized_end=1114
-  _globals['_LISTSTEPATTEMPTSREQUEST']._serialized_start=1116
-  _globals['_LISTSTEPATTEMPTSREQUEST']._serialized_end=1223
-  _globals['_STEPATTEMPT']._serialized_start=1226
-  _globals['_STEPATTEMPT']._serialized_end=1491
-  _globals['_LISTSTEPATTEMPTSRESPONSE']._serialized_start=1493
-  _globals['_LISTSTEPATTEMPTSRESPONSE']._serialized_end=1586
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=1588
-  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=1642
-  _globals['_EXECUTIONEVENT']._serialized_start=1645
-  _globals['_EXECUTIONEVENT']._serialized_end=1991
-  _globals['_EXECUTIONEVENT_KIND']._serialized_start=1915
-  _globals['_EXECUTIONEVENT_KIND']._serialized_end=1991
-  _globals['_EXECUTIONSERVICE']._serialized_start=2459
-  _globals['_EXECUTIONSERVICE']._serialized_end=3032
+  _globals['_EXECUTIONSTATUS']._serialized_start=2448
+  _globals['_EXECUTIONSTATUS']._serialized_end=2713
+  _globals['_STEPSTATUS']._serialized_start=2716
+  _globals['_STEPSTATUS']._serialized_end=2910
+  _globals['_EXECUTION']._serialized_start=127
+  _globals['_EXECUTION']._serialized_end=496
+  _globals['_MODELUSAGE']._serialized_start=498
+  _globals['_MODELUSAGE']._serialized_end=573
+  _globals['_STARTEXECUTIONREQUEST']._serialized_start=575
+  _globals['_STARTEXECUTIONREQUEST']._serialized_end=679
+  _globals['_GETEXECUTIONREQUEST']._serialized_start=681
+  _globals['_GETEXECUTIONREQUEST']._serialized_end=714
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_start=717
+  _globals['_LISTEXECUTIONSREQUEST']._serialized_end=975
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=977
+  _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=1068
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=1070
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=1106
+  _globals['_CANCELEXECUTIONSREQUEST']._serialized_start=1109
+  _globals['_CANCELEXECUTIONSREQUEST']._serialized_end=1299
+  _globals['_CANCELEXECUTIONSRESPONSE']._serialized_start=1301
+  _globals['_CANCELEXECUTIONSRESPONSE']._serialized_end=1353
+  _globals['_DELETEEXECUTIONREQUEST']._serialized_start=1355
+  _globals['_DELETEEXECUTIONREQUEST']._serialized_end=1391
+  _globals['_DELETEEXECUTIONSREQUEST']._serialized_start=1393
+  _globals['_DELETEEXECUTIONSREQUEST']._serialized_end=1486
+  _globals['_DELETEEXECUTIONSRESPONSE']._serialized_start=1488
+  _globals['_DELETEEXECUTIONSRESPONSE']._serialized_end=1531
+  _globals['_RETRYEXECUTIONREQUEST']._serialized_start=1533
+  _globals['_RETRYEXECUTIONREQUEST']._serialized_end=1568
+  _globals['_LISTSTEPATTEMPTSREQUEST']._serialized_start=1570
+  _globals['_LISTSTEPATTEMPTSREQUEST']._serialized_end=1677
+  _globals['_STEPATTEMPT']._serialized_start=1680
+  _globals['_STEPATTEMPT']._serialized_end=1945
+  _globals['_LISTSTEPATTEMPTSRESPONSE']._serialized_start=1947
+  _globals['_LISTSTEPATTEMPTSRESPONSE']._serialized_end=2040
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_start=2042
+  _globals['_WATCHEXECUTIONREQUEST']._serialized_end=2096
+  _globals['_EXECUTIONEVENT']._serialized_start=2099
+  _globals['_EXECUTIONEVENT']._serialized_end=2445
+  _globals['_EXECUTIONEVENT_KIND']._serialized_start=2369
+  _globals['_EXECUTIONEVENT_KIND']._serialized_end=2445
+  _globals['_EXECUTIONSERVICE']._serialized_start=2913
+  _globals['_EXECUTIONSERVICE']._serialized_end=3750
 # @@protoc_insertion_point(module_scope)

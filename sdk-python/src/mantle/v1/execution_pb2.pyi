@@ -383,6 +383,142 @@ class CancelExecutionRequest(_message.Message):
 Global___CancelExecutionRequest: _TypeAlias = CancelExecutionRequest  # noqa: Y015
 
 @_typing.final
+class CancelExecutionsRequest(_message.Message):
+    """Request of CancelExecutions. At least one filter is required."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    workflow: _builtins.str
+    """Only executions of this workflow."""
+    status: Global___ExecutionStatus.ValueType
+    """Only executions in this state (PENDING, QUEUED or RUNNING; a finished one has nothing
+    to cancel).
+    """
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only executions started at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only executions started before this time."""
+
+    def __init__(
+        self,
+        *,
+        workflow: _builtins.str = ...,
+        status: Global___ExecutionStatus.ValueType = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "status", b"status", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelExecutionsRequest: _TypeAlias = CancelExecutionsRequest  # noqa: Y015
+
+@_typing.final
+class CancelExecutionsResponse(_message.Message):
+    """Response of CancelExecutions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    cancel_requested: _builtins.int
+    """Executions whose cancellation this request asked for (those already being cancelled
+    are not counted again).
+    """
+    def __init__(
+        self,
+        *,
+        cancel_requested: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelExecutionsResponse: _TypeAlias = CancelExecutionsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteExecutionRequest(_message.Message):
+    """Request of DeleteExecution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The execution's id. Required."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteExecutionRequest: _TypeAlias = DeleteExecutionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteExecutionsRequest(_message.Message):
+    """Request of DeleteExecutions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDED_BEFORE_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    workflow: _builtins.str
+    """Only executions of this workflow. Optional."""
+    @_builtins.property
+    def ended_before(self) -> _timestamp_pb2.Timestamp:
+        """Delete the finished executions that ended before this time. Required."""
+
+    def __init__(
+        self,
+        *,
+        ended_before: _timestamp_pb2.Timestamp | None = ...,
+        workflow: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteExecutionsRequest: _TypeAlias = DeleteExecutionsRequest  # noqa: Y015
+
+@_typing.final
+class DeleteExecutionsResponse(_message.Message):
+    """Response of DeleteExecutions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.int
+    """Executions deleted."""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteExecutionsResponse: _TypeAlias = DeleteExecutionsResponse  # noqa: Y015
+
+@_typing.final
 class RetryExecutionRequest(_message.Message):
     """Request of RetryExecution."""
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from mantle.v1 import execution_pb2 as mantle_dot_v1_dot_execution__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -59,6 +60,21 @@ class ExecutionServiceStub:
                 '/mantle.v1.ExecutionService/CancelExecution',
                 request_serializer=mantle_dot_v1_dot_execution__pb2.CancelExecutionRequest.SerializeToString,
                 response_deserializer=mantle_dot_v1_dot_execution__pb2.Execution.FromString,
+                _registered_method=True)
+        self.CancelExecutions = channel.unary_unary(
+                '/mantle.v1.ExecutionService/CancelExecutions',
+                request_serializer=mantle_dot_v1_dot_execution__pb2.CancelExecutionsRequest.SerializeToString,
+                response_deserializer=mantle_dot_v1_dot_execution__pb2.CancelExecutionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteExecution = channel.unary_unary(
+                '/mantle.v1.ExecutionService/DeleteExecution',
+                request_serializer=mantle_dot_v1_dot_execution__pb2.DeleteExecutionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.DeleteExecutions = channel.unary_unary(
+                '/mantle.v1.ExecutionService/DeleteExecutions',
+                request_serializer=mantle_dot_v1_dot_execution__pb2.DeleteExecutionsRequest.SerializeToString,
+                response_deserializer=mantle_dot_v1_dot_execution__pb2.DeleteExecutionsResponse.FromString,
                 _registered_method=True)
         self.RetryExecution = channel.unary_unary(
                 '/mantle.v1.ExecutionService/RetryExecution',
@@ -119,6 +135,35 @@ class ExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelExecutions(self, request, context):
+        """Requests the cancellation of every unfinished execution the filter matches, in
+        batches; answers at once with how many, without waiting for them to end. Each ends as
+        CANCELLED as its driver stops it (running steps are stopped; sleeping and queued
+        executions end without running another step), normally within seconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteExecution(self, request, context):
+        """Deletes a finished execution with its step attempts, events, checkpoints, webhook
+        deliveries and idempotency key. FAILED_PRECONDITION while it has not finished (cancel it
+        first); NOT_FOUND when the tenant has no such execution.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteExecutions(self, request, context):
+        """Deletes the finished executions that ended before a time, of one workflow if set, with
+        everything that belongs to them, in small batches that leave room for other writes;
+        answers how many. Unfinished executions are never deleted. Cancelled part-way (the
+        client goes away), the batches done stay done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RetryExecution(self, request, context):
         """Continues a failed, cancelled or timed-out execution: completed steps keep their
         checkpointed outputs, failed and cancelled steps run again.
@@ -166,6 +211,21 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     servicer.CancelExecution,
                     request_deserializer=mantle_dot_v1_dot_execution__pb2.CancelExecutionRequest.FromString,
                     response_serializer=mantle_dot_v1_dot_execution__pb2.Execution.SerializeToString,
+            ),
+            'CancelExecutions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelExecutions,
+                    request_deserializer=mantle_dot_v1_dot_execution__pb2.CancelExecutionsRequest.FromString,
+                    response_serializer=mantle_dot_v1_dot_execution__pb2.CancelExecutionsResponse.SerializeToString,
+            ),
+            'DeleteExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteExecution,
+                    request_deserializer=mantle_dot_v1_dot_execution__pb2.DeleteExecutionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'DeleteExecutions': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteExecutions,
+                    request_deserializer=mantle_dot_v1_dot_execution__pb2.DeleteExecutionsRequest.FromString,
+                    response_serializer=mantle_dot_v1_dot_execution__pb2.DeleteExecutionsResponse.SerializeToString,
             ),
             'RetryExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryExecution,
@@ -297,6 +357,87 @@ class ExecutionService:
             '/mantle.v1.ExecutionService/CancelExecution',
             mantle_dot_v1_dot_execution__pb2.CancelExecutionRequest.SerializeToString,
             mantle_dot_v1_dot_execution__pb2.Execution.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelExecutions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mantle.v1.ExecutionService/CancelExecutions',
+            mantle_dot_v1_dot_execution__pb2.CancelExecutionsRequest.SerializeToString,
+            mantle_dot_v1_dot_execution__pb2.CancelExecutionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mantle.v1.ExecutionService/DeleteExecution',
+            mantle_dot_v1_dot_execution__pb2.DeleteExecutionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteExecutions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mantle.v1.ExecutionService/DeleteExecutions',
+            mantle_dot_v1_dot_execution__pb2.DeleteExecutionsRequest.SerializeToString,
+            mantle_dot_v1_dot_execution__pb2.DeleteExecutionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

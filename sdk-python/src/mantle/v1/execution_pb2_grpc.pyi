@@ -4,6 +4,7 @@ isort:skip_file
 Executions: start workflows, follow them, cancel and retry them."""
 
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from mantle.v1 import execution_pb2 as _execution_pb2
 import abc as _abc_1
@@ -55,6 +56,23 @@ class ExecutionServiceStub:
     execution once cancelled (or as it is after two seconds). Cancelling a finished
     execution changes nothing.
     """
+    CancelExecutions: _grpc.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionsRequest, _execution_pb2.CancelExecutionsResponse]
+    """Requests the cancellation of every unfinished execution the filter matches, in
+    batches; answers at once with how many, without waiting for them to end. Each ends as
+    CANCELLED as its driver stops it (running steps are stopped; sleeping and queued
+    executions end without running another step), normally within seconds.
+    """
+    DeleteExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.DeleteExecutionRequest, _empty_pb2.Empty]
+    """Deletes a finished execution with its step attempts, events, checkpoints, webhook
+    deliveries and idempotency key. FAILED_PRECONDITION while it has not finished (cancel it
+    first); NOT_FOUND when the tenant has no such execution.
+    """
+    DeleteExecutions: _grpc.UnaryUnaryMultiCallable[_execution_pb2.DeleteExecutionsRequest, _execution_pb2.DeleteExecutionsResponse]
+    """Deletes the finished executions that ended before a time, of one workflow if set, with
+    everything that belongs to them, in small batches that leave room for other writes;
+    answers how many. Unfinished executions are never deleted. Cancelled part-way (the
+    client goes away), the batches done stay done.
+    """
     RetryExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.RetryExecutionRequest, _execution_pb2.Execution]
     """Continues a failed, cancelled or timed-out execution: completed steps keep their
     checkpointed outputs, failed and cancelled steps run again.
@@ -95,6 +113,23 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     and the execution ends as CANCELLED, normally within a second; the answer is the
     execution once cancelled (or as it is after two seconds). Cancelling a finished
     execution changes nothing.
+    """
+    CancelExecutions: _aio.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionsRequest, _execution_pb2.CancelExecutionsResponse]  # type: ignore[assignment]
+    """Requests the cancellation of every unfinished execution the filter matches, in
+    batches; answers at once with how many, without waiting for them to end. Each ends as
+    CANCELLED as its driver stops it (running steps are stopped; sleeping and queued
+    executions end without running another step), normally within seconds.
+    """
+    DeleteExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.DeleteExecutionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a finished execution with its step attempts, events, checkpoints, webhook
+    deliveries and idempotency key. FAILED_PRECONDITION while it has not finished (cancel it
+    first); NOT_FOUND when the tenant has no such execution.
+    """
+    DeleteExecutions: _aio.UnaryUnaryMultiCallable[_execution_pb2.DeleteExecutionsRequest, _execution_pb2.DeleteExecutionsResponse]  # type: ignore[assignment]
+    """Deletes the finished executions that ended before a time, of one workflow if set, with
+    everything that belongs to them, in small batches that leave room for other writes;
+    answers how many. Unfinished executions are never deleted. Cancelled part-way (the
+    client goes away), the batches done stay done.
     """
     RetryExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.RetryExecutionRequest, _execution_pb2.Execution]  # type: ignore[assignment]
     """Continues a failed, cancelled or timed-out execution: completed steps keep their
@@ -157,6 +192,41 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         and the execution ends as CANCELLED, normally within a second; the answer is the
         execution once cancelled (or as it is after two seconds). Cancelling a finished
         execution changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelExecutions(
+        self,
+        request: _execution_pb2.CancelExecutionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_pb2.CancelExecutionsResponse, _abc.Awaitable[_execution_pb2.CancelExecutionsResponse]]:
+        """Requests the cancellation of every unfinished execution the filter matches, in
+        batches; answers at once with how many, without waiting for them to end. Each ends as
+        CANCELLED as its driver stops it (running steps are stopped; sleeping and queued
+        executions end without running another step), normally within seconds.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteExecution(
+        self,
+        request: _execution_pb2.DeleteExecutionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a finished execution with its step attempts, events, checkpoints, webhook
+        deliveries and idempotency key. FAILED_PRECONDITION while it has not finished (cancel it
+        first); NOT_FOUND when the tenant has no such execution.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteExecutions(
+        self,
+        request: _execution_pb2.DeleteExecutionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_pb2.DeleteExecutionsResponse, _abc.Awaitable[_execution_pb2.DeleteExecutionsResponse]]:
+        """Deletes the finished executions that ended before a time, of one workflow if set, with
+        everything that belongs to them, in small batches that leave room for other writes;
+        answers how many. Unfinished executions are never deleted. Cancelled part-way (the
+        client goes away), the batches done stay done.
         """
 
     @_abc_1.abstractmethod

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mantle/v1/tenant.proto\x12\tmantle.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08settings\x18\x06 \x01(\x0b\x32\x19.mantle.v1.TenantSettings\"\xbf\x03\n\x0eTenantSettings\x12\x1e\n\x16max_steps_per_workflow\x18\x01 \x01(\x05\x12\x1b\n\x13max_runtime_minutes\x18\x02 \x01(\x05\x12\x17\n\x0f\x61llowed_domains\x18\x03 \x03(\t\x12\x1d\n\x15rate_limit_per_minute\x18\x04 \x01(\x05\x12!\n\x19max_concurrent_executions\x18\x05 \x01(\x05\x12\x1d\n\x15max_queued_executions\x18\x06 \x01(\x05\x12\x13\n\x0bwebhook_url\x18\x07 \x01(\t\x12\x16\n\x0ewebhook_secret\x18\x08 \x01(\t\x12\"\n\x1amax_cost_usd_per_execution\x18\t \x01(\x01\x12\x1a\n\x12max_tokens_per_day\x18\n \x01(\x03\x12N\n\x13\x64\x65\x66\x61ult_credentials\x18\x0b \x03(\x0b\x32\x31.mantle.v1.TenantSettings.DefaultCredentialsEntry\x1a\x39\n\x17\x44\x65\x66\x61ultCredentialsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12+\n\x08settings\x18\x03 \x01(\x0b\x32\x19.mantle.v1.TenantSettings\" \n\x10GetTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListTenantsResponse\x12\"\n\x07tenants\x18\x01 \x03(\x0b\x32\x11.mantle.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaf\x01\n\x13UpdateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x0c\x64isplay_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\x08settings\x18\x03 \x01(\x0b\x32\x19.mantle.v1.TenantSettings\x12\x31\n\rsettings_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x0f\n\r_display_name\"#\n\x13\x44\x65leteTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x88\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x14\x43reateApiKeyResponse\x12\"\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x11.mantle.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"a\n\x12ListApiKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x04 \x01(\x08\"S\n\x13ListApiKeysResponse\x12#\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x11.mantle.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xca\x04\n\rTenantService\x12\x41\n\x0c\x43reateTenant\x12\x1e.mantle.v1.CreateTenantRequest\x1a\x11.mantle.v1.Tenant\x12;\n\tGetTenant\x12\x1b.mantle.v1.GetTenantRequest\x1a\x11.mantle.v1.Tenant\x12L\n\x0bListTenants\x12\x1d.mantle.v1.ListTenantsRequest\x1a\x1e.mantle.v1.ListTenantsResponse\x12\x41\n\x0cUpdateTenant\x12\x1e.mantle.v1.UpdateTenantRequest\x1a\x11.mantle.v1.Tenant\x12\x46\n\x0c\x44\x65leteTenant\x12\x1e.mantle.v1.DeleteTenantRequest\x1a\x16.google.protobuf.Empty\x12O\n\x0c\x43reateApiKey\x12\x1e.mantle.v1.CreateApiKeyRequest\x1a\x1f.mantle.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.mantle.v1.ListApiKeysRequest\x1a\x1e.mantle.v1.ListApiKeysResponse\x12\x41\n\x0cRevokeApiKey\x12\x1e.mantle.v1.RevokeApiKeyRequest\x1a\x11.mantle.v1.ApiKeyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mantle/v1/tenant.proto\x12\tmantle.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08settings\x18\x06 \x01(\x0b\x32\x19.mantle.v1.TenantSettings\"\xed\x03\n\x0eTenantSettings\x12\x1e\n\x16max_steps_per_workflow\x18\x01 \x01(\x05\x12\x1b\n\x13max_runtime_minutes\x18\x02 \x01(\x05\x12\x17\n\x0f\x61llowed_domains\x18\x03 \x03(\t\x12\x1d\n\x15rate_limit_per_minute\x18\x04 \x01(\x05\x12!\n\x19max_concurrent_executions\x18\x05 \x01(\x05\x12\x1d\n\x15max_queued_executions\x18\x06 \x01(\x05\x12\x13\n\x0bwebhook_url\x18\x07 \x01(\t\x12\x16\n\x0ewebhook_secret\x18\x08 \x01(\t\x12\"\n\x1amax_cost_usd_per_execution\x18\t \x01(\x01\x12\x1a\n\x12max_tokens_per_day\x18\n \x01(\x03\x12N\n\x13\x64\x65\x66\x61ult_credentials\x18\x0b \x03(\x0b\x32\x31.mantle.v1.TenantSettings.DefaultCredentialsEntry\x12,\n\tretention\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x39\n\x17\x44\x65\x66\x61ultCredentialsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12+\n\x08settings\x18\x03 \x01(\x0b\x32\x19.mantle.v1.TenantSettings\" \n\x10GetTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"R\n\x13ListTenantsResponse\x12\"\n\x07tenants\x18\x01 \x03(\x0b\x32\x11.mantle.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xaf\x01\n\x13UpdateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x0c\x64isplay_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12+\n\x08settings\x18\x03 \x01(\x0b\x32\x19.mantle.v1.TenantSettings\x12\x31\n\rsettings_mask\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x0f\n\r_display_name\"#\n\x13\x44\x65leteTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x88\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_use_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x14\x43reateApiKeyResponse\x12\"\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x11.mantle.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"a\n\x12ListApiKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x04 \x01(\x08\"S\n\x13ListApiKeysResponse\x12#\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x11.mantle.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13RevokeApiKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xca\x04\n\rTenantService\x12\x41\n\x0c\x43reateTenant\x12\x1e.mantle.v1.CreateTenantRequest\x1a\x11.mantle.v1.Tenant\x12;\n\tGetTenant\x12\x1b.mantle.v1.GetTenantRequest\x1a\x11.mantle.v1.Tenant\x12L\n\x0bListTenants\x12\x1d.mantle.v1.ListTenantsRequest\x1a\x1e.mantle.v1.ListTenantsResponse\x12\x41\n\x0cUpdateTenant\x12\x1e.mantle.v1.UpdateTenantRequest\x1a\x11.mantle.v1.Tenant\x12\x46\n\x0c\x44\x65leteTenant\x12\x1e.mantle.v1.DeleteTenantRequest\x1a\x16.google.protobuf.Empty\x12O\n\x0c\x43reateApiKey\x12\x1e.mantle.v1.CreateApiKeyRequest\x1a\x1f.mantle.v1.CreateApiKeyResponse\x12L\n\x0bListApiKeys\x12\x1d.mantle.v1.ListApiKeysRequest\x1a\x1e.mantle.v1.ListApiKeysResponse\x12\x41\n\x0cRevokeApiKey\x12\x1e.mantle.v1.RevokeApiKeyRequest\x1a\x11.mantle.v1.ApiKeyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +37,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TENANTSETTINGS_DEFAULTCREDENTIALSENTRY']._loaded_options = None
   _globals['_TENANTSETTINGS_DEFAULTCREDENTIALSENTRY']._serialized_options = b'8\001'
-  _globals['_TENANT']._serialized_start=134
-  _globals['_TENANT']._serialized_end=333
-  _globals['_TENANTSETTINGS']._serialized_start=336
-  _globals['_TENANTSETTINGS']._serialized_end=783
-  _globals['_TENANTSETTINGS_DEFAULTCREDENTIALSENTRY']._serialized_start=726
-  _globals['_TENANTSETTINGS_DEFAULTCREDENTIALSENTRY']._serialized_end=783
-  _globals['_CREATETENANTREQUEST']._serialized_start=785
-  _globals['_CREATETENANTREQUEST']._serialized_end=887
-  _globals['_GETTENANTREQUEST']._serialized_start=889
-  _globals['_GETTENANTREQUEST']._serialized_end=921
-  _globals['_LISTTENANTSREQUEST']._serialized_start=923
-  _globals['_LISTTENANTSREQUEST']._serialized_end=982
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=984
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=1066
-  _globals['_UPDATETENANTREQUEST']._serialized_start=1069
-  _globals['_UPDATETENANTREQUEST']._serialized_end=1244
-  _globals['_DELETETENANTREQUEST']._serialized_start=1246
-  _globals['_DELETETENANTREQUEST']._serialized_end=1281
-  _globals['_APIKEY']._serialized_start=1284
-  _globals['_APIKEY']._serialized_end=1548
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1550
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1666
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1668
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1741
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1743
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1840
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1842
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1925
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1927
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1960
-  _globals['_TENANTSERVICE']._serialized_start=1963
-  _globals['_TENANTSERVICE']._serialized_end=2549
+  _globals['_TENANT']._serialized_start=166
+  _globals['_TENANT']._serialized_end=365
+  _globals['_TENANTSETTINGS']._serialized_start=368
+  _globals['_TENANTSETTINGS']._serialized_end=861
+  _globals['_TENANTSETTINGS_DEFAULTCREDENTIALSENTRY']._serialized_start=804
+  _globals['_TENANTSETTINGS_DEFAULTCREDENTIALSENTRY']._serialized_end=861
+  _globals['_CREATETENANTREQUEST']._serialized_start=863
+  _globals['_CREATETENANTREQUEST']._serialized_end=965
+  _globals['_GETTENANTREQUEST']._serialized_start=967
+  _globals['_GETTENANTREQUEST']._serialized_end=999
+  _globals['_LISTTENANTSREQUEST']._serialized_start=1001
+  _globals['_LISTTENANTSREQUEST']._serialized_end=1060
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=1062
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1144
+  _globals['_UPDATETENANTREQUEST']._serialized_start=1147
+  _globals['_UPDATETENANTREQUEST']._serialized_end=1322
+  _globals['_DELETETENANTREQUEST']._serialized_start=1324
+  _globals['_DELETETENANTREQUEST']._serialized_end=1359
+  _globals['_APIKEY']._serialized_start=1362
+  _globals['_APIKEY']._serialized_end=1626
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1628
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1744
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1746
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1819
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1821
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1918
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1920
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=2003
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2005
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2038
+  _globals['_TENANTSERVICE']._serialized_start=2041
+  _globals['_TENANTSERVICE']._serialized_end=2627
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ Tenants and their API keys."""
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -110,6 +111,7 @@ class TenantSettings(_message.Message):
     MAX_COST_USD_PER_EXECUTION_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_PER_DAY_FIELD_NUMBER: _builtins.int
     DEFAULT_CREDENTIALS_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
     max_steps_per_workflow: _builtins.int
     """Most steps a workflow may have: checked when a workflow is applied and when it starts
     (RESOURCE_EXHAUSTED).
@@ -162,6 +164,14 @@ class TenantSettings(_message.Message):
         later), and a step using a missing one fails.
         """
 
+    @_builtins.property
+    def retention(self) -> _duration_pb2.Duration:
+        """How long the tenant's finished executions are kept, counted from their end, in whole
+        seconds; then the retention janitor deletes them with their step attempts, events,
+        checkpoints and webhook deliveries. Unset or 0: the installation's default
+        (MANTLE_RETENTION_DAYS; kept until deleted when that is unset too).
+        """
+
     def __init__(
         self,
         *,
@@ -176,10 +186,11 @@ class TenantSettings(_message.Message):
         max_cost_usd_per_execution: _builtins.float = ...,
         max_tokens_per_day: _builtins.int = ...,
         default_credentials: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        retention: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retention", b"retention"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "default_credentials", b"default_credentials", "max_concurrent_executions", b"max_concurrent_executions", "max_cost_usd_per_execution", b"max_cost_usd_per_execution", "max_queued_executions", b"max_queued_executions", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow", "max_tokens_per_day", b"max_tokens_per_day", "rate_limit_per_minute", b"rate_limit_per_minute", "webhook_secret", b"webhook_secret", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_domains", b"allowed_domains", "default_credentials", b"default_credentials", "max_concurrent_executions", b"max_concurrent_executions", "max_cost_usd_per_execution", b"max_cost_usd_per_execution", "max_queued_executions", b"max_queued_executions", "max_runtime_minutes", b"max_runtime_minutes", "max_steps_per_workflow", b"max_steps_per_workflow", "max_tokens_per_day", b"max_tokens_per_day", "rate_limit_per_minute", b"rate_limit_per_minute", "retention", b"retention", "webhook_secret", b"webhook_secret", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -316,7 +327,8 @@ class UpdateTenantRequest(_message.Message):
         """Which fields of `settings` to change, by name (`max_steps_per_workflow`,
         `max_runtime_minutes`, `allowed_domains`, `rate_limit_per_minute`,
         `max_concurrent_executions`, `max_queued_executions`, `webhook_url`, `webhook_secret`,
-        `max_cost_usd_per_execution`, `max_tokens_per_day`, `default_credentials`); a named
+        `max_cost_usd_per_execution`, `max_tokens_per_day`, `default_credentials`,
+        `retention`); a named
         field set to 0 or empty clears it. A named list or map is replaced whole.
         """
 
