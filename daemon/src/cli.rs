@@ -49,7 +49,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum MigrateCommand {
-    /// List applied and pending migrations.
+    /// List applied and pending migrations, and those applied by a newer binary (unknown;
+    /// exit code 65).
     Status(Flags),
 }
 
@@ -236,23 +237,29 @@ async fn init(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// `mantle migrate status`: the table of migrations; exit code 65 (with what to do) when
+/// the database has migrations this binary does not know.
 async fn migrate_status(config: &Config) -> Result<(), StartError> {
     let store = server::open_store(config, false).await?;
+    let status = store.migration_status().await?;
     println!(
         "{:<8} {:<9} {:<32} DESCRIPTION",
         "VERSION", "STATE", "APPLIED AT"
     );
-    for m in store.migration_status().await? {
-        let (state, at) = match m.applied_at {
-            Some(at) => (
-                "applied",
-                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            ),
-            None => ("pending", "-".to_owned()),
-        };
-        println!("{:<8} {:<9} {:<32} {}", m.version, state, at, m.description);
+    for m in &status {
+        let at = m.applied_at.map_or_else(
+            || "-".to_owned(),
+            |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        println!(
+            "{:<8} {:<9} {:<32} {}",
+            m.version,
+            m.state(),
+            at,
+            m.description
+        );
     }
-    Ok(())
+    Ok(crate::store::refuse_newer_schema(&status)?)
 }
 
 async fn admin_key_create(config: &Config, name: &str) -> Result<(), StartError> {

@@ -45,7 +45,7 @@ impl ServiceError for crate::store::Error {
             E::Conflict(_) => ErrorKind::FailedPrecondition,
             E::Exhausted(_) => ErrorKind::ResourceExhausted,
             E::Unavailable(_) | E::BehindAFailure => ErrorKind::Unavailable,
-            E::Config(_) | E::Internal(_) | E::Fenced(_) => ErrorKind::Internal,
+            E::Config(_) | E::Internal(_) | E::Fenced(_) | E::NewerSchema(_) => ErrorKind::Internal,
         }
     }
 }

@@ -23,8 +23,8 @@ pub enum StartError {
     /// Bad configuration (exit 64).
     #[error("{0}")]
     Config(String),
-    /// The database could not be opened or migrated: exit 64 when it is misconfigured, 69
-    /// when it cannot be reached, else 1.
+    /// The database could not be opened or migrated: exit 64 when it is misconfigured, 65
+    /// when its schema is newer than the binary, 69 when it cannot be reached, else 1.
     #[error("{}", StoreStartMessage(.0))]
     Store(#[from] store::Error),
     /// Creating or checking the operator key failed (exit 1).
@@ -40,6 +40,7 @@ impl StartError {
         match self {
             StartError::Config(_) | StartError::Store(store::Error::Config(_)) => 64,
             StartError::Store(store::Error::Unavailable(_)) => 69,
+            StartError::Store(store::Error::NewerSchema(_)) => 65,
             StartError::Store(_) | StartError::Tenancy(_) | StartError::Other(_) => 1,
         }
     }
@@ -442,6 +443,11 @@ mod tests {
                 store::Error::Internal("boom".to_owned()),
                 1,
                 "database error: boom",
+            ),
+            (
+                store::Error::NewerSchema("the database schema is newer".to_owned()),
+                65,
+                "the database schema is newer",
             ),
         ];
         for (store_err, exit_code, message) in cases {

@@ -140,6 +140,24 @@ pub fn mantlectl_command(home: &Path) -> Command {
     cmd
 }
 
+/// Runs `mantle serve` that must refuse to start; returns its exit code and its
+/// `mantle: error:` lines (and the whole stderr, for messages).
+pub async fn serve_refused(mut cmd: Command) -> (Option<i32>, Vec<String>, String) {
+    cmd.arg("serve")
+        .env("MANTLE_API_ADDRESS", "127.0.0.1:0")
+        .env("MANTLE_LOG_LEVEL", "info");
+    let output = run_with_timeout(cmd, Duration::from_secs(40))
+        .await
+        .expect("mantle serve should exit on its own");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("mantle listening on"),
+        "the daemon started serving:\n{}",
+        describe_output(&output)
+    );
+    (output.status.code(), error_lines(&output.stderr), stderr)
+}
+
 /// Renders an [`Output`] for assertion messages.
 pub fn describe_output(output: &Output) -> String {
     format!(

@@ -223,3 +223,112 @@ async fn init_migrate_status_and_admin_key_postgres() {
         "admin-key token {token:?} is not of the form mntl_<32 hex id>_<64 hex secret>"
     );
 }
+
+/// A migration no binary of this version knows, as a newer binary would have recorded it.
+const FUTURE: i64 = 99_991_231_235_959;
+
+/// On a database a newer binary migrated (a row of `_sqlx_migrations` this binary does not
+/// know): `migrate status` lists it `unknown` and exits 65 saying what to do, and `init`
+/// and `serve` refuse with the same code and message before changing anything.
+async fn refuses_a_newer_schema(data_dir: &Path, database_url: Option<&str>) {
+    let status = mantle(&["migrate", "status"], data_dir, database_url).await;
+    assert_eq!(
+        status.status.code(),
+        Some(65),
+        "{}",
+        describe_output(&status)
+    );
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with(&FUTURE.to_string()))
+        .unwrap_or_else(|| panic!("migrate status does not list {FUTURE}\n{stdout}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.get(1), Some(&"unknown"), "{stdout}");
+    assert_eq!(row.last(), Some(&"future"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .skip(1)
+            .filter(|l| !l.starts_with(&FUTURE.to_string()))
+            .all(|l| l.split_whitespace().nth(1) == Some("applied")),
+        "the known migrations are not all applied\n{stdout}"
+    );
+    let expected = format!(
+        "the database schema is newer than this binary (migration {FUTURE} \"from the future\""
+    );
+    let says_what_to_do = |stderr: &str| {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("mantle: error:"))
+            .collect();
+        lines.len() == 1 && lines[0].contains(&expected) && lines[0].contains("restore a backup")
+    };
+    assert!(
+        says_what_to_do(&String::from_utf8_lossy(&status.stderr)),
+        "{}",
+        describe_output(&status)
+    );
+
+    let init = mantle(&["init"], data_dir, database_url).await;
+    assert_eq!(init.status.code(), Some(65), "{}", describe_output(&init));
+    assert!(
+        says_what_to_do(&String::from_utf8_lossy(&init.stderr)),
+        "{}",
+        describe_output(&init)
+    );
+
+    let mut cmd = mantle_command();
+    cmd.env("MANTLE_DATA_DIR", data_dir);
+    if let Some(url) = database_url {
+        cmd.env("MANTLE_DATABASE_URL", url);
+    }
+    let (code, _, stderr) = serve_refused(cmd).await;
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(says_what_to_do(&stderr), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_schema_is_refused_sqlite() {
+    let data = tempfile::tempdir().unwrap();
+    let init = mantle(&["init"], data.path(), None).await;
+    assert!(init.status.success(), "{}", describe_output(&init));
+    let mut conn = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        data.path().join("mantle.db").display()
+    ))
+    .await
+    .expect("opening mantle.db");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ($1, 'from the future', TRUE, X'00', 0)",
+    )
+    .bind(FUTURE)
+    .execute(&mut conn)
+    .await
+    .expect("recording a future migration");
+    let _ = conn.close().await;
+    refuses_a_newer_schema(data.path(), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_schema_is_refused_postgres() {
+    let Some(db) = PgDatabase::create("newer_schema_is_refused_postgres").await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let init = mantle(&["init"], data.path(), Some(&db.url)).await;
+    assert!(init.status.success(), "{}", describe_output(&init));
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ($1, 'from the future', TRUE, '\\x00'::bytea, 0)",
+    )
+    .bind(FUTURE)
+    .execute(&mut conn)
+    .await
+    .expect("recording a future migration");
+    let _ = conn.close().await;
+    refuses_a_newer_schema(data.path(), Some(&db.url)).await;
+}

@@ -322,6 +322,11 @@ mod tests {
                 "boom",
             ),
             (
+                store::Error::NewerSchema("the database schema is newer".to_owned()),
+                Code::Internal,
+                "the database schema is newer",
+            ),
+            (
                 store::Error::Fenced(uuid::Uuid::nil()),
                 Code::Internal,
                 "lease lost on execution 00000000-0000-0000-0000-000000000000",

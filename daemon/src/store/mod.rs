@@ -51,6 +51,10 @@ pub enum Error {
     /// written, it can go again at once.
     #[error("database unavailable: an earlier checkpoint of this execution was not written")]
     BehindAFailure,
+    /// The database has migrations this binary does not know: a newer binary applied them.
+    /// The message names them and what to do.
+    #[error("{0}")]
+    NewerSchema(String),
 }
 
 impl Error {
@@ -287,13 +291,59 @@ impl Backend {
     }
 }
 
-/// A migration known to the binary and whether the database has it.
+/// A migration known to the binary and whether the database has it, or one the database
+/// recorded that the binary does not know (a newer binary applied it).
 #[derive(Debug, Clone)]
 pub struct MigrationStatus {
     pub version: i64,
     pub description: String,
     /// When it was applied; `None` while pending.
     pub applied_at: Option<DateTime<Utc>>,
+    /// Whether this binary knows the migration.
+    pub known: bool,
+}
+
+impl MigrationStatus {
+    /// `applied`, `pending`, or `unknown` (applied, but not known to this binary).
+    pub fn state(&self) -> &'static str {
+        match (self.known, self.applied_at.is_some()) {
+            (false, _) => "unknown",
+            (true, true) => "applied",
+            (true, false) => "pending",
+        }
+    }
+}
+
+/// [`Error::NewerSchema`] when the database has migrations this binary does not know: a
+/// binary this old must not write to a schema it does not understand.
+pub fn refuse_newer_schema(status: &[MigrationStatus]) -> Result<()> {
+    let unknown: Vec<String> = status
+        .iter()
+        .filter(|m| !m.known)
+        .map(|m| format!("{} {:?}", m.version, m.description))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let newest = status
+        .iter()
+        .filter(|m| m.known)
+        .map(|m| m.version)
+        .max()
+        .map_or_else(|| "none".to_owned(), |v| v.to_string());
+    let (noun, verb) = if unknown.len() == 1 {
+        ("migration", "is")
+    } else {
+        ("migrations", "are")
+    };
+    Err(Error::NewerSchema(format!(
+        "the database schema is newer than this binary ({noun} {} {verb} applied in the \
+         database but unknown to mantle {}, whose newest migration is {newest}): run the \
+         mantle version that applied it (or a newer one), or restore a backup taken before \
+         that upgrade into a new database (see docs/backup.md)",
+        unknown.join(", "),
+        env!("CARGO_PKG_VERSION"),
+    )))
 }
 
 /// Tenants and API keys.
@@ -724,8 +774,11 @@ pub trait Store:
     fn backend(&self) -> Backend;
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
+    /// Every migration the binary knows, in order, then any the database recorded that it
+    /// does not know.
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>>;
-    /// Applies pending migrations (serialized across replicas on PostgreSQL).
+    /// Applies pending migrations (serialized across replicas on PostgreSQL); refuses, with
+    /// [`Error::NewerSchema`], a database that has migrations the binary does not know.
     async fn migrate(&self) -> Result<()>;
     /// Closes the connections (SQLite folds its write-ahead log into the database file).
     async fn close(&self);

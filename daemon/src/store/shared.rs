@@ -229,22 +229,67 @@ impl From<VersionRow> for crate::model::definition::Definition {
     }
 }
 
-/// Joins the migrations the binary knows with those the database recorded as applied.
+/// What `_sqlx_migrations` records of the migrations applied: version, description, time.
+pub(super) const APPLIED_MIGRATIONS: &str =
+    "SELECT version, description, installed_on FROM _sqlx_migrations WHERE success";
+
+/// Joins the migrations the binary knows with those the database recorded as applied; those
+/// the binary does not know (a newer binary applied them) come last, by version.
 pub(super) fn migration_status(
     migrator: &sqlx::migrate::Migrator,
-    applied: &[(i64, DateTime<Utc>)],
+    applied: &[(i64, String, DateTime<Utc>)],
 ) -> Vec<super::MigrationStatus> {
-    migrator
+    let mut status: Vec<super::MigrationStatus> = migrator
         .iter()
         .map(|m| super::MigrationStatus {
             version: m.version,
             description: m.description.to_string(),
             applied_at: applied
                 .iter()
-                .find(|(v, _)| *v == m.version)
-                .map(|(_, at)| *at),
+                .find(|(v, _, _)| *v == m.version)
+                .map(|(_, _, at)| *at),
+            known: true,
         })
-        .collect()
+        .collect();
+    let mut unknown: Vec<super::MigrationStatus> = applied
+        .iter()
+        .filter(|(v, _, _)| !migrator.iter().any(|m| m.version == *v))
+        .map(|(version, description, at)| super::MigrationStatus {
+            version: *version,
+            description: description.clone(),
+            applied_at: Some(*at),
+            known: false,
+        })
+        .collect();
+    unknown.sort_by_key(|m| m.version);
+    status.extend(unknown);
+    status
+}
+
+/// A failed migration run as a store error: sqlx's refusal of a database that has a
+/// migration this binary does not know (another binary applied it meanwhile) as
+/// [`Error::NewerSchema`](super::Error::NewerSchema), anything else as it is.
+pub(super) fn migrate_error(
+    backend: super::Backend,
+    migrator: &sqlx::migrate::Migrator,
+    err: sqlx::migrate::MigrateError,
+) -> super::Error {
+    if let sqlx::migrate::MigrateError::VersionMissing(version) = err {
+        let mut status = migration_status(migrator, &[]);
+        status.push(super::MigrationStatus {
+            version,
+            description: "applied by a newer mantle".to_owned(),
+            applied_at: None,
+            known: false,
+        });
+        if let Err(newer) = super::refuse_newer_schema(&status) {
+            return newer;
+        }
+    }
+    super::Error::Internal(format!(
+        "migrating the {} database: {err}",
+        backend.as_str()
+    ))
 }
 
 pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, workflow, version, status, inputs, \

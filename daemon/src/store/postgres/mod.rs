@@ -437,8 +437,8 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(map_err(|| "migrations".to_owned()))?;
-        let applied: Vec<(i64, DateTime<Utc>)> = if exists {
-            sqlx::query_as("SELECT version, installed_on FROM _sqlx_migrations WHERE success")
+        let applied: Vec<(i64, String, DateTime<Utc>)> = if exists {
+            sqlx::query_as(super::shared::APPLIED_MIGRATIONS)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err(|| "migrations".to_owned()))?
@@ -451,9 +451,10 @@ impl Store for PgStore {
     /// sqlx serializes concurrent runs with `pg_advisory_lock`, so replicas that start
     /// together apply each migration once.
     async fn migrate(&self) -> Result<()> {
+        super::refuse_newer_schema(&self.migration_status().await?)?;
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| Error::Internal(format!("migrating the postgres database: {e}")))
+            .map_err(|e| super::shared::migrate_error(Backend::Postgres, &MIGRATOR, e))
     }
 }

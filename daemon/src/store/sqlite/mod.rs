@@ -229,6 +229,17 @@ impl SqliteStore {
         Ok((before - after).max(0).unsigned_abs())
     }
 
+    /// Whether sqlx's table of applied migrations exists (a database never migrated has none).
+    async fn has_migrations(&self) -> Result<bool> {
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err(|| "migrations".to_owned()))?;
+        Ok(exists.is_some())
+    }
+
     async fn take_rate_limit_backend(
         &self,
         _tenant_id: Uuid,
@@ -509,14 +520,8 @@ impl Store for SqliteStore {
     }
 
     async fn migration_status(&self) -> Result<Vec<MigrationStatus>> {
-        let exists: Option<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err(|| "migrations".to_owned()))?;
-        let applied: Vec<(i64, DateTime<Utc>)> = if exists.is_some() {
-            sqlx::query_as("SELECT version, installed_on FROM _sqlx_migrations WHERE success")
+        let applied: Vec<(i64, String, DateTime<Utc>)> = if self.has_migrations().await? {
+            sqlx::query_as(super::shared::APPLIED_MIGRATIONS)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err(|| "migrations".to_owned()))?
@@ -527,10 +532,11 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<()> {
+        super::refuse_newer_schema(&self.migration_status().await?)?;
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| Error::Internal(format!("migrating the sqlite database: {e}")))?;
+            .map_err(|e| super::shared::migrate_error(Backend::Sqlite, &MIGRATOR, e))?;
         // A database made before incremental vacuum: rewritten once to take it up (a new
         // one has it from its first table).
         let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
