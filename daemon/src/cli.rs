@@ -22,6 +22,15 @@ enum Command {
     Serve(Flags),
     /// Apply database migrations and exit.
     Init(Flags),
+    /// Write a consistent copy of the SQLite database while daemons serve (PostgreSQL: use
+    /// `pg_dump -Fc`, see docs/backup.md).
+    Backup {
+        /// The file to write; it must not exist (a backup never overwrites one).
+        #[arg(long, value_name = "PATH")]
+        output: std::path::PathBuf,
+        #[command(flatten)]
+        flags: Flags,
+    },
     /// Inspect database migrations.
     Migrate {
         #[command(subcommand)]
@@ -103,7 +112,7 @@ pub fn main() -> i32 {
         Command::Secrets {
             command: SecretsCommand::RotateKey { flags, .. },
         } => flags,
-        Command::Serve(f) | Command::Init(f) => f,
+        Command::Serve(f) | Command::Init(f) | Command::Backup { flags: f, .. } => f,
         Command::Migrate {
             command: MigrateCommand::Status(f),
         } => f,
@@ -130,6 +139,7 @@ pub fn main() -> i32 {
             Command::Serve(_) => server::serve(config).await,
             Command::Init(_) => init(&config).await,
             Command::Migrate { .. } => migrate_status(&config).await,
+            Command::Backup { ref output, .. } => backup(&config, output).await,
             Command::AdminKey {
                 command: AdminKeyCommand::Create { name, .. },
             } => admin_key_create(&config, &name).await,
@@ -260,6 +270,33 @@ async fn migrate_status(config: &Config) -> Result<(), StartError> {
         );
     }
     Ok(crate::store::refuse_newer_schema(&status)?)
+}
+
+/// `mantle backup --output PATH`: a consistent copy of the SQLite database, beside a serving
+/// daemon (it takes no lock the daemon holds).
+async fn backup(config: &Config, output: &std::path::Path) -> Result<(), StartError> {
+    let options = server::store_options(config, false);
+    // Opening creates a missing database: a backup of nothing is refused first.
+    if let Some(path) = crate::store::sqlite_path(&options)
+        && !path.is_file()
+    {
+        return Err(StartError::Config(format!(
+            "no SQLite database at {}: nothing to back up; check MANTLE_DATA_DIR and \
+             MANTLE_DATABASE_URL",
+            path.display()
+        )));
+    }
+    let store = crate::store::open(&options).await?;
+    let began = std::time::Instant::now();
+    let result = store.backup(output).await;
+    store.close().await;
+    let bytes = result?;
+    println!(
+        "wrote {} ({bytes} bytes) in {:.3}s",
+        output.display(),
+        began.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn admin_key_create(config: &Config, name: &str) -> Result<(), StartError> {

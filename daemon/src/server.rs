@@ -61,16 +61,20 @@ impl std::fmt::Display for StoreStartMessage<'_> {
     }
 }
 
-/// Opens the configured database (for SQLite, `exclusive` locks the file).
-pub async fn open_store(config: &Config, exclusive: bool) -> Result<Arc<dyn Store>, StartError> {
-    Ok(store::open(&store::OpenOptions {
+/// How to open the configured database (for SQLite, `exclusive` locks the file).
+pub fn store_options(config: &Config, exclusive: bool) -> store::OpenOptions {
+    store::OpenOptions {
         url: config.database.url.clone(),
         data_dir: config.data_dir.clone(),
         max_connections: config.database.max_connections,
         connect_timeout: config.database.connect_timeout,
         exclusive,
-    })
-    .await?)
+    }
+}
+
+/// Opens the configured database (for SQLite, `exclusive` locks the file).
+pub async fn open_store(config: &Config, exclusive: bool) -> Result<Arc<dyn Store>, StartError> {
+    Ok(store::open(&store_options(config, exclusive)).await?)
 }
 
 /// `mantle serve`: runs until SIGTERM or SIGINT, then drains within the grace period.

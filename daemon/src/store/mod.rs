@@ -780,6 +780,9 @@ pub trait Store:
     /// Applies pending migrations (serialized across replicas on PostgreSQL); refuses, with
     /// [`Error::NewerSchema`], a database that has migrations the binary does not know.
     async fn migrate(&self) -> Result<()>;
+    /// Writes a consistent copy of the database to `dest`, which must not exist, while
+    /// daemons serve; returns its size in bytes. SQLite only (PostgreSQL: `pg_dump`).
+    async fn backup(&self, dest: &Path) -> Result<u64>;
     /// Closes the connections (SQLite folds its write-ahead log into the database file).
     async fn close(&self);
     /// Whether leases of daemons that are gone can be taken at once (SQLite: the file lock
@@ -806,14 +809,28 @@ pub struct OpenOptions {
 pub async fn open(options: &OpenOptions) -> Result<Arc<dyn Store>> {
     if options.url.starts_with("postgres://") || options.url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::connect(options).await?))
-    } else if options.url.is_empty() || options.url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(options).await?))
+    } else if let Some(path) = sqlite_path(options) {
+        Ok(Arc::new(sqlite::SqliteStore::open(&path, options).await?))
     } else {
         Err(Error::Config(format!(
             "database URL {:?}: unsupported scheme; use postgres://… or sqlite://…",
             redact_url(&options.url)
         )))
     }
+}
+
+/// The SQLite database file `options` name (`None` when they name another database).
+pub fn sqlite_path(options: &OpenOptions) -> Option<std::path::PathBuf> {
+    if options.url.is_empty() {
+        return Some(default_sqlite_path(&options.data_dir));
+    }
+    let rest = options.url.strip_prefix("sqlite:")?;
+    Some(std::path::PathBuf::from(
+        rest.trim_start_matches("//")
+            .split('?')
+            .next()
+            .unwrap_or(rest),
+    ))
 }
 
 /// The default SQLite database file inside a data directory.

@@ -448,6 +448,15 @@ impl Store for PgStore {
         Ok(super::shared::migration_status(&MIGRATOR, &applied))
     }
 
+    /// A copy of a PostgreSQL database is `pg_dump`'s to take: this refuses, saying so.
+    async fn backup(&self, _dest: &std::path::Path) -> Result<u64> {
+        Err(Error::Config(
+            "mantle backup copies the embedded SQLite database; back up PostgreSQL with \
+             `pg_dump -Fc` (see docs/backup.md)"
+                .to_owned(),
+        ))
+    }
+
     /// sqlx serializes concurrent runs with `pg_advisory_lock`, so replicas that start
     /// together apply each migration once.
     async fn migrate(&self) -> Result<()> {

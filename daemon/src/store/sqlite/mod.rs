@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite file in the data directory, used by one daemon at a time.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use crate::model::execution::{
 };
 use crate::model::tenant::{ApiKey, NewApiKey, Page, PageRequest, Tenant, TenantUpdate, View};
 
+mod backup;
 mod writer;
 
 /// The store the shared implementations of `store/common/` are compiled for here.
@@ -65,6 +66,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct SqliteStore {
+    /// The database file.
+    path: PathBuf,
     pool: Pool<Sqlite>,
     /// Held for the store's lifetime when opened exclusively.
     _lock: Option<File>,
@@ -73,25 +76,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens the database file, creating it and the data directory when missing.
-    pub async fn open(options: &OpenOptions) -> Result<Self> {
-        let path = if options.url.is_empty() {
-            super::default_sqlite_path(&options.data_dir)
-        } else {
-            let rest = options.url.trim_start_matches("sqlite:");
-            PathBuf::from(
-                rest.trim_start_matches("//")
-                    .split('?')
-                    .next()
-                    .unwrap_or(rest),
-            )
-        };
+    /// Opens the database file `path` (see [`super::sqlite_path`]), creating it and the
+    /// data directory when missing.
+    pub async fn open(path: &Path, options: &OpenOptions) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir(dir)?;
         }
-        private_database_files(&path)?;
+        private_database_files(path)?;
         let lock = if options.exclusive {
-            Some(lock_database(&path)?)
+            Some(lock_database(path)?)
         } else {
             None
         };
@@ -111,8 +104,9 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(|e| Error::Config(format!("sqlite database {}: {e}", path.display())))?;
-        let writer = writer::start(&path)?;
+        let writer = writer::start(path)?;
         Ok(SqliteStore {
+            path: path.to_owned(),
             pool,
             _lock: lock,
             writers: super::Writers::new(writer, true),
@@ -529,6 +523,23 @@ impl Store for SqliteStore {
             Vec::new()
         };
         Ok(super::shared::migration_status(&MIGRATOR, &applied))
+    }
+
+    async fn backup(&self, dest: &Path) -> Result<u64> {
+        if !self.has_migrations().await? {
+            return Err(Error::Config(format!(
+                "the database {} has no Mantle schema (no migration applied): nothing to back \
+                 up; check MANTLE_DATA_DIR and MANTLE_DATABASE_URL",
+                self.path.display()
+            )));
+        }
+        let dest = backup::Destination::prepare(dest)?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(dest.partial_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err(|| "backup".to_owned()))?;
+        dest.finish()
     }
 
     async fn migrate(&self) -> Result<()> {
