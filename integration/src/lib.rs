@@ -901,6 +901,41 @@ impl PgDatabase {
     pub fn server_addr(&self) -> SocketAddr {
         pg_socket_addr(&self.url).expect("PostgreSQL address")
     }
+
+    /// Another database name on the same server, fresh and not created yet (a test creates
+    /// it, with `createdb` say), dropped like this one when the handle drops.
+    pub fn sibling(&self) -> PgDatabase {
+        let name = format!("mantle_it_{}", uuid::Uuid::new_v4().simple());
+        PgDatabase {
+            url: with_database(&self.admin_url, &name),
+            name,
+            admin_url: self.admin_url.clone(),
+        }
+    }
+}
+
+/// The PostgreSQL client program `name` (`pg_dump`, `pg_restore`, `createdb`) from the
+/// newest /usr/lib/postgresql/*/bin, else from PATH.
+pub fn pg_tool(name: &str) -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let path = e.path().join("bin").join(name);
+            path.is_file().then_some((v, path))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, path)) = versions.pop() {
+        return Some(path);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 impl Drop for PgDatabase {

@@ -1227,29 +1227,6 @@ async fn secrets_rotation_under_load() {
 // d. Backup and recovery (PostgreSQL)
 // ---------------------------------------------------------------------------------------------
 
-/// `name` from the newest /usr/lib/postgresql/*/bin, else from PATH.
-fn pg_tool(name: &str) -> Option<PathBuf> {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            let path = e.path().join("bin").join(name);
-            path.is_file().then_some((v, path))
-        })
-        .collect();
-    versions.sort();
-    if let Some((_, path)) = versions.pop() {
-        return Some(path);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_backup_and_restore() {
     let (Some(pg_dump), Some(pg_restore)) = (pg_tool("pg_dump"), pg_tool("pg_restore")) else {
