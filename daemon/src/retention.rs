@@ -3,11 +3,11 @@
 //! events past `MANTLE_AUDIT_RETENTION_DAYS`, by a janitor that runs on one daemon of an
 //! installation at a time (an installation-wide lease in the database).
 //!
-//! Every deletion, the janitor's, `DeleteExecutions`' and `DeleteTenant`'s, goes in batches
-//! of [`BATCH`] executions, each one short transaction, and pauses after each batch as long
-//! as the batch took: other tenants' writes keep at least half of the database's time, and
-//! none waits behind more than one batch. On SQLite the janitor then gives the freed pages
-//! back to the file system, a bounded number at a time.
+//! Every deletion, the janitor's, `DeleteExecutions`' and `DeleteTenant`'s, goes in short
+//! batches, each one transaction sized to take a few milliseconds, and pauses after each
+//! (see [`Pace`]): other tenants' writes never wait behind more than one batch. On SQLite
+//! the janitor then gives the freed pages back to the file system, a bounded number at a
+//! time, paced the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +19,40 @@ use uuid::Uuid;
 use crate::model::tenant::PageRequest;
 use crate::store::{self, Deleted, Doomed, Store};
 
-/// Executions one batch deletes. With ten steps each, a batch is a few thousand rows:
-/// milliseconds of the database's time.
-pub const BATCH: u32 = 100;
+/// How a batched deletion paces itself on a backend: each batch is sized to take about
+/// `target` (halved when it took longer, doubled when it took less than half, within 1 and
+/// `max_batch`), and followed by a pause of `rest` times what it took. SQLite has one
+/// writer at a time: a batch delays every other write by its length, so batches stay
+/// short and the janitor keeps a quarter of the database's time at most. PostgreSQL locks
+/// rows, not the database: other tenants' writes go on beside a batch.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    target: Duration,
+    max_batch: u32,
+    rest: u32,
+}
+
+fn pace(backend: store::Backend) -> Pace {
+    match backend {
+        store::Backend::Sqlite => Pace {
+            target: Duration::from_millis(8),
+            max_batch: 200,
+            rest: 2,
+        },
+        store::Backend::Postgres => Pace {
+            target: Duration::from_millis(50),
+            max_batch: 500,
+            rest: 1,
+        },
+    }
+}
+
+/// Executions the first batch of a deletion takes.
+pub const FIRST_BATCH: u32 = 20;
 /// Audit events one batch deletes.
-const AUDIT_BATCH: u32 = 1000;
-/// Free pages one step of SQLite's incremental vacuum returns (4 MiB of 4 KiB pages).
-const RECLAIM_PAGES: u32 = 1024;
+const AUDIT_BATCH: u32 = 200;
+/// Free pages one step of SQLite's incremental vacuum returns (512 KiB of 4 KiB pages).
+const RECLAIM_PAGES: u32 = 128;
 /// The installation-wide lease the janitor holds while it works.
 const LEASE: &str = "retention";
 
@@ -37,16 +64,25 @@ pub async fn delete_in_batches(
     doomed: Doomed<'_>,
     stop: Option<&CancellationToken>,
 ) -> store::Result<Deleted> {
+    let pace = pace(store.backend());
     let mut total = Deleted::default();
+    let mut limit = FIRST_BATCH;
     loop {
         let started = tokio::time::Instant::now();
-        let deleted = store.delete_executions(tenant_id, doomed, BATCH).await?;
+        let deleted = store.delete_executions(tenant_id, doomed, limit).await?;
+        let took = started.elapsed();
+        tracing::debug!(limit, took_ms = took.as_secs_f64() * 1e3, "retention batch");
         record(deleted);
         total += deleted;
-        if deleted.executions < u64::from(BATCH) {
+        if deleted.executions < u64::from(limit) {
             return Ok(total);
         }
-        if pause(started.elapsed(), stop).await {
+        if took > pace.target {
+            limit = (limit / 2).max(1);
+        } else if took < pace.target / 2 {
+            limit = (limit * 2).min(pace.max_batch);
+        }
+        if pause(took * pace.rest, stop).await {
             return Ok(total);
         }
     }
@@ -167,7 +203,8 @@ impl Janitor {
                 if n > 0 {
                     metrics::counter!("mantle_retention_deleted_audit_events_total").increment(n);
                 }
-                if n < u64::from(AUDIT_BATCH) || pause(started.elapsed(), Some(stop)).await {
+                let rest = started.elapsed() * pace(self.store.backend()).rest;
+                if n < u64::from(AUDIT_BATCH) || pause(rest, Some(stop)).await {
                     break;
                 }
             }
@@ -178,7 +215,8 @@ impl Janitor {
             if pages > 0 {
                 metrics::counter!("mantle_retention_reclaimed_pages_total").increment(pages);
             }
-            if pages < u64::from(RECLAIM_PAGES) || pause(started.elapsed(), Some(stop)).await {
+            let rest = started.elapsed() * pace(self.store.backend()).rest;
+            if pages < u64::from(RECLAIM_PAGES) || pause(rest, Some(stop)).await {
                 return Ok(());
             }
         }
