@@ -13,7 +13,7 @@ use mantle_daemon::engine::model::{
     Created, Event, EventKind, ExecutionFilter, ExecutionStatus, ExecutionUpdate, IdempotencyKey,
     NewExecution, Order, StepAttempt, StepStatus, Ticket, Transition,
 };
-use mantle_daemon::store::{self, Backend, OpenOptions, Store};
+use mantle_daemon::store::{self, Backend, Doomed, OpenOptions, Store};
 use mantle_daemon::tenancy::model::{ActionMatch, AuditEvent, AuditFilter, ResultMatch};
 use mantle_daemon::tenancy::model::{
     DEFAULT_TENANT_ID, MAX_PAGE_BYTES, NewApiKey, PageRequest, Tenant, TenantSettings,
@@ -159,6 +159,11 @@ store_contract_suite!(
     audit_filter_contract,
     delivery_filter_contract,
     triggers_contract,
+    retention_delete_contract,
+    delete_execution_contract,
+    singleton_lease_contract,
+    cancel_matching_contract,
+    filtered_listing_contract,
 );
 
 /// A store on a fresh PostgreSQL database, not migrated.
@@ -2415,4 +2420,566 @@ async fn triggers_contract(store: Arc<dyn Store>) {
     // Deleting the tenant removes the rest.
     store.delete_tenant("trig-a").await.unwrap();
     assert_eq!(store.list_triggers(other.id, None).await.unwrap().len(), 1);
+}
+
+/// Now, to the microsecond: what both stores keep of a time, so one read back or compared
+/// at a boundary is exactly the one written.
+fn now_micros() -> chrono::DateTime<Utc> {
+    let now = Utc::now();
+    chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap()
+}
+
+/// A new execution of tenant `t`'s `workflow`, leased by `owner`, created at `now`.
+async fn execution_of(
+    store: &dyn Store,
+    t: &Tenant,
+    workflow: &str,
+) -> (NewExecution, mantle_daemon::engine::model::Lease) {
+    // Distinct milliseconds: ids and creation times in the same order.
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let mut e = new_execution(t.id, "node-r", 60_000);
+    e.id = uuid::Uuid::now_v7();
+    e.workflow = workflow.to_owned();
+    e.now = now_micros();
+    let lease = created(store.create_execution(&e).await.unwrap());
+    (e, lease)
+}
+
+/// Rows an execution made with [`with_rows`]: one attempt, two events, one checkpoint, one
+/// webhook delivery (and the execution itself: one more).
+const ROWS_EACH: u64 = 5;
+
+/// Writes one attempt, two events and a checkpoint of step `a` (and, with `end`, the
+/// execution's end at `end`, with a webhook delivery).
+async fn with_rows(
+    store: &dyn Store,
+    lease: mantle_daemon::engine::model::Lease,
+    end: Option<chrono::DateTime<Utc>>,
+) {
+    use mantle_daemon::engine::model::NewDelivery;
+    use mantle_daemon::model::execution::Checkpoint;
+    let id = lease.execution_id;
+    let mut t = Transition::default();
+    t.attempts.push(attempt(id, "a", 1, StepStatus::Completed));
+    t.events.push(event(id, 1, "running"));
+    t.events.push(event(id, 2, "completed"));
+    t.checkpoints.push(Checkpoint {
+        step_name: "a".to_owned(),
+        generation: 0,
+        seq: 1,
+        attempt: 1,
+        time: Utc::now(),
+        kind: "model".to_owned(),
+        usage: None,
+        body: serde_json::json!({"answer": 42}),
+    });
+    if let Some(end) = end {
+        t.execution = Some(ExecutionUpdate {
+            status: ExecutionStatus::Completed,
+            outputs: Some(serde_json::json!({"done": true})),
+            error: None,
+            start_time: Some(end),
+            end_time: Some(end),
+            release: true,
+            wake_time: None,
+        });
+    }
+    t.webhook = Some(NewDelivery {
+        id: uuid::Uuid::now_v7(),
+        url: format!("https://hooks.example/{id}"),
+        secret_name: None,
+        payload: "{}".to_owned(),
+        create_time: Utc::now(),
+        expire_time: Utc::now() + TimeDelta::hours(1),
+    });
+    store.write_transition(lease, &t).await.unwrap();
+}
+
+/// Whether execution `id` of tenant `t` is still stored, and how many of its attempts,
+/// events, checkpoints and webhook deliveries are, each read on its own.
+async fn stored(store: &dyn Store, t: &Tenant, id: uuid::Uuid) -> (bool, [usize; 4]) {
+    let exists = match store.get_execution(t.id, id).await {
+        Ok(_) => true,
+        Err(store::Error::NotFound(_)) => false,
+        Err(err) => panic!("get_execution {id}: {err}"),
+    };
+    let attempts = match store
+        .list_attempts(t.id, id, &page(100, None), View::Full)
+        .await
+    {
+        Ok(p) => p.items.len(),
+        Err(store::Error::NotFound(_)) => 0,
+        Err(err) => panic!("list_attempts {id}: {err}"),
+    };
+    let events = store.list_events(t.id, id, 0, 100).await.unwrap().len();
+    let checkpoints = store.list_checkpoints(id, "a", 0).await.unwrap().len();
+    let deliveries = store
+        .list_deliveries(
+            Some(t.id),
+            &DeliveryFilter {
+                execution_id: Some(id),
+                ..DeliveryFilter::default()
+            },
+            &page(100, None),
+            View::Basic,
+        )
+        .await
+        .unwrap()
+        .items
+        .len();
+    (exists, [attempts, events, checkpoints, deliveries])
+}
+
+/// Everything of a stored execution written by [`with_rows`].
+const ALL_ROWS: (bool, [usize; 4]) = (true, [1, 2, 1, 1]);
+const NO_ROWS: (bool, [usize; 4]) = (false, [0, 0, 0, 0]);
+
+/// Batched deletion of finished executions: only the tenant's, only those that ended before
+/// the cutoff (of the workflow if named), oldest first, at most `limit` a call, with every
+/// row that belongs to them; `Doomed::All` takes unfinished ones too.
+async fn retention_delete_contract(store: Arc<dyn Store>) {
+    let a = tenant_with_workflow(&*store, "ret-a").await;
+    let b = tenant_with_workflow(&*store, "ret-b").await;
+    store
+        .apply_definition(&version(a.id, "wf2", "h"))
+        .await
+        .unwrap();
+    let cutoff = now_micros();
+    let hours = |h: i64| cutoff + TimeDelta::hours(h);
+    // Tenant a: wf ended 3, 2 and 1 hours before the cutoff (created in another order), wf2
+    // ended 4 hours before, wf ended an hour after, wf ended exactly at the cutoff, and wf
+    // unfinished (with rows). Tenant b: wf ended 5 hours before.
+    let mut old = Vec::new();
+    for h in [-2, -3, -1] {
+        let (e, lease) = execution_of(&*store, &a, "wf").await;
+        with_rows(&*store, lease, Some(hours(h))).await;
+        old.push((h, e.id));
+    }
+    old.sort();
+    let old: Vec<uuid::Uuid> = old.into_iter().map(|(_, id)| id).collect();
+    let (other_wf, lease) = execution_of(&*store, &a, "wf2").await;
+    with_rows(&*store, lease, Some(hours(-4))).await;
+    let (newer, lease) = execution_of(&*store, &a, "wf").await;
+    with_rows(&*store, lease, Some(hours(1))).await;
+    let (at_cutoff, lease) = execution_of(&*store, &a, "wf").await;
+    with_rows(&*store, lease, Some(cutoff)).await;
+    let (running, lease) = execution_of(&*store, &a, "wf").await;
+    with_rows(&*store, lease, None).await;
+    let (bs, lease) = execution_of(&*store, &b, "wf").await;
+    with_rows(&*store, lease, Some(hours(-5))).await;
+    for id in old
+        .iter()
+        .chain([&other_wf.id, &newer.id, &at_cutoff.id, &running.id])
+    {
+        assert_eq!(stored(&*store, &a, *id).await, ALL_ROWS, "{id} before");
+    }
+
+    // Finished strictly before: a's three of wf and one of wf2; b's one.
+    assert_eq!(store.count_finished_before(a.id, cutoff).await.unwrap(), 4);
+    assert_eq!(store.count_finished_before(b.id, cutoff).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .count_finished_before(a.id, cutoff + TimeDelta::microseconds(1))
+            .await
+            .unwrap(),
+        5,
+        "one ended exactly at the cutoff"
+    );
+    assert_eq!(
+        store.count_finished_before(a.id, hours(2)).await.unwrap(),
+        6,
+        "never the unfinished one"
+    );
+    assert_eq!(
+        store.count_finished_before(a.id, hours(-10)).await.unwrap(),
+        0
+    );
+
+    // Of wf, at most 2 a call, oldest end first.
+    let of_wf = Doomed::Finished {
+        ended_before: cutoff,
+        workflow: Some("wf"),
+    };
+    let first = store.delete_executions(a.id, of_wf, 2).await.unwrap();
+    assert_eq!(
+        first,
+        store::Deleted {
+            executions: 2,
+            rows: 2 * (ROWS_EACH + 1)
+        }
+    );
+    // The two that ended first (3 and 2 hours before) went, with all their rows.
+    assert_eq!(stored(&*store, &a, old[0]).await, NO_ROWS, "oldest");
+    assert_eq!(stored(&*store, &a, old[1]).await, NO_ROWS, "second oldest");
+    assert_eq!(stored(&*store, &a, old[2]).await, ALL_ROWS, "youngest old");
+    let second = store.delete_executions(a.id, of_wf, 2).await.unwrap();
+    assert_eq!(
+        second,
+        store::Deleted {
+            executions: 1,
+            rows: ROWS_EACH + 1
+        }
+    );
+    assert_eq!(stored(&*store, &a, old[2]).await, NO_ROWS);
+    assert_eq!(
+        store.delete_executions(a.id, of_wf, 2).await.unwrap(),
+        store::Deleted::default()
+    );
+    // Not wf2's, not the newer one, not the one at the cutoff, not the unfinished one, not
+    // b's.
+    for id in [other_wf.id, newer.id, at_cutoff.id, running.id] {
+        assert_eq!(stored(&*store, &a, id).await, ALL_ROWS, "{id} kept");
+    }
+    assert_eq!(stored(&*store, &b, bs.id).await, ALL_ROWS, "b's kept");
+    // Another tenant's rows are never reached through a's id.
+    assert_eq!(stored(&*store, &a, bs.id).await, (false, [0, 0, 1, 0]));
+
+    // Of any workflow: wf2's.
+    let any = Doomed::Finished {
+        ended_before: cutoff,
+        workflow: None,
+    };
+    assert_eq!(
+        store.delete_executions(a.id, any, 100).await.unwrap(),
+        store::Deleted {
+            executions: 1,
+            rows: ROWS_EACH + 1
+        }
+    );
+    assert_eq!(stored(&*store, &a, other_wf.id).await, NO_ROWS);
+    assert_eq!(store.count_finished_before(a.id, cutoff).await.unwrap(), 0);
+    assert_eq!(store.count_finished_before(b.id, cutoff).await.unwrap(), 1);
+
+    // Everything of a, unfinished too, a batch at a time.
+    let one = store.delete_executions(a.id, Doomed::All, 2).await.unwrap();
+    assert_eq!(one.executions, 2);
+    let rest = store.delete_executions(a.id, Doomed::All, 2).await.unwrap();
+    assert_eq!(rest.executions, 1);
+    assert_eq!(one.rows + rest.rows, 3 * (ROWS_EACH + 1));
+    for id in [newer.id, at_cutoff.id, running.id] {
+        assert_eq!(stored(&*store, &a, id).await, NO_ROWS, "{id} deleted");
+    }
+    assert_eq!(
+        store.delete_executions(a.id, Doomed::All, 2).await.unwrap(),
+        store::Deleted::default()
+    );
+    assert!(
+        store
+            .list_executions(
+                a.id,
+                &ExecutionFilter::default(),
+                &page(10, None),
+                View::Basic
+            )
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // b's is still whole.
+    assert_eq!(stored(&*store, &b, bs.id).await, ALL_ROWS);
+    // The tenant still works: a new execution of a is stored and kept.
+    let (fresh, lease) = execution_of(&*store, &a, "wf").await;
+    with_rows(&*store, lease, Some(hours(-1))).await;
+    assert_eq!(stored(&*store, &a, fresh.id).await, ALL_ROWS);
+}
+
+/// One execution's deletion: only the tenant's, only once finished.
+async fn delete_execution_contract(store: Arc<dyn Store>) {
+    let a = tenant_with_workflow(&*store, "del-a").await;
+    let b = tenant_with_workflow(&*store, "del-b").await;
+    let (finished, lease) = execution_of(&*store, &a, "wf").await;
+    with_rows(&*store, lease, Some(now_micros())).await;
+    let (running, lease) = execution_of(&*store, &a, "wf").await;
+    with_rows(&*store, lease, None).await;
+
+    // Another tenant's: not found, and nothing deleted.
+    assert!(matches!(
+        store.delete_execution(b.id, finished.id).await,
+        Err(store::Error::NotFound(_))
+    ));
+    assert!(matches!(
+        store.delete_execution(a.id, uuid::Uuid::now_v7()).await,
+        Err(store::Error::NotFound(_))
+    ));
+    assert_eq!(stored(&*store, &a, finished.id).await, ALL_ROWS);
+    // Unfinished: a conflict that says to cancel first; nothing deleted.
+    match store.delete_execution(a.id, running.id).await {
+        Err(store::Error::Conflict(m)) => assert!(m.contains("cancel"), "{m}"),
+        other => panic!("deleting an unfinished execution: {other:?}"),
+    }
+    assert_eq!(stored(&*store, &a, running.id).await, ALL_ROWS);
+    // Finished: it and its rows go.
+    assert_eq!(
+        store.delete_execution(a.id, finished.id).await.unwrap(),
+        store::Deleted {
+            executions: 1,
+            rows: ROWS_EACH + 1
+        }
+    );
+    assert_eq!(stored(&*store, &a, finished.id).await, NO_ROWS);
+    assert!(matches!(
+        store.delete_execution(a.id, finished.id).await,
+        Err(store::Error::NotFound(_))
+    ));
+    assert_eq!(stored(&*store, &a, running.id).await, ALL_ROWS);
+}
+
+/// The installation-wide lease: one owner at a time until it expires; the holder renews.
+async fn singleton_lease_contract(store: Arc<dyn Store>) {
+    let t0 = now_micros();
+    let s = |n: i64| t0 + TimeDelta::seconds(n);
+    let take = |owner: &'static str, now: i64, until: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .take_singleton_lease("retention", owner, s(now), s(until))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(take("a", 0, 60).await, "a free lease is taken");
+    assert!(!take("b", 1, 61).await, "held by a");
+    assert!(take("a", 2, 120).await, "the holder renews");
+    assert!(!take("b", 90, 150).await, "renewed past 60");
+    assert!(!take("b", 120, 180).await, "not expired at its very end");
+    assert!(take("b", 121, 200).await, "expired: b takes it");
+    assert!(!take("a", 122, 300).await, "a lost it");
+    assert!(take("b", 123, 300).await, "b renews");
+    // Another name is another lease.
+    assert!(
+        store
+            .take_singleton_lease("other", "a", s(124), s(400))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_singleton_lease("other", "b", s(125), s(400))
+            .await
+            .unwrap()
+    );
+}
+
+/// Bulk cancellation: at most `limit` a call, oldest first, only unfinished executions the
+/// filter matches, none twice.
+async fn cancel_matching_contract(store: Arc<dyn Store>) {
+    let a = tenant_with_workflow(&*store, "cm-a").await;
+    let b = tenant_with_workflow(&*store, "cm-b").await;
+    store
+        .apply_definition(&version(a.id, "wf2", "h"))
+        .await
+        .unwrap();
+    let mut wf = Vec::new();
+    for _ in 0..5 {
+        wf.push(execution_of(&*store, &a, "wf").await.0.id);
+    }
+    let (other_wf, _) = execution_of(&*store, &a, "wf2").await;
+    let (done, lease) = execution_of(&*store, &a, "wf").await;
+    with_rows(&*store, lease, Some(now_micros())).await;
+    let (theirs, _) = execution_of(&*store, &b, "wf").await;
+    let filter = ExecutionFilter {
+        workflow: Some("wf".to_owned()),
+        ..ExecutionFilter::default()
+    };
+    let mut batches = Vec::new();
+    loop {
+        let ids = store
+            .request_cancel_matching(a.id, &filter, 2)
+            .await
+            .unwrap();
+        assert!(ids.len() <= 2, "{ids:?}");
+        if ids.is_empty() {
+            break;
+        }
+        let mut ids = ids;
+        ids.sort();
+        batches.push(ids);
+        assert!(batches.len() <= 3, "{batches:?}");
+    }
+    assert_eq!(
+        batches,
+        [vec![wf[0], wf[1]], vec![wf[2], wf[3]], vec![wf[4]]],
+        "oldest first, each once"
+    );
+    for id in &wf {
+        assert!(
+            store
+                .get_execution(a.id, *id)
+                .await
+                .unwrap()
+                .cancel_requested,
+            "{id}"
+        );
+    }
+    for (t, id) in [(&a, other_wf.id), (&a, done.id), (&b, theirs.id)] {
+        assert!(
+            !store
+                .get_execution(t.id, id)
+                .await
+                .unwrap()
+                .cancel_requested,
+            "{id} was not to be cancelled"
+        );
+    }
+    assert_eq!(
+        store.get_execution(a.id, done.id).await.unwrap().status,
+        ExecutionStatus::Completed
+    );
+    // By status and creation time: of a's, only wf2's is still pending and not cancelled.
+    let pending = ExecutionFilter {
+        status: Some(ExecutionStatus::Pending),
+        created_after: Some(other_wf.now),
+        created_before: Some(other_wf.now + TimeDelta::microseconds(1)),
+        ..ExecutionFilter::default()
+    };
+    assert_eq!(
+        store
+            .request_cancel_matching(a.id, &pending, 10)
+            .await
+            .unwrap(),
+        [other_wf.id]
+    );
+    assert!(
+        store
+            .request_cancel_matching(a.id, &pending, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !store
+            .get_execution(b.id, theirs.id)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    // Cancelled executions show it to their holder's next renewal.
+    assert!(
+        store
+            .renew_leases("node-r", &[wf[0]], 60_000)
+            .await
+            .unwrap()
+            .contains(&(wf[0], true))
+    );
+}
+
+/// Listing by workflow, status and creation time at once: exactly the matches, newest
+/// first, through page cursors; `created_after` includes its time, `created_before` does
+/// not.
+async fn filtered_listing_contract(store: Arc<dyn Store>) {
+    let t = tenant_with_workflow(&*store, "filtered").await;
+    let other = tenant_with_workflow(&*store, "filtered-other").await;
+    store
+        .apply_definition(&version(t.id, "wf2", "h"))
+        .await
+        .unwrap();
+    let mut e = Vec::new();
+    for k in 0..8 {
+        let workflow = if k == 1 { "wf2" } else { "wf" };
+        let (x, lease) = execution_of(&*store, &t, workflow).await;
+        if k == 3 {
+            with_rows(&*store, lease, Some(now_micros())).await;
+        }
+        // Another tenant's executions of the same workflow, in the same time range.
+        execution_of(&*store, &other, "wf").await;
+        e.push(x);
+    }
+    let list = |filter: ExecutionFilter, limit: u32| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut after = None;
+            let mut pages = 0;
+            loop {
+                let listed = store
+                    .list_executions(t.id, &filter, &page(limit, after), View::Basic)
+                    .await
+                    .unwrap();
+                assert!(listed.items.len() <= limit as usize);
+                assert!(
+                    !listed.items.is_empty() || ids.is_empty(),
+                    "an empty page after a cursor"
+                );
+                pages += 1;
+                assert!(pages < 20, "the cursors do not end");
+                for x in &listed.items {
+                    assert_eq!(x.tenant_id, t.id);
+                    ids.push(x.id);
+                }
+                match listed.next_cursor {
+                    Some(c) => after = Some(c),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    let filter = |after: chrono::DateTime<Utc>, before: chrono::DateTime<Utc>| ExecutionFilter {
+        workflow: Some("wf".to_owned()),
+        status: Some(ExecutionStatus::Pending),
+        created_after: Some(after),
+        created_before: Some(before),
+    };
+    let us = TimeDelta::microseconds(1);
+    // [e1, e7): wf and pending: e2, e4, e5, e6 (e1 is wf2's, e3 completed).
+    let want = [e[6].id, e[5].id, e[4].id, e[2].id];
+    for limit in [1, 2, 3, 10] {
+        assert_eq!(
+            list(filter(e[1].now, e[7].now), limit).await,
+            want,
+            "limit {limit}"
+        );
+    }
+    // At the exact boundaries: created_after includes, created_before excludes.
+    assert_eq!(
+        list(filter(e[2].now, e[6].now), 1).await,
+        [e[5].id, e[4].id, e[2].id]
+    );
+    assert_eq!(
+        list(filter(e[2].now + us, e[6].now + us), 1).await,
+        [e[6].id, e[5].id, e[4].id]
+    );
+    assert_eq!(
+        list(filter(e[2].now - us, e[2].now), 10).await,
+        Vec::<uuid::Uuid>::new()
+    );
+    assert_eq!(list(filter(e[2].now, e[2].now + us), 10).await, [e[2].id]);
+    // Only the time range.
+    assert_eq!(
+        list(
+            ExecutionFilter {
+                created_after: Some(e[1].now),
+                created_before: Some(e[4].now),
+                ..ExecutionFilter::default()
+            },
+            2
+        )
+        .await,
+        [e[3].id, e[2].id, e[1].id]
+    );
+    // Completed of wf in the range: e3 alone.
+    assert_eq!(
+        list(
+            ExecutionFilter {
+                status: Some(ExecutionStatus::Completed),
+                ..filter(e[0].now, e[7].now + us)
+            },
+            1
+        )
+        .await,
+        [e[3].id]
+    );
+    // Workflow and status without times; all of wf pending: e7, e6, e5, e4, e2, e0.
+    assert_eq!(
+        list(
+            ExecutionFilter {
+                workflow: Some("wf".to_owned()),
+                status: Some(ExecutionStatus::Pending),
+                ..ExecutionFilter::default()
+            },
+            4
+        )
+        .await,
+        [e[7].id, e[6].id, e[5].id, e[4].id, e[2].id, e[0].id]
+    );
 }
