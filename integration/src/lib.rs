@@ -36,6 +36,7 @@ pub use pb::tenant_service_client::TenantServiceClient;
 pub use tonic_health::pb::health_check_response::ServingStatus;
 pub use tonic_health::pb::health_client::HealthClient;
 
+pub mod benchmark;
 pub mod fake_imap;
 pub mod fake_llm;
 

@@ -45,52 +45,31 @@
 //!
 //! It is a report, not a test: it exits 0 whether targets are met or not.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use mantle_integration::benchmark::*;
 use mantle_integration::reliability::*;
 use mantle_integration::*;
-use sqlx::Connection;
 
 /// Connections of the daemon (`MANTLE_DATABASE_MAX_CONNECTIONS`), and of the raw concurrent
 /// commit measurement.
 const CONNECTIONS: usize = 16;
 const CHAIN_STEPS: usize = 100;
 const CHAIN_RUNS: usize = 9;
-/// Chain runs before the measured ones, and commits of the probe before its first round:
-/// enough for both databases to reach their steady state (a SQLite WAL grows until its
-/// first checkpoint, and while it grows every commit also extends the file, which makes
-/// fsync slower; a long-running daemon only ever sees the steady state).
+/// Chain runs before the measured ones (the commit probe warms up likewise, with
+/// `PROBE_WARM_UP` commits): enough for both databases to reach their steady state.
 const CHAIN_WARM_UP: usize = 10;
-const PROBE_WARM_UP: usize = 1500;
 const CONCURRENT_EXECUTIONS: usize = 200;
 const CONCURRENT_STEPS: usize = 10;
 const STARTS: usize = 200;
 /// One round of the commit loop, after each measured chain run.
 const COMMIT_ROUND: Duration = Duration::from_millis(400);
-/// And a round of commits of a step's two rows after it.
-const STEP_ROWS_ROUND: Duration = Duration::from_millis(200);
 /// Measured rounds of (b), each followed by a round of the raw concurrent commit loop; one
 /// warm-up round comes first (a new daemon's first round is its slowest: the pool's
 /// connections still prepare their statements).
 const CONCURRENT_ROUNDS: usize = 5;
 const CONCURRENT_COMMIT_LOOP: Duration = Duration::from_millis(1500);
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn label(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "SQLite",
-            Backend::Postgres => "PostgreSQL",
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct Report {
@@ -117,46 +96,12 @@ struct Report {
     start_slowest: Vec<(usize, f64)>,
 }
 
-fn usage() -> ! {
-    eprintln!("usage: bench [--backend sqlite|postgres|both]");
-    std::process::exit(2);
-}
-
 #[tokio::main]
 async fn main() {
-    let mut backends = vec![Backend::Sqlite, Backend::Postgres];
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = match arg.as_str() {
-            "--backend" => args.next().unwrap_or_else(|| usage()),
-            other => match other.strip_prefix("--backend=") {
-                Some(v) => v.to_owned(),
-                None => usage(),
-            },
-        };
-        backends = match value.as_str() {
-            "sqlite" => vec![Backend::Sqlite],
-            "postgres" | "postgresql" | "pg" => vec![Backend::Postgres],
-            "both" => vec![Backend::Sqlite, Backend::Postgres],
-            _ => usage(),
-        };
-    }
-
-    let binary = match release_binary() {
-        Ok(path) => path,
-        Err(err) => {
-            eprintln!("bench: {err:#}");
-            std::process::exit(1);
-        }
-    };
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let backends = parse_args("bench", &[]).backends;
+    let binary = release_binary_or_exit("bench");
     println!("Mantle benchmark");
-    println!("  cores: {cores}");
-    // Other work on the machine skews every figure: show how busy it was.
-    if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
-        println!("  load average at start: {}", load.trim());
-    }
-    println!("  mantle binary: {}", binary.display());
+    print_machine(&binary);
     println!(
         "  daemon pool: {CONNECTIONS} connections; chain: {CHAIN_STEPS} core/set steps x \
          {CHAIN_RUNS} runs (+{CHAIN_WARM_UP} warm-up); concurrent: {CONCURRENT_EXECUTIONS} executions x \
@@ -172,45 +117,6 @@ async fn main() {
             Err(err) => println!("== {} == FAILED: {err:#}", backend.label()),
         }
     }
-}
-
-/// The release `mantle`: `$MANTLE_BIN`, else next to this executable. The harness's
-/// `Daemon::start` resolves the same path.
-fn release_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("MANTLE_BIN").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            bail!("MANTLE_BIN={} does not exist", path.display());
-        }
-        return Ok(path);
-    }
-    let exe = std::env::current_exe().context("current_exe")?;
-    let dir = exe.parent().context("executable has no directory")?;
-    let path = dir.join("mantle");
-    if !path.is_file() {
-        bail!(
-            "no `mantle` binary next to {} — build it first: \
-             `cargo build --release -p mantle-daemon --bin mantle` (same CARGO_TARGET_DIR), \
-             or set MANTLE_BIN",
-            exe.display()
-        );
-    }
-    if !dir.ends_with("release") {
-        eprintln!(
-            "warning: {} is not in a release directory; the figures are not those of a release build",
-            path.display()
-        );
-    }
-    // Daemon::start resolves the binary on its own; make sure it is the same one.
-    let harness = mantle_bin();
-    if harness != path {
-        bail!(
-            "the harness would start {} instead of {}; set MANTLE_BIN",
-            harness.display(),
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// Runs every measurement on one backend. `Ok(None)` when PostgreSQL is unreachable.
@@ -448,177 +354,6 @@ async fn wait_listed(
     }
 }
 
-fn check_completed(e: &pb::Execution) -> Result<()> {
-    if e.status != pb::ExecutionStatus::Completed as i32 {
-        bail!(
-            "execution {} ended {}: {}",
-            e.id,
-            execution_status_name(e.status),
-            e.error
-        );
-    }
-    Ok(())
-}
-
-const CREATE_PG: &str =
-    "CREATE TABLE IF NOT EXISTS bench_commits (id BIGSERIAL PRIMARY KEY, v TEXT NOT NULL)";
-const INSERT: &str = "INSERT INTO bench_commits (v) VALUES ($1)";
-const CREATE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS bench_commits \
-     (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT NOT NULL)";
-
-/// Tables shaped like a step's checkpoint (its attempt and its event, each keyed as the
-/// daemon keys them): what one chain step costs the database alone.
-const CREATE_STEP_ROWS_PG: &str = "CREATE TABLE IF NOT EXISTS bench_attempts (run UUID, \
-     step_name TEXT, attempt INT, status TEXT, output TEXT, end_time TIMESTAMPTZ, \
-     PRIMARY KEY (run, step_name, attempt)); \
-     CREATE TABLE IF NOT EXISTS bench_events (run UUID, seq BIGINT, time TIMESTAMPTZ, \
-     kind TEXT, step_name TEXT, status TEXT, PRIMARY KEY (run, seq))";
-const CREATE_STEP_ROWS_SQLITE: &str = "CREATE TABLE IF NOT EXISTS bench_attempts (run BLOB, \
-     step_name TEXT, attempt INT, status TEXT, output TEXT, end_time TEXT, \
-     PRIMARY KEY (run, step_name, attempt)) WITHOUT ROWID; \
-     CREATE TABLE IF NOT EXISTS bench_events (run BLOB, seq INT, time TEXT, kind TEXT, \
-     step_name TEXT, status TEXT, PRIMARY KEY (run, seq)) WITHOUT ROWID;";
-/// PostgreSQL: one statement, as the daemon writes a chain step.
-const STEP_ROWS_PG: &str = "WITH a AS (INSERT INTO bench_attempts VALUES \
-     ($1, $2, 1, 'completed', $3, now())) \
-     INSERT INTO bench_events VALUES ($1, $4, now(), 'step_status', $2, 'completed')";
-const STEP_ATTEMPT_SQLITE: &str =
-    "INSERT INTO bench_attempts VALUES (?1, ?2, 1, 'completed', ?3, '2026-01-01T00:00:00Z')";
-const STEP_EVENT_SQLITE: &str = "INSERT INTO bench_events VALUES \
-     (?1, ?2, '2026-01-01T00:00:00Z', 'step_status', ?3, 'completed')";
-
-/// One connection committing single-row INSERTs: the database's own commit latency.
-enum CommitProbe {
-    Postgres(sqlx::PgConnection),
-    /// SQLite called directly on the calling thread, as the daemon's writer thread calls it:
-    /// nothing but the database between one commit and the next.
-    Sqlite(rusqlite::Connection),
-}
-
-const INSERT_SQLITE: &str = "INSERT INTO bench_commits (v) VALUES (?1)";
-
-impl CommitProbe {
-    /// PostgreSQL at `url`, else a SQLite file in the daemon's data dir (WAL,
-    /// synchronous=FULL, as the daemon opens its own); the table made and warmed up.
-    async fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<CommitProbe> {
-        let mut probe = CommitProbe::connect(url, data_dir).await?;
-        match &mut probe {
-            CommitProbe::Postgres(c) => {
-                sqlx::query(CREATE_PG).execute(&mut *c).await?;
-                sqlx::raw_sql(CREATE_STEP_ROWS_PG).execute(c).await?;
-            }
-            CommitProbe::Sqlite(c) => {
-                c.execute_batch(CREATE_SQLITE)?;
-                c.execute_batch(CREATE_STEP_ROWS_SQLITE)?;
-            }
-        }
-        for _ in 0..PROBE_WARM_UP {
-            probe.commit("warm-up").await?;
-        }
-        probe.step_rows_latency(STEP_ROWS_ROUND).await?;
-        Ok(probe)
-    }
-
-    /// A connection alone, to a table that exists.
-    async fn connect(url: Option<&str>, data_dir: &std::path::Path) -> Result<CommitProbe> {
-        Ok(match url {
-            Some(url) => CommitProbe::Postgres(sqlx::PgConnection::connect(url).await?),
-            None => CommitProbe::Sqlite(sqlite_connection(data_dir)?),
-        })
-    }
-
-    async fn commit(&mut self, v: &str) -> Result<()> {
-        match self {
-            CommitProbe::Postgres(c) => {
-                sqlx::query(INSERT).bind(v).execute(c).await?;
-            }
-            CommitProbe::Sqlite(c) => tokio::task::block_in_place(|| sqlite_commit(c, v))?,
-        }
-        Ok(())
-    }
-
-    /// Mean latency (ms) of the commits made during `round`, and how many ran.
-    async fn latency(&mut self, round: Duration) -> Result<(f64, usize)> {
-        let began = Instant::now();
-        let mut n = 0usize;
-        match self {
-            CommitProbe::Postgres(_) => {
-                while began.elapsed() < round {
-                    self.commit("single-row commit").await?;
-                    n += 1;
-                }
-            }
-            CommitProbe::Sqlite(c) => tokio::task::block_in_place(|| {
-                while began.elapsed() < round {
-                    sqlite_commit(c, "single-row commit")?;
-                    n += 1;
-                }
-                anyhow::Ok(())
-            })?,
-        }
-        Ok((began.elapsed().as_secs_f64() * 1000.0 / n as f64, n))
-    }
-
-    /// Mean latency (ms) of commits of a step's two rows (an attempt and an event) during
-    /// `round`: the database's own cost of one chain step's checkpoint.
-    async fn step_rows_latency(&mut self, round: Duration) -> Result<f64> {
-        let run = uuid::Uuid::new_v4();
-        let output = r#"{"n":1}"#;
-        let began = Instant::now();
-        let mut n = 0i64;
-        match self {
-            CommitProbe::Postgres(c) => {
-                while began.elapsed() < round {
-                    n += 1;
-                    sqlx::query(STEP_ROWS_PG)
-                        .bind(run)
-                        .bind(format!("s{n}"))
-                        .bind(output)
-                        .bind(n)
-                        .execute(&mut *c)
-                        .await?;
-                }
-            }
-            CommitProbe::Sqlite(c) => tokio::task::block_in_place(|| {
-                while began.elapsed() < round {
-                    n += 1;
-                    let step = format!("s{n}");
-                    let tx =
-                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    tx.prepare_cached(STEP_ATTEMPT_SQLITE)?
-                        .execute(rusqlite::params![run.as_bytes(), step, output])?;
-                    tx.prepare_cached(STEP_EVENT_SQLITE)?
-                        .execute(rusqlite::params![run.as_bytes(), n, step])?;
-                    tx.commit()?;
-                }
-                anyhow::Ok(())
-            })?,
-        }
-        Ok(began.elapsed().as_secs_f64() * 1000.0 / n as f64)
-    }
-
-    async fn close(self) -> Result<()> {
-        if let CommitProbe::Postgres(c) = self {
-            c.close().await?;
-        }
-        Ok(())
-    }
-}
-
-/// The probe's SQLite file in the daemon's data dir, opened as the daemon opens its own.
-fn sqlite_connection(data_dir: &std::path::Path) -> Result<rusqlite::Connection> {
-    let c = rusqlite::Connection::open(data_dir.join("bench-commits.db"))?;
-    c.busy_timeout(Duration::from_secs(30))?;
-    c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
-    Ok(c)
-}
-
-/// One single-row INSERT, committed on its own (autocommit).
-fn sqlite_commit(c: &rusqlite::Connection, v: &str) -> Result<()> {
-    c.prepare_cached(INSERT_SQLITE)?.execute([v])?;
-    Ok(())
-}
-
 /// Single-row INSERT commits per second over `CONNECTIONS` connections committing at once
 /// (the table exists: the single-connection probe made it).
 async fn concurrent_commit_rate(url: Option<&str>, data_dir: &std::path::Path) -> Result<f64> {
@@ -675,10 +410,6 @@ async fn concurrent_commit_rate(url: Option<&str>, data_dir: &std::path::Path) -
         total += task.await??;
     }
     Ok(total as f64 / began.elapsed().as_secs_f64())
-}
-
-fn verdict(pass: bool) -> &'static str {
-    if pass { "PASS" } else { "MISS" }
 }
 
 fn print_report(backend: Backend, target: &str, r: &Report, took: Duration) {
