@@ -23,8 +23,9 @@
 //!    the daemon leaves it. Restarted, the daemon lists every row back through the API (its
 //!    count and the newest row are checked). Then ListExecutions (page_size 50, BASIC view)
 //!    for: no filter; a workflow; a status (failed, 8 %, and pending, 1 %); workflow +
-//!    status; a 1-day create_time range; workflow + that range; and the 2nd and 20th pages
-//!    by page token (the tokens fetched beforehand). Each is called 5 times to warm up, then
+//!    status; a 1-day create_time range; workflow + that range; the 2nd and 20th pages by
+//!    page token (the tokens fetched beforehand); and the page halfway through the tenant's
+//!    executions (its token taken while listing them back). Each is called 5 times to warm up, then
 //!    50 times, one after another; p50 and p99 of the client's round trip, and the ratio
 //!    100k / 1k of the p50s against the target "100k within 2x of 1k". Beside it, the
 //!    database's single-client commit latency on the 100k database (the commit probe of
@@ -524,8 +525,16 @@ async fn fresh(
 struct Query {
     name: &'static str,
     request: pb::ListExecutionsRequest,
-    /// Fetch this page (from 1) by its token.
-    page: usize,
+    start: Start,
+}
+
+/// Which page of a query is measured.
+enum Start {
+    /// This page (from 1), by the token of the page before.
+    Page(usize),
+    /// The page after the first half of the tenant's executions (unfiltered), by the token
+    /// the listing-back walk took there.
+    Halfway,
 }
 
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -551,7 +560,7 @@ fn queries(now: DateTime<Utc>) -> Vec<Query> {
     let q = |name, request, page| Query {
         name,
         request,
-        page,
+        start: Start::Page(page),
     };
     vec![
         q("no filter", base.clone(), 1),
@@ -595,7 +604,12 @@ fn queries(now: DateTime<Utc>) -> Vec<Query> {
             1,
         ),
         q("page 2, no filter", base.clone(), 2),
-        q("page 20, no filter", base, 20),
+        q("page 20, no filter", base.clone(), 20),
+        Query {
+            name: "page halfway (N/2 deep), no filter",
+            request: base,
+            start: Start::Halfway,
+        },
     ]
 }
 
@@ -670,14 +684,14 @@ async fn run_lists(backend: Backend, sizes: &[usize]) -> Result<Option<ListRepor
         let daemon = Daemon::start(options(pg.as_ref(), &data_dir)).await?;
         let mut client = executions_of(&daemon).await;
         let began = Instant::now();
-        verify(&mut client, &rows).await?;
+        let halfway = verify(&mut client, &rows).await?;
         let verify_s = began.elapsed().as_secs_f64();
 
         let queries = queries(now);
         names = queries.iter().map(|q| q.name).collect();
         let mut latencies = Vec::new();
         for q in &queries {
-            latencies.push(measure(&mut client, q).await?);
+            latencies.push(measure(&mut client, q, &halfway).await?);
         }
         runs.push(ListRun {
             n,
@@ -713,16 +727,18 @@ async fn run_lists(backend: Backend, sizes: &[usize]) -> Result<Option<ListRepor
     }))
 }
 
-/// Lists every execution back through the API, 1000 a page: as many as were seeded, the
-/// newest the newest seeded, as it was seeded.
-async fn verify(client: &mut Executions, rows: &[SeedRow]) -> Result<()> {
+/// Lists every execution back through the API (pages of a tenth, at most 1000): as many as
+/// were seeded, the newest the newest seeded, as it was seeded. Returns the page token
+/// after the first half.
+async fn verify(client: &mut Executions, rows: &[SeedRow]) -> Result<String> {
     let mut token = String::new();
+    let mut halfway = None;
     let mut listed = 0usize;
     let mut first = None;
     loop {
         let page = client
             .list_executions(pb::ListExecutionsRequest {
-                page_size: 1000,
+                page_size: (rows.len() / 10).clamp(1, 1000) as i32,
                 page_token: token,
                 ..Default::default()
             })
@@ -732,6 +748,9 @@ async fn verify(client: &mut Executions, rows: &[SeedRow]) -> Result<()> {
         if first.is_none() {
             first = page.executions.first().cloned();
         }
+        if halfway.is_none() && listed >= rows.len() / 2 {
+            halfway = Some(page.next_page_token.clone());
+        }
         if page.next_page_token.is_empty() {
             break;
         }
@@ -740,8 +759,9 @@ async fn verify(client: &mut Executions, rows: &[SeedRow]) -> Result<()> {
     if listed != rows.len() {
         bail!("seeded {} executions, the API lists {listed}", rows.len());
     }
+    let halfway = halfway.unwrap_or_default();
     let (Some(e), Some(r)) = (first, rows.last()) else {
-        return Ok(());
+        return Ok(halfway);
     };
     let create = e.create_time.as_ref().map(|t| (t.seconds, t.nanos));
     let want = (
@@ -763,18 +783,23 @@ async fn verify(client: &mut Executions, rows: &[SeedRow]) -> Result<()> {
             r.status
         );
     }
-    Ok(())
+    Ok(halfway)
 }
 
-/// The query's page `q.page`, called [`WARM_CALLS`] + [`CALLS`] times.
-async fn measure(client: &mut Executions, q: &Query) -> Result<Latency> {
+/// The query's page `q.start`, called [`WARM_CALLS`] + [`CALLS`] times.
+async fn measure(client: &mut Executions, q: &Query, halfway: &str) -> Result<Latency> {
     let mut request = q.request.clone();
-    for _ in 1..q.page {
-        let page = client.list_executions(request.clone()).await?.into_inner();
-        if page.next_page_token.is_empty() {
-            bail!("{}: fewer than {} pages", q.name, q.page);
+    match q.start {
+        Start::Page(n) => {
+            for _ in 1..n {
+                let page = client.list_executions(request.clone()).await?.into_inner();
+                if page.next_page_token.is_empty() {
+                    bail!("{}: fewer than {n} pages", q.name);
+                }
+                request.page_token = page.next_page_token;
+            }
         }
-        request.page_token = page.next_page_token;
+        Start::Halfway => request.page_token = halfway.to_owned(),
     }
     let mut ms = Vec::new();
     for call in 0..WARM_CALLS + CALLS {
