@@ -343,7 +343,7 @@ def alert_rules():
 def test_alerts_cover_the_required_signals_with_real_metrics():
     rules = {r["alert"]: r for r in alert_rules()}
     assert {"MantleDatabaseDown", "MantleGrpcErrors", "MantleGrpcLatencyHigh", "MantleWebhookDeliveriesFailing",
-            "MantleExecutionsFailing"} <= set(rules)
+            "MantleExecutionsFailing", "MantleRetentionBehind"} <= set(rules)
     known = daemon_metrics()
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in ("warning", "critical")
