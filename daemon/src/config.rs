@@ -705,6 +705,40 @@ mod tests {
     }
 
     #[test]
+    fn retention_settings() {
+        let c = build(None, &env(&[]), &Flags::default()).unwrap();
+        assert_eq!(c.retention.executions, None);
+        assert_eq!(c.retention.audit, None);
+        assert_eq!(c.retention.interval, Duration::from_secs(60));
+        let e = env(&[
+            ("MANTLE_RETENTION_DAYS", "30"),
+            ("MANTLE_AUDIT_RETENTION_DAYS", "400"),
+            ("MANTLE_RETENTION_INTERVAL", "5m"),
+        ]);
+        let c = build(None, &e, &Flags::default()).unwrap();
+        assert_eq!(
+            c.retention.executions,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(c.retention.audit, Some(Duration::from_secs(400 * 86_400)));
+        assert_eq!(c.retention.interval, Duration::from_secs(300));
+        let e = env(&[("MANTLE_RETENTION_DAYS", "0")]);
+        assert_eq!(
+            build(None, &e, &Flags::default())
+                .unwrap()
+                .retention
+                .executions,
+            None
+        );
+        let e = env(&[("MANTLE_RETENTION_DAYS", "a month")]);
+        let err = build(None, &e, &Flags::default()).unwrap_err().to_string();
+        assert!(err.starts_with("MANTLE_RETENTION_DAYS: "), "{err}");
+        let e = env(&[("MANTLE_RETENTION_INTERVAL", "0s")]);
+        let err = build(None, &e, &Flags::default()).unwrap_err().to_string();
+        assert!(err.starts_with("MANTLE_RETENTION_INTERVAL: "), "{err}");
+    }
+
+    #[test]
     fn tenant_keys_path_from_file_and_env() {
         let p = Path::new("mantle.yaml");
         let file = "auth:\n  tenant_keys_path: /f/keys.json\n";

@@ -164,6 +164,7 @@ store_contract_suite!(
     singleton_lease_contract,
     cancel_matching_contract,
     filtered_listing_contract,
+    audit_retention_contract,
 );
 
 /// A store on a fresh PostgreSQL database, not migrated.
@@ -2982,4 +2983,55 @@ async fn filtered_listing_contract(store: Arc<dyn Store>) {
         .await,
         [e[7].id, e[6].id, e[5].id, e[4].id, e[2].id, e[0].id]
     );
+}
+
+/// Audit events older than a time go, oldest first, at most `limit` a call; newer ones stay.
+async fn audit_retention_contract(store: Arc<dyn Store>) {
+    let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let days = |d: i64| now - TimeDelta::days(d);
+    for (i, time) in [days(10), days(9), days(8), days(7), days(6), days(0), now]
+        .into_iter()
+        .enumerate()
+    {
+        store
+            .record_audit(&AuditEvent {
+                id: uuid::Uuid::now_v7(),
+                tenant_id: None,
+                time,
+                actor: format!("actor-{i}"),
+                action: "secret.create".to_owned(),
+                resource: String::new(),
+                result: "OK".to_owned(),
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    let actors = || {
+        let store = store.clone();
+        async move {
+            let mut actors: Vec<String> = store
+                .list_audit(None, &AuditFilter::default(), &page(100, None))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|e| e.actor)
+                .collect();
+            actors.sort();
+            actors
+        }
+    };
+    assert_eq!(actors().await.len(), 7);
+    let cutoff = days(1);
+    assert_eq!(store.delete_audit_before(cutoff, 2).await.unwrap(), 2);
+    // The two oldest went first.
+    assert_eq!(
+        actors().await,
+        ["actor-2", "actor-3", "actor-4", "actor-5", "actor-6"]
+    );
+    assert_eq!(store.delete_audit_before(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(store.delete_audit_before(cutoff, 2).await.unwrap(), 1);
+    assert_eq!(store.delete_audit_before(cutoff, 2).await.unwrap(), 0);
+    assert_eq!(actors().await, ["actor-5", "actor-6"]);
 }
