@@ -616,3 +616,81 @@ async fn retention_janitor_deletes_finished_executions() {
         "the cancelled execution was not deleted"
     );
 }
+
+/// Two daemons on one PostgreSQL database: the retention janitor runs on one of them (the
+/// lease holder's metrics have the backlog gauge, the other's none), and it deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_janitor_runs_on_one_replica() {
+    let Some(db) = PgDatabase::create("retention_one_replica").await else {
+        return;
+    };
+    let options = || {
+        DaemonOptions::postgres(db.url.clone())
+            .env("MANTLE_RETENTION_INTERVAL", "1s")
+            .env("MANTLE_ENGINE_POLL_INTERVAL", "200ms")
+    };
+    let a = Daemon::start_ok(options()).await;
+    let b = Daemon::start_ok(options()).await;
+    let operator = admin_key_create(&db.url, "it-operator").await;
+    let tenant = random_name("rep");
+    let mut tenants = a.tenants(Some(&operator)).await;
+    expect_ok(
+        tenants
+            .create_tenant(pb::CreateTenantRequest {
+                name: tenant.clone(),
+                settings: Some(pb::TenantSettings {
+                    retention: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await,
+        "CreateTenant",
+    );
+    let token = create_api_key(&a, &operator, &tenant, &["*"]).await;
+    let mut m = Mantle::connect(&a, &token).await;
+    m.apply(&quick("quick")).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (e, _) = m.run("quick", "", Duration::from_secs(20)).await;
+        ids.push(e.id);
+    }
+    let gone = eventually(Duration::from_secs(25), || {
+        let mut execs = m.execs.clone();
+        let ids = ids.clone();
+        async move {
+            for id in ids {
+                if execs
+                    .get_execution(pb::GetExecutionRequest { id })
+                    .await
+                    .is_ok()
+                {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert!(gone, "the finished executions were not deleted within 25 s");
+    // Some more passes, then: which daemons ran one?
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut holders = Vec::new();
+    for (name, daemon) in [("a", &a), ("b", &b)] {
+        let body = daemon.http_get("/metrics").await.expect("metrics").body;
+        if body
+            .lines()
+            .any(|l| l.starts_with("mantle_retention_backlog{"))
+        {
+            holders.push(name);
+        }
+    }
+    assert_eq!(
+        holders.len(),
+        1,
+        "the janitor ran on {holders:?}, not on exactly one daemon"
+    );
+}
