@@ -1,0 +1,3 @@
+-- no-transaction
+-- See 0016_retention.sql: built without blocking writes, outside a transaction.
+CREATE INDEX CONCURRENTLY executions_tenant_workflow_status ON executions (tenant_id, workflow, status, id);
