@@ -52,6 +52,10 @@ mod tenants;
 #[path = "../common/triggers.rs"]
 mod triggers;
 
+/// The session lock that lets one daemon at a time migrate (any number that is Mantle's own;
+/// sqlx's migrator takes another one inside it).
+const MIGRATION_LOCK: i64 = 0x4d41_4e54_4c45_4d49;
+
 /// A transaction (see `common/retention.rs`).
 const BEGIN_WRITE: &str = "BEGIN";
 /// Locks the rows a `SELECT` read until the transaction ends.
@@ -460,10 +464,37 @@ impl Store for PgStore {
     /// sqlx serializes concurrent runs with `pg_advisory_lock`, so replicas that start
     /// together apply each migration once.
     async fn migrate(&self) -> Result<()> {
-        super::refuse_newer_schema(&self.migration_status().await?)?;
-        MIGRATOR
-            .run(&self.pool)
+        // Replicas that start together migrate one at a time. The others wait here by
+        // trying a lock of their own now and then, not in sqlx's blocking
+        // pg_advisory_lock: a session blocked in a statement holds a snapshot, which a
+        // CREATE INDEX CONCURRENTLY of the migrating replica would wait for while that
+        // session waits for it (a deadlock PostgreSQL resolves by failing one of them).
+        let err = || map_err(|| "the migration lock".to_owned());
+        // A connection of its own: the pool may have only one, which the migrator needs.
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options())
             .await
-            .map_err(|e| super::shared::migrate_error(Backend::Postgres, &MIGRATOR, e))
+            .map_err(err())?;
+        loop {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(err())?;
+            if taken {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let migrated = async {
+            super::refuse_newer_schema(&self.migration_status().await?)?;
+            MIGRATOR
+                .run(&self.pool)
+                .await
+                .map_err(|e| super::shared::migrate_error(Backend::Postgres, &MIGRATOR, e))
+        }
+        .await;
+        // Closing the session releases its lock.
+        let _ = conn.close().await;
+        migrated
     }
 }
