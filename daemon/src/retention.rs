@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -125,6 +125,14 @@ pub struct RetentionSettings {
     pub interval: Duration,
 }
 
+/// Before when something kept for `keep` has expired; `None` when nothing can have (a
+/// retention reaching back past the earliest time there is keeps everything).
+fn expired_before(keep: Duration) -> Option<DateTime<Utc>> {
+    chrono::Duration::from_std(keep)
+        .ok()
+        .and_then(|keep| Utc::now().checked_sub_signed(keep))
+}
+
 /// The janitor of one daemon.
 pub struct Janitor {
     store: Arc<dyn Store>,
@@ -164,10 +172,17 @@ impl Janitor {
     /// Takes or renews the lease for a while longer than a pass's pause.
     async fn hold_lease(&self) -> store::Result<bool> {
         let now = Utc::now();
-        let hold = chrono::Duration::from_std(self.settings.interval * 3 + Duration::from_secs(60))
-            .unwrap_or(chrono::Duration::hours(1));
+        let hold = self
+            .settings
+            .interval
+            .saturating_mul(3)
+            .saturating_add(Duration::from_secs(60));
+        let expires = chrono::Duration::from_std(hold)
+            .ok()
+            .and_then(|hold| now.checked_add_signed(hold))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         self.store
-            .take_singleton_lease(LEASE, &self.owner, now, now + hold)
+            .take_singleton_lease(LEASE, &self.owner, now, expires)
             .await
     }
 
@@ -195,8 +210,7 @@ impl Janitor {
                 None => break,
             }
         }
-        if let Some(keep) = self.settings.audit {
-            let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+        if let Some(before) = self.settings.audit.and_then(expired_before) {
             loop {
                 let started = tokio::time::Instant::now();
                 let n = self.store.delete_audit_before(before, AUDIT_BATCH).await?;
@@ -230,11 +244,10 @@ impl Janitor {
     ) -> store::Result<()> {
         let backlog =
             metrics::gauge!("mantle_retention_backlog", "tenant_id" => tenant_id.to_string());
-        let Some(keep) = own.or(self.settings.executions) else {
+        let Some(ended_before) = own.or(self.settings.executions).and_then(expired_before) else {
             backlog.set(0.0);
             return Ok(());
         };
-        let ended_before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or_default();
         let expired = self
             .store
             .count_finished_before(tenant_id, ended_before)
@@ -258,5 +271,21 @@ impl Janitor {
             tracing::info!(tenant = %tenant_id, executions = deleted.executions, rows = deleted.rows, "deleted executions past retention");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_too_long_for_the_calendar_keeps_everything() {
+        let day = expired_before(Duration::from_secs(86_400)).unwrap();
+        let ago = Utc::now() - day;
+        assert!(ago >= chrono::Duration::hours(23) && ago <= chrono::Duration::hours(25));
+        // i64::MAX seconds, as a tenant setting may hold: no cutoff (not "now", which
+        // would delete every finished execution), and no panic.
+        assert_eq!(expired_before(Duration::from_secs(i64::MAX as u64)), None);
+        assert_eq!(expired_before(Duration::MAX), None);
     }
 }

@@ -136,9 +136,30 @@ impl TryFrom<KeyRow> for ApiKey {
 
 /// The smallest UUIDv7 of the millisecond `t` (or of 1970 for an earlier time): every id
 /// taken at `t` or later sorts at or after it, every id taken before sorts before it.
-pub(super) fn first_id_of(t: DateTime<Utc>) -> Uuid {
+fn first_id_of(t: DateTime<Utc>) -> Uuid {
     let ms = u128::try_from(t.timestamp_millis()).unwrap_or(0) & ((1 << 48) - 1);
     Uuid::from_u128(ms << 80)
+}
+
+/// The ids (UUIDv7) that executions created in `[after, before)` can have, as `id >= low`
+/// and `id < high`, a second wider on each side for the clock between taking the id and
+/// the time. A bound is `None` where none applies: no time given, or one so far out that
+/// the second does not fit (any time a request may carry is accepted, never a panic).
+pub(super) fn id_range(
+    after: Option<DateTime<Utc>>,
+    before: Option<DateTime<Utc>>,
+) -> (Option<Uuid>, Option<Uuid>) {
+    let second = chrono::Duration::seconds(1);
+    (
+        after
+            .and_then(|t| t.checked_sub_signed(second))
+            .filter(|t| t.timestamp_millis() < 1 << 48)
+            .map(first_id_of),
+        before
+            .and_then(|t| t.checked_add_signed(second))
+            .filter(|t| t.timestamp_millis() < 1 << 48)
+            .map(first_id_of),
+    )
 }
 
 /// Translates a driver error; `what` names the resource for NotFound/AlreadyExists.
@@ -757,5 +778,41 @@ impl TryFrom<TriggerRow> for crate::model::trigger::Trigger {
             create_time: r.create_time,
             update_time: r.update_time,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_range_bounds_uuidv7_ids_and_takes_any_time() {
+        let t = DateTime::parse_from_rfc3339("2026-12-05T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            t.timestamp() as u64,
+            0,
+        ));
+        let (low, high) = id_range(Some(t), Some(t + chrono::Duration::milliseconds(1)));
+        assert!(low.unwrap() <= id && id < high.unwrap());
+        let (low, _) = id_range(Some(t + chrono::Duration::seconds(2)), None);
+        assert!(id < low.unwrap());
+        // The extremes of what a timestamp may hold: no bound, no panic.
+        assert_eq!(
+            id_range(
+                Some(DateTime::<Utc>::MIN_UTC),
+                Some(DateTime::<Utc>::MAX_UTC)
+            ),
+            (None, None)
+        );
+        let far = DateTime::from_timestamp(600_000_000_000, 0).unwrap(); // year ~20983
+        assert_eq!(id_range(Some(far), Some(far)), (None, None));
+        // Before 1970: no id is that old.
+        let old = DateTime::parse_from_rfc3339("1900-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(id_range(None, Some(old)).1, Some(Uuid::nil()));
     }
 }

@@ -47,21 +47,18 @@ fn push_matching(
     if let Some(status) = filter.status {
         q.push(" AND status = ").push_bind(status.as_str());
     }
+    let (low, high) = crate::store::shared::id_range(filter.created_after, filter.created_before);
     if let Some(after) = filter.created_after {
-        q.push(" AND create_time >= ")
-            .push_bind(after)
-            .push(" AND id >= ")
-            .push_bind(crate::store::shared::first_id_of(
-                after - chrono::Duration::seconds(1),
-            ));
+        q.push(" AND create_time >= ").push_bind(after);
+    }
+    if let Some(low) = low {
+        q.push(" AND id >= ").push_bind(low);
     }
     if let Some(before) = filter.created_before {
-        q.push(" AND create_time < ")
-            .push_bind(before)
-            .push(" AND id < ")
-            .push_bind(crate::store::shared::first_id_of(
-                before + chrono::Duration::seconds(1),
-            ));
+        q.push(" AND create_time < ").push_bind(before);
+    }
+    if let Some(high) = high {
+        q.push(" AND id < ").push_bind(high);
     }
 }
 
