@@ -192,6 +192,8 @@ impl Janitor {
         if !self.hold_lease().await? {
             return Ok(());
         }
+        // Renewed as the pass goes on, once an interval has passed (it is held for three).
+        let mut renewed = tokio::time::Instant::now();
         let mut page = PageRequest {
             limit: 100,
             after: None,
@@ -199,8 +201,14 @@ impl Janitor {
         loop {
             let tenants = self.store.list_tenants(&page).await?;
             for tenant in &tenants.items {
-                if stop.is_cancelled() || !self.hold_lease().await? {
+                if stop.is_cancelled() {
                     return Ok(());
+                }
+                if renewed.elapsed() >= self.settings.interval {
+                    if !self.hold_lease().await? {
+                        return Ok(());
+                    }
+                    renewed = tokio::time::Instant::now();
                 }
                 self.tenant_pass(tenant.id, tenant.settings.retention, stop)
                     .await?;
@@ -211,26 +219,45 @@ impl Janitor {
             }
         }
         if let Some(before) = self.settings.audit.and_then(expired_before) {
-            loop {
-                let started = tokio::time::Instant::now();
-                let n = self.store.delete_audit_before(before, AUDIT_BATCH).await?;
-                if n > 0 {
-                    metrics::counter!("mantle_retention_deleted_audit_events_total").increment(n);
-                }
-                let rest = started.elapsed() * pace(self.store.backend()).rest;
-                if n < u64::from(AUDIT_BATCH) || pause(rest, Some(stop)).await {
-                    break;
-                }
-            }
+            self.drain(
+                AUDIT_BATCH,
+                "mantle_retention_deleted_audit_events_total",
+                stop,
+                || self.store.delete_audit_before(before, AUDIT_BATCH),
+            )
+            .await?;
         }
+        self.drain(
+            RECLAIM_PAGES,
+            "mantle_retention_reclaimed_pages_total",
+            stop,
+            || self.store.reclaim_space(RECLAIM_PAGES),
+        )
+        .await
+    }
+
+    /// Calls `step` (which does at most `batch` of something, counted in `counter`) until it
+    /// does less, pausing after each call as the backend's [`Pace`] says, or until `stop`
+    /// fires.
+    async fn drain<F, Fut>(
+        &self,
+        batch: u32,
+        counter: &'static str,
+        stop: &CancellationToken,
+        step: F,
+    ) -> store::Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = store::Result<u64>>,
+    {
+        let rest = pace(self.store.backend()).rest;
         loop {
             let started = tokio::time::Instant::now();
-            let pages = self.store.reclaim_space(RECLAIM_PAGES).await?;
-            if pages > 0 {
-                metrics::counter!("mantle_retention_reclaimed_pages_total").increment(pages);
+            let n = step().await?;
+            if n > 0 {
+                metrics::counter!(counter).increment(n);
             }
-            let rest = started.elapsed() * pace(self.store.backend()).rest;
-            if pages < u64::from(RECLAIM_PAGES) || pause(rest, Some(stop)).await {
+            if n < u64::from(batch) || pause(started.elapsed() * rest, Some(stop)).await {
                 return Ok(());
             }
         }

@@ -465,6 +465,21 @@ impl Daemon {
     pub async fn http_get(&self, path: &str) -> Result<HttpResponse> {
         http_get(self.addr, path).await
     }
+
+    /// The value of an unlabelled metric in `/metrics`, or 0 when it is absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let response = self.http_get("/metrics").await.expect("GET /metrics");
+        assert_eq!(response.status, 200, "GET /metrics: {}", response.body);
+        response
+            .body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (metric, value) = l.rsplit_once(' ')?;
+                (metric == name).then(|| value.parse::<f64>().ok())?
+            })
+            .unwrap_or(0.0)
+    }
 }
 
 impl Drop for Daemon {

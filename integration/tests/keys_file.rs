@@ -57,21 +57,6 @@ async fn caller_of(daemon: &Daemon, token: &str) -> Result<pb::Caller, tonic::St
     })
 }
 
-/// The value of an unlabelled metric in `/metrics`, or 0 when it is absent.
-async fn metric(daemon: &Daemon, name: &str) -> f64 {
-    let response = daemon.http_get("/metrics").await.expect("GET /metrics");
-    assert_eq!(response.status, 200, "GET /metrics: {}", response.body);
-    response
-        .body
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (metric, value) = l.rsplit_once(' ')?;
-            (metric == name).then(|| value.parse::<f64>().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_file_keys_reload_without_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -160,12 +145,17 @@ async fn keys_file_keys_reload_without_restart() {
 
     // Corrupt the file: the error is counted and logged; B's key still works.
     assert_eq!(
-        metric(&daemon, "mantle_tenant_keys_reload_errors_total").await,
+        daemon
+            .metric("mantle_tenant_keys_reload_errors_total")
+            .await,
         0.0
     );
     write_keys(&path, "{\"keys\": [\n  {\"token\": \"x\",\n  }\n]}\n");
     let counted = eventually(RELOAD_WAIT, || async {
-        metric(&daemon, "mantle_tenant_keys_reload_errors_total").await >= 1.0
+        daemon
+            .metric("mantle_tenant_keys_reload_errors_total")
+            .await
+            >= 1.0
     })
     .await;
     assert!(counted, "no reload error counted\n{}", daemon.diagnostics());
@@ -191,7 +181,9 @@ async fn keys_file_keys_reload_without_restart() {
     // Logged once per change, not on every look.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
-        metric(&daemon, "mantle_tenant_keys_reload_errors_total").await,
+        daemon
+            .metric("mantle_tenant_keys_reload_errors_total")
+            .await,
         1.0
     );
     assert_eq!(
@@ -205,7 +197,7 @@ async fn keys_file_keys_reload_without_restart() {
     );
 
     // Fix the file: the reload counts as a success.
-    let reloads = metric(&daemon, "mantle_tenant_keys_reloads_total").await;
+    let reloads = daemon.metric("mantle_tenant_keys_reloads_total").await;
     assert!(reloads >= 3.0, "reloads before the fix: {reloads}");
     write_keys(&path, &keys(&[key_a(&tenant_a), key_b(&tenant_b)]));
     let fixed = eventually(RELOAD_WAIT, || async {
@@ -218,12 +210,14 @@ async fn keys_file_keys_reload_without_restart() {
         daemon.diagnostics()
     );
     assert_eq!(
-        metric(&daemon, "mantle_tenant_keys_reloads_total").await,
+        daemon.metric("mantle_tenant_keys_reloads_total").await,
         reloads + 1.0
     );
-    assert_eq!(metric(&daemon, "mantle_tenant_keys").await, 2.0);
+    assert_eq!(daemon.metric("mantle_tenant_keys").await, 2.0);
     assert_eq!(
-        metric(&daemon, "mantle_tenant_keys_reload_errors_total").await,
+        daemon
+            .metric("mantle_tenant_keys_reload_errors_total")
+            .await,
         1.0
     );
     assert!(

@@ -510,17 +510,11 @@ async fn tenant_retention_round_trips() {
 
 /// The janitor deletes a tenant's finished executions past its retention, never a running
 /// one, and counts them in /metrics.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_janitor_deletes_finished_executions() {
-    let env = setup(
-        Backend::Sqlite,
-        "retention_janitor",
-        &[("MANTLE_RETENTION_INTERVAL", "1s")],
-    )
-    .await
-    .unwrap();
-    let tenant = random_name("jan");
-    let mut tenants = env.daemon.tenants(Some(&env.operator)).await;
+/// A new tenant (named from `prefix`) whose finished executions are kept one second, and
+/// clients with a key of it.
+async fn tenant_keeping_one_second(daemon: &Daemon, operator: &str, prefix: &str) -> Mantle {
+    let tenant = random_name(prefix);
+    let mut tenants = daemon.tenants(Some(operator)).await;
     expect_ok(
         tenants
             .create_tenant(pb::CreateTenantRequest {
@@ -537,8 +531,20 @@ async fn retention_janitor_deletes_finished_executions() {
             .await,
         "CreateTenant",
     );
-    let token = create_api_key(&env.daemon, &env.operator, &tenant, &["*"]).await;
-    let mut m = Mantle::connect(&env.daemon, &token).await;
+    let token = create_api_key(daemon, operator, &tenant, &["*"]).await;
+    Mantle::connect(daemon, &token).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_janitor_deletes_finished_executions() {
+    let env = setup(
+        Backend::Sqlite,
+        "retention_janitor",
+        &[("MANTLE_RETENTION_INTERVAL", "1s")],
+    )
+    .await
+    .unwrap();
+    let mut m = tenant_keeping_one_second(&env.daemon, &env.operator, "jan").await;
     m.apply(&quick("quick")).await;
     m.apply(&sleeper("slow")).await;
     // The default tenant keeps everything (no MANTLE_RETENTION_DAYS).
@@ -590,19 +596,14 @@ async fn retention_janitor_deletes_finished_executions() {
     assert_eq!(code(&m, running.clone()).await, tonic::Code::Ok);
     assert_eq!(code(&default_m, kept.id.clone()).await, tonic::Code::Ok);
 
-    let text = env
+    let deleted = env
         .daemon
-        .http_get("/metrics")
-        .await
-        .expect("GET /metrics")
-        .body;
-    let deleted: f64 = text
-        .lines()
-        .find(|l| l.starts_with("mantle_retention_deleted_executions_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no mantle_retention_deleted_executions_total:\n{text}"));
-    assert!(deleted >= finished.len() as f64, "{deleted}\n{text}");
+        .metric("mantle_retention_deleted_executions_total")
+        .await;
+    assert!(
+        deleted >= finished.len() as f64,
+        "mantle_retention_deleted_executions_total is {deleted}"
+    );
 
     // Once cancelled and ended, the running one goes too.
     m.cancel(&running).await;
@@ -632,26 +633,7 @@ async fn retention_janitor_runs_on_one_replica() {
     let a = Daemon::start_ok(options()).await;
     let b = Daemon::start_ok(options()).await;
     let operator = admin_key_create(&db.url, "it-operator").await;
-    let tenant = random_name("rep");
-    let mut tenants = a.tenants(Some(&operator)).await;
-    expect_ok(
-        tenants
-            .create_tenant(pb::CreateTenantRequest {
-                name: tenant.clone(),
-                settings: Some(pb::TenantSettings {
-                    retention: Some(prost_types::Duration {
-                        seconds: 1,
-                        nanos: 0,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await,
-        "CreateTenant",
-    );
-    let token = create_api_key(&a, &operator, &tenant, &["*"]).await;
-    let mut m = Mantle::connect(&a, &token).await;
+    let mut m = tenant_keeping_one_second(&a, &operator, "rep").await;
     m.apply(&quick("quick")).await;
     let mut ids = Vec::new();
     for _ in 0..3 {

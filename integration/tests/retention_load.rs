@@ -196,13 +196,9 @@ async fn retention_deletes_twenty_thousand_without_stalling_another_tenant() {
         "UpdateTenant retention",
     );
     let deleted = || async {
-        let page = daemon.http_get("/metrics").await.expect("metrics");
-        page.body
-            .lines()
-            .find(|l| l.starts_with("mantle_retention_deleted_executions_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as usize
+        daemon
+            .metric("mantle_retention_deleted_executions_total")
+            .await as usize
     };
     let started = Instant::now();
     let mut loaded = Vec::new();
