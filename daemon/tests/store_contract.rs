@@ -2602,7 +2602,8 @@ async fn retention_delete_contract(store: Arc<dyn Store>) {
         first,
         store::Deleted {
             executions: 2,
-            rows: 2 * (ROWS_EACH + 1)
+            rows: 2 * (ROWS_EACH + 1),
+            ..Default::default()
         }
     );
     // The two that ended first (3 and 2 hours before) went, with all their rows.
@@ -2614,7 +2615,8 @@ async fn retention_delete_contract(store: Arc<dyn Store>) {
         second,
         store::Deleted {
             executions: 1,
-            rows: ROWS_EACH + 1
+            rows: ROWS_EACH + 1,
+            ..Default::default()
         }
     );
     assert_eq!(stored(&*store, &a, old[2]).await, NO_ROWS);
@@ -2640,7 +2642,8 @@ async fn retention_delete_contract(store: Arc<dyn Store>) {
         store.delete_executions(a.id, any, 100).await.unwrap(),
         store::Deleted {
             executions: 1,
-            rows: ROWS_EACH + 1
+            rows: ROWS_EACH + 1,
+            ..Default::default()
         }
     );
     assert_eq!(stored(&*store, &a, other_wf.id).await, NO_ROWS);
@@ -2711,7 +2714,8 @@ async fn delete_execution_contract(store: Arc<dyn Store>) {
         store.delete_execution(a.id, finished.id).await.unwrap(),
         store::Deleted {
             executions: 1,
-            rows: ROWS_EACH + 1
+            rows: ROWS_EACH + 1,
+            ..Default::default()
         }
     );
     assert_eq!(stored(&*store, &a, finished.id).await, NO_ROWS);

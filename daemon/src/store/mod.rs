@@ -628,17 +628,29 @@ pub trait IdempotencyStore: Send + Sync {
 
 /// What one deletion removed: executions, and every row (theirs included) that went with
 /// them: step attempts, events, checkpoints, webhook deliveries, idempotency keys and
-/// trigger fires.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// trigger fires; and how long it held its transaction open (from the moment it had the
+/// write, so not counting a wait for SQLite's lock), by which batches are sized.
+/// Equality compares what was deleted, not the time it took.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Deleted {
     pub executions: u64,
     pub rows: u64,
+    pub held: Duration,
 }
+
+impl PartialEq for Deleted {
+    fn eq(&self, other: &Deleted) -> bool {
+        (self.executions, self.rows) == (other.executions, other.rows)
+    }
+}
+
+impl Eq for Deleted {}
 
 impl std::ops::AddAssign for Deleted {
     fn add_assign(&mut self, other: Deleted) {
         self.executions += other.executions;
         self.rows += other.rows;
+        self.held += other.held;
     }
 }
 

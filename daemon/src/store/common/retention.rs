@@ -31,16 +31,21 @@ fn push_ids(q: &mut sqlx::QueryBuilder<Db>, ids: &[Uuid]) {
 }
 
 impl ThisStore {
-    /// Deletes executions `ids` (already locked by `tx`) and their rows; commits.
+    /// Deletes executions `ids` (already locked by `tx`, which has held the write since
+    /// `since`) and their rows; commits.
     async fn delete_locked(
         &self,
         mut tx: sqlx::Transaction<'static, Db>,
+        since: std::time::Instant,
         ids: &[Uuid],
     ) -> Result<Deleted> {
         let err = || map_err(|| "executions".to_owned());
         if ids.is_empty() {
             tx.commit().await.map_err(err())?;
-            return Ok(Deleted::default());
+            return Ok(Deleted {
+                held: since.elapsed(),
+                ..Deleted::default()
+            });
         }
         let mut rows = 0;
         // Their rows first: on SQLite some follow an execution by cascade, which would
@@ -68,6 +73,7 @@ impl ThisStore {
         Ok(Deleted {
             executions,
             rows: rows + executions,
+            held: since.elapsed(),
         })
     }
 }
@@ -82,6 +88,7 @@ impl crate::store::RetentionStore for ThisStore {
     ) -> Result<Deleted> {
         let err = || map_err(|| "executions".to_owned());
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(err())?;
+        let since = std::time::Instant::now();
         let mut q = sqlx::QueryBuilder::new("SELECT id FROM executions WHERE tenant_id = ");
         q.push_bind(tenant_id);
         match doomed {
@@ -108,12 +115,13 @@ impl crate::store::RetentionStore for ThisStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(err())?;
-        self.delete_locked(tx, &ids).await
+        self.delete_locked(tx, since, &ids).await
     }
 
     async fn delete_execution(&self, tenant_id: Uuid, id: Uuid) -> Result<Deleted> {
         let err = || map_err(move || format!("execution {id}"));
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await.map_err(err())?;
+        let since = std::time::Instant::now();
         let sql =
             format!("SELECT end_time FROM executions WHERE tenant_id = $1 AND id = $2{LOCK_ROWS}");
         let found: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -127,7 +135,7 @@ impl crate::store::RetentionStore for ThisStore {
             Some(None) => Err(Error::Conflict(format!(
                 "execution {id} has not finished; cancel it first, then delete it"
             ))),
-            Some(Some(_)) => self.delete_locked(tx, &[id]).await,
+            Some(Some(_)) => self.delete_locked(tx, since, &[id]).await,
         }
     }
 
